@@ -1,0 +1,168 @@
+"""Robust image decoding: every input either becomes an RGB image or a clear reason.
+
+Valid but unusual images are normalised the way a user expects: EXIF orientation is
+applied, CMYK / palette / greyscale / 16-bit images become 8-bit RGB, transparency is
+composited on white, and an animated image gives its first frame. Inputs that cannot be
+decoded raise :class:`BadImage` with a short reason that the extractor writes to the
+error ledger: zero-byte files, truncated data, non-image bytes, decompression bombs,
+absurd dimensions, missing or unreadable paths.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageRef = Union[str, os.PathLike, bytes, Image.Image]
+
+#: refuse images with more pixels than this (PIL's default bomb limit is ~89 MP)
+MAX_PIXELS = 64_000_000
+#: refuse images whose long side exceeds the short side by more than this factor
+MAX_ASPECT = 100.0
+
+
+class BadImage(Exception):
+    """An input that cannot become an image; ``reason`` is a short machine-friendly tag."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _read_bytes(ref: ImageRef) -> bytes:
+    if isinstance(ref, (bytes, bytearray, memoryview)):
+        return bytes(ref)
+    path = os.fspath(ref)
+    if not os.path.exists(path):
+        raise BadImage("missing", path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise BadImage("unreadable", f"{path}: {exc.strerror or exc}") from exc
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        img = Image.fromarray(((arr - lo) * scale).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT
+                 ) -> Tuple[Image.Image, dict]:
+    """Decode ``ref`` (path, bytes or PIL image) to RGB; returns (image, info).
+
+    ``info`` has the original ``width``, ``height``, ``format`` and ``mode``.
+    Raises :class:`BadImage` for anything that is not a usable image.
+    """
+    if isinstance(ref, Image.Image):
+        img = ref
+        fmt = ref.format
+    else:
+        data = _read_bytes(ref)
+        if not data:
+            raise BadImage("empty", "zero bytes")
+        img, fmt = _open(data, max_pixels)
+    w, h = img.size
+    info = {"width": w, "height": h, "format": fmt or "", "mode": img.mode}
+    if w < 1 or h < 1:
+        raise BadImage("bad_size", f"{w}x{h}")
+    if w * h > max_pixels:
+        raise BadImage("decompression_bomb", f"{w}x{h} exceeds {max_pixels} pixels")
+    if max(w, h) / min(w, h) > max_aspect:
+        raise BadImage("extreme_aspect", f"{w}x{h}")
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img = ImageOps.exif_transpose(img) or img
+        img = _to_rgb(img)
+        img.load()
+    except BadImage:
+        raise
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
+    return img, info
+
+
+def _open(data: bytes, max_pixels: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BadImage("decompression_bomb", str(exc)) from exc
+        except UnidentifiedImageError as exc:
+            raise BadImage("not_an_image", "bytes are not a known image format") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    return img, fmt
+
+
+class SplitPreprocess:
+    """open_clip's preprocessing split in two for the extraction pipeline.
+
+    ``worker(img)`` runs the PIL stage (resize, crop, mode) and returns a compact uint8
+    HWC array — cheap to send between processes; ``finish(batch_uint8)`` runs the tensor
+    stage (to float, normalise) on a whole batch. Applying both equals applying the
+    original transform. If the transform has an unknown shape, the whole transform runs
+    in the worker and ``finish`` only stacks.
+    """
+
+    def __init__(self, preprocess):
+        self.full = preprocess
+        self.pil_stage, self.mean, self.std = _split(preprocess)
+
+    def worker(self, img: Image.Image) -> np.ndarray:
+        if self.pil_stage is None:
+            return self.full(img).numpy()
+        out = img
+        for t in self.pil_stage:
+            out = t(out)
+        if out.mode != "RGB":
+            out = out.convert("RGB")
+        return np.asarray(out, dtype=np.uint8)
+
+    def finish(self, arrays) -> "torch.Tensor":
+        import torch
+
+        batch = torch.from_numpy(np.stack(arrays))
+        if self.pil_stage is None:
+            return batch
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def _split(preprocess) -> Tuple[Optional[list], Optional[tuple], Optional[tuple]]:
+    transforms = list(getattr(preprocess, "transforms", []))
+    names = [type(t).__name__ for t in transforms]
+    if len(names) < 2 or names[-1] != "Normalize" or names[-2] not in ("ToTensor", "MaybeToTensor"):
+        return None, None, None
+    norm = transforms[-1]
+    pil = [t for t, n in zip(transforms[:-2], names[:-2]) if n not in ("MaybeConvertMode",)]
+    return pil, tuple(norm.mean), tuple(norm.std)
