@@ -1,0 +1,56 @@
+"""Synthetic feature caches for fast tests (written with CacheWriter; no backbone runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+
+
+def synthetic_identity(dim: int = 16, *, arch: str = "synthetic", seed: int = 0) -> dict:
+    """A backbone identity dict shaped like the ones real backbones record."""
+    return {"arch": arch, "spec": f"{arch}:random", "weights": "random", "seed": seed, "embed_dim": dim,
+            "has_text": True, "preprocess": {"size": [8, 8]}, "open_clip_version": "test"}
+
+
+def separable_features(n: int, dim: int, *, shift: float = 1.5, fake_fraction: float = 0.5,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian features whose class means differ by ``shift`` along the first axis, L2-normalised."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < fake_fraction).astype(np.int64)
+    y[:2] = [0, 1]  # both classes always present
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    x[:, 0] += shift * (2 * y - 1)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, y
+
+
+def write_synthetic_cache(root: str | Path, *, n: int = 200, dim: int = 16, shards: int = 2,
+                          shift: float = 1.5, fake_fraction: float = 0.5, seed: int = 0,
+                          splits: Optional[Sequence[str]] = None, text: bool = True,
+                          identity: Optional[dict] = None) -> FeatureCache:
+    """Write an ``n``-row cache (image + optional text embeddings) and open it.
+
+    ``splits``: per-row split names (default all "train"). Text embeddings carry the same
+    class signal on their second axis so that "text" and "image+text" also train.
+    """
+    x, y = separable_features(n, dim, shift=shift, fake_fraction=fake_fraction, seed=seed)
+    t, _ = separable_features(n, dim, shift=0.0, seed=seed + 1)
+    t[:, 1] += shift * (2 * y - 1)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    split = np.asarray(splits if splits is not None else ["train"] * n, dtype=object)
+    writer = CacheWriter(root, backbone=identity or synthetic_identity(dim))
+    writer.begin_run("synthetic", {"source": "synthetic"})
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        meta = pd.DataFrame({"key": [f"k{i:06d}" for i in range(a, b)], "label": y[a:b],
+                             "generator": np.where(y[a:b] == 1, "gen", "real"), "split": split[a:b],
+                             "path": "", "caption": "", "width": 8, "height": 8, "format": "PNG",
+                             "mode": "RGB"})
+        writer.write_shard("synthetic", start=int(a), stop=int(b), img=x[a:b], txt=t[a:b] if text else None,
+                           meta=meta, errors=pd.DataFrame(columns=ERROR_COLUMNS))
+    writer.finish_run("synthetic", {"rows": n}, complete=True)
+    return FeatureCache(root)
