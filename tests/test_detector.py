@@ -1,0 +1,126 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from clipdetect.detector import Detector, DetectorError, choose_threshold, fit_detector
+from clipdetect.train import TrainConfig
+
+from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
+
+FAST = TrainConfig(batch_size=64, epochs=4, lr=1e-2, width=32, patience=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    cache = write_synthetic_cache(tmp_path_factory.mktemp("cache") / "c", n=300, shift=3.0)
+    return cache, Detector.fit_cache(cache, config=FAST)
+
+
+def test_choose_threshold_maximises_balanced_accuracy():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.7, 0.6, 0.9])
+    t = choose_threshold(y, p)
+    assert 0.3 < t < 0.6  # balanced accuracy 0.875 (one real above), vs 0.75 at 0.65
+    assert choose_threshold([0, 1], [0.2, 0.9]) == pytest.approx(0.55)
+    assert choose_threshold([1, 1], [0.2, 0.9]) == 0.5
+
+
+def test_fit_cache_uses_derived_splits_and_threshold(trained):
+    cache, det = trained
+    assert det.extra["splits"]["val"] > 0 and det.extra["splits"]["test"] > 0
+    assert sum(det.extra["splits"].values()) == len(cache)
+    assert det.metrics["val"]["auc"] > 0.95 and det.metrics["best_epoch"] >= 1
+    assert det.backbone == cache.backbone and det.feature_set == "image"
+    assert 0 < det.threshold < 1 and det.threshold != 0.5
+    X = det.features(cache, np.arange(20))
+    proba = det.predict_proba(X)
+    assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1)
+    assert np.array_equal(det.predict(X), (proba[:, 1] > det.threshold).astype(int))
+    z = det.decision_function(X)
+    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z)), atol=1e-6)
+    det2 = Detector(head=det.head, head_config=det.head_config, feature_set="image", backbone=det.backbone,
+                    threshold=det.threshold).with_temperature(2.5)
+    assert np.allclose(det2.fake_probability(X), 1 / (1 + np.exp(-z / 2.5)), atol=1e-6)
+    assert np.array_equal(det2.predict(X), det.predict(X))
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    cache, det = trained
+    out = det.save(tmp_path / "det")
+    assert sorted(p.name for p in out.iterdir()) == ["detector.json", "model.safetensors"]
+    raw = (out / "detector.json").read_text()
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+    cfg = json.loads(raw, parse_constant=no_constants)
+    assert cfg["feature_set"] == "image" and cfg["train_config"]["loss"] == "cvar+auc"
+    back = Detector.load(out)
+    X = det.features(cache, np.arange(len(cache)))
+    assert np.array_equal(back.decision_function(X), det.decision_function(X))
+    assert back.threshold == det.threshold and back.backbone == det.backbone
+    assert back.metrics == json.loads(json.dumps(cfg["metrics"]))
+
+
+def test_load_refuses_pickle(trained, tmp_path):
+    _, det = trained
+    out = det.save(tmp_path / "det")
+    with open(out / "model.safetensors", "wb") as f:
+        pickle.dump(det.head.state_dict(), f)
+    with pytest.raises(DetectorError, match="not a safetensors file.*pickle.*never unpickled"):
+        Detector.load(out)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(DetectorError, match="model.safetensors is missing"):
+        Detector.load(out)
+
+
+def test_backbone_mismatch_is_refused(trained, tmp_path):
+    _, det = trained
+    other = write_synthetic_cache(tmp_path / "other", n=20, identity=synthetic_identity(16, arch="other-arch"))
+    with pytest.raises(DetectorError, match="trained on embeddings of backbone 'synthetic:random'.*other-arch"):
+        det.features(other, np.arange(5))
+    with pytest.raises(DetectorError, match=r"expects \[N, 16\]"):
+        det.decision_function(np.zeros((3, 8), np.float32))
+
+
+def test_sklearn_style_fit_on_class_and_instance():
+    X, y = separable_features(400, 16, shift=3.0, seed=0)
+    Xv, yv = separable_features(200, 16, shift=3.0, seed=1)
+    det = Detector.fit(X, y, X_val=Xv, y_val=yv, config=FAST)
+    assert isinstance(det, Detector) and det.metrics["val"]["auc"] > 0.95
+    assert np.array_equal(fit_detector(X, y, X_val=Xv, y_val=yv, config=FAST).decision_function(Xv),
+                          det.decision_function(Xv))
+    before = det.decision_function(Xv)
+    assert det.fit(X[:200], y[:200]) is det  # instance form: retrain in place with its own config
+    assert det.threshold == 0.5 and not np.array_equal(det.decision_function(Xv), before)
+
+
+def test_cli_train_on_tiny_cache(tmp_path, capsys):
+    from clipdetect.cli import main
+
+    write_synthetic_cache(tmp_path / "c", n=200, shift=3.0)
+    rc = main(["train", str(tmp_path / "c"), "--out", str(tmp_path / "det"), "--epochs", "3", "--batch-size",
+               "64", "--lr", "0.01", "--width", "32", "--loss", "cvar", "--no-sam", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["test"]["auc"] > 0.9 and summary["val"]["n"] == summary["splits"]["val"]
+    assert summary["train"]["epochs_run"] == 3
+    det = Detector.load(tmp_path / "det")
+    assert det.train_config["loss"] == "cvar" and det.train_config["sam"] is False
+    assert det.head_config.width == 32
+    assert len((tmp_path / "det" / "train_log.jsonl").read_text().splitlines()) == 3
+    rc = main(["train", str(tmp_path / "c"), "--out", str(tmp_path / "d2"), "--feature-set", "image+text",
+               "--epochs", "1", "--head", "linear", "--no-progress"])
+    assert rc == 0 and Detector.load(tmp_path / "d2").in_dim == 32
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "d3")]) == 2

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipdetect.metrics import binary_metrics
+from clipdetect.train import (ArraySource, CacheSource, StratifiedBatchSampler, TrainConfig, predict_logits,
+                              train)
+
+from _synthetic import separable_features, write_synthetic_cache
+
+FAST = dict(batch_size=64, epochs=6, lr=1e-2, width=32, patience=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("n_fake", [1, 7, 150])
+def test_sampler_every_batch_has_both_classes_and_keeps_ratio(n_fake):
+    y = np.r_[np.ones(n_fake, int), np.zeros(300, int)]
+    sampler = StratifiedBatchSampler(y, 32, seed=1)
+    seen = []
+    for epoch in (1, 2):
+        for idx in sampler.epoch(epoch):
+            assert 0 < y[idx].sum() < len(idx)
+            assert np.all(np.diff(idx) >= 0)
+            assert len(idx) <= 32 + 1
+            seen.append(idx)
+    assert len(seen) == 2 * len(sampler) == 2 * int(np.ceil((300 + n_fake) / 32))
+    one_epoch = np.concatenate(seen[:len(sampler)])
+    assert set(one_epoch) == set(range(len(y)))  # every row once (the minority cycled when too small)
+    if n_fake >= len(sampler):
+        assert len(one_epoch) == len(y)
+        ratio = [y[i].mean() for i in seen]
+        assert max(ratio) - min(ratio) < 0.1
+
+
+def test_sampler_refuses_one_class():
+    with pytest.raises(ValueError, match="both classes"):
+        StratifiedBatchSampler(np.zeros(10, int), 4)
+
+
+def test_train_separable_reaches_high_auc_and_logs(tmp_path):
+    X, y = separable_features(800, 16, shift=3.0, seed=0)
+    Xv, yv = separable_features(300, 16, shift=3.0, seed=1)
+    r = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=TrainConfig(**FAST), out_dir=tmp_path,
+              progress=False)
+    Xt, yt = separable_features(300, 16, shift=3.0, seed=2)
+    assert binary_metrics(yt, predict_logits(r.head, ArraySource(Xt, yt)), scores_are_probs=False)["auc"] > 0.95
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [rec["epoch"] for rec in log] == list(range(1, 7))
+    assert {"train_loss", "val_auc", "val_ap", "val_acc", "lr", "seconds"} <= set(log[0])
+    assert log[-1]["lr"] < log[0]["lr"]  # cosine decay
+    assert json.loads((tmp_path / "train_config.json").read_text())["loss"] == "cvar+auc"
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    X, y = separable_features(300, 16, seed=0)
+    cfg = TrainConfig(**{**FAST, "epochs": 2})
+    a, b = (train(ArraySource(X, y), config=cfg, progress=False).head.state_dict() for _ in range(2))
+    c = train(ArraySource(X, y), config=TrainConfig(**{**FAST, "epochs": 2, "seed": 1}), progress=False).head
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["out.weight"], c.state_dict()["out.weight"])
+
+
+def test_early_stopping_keeps_best_epoch():
+    # labels of the validation set are the reverse of the training signal: val AUC falls as training
+    # proceeds, so the best epoch is the first and training stops after `patience` worse epochs
+    X, y = separable_features(400, 16, shift=3.0, seed=0)
+    Xv, yv = separable_features(200, 16, shift=3.0, seed=1)
+    cfg = TrainConfig(**{**FAST, "epochs": 20, "patience": 3})
+    r = train(ArraySource(X, y), val_data=ArraySource(Xv, 1 - yv), config=cfg, progress=False)
+    aucs = [h["val_auc"] for h in r.history]
+    assert r.stopped_early and r.epochs_run == r.best_epoch + 3 < 20
+    assert r.best_epoch == int(np.argmax(aucs)) + 1
+    best_auc = binary_metrics(1 - yv, predict_logits(r.head, ArraySource(Xv, yv)), scores_are_probs=False)["auc"]
+    assert best_auc == pytest.approx(max(aucs))
+    assert np.allclose(r.val_logits, predict_logits(r.head, ArraySource(Xv, yv)), atol=1e-6)
+
+
+def test_sam_second_pass_leaves_batchnorm_stats_to_the_first():
+    X, y = separable_features(64, 16, seed=0)
+    cfgs = [TrainConfig(**{**FAST, "epochs": 1, "batch_size": 64, "sam": s, "dropout": 0.0}) for s in (True, False)]
+    heads = [train(ArraySource(X, y), config=c, progress=False).head for c in cfgs]
+    # one step from the same init, same batch: running stats are those of one forward pass at w in both
+    for name in ("body.1.running_mean", "body.1.running_var", "body.1.num_batches_tracked"):
+        assert torch.allclose(heads[0].state_dict()[name], heads[1].state_dict()[name])
+
+
+@pytest.mark.parametrize("feature_set,dim", [("image", 16), ("text", 16), ("image+text", 32)])
+def test_train_from_cache_feature_sets(tmp_path, feature_set, dim):
+    cache = write_synthetic_cache(tmp_path / "c", n=240, shift=3.0)
+    rows = np.arange(0, 240, 2)
+    src = CacheSource(cache, rows, feature_set)
+    assert src.dim == dim and np.array_equal(src.y, cache.labels(rows))
+    assert np.allclose(src.batch(np.array([0, 5])), cache.features(feature_set, rows[[0, 5]]))
+    r = train(src, config=TrainConfig(**{**FAST, "epochs": 4}), progress=False)
+    assert binary_metrics(src.y, predict_logits(r.head, src), scores_are_probs=False)["auc"] > 0.9
