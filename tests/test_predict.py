@@ -1,0 +1,106 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipdetect.backbones import BackboneError
+from clipdetect.cache import FeatureCache
+from clipdetect.cli import main
+from clipdetect.detector import Detector
+from clipdetect.extract import ExtractConfig, extract
+from clipdetect.predict import FileListSource, open_predict_source, predict_source, resolve_backbone
+from clipdetect.sources import ImageFolderSource
+from clipdetect.train import TrainConfig
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_backbone):
+    from conftest import make_image
+
+    root = tmp_path_factory.mktemp("pred")
+    imgs = root / "imgs"
+    for label in ("real", "fake"):
+        (imgs / label).mkdir(parents=True)
+        for i in range(8):
+            make_image(i + (50 if label == "fake" else 0),
+                       fake=label == "fake").save(imgs / label / f"{i:02d}.png")
+    (imgs / "real" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    extract(ImageFolderSource(imgs), ExtractConfig(backbone=TINY, out=str(root / "cache"), workers=0,
+                                                   batch_size=8,
+                                                   dtype="float32"), backbone=tiny_backbone, progress=False)
+    cache = FeatureCache(root / "cache")
+    det = Detector.fit_cache(cache, config=TrainConfig(epochs=2, batch_size=8, head="linear", loss="bce",
+                                                       sam=False,
+                                                       patience=0, val_fraction=0.0, test_fraction=0.0))
+    det.temperature = 2.0
+    det.save(root / "det")
+    return root, cache, det
+
+
+def test_scores_match_cache_features_and_errors_are_rows(setup, tiny_backbone):
+    root, cache, det = setup
+    out = root / "p.csv"
+    s = predict_source(det, ImageFolderSource(root / "imgs"), out, backbone=tiny_backbone, batch_size=5,
+                       workers=0,
+                       progress=False)
+    df = pd.read_csv(out)
+    assert len(df) == s.n == 17 and s.scored == 16 and s.errors == {"corrupt": 1}
+    bad = df[df.error.notna()]
+    assert list(bad.key) == ["real/broken.png"] and bad.score.isna().all()
+    good = df[df.error.isna()].set_index("key")
+    keys = cache.meta.key.to_numpy()
+    want = det.decision_function(cache.features("image"))
+    np.testing.assert_allclose(good.loc[keys, "score"].to_numpy(), want, atol=1e-4)
+    p = 1 / (1 + np.exp(-good.loc[keys, "score"].to_numpy() / 2.0))
+    np.testing.assert_allclose(good.loc[keys, "probability"], p, atol=1e-6)
+    assert (good.label == (good.probability > det.threshold).astype(int)).all()
+    assert set(good.true_label) == {0,
+                                    1} and s.accuracy == pytest.approx((good.label == good.true_label).mean())
+
+
+def test_unlabelled_folder_to_jsonl(setup, tiny_backbone, tmp_path):
+    root, _, det = setup
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in list((root / "imgs" / "fake").glob("*.png"))[:3]:
+        shutil.copy(p, flat / p.name)
+    src = open_predict_source(str(flat))
+    assert isinstance(src, FileListSource) and src.size() == 3
+    s = predict_source(det, src, tmp_path / "p.jsonl", backbone=tiny_backbone, workers=0, progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(recs) == 3 and all(r["true_label"] is None and r["error"] is None for r in recs)
+    assert s.accuracy is None and isinstance(recs[0]["probability"], float)
+    single = open_predict_source(str(flat / sorted(p.name for p in flat.iterdir())[0]))
+    assert single.size() == 1
+
+
+def test_backbone_identity_is_checked(setup):
+    _, _, det = setup
+    other = Detector.load(setup[0] / "det")
+    other.backbone = {**other.backbone, "preprocess": {"size": [336, 336]}}  # trained on other preprocessing
+    with pytest.raises(BackboneError, match="differs"):
+        resolve_backbone(other)
+    assert resolve_backbone(other, force=True).identity["preprocess"] == det.backbone["preprocess"]
+    with pytest.raises(BackboneError, match="no backbone spec"):
+        other.backbone = {}
+        resolve_backbone(other)
+    with pytest.raises(ValueError, match=".csv or .jsonl"):
+        predict_source(det, FileListSource(setup[0] / "imgs"), setup[0] / "p.txt", backbone=object(),
+                       workers=0)
+
+
+def test_predict_cli_with_worker_process(setup, tmp_path, capsys):
+    root, _, _ = setup
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", str(out), "--workers", "1",
+                 "--batch-size", "4", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 17 and summary["errors"] == {"corrupt": 1}
+    assert list(pd.read_csv(out).columns) == ["key", "path", "score", "probability", "label", "true_label",
+                                              "error"]
+    assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", str(out), "--backbone",
+                 "clipdetect-tiny-vit:random", "--workers", "0"]) == 0
+    assert main(["predict", str(root / "det"), str(tmp_path / "nope"), "--out", str(out)]) == 2
