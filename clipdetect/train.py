@@ -14,10 +14,12 @@ one batch of features are held at a time (batches are read with ``cache.features
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -218,6 +220,18 @@ def predict_logits(head: torch.nn.Module, source, *, batch_size: int = 8192, dev
     return out
 
 
+def _prefetched(source, batches: Iterator[np.ndarray]) -> Iterator[tuple]:
+    """(indices, features) pairs; the next batch is gathered in a thread while the current one trains."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipdetect-batch") as pool:
+        nxt = next(batches, None)
+        pending = pool.submit(source.batch, nxt) if nxt is not None else None
+        while pending is not None:
+            idx, x = nxt, pending.result()
+            nxt = next(batches, None)
+            pending = pool.submit(source.batch, nxt) if nxt is not None else None
+            yield idx, x
+
+
 def _lr_at(config: TrainConfig, step: int, total: int) -> float:
     if config.schedule == "constant" or total <= 1:
         return config.lr
@@ -286,13 +300,14 @@ def _run(train_data, val_data, config, head_config, sampler, device, log_file, p
     for epoch in range(1, config.epochs + 1):
         e0, losses, lr = time.perf_counter(), [], config.lr
         head.train()
-        for idx in sampler.epoch(epoch):
-            if step >= total:
-                break
+        batches = sampler.epoch(epoch)
+        if config.max_steps is not None:
+            batches = itertools.islice(batches, max(0, total - step))
+        for idx, x in _prefetched(train_data, batches):
             lr = _lr_at(config, step, config.epochs * len(sampler))
             for group in opt.param_groups:
                 group["lr"] = lr
-            xb = torch.from_numpy(train_data.batch(idx)).to(device)
+            xb = torch.from_numpy(x).to(device)
             yb = torch.from_numpy(train_data.y[idx]).to(device=device, dtype=torch.float32)
             losses.append(_sam_step(head, opt, loss_fn, xb, yb, config.sam))
             step += 1
