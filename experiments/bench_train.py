@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import clipdetect  # noqa: F401  (before torch-adjacent imports: installs the to
 import torch
 from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
 from clipdetect.heads import create_head
-from clipdetect.sam import SAM, frozen_bn_stats
+from clipdetect.sam import SAM
 from clipdetect.train import CacheSource, StratifiedBatchSampler, TrainConfig, _sam_step, build_loss, train
 
 
@@ -125,7 +124,7 @@ def _proc_status() -> dict:
     with open("/proc/self/status") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[k] = int(v.split()[0]) / 1024  # MiB
     return out
 
@@ -142,6 +141,7 @@ def memory_child(root: str, head: str, batch_size: int) -> dict:
             time.sleep(0.02)
 
     cache = FeatureCache(root)
+    meta_mib = float(cache.meta.memory_usage(deep=True).sum()) / 2**20  # loads the metadata table
     base = _proc_status()
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -152,8 +152,9 @@ def memory_child(root: str, head: str, batch_size: int) -> dict:
     secs = time.perf_counter() - t0
     stop.set()
     t.join()
+    # VmHWM: this process's peak RSS (ru_maxrss would include the parent's RSS at fork: Linux keeps it over exec)
     return {"rows": len(cache), "steps": res.steps, "seconds": round(secs, 2), "baseline_mib": base,
-            "peak_mib": peak, "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mib": peak, "vmhwm_mib": _proc_status()["VmHWM"], "meta_mib": meta_mib}
 
 
 def main(argv=None) -> int:
@@ -233,8 +234,8 @@ def main(argv=None) -> int:
         if sizes:
             print(f"\nmemory: one full epoch of the trainer ({args.mem_head} head, batch {args.batch_size}) per cache "
                   "size, each in a fresh subprocess; MiB")
-            print(f"  {'rows':>8} {'cache MiB':>9} {'steps':>5} {'s':>6} {'base anon':>9} {'peak anon':>9} "
-                  f"{'peak file':>9} {'peak RSS':>8} {'ru_maxrss':>9}")
+            print(f"  {'rows':>8} {'cache MiB':>9} {'steps':>5} {'s':>6} {'meta':>6} {'base anon':>9} "
+                  f"{'peak anon':>9} {'peak file':>9} {'peak RSS':>8}")
         for n in sizes:
             root = tmp / f"mem-{n}"
             build_cache(root, n, args.dim, seed=1)
@@ -242,14 +243,15 @@ def main(argv=None) -> int:
                    "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             print(f"  {n:>8} {n * args.dim * 2 / 2**20:>9.0f} {out['steps']:>5} {out['seconds']:>6.1f} "
-                  f"{out['baseline_mib']['RssAnon']:>9.0f} {out['peak_mib']['RssAnon']:>9.0f} "
-                  f"{out['peak_mib']['RssFile']:>9.0f} {out['peak_mib']['VmRSS']:>8.0f} {out['ru_maxrss_mib']:>9.0f}",
-                  flush=True)
+                  f"{out['meta_mib']:>6.0f} {out['baseline_mib']['RssAnon']:>9.0f} {out['peak_mib']['RssAnon']:>9.0f} "
+                  f"{out['peak_mib']['RssFile']:>9.0f} {out['vmhwm_mib']:>8.0f}", flush=True)
             for p in sorted(root.rglob("*.npy")):
                 p.unlink()  # free disk before the next size
         if sizes:
-            print("  anon = process heap (what the trainer allocates); file = resident pages of the memory-mapped "
-                  "cache (page cache: shared, dropped by the kernel under memory pressure)")
+            print("  meta = the cache's metadata table in pandas (keys, labels, splits, paths; loaded by FeatureCache.meta, "
+                  "O(rows)); base anon = heap after opening the cache, before training; peak anon = heap peak during "
+                  "training; peak file = resident pages of the memory-mapped cache (page cache: shared, dropped by the "
+                  "kernel under memory pressure); peak RSS = VmHWM")
     return 0
 
 
