@@ -39,7 +39,6 @@ def _setup_logging(verbosity: int) -> None:
     root = logging.getLogger("clipdetect")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
     # open_clip logs its model-building chatter on the root logger
     logging.getLogger().setLevel(logging.ERROR if verbosity < 2 else logging.DEBUG)
 
