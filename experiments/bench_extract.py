@@ -30,6 +30,7 @@ DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "da
 def bench_pipeline(source, backbone, args) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = ExtractConfig(backbone=args.backbone, out=tmp, batch_size=args.batch_size, workers=args.workers,
+                            device=args.device, precision=args.precision,
                             limit=args.images, shard_size=4096)
         summary = extract(source, cfg, backbone=backbone, progress=False)
     assert summary.embedded == args.images, summary
@@ -64,10 +65,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="model precision for all three measurements (bf16: lossy, faster on CPUs with bf16 units)")
     ap.add_argument("--repeats", type=int, default=2, help="alternate the three measurements this many times")
     args = ap.parse_args(argv)
     source = HFSource(args.data)
-    backbone = create_backbone(args.backbone, device=args.device)
+    backbone = create_backbone(args.backbone, device=args.device, precision=args.precision)
     bench_ceiling(source, backbone, args.batch_size, args.batch_size)  # warm-up
     results = {"a_pipeline": [], "b_naive": [], "c_ceiling": []}
     for _ in range(args.repeats):  # interleaved, so machine noise hits all three alike
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
         results["a_pipeline"].append(bench_pipeline(source, backbone, args))
         results["b_naive"].append(bench_naive(source, backbone, args.images))
     med = {k: float(np.median(v)) for k, v in results.items()}
-    report = {"backbone": args.backbone, "device": args.device, "images": args.images,
+    report = {"backbone": args.backbone, "device": args.device, "precision": args.precision, "images": args.images,
               "batch_size": args.batch_size, "workers": args.workers, "torch_threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "images_per_second": {k: round(v, 2) for k, v in med.items()},
               "runs": {k: [round(x, 2) for x in v] for k, v in results.items()},
