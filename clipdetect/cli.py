@@ -33,14 +33,19 @@ class CLIError(Exception):
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * verbosity if verbosity else logging.INFO
+    """clipdetect logs at INFO (DEBUG with -v); other libraries only at WARNING (DEBUG with -vv).
+
+    The handler sits on the root logger, so records are printed once and pytest/applications
+    that configure logging themselves still see them.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("clipdetect")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # open_clip logs its model-building chatter on the root logger
-    logging.getLogger().setLevel(logging.ERROR if verbosity < 2 else logging.DEBUG)
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_clipdetect", False)]
+    handler._clipdetect = True
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
+    logging.getLogger("clipdetect").setLevel(logging.DEBUG if verbosity else logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
