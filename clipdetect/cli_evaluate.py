@@ -96,7 +96,8 @@ def add_parser(sub) -> None:
                                    "and "
                                    "0.1%% FPR with 95%% bootstrap CIs, ECE and Brier; overall, per generator "
                                    "(its fakes vs all reals) and per metadata column.")
-    p.add_argument("detector", help="detector bundle directory")
+    p.add_argument("detector", help="detector bundle directory; several as NAME=DIR,NAME=DIR also writes "
+                                    "comparison.md with paired-bootstrap AUC differences to the first")
     p.add_argument("cache", help="feature cache directory (same backbone as the detector)")
     p.add_argument("--split", default="test", help="train, val, test or all (default test)")
     p.add_argument("--by", default="generator", type=_csv,
@@ -119,6 +120,7 @@ def add_parser(sub) -> None:
                    help="one curve per value of this column ('' for overall only)")
     p.add_argument("--formats", type=_formats, default=["png", "pdf"], help="png,pdf (default) or a subset")
     p.add_argument("--title", help="figure title")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
     p.set_defaults(func=run_plot)
 
     p = sub.add_parser("predict", help="score images end to end (decode → backbone → detector)")
@@ -205,20 +207,41 @@ def add_parser(sub) -> None:
 
 # ------------------------------------------------------------------ handlers
 def run_evaluate(args) -> int:
-    from .evaluate import evaluate_detector
+    from .evaluate import compare_reports, evaluate_detector
+    from .protocols import SUMMARY_METRICS, load_detectors, save_table
 
-    det, cache = _load_detector(args.detector), _open_cache(args.cache)
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be >= 0, got {args.n_boot}")
-    report = evaluate_detector(det, cache, split=args.split, by=args.by, n_boot=args.n_boot, seed=args.seed,
-                               val=args.val_fraction, test=args.test_fraction, split_seed=args.split_seed,
-                               names={"detector": args.detector, "cache": args.cache})
-    if args.out:
-        paths = report.save(args.out)
-        if args.save_scores:
-            report.scores.to_csv(Path(args.out) / "scores.csv", index=False)
-        logger.info("wrote %s", ", ".join(str(p) for p in paths))
-    print(report.to_markdown())
+    specs = _csv(args.detector)
+    several = len(specs) > 1
+    dets, cache = load_detectors(specs), _open_cache(args.cache)
+    reports = {}
+    for name, det in dets.items():
+        report = evaluate_detector(det, cache, split=args.split, by=args.by, n_boot=args.n_boot,
+                                   seed=args.seed, val=args.val_fraction, test=args.test_fraction,
+                                   split_seed=args.split_seed,
+                                   names={"detector": name if several else args.detector,
+                                          "cache": args.cache})
+        reports[name] = report
+        if args.out:
+            out = Path(args.out) / name if several else Path(args.out)
+            paths = report.save(out)
+            if args.save_scores:
+                report.scores.to_csv(out / "scores.csv", index=False)
+            logger.info("wrote %s", ", ".join(str(p) for p in paths))
+        print((f"### {name}\n\n" if several else "") + report.to_markdown())
+    if several:
+        table = compare_reports(reports, n_boot=args.n_boot, seed=args.seed)
+        first = next(iter(reports))
+        if args.out:
+            save_table(table, args.out, "comparison", config={"detectors": specs, "cache": args.cache,
+                                                              "split": args.split, "n_boot": args.n_boot},
+                       columns=["detector", "n_real", "n_fake", *SUMMARY_METRICS, "ece", "brier",
+                                "delta_auc"],
+                       title=f"Detectors compared on `{args.cache}`, split `{args.split}`",
+                       notes=f"`delta_auc` = AUC({first}) − AUC(detector), 95% paired stratified "
+                             f"bootstrap CI ({args.n_boot} resamples).")
+        print(table.to_string(index=False))
     return 0
 
 
@@ -228,7 +251,8 @@ def run_plot(args) -> int:
 
     paths = plot_detectors(load_detectors(args.detectors), _open_cache(args.cache), args.out,
                            split=args.split,
-                           by=args.by or None, formats=args.formats, title=args.title)
+                           by=args.by or None, formats=args.formats, title=args.title,
+                           dpi=args.dpi)
     print_json({"written": [str(p) for p in paths]})
     return 0
 

@@ -203,9 +203,13 @@ def roc_curves(detector, cache, rows: np.ndarray, *, by: Optional[str] = "genera
 
 def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, split: str = "test",
                    by: Optional[str] = "generator", formats: Sequence[str] = ("png", "pdf"),
-                   title: Optional[str] = None) -> List[Path]:
-    """ROC figure (linear + log-FPR panels; one detector, or several as line styles) and
-    score histograms (one panel per detector) as ``<stem>_roc.*`` and ``<stem>_hist.*``."""
+                   title: Optional[str] = None, dpi: int = 150) -> List[Path]:
+    """ROC figure (linear + log-FPR panels) and score histograms (one panel per detector)
+    as ``<stem>_roc.*`` and ``<stem>_hist.*``.
+
+    One detector: a curve per value of ``by`` plus overall. Several: colour per generator
+    and line style per detector, or a colour per detector when each has one curve only.
+    """
     import matplotlib.pyplot as plt
 
     from .plots import plot_score_histograms, roc_figure, roc_figure_multi, save_figure
@@ -217,9 +221,11 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, sp
     title = title or f"{Path(str(cache.root)).name} ({split})"
     if len(curves) == 1:
         fig = roc_figure(next(iter(curves.values())), title=f"{next(iter(curves))}: {title}")
+    elif all(len(c) == 1 for c in curves.values()):
+        fig = roc_figure({name: c["overall"] for name, c in curves.items()}, title=title)
     else:
         fig = roc_figure_multi(curves, title=title)
-    paths = save_figure(fig, f"{out_stem}_roc", formats=formats)
+    paths = save_figure(fig, f"{out_stem}_roc", formats=formats, dpi=dpi)
     fig, axes = plt.subplots(1, len(detectors), figsize=(5.0 * len(detectors), 3.8), squeeze=False)
     for ax, (name, det) in zip(axes[0], detectors.items()):
         rows = split_rows(cache, split, **split_params(det))
@@ -231,4 +237,58 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, sp
         ax.set_title(name)
         ax.set_xlabel("logit (higher = more likely fake)")
     fig.tight_layout()
-    return paths + save_figure(fig, f"{out_stem}_hist", formats=formats)
+    return paths + save_figure(fig, f"{out_stem}_hist", formats=formats, dpi=dpi)
+
+
+def paired_auc_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0) -> Dict[str, float]:
+    """AUC(a) − AUC(b) on the same samples, with a paired stratified bootstrap 95% CI.
+
+    Both detectors are scored on the same resample each time, so the interval reflects
+    the difference itself (much narrower than comparing two separate CIs). ``p_le_0`` is
+    the fraction of resamples where a is not better than b.
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(np.int64)
+    s = np.stack([np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)])
+    real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    if real.size == 0 or fake.size == 0:
+        raise ValueError("a paired AUC difference needs reals and fakes")
+
+    def aucs(idx_real, idx_fake):
+        idx = np.concatenate([idx_real, idx_fake], axis=-1)
+        r = rankdata(s[:, idx], axis=-1)[..., idx_real.shape[-1]:].sum(-1)
+        return (r - fake.size * (fake.size + 1) / 2.0) / (real.size * fake.size)
+
+    point = aucs(real, fake)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for b in range(n_boot):
+        a = aucs(rng.choice(real, real.size), rng.choice(fake, fake.size))
+        diffs[b] = a[0] - a[1]
+    lo, hi = (np.percentile(diffs, [2.5, 97.5]) if n_boot else (math.nan, math.nan))
+    return {"auc_a": float(point[0]), "auc_b": float(point[1]), "delta_auc": float(point[0] - point[1]),
+            "delta_auc_lo": float(lo), "delta_auc_hi": float(hi),
+            "p_le_0": float((diffs <= 0).mean()) if n_boot else math.nan}
+
+
+def compare_reports(reports: Dict[str, "EvalReport"], *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per detector: its overall metrics, plus ``delta_auc`` = AUC(first) − AUC(this)
+    with a paired bootstrap CI (all reports must cover the same rows)."""
+    names = list(reports)
+    base = reports[names[0]].scores
+    rows = []
+    for name in names:
+        rep = reports[name]
+        if not np.array_equal(rep.scores["row"].to_numpy(), base["row"].to_numpy()):
+            raise ValueError(f"detector {name!r} was evaluated on other rows than {names[0]!r}; "
+                             "compare detectors that share the split fractions and seed")
+        overall = rep.table.iloc[0].to_dict()
+        row = {"detector": name, **{k: v for k, v in overall.items() if k not in ("group", "value", "vs")}}
+        if name != names[0]:
+            d = paired_auc_difference(base["label"], base["logit"], rep.scores["logit"], n_boot=n_boot,
+                                      seed=seed)
+            row.update(delta_auc=d["delta_auc"], delta_auc_lo=d["delta_auc_lo"],
+                       delta_auc_hi=d["delta_auc_hi"])
+        rows.append(row)
+    return pd.DataFrame(rows)

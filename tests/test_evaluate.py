@@ -10,7 +10,8 @@ from _synthetic import write_synthetic_cache
 
 from clipdetect.cli import main
 from clipdetect.detector import Detector
-from clipdetect.evaluate import evaluate_detector, logit_threshold, plot_detectors, roc_curves, score_table
+from clipdetect.evaluate import (evaluate_detector, logit_threshold, paired_auc_difference, plot_detectors,
+                                 roc_curves, score_table)
 from clipdetect.splits import resolve_split_rows
 from clipdetect.train import TrainConfig
 
@@ -129,3 +130,26 @@ def test_all_split_and_empty_split(trained):
     rep = evaluate_detector(det, cache, split="all", by=(), n_boot=0)
     assert rep.table.loc[0, "n"] == len(cache) and len(rep.table) == 1
     assert not math.isnan(rep.table.loc[0, "ece"])
+
+
+def test_paired_auc_difference():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    a = y + rng.normal(0, 0.6, 400)
+    b = y + rng.normal(0, 1.2, 400)
+    d = paired_auc_difference(y, a, b, n_boot=300)
+    assert d["delta_auc"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b), abs=1e-12)
+    assert 0 < d["delta_auc_lo"] < d["delta_auc"] < d["delta_auc_hi"] and d["p_le_0"] == 0
+    same = paired_auc_difference(y, a, a, n_boot=50)
+    assert same["delta_auc"] == same["delta_auc_lo"] == same["delta_auc_hi"] == 0
+
+
+def test_evaluate_cli_compares_several_detectors(trained, tmp_path):
+    root, _, _ = trained
+    out = tmp_path / "cmp"
+    assert main(["evaluate", f"a={root / 'det'},b={root / 'det'}", str(root / "cache"), "--n-boot", "20",
+                 "--out", str(out)]) == 0
+    assert (out / "a" / "metrics.json").exists() and (out / "b" / "metrics.md").exists()
+    cmp = pd.read_csv(out / "comparison.csv")
+    assert list(cmp.detector) == ["a", "b"] and cmp.delta_auc.iloc[1] == 0 and np.isnan(cmp.delta_auc.iloc[0])
+    assert "delta_auc" in (out / "comparison.md").read_text()
