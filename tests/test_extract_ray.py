@@ -1,0 +1,92 @@
+"""The Ray Data engine writes the local engine's cache, and a killed Ray run resumes like a local one."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (pip install 'clipdetect[ray]')")
+pytest.importorskip("ray.data", reason="the Ray engine needs ray[data] (pip install 'clipdetect[ray]')")
+
+from clipdetect.cache import FeatureCache  # noqa: E402
+from clipdetect.d3 import D3Source  # noqa: E402
+from clipdetect.extract import ExtractConfig, extract  # noqa: E402
+from clipdetect.extract_ray import extract_ray  # noqa: E402
+from conftest import TINY  # noqa: E402
+
+from _d3_fixture import make_d3_parquet, write_reals_dir  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # e.g. the raylet's fixed 30 s start-up timeout on an overloaded machine
+        ray.shutdown()
+        pytest.skip(f"could not start a local Ray cluster here: {type(exc).__name__}: {exc}")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("d3ray")
+    path = make_d3_parquet(root / "d3.parquet", "http://127.0.0.1:9", rows=6)  # URLs never contacted
+    return D3Source(str(path), reals_dir=str(write_reals_dir(root / "reals", [0, 1, 3, 4])))
+
+
+def _cfg(out):
+    return ExtractConfig(backbone=TINY, out=str(out), batch_size=4, shard_size=10, workers=0)
+
+
+def _assert_same_cache(a_dir, b_dir):
+    a, b = FeatureCache(a_dir), FeatureCache(b_dir)
+    assert list(a.meta.key) == list(b.meta.key)
+    cols = ["label", "generator", "split", "path", "caption", "width", "height", "format"]
+    assert a.meta[cols].equals(b.meta[cols])
+    shards = lambda c: [(s["start"], s["stop"], s["rows"], s["errors"], s["run"]) for s in c.manifest["shards"]]  # noqa
+    assert shards(a) == shards(b)
+    for kind in ("image", "text"):
+        np.testing.assert_allclose(a.embeddings(kind), b.embeddings(kind), atol=2e-3)  # fp16 storage
+    assert a.errors().equals(b.errors())
+
+
+def test_ray_engine_matches_local_and_resumes_after_a_kill(cluster, source, tmp_path, tiny_backbone):
+    local = extract(source, _cfg(tmp_path / "local"), backbone=tiny_backbone, progress=False)
+    assert local.complete and local.errors == {"real_missing": 2}
+
+    def die(name):
+        raise Killed(name)
+
+    with pytest.raises(Killed, match="part-00000"):
+        extract_ray(source, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False, on_shard=die)
+    killed = FeatureCache(tmp_path / "ray")
+    assert len(killed.manifest["shards"]) == 1 and killed.manifest["runs"][local.run]["position"] == 10
+    shutil.copytree(tmp_path / "ray", tmp_path / "ray_then_local")
+
+    resumed = extract_ray(source, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False)
+    assert (resumed.run, resumed.resumed_from, resumed.seen, resumed.complete) == (local.run, 10, 20, True)
+    assert resumed.errors == {"real_missing": 2}  # rows 2 and 5 have no real image
+    _assert_same_cache(tmp_path / "local", tmp_path / "ray")
+
+    # the engines share the run: a local run finishes what a Ray run started
+    finished = extract(source, _cfg(tmp_path / "ray_then_local"), backbone=tiny_backbone, progress=False)
+    assert finished.resumed_from == 10 and finished.complete
+    _assert_same_cache(tmp_path / "local", tmp_path / "ray_then_local")
+    assert extract_ray(source, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False).seen == 0
+
+
+def test_ray_engine_refuses_sources_of_unknown_size(cluster, tmp_path, tiny_backbone):
+    class Endless:
+        def size(self):
+            return None
+
+    with pytest.raises(ValueError, match="known size"):
+        extract_ray(Endless(), _cfg(tmp_path / "x"), backbone=tiny_backbone, progress=False)
