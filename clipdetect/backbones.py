@@ -210,6 +210,8 @@ def _create_pretrained(oc, spec: BackboneSpec):
 
 
 _REGISTRY: Dict[str, Callable[[BackboneSpec, int], Backbone]] = {}
+#: families that register themselves when their module is imported
+_BUILTIN_FAMILIES = {"student": "clipdetect.student"}
 
 
 def register_backbone(prefix: str, factory: Callable[[BackboneSpec, int], Backbone]) -> None:
@@ -220,6 +222,10 @@ def register_backbone(prefix: str, factory: Callable[[BackboneSpec, int], Backbo
 def create_backbone(spec: str, *, device: str = "cpu", precision: str = "fp32", seed: int = 0) -> Backbone:
     """Resolve ``spec`` into a :class:`Backbone` on ``device`` at ``precision``."""
     parsed = BackboneSpec.parse(spec)
+    if parsed.arch in _BUILTIN_FAMILIES and parsed.arch not in _REGISTRY:
+        import importlib
+
+        importlib.import_module(_BUILTIN_FAMILIES[parsed.arch])
     factory = _REGISTRY.get(parsed.arch, _create_open_clip)
     return factory(parsed, seed).to(device, precision)
 

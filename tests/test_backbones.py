@@ -89,3 +89,10 @@ def test_identity_comparison(tiny_backbone):
     other = dict(tiny_backbone.identity, preprocess={**tiny_backbone.identity["preprocess"], "size": [96, 96]})
     assert identities_match(tiny_backbone.identity, dict(tiny_backbone.identity, open_clip_version="x"))
     assert not identities_match(tiny_backbone.identity, other)
+
+
+def test_student_family_resolves_without_explicit_import(tmp_path):
+    # the student module registers itself lazily: a bad path reaches the student factory
+    with pytest.raises(Exception) as exc:
+        create_backbone(f"student:{tmp_path}/no-such-student")
+    assert "unknown architecture" not in str(exc.value)
