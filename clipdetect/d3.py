@@ -262,14 +262,13 @@ class D3Source(Source):
         return out
 
     def describe(self) -> Dict[str, Any]:
-        local = self._data_files() is not None
-        reals = [m for m, on in (("dir", self.reals_dir), ("store", self.store), ("fetch", self.fetch_reals))
-                 if on]
-        name = os.path.abspath(self.name_or_path) if local else self.name_or_path
-        return {"kind": self.kind, "name_or_path": name,
-                "split": self.split, "generators": self.generators, "caption_policy": self.caption_policy,
-                "include_real": self.include_real, "reals": reals,
-                "reals_dir": os.path.abspath(self.reals_dir) if self.reals_dir else None}
+        """The run identity: which samples, in which order, with which captions. Where the
+        real images come from (folder, store, fetching) is left out on purpose, so that a
+        run resumed with reals added continues instead of starting a duplicate run in the
+        same cache; to re-extract with more reals, use a new output folder."""
+        name = os.path.abspath(self.name_or_path) if self._data_files() is not None else self.name_or_path
+        return {"kind": self.kind, "name_or_path": name, "split": self.split, "generators": self.generators,
+                "caption_policy": self.caption_policy, "include_real": self.include_real}
 
     # ------------------------------------------------------------ real images
     def _real_image(self, rid: str, url: str):

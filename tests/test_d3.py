@@ -75,7 +75,9 @@ def test_generator_selection_and_resume_positions(d3):
 
 def test_reals_from_a_folder_and_missing_reals_reported(d3, tmp_path):
     folder = write_reals_dir(tmp_path / "reals", [0, 2, 4])
-    reals = [s for s in D3Source(d3, reals_dir=str(folder)) if s.label == 0]
+    with_reals = D3Source(d3, reals_dir=str(folder))
+    assert with_reals.describe() == D3Source(d3).describe()  # adding reals resumes the same run
+    reals = [s for s in with_reals if s.label == 0]
     assert [isinstance(s.image, str) for s in reals] == [True, False, True, False, True, False]
     assert [Path(reals[i].image).stem for i in (0, 2, 4)] == [row_id(0), row_id(2), row_id(4)]
     pre = SplitPreprocess(lambda img: img)

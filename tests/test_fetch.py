@@ -81,8 +81,8 @@ def test_command_line_parts_share_one_store(server, tmp_path, capsys):
         assert main(common + ["--part", part]) == 0
     out = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]
     assert [(o["fetched"], o["failed"]) for o in out] == [(1, 2), (2, 1)]
-    assert sorted(p.name for p in (tmp_path / "s").glob("failures*")) == ["failures-0-of-2.jsonl",
-                                                                           "failures-1-of-2.jsonl"]
+    ledgers = sorted(p.name for p in (tmp_path / "s").glob("failures*"))
+    assert ledgers == ["failures-0-of-2.jsonl", "failures-1-of-2.jsonl"]
     assert len(FetchStore(tmp_path / "s").failures()) == 3
     with pytest.raises(SystemExit):
         main(common + ["--part", "2/2"])
