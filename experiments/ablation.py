@@ -59,6 +59,37 @@ def fmt(values, digits: int = 3) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
 
 
+def render_markdown(doc: dict, config: dict) -> str:
+    """The Markdown report from the JSON results (``doc``) and the run's config document."""
+    tc, runs = config["train_config"], doc["runs"]
+    baseline = doc.get("baseline", "bce")
+    header = ["loss", "SAM"] + [label for _, label in METRICS] + ["best epoch", f"ΔAUC vs {baseline} [95% CI]"]
+    lines = [f"# Loss × SAM ablation on `{doc['cache']}` ({doc['feature_set']} features)", "",
+             f"Backbone `{doc['backbone']}`; {doc['rows']} rows; splits (rows / fake): "
+             + ", ".join(f"{k} {v['rows']} / {v['fake']}" for k, v in doc["splits"].items()) + ".",
+             f"Recipe: TrainConfig defaults (MLP depth {tc['depth']}, dropout {tc['dropout']}, AdamW lr {tc['lr']} "
+             f"wd {tc['weight_decay']}, cosine; SAM rho {tc['rho']}; CVaR alpha {tc['alpha']}; AUC margin "
+             f"{tc['margin']} p {tc['p']}; cvar+auc gamma {tc['gamma']}) except batch {tc['batch_size']}; "
+             f"at most {tc['epochs']} epochs, best validation-AUC epoch kept, patience {tc['patience']}.",
+             f"{len(config['seeds'])} seeds per row: mean ± std over seeds (the split and test set are fixed).",
+             f"ΔAUC: test AUC of the seed-averaged scores minus that of {baseline}, paired stratified bootstrap over "
+             f"test rows ({doc.get('n_boot', 1000)} resamples).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in doc["summary"]:
+        rs = [r for r in runs if r["config"] == entry["config"]]
+        cells = [entry["loss"], "yes" if entry["sam"] else "no"]
+        for key, _ in METRICS:
+            cells.append(fmt([r["test"][key] for r in rs], 4 if key in ("auc", "ap") else 3))
+        cells.append(fmt([r["best_epoch"] for r in rs], 1))
+        d = entry.get("delta_auc_vs_baseline")
+        cells.append(f"{d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    secs = doc.get("seconds")
+    lines += ["", (f"Total time {secs:.0f} s" if secs else "Total time not recorded")
+              + f" on {doc.get('torch_threads', config.get('torch_threads'))} torch thread(s) of a shared 2-core CPU."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cache", nargs="?", default="features/cifake-b16", help="feature cache directory")
@@ -77,7 +108,15 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the AUC differences")
     ap.add_argument("--out-prefix", default="experiments/results/ablation",
                     help="writes PREFIX.md, PREFIX.json and PREFIX_config.json")
+    ap.add_argument("--render-only", action="store_true",
+                    help="only re-write PREFIX.md from existing PREFIX.json and PREFIX_config.json")
     args = ap.parse_args(argv)
+    if args.render_only:
+        doc = json.loads(Path(f"{args.out_prefix}.json").read_text())
+        md = render_markdown(doc, json.loads(Path(f"{args.out_prefix}_config.json").read_text()))
+        Path(f"{args.out_prefix}.md").write_text(md)
+        print(md)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     losses = [s.strip() for s in args.losses.split(",") if s.strip()]
@@ -93,7 +132,7 @@ def main(argv=None) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     config_doc = {**data, "seeds": list(range(args.seeds)), "losses": losses, "sam": [False, True],
                   "train_config": dataclasses.asdict(base), "torch_threads": torch.get_num_threads(),
-                  "command": " ".join(sys.argv)}
+                  "n_boot": args.n_boot, "command": " ".join(sys.argv)}
     Path(f"{prefix}_config.json").write_text(json.dumps(config_doc, indent=2))
     print(json.dumps(data["splits"]), flush=True)
 
@@ -119,38 +158,23 @@ def main(argv=None) -> int:
             scores[name] = np.mean(probs, axis=0)
 
     baseline = "bce" if "bce" in scores else next(iter(scores))
-    rows, summary = [], []
-    header = ["loss", "SAM"] + [label for _, label in METRICS] + ["best epoch", f"ΔAUC vs {baseline} [95% CI]"]
+    summary = []
     for name, s in scores.items():
         rs = [r for r in runs if r["config"] == name]
         entry = {"config": name, "loss": rs[0]["loss"], "sam": rs[0]["sam"], "n_seeds": len(rs)}
-        cells = [rs[0]["loss"], "yes" if rs[0]["sam"] else "no"]
         for key, _ in METRICS:
             vals = [r["test"][key] for r in rs]
             entry[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
-            cells.append(fmt(vals))
-        cells.append(fmt([r["best_epoch"] for r in rs], 1))
-        if name == baseline:
-            cells.append("—")
-        else:
+        if name != baseline:
             d, lo, hi = paired_auc_delta(y_te, s, scores[baseline], n_boot=args.n_boot)
             entry["delta_auc_vs_baseline"] = {"delta": d, "lo": lo, "hi": hi}
-            cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
         summary.append(entry)
-        rows.append("| " + " | ".join(cells) + " |")
-    md = [f"# Loss × SAM ablation on `{cache.root}` ({args.feature_set} features)", "",
-          f"Backbone `{data['backbone']}`; {len(cache)} rows; splits (rows / fake): "
-          + ", ".join(f"{k} {v['rows']} / {v['fake']}" for k, v in data["splits"].items()) + ".",
-          f"Recipe: TrainConfig defaults except batch {args.batch_size}, epochs {args.epochs}, lr {args.lr}, "
-          f"patience {args.patience}; {args.seeds} seeds per row; mean ± std over seeds (test set fixed).",
-          f"ΔAUC: seed-averaged scores vs {baseline}, paired stratified bootstrap over test rows "
-          f"({args.n_boot} resamples).", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, "",
-          f"Total time {time.perf_counter() - t_all:.0f} s on {torch.get_num_threads()} torch thread(s)."]
-    Path(f"{prefix}.md").write_text("\n".join(md) + "\n")
-    Path(f"{prefix}.json").write_text(json.dumps({**data, "summary": summary, "runs": runs}, indent=2,
-                                                 default=float))
-    print("\n".join(md))
+    doc = {**data, "baseline": baseline, "n_boot": args.n_boot, "seconds": round(time.perf_counter() - t_all, 1),
+           "torch_threads": torch.get_num_threads(), "summary": summary, "runs": runs}
+    Path(f"{prefix}.json").write_text(json.dumps(doc, indent=2, default=float))
+    md = render_markdown(doc, config_doc)
+    Path(f"{prefix}.md").write_text(md)
+    print(md)
     return 0
 
 
