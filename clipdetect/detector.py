@@ -293,6 +293,11 @@ class Detector:
         state = _read_safetensors(w_path)
         head_config = head_from_dict(cfg["head_config"])
         head = create_head(head_config)
+        structure = (cfg.get("extra") or {}).get("compression")
+        if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
+            from .compress import apply_structure
+
+            head = apply_structure(head, structure)
         try:
             head.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -153,3 +153,17 @@ def test_compress_student_report(tmp_path):
     with pytest.raises(ValueError, match="nothing to do"):
         CompressConfig(target="x", out="y")
     assert np.isfinite(a["images_per_second"])
+
+
+def test_plain_detector_load_opens_svd_compressed_heads(tmp_path):
+    from _synthetic import synthetic_identity, write_synthetic_cache
+
+    cache = write_synthetic_cache(tmp_path / "cache", n=60, dim=32, shards=1, text=False)
+    x = cache.features("image")
+    det = Detector(head=mlp(in_dim=32), head_config=HeadConfig(kind="mlp", in_dim=32, depth=2),
+                   feature_set="image", backbone=synthetic_identity(32))
+    det.save(tmp_path / "det")
+    compress(CompressConfig(target=str(tmp_path / "det"), out=str(tmp_path / "small"), svd_rank=4,
+                            eval_cache=str(tmp_path / "cache"), timing_seconds=0.01))
+    small = Detector.load(tmp_path / "small")  # what `clipdetect predict/evaluate` use
+    assert np.allclose(small.fake_probability(x), load_detector(tmp_path / "small").fake_probability(x))
