@@ -31,7 +31,6 @@ insensitive), by alias (``sd14``, ``sd21``, ``sdxl``, ``if``) or by column (``ge
 """
 from __future__ import annotations
 
-import glob
 import itertools
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .hf_source import load_hf_dataset, parquet_files
 from .imaging import BadImage
 from .sources import IMAGE_EXTENSIONS, Sample, Source, _opt_str
 
@@ -127,31 +127,12 @@ class D3Source(Source):
         return _reopen, (self.name_or_path, self._kwargs)
 
     # ------------------------------------------------------------ loading
-    def _data_files(self) -> Optional[List[str]]:
-        p = self.name_or_path
-        if os.path.isdir(p):
-            return sorted(glob.glob(os.path.join(p, "**", "*.parquet"), recursive=True))
-        if any(c in p for c in "*?[") or p.endswith(".parquet"):
-            files = sorted(glob.glob(p))
-            if not files:
-                raise FileNotFoundError(f"no parquet files match {p!r}")
-            return files
-        return None
-
     def _load(self):
         import datasets
 
-        files = self._data_files()
-        try:
-            if files is not None:
-                ds = datasets.load_dataset("parquet", data_files={self.split: files}, split=self.split,
-                                           streaming=self.streaming)
-            else:
-                ds = datasets.load_dataset(self.name_or_path, split=self.split, streaming=self.streaming)
-        except (ConnectionError, OSError) as exc:
-            raise RuntimeError(f"could not load D3 {self.name_or_path!r} ({exc}). Offline? Download the "
-                               "parquet files (huggingface-cli download elsaEU/ELSA_D3 --repo-type dataset) "
-                               "and pass d3:/path/to/data/train-*.parquet") from exc
+        ds = load_hf_dataset(self.name_or_path, split=self.split, streaming=self.streaming,
+                             offline_hint="download the parquet files (huggingface-cli download elsaEU/ELSA_D3 "
+                                          "--repo-type dataset) and pass d3:/path/to/data/train-*.parquet")
         cols = set(ds.features or {})
         need = set(BASE_COLUMNS) | {f"{c}_gen{i}" for c in ("model", "image") for i in range(N_GEN)}
         need |= {"positive_prompt"} if self.caption_policy == "reference" else set()
@@ -266,7 +247,7 @@ class D3Source(Source):
         real images come from (folder, store, fetching) is left out on purpose, so that a
         run resumed with reals added continues instead of starting a duplicate run in the
         same cache; to re-extract with more reals, use a new output folder."""
-        name = os.path.abspath(self.name_or_path) if self._data_files() is not None else self.name_or_path
+        name = os.path.abspath(self.name_or_path) if parquet_files(self.name_or_path) is not None else self.name_or_path
         return {"kind": self.kind, "name_or_path": name, "split": self.split, "generators": self.generators,
                 "caption_policy": self.caption_policy, "include_real": self.include_real}
 

@@ -9,11 +9,37 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from .sources import CaptionTemplate, Sample, Source, _opt_str, parse_label
 
 logger = logging.getLogger(__name__)
+
+
+def parquet_files(spec: str) -> Optional[List[str]]:
+    """Local parquet files named by ``spec`` (a file, glob or folder), or None for a hub name."""
+    if os.path.isdir(spec):
+        return sorted(glob.glob(os.path.join(spec, "**", "*.parquet"), recursive=True))
+    if any(c in spec for c in "*?[") or spec.endswith(".parquet"):
+        files = sorted(glob.glob(spec))
+        if not files:
+            raise FileNotFoundError(f"no parquet files match {spec!r}")
+        return files
+    return None
+
+
+def load_hf_dataset(name_or_path: str, *, split: str, streaming: bool, config_name: Optional[str] = None,
+                    offline_hint: str):
+    """``datasets.load_dataset`` for local parquet or a hub name; a load failure names ``offline_hint``."""
+    import datasets
+
+    files = parquet_files(name_or_path)
+    try:
+        if files is not None:
+            return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
+        return datasets.load_dataset(name_or_path, config_name, split=split, streaming=streaming)
+    except (ConnectionError, OSError) as exc:
+        raise RuntimeError(f"could not load {name_or_path!r} ({exc}). Offline? {offline_hint}") from exc
 
 
 class HFSource(Source):
@@ -43,31 +69,12 @@ class HFSource(Source):
         feat = self.ds.features.get(self.label_column) if self.ds.features else None
         self.label_names = list(getattr(feat, "names", []) or []) or None
 
-    def _data_files(self):
-        p = self.name_or_path
-        if os.path.isdir(p):
-            return sorted(glob.glob(os.path.join(p, "**", "*.parquet"), recursive=True))
-        if any(c in p for c in "*?[") or p.endswith(".parquet"):
-            files = sorted(glob.glob(p))
-            if not files:
-                raise FileNotFoundError(f"no parquet files match {p!r}")
-            return files
-        return None
-
     def _load(self):
         import datasets
 
-        files = self._data_files()
-        try:
-            if files is not None:
-                ds = datasets.load_dataset("parquet", data_files={self.split: files}, split=self.split,
-                                           streaming=self.streaming)
-            else:
-                ds = datasets.load_dataset(self.name_or_path, self.config_name, split=self.split,
-                                           streaming=self.streaming)
-        except (ConnectionError, OSError) as exc:
-            raise RuntimeError(f"could not load dataset {self.name_or_path!r} ({exc}). Offline? Download its "
-                               "parquet files elsewhere and pass the local path or glob instead") from exc
+        ds = load_hf_dataset(self.name_or_path, split=self.split, streaming=self.streaming,
+                             config_name=self.config_name,
+                             offline_hint="download its parquet files elsewhere and pass the local path or glob")
         if self.image_column in (ds.features or {}):
             ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
         return ds
@@ -117,7 +124,7 @@ class HFSource(Source):
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "name_or_path": os.path.abspath(self.name_or_path)
-                if self._data_files() is not None else self.name_or_path,
+                if parquet_files(self.name_or_path) is not None else self.name_or_path,
                 "split": self.split, "image_column": self.image_column, "label_column": self.label_column,
                 "caption_column": self.caption_column, "caption_template": self.caption.template,
                 "generator_column": self.generator_column, "config_name": self.config_name}
