@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import print_json
+from .cli import CLIError, print_json
 
 EXAMPLES = """examples:
   # a folder with real/ and fake/ subfolders, tiny random-weight model (no download)
@@ -15,6 +15,11 @@ EXAMPLES = """examples:
   clipdetect extract hf:user/dataset --streaming --caption-column prompt --backbone ViT-L-14:openai ...
   # a CSV/parquet manifest with path,label[,caption,generator,split] columns
   clipdetect extract manifest.csv --out features/x --backbone ViT-B-32:laion2b_s34b_b79k
+  # D3 from its parquet files, reals fetched earlier (python -m clipdetect.fetch --d3 ...)
+  clipdetect extract "d3:ELSA_D3/data/train-*.parquet" --reals-store d3_reals --out features/d3 \
+      --backbone ViT-L-14:openai --device cuda --precision fp16
+  # the same on a Ray cluster; --streaming d3:elsaEU/ELSA_D3 also works (one sequential reader)
+  clipdetect extract "d3:ELSA_D3/data/train-*.parquet" --engine ray --address HEAD_IP:6379 ...
 Re-running the same command resumes where it stopped."""
 
 
@@ -61,12 +66,31 @@ def add_parser(sub) -> None:
     s.add_argument("--label-map", type=_label_map, help="folder labels for generator folders: sd14=1,laion=0")
     s.add_argument("--root", help="base folder for relative paths in a manifest")
     s.add_argument("--streaming", action="store_true", help="stream an HF dataset instead of downloading it")
-    s.add_argument("--generators", help="D3: comma-separated generators to keep")
-    s.add_argument("--caption-policy", choices=["same", "reference"], help="D3 caption pairing (default same)")
-    s.add_argument("--reals-dir", help="D3: folder of pre-downloaded real images named by row id")
-    s.add_argument("--fetch-reals", action="store_true", help="D3: download real images from their URLs")
-    p.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or a Ray cluster")
-    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    d = p.add_argument_group("D3 (d3: sources)", "one row → its real LAION image (a URL) + four fakes")
+    d.add_argument("--generators", help="comma-separated generators to keep: sd14,sd21,sdxl,if, full model "
+                                        "names or gen0..gen3 (default: all four)")
+    d.add_argument("--caption-policy", choices=["same", "reference"],
+                   help="same (default): real and fakes of a row share original_prompt, so text cannot leak "
+                        "the label; reference: fakes get positive_prompt, as the reference code (leaks)")
+    d.add_argument("--no-reals", action="store_true", help="fakes only (no real sample per row)")
+    d.add_argument("--reals-dir", metavar="DIR", help="folder of pre-downloaded real images named <row id>.<ext>")
+    d.add_argument("--reals-store", metavar="DIR",
+                   help="store of fetched reals (python -m clipdetect.fetch --store DIR); "
+                        "default with --fetch-reals: $CLIPDETECT_FETCH_STORE or ~/.cache")
+    d.add_argument("--fetch-reals", action="store_true",
+                   help="download reals not yet in the store from their URLs while extracting")
+    d.add_argument("--fetch-workers", type=int, metavar="N", help="concurrent downloads (default 16)")
+    d.add_argument("--fetch-timeout", type=float, nargs=2, metavar=("CONNECT", "READ"),
+                   help="seconds per request (default 5 20)")
+    d.add_argument("--fetch-retries", type=int, metavar="N", help="retries after a timeout, 429 or 5xx (default 2)")
+    d.add_argument("--retry-failed", action="store_true", help="try URLs in the failure ledger again")
+    r = p.add_argument_group("engine")
+    r.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or a Ray cluster")
+    r.add_argument("--address", help="Ray cluster address, e.g. HEAD_IP:6379 (default: start a local one)")
+    r.add_argument("--ray-decoders", type=int, metavar="N",
+                   help="Ray decode actors, 1 CPU each (default: the cluster's CPUs minus the encoders)")
+    r.add_argument("--ray-encoders", type=int, metavar="N",
+                   help="Ray encode actors (default: one per GPU with --device cuda, else 1)")
     p.set_defaults(func=run_extract)
 
     c = sub.add_parser("cache", help="inspect a feature cache")
@@ -83,13 +107,35 @@ def source_options(args) -> dict:
             "streaming": args.streaming or None,
             "generators": args.generators.split(",") if args.generators else None,
             "caption_policy": args.caption_policy, "reals_dir": args.reals_dir,
-            "fetch_reals": args.fetch_reals or None}
+            "fetch_reals": args.fetch_reals or None, "store": args.reals_store,
+            "include_real": False if args.no_reals else None, "fetch_workers": args.fetch_workers,
+            "fetch_timeout": tuple(args.fetch_timeout) if args.fetch_timeout else None,
+            "fetch_retries": args.fetch_retries, "retry_failed": args.retry_failed or None}
+
+
+_D3_ONLY = ("generators", "caption_policy", "no_reals", "reals_dir", "reals_store", "fetch_reals",
+            "fetch_workers", "fetch_timeout", "fetch_retries", "retry_failed")
+
+
+def _check_options(args) -> None:
+    given = [n for n in _D3_ONLY if getattr(args, n) not in (None, False)]
+    if given and not args.source.startswith("d3:"):
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise CLIError(f"{flags} only apply to D3 sources; "
+                       f"name the source d3:{args.source} if it has the D3 columns")
+    for name in ("fetch_workers", "ray_decoders", "ray_encoders"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.engine != "ray" and (args.address or args.ray_decoders or args.ray_encoders):
+        raise CLIError("--address, --ray-decoders and --ray-encoders need --engine ray")
 
 
 def run_extract(args) -> int:
     from .extract import ExtractConfig, extract
     from .sources import open_source
 
+    _check_options(args)
     source = open_source(args.source, **source_options(args))
     config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
                            device=args.device, precision=args.precision, limit=args.limit,
@@ -97,7 +143,8 @@ def run_extract(args) -> int:
     if args.engine == "ray":
         from .extract_ray import extract_ray
 
-        summary = extract_ray(source, config, address=args.address, progress=not args.no_progress)
+        summary = extract_ray(source, config, address=args.address, progress=not args.no_progress,
+                              num_cpus=args.ray_decoders, actor_pool_size=args.ray_encoders)
     else:
         summary = extract(source, config, progress=not args.no_progress)
     print_json({"out": summary.out, "run": summary.run, "resumed_from": summary.resumed_from,

@@ -4,7 +4,8 @@ with decoding and encoding spread over a Ray cluster.
 Pipeline (one Ray Data dataset; rows are shards, then decode tasks)::
 
     from_items(shard descriptors)                       driver: positions only, no data
-      → map_batches(_Decode, CPU actor pool)            read the shard from the source,
+      or one streaming read task (sources of unknown size, see :mod:`.ray_read`)
+      → map_batches(Decode, CPU actor pool)             read the shard from the source,
                                                         decode + PIL-preprocess each task
       → map_batches(_Encode, GPU or CPU actor pool)     image embeddings of each task and
                                                         its captions (each unique once)
@@ -19,68 +20,31 @@ embeddings are computed on the same batches as locally; captions are deduplicate
 decode task instead of per shard (D3 rows are consecutive, so one caption still serves
 the 5 images of a row except when a row straddles two tasks).
 
-The source must be random-access (``size()`` known): decode actors each read their own
-shards through ``source.iterate(start)``. A source object is pickled to the actors; a
-D3 source reopens its dataset there instead (so on a multi-node cluster its parquet files
-and ``HF_DATASETS_CACHE`` must be on storage every node sees).
+A random-access source (``size()`` known) is read by the decode actors themselves, each
+its own shards through ``source.iterate(start)``; a streamed one by a single sequential
+read task. A source object is pickled to the actors; a D3 source reopens its dataset
+there instead (so on a multi-node cluster its parquet files and ``HF_DATASETS_CACHE``
+must be on storage every node sees).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
 from .backbones import Backbone, BackboneError, create_backbone
 from .cache import ERROR_COLUMNS, META_COLUMNS, CacheWriter
-from .extract import ExtractConfig, ExtractSummary, ShardBuilder, _progress, decode_refs, run_id_for
+from .extract import ExtractConfig, ExtractSummary, ShardBuilder, _progress, run_id_for
 from .imaging import SplitPreprocess
+from .ray_read import Decode, plan_shards, stream_datasource
 from .sources import Sample, Source
 
 logger = logging.getLogger(__name__)
-
-
-def _plan_shards(start: int, stop: int, shard_size: int) -> List[Dict[str, int]]:
-    bounds = list(range(start, stop, shard_size))
-    return [{"shard": k, "start": a, "stop": min(a + shard_size, stop)} for k, a in enumerate(bounds)]
-
-
-class _Decode:
-    """CPU actor: reads its shard from the source and yields one decoded row per task."""
-
-    def __init__(self, source_blob: bytes, pre_blob: bytes, batch_size: int, max_pixels: int):
-        import clipdetect  # noqa: F401  (torchvision guard before unpickling transforms)
-        import cloudpickle
-
-        self.source = cloudpickle.loads(source_blob)
-        self.pre = cloudpickle.loads(pre_blob)
-        self.batch_size, self.max_pixels = batch_size, max_pixels
-
-    def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
-        for shard in batch.to_dict("records"):
-            start, stop = int(shard["start"]), int(shard["stop"])
-            samples = list(itertools.islice(self.source.iterate(start), stop - start))
-            size = self.batch_size
-            chunks = [samples[i:i + size] for i in range(0, len(samples), size)] or [[]]
-            for j, chunk in enumerate(chunks):
-                decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels)
-                ok = [d[1] for d in decoded if d[0] == "ok"]
-                arr = np.stack(ok) if ok else np.zeros((0,), dtype=np.uint8)
-                fields = [{k: getattr(s, k) for k in _SAMPLE_FIELDS} for s in chunk]
-                yield pd.DataFrame([{
-                    "shard": int(shard["shard"]), "task": j, "start": start, "stop": start + len(samples),
-                    "last": j == len(chunks) - 1, "samples": json.dumps(fields),
-                    "decoded": json.dumps([list(d[:1]) + [None, d[2]] if d[0] == "ok" else list(d)
-                                           for d in decoded]),
-                    "pixels": arr.tobytes(), "shape": json.dumps(arr.shape), "dtype": str(arr.dtype)}])
-
-
-_SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path")
 
 
 class _Encode:
@@ -172,11 +136,7 @@ def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str]
     import ray
 
     config.validate()
-    size = source.size()
-    if size is None:
-        raise ValueError("the Ray engine needs a source of known size (random access), which a streamed "
-                         "dataset is not: download its parquet files and pass their path, "
-                         "or use --engine local")
+    size = source.size()  # None: a stream, read in order by one Ray read task
     backbone = backbone or create_backbone(config.backbone, device="cpu", precision="fp32", seed=config.seed)
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be "
@@ -186,34 +146,35 @@ def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str]
     rid = run_id_for(source, config)
     run = writer.begin_run(rid, {"source": source.describe(), "config": asdict(config)})
     summary = ExtractSummary(out=config.out, run=rid, resumed_from=run["position"])
-    end = size if config.limit is None else min(size, config.limit)
-    if run["complete"] or run["position"] >= end:
+    ends = [x for x in (size, config.limit) if x is not None]
+    end = min(ends) if ends else None
+    if run["complete"] or (end is not None and run["position"] >= end):
         logger.info("run %s in %s is already complete (%d source positions); nothing to do",
                     rid, config.out, run["position"])
         summary.complete = True
-        if not run["complete"] and run["position"] >= size:  # killed between last shard and finish
+        if not run["complete"] and size is not None and run["position"] >= size:  # killed before finish
             writer.finish_run(rid, _record(summary), complete=True)
         return summary
     started = _ray_init(address)
     try:
-        ds = _build_dataset(source, config, backbone, _plan_shards(run["position"], end, config.shard_size),
-                            num_cpus, actor_pool_size)
+        ds = _build_dataset(source, config, backbone, run["position"], end, num_cpus, actor_pool_size)
         t0 = time.perf_counter()
-        _consume(ds, writer, rid, summary, backbone.embed_dim, config.text, end - run["position"], progress,
-                 on_shard)
+        _consume(ds, writer, rid, summary, backbone.embed_dim, config.text,
+                 None if end is None else end - run["position"], progress, on_shard)
         summary.seconds = time.perf_counter() - t0
     finally:
         if started:
             ray.shutdown()
     position = writer.manifest["runs"][rid]["position"]
-    summary.complete = config.limit is None or position < config.limit or position >= size
+    summary.complete = (config.limit is None or position < config.limit
+                        or (size is not None and position >= size))
     writer.finish_run(rid, _record(summary), complete=summary.complete)
     logger.info("extracted %d images (%d errors) at %.1f img/s into %s (ray)", summary.embedded,
                 sum(summary.errors.values()), summary.images_per_second, config.out)
     return summary
 
 
-def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, shards: List[Dict[str, int]],
+def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, start: int, end: Optional[int],
                    num_cpus: Optional[int], actor_pool_size: Optional[int]):
     import cloudpickle
     import ray
@@ -226,17 +187,24 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, sh
     if gpu and not resources.get("GPU"):
         raise ValueError(f"device {config.device!r} asks for GPUs but the Ray cluster has none "
                          f"(resources: {resources}); start the workers with GPUs or use --device cpu")
+    streamed = source.size() is None
     encoders = actor_pool_size or (max(1, int(resources.get("GPU", 0))) if gpu else 1)
-    decoders = num_cpus or max(1, int(resources.get("CPU", 1)) - encoders)
-    logger.info("ray: %d decode actors (1 CPU each), %d encode actors (1 CPU%s each)", decoders, encoders,
+    decoders = num_cpus or max(1, int(resources.get("CPU", 1)) - encoders - int(streamed))
+    logger.info("ray: %s, %d decode actors (1 CPU each), %d encode actors (1 CPU%s each)",
+                "one streaming reader" if streamed else "decoders read their shards", decoders, encoders,
                 " + 1 GPU" if gpu else "")
-    decode_args = {"source_blob": cloudpickle.dumps(source),
+    decode_args = {"source_blob": None if streamed else cloudpickle.dumps(source),
                    "pre_blob": cloudpickle.dumps(SplitPreprocess(backbone.preprocess)),
                    "batch_size": config.batch_size, "max_pixels": config.max_pixels}
     encode_args = {"spec": config.backbone, "device": config.device, "precision": config.precision,
                    "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size}
-    ds = ray.data.from_items(shards, override_num_blocks=len(shards))
-    ds = ds.map_batches(_Decode, batch_size=1, batch_format="pandas", num_cpus=1,
+    if streamed:  # the reader is mostly waiting on I/O; the decoder count above leaves it a core
+        reader = stream_datasource(source, start, end, config.shard_size, config.batch_size)
+        ds = ray.data.read_datasource(reader, ray_remote_args={"num_cpus": 0})
+    else:
+        shards = plan_shards(start, end, config.shard_size)
+        ds = ray.data.from_items(shards, override_num_blocks=len(shards))
+    ds = ds.map_batches(Decode, batch_size=1, batch_format="pandas", num_cpus=1,
                         compute=ray.data.ActorPoolStrategy(size=decoders), fn_constructor_kwargs=decode_args)
     return ds.map_batches(_Encode, batch_size=1, batch_format="pandas", num_cpus=1,
                           num_gpus=1 if gpu else 0, compute=ray.data.ActorPoolStrategy(size=encoders),
@@ -244,7 +212,7 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, sh
 
 
 def _consume(ds, writer: CacheWriter, rid: str, summary: ExtractSummary, dim: int, text: str,
-             total: int, progress: bool, on_shard: Optional[Callable[[str], None]]) -> None:
+             total: Optional[int], progress: bool, on_shard: Optional[Callable[[str], None]]) -> None:
     """Write shards in order as their tasks arrive (buffered by (shard, task) if out of order)."""
     pending: Dict[int, Dict[int, Dict[str, Any]]] = {}
     n_tasks: Dict[int, int] = {}

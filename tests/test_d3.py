@@ -125,3 +125,35 @@ def test_extract_d3_end_to_end_counts_missing_reals(d3, tmp_path, tiny_backbone)
     row1 = np.flatnonzero(meta.key.str.startswith(row_id(1)).to_numpy())
     assert len(row1) == 5 and np.allclose(txt[row1], txt[row1[0]])  # one caption per row, all labels
     assert not np.allclose(txt[row1[0]], txt[0])
+
+
+def test_extract_command_line_d3_flags(d3, server, tmp_path, capsys):
+    import json
+
+    from clipdetect.cli import main
+
+    def run(out, *flags):
+        code = main(["extract", f"d3:{d3}", "--out", str(tmp_path / out), "--backbone", TINY, "--workers", "0",
+                     "--no-progress", *flags])
+        return code, (json.loads(capsys.readouterr().out) if code == 0 else None)
+
+    store = str(tmp_path / "store")
+    fetch = ["--fetch-reals", "--reals-store", store, "--fetch-timeout", "1", "0.6", "--fetch-retries", "1",
+             "--fetch-workers", "4"]
+    code, first = run("a", *fetch)
+    assert code == 0 and first["seen"] == 30 and first["complete"]
+    assert first["errors"] == {"real_missing": 3}  # dead, slow (times out), html
+    assert sorted(p.name for p in (tmp_path / "store").glob("failures*")) == ["failures.jsonl"]
+    hits = dict(server.hits)
+    code, again = run("b", "--reals-store", store)  # the store alone serves the reals: nothing fetched
+    assert code == 0 and again["embedded"] == first["embedded"] and dict(server.hits) == hits
+    code, fakes = run("c", "--no-reals", "--generators", "sd14,sdxl")
+    assert code == 0 and (fakes["seen"], fakes["errors"]) == (12, {})
+    assert set(FeatureCache(tmp_path / "c").meta.generator) == {MODELS[0], MODELS[2]}
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    code = main(["extract", str(folder), "--out", str(tmp_path / "e"), "--backbone", TINY, "--reals-store", store])
+    assert code == 2 and "--reals-store only apply to D3 sources" in capsys.readouterr().err
+    assert main(["extract", f"d3:{d3}", "--out", str(tmp_path / "f"), "--backbone", TINY,
+                 "--ray-encoders", "2"]) == 2
+    assert "need --engine ray" in capsys.readouterr().err

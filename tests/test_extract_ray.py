@@ -83,10 +83,17 @@ def test_ray_engine_matches_local_and_resumes_after_a_kill(cluster, source, tmp_
     assert extract_ray(source, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False).seen == 0
 
 
-def test_ray_engine_refuses_sources_of_unknown_size(cluster, tmp_path, tiny_backbone):
-    class Endless:
-        def size(self):
-            return None
+def test_ray_engine_streams_a_source_of_unknown_size_and_resumes(cluster, source, tmp_path, tiny_backbone):
+    streamed = D3Source(source.name_or_path, reals_dir=source.reals_dir, streaming=True)
+    assert streamed.size() is None  # no random access: one read task walks the stream
+    local = extract(source, _cfg(tmp_path / "local"), backbone=tiny_backbone, progress=False)
 
-    with pytest.raises(ValueError, match="known size"):
-        extract_ray(Endless(), _cfg(tmp_path / "x"), backbone=tiny_backbone, progress=False)
+    def die(name):
+        raise Killed(name)
+
+    with pytest.raises(Killed, match="part-00000"):
+        extract_ray(streamed, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False, on_shard=die)
+    resumed = extract_ray(streamed, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False)
+    assert (resumed.run, resumed.resumed_from, resumed.seen, resumed.complete) == (local.run, 10, 20, True)
+    assert resumed.errors == {"real_missing": 2}
+    _assert_same_cache(tmp_path / "local", tmp_path / "ray")
