@@ -164,6 +164,22 @@ def _preprocess_identity(model: torch.nn.Module) -> Dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
+class _NotRandom(logging.Filter):
+    """Hides open_clip's "initialized randomly" warning for a model whose weights we load next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+def _create_unloaded(oc, arch: str):
+    quiet = _NotRandom()
+    logging.getLogger().addFilter(quiet)  # open_clip warns on the root logger
+    try:
+        return oc.create_model_and_transforms(arch, pretrained=None)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
     oc = _open_clip()
     if spec.arch not in oc.list_models():
@@ -180,7 +196,7 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
         identity.update(weights="random", seed=seed)
     elif spec.is_path:
         path = os.path.abspath(spec.weights)
-        model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=None)
+        model, _, preprocess = _create_unloaded(oc, spec.arch)
         has_text = _load_checkpoint(model, path)
         identity.update(weights="checkpoint", checkpoint=os.path.basename(path), sha256=file_sha256(path))
     else:

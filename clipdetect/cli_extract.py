@@ -91,6 +91,8 @@ def add_parser(sub) -> None:
                    help="Ray decode actors, 1 CPU each (default: the cluster's CPUs minus the encoders)")
     r.add_argument("--ray-encoders", type=int, metavar="N",
                    help="Ray encode actors (default: one per GPU with --device cuda, else 1)")
+    r.add_argument("--ray-encoder-cpus", type=int, default=1, metavar="N",
+                   help="CPUs (= torch threads) each encode actor reserves; raise it for --device cpu (default 1)")
     p.set_defaults(func=run_extract)
 
     c = sub.add_parser("cache", help="inspect a feature cache")
@@ -123,12 +125,13 @@ def _check_options(args) -> None:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise CLIError(f"{flags} only apply to D3 sources; "
                        f"name the source d3:{args.source} if it has the D3 columns")
-    for name in ("fetch_workers", "ray_decoders", "ray_encoders"):
+    for name in ("fetch_workers", "ray_decoders", "ray_encoders", "ray_encoder_cpus"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.engine != "ray" and (args.address or args.ray_decoders or args.ray_encoders):
-        raise CLIError("--address, --ray-decoders and --ray-encoders need --engine ray")
+    if args.engine != "ray" and (args.address or args.ray_decoders or args.ray_encoders
+                                 or args.ray_encoder_cpus != 1):
+        raise CLIError("--address, --ray-decoders, --ray-encoders and --ray-encoder-cpus need --engine ray")
 
 
 def run_extract(args) -> int:
@@ -144,7 +147,8 @@ def run_extract(args) -> int:
         from .extract_ray import extract_ray
 
         summary = extract_ray(source, config, address=args.address, progress=not args.no_progress,
-                              num_cpus=args.ray_decoders, actor_pool_size=args.ray_encoders)
+                              num_cpus=args.ray_decoders, actor_pool_size=args.ray_encoders,
+                              encoder_cpus=args.ray_encoder_cpus)
     else:
         summary = extract(source, config, progress=not args.no_progress)
     print_json({"out": summary.out, "run": summary.run, "resumed_from": summary.resumed_from,

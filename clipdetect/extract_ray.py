@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -51,9 +51,12 @@ class _Encode:
     """GPU (or CPU) actor holding the backbone: a :class:`ShardBuilder` per task, so the
     embeddings, metadata rows and error rows are made by the local engine's code."""
 
-    def __init__(self, spec: str, device: str, precision: str, seed: int, text: str, text_batch_size: int):
+    def __init__(self, spec: str, device: str, precision: str, seed: int, text: str, text_batch_size: int,
+                 threads: int):
         import clipdetect  # noqa: F401
+        import torch
 
+        torch.set_num_threads(threads)  # the CPUs this actor reserved
         self.backbone = create_backbone(spec, device=device, precision=precision, seed=seed)
         self.pre = SplitPreprocess(self.backbone.preprocess)
         self.text, self.text_batch_size = text, text_batch_size
@@ -125,12 +128,14 @@ def _record(summary: ExtractSummary) -> Dict[str, Any]:
 
 def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str] = None,
                 progress: bool = True, num_cpus: Optional[int] = None, actor_pool_size: Optional[int] = None,
-                backbone: Optional[Backbone] = None, on_shard: Optional[Callable[[str], None]] = None
-                ) -> ExtractSummary:
+                encoder_cpus: int = 1, backbone: Optional[Backbone] = None,
+                on_shard: Optional[Callable[[str], None]] = None) -> ExtractSummary:
     """Extract ``source`` into ``config.out`` on a Ray cluster (``address``; default: the
-    running one, or a new local one). ``num_cpus``: decode actors (default: the cluster's
-    CPUs minus one per encoder); ``actor_pool_size``: encode actors (default: one per GPU
-    when ``config.device`` is cuda, else 1). ``backbone``: the driver's copy (identity,
+    running one, or a new local one). ``num_cpus``: decode actors, 1 CPU each (default: the
+    cluster's CPUs the encoders leave, less one for a streaming reader); ``actor_pool_size``:
+    encode actors (default: one per GPU when ``config.device`` is cuda, else 1), each
+    reserving ``encoder_cpus`` CPUs and running torch on that many threads (on CPU
+    encoders, the thread count sets the speed). ``backbone``: the driver's copy (identity,
     preprocessing; built on CPU when omitted). ``on_shard(name)`` runs after each shard is
     written. Resumes an interrupted run of either engine."""
     import ray
@@ -157,7 +162,8 @@ def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str]
         return summary
     started = _ray_init(address)
     try:
-        ds = _build_dataset(source, config, backbone, run["position"], end, num_cpus, actor_pool_size)
+        pools = {"decoders": num_cpus, "encoders": actor_pool_size, "encoder_cpus": encoder_cpus}
+        ds = _build_dataset(source, config, backbone, run["position"], end, pools)
         t0 = time.perf_counter()
         _consume(ds, writer, rid, summary, backbone.embed_dim, config.text,
                  None if end is None else end - run["position"], progress, on_shard)
@@ -174,8 +180,27 @@ def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str]
     return summary
 
 
+def _pool_sizes(config: ExtractConfig, resources: Dict[str, float], streamed: bool, decoders: Optional[int],
+                encoders: Optional[int], encoder_cpus: int) -> Tuple[int, int]:
+    """(decode actors, encode actors); refuses a request the cluster cannot schedule (it would hang)."""
+    gpu = config.device.startswith("cuda")
+    if gpu and not resources.get("GPU"):
+        raise ValueError(f"device {config.device!r} asks for GPUs but the Ray cluster has none "
+                         f"(resources: {resources}); start the workers with GPUs or use --device cpu")
+    if encoder_cpus < 1:
+        raise ValueError(f"encoder_cpus must be >= 1, got {encoder_cpus}")
+    cpus = int(resources.get("CPU", 1))
+    encoders = encoders or (max(1, int(resources.get("GPU", 0))) if gpu else 1)
+    decoders = decoders or max(1, cpus - encoders * encoder_cpus - int(streamed))
+    if decoders + encoders * encoder_cpus > cpus:
+        raise ValueError(f"{decoders} decode actors (1 CPU each) and {encoders} encode actors ({encoder_cpus} "
+                         f"CPU each) need {decoders + encoders * encoder_cpus} CPUs but the Ray cluster has "
+                         f"{cpus}; lower --ray-decoders / --ray-encoders / --ray-encoder-cpus or add nodes")
+    return decoders, encoders
+
+
 def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, start: int, end: Optional[int],
-                   num_cpus: Optional[int], actor_pool_size: Optional[int]):
+                   pools: Dict[str, Any]):
     import cloudpickle
     import ray
 
@@ -183,21 +208,18 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
     ctx.execution_options.preserve_order = True  # shards arrive in order: bounded buffering on the driver
     ctx.enable_progress_bars = False  # the driver shows one bar in images
     gpu = config.device.startswith("cuda")
-    resources = ray.cluster_resources()
-    if gpu and not resources.get("GPU"):
-        raise ValueError(f"device {config.device!r} asks for GPUs but the Ray cluster has none "
-                         f"(resources: {resources}); start the workers with GPUs or use --device cpu")
     streamed = source.size() is None
-    encoders = actor_pool_size or (max(1, int(resources.get("GPU", 0))) if gpu else 1)
-    decoders = num_cpus or max(1, int(resources.get("CPU", 1)) - encoders - int(streamed))
-    logger.info("ray: %s, %d decode actors (1 CPU each), %d encode actors (1 CPU%s each)",
+    decoders, encoders = _pool_sizes(config, ray.cluster_resources(), streamed, **pools)
+    cpus = pools["encoder_cpus"]
+    logger.info("ray: %s, %d decode actors (1 CPU each), %d encode actors (%d CPU%s each)",
                 "one streaming reader" if streamed else "decoders read their shards", decoders, encoders,
-                " + 1 GPU" if gpu else "")
+                cpus, " + 1 GPU" if gpu else "")
     decode_args = {"source_blob": None if streamed else cloudpickle.dumps(source),
                    "pre_blob": cloudpickle.dumps(SplitPreprocess(backbone.preprocess)),
                    "batch_size": config.batch_size, "max_pixels": config.max_pixels}
     encode_args = {"spec": config.backbone, "device": config.device, "precision": config.precision,
-                   "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size}
+                   "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size,
+                   "threads": cpus}
     if streamed:  # the reader is mostly waiting on I/O; the decoder count above leaves it a core
         reader = stream_datasource(source, start, end, config.shard_size, config.batch_size)
         ds = ray.data.read_datasource(reader, ray_remote_args={"num_cpus": 0})
@@ -206,7 +228,7 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
         ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     ds = ds.map_batches(Decode, batch_size=1, batch_format="pandas", num_cpus=1,
                         compute=ray.data.ActorPoolStrategy(size=decoders), fn_constructor_kwargs=decode_args)
-    return ds.map_batches(_Encode, batch_size=1, batch_format="pandas", num_cpus=1,
+    return ds.map_batches(_Encode, batch_size=1, batch_format="pandas", num_cpus=cpus,
                           num_gpus=1 if gpu else 0, compute=ray.data.ActorPoolStrategy(size=encoders),
                           fn_constructor_kwargs=encode_args)
 

@@ -97,3 +97,16 @@ def test_ray_engine_streams_a_source_of_unknown_size_and_resumes(cluster, source
     assert (resumed.run, resumed.resumed_from, resumed.seen, resumed.complete) == (local.run, 10, 20, True)
     assert resumed.errors == {"real_missing": 2}
     _assert_same_cache(tmp_path / "local", tmp_path / "ray")
+
+
+def test_pool_sizes_fill_the_cluster_and_refuse_what_cannot_be_scheduled():
+    from clipdetect.extract_ray import _pool_sizes
+
+    cpu, gpu = ExtractConfig(backbone=TINY, out="x"), ExtractConfig(backbone=TINY, out="x", device="cuda")
+    assert _pool_sizes(cpu, {"CPU": 16}, False, None, None, 1) == (15, 1)
+    assert _pool_sizes(cpu, {"CPU": 16}, True, None, None, 12) == (3, 1)  # a core left for the stream reader
+    assert _pool_sizes(gpu, {"CPU": 96, "GPU": 8}, False, None, None, 1) == (88, 8)
+    with pytest.raises(ValueError, match="has none"):
+        _pool_sizes(gpu, {"CPU": 8}, False, None, None, 1)
+    with pytest.raises(ValueError, match="need 5 CPUs but the Ray cluster has 2"):
+        _pool_sizes(cpu, {"CPU": 2}, False, 1, 1, 4)
