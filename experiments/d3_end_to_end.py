@@ -149,13 +149,14 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default="weights/clip_b16.pt", help="CLIP ViT-B/16 image tower")
     ap.add_argument("--shard-size", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=20)
+    ap.add_argument("--streaming", action="store_true", help="the Ray runs stream the parquet (one reader)")
     ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="d3e2e-"))
     served: dict = {}
     srv = serve(served)
     parquet, mapping = build(args.rows, tmp, f"http://127.0.0.1:{srv.server_address[1]}", served)
-    report = {"rows": args.rows, "images": 5 * args.rows,
+    report = {"rows": args.rows, "images": 5 * args.rows, "ray_streaming": args.streaming,
               "dead_or_html_urls": sum(route(i) != "ok" for i in range(args.rows))}
     t0 = time.time()
     report["fetch"] = cli("clipdetect.fetch", "--d3", str(parquet), "--store", str(tmp / "store"),
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
               "--backbone", f"ViT-B-16-quickgelu:{args.weights}", "--batch-size", str(args.batch_size),
               "--shard-size", str(args.shard_size), "--no-progress"]
     report["local"] = cli(*common, "--out", str(tmp / "local"), "--workers", "1")
-    ray_cmd = [*common, "--out", str(tmp / "ray"), "--engine", "ray"]
+    ray_cmd = [*common, "--out", str(tmp / "ray"), "--engine", "ray"] + ["--streaming"] * args.streaming
     report["ray_killed_after_s"] = round(killed_ray_run(ray_cmd, tmp / "ray"), 1)
     report["ray_shards_before_resume"] = len(FeatureCache(tmp / "ray").manifest["shards"])
     report["ray_resumed"] = cli(*ray_cmd)
