@@ -162,6 +162,7 @@ class FeatureCache:
         self._offsets = np.array([s.offset for s in self.shards] + [offset], dtype=np.int64)
         self._mmaps: Dict[tuple, np.ndarray] = {}
         self._meta: Optional[pd.DataFrame] = None
+        self._columns: Dict[str, pd.Series] = {}
 
     @property
     def backbone(self) -> Dict[str, Any]:
@@ -186,6 +187,22 @@ class FeatureCache:
                           else pd.DataFrame(columns=META_COLUMNS))
         return self._meta
 
+    def columns(self, *names: str) -> pd.DataFrame:
+        """Only the named metadata columns, row-aligned like :attr:`meta`. Reads just those
+        columns of each shard's parquet (a D3-scale cache's paths and captions are GBs that
+        training never needs) and keeps them for the next call."""
+        unknown = [n for n in names if n not in META_COLUMNS]
+        if unknown:
+            raise KeyError(f"no metadata column(s) {unknown}; the cache has {list(META_COLUMNS)}")
+        missing = [n for n in names if n not in self._columns]
+        if missing and self._meta is not None:
+            self._columns.update({n: self._meta[n] for n in missing})
+        elif missing:
+            frames = [pd.read_parquet(self.root / "meta" / f"{s.name}.parquet", columns=missing) for s in self.shards]
+            got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=missing)
+            self._columns.update({n: got[n] for n in missing})
+        return pd.DataFrame({n: self._columns[n] for n in names})
+
     def errors(self) -> pd.DataFrame:
         frames = [pd.read_parquet(p) for s in self.shards if (p := self.root / "errors" / f"{s.name}.parquet").exists()]
         frames = [f for f in frames if len(f)]
@@ -194,7 +211,7 @@ class FeatureCache:
     def select(self, *, split: str | Sequence[str] | None = None, generator: str | Sequence[str] | None = None,
                label: int | None = None) -> np.ndarray:
         """Global row indices matching every given filter (a value or a list of values)."""
-        m = self.meta
+        m = self.columns("split", "generator", "label")
         mask = np.ones(len(m), dtype=bool)
         for col, val in (("split", split), ("generator", generator)):
             if val is not None:
@@ -240,7 +257,7 @@ class FeatureCache:
         return self.embeddings(feature_set, rows)
 
     def labels(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
-        y = self.meta["label"].to_numpy().astype(np.int64)
+        y = self.columns("label")["label"].to_numpy().astype(np.int64)
         return y if rows is None else y[np.asarray(rows)]
 
     def iter_batches(self, rows: np.ndarray, batch_size: int, feature_set: str = "image") -> Iterator[np.ndarray]:
@@ -248,7 +265,7 @@ class FeatureCache:
             yield self.features(feature_set, rows[i:i + batch_size])
 
     def summary(self) -> Dict[str, Any]:
-        m = self.meta
+        m = self.columns("label", "split", "generator")
         errs = self.errors()
         return {"root": str(self.root), "backbone": self.backbone, "rows": self.n_rows,
                 "shards": len(self.shards), "embed_dim": self.embed_dim, "dtype": self.manifest["dtype"],

@@ -64,7 +64,7 @@ def cache_splits(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0)
     "train" are re-assigned with :func:`assign_splits` on their keys; rows with any other
     split value keep it (they belong to no derived split).
     """
-    meta = cache.meta
+    meta = cache.columns("split", "key")
     split = meta["split"].astype(str).str.lower().to_numpy().astype(object)
     if has_heldout_splits(split):
         out = split.copy()

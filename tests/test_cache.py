@@ -41,6 +41,27 @@ def test_write_and_read_back(tmp_path):
     assert not list(tmp_path.rglob(".*tmp*"))
 
 
+def test_training_columns_are_read_without_the_rest(tmp_path, monkeypatch):
+    _write(tmp_path)
+    c = FeatureCache(tmp_path)
+    reads, real = [], pd.read_parquet
+
+    def spy(path, columns=None, **kw):
+        if "meta" in str(path):
+            reads.append(columns)
+        return real(path, columns=columns, **kw)
+
+    monkeypatch.setattr(pd, "read_parquet", spy)
+    assert c.labels().tolist() == [0, 1, 0, 1, 0] * 3
+    assert list(c.select(split="test")) == [4, 9, 14]
+    assert c.summary()["generators"]["real"] == 9
+    assert reads and all(cols is not None and not {"caption", "path"} & set(cols) for cols in reads)
+    assert c._meta is None  # the full metadata table was never loaded
+    assert c.columns("key", "label").equals(c.meta[["key", "label"]])
+    with pytest.raises(KeyError, match="no metadata column"):
+        c.columns("nope")
+
+
 def test_reader_is_memory_mapped(tmp_path):
     _write(tmp_path)
     c = FeatureCache(tmp_path)
