@@ -141,7 +141,8 @@ def memory_child(root: str, head: str, batch_size: int) -> dict:
             time.sleep(0.02)
 
     cache = FeatureCache(root)
-    meta_mib = float(cache.meta.memory_usage(deep=True).sum()) / 2**20  # loads the metadata table
+    # what training loads of the metadata (FeatureCache.columns); paths and captions stay on disk
+    meta_mib = float(cache.columns("key", "label", "split").memory_usage(deep=True).sum()) / 2**20
     base = _proc_status()
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -248,7 +249,7 @@ def main(argv=None) -> int:
             for p in sorted(root.rglob("*.npy")):
                 p.unlink()  # free disk before the next size
         if sizes:
-            print("  meta = the cache's metadata table in pandas (keys, labels, splits, paths; loaded by FeatureCache.meta, "
+            print("  meta = the metadata columns training loads (key, label, split; FeatureCache.columns, "
                   "O(rows)); base anon = heap after opening the cache, before training; peak anon = heap peak during "
                   "training; peak file = resident pages of the memory-mapped cache (page cache: shared, dropped by the "
                   "kernel under memory pressure); peak RSS = VmHWM")
