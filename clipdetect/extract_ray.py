@@ -162,8 +162,8 @@ def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str]
         return summary
     started = _ray_init(address)
     try:
-        pools = {"decoders": num_cpus, "encoders": actor_pool_size, "encoder_cpus": encoder_cpus}
-        ds = _build_dataset(source, config, backbone, run["position"], end, pools)
+        ds = _build_dataset(source, config, backbone, run["position"], end, streamed=size is None,
+                            decoders=num_cpus, encoders=actor_pool_size, encoder_cpus=encoder_cpus)
         t0 = time.perf_counter()
         _consume(ds, writer, rid, summary, backbone.embed_dim, config.text,
                  None if end is None else end - run["position"], progress, on_shard)
@@ -199,8 +199,8 @@ def _pool_sizes(config: ExtractConfig, resources: Dict[str, float], streamed: bo
     return decoders, encoders
 
 
-def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, start: int, end: Optional[int],
-                   pools: Dict[str, Any]):
+def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, start: int, end: Optional[int], *,
+                   streamed: bool, decoders: Optional[int], encoders: Optional[int], encoder_cpus: int):
     import cloudpickle
     import ray
 
@@ -208,18 +208,16 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
     ctx.execution_options.preserve_order = True  # shards arrive in order: bounded buffering on the driver
     ctx.enable_progress_bars = False  # the driver shows one bar in images
     gpu = config.device.startswith("cuda")
-    streamed = source.size() is None
-    decoders, encoders = _pool_sizes(config, ray.cluster_resources(), streamed, **pools)
-    cpus = pools["encoder_cpus"]
+    decoders, encoders = _pool_sizes(config, ray.cluster_resources(), streamed, decoders, encoders, encoder_cpus)
     logger.info("ray: %s, %d decode actors (1 CPU each), %d encode actors (%d CPU%s each)",
                 "one streaming reader" if streamed else "decoders read their shards", decoders, encoders,
-                cpus, " + 1 GPU" if gpu else "")
+                encoder_cpus, " + 1 GPU" if gpu else "")
     decode_args = {"source_blob": None if streamed else cloudpickle.dumps(source),
                    "pre_blob": cloudpickle.dumps(SplitPreprocess(backbone.preprocess)),
                    "batch_size": config.batch_size, "max_pixels": config.max_pixels}
     encode_args = {"spec": config.backbone, "device": config.device, "precision": config.precision,
                    "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size,
-                   "threads": cpus}
+                   "threads": encoder_cpus}
     if streamed:  # the reader is mostly waiting on I/O; the decoder count above leaves it a core
         reader = stream_datasource(source, start, end, config.shard_size, config.batch_size)
         ds = ray.data.read_datasource(reader, ray_remote_args={"num_cpus": 0})
@@ -228,7 +226,7 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
         ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     ds = ds.map_batches(Decode, batch_size=1, batch_format="pandas", num_cpus=1,
                         compute=ray.data.ActorPoolStrategy(size=decoders), fn_constructor_kwargs=decode_args)
-    return ds.map_batches(_Encode, batch_size=1, batch_format="pandas", num_cpus=cpus,
+    return ds.map_batches(_Encode, batch_size=1, batch_format="pandas", num_cpus=encoder_cpus,
                           num_gpus=1 if gpu else 0, compute=ray.data.ActorPoolStrategy(size=encoders),
                           fn_constructor_kwargs=encode_args)
 

@@ -17,7 +17,6 @@ outcomes and the preprocessed pixels, for the encode actors of :mod:`.extract_ra
 """
 from __future__ import annotations
 
-import itertools
 import json
 import pickle
 from typing import Any, Dict, Iterator, List, Optional
@@ -25,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import pandas as pd
 
-from .extract import decode_refs, plan_tasks
+from .extract import _Task, decode_refs, plan_tasks
 from .sources import Sample, Source
 
 SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path")
@@ -89,11 +88,10 @@ class Decode:
                                  pickle.loads(rec["payload"]))
                 continue
             start, stop = int(rec["start"]), int(rec["stop"])
-            samples = list(itertools.islice(self.source.iterate(start), stop - start))
-            size = self.batch_size
-            chunks = [samples[i:i + size] for i in range(0, len(samples), size)] or [[]]
-            for j, chunk in enumerate(chunks):
-                yield self._task(rec, j, start + len(samples), j == len(chunks) - 1, chunk)
+            tasks = list(plan_tasks(self.source.iterate(start), start, stop, stop - start, self.batch_size))
+            # a source that ended early still answers for its shard (0 samples), so the driver moves on
+            for j, t in enumerate(tasks or [_Task(start, start, [], last=True)]):
+                yield self._task(rec, j, t.shard_stop, t.last, t.samples)
 
     def _task(self, rec: Dict[str, Any], task: int, stop: int, last: bool, chunk: List[Sample]
               ) -> pd.DataFrame:
