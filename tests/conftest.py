@@ -16,6 +16,17 @@ import clipdetect  # noqa: E402,F401  (torchvision guard first)
 TINY = "clipdetect-tiny-vit:random"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids oversubscription stalls on a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     from clipdetect.backbones import create_backbone
