@@ -113,26 +113,25 @@ def plot_roc_multi(detectors: Mapping[str, Curves], *, ax: Axes | None = None,
     return ax
 
 
-def roc_figure(curves: Curves, *, title: str | None = None) -> Figure:
-    """Two ROC panels side by side: linear FPR axis (left) and log FPR axis (right)."""
-    fig, (lin, log) = plt.subplots(1, 2, figsize=(11.0, 4.5))
-    plot_roc(curves, ax=lin, title="ROC")
-    plot_roc(curves, ax=log, log_fpr=True, title="ROC (log FPR)")
+def _lin_log_figure(plot, data, figsize, title: str | None) -> Figure:
+    """``plot(data, ax=..., log_fpr=..., title=...)`` twice, side by side: linear and log FPR."""
+    fig, (lin, log) = plt.subplots(1, 2, figsize=figsize)
+    plot(data, ax=lin, title="ROC")
+    plot(data, ax=log, log_fpr=True, title="ROC (log FPR)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def roc_figure(curves: Curves, *, title: str | None = None) -> Figure:
+    """Two ROC panels side by side: linear FPR axis (left) and log FPR axis (right)."""
+    return _lin_log_figure(plot_roc, curves, (11.0, 4.5), title)
 
 
 def roc_figure_multi(detectors: Mapping[str, Curves], *, title: str | None = None) -> Figure:
     """Like :func:`roc_figure` for several detectors (see :func:`plot_roc_multi`)."""
-    fig, (lin, log) = plt.subplots(1, 2, figsize=(12.0, 5.0))
-    plot_roc_multi(detectors, ax=lin, title="ROC")
-    plot_roc_multi(detectors, ax=log, log_fpr=True, title="ROC (log FPR)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _lin_log_figure(plot_roc_multi, detectors, (12.0, 5.0), title)
 
 
 def plot_score_histograms(y_true, scores, *, groups: Sequence | None = None, bins: int = 50,
