@@ -288,13 +288,7 @@ def markdown(doc) -> str:
         lines += ["", "## Compressed students (same held-out images)", "",
                   "| variant | parameters (nonzero) | file bytes (deflated) | model images/s | AUC |",
                   "|---|---|---|---|---|"]
-        for name, r in doc["compress"].items():
-            for side in ("before", "after"):
-                v = r[side]
-                lines.append(f"| {name} {side} | {v['parameters']:,} ({v['nonzero_parameters']:,}) | "
-                             f"{v['file_bytes']:,} ({v['deflated_bytes']:,}) | "
-                             f"{v['images_per_second']:.0f} | "
-                             f"{v.get('auc', float('nan')):.4f} |")
+        lines += _compress_rows(doc["compress"], "images_per_second", ".0f")
         lines += ["", "Pruned weights are stored dense with zeros: the raw file does not shrink, the "
                   "deflated size shows what a compressing container gains. Throughput is the encoder + "
                   "head on preprocessed batches; the 'before' rows of one model differ only by noise on "
@@ -306,14 +300,21 @@ def markdown(doc) -> str:
         lines += ["", "## Compressed teacher head (cache test split, embeddings precomputed)", "",
                   "| variant | parameters (nonzero) | file bytes (deflated) | rows/s | AUC |",
                   "|---|---|---|---|---|"]
-        for name, r in doc["compress_teacher_head"].items():
-            for side in ("before", "after"):
-                v = r[side]
-                lines.append(f"| {name} {side} | {v['parameters']:,} ({v['nonzero_parameters']:,}) | "
-                             f"{v['file_bytes']:,} ({v['deflated_bytes']:,}) | "
-                             f"{v['rows_per_second']:,.0f} | "
-                             f"{v.get('auc', float('nan')):.4f} |")
+        lines += _compress_rows(doc["compress_teacher_head"], "rows_per_second", ",.0f")
     return "\n".join(lines) + "\n"
+
+
+def _compress_rows(results: dict, rate: str, rate_format: str) -> list:
+    """Markdown table rows (before / after) of compression reports."""
+    rows = []
+    for name, r in results.items():
+        for side in ("before", "after"):
+            v = r[side]
+            rows.append(f"| {name} {side} | {v['parameters']:,} ({v['nonzero_parameters']:,}) | "
+                        f"{v['file_bytes']:,} ({v['deflated_bytes']:,}) | "
+                        f"{format(v[rate], rate_format)} | "
+                        f"{v.get('auc', float('nan')):.4f} |")
+    return rows
 
 
 if __name__ == "__main__":
