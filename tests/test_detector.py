@@ -3,7 +3,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from clipdetect.detector import Detector, DetectorError, choose_threshold, fit_detector
 from clipdetect.train import TrainConfig
@@ -13,17 +12,11 @@ from _synthetic import separable_features, synthetic_identity, write_synthetic_c
 FAST = TrainConfig(batch_size=64, epochs=4, lr=1e-2, width=32, patience=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    torch.set_num_threads(1)
+def trained(tmp_path_factory, one_torch_thread):
     cache = write_synthetic_cache(tmp_path_factory.mktemp("cache") / "c", n=300, shift=3.0)
     return cache, Detector.fit_cache(cache, config=FAST)
 
