@@ -4,7 +4,7 @@ Data flows one way: sources -> extract -> cache -> train -> detector -> evaluate
 """
 import logging
 
-from ._compat import install_torchvision_guard
+from clipdetect.core.compat import install_torchvision_guard
 
 __version__ = "0.1.0"
 

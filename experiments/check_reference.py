@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from clipdetect.cache import FeatureCache
+from clipdetect.features.cache import FeatureCache
 
 
 def main(argv=None) -> int:

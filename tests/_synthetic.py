@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
 
 
 def synthetic_identity(dim: int = 16, *, arch: str = "synthetic", seed: int = 0) -> dict:

@@ -29,7 +29,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from clipdetect.backbones import create_backbone
+    from clipdetect.features.backbones import create_backbone
 
     return create_backbone(TINY)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipdetect.cache import CacheError, CacheWriter, FeatureCache
+from clipdetect.features.cache import CacheError, CacheWriter, FeatureCache
 
 IDENT = {"arch": "a", "weights": "random", "seed": 0, "embed_dim": 4, "preprocess": {"size": [8, 8]}}
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdetect.cache import FeatureCache
-from clipdetect.d3 import D3Source, MissingImage
-from clipdetect.extract import ExtractConfig, decode_refs, extract
-from clipdetect.imaging import SplitPreprocess
-from clipdetect.sources import open_source
+from clipdetect.features.cache import FeatureCache
+from clipdetect.data.d3 import D3Source, MissingImage
+from clipdetect.features.extract import ExtractConfig, decode_refs, extract
+from clipdetect.data.imaging import SplitPreprocess
+from clipdetect.data.sources import open_source
 from conftest import TINY
 
 from _d3_fixture import (MODELS, ROUTES, SIZES, make_d3_parquet, real_bytes, row_id, serve_reals,
@@ -130,7 +130,7 @@ def test_extract_d3_end_to_end_counts_missing_reals(d3, tmp_path, tiny_backbone)
 def test_extract_command_line_d3_flags(d3, server, tmp_path, capsys):
     import json
 
-    from clipdetect.cli import main
+    from clipdetect.cli.main import main
 
     def run(out, *flags):
         code = main(["extract", f"d3:{d3}", "--out", str(tmp_path / out), "--backbone", TINY, "--workers", "0",

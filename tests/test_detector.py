@@ -4,8 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from clipdetect.detector import Detector, DetectorError, choose_threshold, fit_detector
-from clipdetect.train import TrainConfig
+from clipdetect.models.detector import Detector, DetectorError, choose_threshold, fit_detector
+from clipdetect.models.train import TrainConfig
 
 from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
 
@@ -100,7 +100,7 @@ def test_sklearn_style_fit_on_class_and_instance():
 
 
 def test_cli_train_on_tiny_cache(tmp_path, capsys):
-    from clipdetect.cli import main
+    from clipdetect.cli.main import main
 
     write_synthetic_cache(tmp_path / "c", n=200, shift=3.0)
     rc = main(["train", str(tmp_path / "c"), "--out", str(tmp_path / "det"), "--epochs", "3", "--batch-size",

@@ -8,12 +8,12 @@ from sklearn.metrics import accuracy_score, average_precision_score, brier_score
 
 from _synthetic import write_synthetic_cache
 
-from clipdetect.cli import main
-from clipdetect.detector import Detector
-from clipdetect.evaluate import (evaluate_detector, logit_threshold, paired_auc_difference, plot_detectors,
+from clipdetect.cli.main import main
+from clipdetect.models.detector import Detector
+from clipdetect.eval.evaluate import (evaluate_detector, logit_threshold, paired_auc_difference, plot_detectors,
                                  roc_curves, score_table)
-from clipdetect.splits import resolve_split_rows
-from clipdetect.train import TrainConfig
+from clipdetect.features.splits import resolve_split_rows
+from clipdetect.models.train import TrainConfig
 
 FAST = dict(epochs=3, batch_size=64, head="linear", loss="bce", sam=False, patience=0)
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdetect.backbones import BackboneError
-from clipdetect.cache import FeatureCache
-from clipdetect.extract import ExtractConfig, extract
-from clipdetect.sources import ImageFolderSource, ManifestSource
+from clipdetect.features.backbones import BackboneError
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.data.sources import ImageFolderSource, ManifestSource
 from conftest import TINY, make_image
 
 
@@ -70,7 +70,7 @@ def test_bad_images_are_ledgered_and_valid_ones_embedded(tmp_path, tiny_backbone
     valid = [k for k, v in expected.items() if v is None]
     assert sorted(c.meta.key.map(os.path.basename)) == sorted(valid)
     # each valid image's embedding is what the model gives that image alone (fp16 storage)
-    from clipdetect.imaging import decode_image
+    from clipdetect.data.imaging import decode_image
     for row, key in enumerate(c.meta.key):
         img, _ = decode_image(tmp_path / "src" / key, max_pixels=20_000_000)
         ref = tiny_backbone.encode_images(tiny_backbone.preprocess(img)[None])[0]

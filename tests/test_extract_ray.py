@@ -9,10 +9,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (pip install 'clipdetect[ray]')")
 pytest.importorskip("ray.data", reason="the Ray engine needs ray[data] (pip install 'clipdetect[ray]')")
 
-from clipdetect.cache import FeatureCache  # noqa: E402
-from clipdetect.d3 import D3Source  # noqa: E402
-from clipdetect.extract import ExtractConfig, extract  # noqa: E402
-from clipdetect.extract_ray import extract_ray  # noqa: E402
+from clipdetect.features.cache import FeatureCache  # noqa: E402
+from clipdetect.data.d3 import D3Source  # noqa: E402
+from clipdetect.features.extract import ExtractConfig, extract  # noqa: E402
+from clipdetect.features.extract_ray import extract_ray  # noqa: E402
 from conftest import TINY  # noqa: E402
 
 from _d3_fixture import make_d3_parquet, write_reals_dir  # noqa: E402
@@ -100,7 +100,7 @@ def test_ray_engine_streams_a_source_of_unknown_size_and_resumes(cluster, source
 
 
 def test_pool_sizes_fill_the_cluster_and_refuse_what_cannot_be_scheduled():
-    from clipdetect.extract_ray import _pool_sizes
+    from clipdetect.features.extract_ray import _pool_sizes
 
     cpu, gpu = ExtractConfig(backbone=TINY, out="x"), ExtractConfig(backbone=TINY, out="x", device="cuda")
     assert _pool_sizes(cpu, {"CPU": 16}, False, None, None, 1) == (15, 1)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import clipdetect  # noqa: F401
-from clipdetect.fetch import FetchStore, fetch_many, fetch_one, main, url_key
+from clipdetect.data.fetch import FetchStore, fetch_many, fetch_one, main, url_key
 
 from _d3_fixture import ROUTES, real_bytes, real_url, serve_reals
 

@@ -7,7 +7,7 @@ import clipdetect  # noqa: F401  (installs the torchvision guard first)
 import torch
 from torch import nn
 
-from clipdetect.heads import (
+from clipdetect.models.heads import (
     HeadConfig,
     LinearHead,
     MLPHead,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdetect.imaging import BadImage, SplitPreprocess, decode_image
+from clipdetect.data.imaging import BadImage, SplitPreprocess, decode_image
 from conftest import make_image
 
 

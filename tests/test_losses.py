@@ -8,7 +8,7 @@ import clipdetect  # noqa: F401  (installs the torchvision guard first)
 import torch
 import torch.nn.functional as F
 
-from clipdetect.losses import (
+from clipdetect.models.losses import (
     LOSS_NAMES,
     AUCLoss,
     BCELoss,

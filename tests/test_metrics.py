@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss,
                              roc_auc_score, roc_curve)
 
-from clipdetect.metrics import (binary_metrics, bootstrap_ci, brier_score, evaluate_scores,
+from clipdetect.core.metrics import (binary_metrics, bootstrap_ci, brier_score, evaluate_scores,
                                 expected_calibration_error, fit_temperature, threshold_at_fpr,
                                 to_markdown)
 
@@ -61,7 +61,7 @@ def test_eer_perfect_and_inverted():
 
 
 def test_single_class_gives_nan_and_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="clipdetect.metrics"):
+    with caplog.at_level(logging.WARNING, logger="clipdetect.core.metrics"):
         m = binary_metrics(np.ones(10, int), np.linspace(0, 1, 10))
     assert "one class" in caplog.text
     for key in ("auc", "ap", "eer", "tpr@fpr=1%"):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from clipdetect.plots import (plot_metric_curves, plot_roc, plot_score_histograms, roc_figure,
+from clipdetect.eval.plots import (plot_metric_curves, plot_roc, plot_score_histograms, roc_figure,
                               roc_figure_multi, save_figure)
 
 plt = pytest.importorskip("matplotlib.pyplot")

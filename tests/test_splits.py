@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipdetect import splits as splits_module
-from clipdetect.splits import assign_splits, resolve_all, resolve_split_rows
+from clipdetect.features import splits as splits_module
+from clipdetect.features.splits import assign_splits, resolve_all, resolve_split_rows
 
 from _synthetic import write_synthetic_cache
 

@@ -1,0 +1,294 @@
+"""Evaluate a detector on a feature cache: metrics overall, per generator and per column.
+
+Scores are the detector's logits (rank metrics are computed on logits, which never
+saturate the way float probabilities do); ``acc@0.5`` thresholds ``P(fake) = 0.5`` (logit 0)
+and ``acc@thr`` the detector's validation-chosen threshold, mapped to the logit scale as
+``T * logit(threshold)``. ECE and Brier use the temperature-scaled probability
+``sigmoid(logit / T)``, i.e. :meth:`Detector.fake_probability`.
+
+Per-generator rows are D3-style: the fakes of one generator against **all** reals of the
+split. Any other metadata column (``format``, ``width`` ...) groups rows as they are.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
+
+logger = logging.getLogger(__name__)
+
+#: columns shown in ``metrics.md`` (bootstrap bounds are folded into the metric cells)
+TABLE_COLUMNS = ["group", "value", "vs", "n_real", "n_fake", "auc", "ap", "acc@0.5", "acc@thr", "eer",
+                 "tpr@fpr=1%", "tpr@fpr=0.1%", "ece", "brier"]
+#: columns whose real rows are left out of the groups (reals are the shared reference)
+FAKE_ONLY_COLUMNS = ("generator",)
+
+
+@dataclass
+class EvalConfig:
+    """Options of one evaluation; saved as ``eval_config.json`` next to the metrics."""
+
+    detector: str = ""
+    cache: str = ""
+    split: str = "test"
+    by: List[str] = field(default_factory=lambda: ["generator"])
+    n_boot: int = 1000
+    seed: int = 0
+    val: Optional[float] = None  # split fractions; None: the detector's training values
+    test: Optional[float] = None
+    split_seed: Optional[int] = None
+
+
+def split_params(detector, *, val: Optional[float] = None, test: Optional[float] = None,
+                 seed: Optional[int] = None) -> Dict[str, Any]:
+    """Split fractions/seed: explicit values, else those recorded at training, else defaults."""
+    tc = dict(getattr(detector, "train_config", None) or {})
+    pick = (lambda given, names, default: given if given is not None else
+            next((tc[n] for n in names if tc.get(n) is not None), default))
+    return {"val": float(pick(val, ("val", "val_fraction"), 0.15)),
+            "test": float(pick(test, ("test", "test_fraction"), 0.15)),
+            "seed": int(pick(seed, ("split_seed", "seed"), 0))}
+
+
+def split_rows(cache, split: str, **params) -> np.ndarray:
+    """Row ids of ``split`` in ``cache`` ("all" = every row); see :mod:`clipdetect.features.splits`."""
+    if split == "all":
+        return np.arange(len(cache), dtype=np.int64)
+    from clipdetect.features.splits import resolve_split_rows
+
+    rows = resolve_split_rows(cache, split, **params)
+    if rows.size == 0:
+        raise ValueError(f"split {split!r} of cache {str(cache.root)!r} is empty; "
+                         "pick another with --split (train, val, test or all)")
+    return rows
+
+
+def logit_threshold(detector) -> float:
+    """The detector's probability threshold on the (un-tempered) logit scale."""
+    p = float(detector.threshold)
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    return float(detector.temperature) * math.log(p / (1.0 - p))
+
+
+def group_values(meta: pd.DataFrame, columns: Sequence[str], y: np.ndarray) -> Dict[str, np.ndarray]:
+    """Per-sample group values of ``columns``; for generator-like columns reals get None."""
+    out: Dict[str, np.ndarray] = {}
+    for col in columns:
+        if col not in meta.columns:
+            raise ValueError(f"cannot group by {col!r}: the cache metadata has columns {list(meta.columns)}")
+        vals = meta[col].to_numpy(dtype=object).copy()
+        if col in FAKE_ONLY_COLUMNS:
+            vals[y == 0] = None
+        out[col] = vals
+    return out
+
+
+def _group_masks(y: np.ndarray, groups: Dict[str, np.ndarray]):
+    """(group, value, mask) in the order :func:`metrics.evaluate_scores` emits rows."""
+    yield "overall", "all", np.ones(y.size, dtype=bool)
+    for col, values in groups.items():
+        s = pd.Series(values)
+        for value in sorted(s[s.notna()].unique(), key=str):
+            mask = (s == value).to_numpy()
+            if (y[mask] == 1).all():
+                mask = mask | (y == 0)
+            yield col, value, mask
+
+
+def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
+                groups: Optional[Dict[str, np.ndarray]] = None, threshold: Optional[float] = None,
+                n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """:func:`metrics.evaluate_scores` on logits plus ``ece`` and ``brier`` on ``probs``."""
+    groups = groups or {}
+    table = evaluate_scores(y, logits, groups=groups, threshold=threshold, n_boot=n_boot, seed=seed,
+                            scores_are_probs=False, reference="real")
+    ece, brier = [], []
+    for _, _, mask in _group_masks(y, groups):
+        ece.append(expected_calibration_error(y[mask], probs[mask]))
+        brier.append(brier_score(y[mask], probs[mask]))
+    table["ece"], table["brier"] = ece, brier
+    return table
+
+
+@dataclass
+class EvalReport:
+    table: pd.DataFrame
+    config: Dict[str, Any]
+    scores: pd.DataFrame  # key, label, group columns, logit, probability
+
+    def to_markdown(self, *, digits: int = 3) -> str:
+        cols = [c for c in TABLE_COLUMNS if c in self.table.columns]
+        c = self.config
+        head = (f"Detector `{c.get('detector')}` on cache `{c.get('cache')}`, split `{c.get('split')}` "
+                f"({len(self.scores)} images); threshold P(fake) > {c.get('threshold'):.4g}, "
+                f"temperature {c.get('temperature'):.4g}; 95% bootstrap CIs ({c.get('n_boot')} resamples).")
+        return head + "\n\n" + to_markdown(self.table, columns=cols, digits=digits) + "\n"
+
+    def save(self, out: str | Path) -> List[Path]:
+        """Write metrics.json, metrics.csv, metrics.md and eval_config.json into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        records = json.loads(self.table.to_json(orient="records"))
+        paths = [out / n for n in ("metrics.json", "metrics.csv", "metrics.md", "eval_config.json")]
+        paths[0].write_text(json.dumps({"config": self.config, "metrics": records}, indent=2) + "\n")
+        self.table.to_csv(paths[1], index=False)
+        paths[2].write_text(self.to_markdown())
+        paths[3].write_text(json.dumps(self.config, indent=2, sort_keys=True, default=str) + "\n")
+        return paths
+
+
+def score_rows(detector, cache, rows: np.ndarray) -> tuple:
+    """(logits, probabilities) of ``rows``; the cache must match the detector's backbone."""
+    x = detector.features(cache, rows)
+    logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
+    probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
+    return logits, probs
+
+
+def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str] = ("generator",),
+                      n_boot: int = 1000, seed: int = 0, val: Optional[float] = None,
+                      test: Optional[float] = None, split_seed: Optional[int] = None,
+                      rows: Optional[np.ndarray] = None,
+                      names: Optional[Dict[str, str]] = None) -> EvalReport:
+    """Score ``split`` of ``cache`` (or explicit ``rows``) and tabulate the metrics.
+
+    ``names`` (optional) records how the detector and cache are called in the report.
+    """
+    params = split_params(detector, val=val, test=test, seed=split_seed)
+    rows = split_rows(cache, split, **params) if rows is None else np.asarray(rows, dtype=np.int64)
+    meta = cache.meta.loc[rows].reset_index(drop=True)
+    y = cache.labels(rows)
+    logits, probs = score_rows(detector, cache, rows)
+    groups = group_values(meta, list(by), y)
+    table = score_table(y, logits, probs, groups=groups, threshold=logit_threshold(detector),
+                        n_boot=n_boot, seed=seed)
+    names = names or {}
+    config = {**asdict(EvalConfig(detector=names.get("detector", ""),
+                                  cache=names.get("cache", str(cache.root)), split=split, by=list(by),
+                                  n_boot=n_boot, seed=seed)),
+              **{k: v for k, v in params.items() if k != "seed"}, "split_seed": params["seed"],
+              "threshold": float(detector.threshold), "temperature": float(detector.temperature),
+              "feature_set": detector.feature_set, "n_rows": int(rows.size)}
+    scores = pd.DataFrame({"row": rows, "key": meta["key"], "label": y, "logit": logits,
+                           "probability": probs})
+    for col in by:
+        scores[col] = meta[col].to_numpy()
+    return EvalReport(table=table, config=config, scores=scores)
+
+
+def roc_curves(detector, cache, rows: np.ndarray, *, by: Optional[str] = "generator") -> Dict[str, tuple]:
+    """``{"overall": (y, logits), <generator>: (y, logits) ...}`` for ROC plots (fakes of each
+    value of ``by`` against all reals of ``rows``)."""
+    y = cache.labels(rows)
+    logits, _ = score_rows(detector, cache, rows)
+    curves = {"overall": (y, logits)}
+    if by:
+        values = group_values(cache.meta.loc[rows].reset_index(drop=True), [by], y)[by]
+        for value, mask in ((v, m) for c, v, m in _group_masks(y, {by: values}) if c == by):
+            if value is not None and 0 < y[mask].sum() < mask.sum():
+                curves[str(value)] = (y[mask], logits[mask])
+    return curves
+
+
+def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, split: str = "test",
+                   by: Optional[str] = "generator", formats: Sequence[str] = ("png", "pdf"),
+                   title: Optional[str] = None, dpi: int = 150) -> List[Path]:
+    """ROC figure (linear + log-FPR panels) and score histograms (one panel per detector)
+    as ``<stem>_roc.*`` and ``<stem>_hist.*``.
+
+    One detector: a curve per value of ``by`` plus overall. Several: colour per generator
+    and line style per detector, or a colour per detector when each has one curve only.
+    """
+    import matplotlib.pyplot as plt
+
+    from clipdetect.eval.plots import plot_score_histograms, roc_figure, roc_figure_multi, save_figure
+
+    curves: Dict[str, Dict[str, tuple]] = {}
+    for name, det in detectors.items():
+        rows = split_rows(cache, split, **split_params(det))
+        curves[name] = roc_curves(det, cache, rows, by=by)
+    title = title or f"{Path(str(cache.root)).name} ({split})"
+    if len(curves) == 1:
+        fig = roc_figure(next(iter(curves.values())), title=f"{next(iter(curves))}: {title}")
+    elif all(len(c) == 1 for c in curves.values()):
+        fig = roc_figure({name: c["overall"] for name, c in curves.items()}, title=title)
+    else:
+        fig = roc_figure_multi(curves, title=title)
+    paths = save_figure(fig, f"{out_stem}_roc", formats=formats, dpi=dpi)
+    fig, axes = plt.subplots(1, len(detectors), figsize=(5.0 * len(detectors), 3.8), squeeze=False)
+    for ax, (name, det) in zip(axes[0], detectors.items()):
+        rows = split_rows(cache, split, **split_params(det))
+        y, s = curves[name]["overall"]
+        groups = None
+        if by:
+            groups = cache.meta.loc[rows, by].to_numpy(dtype=object)
+        plot_score_histograms(y, s, groups=groups, ax=ax)
+        ax.set_title(name)
+        ax.set_xlabel("logit (higher = more likely fake)")
+    fig.tight_layout()
+    return paths + save_figure(fig, f"{out_stem}_hist", formats=formats, dpi=dpi)
+
+
+def paired_auc_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0) -> Dict[str, float]:
+    """AUC(a) − AUC(b) on the same samples, with a paired stratified bootstrap 95% CI.
+
+    Both detectors are scored on the same resample each time, so the interval reflects
+    the difference itself (much narrower than comparing two separate CIs). ``p_le_0`` is
+    the fraction of resamples where a is not better than b.
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(np.int64)
+    s = np.stack([np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)])
+    real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    if real.size == 0 or fake.size == 0:
+        raise ValueError("a paired AUC difference needs reals and fakes")
+
+    def aucs(idx_real, idx_fake):
+        idx = np.concatenate([idx_real, idx_fake], axis=-1)
+        r = rankdata(s[:, idx], axis=-1)[..., idx_real.shape[-1]:].sum(-1)
+        return (r - fake.size * (fake.size + 1) / 2.0) / (real.size * fake.size)
+
+    point = aucs(real, fake)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for b in range(n_boot):
+        a = aucs(rng.choice(real, real.size), rng.choice(fake, fake.size))
+        diffs[b] = a[0] - a[1]
+    lo, hi = (np.percentile(diffs, [2.5, 97.5]) if n_boot else (math.nan, math.nan))
+    return {"auc_a": float(point[0]), "auc_b": float(point[1]), "delta_auc": float(point[0] - point[1]),
+            "delta_auc_lo": float(lo), "delta_auc_hi": float(hi),
+            "p_le_0": float((diffs <= 0).mean()) if n_boot else math.nan}
+
+
+def compare_reports(reports: Dict[str, "EvalReport"], *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per detector: its overall metrics, plus ``delta_auc`` = AUC(first) − AUC(this)
+    with a paired bootstrap CI (all reports must cover the same rows)."""
+    names = list(reports)
+    base = reports[names[0]].scores
+    rows = []
+    for name in names:
+        rep = reports[name]
+        if not np.array_equal(rep.scores["row"].to_numpy(), base["row"].to_numpy()):
+            raise ValueError(f"detector {name!r} was evaluated on other rows than {names[0]!r}; "
+                             "compare detectors that share the split fractions and seed")
+        overall = rep.table.iloc[0].to_dict()
+        row = {"detector": name, **{k: v for k, v in overall.items() if k not in ("group", "value", "vs")}}
+        if name != names[0]:
+            d = paired_auc_difference(base["label"], base["logit"], rep.scores["logit"], n_boot=n_boot,
+                                      seed=seed)
+            row.update(delta_auc=d["delta_auc"], delta_auc_lo=d["delta_auc_lo"],
+                       delta_auc_hi=d["delta_auc_hi"])
+        rows.append(row)
+    return pd.DataFrame(rows)

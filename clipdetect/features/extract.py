@@ -1,0 +1,278 @@
+"""Extraction: source → decode (worker processes) → encode (batched) → cache shards.
+
+Work is cut into shards of ``shard_size`` consecutive source positions, and each shard
+into decode tasks of ``batch_size`` samples. Bad images are dropped from their batch and
+written to the shard's error ledger. Shard boundaries, batch composition and caption
+batches depend only on the source order and the config, so a run that is killed and
+re-run produces the same cache, bit for bit, as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
+from clipdetect.features.cache import CacheWriter
+from clipdetect.data.imaging import MAX_PIXELS, BadImage, SplitPreprocess, decode_image
+from clipdetect.data.sources import Sample, Source
+
+logger = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+@dataclass
+class ExtractConfig:
+    backbone: str
+    out: str
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+    device: str = "cpu"
+    precision: str = "fp32"
+    limit: Optional[int] = None
+    shard_size: int = 4096
+    dtype: str = "float16"
+    text: str = "auto"  # auto: encode captions when present and the backbone has a text tower
+    text_batch_size: int = 256
+    max_pixels: int = MAX_PIXELS
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("batch_size", "shard_size", "text_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.text not in ("auto", "yes", "no"):
+            raise ValueError(f"text must be 'auto', 'yes' or 'no', got {self.text!r}")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+
+
+@dataclass
+class ExtractSummary:
+    out: str
+    run: str
+    resumed_from: int = 0
+    seen: int = 0
+    embedded: int = 0
+    errors: Dict[str, int] = field(default_factory=dict)
+    shards_written: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.seen / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------- decoding (worker side)
+_WORKER: Dict[str, Any] = {}
+
+
+def _init_worker(pre: SplitPreprocess, max_pixels: int) -> None:
+    _WORKER["pre"], _WORKER["max_pixels"] = pre, max_pixels
+
+
+def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None
+                ) -> List[Tuple]:
+    """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail)."""
+    pre = pre or _WORKER["pre"]
+    max_pixels = max_pixels or _WORKER["max_pixels"]
+    out = []
+    for ref in refs:
+        try:
+            img, info = decode_image(ref, max_pixels=max_pixels)
+            out.append(("ok", pre.worker(img), info))
+        except BadImage as exc:
+            out.append(("err", exc.reason, exc.detail))
+        except Exception as exc:  # a decoder bug must not stop a long run
+            out.append(("err", "decode_failed", f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def ordered_map(fn: Callable, tasks: Iterable, *, workers: int, window: int, initializer=None,
+                initargs=()) -> Iterator[Tuple[Any, Any]]:
+    """Yield (task, fn(task)) in order, running ahead on ``workers`` processes with at most
+    ``window`` tasks in flight (so memory stays bounded on endless sources)."""
+    if workers == 0:
+        if initializer:
+            initializer(*initargs)
+        for t in tasks:
+            yield t, fn(t)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
+        pending: deque = deque()
+        for t in tasks:
+            pending.append((t, pool.apply_async(fn, (t,))))
+            if len(pending) >= window:
+                t0, r0 = pending.popleft()
+                yield t0, r0.get()
+        while pending:
+            t0, r0 = pending.popleft()
+            yield t0, r0.get()
+
+
+# ---------------------------------------------------------------- shards (main side)
+@dataclass
+class _Task:
+    shard_start: int
+    shard_stop: int
+    samples: List[Sample]
+    last: bool  # last task of its shard
+
+
+def plan_tasks(samples: Iterator[Sample], start: int, end: Optional[int], shard_size: int,
+               batch_size: int) -> Iterator[_Task]:
+    """Cut the source into shards (fixed source positions) and shards into decode tasks."""
+    pos, it = start, iter(samples)
+    while end is None or pos < end:
+        shard = list(itertools.islice(it, shard_size if end is None else min(shard_size, end - pos)))
+        if not shard:
+            return
+        stop = pos + len(shard)
+        chunks = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+        for j, chunk in enumerate(chunks):
+            yield _Task(pos, stop, chunk, last=j == len(chunks) - 1)
+        pos = stop
+
+
+class ShardBuilder:
+    """Collects one shard's embeddings, metadata and errors; encodes its captions once each."""
+
+    def __init__(self, backbone: Backbone, pre: SplitPreprocess, *, text: str, text_batch_size: int):
+        self.backbone, self.pre, self.text, self.text_batch_size = backbone, pre, text, text_batch_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.emb: List[np.ndarray] = []
+        self.meta: List[Dict[str, Any]] = []
+        self.errors: List[Dict[str, Any]] = []
+
+    def add(self, samples: List[Sample], decoded: List[Tuple]) -> None:
+        arrays, rows = [], []
+        for s, d in zip(samples, decoded):
+            if d[0] == "ok":
+                arrays.append(d[1])
+                rows.append({"key": s.key, "label": int(s.label), "generator": s.generator, "split": s.split,
+                             "path": s.path, "caption": s.caption, **d[2]})
+            else:
+                self.errors.append({"key": s.key, "path": s.path, "reason": d[1], "detail": d[2]})
+        if arrays:
+            self.emb.append(self.backbone.encode_images(self.pre.finish(arrays)))
+            self.meta.extend(rows)
+
+    def captions_wanted(self) -> bool:
+        has = any(r["caption"] is not None for r in self.meta)
+        if self.text == "no" or not has:
+            return False
+        if not self.backbone.has_text:
+            if self.text == "yes":
+                raise BackboneError(f"backbone {self.backbone.spec!r} has no text tower; cannot embed captions")
+            return False
+        return True
+
+    def encode_captions(self) -> np.ndarray:
+        captions = [r["caption"] or "" for r in self.meta]
+        unique = list(dict.fromkeys(captions))
+        table: Dict[str, np.ndarray] = {}
+        for i in range(0, len(unique), self.text_batch_size):
+            chunk = unique[i:i + self.text_batch_size]
+            table.update(zip(chunk, self.backbone.encode_texts(chunk)))
+        return np.stack([table[c] for c in captions]) if captions else np.zeros((0, self.backbone.embed_dim))
+
+    def build(self) -> Tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame, pd.DataFrame]:
+        d = self.backbone.embed_dim
+        img = np.concatenate(self.emb) if self.emb else np.zeros((0, d), dtype=np.float32)
+        txt = self.encode_captions() if self.captions_wanted() else None
+        meta = pd.DataFrame(self.meta, columns=["key", "label", "generator", "split", "path", "caption",
+                                                "width", "height", "format", "mode"])
+        errors = pd.DataFrame(self.errors, columns=["key", "path", "reason", "detail"])
+        return img, txt, meta, errors
+
+
+def run_id_for(source: Source, config: ExtractConfig) -> str:
+    ident = {"source": source.describe(), "shard_size": config.shard_size, "text": config.text}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _progress(total: Optional[int], enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="extract", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+
+
+def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbone] = None,
+            progress: bool = True) -> ExtractSummary:
+    """Extract ``source`` into the cache at ``config.out``; resumes an interrupted run."""
+    config.validate()
+    backbone = backbone or create_backbone(config.backbone, device=config.device, precision=config.precision,
+                                           seed=config.seed)
+    if config.text == "yes" and not backbone.has_text:
+        raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be embedded; "
+                            "use --text no (image embeddings only) or a full CLIP checkpoint")
+    writer = CacheWriter(config.out, backbone={**backbone.identity, "spec": config.backbone}, dtype=config.dtype)
+    rid = run_id_for(source, config)
+    run = writer.begin_run(rid, {"source": source.describe(), "config": asdict(config)})
+    summary = ExtractSummary(out=config.out, run=rid, resumed_from=run["position"])
+    end = config.limit
+    if run["complete"] or (end is not None and run["position"] >= end):
+        logger.info("run %s in %s is already complete (%d source positions); nothing to do",
+                    rid, config.out, run["position"])
+        summary.complete = True
+        return summary
+    size = source.size()
+    total = None if size is None and end is None else min(x for x in (size, end) if x is not None) - run["position"]
+    pre = SplitPreprocess(backbone.preprocess)
+    builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size)
+    tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
+    t0 = time.perf_counter()
+    refs = (lambda task: [s.image for s in task.samples])
+    with _progress(total, progress) as bar:
+        for task, decoded in ordered_map(_decode_task, ((t, refs(t)) for t in tasks), workers=config.workers,
+                                         window=2 * config.workers + 2, initializer=_init_worker,
+                                         initargs=(pre, config.max_pixels)):
+            task = task[0]
+            builder.add(task.samples, decoded)
+            summary.seen += len(task.samples)
+            bar.update(len(task.samples))
+            if task.last:
+                _flush(writer, rid, builder, task, summary)
+    summary.seconds = time.perf_counter() - t0
+    position = writer.manifest["runs"][rid]["position"]
+    summary.complete = end is None or position < end or (size is not None and position >= size)
+    writer.finish_run(rid, {k: v for k, v in asdict(summary).items() if k != "out"}, complete=summary.complete)
+    logger.info("extracted %d images (%d errors) at %.1f img/s into %s", summary.embedded,
+                sum(summary.errors.values()), summary.images_per_second, config.out)
+    return summary
+
+
+def _decode_task(item):
+    return decode_refs(item[1])
+
+
+def _flush(writer: CacheWriter, rid: str, builder: ShardBuilder, task: _Task, summary: ExtractSummary) -> None:
+    img, txt, meta, errors = builder.build()
+    writer.write_shard(rid, start=task.shard_start, stop=task.shard_stop, img=img, txt=txt, meta=meta,
+                       errors=errors)
+    summary.embedded += len(img)
+    summary.shards_written += 1
+    for reason in errors["reason"]:
+        summary.errors[reason] = summary.errors.get(reason, 0) + 1
+    builder.reset()
