@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run_demo(args) -> int:
+    from clipdetect.core.io import write_text
     from clipdetect.features.cache import FeatureCache
     from clipdetect.models.detector import Detector
     from clipdetect.eval.evaluate import evaluate_detector, plot_detectors
@@ -59,7 +60,7 @@ def run_demo(args) -> int:
         tables.append(f"### {name}\n\n" + report.to_markdown())
     figures = plot_detectors(detectors, cache, out / "demo", split="test", formats=("png",),
                              title=f"{cache_dir.name}, test split")
-    (out / "metrics.md").write_text("\n".join(tables))
+    write_text(out / "metrics.md", "\n".join(tables))
     summary = {"cache": str(cache_dir), "out": str(out), "metrics": str(out / "metrics.md"),
                "figures": [str(p) for p in figures],
                "test_auc": {n: round(float(d_eval), 4) for n, d_eval in _overall_auc(out, detectors).items()}}

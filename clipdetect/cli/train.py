@@ -75,8 +75,7 @@ def add_parser(sub) -> None:
 def config_from_args(args):
     from clipdetect.models.train import TrainConfig
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     return TrainConfig(**values)
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple, Union
 
+from clipdetect.core.io import write_bytes
 from clipdetect.data.imaging import BadImage, decode_image
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,7 @@ class FetchStore:
     def put(self, url: str, data: bytes) -> str:
         p = self.path_for(url)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
+        write_bytes(p, data)
         return str(p)
 
     # ------------------------------------------------------------ failure ledger

@@ -9,7 +9,6 @@ fractions and seed as its distillation), at most ``eval_limit`` of them.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 import zlib
@@ -20,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from clipdetect.models.compress import PRUNE_SCOPES, apply_structure, magnitude_prune, svd_factorize
+from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
+from clipdetect.core.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -58,22 +58,10 @@ class CompressConfig:
 
 # ------------------------------------------------------------------ loading
 def load_detector(path: str | Path, *, device: str = "cpu"):
-    """:meth:`Detector.load` that also rebuilds a compressed head (``extra.compression``)."""
-    from clipdetect.models.detector import CONFIG, WEIGHTS, Detector, _read_safetensors
-    from clipdetect.models.heads import create_head, head_from_dict
+    """A saved detector bundle, plain or compressed (:meth:`Detector.load` rebuilds SVD heads)."""
+    from clipdetect.models.detector import Detector
 
-    path = Path(path)
-    cfg = json.loads((path / CONFIG).read_text()) if (path / CONFIG).is_file() else {}
-    structure = (cfg.get("extra") or {}).get("compression")
-    if not structure or not structure.get("svd"):
-        return Detector.load(path, device=device)
-    head_config = head_from_dict(cfg["head_config"])
-    head = apply_structure(create_head(head_config), structure)
-    head.load_state_dict(_read_safetensors(path / WEIGHTS), strict=True)
-    return Detector(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
-                    backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
-                    metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
-                    temperature=cfg.get("temperature", 1.0), extra=cfg.get("extra"))
+    return Detector.load(path, device=device)
 
 
 # ------------------------------------------------------------------ measuring
@@ -173,8 +161,8 @@ def compress(config: CompressConfig) -> Dict[str, Any]:
     report["config"] = asdict(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compress_report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    (out / "compress_report.md").write_text(report_markdown(report))
+    write_json(out / "compress_report.json", report)
+    write_text(out / "compress_report.md", report_markdown(report))
     return report
 
 

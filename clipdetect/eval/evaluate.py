@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
+from clipdetect.core.io import atomic_write, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +142,10 @@ class EvalReport:
         out.mkdir(parents=True, exist_ok=True)
         records = json.loads(self.table.to_json(orient="records"))
         paths = [out / n for n in ("metrics.json", "metrics.csv", "metrics.md", "eval_config.json")]
-        paths[0].write_text(json.dumps({"config": self.config, "metrics": records}, indent=2) + "\n")
-        self.table.to_csv(paths[1], index=False)
-        paths[2].write_text(self.to_markdown())
-        paths[3].write_text(json.dumps(self.config, indent=2, sort_keys=True, default=str) + "\n")
+        write_json(paths[0], {"config": self.config, "metrics": records})
+        atomic_write(paths[1], lambda f: self.table.to_csv(f, index=False))
+        write_text(paths[2], self.to_markdown())
+        write_json(paths[3], self.config)
         return paths
 
 

@@ -19,6 +19,7 @@ from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_t
 from clipdetect.core.metrics import to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.eval.image_protocols import format_bias_control, robustness_sweep, sweep_curves  # noqa: F401 (re-export)
+from clipdetect.core.io import atomic_write, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,11 @@ def save_table(df: pd.DataFrame, out: str | Path, stem: str, *, columns: Optiona
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(df.to_json(orient="records"))
     paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "md")]
-    paths[0].write_text(json.dumps({"config": dict(config or {}), "rows": records}, indent=2,
-                                   default=str) + "\n")
-    df.to_csv(paths[1], index=False)
+    write_json(paths[0], {"config": dict(config or {}), "rows": records})
+    atomic_write(paths[1], lambda f: df.to_csv(f, index=False))
     cols = [c for c in (columns or df.columns) if c in df.columns]
     md = (f"# {title}\n\n" if title else "") + to_markdown(df, columns=cols) + "\n"
-    paths[2].write_text(md + (f"\n{notes.strip()}\n" if notes else ""))
+    write_text(paths[2], md + (f"\n{notes.strip()}\n" if notes else ""))
     return paths
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from clipdetect.core import compat  # noqa: F401  (torchvision guard runs on package import)
+from clipdetect.core.io import load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -125,28 +126,12 @@ class Backbone:
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
 
-def _load_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(path)
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle payloads beyond tensors are refused
-            raise BackboneError(f"could not load checkpoint {path!r} safely (weights only): {exc}") from exc
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise BackboneError(f"checkpoint {path!r} does not hold a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
 
 def _load_checkpoint(model: torch.nn.Module, path: str) -> bool:
     """Load a full or partial state dict; returns whether the text tower is present."""
     if not os.path.isfile(path):
         raise BackboneError(f"checkpoint file not found: {path!r}")
-    sd = _load_state_dict(path)
+    sd = load_state_dict(path, error=BackboneError)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected:
         raise BackboneError(f"checkpoint {path!r} has keys this architecture does not: {unexpected[:5]} …")

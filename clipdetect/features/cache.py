@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from clipdetect.core.io import TMP_GLOB, atomic_write, read_json, write_json
 from clipdetect.features.backbones import identities_match
 
 logger = logging.getLogger(__name__)
@@ -42,24 +43,11 @@ class CacheError(ValueError):
     """A cache that cannot be opened, or an incompatible write."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
-
-
 def read_manifest(root: str | os.PathLike) -> Dict[str, Any]:
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise CacheError(f"{str(root)!r} is not a feature cache (no manifest.json); create one with `clipdetect extract`")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, what="cache manifest", error=CacheError)
     if manifest.get("format") != FORMAT:
         raise CacheError(f"{str(path)!r} is not a {FORMAT} manifest")
     if manifest.get("version", 0) > VERSION:
@@ -85,7 +73,7 @@ class CacheWriter:
             write_json(self.root / "manifest.json", self.manifest)
 
     def _clean_tmp(self) -> None:
-        for p in self.root.rglob(".*.tmp-*"):
+        for p in self.root.rglob(TMP_GLOB):
             p.unlink(missing_ok=True)
 
     def _check_compatible(self, backbone: Dict[str, Any], dtype: str) -> None:
@@ -113,12 +101,12 @@ class CacheWriter:
                              f"txt {None if txt is None else len(txt)}")
         name = f"part-{len(self.manifest['shards']):05d}"
         dtype = np.dtype(self.manifest["dtype"])
-        _atomic_write(self.root / "img_emb" / f"{name}.npy", lambda f: np.save(f, img.astype(dtype)))
+        atomic_write(self.root / "img_emb" / f"{name}.npy", lambda f: np.save(f, img.astype(dtype)))
         if txt is not None:
-            _atomic_write(self.root / "txt_emb" / f"{name}.npy", lambda f: np.save(f, txt.astype(dtype)))
-        _atomic_write(self.root / "meta" / f"{name}.parquet", lambda f: meta.to_parquet(f, index=False))
-        _atomic_write(self.root / "errors" / f"{name}.parquet",
-                      lambda f: errors.reindex(columns=ERROR_COLUMNS).to_parquet(f, index=False))
+            atomic_write(self.root / "txt_emb" / f"{name}.npy", lambda f: np.save(f, txt.astype(dtype)))
+        atomic_write(self.root / "meta" / f"{name}.parquet", lambda f: meta.to_parquet(f, index=False))
+        atomic_write(self.root / "errors" / f"{name}.parquet",
+                     lambda f: errors.reindex(columns=ERROR_COLUMNS).to_parquet(f, index=False))
         self.manifest["shards"].append({"name": name, "run": run_id, "rows": int(len(img)),
                                         "errors": int(len(errors)), "start": start, "stop": stop,
                                         "has_text": txt is not None})

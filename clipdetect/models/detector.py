@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
-import struct
 import time
 import types
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 from torch import nn
 
 from clipdetect import __version__
+from clipdetect.core.io import read_json, read_safetensors, save_safetensors, write_json
 from clipdetect.features.backbones import identities_match
 from clipdetect.models.heads import HeadConfig, create_head, head_from_dict
 from clipdetect.core.metrics import binary_metrics
@@ -260,17 +259,10 @@ class Detector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``detector.json`` into directory ``path``."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-        os.replace(tmp, path / WEIGHTS)
-        tmp = path / f".{CONFIG}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True, allow_nan=False))
-        os.replace(tmp, path / CONFIG)
+        save_safetensors(self.head.state_dict(), path / WEIGHTS, metadata={"format": FORMAT})
+        write_json(path / CONFIG, self.to_json(), allow_nan=False)
         return path
 
     @classmethod
@@ -282,15 +274,12 @@ class Detector:
             if not p.is_file():
                 raise DetectorError(f"{str(path)!r} is not a detector bundle: {p.name} is missing "
                                     "(bundles are written by `clipdetect train --out DIR`)")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DetectorError(f"{str(cfg_path)!r} is not valid JSON: {exc}") from exc
+        cfg = read_json(cfg_path, what="detector description", error=DetectorError)
         if cfg.get("format") != FORMAT:
             raise DetectorError(f"{str(cfg_path)!r} is not a {FORMAT} description")
         if cfg.get("version", 0) > VERSION:
             raise DetectorError(f"detector format version {cfg['version']} is newer than this clipdetect reads")
-        state = _read_safetensors(w_path)
+        state = read_safetensors(w_path, error=DetectorError)
         head_config = head_from_dict(cfg["head_config"])
         head = create_head(head_config)
         structure = (cfg.get("extra") or {}).get("compression")
@@ -308,23 +297,10 @@ class Detector:
                    temperature=cfg.get("temperature", 1.0), extra=cfg.get("extra"))
 
 
-def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; anything else (a pickle, a zip) is refused before parsing."""
-    from safetensors.torch import load_file
 
-    with open(path, "rb") as f:
-        head = f.read(9)
-    size = os.path.getsize(path)
-    ok = len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size
-    if not ok:
-        kind = ("; it looks like a pickle" if head[:1] == b"\x80" else
-                "; it looks like a zip archive (torch.save)" if head[:2] == b"PK" else "")
-        raise DetectorError(f"{str(path)!r} is not a safetensors file{kind}; detector weights "
-                            "are only read from safetensors and are never unpickled")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error type
-        raise DetectorError(f"{str(path)!r} is a corrupt safetensors file: {exc}") from exc
+def load_detector(path: str | os.PathLike, *, device: str = "cpu") -> Detector:
+    """``Detector.load(path)``: a saved bundle (plain or compressed head)."""
+    return Detector.load(path, device=device)
 
 
 def fit_detector(X, y, **kwargs) -> Detector:

@@ -17,13 +17,14 @@ Heads are built from a :class:`HeadConfig`, which round-trips through JSON via
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import Tensor, nn
+
+from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +165,7 @@ def head_from_dict(d: Mapping[str, Any]) -> HeadConfig:
 
     Unknown keys raise ``ValueError`` so that typos in config files are not silently ignored.
     """
-    known = {f.name for f in dataclasses.fields(HeadConfig)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown HeadConfig field(s) {unknown}; expected a subset of {sorted(known)}")
-    return HeadConfig(**dict(d))
+    return from_dict(HeadConfig, d)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -32,6 +32,8 @@ from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.losses import create_loss
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.sam import SAM, frozen_bn_stats
+from clipdetect.core.config import from_dict
+from clipdetect.core.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +103,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-        return cls(**d)
+        return from_dict(cls, d)
 
 
 def build_loss(config: TrainConfig) -> torch.nn.Module:
@@ -267,7 +265,7 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        write_json(out_dir / "train_config.json", config.to_dict())
         log_file = open(out_dir / "train_log.jsonl", "w")
     device = torch.device(config.device)
     head_config = config.head_config(train_data.dim)
