@@ -35,7 +35,7 @@ from clipdetect.models.detector import Detector
 from clipdetect.distill.trainer import DistillConfig, distill
 from clipdetect.distill.images import collect_images
 from clipdetect.core.metrics import binary_metrics
-from clipdetect.data.sources import open_source
+from clipdetect.data.registry import open_source
 from clipdetect.features.splits import resolve_split_rows
 from clipdetect.models.train import TrainConfig
 

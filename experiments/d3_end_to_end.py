@@ -8,7 +8,7 @@ come from SD-1.4; the D3 model names are labels here, so no per-generator result
 anything.) All images come from the first 512 CIFAKE rows, for which independent
 reference embeddings exist. Then, as a user would::
 
-    python -m clipdetect.data.fetch --d3 PARQUET --store STORE            # reals over HTTP
+    clipdetect fetch --d3 PARQUET --store STORE            # reals over HTTP
     clipdetect extract d3:PARQUET --reals-store STORE --out local/   # local engine
     clipdetect extract ... --engine ray --out ray/                   # SIGKILLed after its
     clipdetect extract ... --engine ray --out ray/                   # first shard; resumed
@@ -159,10 +159,10 @@ def main(argv=None) -> int:
     report = {"rows": args.rows, "images": 5 * args.rows, "ray_streaming": args.streaming,
               "dead_or_html_urls": sum(route(i) != "ok" for i in range(args.rows))}
     t0 = time.time()
-    report["fetch"] = cli("clipdetect.data.fetch", "--d3", str(parquet), "--store", str(tmp / "store"),
+    report["fetch"] = cli("clipdetect", "fetch", "--d3", str(parquet), "--store", str(tmp / "store"),
                           "--workers", "8", "--timeout", "2", "5", "--retries", "1", "--backoff", "0.1")
     report["fetch"]["wall_s"] = round(time.time() - t0, 1)
-    common = ["clipdetect.cli.main", "extract", f"d3:{parquet}", "--reals-store", str(tmp / "store"),
+    common = ["clipdetect", "extract", f"d3:{parquet}", "--reals-store", str(tmp / "store"),
               "--backbone", f"ViT-B-16-quickgelu:{args.weights}", "--batch-size", str(args.batch_size),
               "--shard-size", str(args.shard_size), "--no-progress"]
     report["local"] = cli(*common, "--out", str(tmp / "local"), "--workers", "1")

@@ -13,7 +13,7 @@ from clipdetect.features.cache import FeatureCache
 from clipdetect.data.d3 import D3Source, MissingImage
 from clipdetect.features.extract import ExtractConfig, decode_refs, extract
 from clipdetect.data.imaging import SplitPreprocess
-from clipdetect.data.sources import open_source
+from clipdetect.data.registry import open_source
 from conftest import TINY
 
 from _d3_fixture import (MODELS, ROUTES, SIZES, make_d3_parquet, real_bytes, row_id, serve_reals,

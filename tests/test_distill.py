@@ -129,7 +129,7 @@ def test_student_spec_works_with_create_backbone_and_extract(material):
     from clipdetect.models.detector import Detector
     from clipdetect.features.extract import ExtractConfig, extract
     from clipdetect.data.imaging import SplitPreprocess
-    from clipdetect.data.sources import open_source
+    from clipdetect.data.registry import open_source
 
     root, imgs, _, _ = material
     spec = f"student:{root / 'student'}"

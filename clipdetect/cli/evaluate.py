@@ -288,7 +288,7 @@ def _keys_source(args):
     from clipdetect.eval.evaluate import split_params
     from clipdetect.data.perturb import subset_source
     from clipdetect.eval.protocols import heldout_keys, load_detectors
-    from clipdetect.data.sources import open_source
+    from clipdetect.data.registry import open_source
 
     dets = load_detectors(args.detectors)
     cache = _open_cache(args.cache)

@@ -15,7 +15,7 @@ EXAMPLES = """examples:
   clipdetect extract hf:user/dataset --streaming --caption-column prompt --backbone ViT-L-14:openai ...
   # a CSV/parquet manifest with path,label[,caption,generator,split] columns
   clipdetect extract manifest.csv --out features/x --backbone ViT-B-32:laion2b_s34b_b79k
-  # D3 from its parquet files, reals fetched earlier (python -m clipdetect.data.fetch --d3 ...)
+  # D3 from its parquet files, reals fetched earlier (clipdetect fetch --d3 ...)
   clipdetect extract "d3:ELSA_D3/data/train-*.parquet" --reals-store d3_reals --out features/d3 \
       --backbone ViT-L-14:openai --device cuda --precision fp16
   # the same on a Ray cluster; --streaming d3:elsaEU/ELSA_D3 also works (one sequential reader)
@@ -75,7 +75,7 @@ def add_parser(sub) -> None:
     d.add_argument("--no-reals", action="store_true", help="fakes only (no real sample per row)")
     d.add_argument("--reals-dir", metavar="DIR", help="folder of pre-downloaded real images named <row id>.<ext>")
     d.add_argument("--reals-store", metavar="DIR",
-                   help="store of fetched reals (python -m clipdetect.data.fetch --store DIR); "
+                   help="store of fetched reals (clipdetect fetch --store DIR); "
                         "default with --fetch-reals: $CLIPDETECT_FETCH_STORE or ~/.cache")
     d.add_argument("--fetch-reals", action="store_true",
                    help="download reals not yet in the store from their URLs while extracting")
@@ -136,7 +136,7 @@ def _check_options(args) -> None:
 
 def run_extract(args) -> int:
     from clipdetect.features.extract import ExtractConfig, extract
-    from clipdetect.data.sources import open_source
+    from clipdetect.data.registry import open_source
 
     _check_options(args)
     source = open_source(args.source, **source_options(args))

@@ -24,8 +24,8 @@ from clipdetect import __version__
 logger = logging.getLogger("clipdetect")
 
 #: subcommand → module that defines ``add_parser(subparsers)``; imported lazily at parse time
-COMMAND_MODULES = ["clipdetect.cli.extract", "clipdetect.cli.train", "clipdetect.cli.evaluate",
-                   "clipdetect.cli.demo", "clipdetect.cli.distill"]
+COMMAND_MODULES = ["clipdetect.cli.fetch", "clipdetect.cli.extract", "clipdetect.cli.train",
+                   "clipdetect.cli.evaluate", "clipdetect.cli.demo", "clipdetect.cli.distill"]
 
 
 class CLIError(Exception):

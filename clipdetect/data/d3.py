@@ -41,7 +41,7 @@ import numpy as np
 
 from clipdetect.data.hf import load_hf_dataset, parquet_files
 from clipdetect.data.imaging import BadImage
-from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source, _opt_str
+from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source, optional_str
 
 logger = logging.getLogger(__name__)
 
@@ -222,20 +222,20 @@ class D3Source(Source):
     def row_samples(self, r: int, rec: Dict[str, Any]) -> List[Sample]:
         """The samples of one D3 row (real first, then the selected fakes)."""
         rid = str(rec["id"])
-        caption = _opt_str(rec.get("original_prompt"))
-        fake_caption = caption if self.caption_policy == "same" else _opt_str(rec.get("positive_prompt"))
+        caption = optional_str(rec.get("original_prompt"))
+        fake_caption = caption if self.caption_policy == "same" else optional_str(rec.get("positive_prompt"))
         out = []
         if self.include_real:
-            url = _opt_str(rec.get("url")) or ""
+            url = optional_str(rec.get("url")) or ""
             out.append(Sample(key=f"{rid}/real", image=self._real_image(rid, url), label=0, caption=caption,
                               generator="real", split=self.split, path=url))
         for i in range(N_GEN):
-            model = _opt_str(rec.get(f"model_gen{i}"))
+            model = optional_str(rec.get(f"model_gen{i}"))
             if not self._matches(model, i):
                 continue
             img = rec.get(f"image_gen{i}")
             data = img.get("bytes") if isinstance(img, dict) else img
-            path = _opt_str(rec.get(f"filepath_gen{i}")) or f"{self._base}#{r}/gen{i}"
+            path = optional_str(rec.get(f"filepath_gen{i}")) or f"{self._base}#{r}/gen{i}"
             if data is None:
                 data = (img or {}).get("path") or MissingImage("fake_missing", f"row {rid}: no image_gen{i}")
             out.append(Sample(key=f"{rid}/gen{i}", image=data, label=1, caption=fake_caption,

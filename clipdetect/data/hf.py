@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any, Dict, Iterator, List, Optional
 
-from clipdetect.data.sources import CaptionTemplate, Sample, Source, _opt_str, parse_label
+from clipdetect.data.sources import CaptionTemplate, Sample, Source, optional_str, parse_label
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class HFSource(Source):
         if self.label_names and self.label_column in record:
             record[self.label_column + "_name"] = self.label_names[int(record[self.label_column])]
         caption = self.caption(record) if self.caption.template else (
-            _opt_str(rec.get(self.caption_column)) if self.caption_column else None)
+            optional_str(rec.get(self.caption_column)) if self.caption_column else None)
         key = str(rec[self.key_column]) if self.key_column in rec else f"{self.split}/{i}"
         gen = str(rec[self.generator_column]) if self.generator_column else (self.generator or
                                                                               ("real" if label == 0 else "fake"))

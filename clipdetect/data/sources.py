@@ -180,17 +180,17 @@ class ManifestSource(Source):
             rec = dict(zip(cols, row))
             p = str(rec["path"])
             full = p if os.path.isabs(p) else str(self.root / p)
-            caption = self.caption(rec) if self.caption.template else _opt_str(rec.get("caption"))
+            caption = self.caption(rec) if self.caption.template else optional_str(rec.get("caption"))
             yield Sample(key=str(rec.get("key", p)), image=full, label=parse_label(rec["label"]),
-                         caption=caption, generator=_opt_str(rec.get("generator")) or "",
-                         split=_opt_str(rec.get("split")) or self.split, path=full)
+                         caption=caption, generator=optional_str(rec.get("generator")) or "",
+                         split=optional_str(rec.get("split")) or self.split, path=full)
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path.resolve()), "root": str(self.root.resolve()),
                 "split": self.split, "caption_template": self.caption.template}
 
 
-def _opt_str(value: Any) -> Optional[str]:
+def optional_str(value: Any) -> Optional[str]:
     if value is None:
         return None
     try:
@@ -201,34 +201,3 @@ def _opt_str(value: Any) -> Optional[str]:
     except (TypeError, ValueError):
         pass
     return str(value)
-
-
-def open_source(spec: str, **options) -> Source:
-    """Pick a source from a spec: a folder, a ``.csv``/``.parquet`` manifest (``path`` column),
-    a parquet of a Hugging Face dataset (an image column), ``hf:NAME`` or ``d3:NAME_OR_PATH``."""
-    from clipdetect.data.hf import HFSource  # local import: `datasets` is heavy
-
-    if spec.startswith("hf:"):
-        return HFSource(spec[3:], **_only(options, HFSource.OPTIONS))
-    if spec.startswith("d3:"):
-        from clipdetect.data.d3 import D3Source
-
-        return D3Source(spec[3:], **_only(options, D3Source.OPTIONS))
-    p = Path(spec)
-    if p.is_dir():
-        return ImageFolderSource(p, **_only(options, ("labels", "split", "caption_template")))
-    if p.suffix in (".csv", ".parquet") and p.is_file():
-        if p.suffix == ".csv" or "path" in _parquet_columns(p):
-            return ManifestSource(p, **_only(options, ("root", "caption_template", "split")))
-        return HFSource(str(p), **_only(options, HFSource.OPTIONS))
-    raise ValueError(f"source {spec!r} is not a folder, a .csv/.parquet file, 'hf:NAME' or 'd3:NAME'")
-
-
-def _parquet_columns(path: Path) -> List[str]:
-    import pyarrow.parquet as pq
-
-    return list(pq.read_schema(path).names)
-
-
-def _only(options: Dict[str, Any], names) -> Dict[str, Any]:
-    return {k: v for k, v in options.items() if k in names and v is not None}

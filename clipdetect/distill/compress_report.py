@@ -100,7 +100,7 @@ def test_split_refs(source_spec: str, *, val: float, test: float, seed: int, lim
                     options: Optional[Dict[str, Any]] = None) -> Tuple[List[Any], np.ndarray, List[str]]:
     """(image refs, labels, keys) of up to ``limit`` samples of ``source_spec`` whose key falls in
     the hashed test split (:func:`splits.assign_splits` with the same fractions and seed)."""
-    from clipdetect.data.sources import open_source
+    from clipdetect.data.registry import open_source
     from clipdetect.features.splits import assign_splits
 
     refs, labels, keys = [], [], []

@@ -89,7 +89,7 @@ def collect_images(source, keys: Sequence[str]) -> Dict[str, Any]:
     return found
 
 
-def _loader(ds: ImageRows, *, batches=None, batch_size: int = 256, workers: int = 0, seed: int = 0):
+def make_loader(ds: ImageRows, *, batches=None, batch_size: int = 256, workers: int = 0, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     kw = dict(num_workers=workers, generator=gen, persistent_workers=False)
     if workers:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, _loader, collect_images, load_checkpoint,
+from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, make_loader, collect_images, load_checkpoint,
                          save_checkpoint, train_transform)
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.losses import create_loss
@@ -163,7 +163,7 @@ _RESUME_FREE = ("epochs", "workers", "out", "eval_batch_size", "source", "source
 
 def _prepare(config: DistillConfig):
     from clipdetect.features.cache import FeatureCache
-    from clipdetect.data.sources import open_source
+    from clipdetect.data.registry import open_source
     from clipdetect.features.splits import cache_splits
 
     cache = FeatureCache(config.teacher_cache)
@@ -222,11 +222,11 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
     y_train = train_ds.labels.numpy().astype(np.int64)
     sampler = StratifiedBatchSampler(y_train, config.batch_size, seed=config.seed)
     total = config.epochs * len(sampler)
-    val_loader = _loader(val_ds, batch_size=config.eval_batch_size, workers=config.workers)
+    val_loader = make_loader(val_ds, batch_size=config.eval_batch_size, workers=config.workers)
     for epoch in range(start, config.epochs + 1):
         e0, step = time.perf_counter(), (epoch - 1) * len(sampler)
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; workers get seeds from the loader
-        loader = _loader(train_ds, batches=list(sampler.epoch(epoch)), workers=config.workers,
+        loader = make_loader(train_ds, batches=list(sampler.epoch(epoch)), workers=config.workers,
                          seed=config.seed * 100_003 + epoch)
         student.train()
         head.train()

@@ -85,7 +85,7 @@ class ExtractSummary:
 _WORKER: Dict[str, Any] = {}
 
 
-def _init_worker(pre: SplitPreprocess, max_pixels: int) -> None:
+def init_decode_worker(pre: SplitPreprocess, max_pixels: int) -> None:
     _WORKER["pre"], _WORKER["max_pixels"] = pre, max_pixels
 
 
@@ -131,7 +131,7 @@ def ordered_map(fn: Callable, tasks: Iterable, *, workers: int, window: int, ini
 
 # ---------------------------------------------------------------- shards (main side)
 @dataclass
-class _Task:
+class Task:
     shard_start: int
     shard_stop: int
     samples: List[Sample]
@@ -139,7 +139,7 @@ class _Task:
 
 
 def plan_tasks(samples: Iterator[Sample], start: int, end: Optional[int], shard_size: int,
-               batch_size: int) -> Iterator[_Task]:
+               batch_size: int) -> Iterator[Task]:
     """Cut the source into shards (fixed source positions) and shards into decode tasks."""
     pos, it = start, iter(samples)
     while end is None or pos < end:
@@ -149,7 +149,7 @@ def plan_tasks(samples: Iterator[Sample], start: int, end: Optional[int], shard_
         stop = pos + len(shard)
         chunks = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
         for j, chunk in enumerate(chunks):
-            yield _Task(pos, stop, chunk, last=j == len(chunks) - 1)
+            yield Task(pos, stop, chunk, last=j == len(chunks) - 1)
         pos = stop
 
 
@@ -212,7 +212,7 @@ def run_id_for(source: Source, config: ExtractConfig) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _progress(total: Optional[int], enabled: bool):
+def progress_bar(total: Optional[int], enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="img", desc="extract", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
@@ -244,9 +244,9 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
     t0 = time.perf_counter()
     refs = (lambda task: [s.image for s in task.samples])
-    with _progress(total, progress) as bar:
-        for task, decoded in ordered_map(_decode_task, ((t, refs(t)) for t in tasks), workers=config.workers,
-                                         window=2 * config.workers + 2, initializer=_init_worker,
+    with progress_bar(total, progress) as bar:
+        for task, decoded in ordered_map(decode_task, ((t, refs(t)) for t in tasks), workers=config.workers,
+                                         window=2 * config.workers + 2, initializer=init_decode_worker,
                                          initargs=(pre, config.max_pixels)):
             task = task[0]
             builder.add(task.samples, decoded)
@@ -263,11 +263,11 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     return summary
 
 
-def _decode_task(item):
+def decode_task(item):
     return decode_refs(item[1])
 
 
-def _flush(writer: CacheWriter, rid: str, builder: ShardBuilder, task: _Task, summary: ExtractSummary) -> None:
+def _flush(writer: CacheWriter, rid: str, builder: ShardBuilder, task: Task, summary: ExtractSummary) -> None:
     img, txt, meta, errors = builder.build()
     writer.write_shard(rid, start=task.shard_start, stop=task.shard_stop, img=img, txt=txt, meta=meta,
                        errors=errors)

@@ -39,7 +39,7 @@ import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import ERROR_COLUMNS, META_COLUMNS, CacheWriter
-from clipdetect.features.extract import ExtractConfig, ExtractSummary, ShardBuilder, _progress, run_id_for
+from clipdetect.features.extract import ExtractConfig, ExtractSummary, ShardBuilder, progress_bar, run_id_for
 from clipdetect.data.imaging import SplitPreprocess
 from clipdetect.features.ray_read import Decode, plan_shards, stream_datasource
 from clipdetect.data.sources import Sample, Source
@@ -239,7 +239,7 @@ def _consume(ds, writer: CacheWriter, rid: str, summary: ExtractSummary, dim: in
     nxt = 0
     it = iter(ds.iter_rows())
     try:
-        with _progress(total, progress) as bar:
+        with progress_bar(total, progress) as bar:
             for row in it:
                 k = int(row["shard"])
                 pending.setdefault(k, {})[int(row["task"])] = row

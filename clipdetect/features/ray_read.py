@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import pandas as pd
 
-from clipdetect.features.extract import _Task, decode_refs, plan_tasks
+from clipdetect.features.extract import Task, decode_refs, plan_tasks
 from clipdetect.data.sources import Sample, Source
 
 SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path")
@@ -90,7 +90,7 @@ class Decode:
             start, stop = int(rec["start"]), int(rec["stop"])
             tasks = list(plan_tasks(self.source.iterate(start), start, stop, stop - start, self.batch_size))
             # a source that ended early still answers for its shard (0 samples), so the driver moves on
-            for j, t in enumerate(tasks or [_Task(start, start, [], last=True)]):
+            for j, t in enumerate(tasks or [Task(start, start, [], last=True)]):
                 yield self._task(rec, j, t.shard_stop, t.last, t.samples)
 
     def _task(self, rec: Dict[str, Any], task: int, stop: int, last: bool, chunk: List[Sample]

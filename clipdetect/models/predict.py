@@ -22,9 +22,10 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone, identities_match
-from clipdetect.features.extract import _decode_task, _init_worker, default_workers, ordered_map
+from clipdetect.features.extract import decode_task, init_decode_worker, default_workers, ordered_map
 from clipdetect.data.imaging import MAX_PIXELS, SplitPreprocess
-from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source, open_source
+from clipdetect.data.registry import open_source
+from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
 
 logger = logging.getLogger(__name__)
 
@@ -192,9 +193,9 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     total = source.size() if limit is None else min(limit, source.size() or limit)
     try:
         with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
-            for (batch, _), decoded in ordered_map(_decode_task, tasks, workers=workers,
+            for (batch, _), decoded in ordered_map(decode_task, tasks, workers=workers,
                                                    window=2 * workers + 2,
-                                                   initializer=_init_worker, initargs=(pre, max_pixels)):
+                                                   initializer=init_decode_worker, initargs=(pre, max_pixels)):
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
                          "true_label": s.label if s.label in (0, 1) else None} for s in batch]
                 ok = [i for i, d in enumerate(decoded) if d[0] == "ok"
