@@ -1,4 +1,1 @@
-"""Command line front: ``clipdetect <command> ...``, one module per subcommand."""
-from clipdetect.cli.main import main
-
-__all__ = ["main"]
+"""Command line front: ``clipdetect <command> ...``; ``clipdetect.cli.main.main(argv) -> int`` runs one."""
