@@ -81,8 +81,8 @@ def test_generator_selection_and_resume_positions(d3):
             D3Source(d3, generators=[bad])
     with pytest.raises(ValueError, match="sd3.*match no model"):
         D3Source(d3, generators="sd3", streaming=True)
-    assert [s.key for s in D3Source(d3, generators="if", streaming=True)][:2] == [f"{row_id(0)}/real",
-                                                                                   f"{row_id(0)}/gen0"]
+    streamed = [s.key for s in D3Source(d3, generators="if", streaming=True)]
+    assert streamed[:2] == [f"{row_id(0)}/real", f"{row_id(0)}/gen0"]
     assert src.describe() != D3Source(d3).describe()
 
 
@@ -209,7 +209,7 @@ def test_split_files_follow_the_hub_layout(server, tmp_path, caplog):
     assert names(split_files(str(data), "validation")) == ["validation-00000-of-00001.parquet"]
     assert names(split_files(str(data / "*.parquet"), "validation")) == ["validation-00000-of-00001.parquet"]
     assert names(split_files(str(data / "val-*.parquet"), "train")) == ["val-00000-of-00001.parquet"]
-    with caplog.at_level("WARNING", logger="clipdetect.data.d3"):  # a train-* glob misses val-*: said so
+    with caplog.at_level("WARNING", logger="clipdetect.data.d3_layout"):  # a train-* glob misses val-*: said so
         assert len(split_files(str(data / "train-*.parquet"), "train")) == 2
     assert "leaves out 1 'train' file(s)" in caplog.text and "val-00000-of-00001.parquet" in caplog.text
     with pytest.raises(ValueError, match="no 'validation' files.*pass --split train"):
