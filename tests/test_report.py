@@ -80,3 +80,12 @@ def test_reliability_table_is_the_ece_binning():
     ece = float((t.n * (t.frac_fake - t.mean_prob).abs()).sum() / 500)
     assert ece == pytest.approx(expected_calibration_error(y, p, n_bins=10))
     assert isinstance(t, pd.DataFrame) and len(reliability_table([0, 1], [0.0, 0.0], n_bins=4)) == 1
+
+
+def test_report_help_has_an_example_and_bad_overrides_are_refused(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--help"])
+    assert exit_.value.code == 0 and "clipdetect report runs/det" in capsys.readouterr().out
+    assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(tmp_path / "r"),
+                 "--set", "epochz=3"]) == 2
+    assert "unknown TrainConfig field(s) ['epochz']" in capsys.readouterr().err
