@@ -38,7 +38,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("d3ray")
-    path = make_d3_parquet(root / "d3.parquet", "http://127.0.0.1:9", rows=6)  # URLs never contacted
+    path = make_d3_parquet(root / "data" / "train-00000-of-00001.parquet", "http://127.0.0.1:9", rows=6)  # URLs never contacted
     return D3Source(str(path), reals_dir=str(write_reals_dir(root / "reals", [0, 1, 3, 4])))
 
 
@@ -60,7 +60,7 @@ def _assert_same_cache(a_dir, b_dir):
 
 def test_ray_engine_matches_local_and_resumes_after_a_kill(cluster, source, tmp_path, tiny_backbone):
     local = extract(source, _cfg(tmp_path / "local"), backbone=tiny_backbone, progress=False)
-    assert local.complete and local.errors == {"real_missing": 2}
+    assert local.complete and local.errors == {"real_missing": 2, "fake_missing": 2}
 
     def die(name):
         raise Killed(name)
@@ -73,7 +73,7 @@ def test_ray_engine_matches_local_and_resumes_after_a_kill(cluster, source, tmp_
 
     resumed = extract_ray(source, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False)
     assert (resumed.run, resumed.resumed_from, resumed.seen, resumed.complete) == (local.run, 10, 20, True)
-    assert resumed.errors == {"real_missing": 2}  # rows 2 and 5 have no real image
+    assert resumed.errors == {"real_missing": 2, "fake_missing": 2}  # rows 2, 5: no real; 2 fakes missing
     _assert_same_cache(tmp_path / "local", tmp_path / "ray")
 
     # the engines share the run: a local run finishes what a Ray run started
@@ -95,7 +95,7 @@ def test_ray_engine_streams_a_source_of_unknown_size_and_resumes(cluster, source
         extract_ray(streamed, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False, on_shard=die)
     resumed = extract_ray(streamed, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False)
     assert (resumed.run, resumed.resumed_from, resumed.seen, resumed.complete) == (local.run, 10, 20, True)
-    assert resumed.errors == {"real_missing": 2}
+    assert resumed.errors == {"real_missing": 2, "fake_missing": 2}
     _assert_same_cache(tmp_path / "local", tmp_path / "ray")
 
 

@@ -16,10 +16,10 @@ EXAMPLES = """examples:
   # a CSV/parquet manifest with path,label[,caption,generator,split] columns
   clipdetect extract manifest.csv --out features/x --backbone ViT-B-32:laion2b_s34b_b79k
   # D3 from its parquet files, reals fetched earlier (clipdetect fetch --d3 ...)
-  clipdetect extract "d3:ELSA_D3/data/train-*.parquet" --reals-store d3_reals --out features/d3 \
+  clipdetect extract d3:ELSA_D3/data --split train --reals-store d3_reals --out features/d3 \
       --backbone ViT-L-14:openai --device cuda --precision fp16
   # the same on a Ray cluster; --streaming d3:elsaEU/ELSA_D3 also works (one sequential reader)
-  clipdetect extract "d3:ELSA_D3/data/train-*.parquet" --engine ray --address HEAD_IP:6379 ...
+  clipdetect extract d3:ELSA_D3/data --split train --engine ray --address HEAD_IP:6379 ...
 Re-running the same command resumes where it stopped."""
 
 

@@ -8,6 +8,7 @@ Stages, in the order data flows::
     clipdetect evaluate  metrics per generator, with confidence intervals
     clipdetect plot      ROC curves and score histograms
     clipdetect predict   score images end to end
+    clipdetect report    the whole honest report on a cache (one Markdown file)
     clipdetect demo      the whole pipeline on the bundled sample cache
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ logger = logging.getLogger("clipdetect")
 
 #: subcommand → module that defines ``add_parser(subparsers)``; imported lazily at parse time
 COMMAND_MODULES = ["clipdetect.cli.fetch", "clipdetect.cli.extract", "clipdetect.cli.train",
-                   "clipdetect.cli.evaluate", "clipdetect.cli.demo", "clipdetect.cli.distill"]
+                   "clipdetect.cli.evaluate", "clipdetect.cli.report", "clipdetect.cli.demo", "clipdetect.cli.distill"]
 
 
 class CLIError(Exception):

@@ -239,17 +239,33 @@ def threshold_at_fpr(real_scores, target_fpr: float) -> float:
     return float(r[max(r.size - k - 1, 0)])
 
 
+def _calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Per equal-width bin of ``p``: (count, number of fakes, sum of predicted probabilities)."""
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1).clip(0)
+    return (np.bincount(bins, minlength=n_bins), np.bincount(bins, weights=y, minlength=n_bins),
+            np.bincount(bins, weights=p, minlength=n_bins))
+
+
 def expected_calibration_error(y_true, probs, *, n_bins: int = 15) -> float:
     """ECE over ``n_bins`` equal-width bins of the predicted fake probability.
 
     Sum over bins of (bin size / n) * |fraction of fakes - mean predicted probability|.
     """
     y, p = _check(y_true, probs)
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1).clip(0)
-    size = np.bincount(bins, minlength=n_bins)
-    pos = np.bincount(bins, weights=y, minlength=n_bins)
-    conf = np.bincount(bins, weights=p, minlength=n_bins)
+    size, pos, conf = _calibration_bins(y, p, n_bins)
     return float(np.abs(pos - conf).sum() / max(y.size, 1)) if size.any() else math.nan
+
+
+def reliability_table(y_true, probs, *, n_bins: int = 15) -> pd.DataFrame:
+    """The bins behind :func:`expected_calibration_error`: one row per non-empty bin with
+    ``lo``, ``hi``, ``n``, ``mean_prob`` (mean predicted P(fake)) and ``frac_fake``."""
+    y, p = _check(y_true, probs)
+    size, pos, conf = _calibration_bins(y, p, n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    keep = size > 0
+    n = np.maximum(size, 1)
+    return pd.DataFrame({"lo": edges[:-1][keep], "hi": edges[1:][keep], "n": size[keep],
+                         "mean_prob": (conf / n)[keep], "frac_fake": (pos / n)[keep]})
 
 
 def brier_score(y_true, probs) -> float:

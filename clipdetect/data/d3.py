@@ -2,8 +2,11 @@
 
 A D3 row holds one LAION image (as a URL only: ``url``), its caption ``original_prompt``,
 the generation prompts ``positive_prompt``/``negative_prompt``, and four images generated
-from that prompt (``image_gen0..3``, models in ``model_gen0..3``: SD-1.4, SD-2.1, SD-XL,
-DeepFloyd IF). :class:`D3Source` yields, per row and in this order, the real sample
+from that prompt (``image_gen0..3``, models in ``model_gen0..3``, in this order:
+``DeepFloyd/IF-II-L-v1.0`` (256 px), ``CompVis/stable-diffusion-v1-4``,
+``stabilityai/stable-diffusion-2-1-base``, ``stabilityai/stable-diffusion-xl-base-1.0``;
+the file format of each fake is in ``filepath_gen*``: PNG, JPEG, BMP, GIF or TIFF).
+:class:`D3Source` yields, per row and in this order, the real sample
 (``"{id}/real"``, label 0, generator ``"real"``) and the selected fakes (``"{id}/gen{i}"``,
 label 1, generator = ``model_gen{i}``), so the 5 images of a row are consecutive.
 
@@ -21,13 +24,22 @@ Captions (``caption_policy``):
 
 Real images: from ``reals_dir`` (files named by row id, any image extension, searched
 recursively), else from a :class:`~clipdetect.data.fetch.FetchStore` (``store``; bytes fetched
-earlier with ``python -m clipdetect.data.fetch --d3 ...``), fetched on the fly from ``url``
+earlier with ``clipdetect fetch --d3 ...``), fetched on the fly from ``url``
 when ``fetch_reals``. A real that is unavailable is still yielded, with a
 :class:`MissingImage` that the decoder reports as ``real_missing`` in the error ledger:
 the fakes are extracted and the missing reals are counted.
 
-Generators are selected by full name (``"stabilityai/stable-diffusion-2-1"``, case
-insensitive), by alias (``sd14``, ``sd21``, ``sdxl``, ``if``) or by column (``gen0``..``gen3``).
+A fake that a row lacks (no bytes, or empty bytes) is yielded as a :class:`MissingImage`
+too, counted as ``fake_missing``.
+
+Generators are selected by full name (``"stabilityai/stable-diffusion-2-1-base"``, case
+insensitive), by alias (``if``, ``sd14``, ``sd21``, ``sdxl``: the four full names above) or by
+column (``gen0``..``gen3``); an unknown name is refused with the list of valid ones.
+
+Splits: on the hub, ``train`` is the files ``data/train-*`` and ``data/val-*`` (2,300,000 +
+6,629 rows) and ``validation`` is ``data/validation-*`` (4,800 rows). A local folder or glob
+is filtered the same way by file name (:func:`~clipdetect.data.d3_layout.split_files`), so the
+splits never mix.
 """
 from __future__ import annotations
 
@@ -39,16 +51,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from clipdetect.data.d3_layout import ALIASES, MODELS, N_GEN, SPLIT_PREFIXES, split_files  # noqa: F401 (re-export)
 from clipdetect.data.hf import load_hf_dataset, parquet_files
 from clipdetect.data.imaging import BadImage
 from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source, optional_str
 
 logger = logging.getLogger(__name__)
 
-N_GEN = 4
-#: alias → substring of the lower-cased ``model_gen*`` value
-ALIASES = {"sd14": "stable-diffusion-v1-4", "sd21": "stable-diffusion-2-1", "sdxl": "stable-diffusion-xl",
-           "if": "deepfloyd/if"}
+_COLUMNS = {f"gen{i}" for i in range(N_GEN)}
 CAPTION_POLICIES = ("same", "reference")
 BASE_COLUMNS = ("id", "original_prompt", "url")
 
@@ -122,6 +132,8 @@ class D3Source(Source):
         self._base = os.path.basename(name_or_path.rstrip("/"))
         self.ds = self._load()
         self._offsets = None if self.streaming else self._row_offsets()
+        if self.streaming and self.generators is not None:
+            self._check_generators(self._streamed_models())
 
     def __reduce__(self):  # reopen on the other side instead of pickling the dataset object
         return _reopen, (self.name_or_path, self._kwargs)
@@ -131,8 +143,9 @@ class D3Source(Source):
         import datasets
 
         ds = load_hf_dataset(self.name_or_path, split=self.split, streaming=self.streaming,
+                             files=split_files(self.name_or_path, self.split),
                              offline_hint="download the parquet files (huggingface-cli download elsaEU/ELSA_D3 "
-                                          "--repo-type dataset) and pass d3:/path/to/data/train-*.parquet")
+                                          "--repo-type dataset) and pass d3:/path/to/ELSA_D3/data --split train")
         cols = set(ds.features or {})
         need = set(BASE_COLUMNS) | {f"{c}_gen{i}" for c in ("model", "image") for i in range(N_GEN)}
         need |= {"positive_prompt"} if self.caption_policy == "reference" else set()
@@ -146,12 +159,29 @@ class D3Source(Source):
     def _matches(self, model: Optional[str], i: int) -> bool:
         if self.generators is None:
             return True
-        m = (model or "").lower()
-        for g in self.generators:
-            w = g.lower()
-            if w == m or w == f"gen{i}" or (w in ALIASES and ALIASES[w] in m):
-                return True
-        return False
+        cols, models = self._wanted
+        return i in cols or (model or "").lower() in models
+
+    @property
+    def _wanted(self) -> Tuple[set, set]:
+        """(columns, lower-cased full model names) that ``generators`` select; aliases resolved."""
+        cols = {int(g[3:]) for g in self.generators if g.lower() in _COLUMNS}
+        models = {ALIASES.get(g.lower(), g).lower() for g in self.generators if g.lower() not in _COLUMNS}
+        return cols, models
+
+    def _check_generators(self, available: set) -> None:
+        """Refuse a generator name that selects nothing, naming the valid ones."""
+        have = {m.lower() for m in available}
+        bad = [g for g in self.generators
+               if g.lower() not in _COLUMNS and ALIASES.get(g.lower(), g).lower() not in have]
+        if bad:
+            aliases = ", ".join(f"{a} = {m}" for a, m in ALIASES.items())
+            raise ValueError(f"generator(s) {bad} match no model in {self.name_or_path!r}. Valid names: a model it has "
+                             f"{sorted(available)}, an alias ({aliases}) or a column (gen0..gen3)")
+
+    def _streamed_models(self) -> set:
+        first = next(iter(self.ds.select_columns([f"model_gen{i}" for i in range(N_GEN)])), None) or {}
+        return {v for v in first.values() if v}
 
     def _row_offsets(self) -> np.ndarray:
         """Cumulative samples per row: position p lives in row searchsorted(offsets, p)."""
@@ -163,27 +193,17 @@ class D3Source(Source):
             import pyarrow.compute as pc
 
             counts = np.full(n, int(self.include_real), dtype=np.int64)
-            available, used = set(), set()
+            available = set()
             for i in range(N_GEN):
                 col = self.ds.data.column(f"model_gen{i}")
                 names = [v for v in pc.unique(col).to_pylist()]
                 available.update(v for v in names if v)
                 keep = [v for v in names if self._matches(v, i)]
-                used.update(keep)
                 if keep:
                     mask = pc.fill_null(pc.is_in(col, value_set=pa.array(keep, pa.string())), False)
                     counts += np.asarray(mask.to_numpy(zero_copy_only=False), dtype=np.int64)
-            unmatched = [g for g in self.generators if not any(self._single(g, v) for v in used)
-                         and g.lower() not in {f"gen{i}" for i in range(N_GEN)}]
-            if unmatched:
-                raise ValueError(f"generator(s) {unmatched} match no model in {self.name_or_path!r}; it has "
-                                 f"{sorted(available)} (aliases: {sorted(ALIASES)}, or gen0..gen3)")
+            self._check_generators(available)
         return np.concatenate([[0], np.cumsum(counts)])
-
-    @staticmethod
-    def _single(g: str, model: Optional[str]) -> bool:
-        w, m = g.lower(), (model or "").lower()
-        return w == m or (w in ALIASES and ALIASES[w] in m)
 
     # ------------------------------------------------------------ Source API
     def rows(self) -> Optional[int]:
@@ -236,8 +256,10 @@ class D3Source(Source):
             img = rec.get(f"image_gen{i}")
             data = img.get("bytes") if isinstance(img, dict) else img
             path = optional_str(rec.get(f"filepath_gen{i}")) or f"{self._base}#{r}/gen{i}"
-            if data is None:
-                data = (img or {}).get("path") or MissingImage("fake_missing", f"row {rid}: no image_gen{i}")
+            if not data:  # None or empty: the row lacks this fake, unless it points at a local file
+                local = img.get("path") if isinstance(img, dict) else None
+                data = local if local and os.path.isfile(local) else MissingImage(
+                    "fake_missing", f"row {rid}: no image_gen{i}")
             out.append(Sample(key=f"{rid}/gen{i}", image=data, label=1, caption=fake_caption,
                               generator=model or f"gen{i}", split=self.split, path=path))
         return out

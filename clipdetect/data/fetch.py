@@ -15,7 +15,7 @@ dead links are tried once, not on every run. Reasons: ``not_found`` (404/410),
 ``http_error`` (other statuses, after retries for 5xx), ``timeout``, ``connection``,
 ``too_large``, ``not_an_image``, ``bad_url``, or a decode reason (``corrupt``, ``empty``…).
 
-Run ``python -m clipdetect.data.fetch --help`` to fetch a URL list or the real images of D3.
+Run ``clipdetect fetch --help`` to fetch a URL list or the real images of D3.
 """
 from __future__ import annotations
 

@@ -29,11 +29,12 @@ def parquet_files(spec: str) -> Optional[List[str]]:
 
 
 def load_hf_dataset(name_or_path: str, *, split: str, streaming: bool, config_name: Optional[str] = None,
-                    offline_hint: str):
-    """``datasets.load_dataset`` for local parquet or a hub name; a load failure names ``offline_hint``."""
+                    offline_hint: str, files: Optional[List[str]] = None):
+    """``datasets.load_dataset`` for local parquet or a hub name; a load failure names ``offline_hint``.
+    ``files``: the local parquet files to read (default: all that ``name_or_path`` names)."""
     import datasets
 
-    files = parquet_files(name_or_path)
+    files = parquet_files(name_or_path) if files is None else files
     try:
         if files is not None:
             return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)

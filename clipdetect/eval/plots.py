@@ -1,4 +1,4 @@
-"""Headless figures for detector reports: ROC curves, score histograms, robustness sweeps.
+"""Headless figures for detector reports: ROC curves, score histograms, reliability, robustness sweeps.
 
 The module selects matplotlib's non-interactive ``Agg`` backend on import unless a backend
 is already in use (pyplot imported, or ``MPLBACKEND`` set), so it runs on servers and in CI.
@@ -159,6 +159,25 @@ def plot_score_histograms(y_true, scores, *, groups: Sequence | None = None, bin
     ax.set_xlabel("score (higher = more likely fake)")
     ax.set_ylabel("density" if density else "count")
     ax.legend(fontsize="small")
+    return ax
+
+
+def plot_reliability(table: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Reliability diagram from :func:`clipdetect.core.metrics.reliability_table`: fraction of
+    fakes against mean predicted P(fake) per bin (marker area ∝ bin size), and the diagonal."""
+    ax = _new_ax(ax)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
+    if len(table):
+        size = 20 + 180 * table["n"].to_numpy() / max(float(table["n"].max()), 1.0)
+        ax.plot(table["mean_prob"], table["frac_fake"], color="C0", lw=1)
+        ax.scatter(table["mean_prob"], table["frac_fake"], s=size, color="C0", alpha=0.7, label="bins")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("mean predicted P(fake)")
+    ax.set_ylabel("fraction of fakes")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left")
     return ax
 
 
