@@ -42,9 +42,11 @@ def test_fit_cache_uses_derived_splits_and_threshold(trained):
     assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1)
     assert np.array_equal(det.predict(X), (proba[:, 1] > det.threshold).astype(int))
     z = det.decision_function(X)
-    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z)), atol=1e-6)
+    cal = det.metrics["calibration"]  # temperature fit on validation at the end of training
+    assert det.temperature == cal["temperature"] != 1.0 and cal["ece_after"] <= cal["ece_before"] + 1e-9
+    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z / det.temperature)), atol=1e-6)
     det2 = Detector(head=det.head, head_config=det.head_config, feature_set="image", backbone=det.backbone,
-                    threshold=det.threshold).with_temperature(2.5)
+                    threshold=det.threshold, temperature=det.temperature).with_temperature(2.5)
     assert np.allclose(det2.fake_probability(X), 1 / (1 + np.exp(-z / 2.5)), atol=1e-6)
     assert np.array_equal(det2.predict(X), det.predict(X))
 

@@ -150,6 +150,13 @@ def test_evaluate_cli_compares_several_detectors(trained, tmp_path):
     assert main(["evaluate", f"a={root / 'det'},b={root / 'det'}", str(root / "cache"), "--n-boot", "20",
                  "--out", str(out)]) == 0
     assert (out / "a" / "metrics.json").exists() and (out / "b" / "metrics.md").exists()
-    cmp = pd.read_csv(out / "comparison.csv")
+    cmp = pd.read_csv(out / "comparison.csv")  # the logistic probe is the reference: positive = better
+    assert list(cmp.detector) == ["logistic-probe", "a", "b"] and np.isnan(cmp.delta_auc.iloc[0])
+    assert cmp.delta_auc.iloc[1] == cmp.delta_auc.iloc[2]
+    assert cmp.delta_auc.iloc[1] == pytest.approx(cmp.auc.iloc[1] - cmp.auc.iloc[0], abs=1e-12)
+    assert "AUC(detector) − AUC(logistic-probe)" in (out / "comparison.md").read_text()
+    out2 = tmp_path / "cmp2"
+    assert main(["evaluate", f"a={root / 'det'},b={root / 'det'}", str(root / "cache"), "--n-boot", "20",
+                 "--out", str(out2), "--baseline", "none"]) == 0
+    cmp = pd.read_csv(out2 / "comparison.csv")
     assert list(cmp.detector) == ["a", "b"] and cmp.delta_auc.iloc[1] == 0 and np.isnan(cmp.delta_auc.iloc[0])
-    assert "delta_auc" in (out / "comparison.md").read_text()

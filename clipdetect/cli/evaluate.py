@@ -92,14 +92,22 @@ def _train_args(p) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics per generator with bootstrap CIs", epilog=EVAL_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="ROC-AUC, AP, accuracy (0.5 and calibrated threshold), EER, TPR at 1%% "
-                                   "and "
-                                   "0.1%% FPR with 95%% bootstrap CIs, ECE and Brier; overall, per generator "
-                                   "(its fakes vs all reals) and per metadata column.")
+                       description="ROC-AUC, AP, accuracy (0.5 and calibrated threshold), EER, TPR at 1% "
+                                   "and 0.1% FPR with 95% bootstrap CIs, ECE and Brier; overall, per generator "
+                                   "(its fakes vs all reals) and per metadata column; and the paired AUC "
+                                   "difference to a logistic-regression probe fitted on the same train rows "
+                                   "(positive = better than the probe).")
     p.add_argument("detector", help="detector bundle directory; several as NAME=DIR,NAME=DIR also writes "
                                     "comparison.md with paired-bootstrap AUC differences to the first")
     p.add_argument("cache", help="feature cache directory (same backbone as the detector)")
-    p.add_argument("--split", default="test", help="train, val, test or all (default test)")
+    p.add_argument("--split", default="auto",
+                   help="train, val, test, all or auto (default): test when the cache has held-out rows or "
+                        "is the detector's training cache, else all rows")
+    p.add_argument("--baseline", default="logistic", choices=["logistic", "none"],
+                   help="compare with a logistic-regression probe fitted to convergence on the train rows of "
+                        "the detector's training cache (default logistic)")
+    p.add_argument("--baseline-cache",
+                   help="cache to fit the probe on (default: the one recorded in the bundle, else CACHE)")
     p.add_argument("--by", default="generator", type=_csv,
                    help="comma-separated metadata columns (default generator)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs; default 1000)")
@@ -115,7 +123,7 @@ def add_parser(sub) -> None:
     p.add_argument("cache", help="feature cache directory")
     p.add_argument("--out", required=True,
                    help="output stem: writes STEM_roc.png/.pdf and STEM_hist.png/.pdf")
-    p.add_argument("--split", default="test", help="split to plot (default test)")
+    p.add_argument("--split", default="auto", help="split to plot: train, val, test, all or auto (default)")
     p.add_argument("--by", default="generator",
                    help="one curve per value of this column ('' for overall only)")
     p.add_argument("--formats", type=_formats, default=["png", "pdf"], help="png,pdf (default) or a subset")
@@ -129,6 +137,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="predictions file: .csv or .jsonl")
     p.add_argument("--backbone",
                    help="backbone spec overriding the detector's (e.g. a new path to its weights)")
+    p.add_argument("--weights", metavar="PATH",
+                   help="the detector's checkpoint file (or its folder) when it is not where it was recorded; "
+                        "checked by sha256 (also: $CLIPDETECT_WEIGHTS)")
     p.add_argument("--force", action="store_true", help="accept a backbone whose identity differs")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="decode processes (0: in the main process)")
@@ -207,21 +218,24 @@ def add_parser(sub) -> None:
 
 # ------------------------------------------------------------------ handlers
 def run_evaluate(args) -> int:
-    from clipdetect.eval.evaluate import compare_reports, evaluate_detector
-    from clipdetect.eval.protocols import SUMMARY_METRICS, load_detectors, save_table
+    from clipdetect.eval.evaluate import baseline_probe, evaluate_detector
 
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be >= 0, got {args.n_boot}")
+    from clipdetect.eval.protocols import load_detectors
+
     specs = _csv(args.detector)
     several = len(specs) > 1
     dets, cache = load_detectors(specs), _open_cache(args.cache)
     reports = {}
+    kw = dict(split=args.split, by=args.by, n_boot=args.n_boot, seed=args.seed, val=args.val_fraction,
+              test=args.test_fraction, split_seed=args.split_seed)
     for name, det in dets.items():
-        report = evaluate_detector(det, cache, split=args.split, by=args.by, n_boot=args.n_boot,
-                                   seed=args.seed, val=args.val_fraction, test=args.test_fraction,
-                                   split_seed=args.split_seed,
-                                   names={"detector": name if several else args.detector,
-                                          "cache": args.cache})
+        try:
+            report = evaluate_detector(det, cache, names={"detector": name if several else args.detector,
+                                                          "cache": args.cache}, **kw)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
         reports[name] = report
         if args.out:
             out = Path(args.out) / name if several else Path(args.out)
@@ -230,20 +244,43 @@ def run_evaluate(args) -> int:
                 report.scores.to_csv(out / "scores.csv", index=False)
             logger.info("wrote %s", ", ".join(str(p) for p in paths))
         print((f"### {name}\n\n" if several else "") + report.to_markdown())
-    if several:
-        table = compare_reports(reports, n_boot=args.n_boot, seed=args.seed)
-        first = next(iter(reports))
-        if args.out:
-            save_table(table, args.out, "comparison", config={"detectors": specs, "cache": args.cache,
-                                                              "split": args.split, "n_boot": args.n_boot},
-                       columns=["detector", "n_real", "n_fake", *SUMMARY_METRICS, "ece", "brier",
-                                "delta_auc"],
-                       title=f"Detectors compared on `{args.cache}`, split `{args.split}`",
-                       notes=f"`delta_auc` = AUC({first}) − AUC(detector), 95% paired stratified "
-                             f"bootstrap CI ({args.n_boot} resamples).")
-        print(table.to_string(index=False))
+    reference = None
+    if args.baseline == "logistic":
+        first = next(iter(dets.values()))
+        probe, why = baseline_probe(first, cache, train_cache=args.baseline_cache)
+        if probe is None:
+            logger.warning("no logistic-regression baseline: %s", why)
+        else:
+            reference = "logistic-probe"
+            rows = next(iter(reports.values())).scores["row"].to_numpy()
+            reports = {reference: evaluate_detector(probe, cache, rows=rows, split=args.split, by=args.by,
+                                                    n_boot=args.n_boot, seed=args.seed,
+                                                    names={"detector": reference, "cache": args.cache}),
+                       **reports}
+    if len(reports) > 1:
+        _print_comparison(reports, args, specs, reference)
     return 0
 
+
+def _print_comparison(reports, args, specs, reference) -> None:
+    from clipdetect.core.metrics import to_markdown
+    from clipdetect.eval.evaluate import compare_reports
+    from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
+
+    table = compare_reports(reports, n_boot=args.n_boot, seed=args.seed, reference=reference)
+    ref = reference or next(iter(reports))
+    what = "the logistic-regression probe fitted on the same train rows" if reference else ref
+    notes = (f"`delta_auc` = AUC(detector) − AUC({ref}), {what}; positive = better than {ref}. 95% paired "
+             f"stratified bootstrap CI ({args.n_boot} resamples).")
+    columns = ["detector", "n_real", "n_fake", *SUMMARY_METRICS, "ece", "brier", "delta_auc"]
+    if args.out:
+        save_table(table, args.out, "comparison", config={"detectors": specs, "cache": args.cache,
+                                                          "split": args.split, "n_boot": args.n_boot,
+                                                          "reference": ref},
+                   columns=columns, title=f"Detectors compared on `{args.cache}`, split `{args.split}`",
+                   notes=notes)
+    print(to_markdown(table, columns=[c for c in columns if c in table.columns], digits=4))
+    print(notes)
 
 def run_plot(args) -> int:
     from clipdetect.eval.evaluate import plot_detectors
@@ -262,7 +299,7 @@ def run_predict(args) -> int:
 
     det = _load_detector(args.detector)
     backbone = resolve_backbone(det, args.backbone, force=args.force, device=args.device,
-                                precision=args.precision)
+                                precision=args.precision, weights=args.weights)
     source = open_predict_source(args.source, caption_template=args.caption_template, split=args.split)
     summary = predict_source(det, source, args.out, backbone=backbone, batch_size=args.batch_size,
                              workers=args.workers, limit=args.limit, progress=not args.no_progress)

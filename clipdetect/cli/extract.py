@@ -50,7 +50,12 @@ def add_parser(sub) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="model precision (fp16 needs a GPU; default fp32)")
-    g.add_argument("--limit", type=int, help="only the first N source items (a later larger limit continues)")
+    g.add_argument("--limit", type=int, help="only the first N source items (a later larger limit continues); "
+                                             "with --shuffle-seed, N items drawn at random")
+    g.add_argument("--shuffle-seed", type=int,
+                   help="draw the --limit items at random with this seed instead of taking the first N")
+    g.add_argument("--stratify", action="store_true",
+                   help="with --shuffle-seed: N/2 reals and N/2 fakes (a balanced sample)")
     g.add_argument("--shard-size", type=int, default=4096, help="rows per shard file (default 4096)")
     g.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -140,8 +145,19 @@ def run_extract(args) -> int:
 
     _check_options(args)
     source = open_source(args.source, **source_options(args))
+    limit = args.limit
+    if args.stratify and args.shuffle_seed is None:
+        raise CLIError("--stratify draws a random sample: give --shuffle-seed S too")
+    if args.shuffle_seed is not None:
+        from clipdetect.features.extract import SampledSource
+
+        source, limit = SampledSource(source, args.limit, seed=args.shuffle_seed, stratify=args.stratify), None
+    else:
+        from clipdetect.features.extract import check_limit_prefix
+
+        check_limit_prefix(source, limit)
     config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
-                           device=args.device, precision=args.precision, limit=args.limit,
+                           device=args.device, precision=args.precision, limit=limit,
                            shard_size=args.shard_size, dtype=args.dtype, text=args.text)
     if args.engine == "ray":
         from clipdetect.features.extract_ray import extract_ray

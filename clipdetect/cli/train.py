@@ -7,25 +7,31 @@ import dataclasses
 from clipdetect.cli.main import CLIError, print_json
 
 EXAMPLES = """examples:
-  # the paper's recipe (CVaR+AUC loss, SAM, MLP head) on image embeddings
+  # the paper's detector (CVaR+AUC loss, SAM, MLP head), schedule planned from the cache size
   clipdetect train features/cifake-b16 --out detectors/cifake-b16
-  # a linear probe with plain BCE, no SAM, quick
-  clipdetect train features/cifake-b16 --out detectors/probe --head linear --loss bce --no-sam --epochs 10
+  # the paper's fixed schedule exactly (batch 2048, 32 epochs, patience 8)
+  clipdetect train features/cifake-b16 --out detectors/paper --preset paper
+  # a linear probe with plain BCE, no SAM
+  clipdetect train features/cifake-b16 --out detectors/probe --head linear --loss bce --no-sam
   # image+text features (caption leakage risk: compare with --feature-set image and text)
   clipdetect train features/d3 --out detectors/d3-it --feature-set image+text
 
 Validation and test rows: the cache's own "val"/"validation"/"test" splits when it has them;
 otherwise --val-fraction and --test-fraction of the "train" rows, chosen by a stable hash of
 each row's key (so the same rows are held out on every run and by `clipdetect evaluate`).
-The epoch with the best validation ROC-AUC is kept; training stops after --patience epochs
-without improvement. The decision threshold is chosen on validation (best balanced accuracy).
+Schedule (default --preset auto): batch = training rows / 8 as a power of two in [32, 2048],
+at least 500 optimiser steps and 32 epochs, patience max(8, epochs / 4); a run planned for
+fewer than 200 steps warns. The epoch with the best validation ROC-AUC is kept; training
+stops after --patience epochs without improvement. A temperature is then fit on validation
+(ECE before/after in the summary) and the decision threshold chosen there (best balanced
+accuracy).
 
 Writes DETECTOR_DIR/{model.safetensors, detector.json, train_config.json, train_log.jsonl}
 and prints a JSON summary (validation metrics, and test metrics when test rows exist)."""
 
 
 def add_parser(sub) -> None:
-    from clipdetect.models.train import LOSS_OPTIONS, TrainConfig
+    from clipdetect.models.train import LOSS_OPTIONS, PRESETS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a detector on a feature cache", epilog=EXAMPLES,
@@ -43,17 +49,24 @@ def add_parser(sub) -> None:
     g.add_argument("--margin", type=float, default=d.margin, help=f"AUC hinge margin eta on logits ({d.margin})")
     g.add_argument("--p", type=float, default=d.p, help=f"AUC hinge power (default {d.p})")
     o = p.add_argument_group("optimiser: SAM over AdamW, cosine learning-rate schedule")
+    o.add_argument("--preset", default="auto", choices=sorted(PRESETS),
+                   help="auto: batch, steps, patience and lr planned from the training-set size (default); "
+                        "paper: batch 2048, 32 epochs, patience 8, lr 1e-3 as published. Explicit options win")
     o.add_argument("--no-sam", dest="sam", action="store_false", help="plain AdamW (one pass per step)")
     o.add_argument("--rho", type=float, default=d.rho, help=f"SAM neighbourhood radius (default {d.rho})")
     o.add_argument("--adaptive", action="store_true", help="adaptive SAM (ASAM)")
-    o.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    o.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 for mlp, 0.1 for linear)")
     o.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW decay ({d.weight_decay})")
     o.add_argument("--schedule", default=d.schedule, choices=["cosine", "constant"], help="learning-rate schedule")
-    o.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"rows per step; every batch holds both classes in the data's ratio (default {d.batch_size})")
-    o.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
-    o.add_argument("--patience", type=int, default=d.patience,
-                   help=f"stop after N epochs without a better validation AUC; 0 never stops (default {d.patience})")
+    o.add_argument("--batch-size", type=int,
+                   help="rows per step; every batch holds both classes in the data's ratio (default: planned)")
+    s = o.add_mutually_exclusive_group()
+    s.add_argument("--epochs", type=int, help="maximum epochs (default: planned)")
+    s.add_argument("--steps", type=int, help="optimiser-step budget instead of --epochs (default: planned)")
+    o.add_argument("--patience", type=int,
+                   help="stop after N epochs without a better validation AUC; 0 never stops (default: planned)")
+    o.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="keep temperature 1 (default: fit it on the validation split)")
     h = p.add_argument_group("head")
     h.add_argument("--head", default=d.head, choices=["mlp", "linear"], help="MLP (paper) or linear probe")
     h.add_argument("--depth", type=int, default=d.depth, help=f"MLP blocks (default {d.depth})")
@@ -75,8 +88,9 @@ def add_parser(sub) -> None:
 def config_from_args(args):
     from clipdetect.models.train import TrainConfig
 
-    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    return TrainConfig(**values)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return TrainConfig.preset(getattr(args, "preset", "auto"), **values)
 
 
 def run(args) -> int:
@@ -99,7 +113,8 @@ def run(args) -> int:
     summary = {"out": args.out, "feature_set": det.feature_set, "backbone": det.backbone.get("spec"),
                "threshold": det.threshold, "splits": det.extra.get("splits"), "train": {
                    k: det.metrics.get(k) for k in ("best_epoch", "epochs_run", "stopped_early", "steps",
-                                                   "train_seconds")},
+                                                   "train_seconds", "schedule")},
+               "calibration": det.metrics.get("calibration"), "temperature": det.temperature,
                "val": det.metrics.get("val")}
     test = resolve_split_rows(cache, "test", val=config.val_fraction, test=config.test_fraction,
                               seed=config.split_seed)

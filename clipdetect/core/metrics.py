@@ -287,8 +287,17 @@ def fit_temperature(logits, y_true, *, bounds: tuple[float, float] = (1e-2, 1e2)
     return float(math.exp(res.x))
 
 
+def reals_needed(target_fpr: float) -> int:
+    """Reals needed before one false positive is a rate of at most ``target_fpr`` (1 / target)."""
+    return int(math.ceil(1.0 / target_fpr - 1e-9))
+
+
 def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
     v = df[col].iloc[i]
+    if col in FPR_TARGETS and "n_real" in df:
+        need = reals_needed(FPR_TARGETS[col])
+        if df["n_real"].iloc[i] < need:  # the smallest non-zero FPR is 1 / n_real
+            return f"n/a (needs ≥ {need} reals)"
     if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
         if math.isnan(v):
             return "nan"
@@ -305,6 +314,9 @@ def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
 def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None,
                 digits: int = 3) -> str:
     """Markdown table of ``df``; a metric with ``_lo``/``_hi`` columns shows ``0.953 [0.941, 0.962]``.
+
+    A TPR at an FPR finer than 1 / ``n_real`` of its row reads ``n/a (needs ≥ N reals)``:
+    such an operating point is not resolved by the reals at hand.
 
     ``columns`` picks and orders the shown columns (default: all but the CI bound columns).
     """

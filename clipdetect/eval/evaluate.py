@@ -72,6 +72,54 @@ def split_rows(cache, split: str, **params) -> np.ndarray:
     return rows
 
 
+def is_training_cache(detector, cache) -> bool:
+    """Whether ``cache`` is the cache ``detector`` was trained on (path and creation stamp)."""
+    extra = dict(getattr(detector, "extra", None) or {})
+    if not extra.get("cache"):
+        return False
+    same = Path(str(extra["cache"])).resolve() == Path(str(cache.root)).resolve()
+    created = extra.get("cache_created")
+    return same and (created is None or created == cache.manifest.get("created"))
+
+
+def choose_rows(detector, cache, split: str, **params) -> tuple:
+    """``(rows, split, note)``: the rows to score, the split actually used and a note (or "").
+
+    ``split="auto"``: "test" when the cache names held-out rows or is the detector's training
+    cache, else "all" (a held-out set extracted as "train" is scored whole). A hash-derived
+    subset of a cache the detector was not trained on is scored only when asked for, and
+    then with a loud warning: it silently drops most of the rows.
+    """
+    from clipdetect.features.splits import has_heldout_splits
+
+    heldout = has_heldout_splits(cache.columns("split")["split"].astype(str).str.lower().unique())
+    own = is_training_cache(detector, cache)
+    note = ""
+    if split == "auto":
+        split = "test" if heldout or own else "all"
+        if split == "all":
+            note = (f"cache {str(cache.root)!r} holds no val/test rows and is not the cache this detector was "
+                    f"trained on: scoring all {len(cache)} rows")
+            logger.info(note)
+    rows = split_rows(cache, split, **params)
+    if split != "all" and not heldout and not own:
+        note = (f"scoring a hash subset: {rows.size} of {len(cache)} rows of {str(cache.root)!r} (the rows its "
+                f"key hash assigns to {split!r}; val={params.get('val')}, test={params.get('test')}); this is not "
+                "the detector's training cache, so --split all (or auto) scores every row")
+        logger.warning(note)
+    return rows, split, note
+
+
+def check_both_classes(y: np.ndarray, what: str) -> None:
+    """Raise ``ValueError`` with the counts unless ``y`` holds reals and fakes."""
+    n_fake = int(np.sum(np.asarray(y) == 1))
+    n_real = int(np.size(y) - n_fake)
+    if n_real == 0 or n_fake == 0:
+        raise ValueError(f"{what} holds {n_real} real and {n_fake} fake rows: AUC, EER and TPR at FPR are "
+                         "undefined with one class; evaluate a selection holding both (another --split, "
+                         "a cache with both labels)")
+
+
 def logit_threshold(detector) -> float:
     """The detector's probability threshold on the (un-tempered) logit scale."""
     p = float(detector.threshold)
@@ -134,6 +182,8 @@ class EvalReport:
         head = (f"Detector `{c.get('detector')}` on cache `{c.get('cache')}`, split `{c.get('split')}` "
                 f"({len(self.scores)} images); threshold P(fake) > {c.get('threshold'):.4g}, "
                 f"temperature {c.get('temperature'):.4g}; 95% bootstrap CIs ({c.get('n_boot')} resamples).")
+        if c.get("rows_note"):
+            head += f"\n\n**Note:** {c['rows_note']}."
         return head + "\n\n" + to_markdown(self.table, columns=cols, digits=digits) + "\n"
 
     def save(self, out: str | Path) -> List[Path]:
@@ -165,11 +215,17 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
     """Score ``split`` of ``cache`` (or explicit ``rows``) and tabulate the metrics.
 
     ``names`` (optional) records how the detector and cache are called in the report.
+    ``split="auto"`` and hash subsets: see :func:`choose_rows`; a selection with one class
+    is a ``ValueError`` naming the counts.
     """
     params = split_params(detector, val=val, test=test, seed=split_seed)
-    rows = split_rows(cache, split, **params) if rows is None else np.asarray(rows, dtype=np.int64)
+    note = ""
+    if rows is None:
+        rows, split, note = choose_rows(detector, cache, split, **params)
+    rows = np.asarray(rows, dtype=np.int64)
     meta = cache.meta.loc[rows].reset_index(drop=True)
     y = cache.labels(rows)
+    check_both_classes(y, f"split {split!r} of cache {str(cache.root)!r}")
     logits, probs = score_rows(detector, cache, rows)
     groups = group_values(meta, list(by), y)
     table = score_table(y, logits, probs, groups=groups, threshold=logit_threshold(detector),
@@ -180,7 +236,7 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
                                   n_boot=n_boot, seed=seed)),
               **{k: v for k, v in params.items() if k != "seed"}, "split_seed": params["seed"],
               "threshold": float(detector.threshold), "temperature": float(detector.temperature),
-              "feature_set": detector.feature_set, "n_rows": int(rows.size)}
+              "feature_set": detector.feature_set, "n_rows": int(rows.size), "rows_note": note}
     scores = pd.DataFrame({"row": rows, "key": meta["key"], "label": y, "logit": logits,
                            "probability": probs})
     for col in by:
@@ -197,8 +253,8 @@ def roc_curves(detector, cache, rows: np.ndarray, *, by: Optional[str] = "genera
     if by:
         values = group_values(cache.meta.loc[rows].reset_index(drop=True), [by], y)[by]
         for value, mask in ((v, m) for c, v, m in _group_masks(y, {by: values}) if c == by):
-            if value is not None and 0 < y[mask].sum() < mask.sum():
-                curves[str(value)] = (y[mask], logits[mask])
+            if value is not None and 0 < y[mask].sum() < mask.sum() and not mask.all():
+                curves[str(value)] = (y[mask], logits[mask])  # a group of every row would repeat "overall"
     return curves
 
 
@@ -216,8 +272,10 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, sp
     from clipdetect.eval.plots import plot_score_histograms, roc_figure, roc_figure_multi, save_figure
 
     curves: Dict[str, Dict[str, tuple]] = {}
+    chosen = {}
     for name, det in detectors.items():
-        rows = split_rows(cache, split, **split_params(det))
+        chosen[name] = rows = choose_rows(det, cache, split, **split_params(det))[0]
+        check_both_classes(cache.labels(rows), f"split {split!r} of cache {str(cache.root)!r}")
         curves[name] = roc_curves(det, cache, rows, by=by)
     title = title or f"{Path(str(cache.root)).name} ({split})"
     if len(curves) == 1:
@@ -229,7 +287,7 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, sp
     paths = save_figure(fig, f"{out_stem}_roc", formats=formats, dpi=dpi)
     fig, axes = plt.subplots(1, len(detectors), figsize=(5.0 * len(detectors), 3.8), squeeze=False)
     for ax, (name, det) in zip(axes[0], detectors.items()):
-        rows = split_rows(cache, split, **split_params(det))
+        rows = chosen[name]
         y, s = curves[name]["overall"]
         groups = None
         if by:
@@ -239,6 +297,34 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, sp
         ax.set_xlabel("logit (higher = more likely fake)")
     fig.tight_layout()
     return paths + save_figure(fig, f"{out_stem}_hist", formats=formats, dpi=dpi)
+
+
+def baseline_probe(detector, cache, *, train_cache=None):
+    """The logistic-regression probe (:func:`clipdetect.models.baseline.fit_probe_on_cache`) for
+    ``detector``: fitted on the train rows of the cache it was trained on (``train_cache``, else
+    the path recorded in the bundle, else ``cache``) with its split fractions and seed, on its
+    feature set. Returns ``(probe, None)`` or ``(None, reason)`` when no train rows are at hand."""
+    from clipdetect.features.cache import FeatureCache
+    from clipdetect.models.baseline import fit_probe_on_cache
+
+    if train_cache is None:
+        recorded = (getattr(detector, "extra", None) or {}).get("cache")
+        train_cache = cache
+        if recorded and Path(str(recorded)).resolve() != Path(str(cache.root)).resolve():
+            if not (Path(str(recorded)) / "manifest.json").is_file():
+                return None, (f"the detector's training cache {recorded!r} is not at hand; pass "
+                              "--baseline-cache DIR (the cache it was trained on)")
+            train_cache = FeatureCache(recorded)
+    elif not hasattr(train_cache, "features"):
+        train_cache = FeatureCache(train_cache)
+    detector.check_backbone(train_cache.backbone)
+    p = split_params(detector)
+    try:
+        probe = fit_probe_on_cache(train_cache, feature_set=detector.feature_set, val_fraction=p["val"],
+                                   test_fraction=p["test"], split_seed=p["seed"])
+    except ValueError as exc:
+        return None, str(exc)
+    return probe, None
 
 
 def paired_auc_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0) -> Dict[str, float]:
@@ -273,23 +359,28 @@ def paired_auc_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: in
             "p_le_0": float((diffs <= 0).mean()) if n_boot else math.nan}
 
 
-def compare_reports(reports: Dict[str, "EvalReport"], *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per detector: its overall metrics, plus ``delta_auc`` = AUC(first) − AUC(this)
-    with a paired bootstrap CI (all reports must cover the same rows)."""
+def compare_reports(reports: Dict[str, "EvalReport"], *, n_boot: int = 1000, seed: int = 0,
+                    reference: Optional[str] = None) -> pd.DataFrame:
+    """One row per detector: its overall metrics, plus ``delta_auc`` = AUC(this) − AUC(reference)
+    with a paired bootstrap 95% CI (positive = better than the reference; ``reference``
+    defaults to the first report). All reports must cover the same rows."""
     names = list(reports)
-    base = reports[names[0]].scores
+    reference = names[0] if reference is None else reference
+    if reference not in reports:
+        raise ValueError(f"reference {reference!r} is not one of the compared detectors {names}")
+    base = reports[reference].scores
     rows = []
     for name in names:
         rep = reports[name]
         if not np.array_equal(rep.scores["row"].to_numpy(), base["row"].to_numpy()):
-            raise ValueError(f"detector {name!r} was evaluated on other rows than {names[0]!r}; "
+            raise ValueError(f"detector {name!r} was evaluated on other rows than {reference!r}; "
                              "compare detectors that share the split fractions and seed")
         overall = rep.table.iloc[0].to_dict()
         row = {"detector": name, **{k: v for k, v in overall.items() if k not in ("group", "value", "vs")}}
-        if name != names[0]:
-            d = paired_auc_difference(base["label"], base["logit"], rep.scores["logit"], n_boot=n_boot,
+        if name != reference:
+            d = paired_auc_difference(base["label"], rep.scores["logit"], base["logit"], n_boot=n_boot,
                                       seed=seed)
             row.update(delta_auc=d["delta_auc"], delta_auc_lo=d["delta_auc_lo"],
-                       delta_auc_hi=d["delta_auc_hi"])
+                       delta_auc_hi=d["delta_auc_hi"], p_le_0=d["p_le_0"])
         rows.append(row)
     return pd.DataFrame(rows)

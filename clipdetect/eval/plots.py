@@ -96,19 +96,20 @@ def plot_roc(curves: Curves, *, ax: Axes | None = None, log_fpr: bool = False,
 def plot_roc_multi(detectors: Mapping[str, Curves], *, ax: Axes | None = None,
                    log_fpr: bool = False, title: str | None = None,
                    fpr_floor: float = FPR_FLOOR) -> Axes:
-    """ROC curves of several detectors: colour per generator, line style per detector.
+    """ROC curves of several detectors: colour per detector, line style per generator.
 
     ``detectors`` maps detector name -> {generator name -> (y_true, scores)}; each curve is
-    labelled ``detector / generator (AUC = x.xxx)``.
+    labelled ``detector / generator (AUC = x.xxx)`` and has one legend entry. The detector
+    is what a reader compares, so it gets the colour; the same generator keeps its line
+    style across detectors.
     """
     ax = _new_ax(ax)
     generators = list(dict.fromkeys(g for curves in detectors.values() for g in curves))
-    color_of = dict(zip(generators, _colors(len(generators))))
-    for k, (det, curves) in enumerate(detectors.items()):
-        style = LINESTYLES[k % len(LINESTYLES)]
+    style_of = {g: LINESTYLES[k % len(LINESTYLES)] for k, g in enumerate(generators)}
+    for (det, curves), color in zip(detectors.items(), _colors(len(detectors))):
         for gen, (y, s) in curves.items():
             _draw_roc(ax, y, s, label=f"{det} / {gen}", log_fpr=log_fpr, fpr_floor=fpr_floor,
-                      color=color_of[gen], linestyle=style)
+                      color=color, linestyle=style_of[gen])
     _finish_roc_axes(ax, log_fpr=log_fpr, fpr_floor=fpr_floor, title=title)
     return ax
 

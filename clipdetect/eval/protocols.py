@@ -84,10 +84,10 @@ def _train_rows(cache, train_rows, val_rows, *, feature_set: str, config, progre
     val = CacheSource(cache, val_rows, feature_set) if len(val_rows) else None
     result = train(CacheSource(cache, train_rows, feature_set), val_data=val, config=config,
                    progress=progress)
-    return Detector._from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
-                                 y_val=None if val is None else val.y,
-                                 extra={"cache": str(cache.root), "rows": {"train": len(train_rows),
-                                                                           "val": len(val_rows)}})
+    return Detector.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
+                                y_val=None if val is None else val.y,
+                                extra={"cache": str(cache.root), "rows": {"train": len(train_rows),
+                                                                          "val": len(val_rows)}})
 
 
 def _overall(detector, cache, rows, *, n_boot: int, seed: int) -> Dict[str, Any]:

@@ -183,7 +183,8 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
         path = os.path.abspath(spec.weights)
         model, _, preprocess = _create_unloaded(oc, spec.arch)
         has_text = _load_checkpoint(model, path)
-        identity.update(weights="checkpoint", checkpoint=os.path.basename(path), sha256=file_sha256(path))
+        identity.update(weights="checkpoint", checkpoint=os.path.basename(path), checkpoint_path=path,
+                        sha256=file_sha256(path))
     else:
         model, preprocess = _create_pretrained(oc, spec)
         identity.update(weights="pretrained", tag=spec.weights)
@@ -229,6 +230,38 @@ def create_backbone(spec: str, *, device: str = "cpu", precision: str = "fp32", 
         importlib.import_module(_BUILTIN_FAMILIES[parsed.arch])
     factory = _REGISTRY.get(parsed.arch, _create_open_clip)
     return factory(parsed, seed).to(device, precision)
+
+
+#: environment variable naming a checkpoint file, or a folder holding it, for :func:`locate_checkpoint`
+WEIGHTS_ENV = "CLIPDETECT_WEIGHTS"
+
+
+def locate_checkpoint(identity: Dict[str, Any], *, override: Optional[str] = None) -> Optional[str]:
+    """The absolute path of the checkpoint file an identity was made from, found by its sha256.
+
+    For identities of ``ARCH:/path`` backbones (``weights == "checkpoint"``); None for others.
+    Candidates, in order: ``override`` and ``$CLIPDETECT_WEIGHTS`` (a file, or a folder holding
+    a file of the recorded name), the absolute path recorded at extraction, and the spec's
+    path as written (relative to the current directory). The first whose sha256 matches wins;
+    when none does, :class:`BackboneError` lists what was tried and how to point at the file.
+    """
+    if identity.get("weights") != "checkpoint":
+        return None
+    spec = str(identity.get("spec") or "")
+    name = identity.get("checkpoint") or os.path.basename(spec.partition(":")[2])
+    tried: List[str] = []
+    for base in (override, os.environ.get(WEIGHTS_ENV)):
+        if base:
+            tried += [os.path.join(base, name)] if os.path.isdir(base) else [base]
+    tried += [p for p in (identity.get("checkpoint_path"), spec.partition(":")[2]) if p]
+    want = identity.get("sha256")
+    for cand in dict.fromkeys(os.path.abspath(os.path.expanduser(c)) for c in tried):
+        if os.path.isfile(cand) and (want is None or file_sha256(cand) == want):
+            return cand
+    raise BackboneError(
+        f"cannot find the checkpoint {name!r} (sha256 {want}) of backbone {spec!r}; tried {list(dict.fromkeys(tried))} "
+        f"(from {os.getcwd()!r}). Point at the file with --backbone '{identity.get('arch')}:/absolute/path/{name}' "
+        f"or set {WEIGHTS_ENV}=/path/to/{name} (or to its folder)")
 
 
 def identities_match(a: Dict[str, Any], b: Dict[str, Any]) -> bool:

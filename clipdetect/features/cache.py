@@ -80,7 +80,8 @@ class CacheWriter:
         have = self.manifest["backbone"]
         if not identities_match(have, backbone):
             diff = {k: (have.get(k), backbone.get(k)) for k in set(have) | set(backbone)
-                    if have.get(k) != backbone.get(k) and k not in ("open_clip_version", "checkpoint", "spec")}
+                    if have.get(k) != backbone.get(k) and k not in ("open_clip_version", "checkpoint",
+                                                                               "checkpoint_path", "spec")}
             raise CacheError(f"cache {str(self.root)!r} holds embeddings of another backbone or preprocessing "
                              f"(cache vs new: {diff}); extract into a new --out directory")
         if self.manifest["dtype"] != dtype:

@@ -38,7 +38,7 @@ from clipdetect import __version__
 from clipdetect.core.io import read_json, read_safetensors, save_safetensors, write_json
 from clipdetect.features.backbones import identities_match
 from clipdetect.models.heads import HeadConfig, create_head, head_from_dict
-from clipdetect.core.metrics import binary_metrics
+from clipdetect.core.metrics import binary_metrics, expected_calibration_error, fit_temperature
 from clipdetect.features.splits import resolve_all
 from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
 
@@ -185,18 +185,33 @@ class Detector:
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
-    def _from_result(cls, result: TrainResult, *, feature_set: str, backbone: dict, config: TrainConfig,
-                     y_val: Optional[np.ndarray], extra: Optional[dict] = None) -> "Detector":
+    def from_result(cls, result: TrainResult, *, feature_set: str, backbone: dict, config: TrainConfig,
+                    y_val: Optional[np.ndarray], extra: Optional[dict] = None) -> "Detector":
+        """A detector from a training result: with validation logits, the temperature is fit
+        on them (when ``config.calibrate``; ECE before/after in ``metrics["calibration"]``)
+        and the threshold maximises validation balanced accuracy."""
         metrics: Dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                                    "stopped_early": result.stopped_early, "steps": result.steps,
-                                   "train_seconds": round(result.seconds, 3)}
-        threshold = 0.5
+                                   "train_seconds": round(result.seconds, 3), "schedule": result.schedule}
+        threshold, temperature = 0.5, 1.0
         if result.val_logits is not None and y_val is not None and len(y_val):
-            prob = 1.0 / (1.0 + np.exp(-result.val_logits.astype(np.float64)))
+            z = result.val_logits.astype(np.float64)
+            both = 0 < int(np.sum(y_val)) < len(y_val)
+            if getattr(config, "calibrate", True) and both:
+                temperature = fit_temperature(z, y_val)
+                metrics["calibration"] = {
+                    "split": "val", "n": int(len(y_val)), "temperature": temperature,
+                    "ece_before": expected_calibration_error(y_val, 1.0 / (1.0 + np.exp(-z))),
+                    "ece_after": expected_calibration_error(y_val, 1.0 / (1.0 + np.exp(-z / temperature)))}
+                logger.info("temperature %.4g fit on %d validation rows: ECE %.4f -> %.4f", temperature,
+                            len(y_val), metrics["calibration"]["ece_before"], metrics["calibration"]["ece_after"])
+            prob = 1.0 / (1.0 + np.exp(-z / temperature))
             threshold = choose_threshold(y_val, prob)
             metrics["val"] = binary_metrics(y_val, prob, threshold=threshold)
         return cls(head=result.head, head_config=result.head_config, feature_set=feature_set, backbone=backbone,
-                   train_config=config.to_dict(), metrics=metrics, threshold=threshold, extra=extra)
+                   train_config=config.to_dict(), metrics=metrics, threshold=threshold, temperature=temperature,
+                   extra=extra)
+
 
     @_hybridmethod
     def fit(self_or_cls, X, y, *, X_val=None, y_val=None, config: TrainConfig | None = None,
@@ -215,8 +230,8 @@ class Detector:
         backbone = backbone if backbone is not None else (inst.backbone if inst else {})
         val = ArraySource(X_val, y_val) if X_val is not None else None
         result = train(ArraySource(X, y), val_data=val, config=config, out_dir=out_dir, progress=progress)
-        new = Detector._from_result(result, feature_set=feature_set, backbone=backbone, config=config,
-                                    y_val=None if val is None else val.y, extra=inst.extra if inst else None)
+        new = Detector.from_result(result, feature_set=feature_set, backbone=backbone, config=config,
+                                   y_val=None if val is None else val.y, extra=inst.extra if inst else None)
         if inst is None:
             return new
         inst.__dict__.update(new.__dict__)
@@ -242,9 +257,10 @@ class Detector:
         val = CacheSource(cache, va, feature_set) if len(va) else None
         result = train(CacheSource(cache, tr, feature_set), val_data=val, config=config, out_dir=out,
                        progress=progress)
-        extra = {"cache": str(cache.root), "splits": {"train": len(tr), "val": len(va), "test": len(te)}}
-        det = cls._from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
-                               y_val=None if val is None else val.y, extra=extra)
+        extra = {"cache": str(Path(cache.root).resolve()), "cache_created": cache.manifest.get("created"),
+                 "splits": {"train": len(tr), "val": len(va), "test": len(te)}}
+        det = cls.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
+                              y_val=None if val is None else val.y, extra=extra)
         if out is not None:
             det.save(out)
         return det

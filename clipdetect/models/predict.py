@@ -21,8 +21,9 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from clipdetect.features.backbones import Backbone, BackboneError, create_backbone, identities_match
-from clipdetect.features.extract import decode_task, init_decode_worker, default_workers, ordered_map
+from clipdetect.features.backbones import (Backbone, BackboneError, create_backbone, identities_match,
+                                           locate_checkpoint)
+from clipdetect.features.extract import decode_task, default_workers, init_decode_worker, ordered_map
 from clipdetect.data.imaging import MAX_PIXELS, SplitPreprocess
 from clipdetect.data.registry import open_source
 from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
@@ -75,13 +76,19 @@ def open_predict_source(spec: str, **options) -> Source:
 
 
 def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = False, device: str = "cpu",
-                     precision: str = "fp32") -> Backbone:
+                     precision: str = "fp32", weights: Optional[str] = None) -> Backbone:
     """The backbone that made the detector's training features (or ``spec``), checked.
 
     A backbone whose identity (architecture, weights hash, preprocessing ...) differs from
     the detector's is refused unless ``force``: its embeddings mean nothing to the head.
+    Without ``spec``, a checkpoint backbone is found again by its sha256
+    (:func:`~clipdetect.features.backbones.locate_checkpoint`: ``weights`` or
+    ``$CLIPDETECT_WEIGHTS``, the recorded absolute path, the path as written), so a bundle
+    trained on ``ARCH:relative/path`` works from any directory.
     """
     want = dict(detector.backbone or {})
+    if not spec and want.get("weights") == "checkpoint":
+        spec = f"{want.get('arch')}:{locate_checkpoint(want, override=weights)}"
     spec = spec or want.get("spec")
     if not spec:
         raise BackboneError("the detector records no backbone spec; pass one with --backbone ARCH:WEIGHTS")

@@ -1,12 +1,16 @@
 """Training a detector head on embeddings: in-memory arrays or a memory-mapped feature cache.
 
-One optimisation step (the robust CLIP detector's recipe, all of it configurable in
-:class:`TrainConfig`): a class-stratified batch is gathered from the memory maps, the head's
+Training is planned in optimiser steps (:func:`plan_schedule`): by default the batch size
+and the step budget follow the number of training rows, so that a small cache gets as many
+updates as a large one; ``TrainConfig.preset("paper")`` is the paper's fixed recipe (batch
+2048, 32 epochs). One optimisation step (the robust CLIP detector's recipe, all of it
+configurable in :class:`TrainConfig`): a class-stratified batch is gathered from the memory maps, the head's
 logits go through ``γ·CVaR_α(BCE) + (1−γ)·L_AUC`` and SAM over AdamW updates the weights,
 with BatchNorm running statistics frozen on SAM's second pass; the learning rate follows a
 per-step cosine schedule. After each epoch the head is scored on the validation rows;
 the epoch with the best validation ROC-AUC is kept and training stops after ``patience``
-epochs without improvement.
+epochs without improvement. A run planned for fewer than :data:`FEW_STEPS` steps logs a
+warning: such a head is usually undertrained.
 
 Memory does not grow with the cache: only the row ids and labels of the training rows and
 one batch of features are held at a time (batches are read with ``cache.features``).
@@ -29,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipdetect.models.heads import HeadConfig, create_head
+from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, Schedule, auto_batch_size, plan_schedule
 from clipdetect.models.losses import create_loss
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.sam import SAM, frozen_bn_stats
@@ -37,20 +42,22 @@ from clipdetect.core.io import write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainResult", "StratifiedBatchSampler", "ArraySource", "CacheSource",
+__all__ = ["TrainConfig", "TrainResult", "Schedule", "plan_schedule", "auto_batch_size", "PRESETS", "StratifiedBatchSampler", "ArraySource", "CacheSource",
            "train", "predict_logits", "build_loss"]
 
 FEATURE_SETS = ("image", "text", "image+text")
 LOSS_OPTIONS = {"bce": (), "cvar": ("alpha",), "auc": ("margin", "p"), "cvar+auc": ("gamma", "alpha", "margin", "p")}
-
-
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Hyperparameters of one training run (defaults: the robust CLIP detector's recipe).
+    """Hyperparameters of one training run (loss, optimiser and head: the robust CLIP detector's).
 
-    ``patience`` = epochs without a better validation AUC before stopping (0: never stop
-    early; the best epoch is still selected). ``max_steps`` caps the number of optimisation
-    steps (benchmarks). ``val_fraction``/``test_fraction``/``split_seed`` are used when the
+    ``batch_size``, ``epochs``/``steps``, ``patience`` and ``lr`` left at None are planned
+    from the training-set size by :func:`plan_schedule`; ``TrainConfig.preset("paper")``
+    fixes them to the paper's batch 2048 / 32 epochs. ``patience`` = epochs without a better
+    validation AUC before stopping (0: never stop early; the best epoch is still selected).
+    ``steps`` = the optimiser-step budget (instead of ``epochs``). ``max_steps`` caps the
+    number of optimisation steps (benchmarks; the schedule is not shortened).
+    ``calibrate``: fit a temperature on the validation split at the end of training. ``val_fraction``/``test_fraction``/``split_seed`` are used when the
     held-out sets are derived from a cache's "train" rows (:mod:`clipdetect.features.splits`).
     """
 
@@ -62,36 +69,53 @@ class TrainConfig:
     sam: bool = True
     rho: float = 0.05
     adaptive: bool = False
-    lr: float = 1e-3
+    lr: Optional[float] = None
     weight_decay: float = 0.01
-    batch_size: int = 2048
-    epochs: int = 32
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    steps: Optional[int] = None
     schedule: str = "cosine"
     head: str = "mlp"
     depth: int = 3
     width: Optional[int] = None
     dropout: float = 0.335
     seed: int = 0
-    patience: int = 8
+    patience: Optional[int] = None
     max_steps: Optional[int] = None
     eval_batch_size: int = 8192
     device: str = "cpu"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 0
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in LOSS_OPTIONS:
             raise ValueError(f"loss {self.loss!r} is not one of {sorted(LOSS_OPTIONS)}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule {self.schedule!r} is not 'cosine' or 'constant'")
-        for name in ("batch_size", "epochs", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.batch_size < 2:
+        for name in ("epochs", "steps", "eval_batch_size"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1 (or None: planned from the data), got {getattr(self, name)!r}")
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"give epochs ({self.epochs}) or steps ({self.steps}), not both")
+        if self.batch_size is not None and self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (one real and one fake per batch)")
-        if self.patience < 0:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0 (or None: {DEFAULT_LR} by head), got {self.lr!r}")
+        if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+        """A named recipe (:data:`PRESETS`: "auto" = planned from the data, "paper" = batch 2048,
+        32 epochs, patience 8, lr 1e-3 as published) with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"preset {name!r} is not one of {sorted(PRESETS)}")
+        base = dict(PRESETS[name])
+        if overrides.get("steps") is not None:
+            base.pop("epochs", None)  # a step budget replaces the preset's epochs
+        return cls(**{**base, **overrides})
 
     def head_config(self, in_dim: int) -> HeadConfig:
         if self.head == "linear":
@@ -203,6 +227,7 @@ class TrainResult:
     steps: int
     val_logits: Optional[np.ndarray] = None   # of the selected head, in the order of the val source
     seconds: float = 0.0
+    schedule: Optional[Dict[str, Any]] = None  # the resolved plan (Schedule.to_dict())
 
 
 @torch.no_grad()
@@ -230,10 +255,10 @@ def _prefetched(source, batches: Iterator[np.ndarray]) -> Iterator[tuple]:
             yield idx, x
 
 
-def _lr_at(config: TrainConfig, step: int, total: int) -> float:
+def _lr_at(config: TrainConfig, peak: float, step: int, total: int) -> float:
     if config.schedule == "constant" or total <= 1:
-        return config.lr
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return peak
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
 def _sam_step(head, opt, loss_fn, xb, yb, use_sam: bool) -> float:
@@ -260,7 +285,16 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
     train loss, val auc/ap/acc, lr, seconds) there. Same seed and data → identical weights.
     """
     config = config or TrainConfig()
-    sampler = StratifiedBatchSampler(train_data.y, config.batch_size, seed=config.seed)
+    plan = plan_schedule(config, len(train_data))
+    logger.info("schedule: %d training rows, batch %d, %d steps (%d epochs of %d), patience %d epochs, lr %g",
+                len(train_data), plan.batch_size, plan.total_steps, plan.epochs, plan.steps_per_epoch,
+                plan.patience, plan.lr)
+    if plan.total_steps < FEW_STEPS and config.max_steps is None:
+        logger.warning("only %d optimiser steps (%d training rows, batch %d, %d epochs): the head is likely "
+                       "undertrained; use a smaller --batch-size, more --epochs or --steps, or the default "
+                       "schedule instead of a fixed one", plan.total_steps, len(train_data), plan.batch_size,
+                       plan.epochs)
+    sampler = StratifiedBatchSampler(train_data.y, plan.batch_size, seed=config.seed)
     log_file = None
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -272,37 +306,35 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(config.seed)
         try:
-            return _run(train_data, val_data, config, head_config, sampler, device, log_file, progress)
+            return _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress)
         finally:
             if log_file is not None:
                 log_file.close()
 
 
-def _run(train_data, val_data, config, head_config, sampler, device, log_file, progress) -> TrainResult:
+def _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress) -> TrainResult:
     t0 = time.perf_counter()
     head = create_head(head_config).to(device)
     loss_fn = build_loss(config)
     if config.sam:
         opt = SAM(head.parameters(), torch.optim.AdamW, rho=config.rho, adaptive=config.adaptive,
-                  lr=config.lr, weight_decay=config.weight_decay)
+                  lr=plan.lr, weight_decay=config.weight_decay)
     else:
-        opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * len(sampler)
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+        opt = torch.optim.AdamW(head.parameters(), lr=plan.lr, weight_decay=config.weight_decay)
+    total = plan.total_steps
     history: List[Dict[str, Any]] = []
     best = (-math.inf, 0, None, None)  # auc, epoch, state, val logits
     step, stale, stopped = 0, 0, False
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
     epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        e0, losses, lr = time.perf_counter(), [], config.lr
+    for epoch in range(1, plan.epochs + 1):
+        e0, losses, lr = time.perf_counter(), [], plan.lr
         head.train()
         batches = sampler.epoch(epoch)
-        if config.max_steps is not None:
+        if total < plan.epochs * len(sampler):
             batches = itertools.islice(batches, max(0, total - step))
         for idx, x in _prefetched(train_data, batches):
-            lr = _lr_at(config, step, config.epochs * len(sampler))
+            lr = _lr_at(config, plan.lr, step, plan.horizon)
             for group in opt.param_groups:
                 group["lr"] = lr
             xb = torch.from_numpy(x).to(device)
@@ -332,7 +364,7 @@ def _run(train_data, val_data, config, head_config, sampler, device, log_file, p
             log_file.flush()
         if step >= total:
             break
-        if config.patience and stale >= config.patience:
+        if plan.patience and stale >= plan.patience:
             stopped = True
             logger.info("early stop after epoch %d: no better validation AUC since epoch %d", epoch, best[1])
             break
@@ -349,4 +381,4 @@ def _run(train_data, val_data, config, head_config, sampler, device, log_file, p
     head.eval().cpu()
     return TrainResult(head=head, head_config=head_config, history=history, best_epoch=best_epoch,
                        epochs_run=epoch, stopped_early=stopped, steps=step, val_logits=val_logits,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, schedule=plan.to_dict())
