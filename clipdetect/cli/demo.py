@@ -1,9 +1,9 @@
 """``clipdetect demo``: the whole pipeline on the bundled sample cache, offline, in minutes.
 
 Trains the paper's detector (3-block MLP, CVaR + AUC loss, SAM over AdamW) and a
-linear-probe baseline on real CLIP ViT-B/16 image embeddings of CIFAKE images shipped in
-``features/cifake-b16-sample``, evaluates both on the held-out test split, and writes the
-metrics table and the ROC figure.
+linear-probe baseline on real CLIP ViT-B/16 image embeddings of CIFAKE images shipped with
+the package (``clipdetect/sample_data/cifake-b16-sample``), evaluates both on the held-out
+test split, and writes the metrics table and the ROC figure.
 """
 from __future__ import annotations
 
@@ -15,12 +15,19 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_CACHE = Path(__file__).resolve().parent.parent / "features" / "cifake-b16-sample"
+#: the sample cache, shipped as package data (so a wheel install runs the demo too)
+SAMPLE_CACHE = Path(__file__).resolve().parent.parent / "sample_data" / "cifake-b16-sample"
+
+EXAMPLES = """examples:
+  clipdetect demo                              # bundled sample cache, outputs in runs/demo
+  clipdetect demo --epochs 4 --n-boot 200      # a quick look
+  clipdetect demo --cache features/my-cache --out runs/my-demo
+Writes OUT/metrics.md, OUT/demo_roc.png and one detector bundle per model under OUT/."""
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train + evaluate + plot on the bundled sample cache (offline)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default=str(SAMPLE_CACHE), help="feature cache (default: the bundled sample)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the paper's 32)")
@@ -31,7 +38,7 @@ def add_parser(sub) -> None:
 
 def run_demo(args) -> int:
     from clipdetect.core.io import write_text
-    from clipdetect.features.cache import FeatureCache
+    from clipdetect.features.verify import open_verified
     from clipdetect.models.detector import Detector
     from clipdetect.eval.evaluate import evaluate_detector, plot_detectors
     from clipdetect.models.train import TrainConfig
@@ -39,7 +46,7 @@ def run_demo(args) -> int:
     cache_dir = Path(args.cache)
     if not (cache_dir / "manifest.json").exists():
         raise ValueError(f"no feature cache at {str(cache_dir)!r}; pass --cache DIR (made with `clipdetect extract`)")
-    cache = FeatureCache(cache_dir)
+    cache = open_verified(cache_dir)
     out = Path(args.out)
     info = cache.summary()
     logger.info("cache %s: %d rows (%s), backbone %s", cache_dir, info["rows"], info["labels"],
