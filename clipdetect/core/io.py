@@ -26,7 +26,7 @@ from typing import IO, Any, Callable, Dict, Iterator, Optional, Type
 
 __all__ = ["WriteError", "atomic_write", "atomic_open", "write_bytes", "write_text", "write_json",
            "read_json", "save_safetensors", "read_safetensors", "load_state_dict", "tmp_name",
-           "tmp_owner_pid", "TMP_GLOB"]
+           "tmp_owner_pid", "TMP_GLOB", "staged_output"]
 
 #: glob matching every temporary file :func:`atomic_write` creates
 TMP_GLOB = ".*.tmp-*"
@@ -103,6 +103,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
     """Call ``write(f)`` on a binary temporary file, then move it over ``path`` atomically."""
     with atomic_open(path, "wb", nbytes=nbytes) as f:
         write(f)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder to write ``out``'s files into; on success they are moved
+    into ``out`` (created if needed; other files there are kept), on any failure (Ctrl-C
+    included) the temporary folder is removed, so a failed run leaves no partial output."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(out)
+    tmp.mkdir()
+    try:
+        yield tmp
+        out.mkdir(exist_ok=True)
+        for p in sorted(tmp.rglob("*"), key=lambda q: len(q.parts)):
+            dest = out / p.relative_to(tmp)
+            if p.is_dir():
+                dest.mkdir(exist_ok=True)
+            else:
+                os.replace(p, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
