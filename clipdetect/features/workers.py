@@ -44,22 +44,23 @@ class _Workers:
     def __init__(self, n: int, fn: Callable, initializer, initargs):
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.procs, self.tasks, self.results = [], [], []
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # until the child ignores it
         try:
-            for i in range(n):
-                q, (r, w) = ctx.Queue(), ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker_main, args=(fn, initializer, initargs, q, w), daemon=True,
-                                   name=f"clipdetect-decode-{i}")
-                self.procs.append(proc)
-                self.tasks.append(q)
-                self.results.append(r)
-                proc.start()
-                w.close()  # the worker holds the only write end: its death is an EOF here
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # until the child ignores it
+            try:
+                for i in range(n):
+                    q, (r, w) = ctx.Queue(), ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=_worker_main, args=(fn, initializer, initargs, q, w),
+                                       daemon=True, name=f"clipdetect-decode-{i}")
+                    self.procs.append(proc)
+                    self.tasks.append(q)
+                    self.results.append(r)
+                    proc.start()
+                    w.close()  # the worker holds the only write end: its death is an EOF here
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C meanwhile arrives here
         except BaseException:
             self.abort()
             raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def submit(self, k: int, task) -> None:
         self.tasks[k].put(task)
