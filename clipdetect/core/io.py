@@ -48,8 +48,9 @@ def tmp_owner_pid(path: Path) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def _fail(path: Path, exc: OSError, nbytes: Optional[int]) -> WriteError:
-    need = f" ({nbytes:,} bytes to write)" if nbytes else ""
+def _fail(path: Path, exc: OSError, nbytes: Optional[int], written: Optional[int] = None) -> WriteError:
+    need = (f" ({nbytes:,} bytes to write)" if nbytes else
+            f" (it failed after {written:,} bytes)" if written else "")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return WriteError(exc.errno, f"no space left on the device writing {str(path)!r}{need}; "
                                      "free space and re-run the same command: it resumes where it stopped")
@@ -63,12 +64,14 @@ class _CountingFile:
 
     def __init__(self, f: IO[bytes]):
         self.f = f
+        self.written = 0
 
     def write(self, data) -> int:
         n = self.f.write(data)
         size = len(memoryview(data).cast("B")) if not isinstance(data, str) else len(data)
         if n is not None and n < size:
             raise OSError(errno.ENOSPC, f"{size} requested and {n} written")
+        self.written += size
         return n
 
     def __getattr__(self, name):
@@ -81,9 +84,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, nbytes: Optional[i
     """Open a temporary file for writing; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     tmp = tmp_name(path)
+    counted = None
     try:
         with open(tmp, mode, **kwargs) as f:
-            yield _CountingFile(f) if "b" in mode else f
+            counted = _CountingFile(f) if "b" in mode else None
+            yield counted or f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -92,7 +97,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, nbytes: Optional[i
             tmp.unlink()
         if isinstance(exc, WriteError):
             raise
-        raise _fail(path, exc, nbytes) from exc
+        raise _fail(path, exc, nbytes, counted.written if counted else None) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

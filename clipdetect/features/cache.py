@@ -148,9 +148,11 @@ class CacheWriter:
         self._reload()
         name = shard_name(len(self.manifest["shards"]), run_id)
         dtype = np.dtype(self.manifest["dtype"])
-        atomic_write(self.root / "img_emb" / f"{name}.npy", lambda f: np.save(f, img.astype(dtype)))
-        if txt is not None:
-            atomic_write(self.root / "txt_emb" / f"{name}.npy", lambda f: np.save(f, txt.astype(dtype)))
+        for sub, arr in (("img_emb", img), ("txt_emb", txt)):
+            if arr is not None:
+                arr = np.asarray(arr).astype(dtype)
+                atomic_write(self.root / sub / f"{name}.npy", lambda f, a=arr: np.save(f, a),
+                             nbytes=arr.nbytes + 128)  # + the .npy header
         atomic_write(self.root / "meta" / f"{name}.parquet", lambda f: meta.to_parquet(f, index=False))
         atomic_write(self.root / "errors" / f"{name}.parquet",
                      lambda f: errors.reindex(columns=ERROR_COLUMNS).to_parquet(f, index=False))
