@@ -1,6 +1,6 @@
 """Old training defaults vs the step-planned defaults vs a logistic-regression probe.
 
-All detectors are trained on the bundled sample cache (features/cifake-b16-sample, the first
+All detectors are trained on the bundled sample cache (clipdetect/sample_data/cifake-b16-sample, the first
 2,048 CIFAKE rows) and scored on a held-out cache of CIFAKE rows the sample never saw,
 extracted with the same backbone, e.g.
 
@@ -24,8 +24,9 @@ from clipdetect.features.cache import FeatureCache
 from clipdetect.models.baseline import fit_probe_on_cache
 from clipdetect.models.detector import Detector
 from clipdetect.models.train import TrainConfig
+from clipdetect.core.resources import SAMPLE_CACHE
 
-SAMPLE = Path(__file__).resolve().parent.parent / "features" / "cifake-b16-sample"
+SAMPLE = SAMPLE_CACHE
 RUNS = {
     "paper preset (old default: batch 2048, 32 epochs)": TrainConfig.preset("paper"),
     "new defaults (planned from the cache size)": TrainConfig(),

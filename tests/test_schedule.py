@@ -2,7 +2,6 @@
 that keep evaluation, extraction and bundles from misleading silently."""
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,9 @@ from clipdetect.models.baseline import fit_probe_on_cache
 from clipdetect.models.detector import Detector
 from clipdetect.models.predict import resolve_backbone
 from clipdetect.models.train import ArraySource, TrainConfig, auto_batch_size, plan_schedule, train
+from clipdetect.core.resources import SAMPLE_CACHE
 
-SAMPLE = Path(__file__).resolve().parent.parent / "features" / "cifake-b16-sample"
+SAMPLE = SAMPLE_CACHE
 #: TrainConfig() before the schedule was planned from the data (the paper's recipe)
 OLD_DEFAULTS = dict(loss="cvar+auc", gamma=0.1, alpha=0.8, margin=0.6, p=2.0, sam=True, rho=0.05, adaptive=False,
                     lr=1e-3, weight_decay=0.01, batch_size=2048, epochs=32, schedule="cosine", head="mlp", depth=3,

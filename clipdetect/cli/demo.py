@@ -3,7 +3,8 @@
 Trains the paper's detector (3-block MLP, CVaR + AUC loss, SAM over AdamW; schedule planned
 from the cache size) and fits the honest baseline, a logistic-regression probe run to
 convergence on the same train rows, on real CLIP ViT-B/16 image embeddings of CIFAKE images
-shipped in ``features/cifake-b16-sample``; evaluates both on the held-out test split and
+shipped with the package
+(``clipdetect/sample_data/cifake-b16-sample``); evaluates both on the held-out test split and
 writes the metrics tables, the paired AUC difference (positive = the detector beats the
 probe) and the ROC figure.
 """
@@ -14,14 +15,22 @@ import json
 import logging
 from pathlib import Path
 
+from clipdetect.core.resources import SAMPLE_CACHE
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_CACHE = Path(__file__).resolve().parent.parent / "features" / "cifake-b16-sample"
+#: the sample cache, shipped as package data (so a wheel install runs the demo too)
+
+EXAMPLES = """examples:
+  clipdetect demo                              # bundled sample cache, outputs in runs/demo
+  clipdetect demo --epochs 4 --n-boot 200      # a quick look
+  clipdetect demo --cache features/my-cache --out runs/my-demo
+Writes OUT/metrics.md, OUT/demo_roc.png and one detector bundle per model under OUT/."""
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train + evaluate + plot on the bundled sample cache (offline)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default=str(SAMPLE_CACHE), help="feature cache (default: the bundled sample)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--preset", default="auto", choices=["auto", "paper"],
@@ -34,7 +43,7 @@ def add_parser(sub) -> None:
 
 def run_demo(args) -> int:
     from clipdetect.core.io import write_text
-    from clipdetect.features.cache import FeatureCache
+    from clipdetect.features.verify import open_verified
     from clipdetect.models.detector import Detector
     from clipdetect.eval.evaluate import compare_reports, evaluate_detector, plot_detectors
     from clipdetect.models.baseline import fit_probe_on_cache
@@ -43,7 +52,7 @@ def run_demo(args) -> int:
     cache_dir = Path(args.cache)
     if not (cache_dir / "manifest.json").exists():
         raise ValueError(f"no feature cache at {str(cache_dir)!r}; pass --cache DIR (made with `clipdetect extract`)")
-    cache = FeatureCache(cache_dir)
+    cache = open_verified(cache_dir)
     out = Path(args.out)
     info = cache.summary()
     logger.info("cache %s: %d rows (%s), backbone %s", cache_dir, info["rows"], info["labels"],

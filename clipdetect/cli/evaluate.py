@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from clipdetect.cli.extract import add_limit_args
 from clipdetect.cli.main import CLIError, print_json
 
 logger = logging.getLogger(__name__)
@@ -13,6 +14,21 @@ logger = logging.getLogger(__name__)
 EVAL_EXAMPLES = """examples:
   clipdetect evaluate runs/det features/cifake-b16 --out runs/det/eval
   clipdetect evaluate runs/det features/d3 --by generator,format --n-boot 2000 --out runs/det/eval-d3"""
+PLOT_EXAMPLES = """examples:
+  clipdetect plot runs/det features/cifake-b16 --out runs/det/plots/test
+  clipdetect plot paper=runs/det,linear=runs/lin features/d3 --out runs/cmp --by generator --formats png"""
+PREDICT_EXAMPLES = """examples:
+  clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
+  clipdetect predict runs/det photo.jpg --out one.jsonl
+  clipdetect predict runs/det-it photos/ --out s.csv --caption-template "a photo of a {label_name}"
+  clipdetect predict runs/det ../shared/data/cifake_dev.parquet --out s.csv --limit 500 --device cuda
+Images that cannot be decoded get a row with their error and no score. Limits: more than
+64,000,000 pixels is refused (--max-pixels); images thinner than 1:100 are centre-cropped to
+1:100 unless --max-aspect R refuses those thinner than 1:R. Ctrl-C leaves no partial file."""
+CALIBRATE_EXAMPLES = """examples:
+  clipdetect calibrate runs/det features/cifake-b16 --target-fpr 0.01            # re-saved in place
+  clipdetect calibrate runs/det features/cifake-b16 --temperature --out runs/det-cal
+  clipdetect calibrate runs/det features/cifake-b16 --keep-threshold --temperature"""
 PROTOCOL_EXAMPLES = """examples:
   clipdetect protocol logo features/d3 --out runs/logo --set epochs=8
   clipdetect protocol text-leakage features/d3-text --out runs/text
@@ -63,9 +79,10 @@ def _load_detector(path: str):
 
 
 def _open_cache(path: str):
-    from clipdetect.features.cache import FeatureCache
+    """The cache after the cheap integrity checks (a damaged one is refused before any work)."""
+    from clipdetect.features.verify import open_verified
 
-    return FeatureCache(path)
+    return open_verified(path)
 
 
 def _train_config(args):
@@ -118,7 +135,8 @@ def add_parser(sub) -> None:
     _split_args(p)
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("plot", help="ROC curves (linear + log FPR) and score histograms")
+    p = sub.add_parser("plot", help="ROC curves (linear + log FPR) and score histograms", epilog=PLOT_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detectors", type=_csv, help="DIR[,DIR...] or NAME=DIR[,NAME=DIR...]")
     p.add_argument("cache", help="feature cache directory")
     p.add_argument("--out", required=True,
@@ -131,7 +149,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
     p.set_defaults(func=run_plot)
 
-    p = sub.add_parser("predict", help="score images end to end (decode → backbone → detector)")
+    p = sub.add_parser("predict", help="score images end to end (decode → backbone → detector)",
+                       epilog=PREDICT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detector", help="detector bundle directory")
     p.add_argument("source", help="image file, folder, manifest, parquet or hf:NAME")
     p.add_argument("--out", required=True, help="predictions file: .csv or .jsonl")
@@ -143,15 +162,17 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="accept a backbone whose identity differs")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="decode processes (0: in the main process)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (GPU number N) or mps (default cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--caption-template", help="captions for text features, e.g. 'a photo of a {cifar_class}'")
     p.add_argument("--split", help="HF split / folder split name")
     p.add_argument("--no-progress", action="store_true")
+    add_limit_args(p)
     p.set_defaults(func=run_predict)
 
-    p = sub.add_parser("calibrate", help="threshold at a target FPR (validation reals) + temperature")
+    p = sub.add_parser("calibrate", help="threshold at a target FPR (validation reals) + temperature",
+                       epilog=CALIBRATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detector", help="detector bundle directory (re-saved in place unless --out)")
     p.add_argument("cache", help="the feature cache it was trained on (its validation split is used)")
     p.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate on validation reals")
@@ -165,7 +186,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("protocol", help="leave-one-generator-out, robustness, format-bias, text-leakage",
                        epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ps = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
-    q = ps.add_parser("logo", help="leave one generator out: train without it, test on it")
+    q = ps.add_parser("logo", help="leave one generator out: train without it, test on it", epilog=PROTOCOL_EXAMPLES,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("cache")
     q.add_argument("--out", required=True)
     q.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"])
@@ -174,7 +196,8 @@ def add_parser(sub) -> None:
     _train_args(q)
     q.set_defaults(func=run_logo)
 
-    q = ps.add_parser("text-leakage", help="text-only vs image-only vs image+text detectors")
+    q = ps.add_parser("text-leakage", help="text-only vs image-only vs image+text detectors",
+                      epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("cache")
     q.add_argument("--out", required=True)
     q.add_argument("--n-boot", type=int, default=1000)
@@ -295,14 +318,18 @@ def run_plot(args) -> int:
 
 
 def run_predict(args) -> int:
-    from clipdetect.models.predict import open_predict_source, predict_source, resolve_backbone
+    from clipdetect.core.device import check_device
+    from clipdetect.models.predict import check_captions, open_predict_source, predict_source, resolve_backbone
 
+    device = check_device(args.device)
     det = _load_detector(args.detector)
-    backbone = resolve_backbone(det, args.backbone, force=args.force, device=args.device,
-                                precision=args.precision, weights=args.weights)
     source = open_predict_source(args.source, caption_template=args.caption_template, split=args.split)
+    check_captions(det, source)
+    backbone = resolve_backbone(det, args.backbone, force=args.force, device=device,
+                                precision=args.precision, weights=args.weights)
     summary = predict_source(det, source, args.out, backbone=backbone, batch_size=args.batch_size,
-                             workers=args.workers, limit=args.limit, progress=not args.no_progress)
+                             workers=args.workers, limit=args.limit, max_pixels=args.max_pixels,
+                             max_aspect=args.max_aspect, progress=not args.no_progress)
     print_json(summary.to_dict())
     return 0
 

@@ -1,9 +1,10 @@
-"""``clipdetect extract`` and ``clipdetect cache info``."""
+"""``clipdetect extract``, ``clipdetect cache info`` and ``clipdetect cache verify``."""
 from __future__ import annotations
 
 import argparse
 
 from clipdetect.cli.main import CLIError, print_json
+from clipdetect.core.device import DEVICE_HELP, check_device
 
 EXAMPLES = """examples:
   # a folder with real/ and fake/ subfolders, tiny random-weight model (no download)
@@ -20,7 +21,20 @@ EXAMPLES = """examples:
       --backbone ViT-L-14:openai --device cuda --precision fp16
   # the same on a Ray cluster; --streaming d3:elsaEU/ELSA_D3 also works (one sequential reader)
   clipdetect extract d3:ELSA_D3/data --split train --engine ray --address HEAD_IP:6379 ...
-Re-running the same command resumes where it stopped."""
+Re-running the same command resumes where it stopped (also after Ctrl-C, a kill or a full disk).
+
+Limits: an image with more than 64,000,000 pixels is refused as decompression_bomb
+(--max-pixels); an image thinner than 1:100 (e.g. 2000x2) is centre-cropped to 1:100 before
+the backbone's resize-and-centre-crop, unless --max-aspect R refuses images thinner than 1:R
+(extreme_aspect). Refused images are listed in the cache's error ledger.
+One writer per cache: a second `extract` into the same --out refuses (naming the running
+one's pid and command) unless --lock-timeout gives it time to wait."""
+
+CACHE_EXAMPLES = """examples:
+  clipdetect cache info features/my-cache          # backbone, rows, splits, generators, errors
+  clipdetect cache verify features/my-cache        # every shard: shapes, dtype, NaN/inf, norms, keys
+  clipdetect cache verify features/my-cache --quick   # counts, shapes and file sizes only
+verify exits 0 when the cache is sound and 1 when it is damaged, listing shard, file and rows."""
 
 
 def _label_map(text: str):
@@ -31,6 +45,18 @@ def _label_map(text: str):
             raise argparse.ArgumentTypeError(f"--label-map wants NAME=0|1[,NAME=0|1...], got {part!r}")
         out[name] = int(value)
     return out
+
+
+def add_limit_args(p) -> None:
+    """--max-pixels / --max-aspect, shared by extract and predict."""
+    from clipdetect.data.imaging import MAX_PIXELS
+
+    g = p.add_argument_group("decoder limits")
+    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse images with more pixels (decompression_bomb; default {MAX_PIXELS:,})")
+    g.add_argument("--max-aspect", type=float, default=None, metavar="R",
+                   help="refuse images thinner than 1:R (extreme_aspect); default: none refused, "
+                        "images thinner than 1:100 are centre-cropped to 1:100 first")
 
 
 def add_parser(sub) -> None:
@@ -47,7 +73,7 @@ def add_parser(sub) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    g.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="model precision (fp16 needs a GPU; default fp32)")
     g.add_argument("--limit", type=int, help="only the first N source items (a later larger limit continues); "
@@ -59,6 +85,9 @@ def add_parser(sub) -> None:
     g.add_argument("--shard-size", type=int, default=4096, help="rows per shard file (default 4096)")
     g.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another writer of the same cache (default 0: refuse at once)")
+    add_limit_args(p)
     s = p.add_argument_group("source options")
     s.add_argument("--split", help="split name (HF split to read; folder/manifest default 'train')")
     s.add_argument("--caption-template", help='caption from fields, e.g. "a photo of a {cifar_class}"')
@@ -100,11 +129,20 @@ def add_parser(sub) -> None:
                    help="CPUs (= torch threads) each encode actor reserves; raise it for --device cpu (default 1)")
     p.set_defaults(func=run_extract)
 
-    c = sub.add_parser("cache", help="inspect a feature cache")
+    c = sub.add_parser("cache", help="inspect or verify a feature cache", epilog=CACHE_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.set_defaults(help_parser=c)
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION")
-    info = csub.add_parser("info", help="backbone, rows, splits, generators, error counts")
+    info = csub.add_parser("info", help="backbone, rows, splits, generators, error counts", epilog=CACHE_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     info.add_argument("path", help="cache directory")
     info.set_defaults(func=run_cache_info)
+    ver = csub.add_parser("verify", help="check every shard against the manifest; exit 1 if damaged",
+                          epilog=CACHE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ver.add_argument("path", help="cache directory")
+    ver.add_argument("--quick", action="store_true",
+                     help="counts, shapes, dtypes and file sizes only (what train/evaluate check on open)")
+    ver.set_defaults(func=run_cache_verify)
 
 
 def source_options(args) -> dict:
@@ -144,6 +182,7 @@ def run_extract(args) -> int:
     from clipdetect.data.registry import open_source
 
     _check_options(args)
+    device = check_device(args.device)
     source = open_source(args.source, **source_options(args))
     limit = args.limit
     if args.stratify and args.shuffle_seed is None:
@@ -157,8 +196,9 @@ def run_extract(args) -> int:
 
         check_limit_prefix(source, limit)
     config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
-                           device=args.device, precision=args.precision, limit=limit,
-                           shard_size=args.shard_size, dtype=args.dtype, text=args.text)
+                           device=device, precision=args.precision, limit=limit,
+                           shard_size=args.shard_size, dtype=args.dtype, text=args.text,
+                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, lock_timeout=args.lock_timeout)
     if args.engine == "ray":
         from clipdetect.features.extract_ray import extract_ray
 
@@ -179,3 +219,15 @@ def run_cache_info(args) -> int:
 
     print_json(FeatureCache(args.path).summary())
     return 0
+
+
+def run_cache_verify(args) -> int:
+    from clipdetect.features.verify import verify_cache
+
+    report = verify_cache(args.path, full=not args.quick)
+    for problem in report.problems:
+        print(f"DAMAGED {problem}")
+    state = "sound" if report.ok else f"DAMAGED ({len(report.problems)} problem(s))"
+    print(f"cache {args.path}: {report.shards} shards, {report.rows} rows, "
+          f"{'full' if report.full else 'quick'} check: {state}")
+    return 0 if report.ok else 1

@@ -3,7 +3,7 @@
 Stages, in the order data flows::
 
     clipdetect extract   images → a feature cache of CLIP embeddings
-    clipdetect cache     inspect a cache
+    clipdetect cache     inspect or verify a cache
     clipdetect train     a detector on a cache
     clipdetect evaluate  metrics per generator, with confidence intervals
     clipdetect plot      ROC curves and score histograms
@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 from typing import List, Optional
 
@@ -74,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        (getattr(args, "help_parser", None) or parser).print_help()
         return 2
     _setup_logging(args.verbose)
     try:
@@ -82,7 +83,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CLIError, ValueError, FileNotFoundError, KeyError) as exc:
         logger.error("%s", exc if not isinstance(exc, KeyError) else f"missing {exc}")
         return 2
+    except OSError as exc:  # a full disk, a read-only folder ...: the message names the path
+        logger.error("%s", exc.strerror if exc.strerror and exc.filename is None else exc)
+        return 1
     except KeyboardInterrupt:
+        if argv is None:  # the process is ending: a second Ctrl-C must not turn into a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         logger.error("interrupted; re-run the same command to resume")
         return 130
 

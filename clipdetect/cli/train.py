@@ -79,7 +79,7 @@ def add_parser(sub) -> None:
                    help=f"test share of 'train' rows when the cache has no test split ({d.test_fraction})")
     r.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the key-hash split (default 0)")
     r.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, batches and dropout")
-    r.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 ... (default cpu)")
+    r.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or mps (default cpu)")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -96,20 +96,24 @@ def config_from_args(args):
 def run(args) -> int:
     import torch
 
-    from clipdetect.features.cache import FeatureCache
+    from clipdetect.core.device import check_device
+    from clipdetect.core.io import staged_output
+    from clipdetect.features.verify import open_verified
     from clipdetect.models.detector import Detector
     from clipdetect.core.metrics import binary_metrics
     from clipdetect.features.splits import resolve_split_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = check_device(args.device)
     config = config_from_args(args)
-    cache = FeatureCache(args.cache)
+    cache = open_verified(args.cache)
     if args.feature_set != "image" and not cache.has_text:
         raise CLIError(f"--feature-set {args.feature_set} needs caption embeddings, but cache {args.cache!r} has "
                        "none; use --feature-set image or extract with captions (--caption-template/--text yes)")
-    det = Detector.fit_cache(cache, feature_set=args.feature_set, config=config, out=args.out,
-                             progress=not args.no_progress)
+    with staged_output(args.out) as tmp:
+        det = Detector.fit_cache(cache, feature_set=args.feature_set, config=config, out=tmp,
+                                 progress=not args.no_progress)
     summary = {"out": args.out, "feature_set": det.feature_set, "backbone": det.backbone.get("spec"),
                "threshold": det.threshold, "splits": det.extra.get("splits"), "train": {
                    k: det.metrics.get(k) for k in ("best_epoch", "epochs_run", "stopped_early", "steps",

@@ -26,7 +26,7 @@ from typing import IO, Any, Callable, Dict, Iterator, Optional, Type
 
 __all__ = ["WriteError", "atomic_write", "atomic_open", "write_bytes", "write_text", "write_json",
            "read_json", "save_safetensors", "read_safetensors", "load_state_dict", "tmp_name",
-           "tmp_owner_pid", "TMP_GLOB"]
+           "tmp_owner_pid", "TMP_GLOB", "staged_output"]
 
 #: glob matching every temporary file :func:`atomic_write` creates
 TMP_GLOB = ".*.tmp-*"
@@ -48,8 +48,9 @@ def tmp_owner_pid(path: Path) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def _fail(path: Path, exc: OSError, nbytes: Optional[int]) -> WriteError:
-    need = f" ({nbytes:,} bytes to write)" if nbytes else ""
+def _fail(path: Path, exc: OSError, nbytes: Optional[int], written: Optional[int] = None) -> WriteError:
+    need = (f" ({nbytes:,} bytes to write)" if nbytes else
+            f" (it failed after {written:,} bytes)" if written else "")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return WriteError(exc.errno, f"no space left on the device writing {str(path)!r}{need}; "
                                      "free space and re-run the same command: it resumes where it stopped")
@@ -63,12 +64,14 @@ class _CountingFile:
 
     def __init__(self, f: IO[bytes]):
         self.f = f
+        self.written = 0
 
     def write(self, data) -> int:
         n = self.f.write(data)
         size = len(memoryview(data).cast("B")) if not isinstance(data, str) else len(data)
         if n is not None and n < size:
             raise OSError(errno.ENOSPC, f"{size} requested and {n} written")
+        self.written += size
         return n
 
     def __getattr__(self, name):
@@ -81,9 +84,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, nbytes: Optional[i
     """Open a temporary file for writing; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     tmp = tmp_name(path)
+    counted = None
     try:
         with open(tmp, mode, **kwargs) as f:
-            yield _CountingFile(f) if "b" in mode else f
+            counted = _CountingFile(f) if "b" in mode else None
+            yield counted or f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -92,7 +97,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, nbytes: Optional[i
             tmp.unlink()
         if isinstance(exc, WriteError):
             raise
-        raise _fail(path, exc, nbytes) from exc
+        raise _fail(path, exc, nbytes, counted.written if counted else None) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -103,6 +108,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
     """Call ``write(f)`` on a binary temporary file, then move it over ``path`` atomically."""
     with atomic_open(path, "wb", nbytes=nbytes) as f:
         write(f)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder to write ``out``'s files into; on success they are moved
+    into ``out`` (created if needed; other files there are kept), on any failure (Ctrl-C
+    included) the temporary folder is removed, so a failed run leaves no partial output."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(out)
+    tmp.mkdir()
+    try:
+        yield tmp
+        out.mkdir(exist_ok=True)
+        for p in sorted(tmp.rglob("*"), key=lambda q: len(q.parts)):
+            dest = out / p.relative_to(tmp)
+            if p.is_dir():
+                dest.mkdir(exist_ok=True)
+            else:
+                os.replace(p, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

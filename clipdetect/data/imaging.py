@@ -6,6 +6,16 @@ composited on white, and an animated image gives its first frame. Inputs that ca
 decoded raise :class:`BadImage` with a short reason that the extractor writes to the
 error ledger: zero-byte files, truncated data, non-image bytes, decompression bombs,
 absurd dimensions, missing or unreadable paths.
+
+Limits (both adjustable: ``--max-pixels`` / ``--max-aspect`` on ``extract`` and ``predict``):
+
+* :data:`MAX_PIXELS` — an image with more pixels than this (64 MP) is refused as a
+  ``decompression_bomb``;
+* ``max_aspect`` — unset by default: an image thinner than 1:100 (``CROP_ASPECT``; e.g. 2000×2)
+  is first cropped around its centre to 1:100, which keeps the centre square
+  that CLIP's resize-and-centre-crop uses while bounding the memory of the resize; with a
+  ``max_aspect``, images whose long side exceeds the short one by more than that factor are
+  refused as ``extreme_aspect`` instead.
 """
 from __future__ import annotations
 
@@ -21,8 +31,10 @@ ImageRef = Union[str, os.PathLike, bytes, Image.Image]
 
 #: refuse images with more pixels than this (PIL's default bomb limit is ~89 MP)
 MAX_PIXELS = 64_000_000
-#: refuse images whose long side exceeds the short side by more than this factor
-MAX_ASPECT = 100.0
+#: default aspect limit: None embeds thin images (centre-cropped to CROP_ASPECT first)
+MAX_ASPECT: Optional[float] = None
+#: images thinner than 1:CROP_ASPECT are centre-cropped to it before preprocessing
+CROP_ASPECT = 100.0
 
 
 class BadImage(Exception):
@@ -66,11 +78,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT
+def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: Optional[float] = MAX_ASPECT
                  ) -> Tuple[Image.Image, dict]:
     """Decode ``ref`` (path, bytes or PIL image) to RGB; returns (image, info).
 
-    ``info`` has the original ``width``, ``height``, ``format`` and ``mode``.
+    ``info`` has the original ``width``, ``height``, ``format`` and ``mode``. ``max_aspect``
+    refuses thin images; unset, images thinner than 1:CROP_ASPECT are centre-cropped to it.
     Raises :class:`BadImage` for anything that is not a usable image.
     """
     if isinstance(ref, Image.Image):
@@ -87,19 +100,33 @@ def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: flo
         raise BadImage("bad_size", f"{w}x{h}")
     if w * h > max_pixels:
         raise BadImage("decompression_bomb", f"{w}x{h} exceeds {max_pixels} pixels")
-    if max(w, h) / min(w, h) > max_aspect:
-        raise BadImage("extreme_aspect", f"{w}x{h}")
+    if max_aspect is not None and max(w, h) / min(w, h) > max_aspect:
+        raise BadImage("extreme_aspect", f"{w}x{h} is thinner than 1:{max_aspect:g} (--max-aspect)")
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
         img = ImageOps.exif_transpose(img) or img
-        img = _to_rgb(img)
+        img = _crop_thin(_to_rgb(img))
         img.load()
     except BadImage:
         raise
     except Exception as exc:  # truncated or corrupt pixel data
         raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
     return img, info
+
+
+def _crop_thin(img: Image.Image) -> Image.Image:
+    """Centre-crop an image thinner than 1:CROP_ASPECT to that aspect (the centre square survives)."""
+    w, h = img.size
+    if max(w, h) <= CROP_ASPECT * min(w, h):
+        return img
+    if w > h:
+        keep = int(CROP_ASPECT * h)
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    keep = int(CROP_ASPECT * w)
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
 
 
 def _open(data: bytes, max_pixels: int):

@@ -8,24 +8,27 @@ re-run produces the same cache, bit for bit, as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import CacheWriter
-from clipdetect.data.imaging import MAX_PIXELS, BadImage, SplitPreprocess, decode_image
+from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, BadImage, SplitPreprocess, decode_image
 from clipdetect.data.sources import Sample, Source
+from clipdetect.features.workers import ordered_map
+
+__all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "ordered_map", "plan_tasks",
+           "ShardBuilder", "run_id_for", "default_workers", "check_not_empty"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,9 @@ class ExtractConfig:
     text: str = "auto"  # auto: encode captions when present and the backbone has a text tower
     text_batch_size: int = 256
     max_pixels: int = MAX_PIXELS
+    max_aspect: Optional[float] = MAX_ASPECT  # None: thin images are centre-cropped, not refused
     seed: int = 0
+    lock_timeout: float = 0.0  # seconds to wait for another writer of the same cache
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "text_batch_size"):
@@ -62,6 +67,9 @@ class ExtractConfig:
             raise ValueError(f"text must be 'auto', 'yes' or 'no', got {self.text!r}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.max_pixels < 1 or (self.max_aspect is not None and self.max_aspect < 1):
+            raise ValueError(f"max_pixels must be >= 1 and max_aspect >= 1 (or unset), got "
+                             f"{self.max_pixels} and {self.max_aspect}")
 
 
 @dataclass
@@ -85,48 +93,26 @@ class ExtractSummary:
 _WORKER: Dict[str, Any] = {}
 
 
-def init_decode_worker(pre: SplitPreprocess, max_pixels: int) -> None:
-    _WORKER["pre"], _WORKER["max_pixels"] = pre, max_pixels
+def init_decode_worker(pre: SplitPreprocess, max_pixels: int, max_aspect: Optional[float] = MAX_ASPECT) -> None:
+    _WORKER["pre"], _WORKER["max_pixels"], _WORKER["max_aspect"] = pre, max_pixels, max_aspect
 
 
-def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None
-                ) -> List[Tuple]:
+def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None,
+                max_aspect: Optional[float] = MAX_ASPECT) -> List[Tuple]:
     """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail)."""
-    pre = pre or _WORKER["pre"]
-    max_pixels = max_pixels or _WORKER["max_pixels"]
+    if pre is None:
+        pre, max_pixels, max_aspect = _WORKER["pre"], _WORKER["max_pixels"], _WORKER.get("max_aspect")
+    max_pixels = max_pixels or MAX_PIXELS
     out = []
     for ref in refs:
         try:
-            img, info = decode_image(ref, max_pixels=max_pixels)
+            img, info = decode_image(ref, max_pixels=max_pixels, max_aspect=max_aspect)
             out.append(("ok", pre.worker(img), info))
         except BadImage as exc:
             out.append(("err", exc.reason, exc.detail))
         except Exception as exc:  # a decoder bug must not stop a long run
             out.append(("err", "decode_failed", f"{type(exc).__name__}: {exc}"))
     return out
-
-
-def ordered_map(fn: Callable, tasks: Iterable, *, workers: int, window: int, initializer=None,
-                initargs=()) -> Iterator[Tuple[Any, Any]]:
-    """Yield (task, fn(task)) in order, running ahead on ``workers`` processes with at most
-    ``window`` tasks in flight (so memory stays bounded on endless sources)."""
-    if workers == 0:
-        if initializer:
-            initializer(*initargs)
-        for t in tasks:
-            yield t, fn(t)
-        return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        pending: deque = deque()
-        for t in tasks:
-            pending.append((t, pool.apply_async(fn, (t,))))
-            if len(pending) >= window:
-                t0, r0 = pending.popleft()
-                yield t0, r0.get()
-        while pending:
-            t0, r0 = pending.popleft()
-            yield t0, r0.get()
 
 
 # ---------------------------------------------------------------- shards (main side)
@@ -218,16 +204,30 @@ def progress_bar(total: Optional[int], enabled: bool):
     return tqdm(total=total, unit="img", desc="extract", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
 
 
+def check_not_empty(source: Source, start: int = 0) -> None:
+    """Refuse a source that holds no items at all (e.g. empty real/ and fake/ folders)."""
+    if start == 0 and source.size() == 0:
+        raise ValueError(f"source {source.describe()} holds no images; check the path, the folder layout "
+                         "(real/ and fake/ subfolders, or a manifest) and the file extensions")
+
+
 def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbone] = None,
             progress: bool = True) -> ExtractSummary:
     """Extract ``source`` into the cache at ``config.out``; resumes an interrupted run."""
     config.validate()
+    check_not_empty(source)
     backbone = backbone or create_backbone(config.backbone, device=config.device, precision=config.precision,
                                            seed=config.seed)
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be embedded; "
                             "use --text no (image embeddings only) or a full CLIP checkpoint")
-    writer = CacheWriter(config.out, backbone={**backbone.identity, "spec": config.backbone}, dtype=config.dtype)
+    with CacheWriter(config.out, backbone={**backbone.identity, "spec": config.backbone}, dtype=config.dtype,
+                     lock_timeout=config.lock_timeout) as writer:
+        return _extract_locked(source, config, backbone, writer, progress)
+
+
+def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, writer: CacheWriter,
+                    progress: bool) -> ExtractSummary:
     rid = run_id_for(source, config)
     run = writer.begin_run(rid, {"source": source.describe(), "config": asdict(config)})
     summary = ExtractSummary(out=config.out, run=rid, resumed_from=run["position"])
@@ -244,10 +244,11 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
     t0 = time.perf_counter()
     refs = (lambda task: [s.image for s in task.samples])
-    with progress_bar(total, progress) as bar:
-        for task, decoded in ordered_map(decode_task, ((t, refs(t)) for t in tasks), workers=config.workers,
-                                         window=2 * config.workers + 2, initializer=init_decode_worker,
-                                         initargs=(pre, config.max_pixels)):
+    results = ordered_map(decode_task, ((t, refs(t)) for t in tasks), workers=config.workers,
+                          window=2 * config.workers + 2, initializer=init_decode_worker,
+                          initargs=(pre, config.max_pixels, config.max_aspect))
+    with progress_bar(total, progress) as bar, contextlib.closing(results):
+        for task, decoded in results:
             task = task[0]
             builder.add(task.samples, decoded)
             summary.seen += len(task.samples)
@@ -258,6 +259,8 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     position = writer.manifest["runs"][rid]["position"]
     summary.complete = end is None or position < end or (size is not None and position >= size)
     writer.finish_run(rid, {k: v for k, v in asdict(summary).items() if k != "out"}, complete=summary.complete)
+    if summary.seen == 0 and run["position"] == 0:
+        logger.warning("source %s yielded no images: the cache %s is empty", source.describe(), config.out)
     logger.info("extracted %d images (%d errors) at %.1f img/s into %s", summary.embedded,
                 sum(summary.errors.values()), summary.images_per_second, config.out)
     return summary

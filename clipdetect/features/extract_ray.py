@@ -39,7 +39,8 @@ import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import ERROR_COLUMNS, META_COLUMNS, CacheWriter
-from clipdetect.features.extract import ExtractConfig, ExtractSummary, ShardBuilder, progress_bar, run_id_for
+from clipdetect.features.extract import (ExtractConfig, ExtractSummary, ShardBuilder, progress_bar, check_not_empty,
+                                         run_id_for)
 from clipdetect.data.imaging import SplitPreprocess
 from clipdetect.features.ray_read import Decode, plan_shards, stream_datasource
 from clipdetect.data.sources import Sample, Source
@@ -138,16 +139,24 @@ def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str]
     encoders, the thread count sets the speed). ``backbone``: the driver's copy (identity,
     preprocessing; built on CPU when omitted). ``on_shard(name)`` runs after each shard is
     written. Resumes an interrupted run of either engine."""
-    import ray
-
     config.validate()
+    check_not_empty(source)
     size = source.size()  # None: a stream, read in order by one Ray read task
     backbone = backbone or create_backbone(config.backbone, device="cpu", precision="fp32", seed=config.seed)
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be "
                             "embedded; use --text no (image embeddings only) or a full CLIP checkpoint")
     identity = {**backbone.identity, "spec": config.backbone}
-    writer = CacheWriter(config.out, backbone=identity, dtype=config.dtype)
+    with CacheWriter(config.out, backbone=identity, dtype=config.dtype,
+                     lock_timeout=config.lock_timeout) as writer:
+        return _extract_locked(source, config, backbone, writer, size, address, progress, num_cpus,
+                               actor_pool_size, encoder_cpus, on_shard)
+
+
+def _extract_locked(source, config, backbone, writer, size, address, progress, num_cpus, actor_pool_size,
+                    encoder_cpus, on_shard) -> ExtractSummary:
+    import ray
+
     rid = run_id_for(source, config)
     run = writer.begin_run(rid, {"source": source.describe(), "config": asdict(config)})
     summary = ExtractSummary(out=config.out, run=rid, resumed_from=run["position"])
@@ -214,7 +223,8 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
                 encoder_cpus, " + 1 GPU" if gpu else "")
     decode_args = {"source_blob": None if streamed else cloudpickle.dumps(source),
                    "pre_blob": cloudpickle.dumps(SplitPreprocess(backbone.preprocess)),
-                   "batch_size": config.batch_size, "max_pixels": config.max_pixels}
+                   "batch_size": config.batch_size, "max_pixels": config.max_pixels,
+                   "max_aspect": config.max_aspect}
     encode_args = {"spec": config.backbone, "device": config.device, "precision": config.precision,
                    "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size,
                    "threads": encoder_cpus}

@@ -8,6 +8,7 @@ rows keep the source order; an image that cannot be decoded gets a row with its
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -24,7 +25,7 @@ import numpy as np
 from clipdetect.features.backbones import (Backbone, BackboneError, create_backbone, identities_match,
                                            locate_checkpoint)
 from clipdetect.features.extract import decode_task, default_workers, init_decode_worker, ordered_map
-from clipdetect.data.imaging import MAX_PIXELS, SplitPreprocess
+from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.registry import open_source
 from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
 
@@ -152,6 +153,11 @@ class _Writer:
         self.f.close()
         os.replace(self.tmp, self.path)
 
+    def abort(self) -> None:
+        """A failed or interrupted run leaves no partial predictions file."""
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
 
 def _batches(source: Source, batch_size: int, limit: Optional[int]) -> Iterator[List[Sample]]:
     it = source.iterate(0)
@@ -171,9 +177,21 @@ def _text_features(backbone: Backbone, captions: List[Optional[str]]) -> np.ndar
                                                                             np.float32)
 
 
+def check_captions(detector, source: Source) -> None:
+    """An image+text or text detector needs captions: refuse a source whose first item has none."""
+    if detector.feature_set == "image":
+        return
+    first = next(iter(source.iterate(0)), None)
+    if first is not None and not first.caption:
+        raise ValueError(f"the detector uses {detector.feature_set!r} features, which need a caption per image, "
+                         f"but source {source.describe().get('root') or source.describe()} gives none; pass "
+                         "--caption-template (e.g. 'a photo of a {label_name}') or a manifest with a caption column")
+
+
 def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone: Optional[Backbone] = None,
                    batch_size: int = 64, workers: Optional[int] = None, limit: Optional[int] = None,
-                   max_pixels: int = MAX_PIXELS, progress: bool = True) -> PredictSummary:
+                   max_pixels: int = MAX_PIXELS, max_aspect: Optional[float] = MAX_ASPECT,
+                   progress: bool = True) -> PredictSummary:
     """Score every image of ``source`` and write one row each to ``out`` (.csv or .jsonl).
 
     Columns: ``key, path, score`` (logit), ``probability`` (P(fake), temperature-scaled),
@@ -186,6 +204,7 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if Path(out).suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"--out {str(out)!r} must end in .csv or .jsonl")
+    check_captions(detector, source)
     workers = default_workers() if workers is None else workers
     backbone = backbone or resolve_backbone(detector)
     fs = detector.feature_set
@@ -199,10 +218,11 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     tasks = ((batch, [s.image for s in batch]) for batch in _batches(source, batch_size, limit))
     total = source.size() if limit is None else min(limit, source.size() or limit)
     try:
-        with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
-            for (batch, _), decoded in ordered_map(decode_task, tasks, workers=workers,
-                                                   window=2 * workers + 2,
-                                                   initializer=init_decode_worker, initargs=(pre, max_pixels)):
+        results = ordered_map(decode_task, tasks, workers=workers, window=2 * workers + 2,
+                              initializer=init_decode_worker, initargs=(pre, max_pixels, max_aspect))
+        with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar, \
+                contextlib.closing(results):
+            for (batch, _), decoded in results:
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
                          "true_label": s.label if s.label in (0, 1) else None} for s in batch]
                 ok = [i for i, d in enumerate(decoded) if d[0] == "ok"
@@ -235,8 +255,10 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
                     writer.write(row)
                 summary.n += len(batch)
                 bar.update(len(batch))
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     summary.seconds = time.perf_counter() - t0
     summary.accuracy = hits / labelled if labelled else None
     logger.info("scored %d of %d images (%d errors) at %.1f img/s -> %s", summary.scored, summary.n,
