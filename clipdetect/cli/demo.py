@@ -19,8 +19,6 @@ from clipdetect.core.resources import SAMPLE_CACHE
 
 logger = logging.getLogger(__name__)
 
-#: the sample cache, shipped as package data (so a wheel install runs the demo too)
-
 EXAMPLES = """examples:
   clipdetect demo                              # bundled sample cache, outputs in runs/demo
   clipdetect demo --epochs 4 --n-boot 200      # a quick look
