@@ -7,7 +7,6 @@ same names do; see ``clipdetect/__init__.py`` for the rest of the API.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Dict, Optional, Sequence
 
@@ -28,14 +27,14 @@ def extract(source, out: str | os.PathLike, backbone: str, *, source_options: Op
 
     >>> cache = clipdetect.extract("photos/", "features/mine", "ViT-B-16:openai")  # doctest: +SKIP
     """
+    from clipdetect.core.config import check_fields
     from clipdetect.data.sources import Source, open_source
     from clipdetect.features.cache import FeatureCache
     from clipdetect.features.extract import ExtractConfig, extract as run_extract
 
-    known = {f.name for f in dataclasses.fields(ExtractConfig)} - {"backbone", "out"}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise TypeError(f"extract() got unknown option(s) {unknown}; options are {sorted(known)}")
+    check_fields(ExtractConfig, config, what="extract option")
+    if {"backbone", "out"} & set(config):
+        raise ValueError("pass backbone and out as extract()'s arguments, not as options")
     if not isinstance(source, Source):
         source = open_source(os.fspath(source), **(source_options or {}))
     elif source_options:
