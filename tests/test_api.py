@@ -139,3 +139,15 @@ def test_roc_display_from_detector_estimator_and_predictions(scored):
     want = clipdetect.DetectorRocDisplay.from_predictions(labels == "real", est.decision_function(X), pos_label=True)
     assert shown.roc_auc["DetectorClassifier"] == pytest.approx(want.roc_auc["detector"])
     plt.close("all")
+
+
+def test_clear_errors_for_unfitted_or_backbone_less_detectors(scored):
+    _, cache, det, files, _ = scored
+    with pytest.raises(TypeError, match="not fitted yet"):
+        clipdetect.evaluate(clipdetect.DetectorClassifier(), cache)
+    bare = clipdetect.Detector.fit(cache.features("image"), cache.labels(),
+                                   config=clipdetect.TrainConfig(epochs=1, batch_size=8, width=8, depth=1))
+    from clipdetect.features.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="backbone='ARCH:WEIGHTS'"):
+        bare.score_images(files[:1])
