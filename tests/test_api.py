@@ -52,14 +52,16 @@ def scored(tmp_path_factory, one_torch_thread):
     for label in ("real", "fake"):
         (imgs / label).mkdir(parents=True)
         for i in range(8):
-            make_image(i + (50 if label == "fake" else 0), fake=label == "fake").save(imgs / label / f"{i:02d}.png")
+            img = make_image(i + (50 if label == "fake" else 0), fake=label == "fake")
+            img.save(imgs / label / f"{i:02d}.png")
     cache = clipdetect.extract(str(imgs), root / "cache", TINY, workers=0, batch_size=8, dtype="float32")
     det = clipdetect.Detector.fit_cache(cache, config=clipdetect.TrainConfig(
         epochs=3, batch_size=8, width=16, depth=1, patience=0, val_fraction=0.25, test_fraction=0.25))
     det.temperature = 1.5
     det.save(root / "det")
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    paths = sorted((imgs / "fake").glob("*.png"))[:3] + sorted((imgs / "real").glob("*.png"))[:3] + [root / "bad.png"]
+    paths = sorted((imgs / "fake").glob("*.png"))[:3] + sorted((imgs / "real").glob("*.png"))[:3]
+    paths.append(root / "bad.png")
     listing = root / "to_score"
     listing.mkdir()
     for i, p in enumerate(paths):
@@ -136,7 +138,8 @@ def test_roc_display_from_detector_estimator_and_predictions(scored):
     X, labels = cache.features("image"), np.where(cache.labels() == 1, "fake", "real")
     shown = clipdetect.DetectorRocDisplay.from_estimator(est.fit(X, labels), X, labels)
     # classes_ = ["fake", "real"]: the positive class is "real", so the AUC is for "real"
-    want = clipdetect.DetectorRocDisplay.from_predictions(labels == "real", est.decision_function(X), pos_label=True)
+    want = clipdetect.DetectorRocDisplay.from_predictions(labels == "real", est.decision_function(X),
+                                                          pos_label=True)
     assert shown.roc_auc["DetectorClassifier"] == pytest.approx(want.roc_auc["detector"])
     plt.close("all")
 

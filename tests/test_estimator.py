@@ -111,7 +111,8 @@ def test_save_and_load_use_the_bundle_not_pickle(sample, tmp_path):
 
 def test_cli_bundle_wraps_with_its_train_config(tmp_path, sample):
     X, y = sample
-    det = Detector.fit(X, y, config=TrainConfig(epochs=2, batch_size=128, width=8, depth=1, gamma=0.7, seed=5))
+    config = TrainConfig(epochs=2, batch_size=128, width=8, depth=1, gamma=0.7, seed=5)
+    det = Detector.fit(X, y, config=config)
     est = DetectorClassifier.load(det.save(tmp_path / "cli"))
     assert (est.gamma, est.random_state, est.width) == (0.7, 5, 8) and list(est.classes_) == [0, 1]
     np.testing.assert_array_equal(est.predict(X), det.predict(X))
@@ -126,6 +127,7 @@ def test_unfitted_clone_and_pickle_carry_only_parameters():
 def test_holdout_split_is_stratified_and_falls_back_to_none():
     y = np.array([0] * 20 + [1] * 10)
     tr, va = holdout_split(y, 0.2, seed=0)
-    assert (np.bincount(y[va]) == [4, 2]).all() and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 30
+    assert (np.bincount(y[va]) == [4, 2]).all()
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 30
     tr, va = holdout_split(np.array([0, 0, 1, 1]), 0.2, seed=0)
     assert len(va) == 0 and len(tr) == 4

@@ -158,13 +158,14 @@ class DetectorRocDisplay:
     def plot(self, ax: Axes | None = None, *, log_fpr: bool = False, title: str | None = None,
              fpr_floor: float = FPR_FLOOR) -> "DetectorRocDisplay":
         """Draw every curve (AUC in the legend); returns self."""
-        self.ax_ = plot_roc(self.curves, ax=ax, log_fpr=log_fpr, title=title or self.name, fpr_floor=fpr_floor)
+        self.ax_ = plot_roc(self.curves, ax=ax, log_fpr=log_fpr, title=title or self.name,
+                            fpr_floor=fpr_floor)
         self.figure_ = self.ax_.figure
         return self
 
     @classmethod
-    def from_predictions(cls, y_true, y_score, *, pos_label=1, name: str | None = None, ax: Axes | None = None,
-                         log_fpr: bool = False) -> "DetectorRocDisplay":
+    def from_predictions(cls, y_true, y_score, *, pos_label=1, name: str | None = None,
+                         ax: Axes | None = None, log_fpr: bool = False) -> "DetectorRocDisplay":
         """One curve from labels (``pos_label`` = fake) and scores (higher = more likely fake)."""
         y = (np.asarray(y_true).ravel() == pos_label).astype(int)
         return cls(curves={name or "detector": (y, y_score)}, name=name).plot(ax, log_fpr=log_fpr)
@@ -181,7 +182,8 @@ class DetectorRocDisplay:
     @classmethod
     def from_detector(cls, detector, cache, *, split: str = "test", by: str | None = "generator",
                       name: str | None = None, ax: Axes | None = None, log_fpr: bool = False,
-                      **split_options) -> "DetectorRocDisplay":
+                      val: float | None = None, test: float | None = None,
+                      split_seed: int | None = None) -> "DetectorRocDisplay":
         """Curves of a :class:`~clipdetect.models.detector.Detector` (or a fitted
         ``DetectorClassifier``) on ``split`` of ``cache`` (a FeatureCache or its path), resolved
         as ``clipdetect plot`` does (``val=``, ``test=``, ``split_seed=`` override the
@@ -191,10 +193,7 @@ class DetectorRocDisplay:
 
         detector = getattr(detector, "detector_", detector)
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-        params = split_params(detector, val=split_options.pop("val", None), test=split_options.pop("test", None),
-                              seed=split_options.pop("split_seed", None))
-        if split_options:
-            raise TypeError(f"unknown option(s) {sorted(split_options)}; expected val, test, split_seed")
+        params = split_params(detector, val=val, test=test, seed=split_seed)
         curves = roc_curves(detector, cache, split_rows(cache, split, **params), by=by)
         title = name or f"{Path(str(cache.root)).name} ({split})"
         return cls(curves=curves, name=title).plot(ax, log_fpr=log_fpr)

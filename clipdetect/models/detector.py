@@ -190,10 +190,12 @@ class Detector:
         if isinstance(backbone, Backbone):
             if self.backbone and not identities_match(self.backbone, backbone.identity):
                 raise BackboneError(f"backbone {backbone.spec!r} differs from the detector's "
-                                    f"{self.backbone.get('spec')!r}; its embeddings mean nothing to this head")
+                                    f"{self.backbone.get('spec')!r}; its embeddings mean nothing to this "
+                                    "head")
         elif backbone is None and not self.backbone.get("spec"):
             raise BackboneError("this detector records no backbone (it was trained on arrays); pass "
-                                "score_images(..., backbone='ARCH:WEIGHTS') with the one that made its features")
+                                "score_images(..., backbone='ARCH:WEIGHTS') with the one that made its "
+                                "features")
         else:
             backbone = resolve_backbone(self, backbone)
         return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions)

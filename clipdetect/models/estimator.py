@@ -134,12 +134,14 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"DetectorClassifier needs two classes in y, got one class ({classes.tolist()})")
         config = self.train_config()
         tr, va = holdout_split(y01, config.val_fraction, config.seed)
-        det = Detector.fit(X[tr], y01[tr], X_val=X[va] if len(va) else None, y_val=y01[va] if len(va) else None,
+        held = len(va) > 0
+        det = Detector.fit(X[tr], y01[tr], X_val=X[va] if held else None, y_val=y01[va] if held else None,
                            config=config, feature_set=feature_set, backbone=backbone)
         if self.threshold is not None:
             det.threshold = float(self.threshold)
-            if len(va):
-                det.metrics["val"] = binary_metrics(y01[va], det.fake_probability(X[va]), threshold=det.threshold)
+            if held:
+                prob = det.fake_probability(X[va])
+                det.metrics["val"] = binary_metrics(y01[va], prob, threshold=det.threshold)
         det.extra["estimator"] = {"classes": classes.tolist(), "params": self.get_params(deep=False)}
         if hasattr(self, "feature_names_in_"):
             det.extra["estimator"]["feature_names_in"] = [str(n) for n in self.feature_names_in_]

@@ -205,8 +205,8 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
 
 def score_decoded(detector, backbone: Backbone, pre: SplitPreprocess, decoded: Sequence[tuple],
                   captions: Optional[Sequence[Optional[str]]] = None) -> List[Dict[str, Any]]:
-    """Encode and score one batch of decoded images (the items :func:`~clipdetect.features.extract.decode_refs`
-    returns); one dict per item, in order.
+    """Encode and score one batch of decoded images (the items
+    :func:`~clipdetect.features.extract.decode_refs` returns); one dict per item, in order.
 
     A scored item gets ``score`` (the logit), ``probability`` (P(fake), temperature-scaled)
     and ``label`` (1 = fake at the detector's threshold); an item that failed to decode, or
