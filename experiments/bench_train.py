@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import clipdetect  # noqa: F401  (before torch-adjacent imports: installs the torchvision guard)
+from clipdetect.core import compat  # noqa: F401  (before torch-adjacent imports: installs the torchvision guard)
 import torch
 from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
 from clipdetect.models.heads import create_head

@@ -1,6 +1,6 @@
 import pytest
 
-import clipdetect  # noqa: F401  (installs the torchvision guard first)
+from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 from torch import nn
 

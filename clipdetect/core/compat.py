@@ -11,6 +11,10 @@ not exist``; open_clip and timm import torchvision, so they die too.
 torchvision works, it does nothing. The detection ops themselves stay unavailable in the
 broken case (calling them raises), which clipdetect never needs: it uses torchvision's
 image transforms only.
+
+The guard runs once, when this module is first imported: every module that imports
+torchvision, open_clip or timm imports this one first. ``import clipdetect`` alone does
+not run it, so that the package stays light (no torch) until a backbone is needed.
 """
 from __future__ import annotations
 
@@ -89,3 +93,6 @@ def install_torchvision_guard(probe: Callable[[], bool] = torchvision_extension_
     _GUARD_LIBRARY = lib
     logger.debug("torchvision extension unavailable; defined schemas for %s", missing)
     return True
+
+
+install_torchvision_guard()

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from clipdetect.core import compat  # noqa: F401  (torchvision guard runs on package import)
+from clipdetect.core import compat  # noqa: F401  (runs the torchvision guard before open_clip)
 from clipdetect.core.io import load_state_dict
 
 logger = logging.getLogger(__name__)

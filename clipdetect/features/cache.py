@@ -254,16 +254,37 @@ class FeatureCache:
 
     def select(self, *, split: str | Sequence[str] | None = None, generator: str | Sequence[str] | None = None,
                label: int | None = None) -> np.ndarray:
-        """Global row indices matching every given filter (a value or a list of values)."""
+        """Global row indices matching every given filter (a value or a list of values).
+
+        ``split`` filters the *stored* split column. A cache extracted as all "train" rows
+        has no stored val/test rows (they are derived by key hash when training and
+        evaluating), so asking for them raises instead of returning nothing; use
+        :func:`clipdetect.features.splits.resolve_split_rows` or ``clipdetect.evaluate``.
+        """
         m = self.columns("split", "generator", "label")
         mask = np.ones(len(m), dtype=bool)
         for col, val in (("split", split), ("generator", generator)):
             if val is not None:
                 vals = [val] if isinstance(val, str) else list(val)
                 mask &= m[col].isin(vals).to_numpy()
+        if split is not None:
+            self._check_stored_split(split, m["split"])
         if label is not None:
             mask &= (m["label"].to_numpy() == int(label))
         return np.flatnonzero(mask)
+
+    def _check_stored_split(self, split: str | Sequence[str], stored: pd.Series) -> None:
+        from clipdetect.features.splits import TEST_NAMES, VAL_NAMES, has_heldout_splits
+
+        wanted = [split] if isinstance(split, str) else list(split)
+        derived = [s for s in wanted if str(s).lower() in VAL_NAMES + TEST_NAMES]
+        if derived and len(stored) and not has_heldout_splits(stored):
+            raise ValueError(
+                f"cache {str(self.root)!r} stores no {derived[0]!r} rows: all its rows say 'train', and "
+                "validation/test rows are derived from their keys when training and evaluating. Use "
+                f"clipdetect.features.splits.resolve_split_rows(cache, {derived[0]!r}, val=..., test=..., "
+                f"seed=...) with the detector's split fractions, or clipdetect.evaluate(detector, cache, "
+                f"split={derived[0]!r}), which resolves it as `clipdetect evaluate --split` does")
 
     def _array(self, kind: str, shard: _Shard) -> np.ndarray:
         k = (kind, shard.name)

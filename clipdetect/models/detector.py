@@ -165,6 +165,41 @@ class Detector:
         self.threshold = 1.0 / (1.0 + math.exp(-logit / self.temperature))
         return self
 
+    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None):
+        """Score images in memory — PIL images, file paths or encoded bytes — writing no file.
+
+        The images are decoded, preprocessed and encoded as ``clipdetect predict`` does it,
+        in this process, so the scores are the same. ``backbone`` is the backbone that made
+        the training features: ``None`` builds it from the spec this detector recorded, a
+        spec string or a :class:`~clipdetect.features.backbones.Backbone` object (pass one
+        to reuse it across calls); one of another identity is refused. ``captions`` (one per
+        image) are needed by detectors on text features. A single image may be passed alone.
+
+        Returns a pandas DataFrame, one row per image in input order: ``score`` (logit),
+        ``probability`` (P(fake)), ``label`` (1 = fake at :attr:`threshold`) and ``error``.
+        An image that cannot be decoded does not raise: its row has NaN ``score`` and
+        ``probability``, a missing ``label`` and the reason in ``error`` (e.g. "corrupt: ...").
+        """
+        from PIL import Image
+
+        from clipdetect.features.backbones import Backbone, BackboneError
+        from clipdetect.models.predict import resolve_backbone, score_images
+
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
+            images = [images]
+        if isinstance(backbone, Backbone):
+            if self.backbone and not identities_match(self.backbone, backbone.identity):
+                raise BackboneError(f"backbone {backbone.spec!r} differs from the detector's "
+                                    f"{self.backbone.get('spec')!r}; its embeddings mean nothing to this "
+                                    "head")
+        elif backbone is None and not self.backbone.get("spec"):
+            raise BackboneError("this detector records no backbone (it was trained on arrays); pass "
+                                "score_images(..., backbone='ARCH:WEIGHTS') with the one that made its "
+                                "features")
+        else:
+            backbone = resolve_backbone(self, backbone)
+        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions)
+
     # ---- cache access ----------------------------------------------------------------------
     def check_backbone(self, identity: dict) -> None:
         """Raise :class:`DetectorError` unless ``identity`` matches the backbone this detector was trained on."""

@@ -18,13 +18,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from clipdetect.features.backbones import (Backbone, BackboneError, create_backbone, identities_match,
                                            locate_checkpoint)
-from clipdetect.features.extract import decode_task, default_workers, init_decode_worker, ordered_map
+from clipdetect.features.extract import (decode_refs, decode_task, default_workers, init_decode_worker,
+                                         ordered_map)
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.registry import open_source
 from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
@@ -188,6 +189,78 @@ def check_captions(detector, source: Source) -> None:
                          "--caption-template (e.g. 'a photo of a {label_name}') or a manifest with a caption column")
 
 
+def check_text_tower(detector, backbone: Backbone) -> None:
+    """Raise :class:`BackboneError` when the detector needs caption features the backbone cannot make."""
+    fs = detector.feature_set
+    if fs != "image" and not backbone.has_text:
+        raise BackboneError(f"the detector uses {fs!r} features but backbone {backbone.spec!r} "
+                            "has no text tower")
+
+
+def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_size: int = 64,
+                 captions: Optional[Sequence[Optional[str]]] = None, max_pixels: int = MAX_PIXELS,
+                 max_aspect: Optional[float] = MAX_ASPECT):
+    """Score images held in memory (PIL images, paths or bytes) in this process, writing no file.
+
+    Decoding, preprocessing, encoding and scoring are those of :func:`predict_source`
+    (:func:`~clipdetect.features.extract.decode_refs`, then :func:`score_decoded`), so the
+    scores equal ``clipdetect predict``'s. Returns a DataFrame with one row per image, in
+    order: ``score``, ``probability``, ``label`` (nullable) and ``error``.
+    """
+    import pandas as pd
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    images = list(images)
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"got {len(captions)} captions for {len(images)} images")
+    check_text_tower(detector, backbone)
+    pre = SplitPreprocess(backbone.preprocess)
+    rows: List[Dict[str, Any]] = []
+    for i in range(0, len(images), batch_size):
+        decoded = decode_refs(images[i:i + batch_size], pre, max_pixels, max_aspect)
+        rows += score_decoded(detector, backbone, pre, decoded,
+                              None if captions is None else captions[i:i + batch_size])
+    df = pd.DataFrame(rows, columns=["score", "probability", "label", "error"])
+    df[["score", "probability"]] = df[["score", "probability"]].astype(np.float64)
+    df["label"] = df["label"].astype("Int64")
+    df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
+    return df
+
+
+def score_decoded(detector, backbone: Backbone, pre: SplitPreprocess, decoded: Sequence[tuple],
+                  captions: Optional[Sequence[Optional[str]]] = None) -> List[Dict[str, Any]]:
+    """Encode and score one batch of decoded images (the items
+    :func:`~clipdetect.features.extract.decode_refs` returns); one dict per item, in order.
+
+    A scored item gets ``score`` (the logit), ``probability`` (P(fake), temperature-scaled)
+    and ``label`` (1 = fake at the detector's threshold); an item that failed to decode, or
+    lacks the caption a text-feature detector needs, gets only ``error`` ("reason: detail").
+    """
+    fs = detector.feature_set
+    captions = list(captions) if captions is not None else [None] * len(decoded)
+    out: List[Dict[str, Any]] = []
+    for d, caption in zip(decoded, captions):
+        if d[0] != "ok":
+            out.append({"error": f"{d[1]}: {d[2]}" if d[2] else d[1]})
+        elif fs != "image" and not caption:
+            out.append({"error": "no_caption: the detector needs a caption for text features"})
+        else:
+            out.append({})
+    ok = [i for i, r in enumerate(out) if not r]
+    if ok:
+        x = backbone.encode_images(pre.finish([decoded[i][1] for i in ok]))
+        if fs != "image":
+            t = _text_features(backbone, [captions[i] for i in ok])
+            x = t if fs == "text" else np.concatenate([x, t], axis=1)
+        logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
+        probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
+        for j, i in enumerate(ok):
+            out[i] = {"score": float(logits[j]), "probability": float(probs[j]),
+                      "label": int(probs[j] > detector.threshold)}
+    return out
+
+
 def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone: Optional[Backbone] = None,
                    batch_size: int = 64, workers: Optional[int] = None, limit: Optional[int] = None,
                    max_pixels: int = MAX_PIXELS, max_aspect: Optional[float] = MAX_ASPECT,
@@ -207,10 +280,7 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     check_captions(detector, source)
     workers = default_workers() if workers is None else workers
     backbone = backbone or resolve_backbone(detector)
-    fs = detector.feature_set
-    if fs != "image" and not backbone.has_text:
-        raise BackboneError(f"the detector uses {fs!r} features but backbone {backbone.spec!r} "
-                            "has no text tower")
+    check_text_tower(detector, backbone)
     pre = SplitPreprocess(backbone.preprocess)
     summary = PredictSummary(out=str(out))
     writer, t0 = _Writer(Path(out)), time.perf_counter()
@@ -225,29 +295,16 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
             for (batch, _), decoded in results:
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
                          "true_label": s.label if s.label in (0, 1) else None} for s in batch]
-                ok = [i for i, d in enumerate(decoded) if d[0] == "ok"
-                      and (fs == "image" or batch[i].caption)]
-                ok_set = set(ok)
-                for i, d in enumerate(decoded):
-                    if d[0] != "ok":
-                        rows[i]["error"] = f"{d[1]}: {d[2]}" if d[2] else d[1]
-                    elif i not in ok_set:
-                        rows[i]["error"] = "no_caption: the detector needs a caption for text features"
-                if ok:
-                    x = backbone.encode_images(pre.finish([decoded[i][1] for i in ok]))
-                    if fs != "image":
-                        t = _text_features(backbone, [batch[i].caption for i in ok])
-                        x = t if fs == "text" else np.concatenate([x, t], axis=1)
-                    logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
-                    probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
-                    for j, i in enumerate(ok):
-                        label = int(probs[j] > detector.threshold)
-                        rows[i].update(score=float(logits[j]), probability=float(probs[j]), label=label)
-                        summary.scored += 1
-                        summary.predicted_fake += label
-                        if rows[i]["true_label"] is not None:
-                            labelled += 1
-                            hits += int(label == rows[i]["true_label"])
+                scored = score_decoded(detector, backbone, pre, decoded, [s.caption for s in batch])
+                for row, res in zip(rows, scored):
+                    row.update(res)
+                    if "label" not in res:
+                        continue
+                    summary.scored += 1
+                    summary.predicted_fake += res["label"]
+                    if row["true_label"] is not None:
+                        labelled += 1
+                        hits += int(res["label"] == row["true_label"])
                 for row in rows:
                     if row.get("error"):
                         reason = row["error"].split(":", 1)[0]
