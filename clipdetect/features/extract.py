@@ -9,36 +9,33 @@ re-run produces the same cache, bit for bit, as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
-import multiprocessing as mp
-import os
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import CacheWriter
-from clipdetect.data.imaging import MAX_PIXELS, BadImage, SplitPreprocess, decode_image
+from clipdetect.features.encoder import ImageEncoder, encoder_for
+from clipdetect.features.pipeline import (Decoder, Task, decode_refs, decode_task, default_batch_size,  # noqa: F401
+                                          default_workers, encode_captions, init_decode_worker, ordered_map,
+                                          plan_tasks)
+from clipdetect.features import pipeline
+from clipdetect.data.imaging import MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
 
 logger = logging.getLogger(__name__)
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
 
 
 @dataclass
 class ExtractConfig:
     backbone: str
     out: str
-    batch_size: int = 64
+    batch_size: Optional[int] = None  # None: default_batch_size(device), 256 on CUDA, 64 on CPU
     workers: int = field(default_factory=default_workers)
     device: str = "cpu"
     precision: str = "fp32"
@@ -49,6 +46,11 @@ class ExtractConfig:
     text_batch_size: int = 256
     max_pixels: int = MAX_PIXELS
     seed: int = 0
+    fast_decode: str = "none"  # "draft": reduced-DCT JPEG decoding of large images (changes pixels)
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = default_batch_size(self.device)
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "text_batch_size"):
@@ -62,6 +64,8 @@ class ExtractConfig:
             raise ValueError(f"text must be 'auto', 'yes' or 'no', got {self.text!r}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.fast_decode not in pipeline.FAST_DECODE:
+            raise ValueError(f"fast_decode must be one of {pipeline.FAST_DECODE}, got {self.fast_decode!r}")
 
 
 @dataclass
@@ -81,83 +85,14 @@ class ExtractSummary:
         return self.seen / self.seconds if self.seconds > 0 else 0.0
 
 
-# ---------------------------------------------------------------- decoding (worker side)
-_WORKER: Dict[str, Any] = {}
-
-
-def init_decode_worker(pre: SplitPreprocess, max_pixels: int) -> None:
-    _WORKER["pre"], _WORKER["max_pixels"] = pre, max_pixels
-
-
-def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None
-                ) -> List[Tuple]:
-    """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail)."""
-    pre = pre or _WORKER["pre"]
-    max_pixels = max_pixels or _WORKER["max_pixels"]
-    out = []
-    for ref in refs:
-        try:
-            img, info = decode_image(ref, max_pixels=max_pixels)
-            out.append(("ok", pre.worker(img), info))
-        except BadImage as exc:
-            out.append(("err", exc.reason, exc.detail))
-        except Exception as exc:  # a decoder bug must not stop a long run
-            out.append(("err", "decode_failed", f"{type(exc).__name__}: {exc}"))
-    return out
-
-
-def ordered_map(fn: Callable, tasks: Iterable, *, workers: int, window: int, initializer=None,
-                initargs=()) -> Iterator[Tuple[Any, Any]]:
-    """Yield (task, fn(task)) in order, running ahead on ``workers`` processes with at most
-    ``window`` tasks in flight (so memory stays bounded on endless sources)."""
-    if workers == 0:
-        if initializer:
-            initializer(*initargs)
-        for t in tasks:
-            yield t, fn(t)
-        return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        pending: deque = deque()
-        for t in tasks:
-            pending.append((t, pool.apply_async(fn, (t,))))
-            if len(pending) >= window:
-                t0, r0 = pending.popleft()
-                yield t0, r0.get()
-        while pending:
-            t0, r0 = pending.popleft()
-            yield t0, r0.get()
-
-
 # ---------------------------------------------------------------- shards (main side)
-@dataclass
-class Task:
-    shard_start: int
-    shard_stop: int
-    samples: List[Sample]
-    last: bool  # last task of its shard
-
-
-def plan_tasks(samples: Iterator[Sample], start: int, end: Optional[int], shard_size: int,
-               batch_size: int) -> Iterator[Task]:
-    """Cut the source into shards (fixed source positions) and shards into decode tasks."""
-    pos, it = start, iter(samples)
-    while end is None or pos < end:
-        shard = list(itertools.islice(it, shard_size if end is None else min(shard_size, end - pos)))
-        if not shard:
-            return
-        stop = pos + len(shard)
-        chunks = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-        for j, chunk in enumerate(chunks):
-            yield Task(pos, stop, chunk, last=j == len(chunks) - 1)
-        pos = stop
-
-
 class ShardBuilder:
     """Collects one shard's embeddings, metadata and errors; encodes its captions once each."""
 
-    def __init__(self, backbone: Backbone, pre: SplitPreprocess, *, text: str, text_batch_size: int):
+    def __init__(self, backbone: Backbone, pre: SplitPreprocess, *, text: str, text_batch_size: int,
+                 encoder: Optional[ImageEncoder] = None):
         self.backbone, self.pre, self.text, self.text_batch_size = backbone, pre, text, text_batch_size
+        self.encoder = encoder
         self.reset()
 
     def reset(self) -> None:
@@ -165,7 +100,8 @@ class ShardBuilder:
         self.meta: List[Dict[str, Any]] = []
         self.errors: List[Dict[str, Any]] = []
 
-    def add(self, samples: List[Sample], decoded: List[Tuple]) -> None:
+    def add(self, samples: List[Sample], decoded: List[Tuple], emb: Optional[np.ndarray] = None) -> None:
+        """Add one decode task; ``emb``: its decoded images' embeddings when the pipeline made them."""
         arrays, rows = [], []
         for s, d in zip(samples, decoded):
             if d[0] == "ok":
@@ -175,7 +111,10 @@ class ShardBuilder:
             else:
                 self.errors.append({"key": s.key, "path": s.path, "reason": d[1], "detail": d[2]})
         if arrays:
-            self.emb.append(self.backbone.encode_images(self.pre.finish(arrays)))
+            if emb is None:
+                self.encoder = self.encoder or encoder_for(self.backbone, self.pre)
+                emb = self.encoder.encode(arrays)
+            self.emb.append(emb)
             self.meta.extend(rows)
 
     def captions_wanted(self) -> bool:
@@ -189,13 +128,7 @@ class ShardBuilder:
         return True
 
     def encode_captions(self) -> np.ndarray:
-        captions = [r["caption"] or "" for r in self.meta]
-        unique = list(dict.fromkeys(captions))
-        table: Dict[str, np.ndarray] = {}
-        for i in range(0, len(unique), self.text_batch_size):
-            chunk = unique[i:i + self.text_batch_size]
-            table.update(zip(chunk, self.backbone.encode_texts(chunk)))
-        return np.stack([table[c] for c in captions]) if captions else np.zeros((0, self.backbone.embed_dim))
+        return encode_captions(self.backbone, [r["caption"] for r in self.meta], batch_size=self.text_batch_size)
 
     def build(self) -> Tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame, pd.DataFrame]:
         d = self.backbone.embed_dim
@@ -240,16 +173,14 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     size = source.size()
     total = None if size is None and end is None else min(x for x in (size, end) if x is not None) - run["position"]
     pre = SplitPreprocess(backbone.preprocess)
-    builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size)
+    encoder = encoder_for(backbone, pre)
+    builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size, encoder=encoder)
     tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
+    decoder = Decoder(pre, workers=config.workers, max_pixels=config.max_pixels, fast_decode=config.fast_decode)
     t0 = time.perf_counter()
-    refs = (lambda task: [s.image for s in task.samples])
     with progress_bar(total, progress) as bar:
-        for task, decoded in ordered_map(decode_task, ((t, refs(t)) for t in tasks), workers=config.workers,
-                                         window=2 * config.workers + 2, initializer=init_decode_worker,
-                                         initargs=(pre, config.max_pixels)):
-            task = task[0]
-            builder.add(task.samples, decoded)
+        for task, decoded, emb in pipeline.run(((t, [s.image for s in t.samples]) for t in tasks), decoder, encoder):
+            builder.add(task.samples, decoded, emb)
             summary.seen += len(task.samples)
             bar.update(len(task.samples))
             if task.last:
@@ -261,10 +192,6 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     logger.info("extracted %d images (%d errors) at %.1f img/s into %s", summary.embedded,
                 sum(summary.errors.values()), summary.images_per_second, config.out)
     return summary
-
-
-def decode_task(item):
-    return decode_refs(item[1])
 
 
 def _flush(writer: CacheWriter, rid: str, builder: ShardBuilder, task: Task, summary: ExtractSummary) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import pandas as pd
 
-from clipdetect.features.extract import Task, decode_refs, plan_tasks
+from clipdetect.features.pipeline import Task, decode_refs, plan_tasks
 from clipdetect.data.sources import Sample, Source
 
 SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path")
@@ -73,13 +73,14 @@ class Decode:
     """CPU actor: decodes and PIL-preprocesses each task of its input rows — a streamed
     task (``payload``) as it is, a shard descriptor after reading it from the source."""
 
-    def __init__(self, source_blob: Optional[bytes], pre_blob: bytes, batch_size: int, max_pixels: int):
+    def __init__(self, source_blob: Optional[bytes], pre_blob: bytes, batch_size: int, max_pixels: int,
+                 draft: Optional[int] = None):
         import clipdetect  # noqa: F401  (torchvision guard before unpickling transforms)
         import cloudpickle
 
         self.source = None if source_blob is None else cloudpickle.loads(source_blob)
         self.pre = cloudpickle.loads(pre_blob)
-        self.batch_size, self.max_pixels = batch_size, max_pixels
+        self.batch_size, self.max_pixels, self.draft = batch_size, max_pixels, draft
 
     def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
         for rec in batch.to_dict("records"):
@@ -95,7 +96,7 @@ class Decode:
 
     def _task(self, rec: Dict[str, Any], task: int, stop: int, last: bool, chunk: List[Sample]
               ) -> pd.DataFrame:
-        decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels)
+        decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels, self.draft)
         ok = [d[1] for d in decoded if d[0] == "ok"]
         arr = np.stack(ok) if ok else np.zeros((0,), dtype=np.uint8)
         fields = [{k: getattr(s, k) for k in SAMPLE_FIELDS} for s in chunk]

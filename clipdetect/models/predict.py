@@ -1,15 +1,14 @@
 """End-to-end scoring: images → decode (worker processes) → backbone → detector head → file.
 
-Reuses the extraction pipeline's pieces (:func:`extract.decode_refs` through
-:func:`extract.ordered_map`, :class:`imaging.SplitPreprocess`), so images are decoded and
-preprocessed exactly as they were when the detector's training cache was built. Output
+Runs on the extraction engine (:mod:`clipdetect.features.pipeline`: the same decoder and
+encoder stages), so images are decoded and preprocessed exactly as they were when the
+detector's training cache was built. Output
 rows keep the source order; an image that cannot be decoded gets a row with its
 ``error`` reason and no score, and never stops the run.
 """
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import logging
 import math
@@ -22,7 +21,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone, identities_match
-from clipdetect.features.extract import decode_task, init_decode_worker, default_workers, ordered_map
+from clipdetect.features import pipeline
+from clipdetect.features.encoder import encoder_for
+from clipdetect.features.pipeline import Decoder, default_workers, encode_captions, read_batches
 from clipdetect.data.imaging import MAX_PIXELS, SplitPreprocess
 from clipdetect.data.registry import open_source
 from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
@@ -146,24 +147,6 @@ class _Writer:
         os.replace(self.tmp, self.path)
 
 
-def _batches(source: Source, batch_size: int, limit: Optional[int]) -> Iterator[List[Sample]]:
-    it = source.iterate(0)
-    if limit is not None:
-        it = itertools.islice(it, limit)
-    while True:
-        batch = list(itertools.islice(it, batch_size))
-        if not batch:
-            return
-        yield batch
-
-
-def _text_features(backbone: Backbone, captions: List[Optional[str]]) -> np.ndarray:
-    unique = list(dict.fromkeys(c for c in captions if c))
-    table = dict(zip(unique, backbone.encode_texts(unique))) if unique else {}
-    return np.stack([table[c] for c in captions]) if captions else np.zeros((0, backbone.embed_dim),
-                                                                            np.float32)
-
-
 def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone: Optional[Backbone] = None,
                    batch_size: int = 64, workers: Optional[int] = None, limit: Optional[int] = None,
                    max_pixels: int = MAX_PIXELS, progress: bool = True) -> PredictSummary:
@@ -189,17 +172,18 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     summary = PredictSummary(out=str(out))
     writer, t0 = _Writer(Path(out)), time.perf_counter()
     hits = labelled = 0
-    tasks = ((batch, [s.image for s in batch]) for batch in _batches(source, batch_size, limit))
+    tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
+    decoder, encoder = Decoder(pre, workers=workers, max_pixels=max_pixels), encoder_for(backbone, pre)
+
+    def select(batch, decoded):  # text features need a caption
+        return [i for i, d in enumerate(decoded) if d[0] == "ok" and (fs == "image" or batch[i].caption)]
     total = source.size() if limit is None else min(limit, source.size() or limit)
     try:
         with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
-            for (batch, _), decoded in ordered_map(decode_task, tasks, workers=workers,
-                                                   window=2 * workers + 2,
-                                                   initializer=init_decode_worker, initargs=(pre, max_pixels)):
+            for batch, decoded, x in pipeline.run(tasks, decoder, encoder, select):
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
                          "true_label": s.label if s.label in (0, 1) else None} for s in batch]
-                ok = [i for i, d in enumerate(decoded) if d[0] == "ok"
-                      and (fs == "image" or batch[i].caption)]
+                ok = select(batch, decoded)
                 ok_set = set(ok)
                 for i, d in enumerate(decoded):
                     if d[0] != "ok":
@@ -207,9 +191,8 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
                     elif i not in ok_set:
                         rows[i]["error"] = "no_caption: the detector needs a caption for text features"
                 if ok:
-                    x = backbone.encode_images(pre.finish([decoded[i][1] for i in ok]))
                     if fs != "image":
-                        t = _text_features(backbone, [batch[i].caption for i in ok])
+                        t = encode_captions(backbone, [batch[i].caption for i in ok])
                         x = t if fs == "text" else np.concatenate([x, t], axis=1)
                     logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
                     probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
