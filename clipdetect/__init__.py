@@ -4,11 +4,11 @@ Data flows one way: sources -> extract -> cache -> train -> detector -> evaluate
 """
 import logging
 
-from clipdetect.core.compat import install_torchvision_guard
+from clipdetect.core.compat import install_lazy_guard
 
 __version__ = "0.1.0"
 
-install_torchvision_guard()
+install_lazy_guard()  # the torchvision guard runs when torchvision/open_clip/timm is first imported
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = ["__version__"]
