@@ -13,7 +13,11 @@ The public API is importable from the top level; each name is imported on first 
 import importlib
 import logging
 
+from clipdetect.core.compat import install_lazy_guard
+
 __version__ = "0.1.0"
+
+install_lazy_guard()  # the torchvision guard runs when torchvision/open_clip/timm is first imported
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

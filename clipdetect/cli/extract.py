@@ -60,7 +60,7 @@ def add_limit_args(p) -> None:
 
 
 def add_parser(sub) -> None:
-    from clipdetect.features.extract import default_workers
+    from clipdetect.features.pipeline import FAST_DECODE, default_workers
 
     p = sub.add_parser("extract", help="images → a feature cache of CLIP embeddings", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,12 +70,15 @@ def add_parser(sub) -> None:
     p.add_argument("--backbone", required=True,
                    help="ARCH:TAG (open_clip pretrained), ARCH:/path/to/ckpt, ARCH:random, or student:/path")
     g = p.add_argument_group("performance")
-    g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    g.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on CUDA, 64 on CPU)")
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
     g.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="model precision (fp16 needs a GPU; default fp32)")
+    g.add_argument("--fast-decode", default="none", choices=list(FAST_DECODE),
+                   help="draft: decode large JPEGs at a reduced DCT scale (>= 2x the model input; faster, "
+                        "pixels differ slightly from the exact decode; default none)")
     g.add_argument("--limit", type=int, help="only the first N source items (a later larger limit continues); "
                                              "with --shuffle-seed, N items drawn at random")
     g.add_argument("--shuffle-seed", type=int,
@@ -198,7 +201,8 @@ def run_extract(args) -> int:
     config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
                            device=device, precision=args.precision, limit=limit,
                            shard_size=args.shard_size, dtype=args.dtype, text=args.text,
-                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, lock_timeout=args.lock_timeout)
+                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, lock_timeout=args.lock_timeout,
+                           fast_decode=args.fast_decode)
     if args.engine == "ray":
         from clipdetect.features.extract_ray import extract_ray
 

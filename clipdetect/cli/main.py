@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import signal
@@ -28,6 +29,24 @@ logger = logging.getLogger("clipdetect")
 #: subcommand → module that defines ``add_parser(subparsers)``; imported lazily at parse time
 COMMAND_MODULES = ["clipdetect.cli.fetch", "clipdetect.cli.extract", "clipdetect.cli.train",
                    "clipdetect.cli.evaluate", "clipdetect.cli.report", "clipdetect.cli.demo", "clipdetect.cli.distill"]
+
+#: command → (its module, one-line help): ``clipdetect --help`` lists the commands from here
+#: and imports only the chosen command's module (command modules import torch, pandas ...).
+#: A command missing here still works: its name makes every module load, as before.
+COMMANDS = {
+    "fetch": ("clipdetect.cli.fetch", "download images from URLs (D3's real images) into a store"),
+    "extract": ("clipdetect.cli.extract", "images → a feature cache of CLIP embeddings"),
+    "cache": ("clipdetect.cli.extract", "inspect a feature cache"),
+    "train": ("clipdetect.cli.train", "train a detector on a feature cache"),
+    "evaluate": ("clipdetect.cli.evaluate", "metrics per generator with bootstrap CIs"),
+    "plot": ("clipdetect.cli.evaluate", "ROC curves (linear + log FPR) and score histograms"),
+    "predict": ("clipdetect.cli.evaluate", "score images end to end (decode → backbone → detector)"),
+    "calibrate": ("clipdetect.cli.evaluate", "threshold at a target FPR (validation reals) + temperature"),
+    "protocol": ("clipdetect.cli.evaluate", "leave-one-generator-out, robustness, format-bias, text-leakage"),
+    "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
+    "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
+    "compress": ("clipdetect.cli.distill", "SVD low-rank factorisation and magnitude pruning, with a report"),
+}
 
 
 class CLIError(Exception):
@@ -50,13 +69,29 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("clipdetect").setLevel(logging.DEBUG if verbosity else logging.INFO)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested(argv: Optional[List[str]]) -> Optional[str]:
+    """The command named on the command line (the first word that is not an option)."""
+    return next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+
+
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: the full parser of the command it names, one-line stubs for
+    the others (so ``--help`` is fast); every command in full when it names one not in COMMANDS."""
+    command = _requested(argv)
+    load = set(COMMAND_MODULES) if command is not None and command not in COMMANDS else (
+        {COMMANDS[command][0]} if command else set())
     parser = argparse.ArgumentParser(
         prog="clipdetect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"clipdetect {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
+        if name not in load:
+            if importlib.util.find_spec(name) is not None:
+                for cmd, (module, text) in COMMANDS.items():
+                    if module == name:
+                        sub.add_parser(cmd, help=text)
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -72,7 +107,7 @@ def print_json(obj) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         (getattr(args, "help_parser", None) or parser).print_help()

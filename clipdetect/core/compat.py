@@ -32,7 +32,8 @@ TORCHVISION_SCHEMAS = {
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
 
-_GUARD_LIBRARY = None  # keeps the torch.library.Library (and its definitions) alive
+# _GUARD_LIBRARY, once the guard has defined schemas, keeps the torch.library.Library (and its
+# definitions) alive; reading it before the guard has run runs the guard (see __getattr__).
 
 
 def _extension_path() -> Optional[str]:
@@ -95,4 +96,42 @@ def install_torchvision_guard(probe: Callable[[], bool] = torchvision_extension_
     return True
 
 
-install_torchvision_guard()
+#: top-level packages whose import runs torchvision's registrations (directly or through torchvision)
+GUARDED_PACKAGES = ("torchvision", "open_clip", "timm")
+
+
+class _GuardOnImport:
+    """A ``sys.meta_path`` hook that runs :func:`install_torchvision_guard` just before the
+    first import of a package in :data:`GUARDED_PACKAGES`, then removes itself: importing
+    clipdetect stays cheap (no torch) and the guard still precedes torchvision."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in GUARDED_PACKAGES:
+            remove_lazy_guard()
+            install_torchvision_guard()
+        return None  # let the regular finders import the package
+
+
+_HOOK = _GuardOnImport()
+
+
+def remove_lazy_guard() -> None:
+    if _HOOK in sys.meta_path:
+        sys.meta_path.remove(_HOOK)
+
+
+def install_lazy_guard() -> None:
+    """Arrange for the torchvision guard to run on the first import of torchvision/open_clip/timm
+    (at once when one of them is already imported)."""
+    if any(p in sys.modules for p in GUARDED_PACKAGES):
+        install_torchvision_guard()
+    elif _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)
+
+
+def __getattr__(name: str):
+    if name == "_GUARD_LIBRARY":  # not set yet: the guard has not run, or defined nothing
+        remove_lazy_guard()
+        install_torchvision_guard()
+        return globals().get("_GUARD_LIBRARY")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

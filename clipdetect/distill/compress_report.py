@@ -118,13 +118,18 @@ def test_split_refs(source_spec: str, *, val: float, test: float, seed: int, lim
 
 def score_refs(backbone, detector, refs: List[Any], *, batch_size: int = 64) -> np.ndarray:
     """P(fake) for encoded images end to end: decode → preprocess → encode → head (main process)."""
-    from clipdetect.data.imaging import SplitPreprocess, decode_image
+    from clipdetect.data.imaging import BadImage, SplitPreprocess
+    from clipdetect.features import pipeline
+    from clipdetect.features.encoder import encoder_for
 
     pre = SplitPreprocess(backbone.preprocess)
+    tasks = ((i, refs[i:i + batch_size]) for i in range(0, len(refs), batch_size))
     out = []
-    for i in range(0, len(refs), batch_size):
-        arrays = [pre.worker(decode_image(r)[0]) for r in refs[i:i + batch_size]]
-        out.append(detector.fake_probability(backbone.encode_images(pre.finish(arrays))))
+    for i, decoded, emb in pipeline.run(tasks, pipeline.Decoder(pre), encoder_for(backbone, pre)):
+        bad = next((d for d in decoded if d[0] != "ok"), None)
+        if bad is not None:
+            raise BadImage(bad[1], f"{bad[2]} (image {i + decoded.index(bad)} of the evaluation set)")
+        out.append(detector.fake_probability(emb))
     return np.concatenate(out) if out else np.zeros(0)
 
 

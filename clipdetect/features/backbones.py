@@ -17,12 +17,15 @@ two caches (or a cache and a detector) are compatible only when identities agree
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
+
+import itertools
 
 import numpy as np
 import torch
@@ -133,6 +136,10 @@ def _load_checkpoint(model: torch.nn.Module, path: str) -> bool:
         raise BackboneError(f"checkpoint file not found: {path!r}")
     sd = load_state_dict(path, error=BackboneError)
     missing, unexpected = model.load_state_dict(sd, strict=False)
+    with torch.no_grad():  # created without initialisation: give what the file lacks defined values
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if name in missing:
+                tensor.zero_()
     if unexpected:
         raise BackboneError(f"checkpoint {path!r} has keys this architecture does not: {unexpected[:5]} …")
     missing_visual = [k for k in missing if k.startswith("visual.")]
@@ -156,11 +163,32 @@ class _NotRandom(logging.Filter):
         return "Model initialized randomly" not in record.getMessage()
 
 
+#: the ``torch.nn.init`` functions that module constructors and open_clip's ``init_parameters`` call
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def skipped_init():
+    """Module construction without random initialisation (the init functions return their
+    tensor untouched), for a model whose every weight is loaded from a file next. Tensors
+    computed in constructors (attention masks, ...) are still computed."""
+    saved = {n: getattr(torch.nn.init, n) for n in _INIT_FUNCTIONS if hasattr(torch.nn.init, n)}
+    try:
+        for n in saved:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
 def _create_unloaded(oc, arch: str):
     quiet = _NotRandom()
     logging.getLogger().addFilter(quiet)  # open_clip warns on the root logger
     try:
-        return oc.create_model_and_transforms(arch, pretrained=None)
+        with skipped_init():
+            return oc.create_model_and_transforms(arch, pretrained=None)
     finally:
         logging.getLogger().removeFilter(quiet)
 

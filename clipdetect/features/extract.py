@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -23,9 +22,13 @@ import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import CacheWriter
-from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, BadImage, SplitPreprocess, decode_image
+from clipdetect.features.encoder import ImageEncoder, encoder_for
+from clipdetect.features.pipeline import (Decoder, Task, decode_refs, decode_task, default_batch_size,  # noqa: F401
+                                          default_workers, encode_captions, init_decode_worker, ordered_map,
+                                          plan_tasks)
+from clipdetect.features import pipeline
+from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
-from clipdetect.features.workers import ordered_map
 
 __all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "ordered_map", "plan_tasks",
            "ShardBuilder", "run_id_for", "default_workers", "check_not_empty"]
@@ -33,15 +36,11 @@ __all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "ordered
 logger = logging.getLogger(__name__)
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
-
-
 @dataclass
 class ExtractConfig:
     backbone: str
     out: str
-    batch_size: int = 64
+    batch_size: Optional[int] = None  # None: default_batch_size(device), 256 on CUDA, 64 on CPU
     workers: int = field(default_factory=default_workers)
     device: str = "cpu"
     precision: str = "fp32"
@@ -54,6 +53,11 @@ class ExtractConfig:
     max_aspect: Optional[float] = MAX_ASPECT  # None: thin images are centre-cropped, not refused
     seed: int = 0
     lock_timeout: float = 0.0  # seconds to wait for another writer of the same cache
+    fast_decode: str = "none"  # "draft": reduced-DCT JPEG decoding of large images (changes pixels)
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = default_batch_size(self.device)
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "text_batch_size"):
@@ -70,6 +74,8 @@ class ExtractConfig:
         if self.max_pixels < 1 or (self.max_aspect is not None and self.max_aspect < 1):
             raise ValueError(f"max_pixels must be >= 1 and max_aspect >= 1 (or unset), got "
                              f"{self.max_pixels} and {self.max_aspect}")
+        if self.fast_decode not in pipeline.FAST_DECODE:
+            raise ValueError(f"fast_decode must be one of {pipeline.FAST_DECODE}, got {self.fast_decode!r}")
 
 
 @dataclass
@@ -89,61 +95,14 @@ class ExtractSummary:
         return self.seen / self.seconds if self.seconds > 0 else 0.0
 
 
-# ---------------------------------------------------------------- decoding (worker side)
-_WORKER: Dict[str, Any] = {}
-
-
-def init_decode_worker(pre: SplitPreprocess, max_pixels: int, max_aspect: Optional[float] = MAX_ASPECT) -> None:
-    _WORKER["pre"], _WORKER["max_pixels"], _WORKER["max_aspect"] = pre, max_pixels, max_aspect
-
-
-def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None,
-                max_aspect: Optional[float] = MAX_ASPECT) -> List[Tuple]:
-    """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail)."""
-    if pre is None:
-        pre, max_pixels, max_aspect = _WORKER["pre"], _WORKER["max_pixels"], _WORKER.get("max_aspect")
-    max_pixels = max_pixels or MAX_PIXELS
-    out = []
-    for ref in refs:
-        try:
-            img, info = decode_image(ref, max_pixels=max_pixels, max_aspect=max_aspect)
-            out.append(("ok", pre.worker(img), info))
-        except BadImage as exc:
-            out.append(("err", exc.reason, exc.detail))
-        except Exception as exc:  # a decoder bug must not stop a long run
-            out.append(("err", "decode_failed", f"{type(exc).__name__}: {exc}"))
-    return out
-
-
 # ---------------------------------------------------------------- shards (main side)
-@dataclass
-class Task:
-    shard_start: int
-    shard_stop: int
-    samples: List[Sample]
-    last: bool  # last task of its shard
-
-
-def plan_tasks(samples: Iterator[Sample], start: int, end: Optional[int], shard_size: int,
-               batch_size: int) -> Iterator[Task]:
-    """Cut the source into shards (fixed source positions) and shards into decode tasks."""
-    pos, it = start, iter(samples)
-    while end is None or pos < end:
-        shard = list(itertools.islice(it, shard_size if end is None else min(shard_size, end - pos)))
-        if not shard:
-            return
-        stop = pos + len(shard)
-        chunks = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-        for j, chunk in enumerate(chunks):
-            yield Task(pos, stop, chunk, last=j == len(chunks) - 1)
-        pos = stop
-
-
 class ShardBuilder:
     """Collects one shard's embeddings, metadata and errors; encodes its captions once each."""
 
-    def __init__(self, backbone: Backbone, pre: SplitPreprocess, *, text: str, text_batch_size: int):
+    def __init__(self, backbone: Backbone, pre: SplitPreprocess, *, text: str, text_batch_size: int,
+                 encoder: Optional[ImageEncoder] = None):
         self.backbone, self.pre, self.text, self.text_batch_size = backbone, pre, text, text_batch_size
+        self.encoder = encoder
         self.reset()
 
     def reset(self) -> None:
@@ -151,7 +110,8 @@ class ShardBuilder:
         self.meta: List[Dict[str, Any]] = []
         self.errors: List[Dict[str, Any]] = []
 
-    def add(self, samples: List[Sample], decoded: List[Tuple]) -> None:
+    def add(self, samples: List[Sample], decoded: List[Tuple], emb: Optional[np.ndarray] = None) -> None:
+        """Add one decode task; ``emb``: its decoded images' embeddings when the pipeline made them."""
         arrays, rows = [], []
         for s, d in zip(samples, decoded):
             if d[0] == "ok":
@@ -161,7 +121,10 @@ class ShardBuilder:
             else:
                 self.errors.append({"key": s.key, "path": s.path, "reason": d[1], "detail": d[2]})
         if arrays:
-            self.emb.append(self.backbone.encode_images(self.pre.finish(arrays)))
+            if emb is None:
+                self.encoder = self.encoder or encoder_for(self.backbone, self.pre)
+                emb = self.encoder.encode(arrays)
+            self.emb.append(emb)
             self.meta.extend(rows)
 
     def captions_wanted(self) -> bool:
@@ -175,13 +138,7 @@ class ShardBuilder:
         return True
 
     def encode_captions(self) -> np.ndarray:
-        captions = [r["caption"] or "" for r in self.meta]
-        unique = list(dict.fromkeys(captions))
-        table: Dict[str, np.ndarray] = {}
-        for i in range(0, len(unique), self.text_batch_size):
-            chunk = unique[i:i + self.text_batch_size]
-            table.update(zip(chunk, self.backbone.encode_texts(chunk)))
-        return np.stack([table[c] for c in captions]) if captions else np.zeros((0, self.backbone.embed_dim))
+        return encode_captions(self.backbone, [r["caption"] for r in self.meta], batch_size=self.text_batch_size)
 
     def build(self) -> Tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame, pd.DataFrame]:
         d = self.backbone.embed_dim
@@ -240,17 +197,16 @@ def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, w
     size = source.size()
     total = None if size is None and end is None else min(x for x in (size, end) if x is not None) - run["position"]
     pre = SplitPreprocess(backbone.preprocess)
-    builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size)
+    encoder = encoder_for(backbone, pre)
+    builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size, encoder=encoder)
     tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
+    decoder = Decoder(pre, workers=config.workers, max_pixels=config.max_pixels, max_aspect=config.max_aspect,
+                      fast_decode=config.fast_decode)
     t0 = time.perf_counter()
-    refs = (lambda task: [s.image for s in task.samples])
-    results = ordered_map(decode_task, ((t, refs(t)) for t in tasks), workers=config.workers,
-                          window=2 * config.workers + 2, initializer=init_decode_worker,
-                          initargs=(pre, config.max_pixels, config.max_aspect))
-    with progress_bar(total, progress) as bar, contextlib.closing(results):
-        for task, decoded in results:
-            task = task[0]
-            builder.add(task.samples, decoded)
+    with progress_bar(total, progress) as bar, contextlib.closing(
+            pipeline.run(((t, [s.image for s in t.samples]) for t in tasks), decoder, encoder)) as stream:
+        for task, decoded, emb in stream:
+            builder.add(task.samples, decoded, emb)
             summary.seen += len(task.samples)
             bar.update(len(task.samples))
             if task.last:
@@ -264,10 +220,6 @@ def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, w
     logger.info("extracted %d images (%d errors) at %.1f img/s into %s", summary.embedded,
                 sum(summary.errors.values()), summary.images_per_second, config.out)
     return summary
-
-
-def decode_task(item):
-    return decode_refs(item[1])
 
 
 def _flush(writer: CacheWriter, rid: str, builder: ShardBuilder, task: Task, summary: ExtractSummary) -> None:

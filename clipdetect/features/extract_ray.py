@@ -42,6 +42,7 @@ from clipdetect.features.cache import ERROR_COLUMNS, META_COLUMNS, CacheWriter
 from clipdetect.features.extract import (ExtractConfig, ExtractSummary, ShardBuilder, progress_bar, check_not_empty,
                                          run_id_for)
 from clipdetect.data.imaging import SplitPreprocess
+from clipdetect.features.pipeline import Decoder
 from clipdetect.features.ray_read import Decode, plan_shards, stream_datasource
 from clipdetect.data.sources import Sample, Source
 
@@ -221,10 +222,10 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
     logger.info("ray: %s, %d decode actors (1 CPU each), %d encode actors (%d CPU%s each)",
                 "one streaming reader" if streamed else "decoders read their shards", decoders, encoders,
                 encoder_cpus, " + 1 GPU" if gpu else "")
-    decode_args = {"source_blob": None if streamed else cloudpickle.dumps(source),
-                   "pre_blob": cloudpickle.dumps(SplitPreprocess(backbone.preprocess)),
+    pre = SplitPreprocess(backbone.preprocess)
+    decode_args = {"source_blob": None if streamed else cloudpickle.dumps(source), "pre_blob": cloudpickle.dumps(pre),
                    "batch_size": config.batch_size, "max_pixels": config.max_pixels,
-                   "max_aspect": config.max_aspect}
+                   "max_aspect": config.max_aspect, "draft": Decoder(pre, fast_decode=config.fast_decode).draft}
     encode_args = {"spec": config.backbone, "device": config.device, "precision": config.precision,
                    "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size,
                    "threads": encoder_cpus}

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import pandas as pd
 
-from clipdetect.features.extract import Task, decode_refs, plan_tasks
+from clipdetect.features.pipeline import Task, decode_refs, plan_tasks
 from clipdetect.data.sources import Sample, Source
 
 SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path")
@@ -74,13 +74,13 @@ class Decode:
     task (``payload``) as it is, a shard descriptor after reading it from the source."""
 
     def __init__(self, source_blob: Optional[bytes], pre_blob: bytes, batch_size: int, max_pixels: int,
-                 max_aspect: Optional[float] = None):
+                 max_aspect: Optional[float] = None, draft: Optional[int] = None):
         from clipdetect.core import compat  # noqa: F401  (torchvision guard before unpickling transforms)
         import cloudpickle
 
         self.source = None if source_blob is None else cloudpickle.loads(source_blob)
         self.pre = cloudpickle.loads(pre_blob)
-        self.batch_size, self.max_pixels, self.max_aspect = batch_size, max_pixels, max_aspect
+        self.batch_size, self.max_pixels, self.max_aspect, self.draft = batch_size, max_pixels, max_aspect, draft
 
     def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
         for rec in batch.to_dict("records"):
@@ -96,7 +96,7 @@ class Decode:
 
     def _task(self, rec: Dict[str, Any], task: int, stop: int, last: bool, chunk: List[Sample]
               ) -> pd.DataFrame:
-        decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels, self.max_aspect)
+        decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels, self.max_aspect, self.draft)
         ok = [d[1] for d in decoded if d[0] == "ok"]
         arr = np.stack(ok) if ok else np.zeros((0,), dtype=np.uint8)
         fields = [{k: getattr(s, k) for k in SAMPLE_FIELDS} for s in chunk]

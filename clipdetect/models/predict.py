@@ -1,8 +1,8 @@
 """End-to-end scoring: images → decode (worker processes) → backbone → detector head → file.
 
-Reuses the extraction pipeline's pieces (:func:`extract.decode_refs` through
-:func:`extract.ordered_map`, :class:`imaging.SplitPreprocess`), so images are decoded and
-preprocessed exactly as they were when the detector's training cache was built. Output
+Runs on the extraction engine (:mod:`clipdetect.features.pipeline`: the same decoder and
+encoder stages), so images are decoded and preprocessed exactly as they were when the
+detector's training cache was built. Output
 rows keep the source order; an image that cannot be decoded gets a row with its
 ``error`` reason and no score, and never stops the run.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import itertools
 import json
 import logging
 import math
@@ -24,8 +23,9 @@ import numpy as np
 
 from clipdetect.features.backbones import (Backbone, BackboneError, create_backbone, identities_match,
                                            locate_checkpoint)
-from clipdetect.features.extract import (decode_refs, decode_task, default_workers, init_decode_worker,
-                                         ordered_map)
+from clipdetect.features import pipeline
+from clipdetect.features.encoder import encoder_for
+from clipdetect.features.pipeline import Decoder, default_workers, encode_captions, read_batches
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.registry import open_source
 from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
@@ -160,24 +160,6 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
-def _batches(source: Source, batch_size: int, limit: Optional[int]) -> Iterator[List[Sample]]:
-    it = source.iterate(0)
-    if limit is not None:
-        it = itertools.islice(it, limit)
-    while True:
-        batch = list(itertools.islice(it, batch_size))
-        if not batch:
-            return
-        yield batch
-
-
-def _text_features(backbone: Backbone, captions: List[Optional[str]]) -> np.ndarray:
-    unique = list(dict.fromkeys(c for c in captions if c))
-    table = dict(zip(unique, backbone.encode_texts(unique))) if unique else {}
-    return np.stack([table[c] for c in captions]) if captions else np.zeros((0, backbone.embed_dim),
-                                                                            np.float32)
-
-
 def check_captions(detector, source: Source) -> None:
     """An image+text or text detector needs captions: refuse a source whose first item has none."""
     if detector.feature_set == "image":
@@ -197,61 +179,28 @@ def check_text_tower(detector, backbone: Backbone) -> None:
                             "has no text tower")
 
 
-def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_size: int = 64,
-                 captions: Optional[Sequence[Optional[str]]] = None, max_pixels: int = MAX_PIXELS,
-                 max_aspect: Optional[float] = MAX_ASPECT):
-    """Score images held in memory (PIL images, paths or bytes) in this process, writing no file.
-
-    Decoding, preprocessing, encoding and scoring are those of :func:`predict_source`
-    (:func:`~clipdetect.features.extract.decode_refs`, then :func:`score_decoded`), so the
-    scores equal ``clipdetect predict``'s. Returns a DataFrame with one row per image, in
-    order: ``score``, ``probability``, ``label`` (nullable) and ``error``.
-    """
-    import pandas as pd
-
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    images = list(images)
-    if captions is not None and len(captions) != len(images):
-        raise ValueError(f"got {len(captions)} captions for {len(images)} images")
-    check_text_tower(detector, backbone)
-    pre = SplitPreprocess(backbone.preprocess)
-    rows: List[Dict[str, Any]] = []
-    for i in range(0, len(images), batch_size):
-        decoded = decode_refs(images[i:i + batch_size], pre, max_pixels, max_aspect)
-        rows += score_decoded(detector, backbone, pre, decoded,
-                              None if captions is None else captions[i:i + batch_size])
-    df = pd.DataFrame(rows, columns=["score", "probability", "label", "error"])
-    df[["score", "probability"]] = df[["score", "probability"]].astype(np.float64)
-    df["label"] = df["label"].astype("Int64")
-    df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
-    return df
-
-
-def score_decoded(detector, backbone: Backbone, pre: SplitPreprocess, decoded: Sequence[tuple],
-                  captions: Optional[Sequence[Optional[str]]] = None) -> List[Dict[str, Any]]:
-    """Encode and score one batch of decoded images (the items
-    :func:`~clipdetect.features.extract.decode_refs` returns); one dict per item, in order.
-
-    A scored item gets ``score`` (the logit), ``probability`` (P(fake), temperature-scaled)
-    and ``label`` (1 = fake at the detector's threshold); an item that failed to decode, or
-    lacks the caption a text-feature detector needs, gets only ``error`` ("reason: detail").
-    """
+def scorable(detector, decoded: Sequence[tuple], captions: Sequence[Optional[str]]) -> List[int]:
+    """Indices of the items that can be scored: decoded, and captioned when the detector reads text."""
     fs = detector.feature_set
-    captions = list(captions) if captions is not None else [None] * len(decoded)
-    out: List[Dict[str, Any]] = []
-    for d, caption in zip(decoded, captions):
+    return [i for i, d in enumerate(decoded) if d[0] == "ok" and (fs == "image" or captions[i])]
+
+
+def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions: Sequence[Optional[str]],
+                x: np.ndarray) -> List[Dict[str, Any]]:
+    """One dict per item of a decoded batch, given the image embeddings ``x`` of its
+    :func:`scorable` items: ``score`` (logit), ``probability`` (P(fake), temperature-scaled) and
+    ``label`` (1 = fake at the detector's threshold), or only ``error`` ("reason: detail")."""
+    fs = detector.feature_set
+    ok = scorable(detector, decoded, captions)
+    out: List[Dict[str, Any]] = [{} for _ in decoded]
+    for i, d in enumerate(decoded):
         if d[0] != "ok":
-            out.append({"error": f"{d[1]}: {d[2]}" if d[2] else d[1]})
-        elif fs != "image" and not caption:
-            out.append({"error": "no_caption: the detector needs a caption for text features"})
-        else:
-            out.append({})
-    ok = [i for i, r in enumerate(out) if not r]
+            out[i]["error"] = f"{d[1]}: {d[2]}" if d[2] else d[1]
+        elif fs != "image" and not captions[i]:
+            out[i]["error"] = "no_caption: the detector needs a caption for text features"
     if ok:
-        x = backbone.encode_images(pre.finish([decoded[i][1] for i in ok]))
         if fs != "image":
-            t = _text_features(backbone, [captions[i] for i in ok])
+            t = encode_captions(backbone, [captions[i] for i in ok])
             x = t if fs == "text" else np.concatenate([x, t], axis=1)
         logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
         probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
@@ -259,6 +208,39 @@ def score_decoded(detector, backbone: Backbone, pre: SplitPreprocess, decoded: S
             out[i] = {"score": float(logits[j]), "probability": float(probs[j]),
                       "label": int(probs[j] > detector.threshold)}
     return out
+
+
+def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_size: int = 64,
+                 captions: Optional[Sequence[Optional[str]]] = None, max_pixels: int = MAX_PIXELS,
+                 max_aspect: Optional[float] = MAX_ASPECT):
+    """Score images held in memory (PIL images, paths or bytes) in this process, writing no file.
+
+    Decoding, preprocessing, encoding and scoring run on the engine :func:`predict_source` uses
+    (:mod:`clipdetect.features.pipeline`, then :func:`score_batch`), so the scores equal
+    ``clipdetect predict``'s. Returns a DataFrame with one row per image, in order:
+    ``score``, ``probability``, ``label`` (nullable) and ``error``.
+    """
+    import pandas as pd
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    images = list(images)
+    captions = list(captions) if captions is not None else [None] * len(images)
+    if len(captions) != len(images):
+        raise ValueError(f"got {len(captions)} captions for {len(images)} images")
+    check_text_tower(detector, backbone)
+    pre = SplitPreprocess(backbone.preprocess)
+    decoder = Decoder(pre, workers=0, max_pixels=max_pixels, max_aspect=max_aspect)
+    tasks = ((captions[i:i + batch_size], images[i:i + batch_size]) for i in range(0, len(images), batch_size))
+    rows: List[Dict[str, Any]] = []
+    for caps, decoded, x in pipeline.run(tasks, decoder, encoder_for(backbone, pre),
+                                         lambda caps, decoded: scorable(detector, decoded, caps)):
+        rows += score_batch(detector, backbone, decoded, caps, x)
+    df = pd.DataFrame(rows, columns=["score", "probability", "label", "error"])
+    df[["score", "probability"]] = df[["score", "probability"]].astype(np.float64)
+    df["label"] = df["label"].astype("Int64")
+    df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
+    return df
 
 
 def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone: Optional[Backbone] = None,
@@ -285,18 +267,20 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     summary = PredictSummary(out=str(out))
     writer, t0 = _Writer(Path(out)), time.perf_counter()
     hits = labelled = 0
-    tasks = ((batch, [s.image for s in batch]) for batch in _batches(source, batch_size, limit))
+    tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
+    decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect)
+    encoder = encoder_for(backbone, pre)
+
+    def select(batch, decoded):  # text features need a caption
+        return scorable(detector, decoded, [s.caption for s in batch])
     total = source.size() if limit is None else min(limit, source.size() or limit)
     try:
-        results = ordered_map(decode_task, tasks, workers=workers, window=2 * workers + 2,
-                              initializer=init_decode_worker, initargs=(pre, max_pixels, max_aspect))
         with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar, \
-                contextlib.closing(results):
-            for (batch, _), decoded in results:
+                contextlib.closing(pipeline.run(tasks, decoder, encoder, select)) as stream:
+            for batch, decoded, x in stream:
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
                          "true_label": s.label if s.label in (0, 1) else None} for s in batch]
-                scored = score_decoded(detector, backbone, pre, decoded, [s.caption for s in batch])
-                for row, res in zip(rows, scored):
+                for row, res in zip(rows, score_batch(detector, backbone, decoded, [s.caption for s in batch], x)):
                     row.update(res)
                     if "label" not in res:
                         continue

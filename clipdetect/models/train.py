@@ -37,6 +37,7 @@ from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, Schedule,
 from clipdetect.models.losses import create_loss
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.sam import SAM, frozen_bn_stats
+from clipdetect.models import resident as resident_rows
 from clipdetect.core.config import from_dict
 from clipdetect.core.io import write_json
 
@@ -262,6 +263,11 @@ def _lr_at(config: TrainConfig, peak: float, step: int, total: int) -> float:
 
 
 def _sam_step(head, opt, loss_fn, xb, yb, use_sam: bool) -> float:
+    return float(sam_step(head, opt, loss_fn, xb, yb, use_sam))
+
+
+def sam_step(head, opt, loss_fn, xb, yb, use_sam: bool) -> torch.Tensor:
+    """One optimisation step; returns the (detached) loss without waiting for the device."""
     loss = loss_fn(head(xb), yb)
     loss.backward()
     if use_sam:
@@ -272,17 +278,23 @@ def _sam_step(head, opt, loss_fn, xb, yb, use_sam: bool) -> float:
     else:
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return loss.detach()
 
 
 def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, out_dir: str | Path | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, resident: Optional[bool] = None,
+          device_budget: float = resident_rows.DEFAULT_BUDGET, compile: bool = False) -> TrainResult:
     """Train a head on ``train_data`` (an :class:`ArraySource` or :class:`CacheSource`).
 
     With ``val_data``, selects the epoch of best validation AUC and stops early after
     ``config.patience`` epochs without improvement. With ``out_dir``, writes
     ``train_config.json`` and a JSON-lines log ``train_log.jsonl`` (one record per epoch:
     train loss, val auc/ap/acc, lr, seconds) there. Same seed and data → identical weights.
+
+    ``resident``: hold the training rows on the device and gather batches there (None: when
+    the device is a GPU and the rows fit ``device_budget`` × its free memory); the batches
+    and the weights are the same as when they are streamed from the memory maps.
+    ``compile``: ``torch.compile`` the head (GPU; pays on long runs).
     """
     config = config or TrainConfig()
     plan = plan_schedule(config, len(train_data))
@@ -306,21 +318,42 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(config.seed)
         try:
-            return _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress)
+            if resident is None:
+                resident = resident_rows.fits(train_data, device, device_budget)
+            rows = resident_rows.DeviceRows(train_data, device) if resident else None
+            return _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress,
+                        rows=rows, compile=compile)
         finally:
             if log_file is not None:
                 log_file.close()
 
 
-def _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress) -> TrainResult:
+def _batches(train_data, rows, sampler, epoch: int, limit: Optional[int], device) -> Iterator[tuple]:
+    """(features, labels) of one epoch on ``device``: gathered there when ``rows`` are resident,
+    else read from the source (the next batch in a thread) and copied."""
+    if rows is not None:
+        yield from rows.batches(sampler, epoch, limit)
+        return
+    batches = sampler.epoch(epoch)
+    if limit is not None:
+        batches = itertools.islice(batches, max(0, limit))
+    for idx, x in _prefetched(train_data, batches):
+        yield (torch.from_numpy(x).to(device),
+               torch.from_numpy(train_data.y[idx]).to(device=device, dtype=torch.float32))
+
+
+def _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress, *,
+         rows=None, compile: bool = False) -> TrainResult:
     t0 = time.perf_counter()
     head = create_head(head_config).to(device)
+    step_head = torch.compile(head) if compile else head
     loss_fn = build_loss(config)
+    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per parameter group
     if config.sam:
         opt = SAM(head.parameters(), torch.optim.AdamW, rho=config.rho, adaptive=config.adaptive,
-                  lr=plan.lr, weight_decay=config.weight_decay)
+                  lr=plan.lr, weight_decay=config.weight_decay, **fused)
     else:
-        opt = torch.optim.AdamW(head.parameters(), lr=plan.lr, weight_decay=config.weight_decay)
+        opt = torch.optim.AdamW(head.parameters(), lr=plan.lr, weight_decay=config.weight_decay, **fused)
     total = plan.total_steps
     history: List[Dict[str, Any]] = []
     best = (-math.inf, 0, None, None)  # auc, epoch, state, val logits
@@ -330,20 +363,16 @@ def _run(train_data, val_data, config, plan, head_config, sampler, device, log_f
     for epoch in range(1, plan.epochs + 1):
         e0, losses, lr = time.perf_counter(), [], plan.lr
         head.train()
-        batches = sampler.epoch(epoch)
-        if total < plan.epochs * len(sampler):
-            batches = itertools.islice(batches, max(0, total - step))
-        for idx, x in _prefetched(train_data, batches):
+        limit = None if total >= plan.epochs * len(sampler) else total - step
+        for xb, yb in _batches(train_data, rows, sampler, epoch, limit, device):
             lr = _lr_at(config, plan.lr, step, plan.horizon)
             for group in opt.param_groups:
                 group["lr"] = lr
-            xb = torch.from_numpy(x).to(device)
-            yb = torch.from_numpy(train_data.y[idx]).to(device=device, dtype=torch.float32)
-            losses.append(_sam_step(head, opt, loss_fn, xb, yb, config.sam))
+            losses.append(sam_step(step_head, opt, loss_fn, xb, yb, config.sam))  # no sync per step
             step += 1
             bar.update(1)
-        record: Dict[str, Any] = {"epoch": epoch, "steps": step, "train_loss": float(np.mean(losses)) if losses
-                                  else math.nan, "lr": lr}
+        record: Dict[str, Any] = {"epoch": epoch, "steps": step, "train_loss": float(
+            torch.stack(losses).double().mean()) if losses else math.nan, "lr": lr}
         if val_data is not None and len(val_data):
             logits = predict_logits(head, val_data, batch_size=config.eval_batch_size, device=device)
             m = binary_metrics(val_data.y, logits, scores_are_probs=False)
