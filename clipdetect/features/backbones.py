@@ -284,8 +284,9 @@ def locate_checkpoint(identity: Dict[str, Any], *, override: Optional[str] = Non
     tried += [p for p in (identity.get("checkpoint_path"), spec.partition(":")[2]) if p]
     want = identity.get("sha256")
     for cand in dict.fromkeys(os.path.abspath(os.path.expanduser(c)) for c in tried):
-        if os.path.isfile(cand) and (want is None or file_sha256(cand) == want):
-            return cand
+        path = os.path.join(cand, name) if os.path.isdir(cand) else cand  # a folder backbone (student:DIR)
+        if os.path.isfile(path) and (want is None or file_sha256(path) == want):
+            return cand if os.path.isdir(cand) and not spec.endswith(name) else path
     raise BackboneError(
         f"cannot find the checkpoint {name!r} (sha256 {want}) of backbone {spec!r}; tried {list(dict.fromkeys(tried))} "
         f"(from {os.getcwd()!r}). Point at the file with --backbone '{identity.get('arch')}:/absolute/path/{name}' "
