@@ -32,6 +32,7 @@ _API = {
     "TrainConfig": "clipdetect.models.train:TrainConfig",
     "DetectorClassifier": "clipdetect.models.estimator:DetectorClassifier",
     "DetectorRocDisplay": "clipdetect.eval.display:DetectorRocDisplay",
+    "SplitSpec": "clipdetect.features.splits:SplitSpec",
     "SAMPLE_CACHE": "clipdetect.core.resources:SAMPLE_CACHE",
 }
 

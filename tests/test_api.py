@@ -14,9 +14,10 @@ from PIL import Image
 
 import clipdetect
 from clipdetect.cli.main import main
+from clipdetect.core.resources import SAMPLE_CACHE
 from conftest import TINY, make_image
 
-SAMPLE = Path(__file__).resolve().parent.parent / "features" / "cifake-b16-sample"
+SAMPLE = SAMPLE_CACHE
 
 
 def test_import_clipdetect_is_light():
@@ -127,7 +128,7 @@ def test_roc_display_from_detector_estimator_and_predictions(scored):
 
     _, cache, det, _, _ = scored
     disp = clipdetect.DetectorRocDisplay.from_detector(det, cache, split="train", by=None)
-    y, s = roc_curves(det, cache, split_rows(cache, "train", **split_params(det)), by=None)["overall"]
+    y, s = roc_curves(det, cache, split_rows(cache, "train", split_params(det)), by=None)["overall"]
     assert list(disp.curves) == ["overall"] and disp.roc_auc["overall"] == pytest.approx(
         clipdetect.DetectorRocDisplay.from_predictions(y, s).roc_auc["detector"])
     assert disp.figure_ is disp.ax_.figure and "AUC" in disp.ax_.get_legend().get_texts()[0].get_text()

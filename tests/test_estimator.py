@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,9 @@ from clipdetect.features.cache import FeatureCache
 from clipdetect.models.detector import Detector
 from clipdetect.models.estimator import DetectorClassifier, holdout_split
 from clipdetect.models.train import TrainConfig
+from clipdetect.core.resources import SAMPLE_CACHE
 
-SAMPLE = Path(__file__).resolve().parent.parent / "features" / "cifake-b16-sample"
+SAMPLE = SAMPLE_CACHE
 #: small and quick, but still learns the checks' toy problems (accuracy > 0.83 on blobs)
 FAST = dict(epochs=3, batch_size=64, width=8, depth=1, lr=3e-2)
 

@@ -3,7 +3,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clipdetect.data.imaging import SplitPreprocess, decode_image

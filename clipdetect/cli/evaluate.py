@@ -360,7 +360,7 @@ def _keys_source(args):
     first.check_backbone(cache.backbone)
     params = split_params(first, val=args.val_fraction, test=args.test_fraction, seed=args.split_seed)
     keys = heldout_keys(cache, n_real=args.n_real, n_fake=args.n_fake, split=args.split, seed=args.seed,
-                        val=params["val"], test=params["test"], split_seed=params["seed"])
+                        val=params.val, test=params.test, split_seed=params.seed)
     source = subset_source(open_source(args.source), keys, name=f"{Path(args.cache).name}:{args.split}")
     backbone = None
     if args.backbone:
@@ -369,7 +369,7 @@ def _keys_source(args):
         backbone = resolve_backbone(first, args.backbone)
     config = {"detectors": args.detectors, "source": args.source, "cache": args.cache, "split": args.split,
               "n_real": args.n_real, "n_fake": args.n_fake, "seed": args.seed, "n_boot": args.n_boot,
-              **params}
+              "val": params.val, "test": params.test, "split_seed": params.seed}
     return dets, source, backbone, config
 
 

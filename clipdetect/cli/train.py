@@ -101,7 +101,7 @@ def run(args) -> int:
     from clipdetect.features.verify import open_verified
     from clipdetect.models.detector import Detector
     from clipdetect.core.metrics import binary_metrics
-    from clipdetect.features.splits import resolve_split_rows
+    from clipdetect.features.splits import SplitSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,8 +120,7 @@ def run(args) -> int:
                                                    "train_seconds", "schedule")},
                "calibration": det.metrics.get("calibration"), "temperature": det.temperature,
                "val": det.metrics.get("val")}
-    test = resolve_split_rows(cache, "test", val=config.val_fraction, test=config.test_fraction,
-                              seed=config.split_seed)
+    test = SplitSpec.of(config).rows(cache, "test")
     if len(test):
         prob = det.fake_probability(det.features(cache, test))
         summary["test"] = binary_metrics(cache.labels(test), prob, threshold=det.threshold)

@@ -101,11 +101,12 @@ def test_split_refs(source_spec: str, *, val: float, test: float, seed: int, lim
     """(image refs, labels, keys) of up to ``limit`` samples of ``source_spec`` whose key falls in
     the hashed test split (:func:`splits.assign_splits` with the same fractions and seed)."""
     from clipdetect.data.registry import open_source
-    from clipdetect.features.splits import assign_splits
+    from clipdetect.features.splits import SplitSpec
 
+    spec = SplitSpec(val, test, seed)
     refs, labels, keys = [], [], []
     for s in open_source(source_spec, **(options or {})).iterate(0):
-        if assign_splits([s.key], val=val, test=test, seed=seed)[0] == "test":
+        if spec.assign([s.key])[0] == "test":
             refs.append(s.image)
             labels.append(int(s.label))
             keys.append(s.key)
@@ -173,15 +174,13 @@ def compress(config: CompressConfig) -> Dict[str, Any]:
 
 def _compress_detector(config: CompressConfig, target: Path) -> Dict[str, Any]:
     from clipdetect.features.cache import FeatureCache
-    from clipdetect.features.splits import resolve_split_rows
+    from clipdetect.features.splits import SplitSpec
 
     det = load_detector(target)
     x_eval = y_eval = None
     if config.eval_cache:
         cache = FeatureCache(config.eval_cache)
-        tc = det.train_config
-        rows = resolve_split_rows(cache, "test", val=tc.get("val_fraction", 0.15),
-                                  test=tc.get("test_fraction", 0.15), seed=tc.get("split_seed", 0))
+        rows = SplitSpec.of(det).rows(cache, "test")
         rows = rows if len(rows) else np.arange(len(cache))
         x_eval, y_eval = det.features(cache, rows), cache.labels(rows)
     probe = torch.randn(4096, det.in_dim)

@@ -164,12 +164,12 @@ _RESUME_FREE = ("epochs", "workers", "out", "eval_batch_size", "source", "source
 def _prepare(config: DistillConfig):
     from clipdetect.features.cache import FeatureCache
     from clipdetect.data.registry import open_source
-    from clipdetect.features.splits import cache_splits
+    from clipdetect.features.splits import SplitSpec
 
     cache = FeatureCache(config.teacher_cache)
     if len(cache) == 0:
         raise ValueError(f"teacher cache {config.teacher_cache!r} is empty; run `clipdetect extract` first")
-    split = cache_splits(cache, val=config.val_fraction, test=config.test_fraction, seed=config.split_seed)
+    split = SplitSpec.of(config).labels(cache)
     keys = cache.meta["key"].astype(str).to_numpy()
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if config.limit is not None:

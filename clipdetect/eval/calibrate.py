@@ -116,7 +116,7 @@ def calibrate_detector(detector, cache, *, target_fpr: Optional[float] = 0.01, t
         raise ValueError("calibrating on the test split would leak test labels into the detector; "
                          "use --split val")
     params = split_params(detector, val=val, test=test, seed=split_seed)
-    rows = split_rows(cache, split, **params)
+    rows = split_rows(cache, split, params)
     x = detector.features(cache, rows)
     logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
     result = calibrate_scores(logits, cache.labels(rows), target_fpr=target_fpr, temperature=temperature,
@@ -126,7 +126,7 @@ def calibrate_detector(detector, cache, *, target_fpr: Optional[float] = 0.01, t
     detector.temperature = result.temperature
     detector.threshold = result.threshold
     extra = dict(getattr(detector, "extra", None) or {})
-    extra["calibration"] = {**result.to_dict(), "cache": str(cache.root), **params}
+    extra["calibration"] = {**result.to_dict(), "cache": str(cache.root), **asdict(params)}
     detector.extra = extra
     logger.info("calibrated on %d %s rows (%d real): T = %.4g, threshold P(fake) > %.6g "
                 "(val FPR %.4f, TPR %.4f)",

@@ -76,6 +76,6 @@ class DetectorRocDisplay:
         detector = getattr(detector, "detector_", detector)
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         params = split_params(detector, val=val, test=test, seed=split_seed)
-        curves = roc_curves(detector, cache, split_rows(cache, split, **params), by=by)
+        curves = roc_curves(detector, cache, split_rows(cache, split, params), by=by)
         title = name or f"{Path(str(cache.root)).name} ({split})"
         return cls(curves=curves, name=title).plot(ax, log_fpr=log_fpr)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
 from clipdetect.core.io import atomic_write, write_json, write_text
+from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +50,16 @@ class EvalConfig:
 
 
 def split_params(detector, *, val: Optional[float] = None, test: Optional[float] = None,
-                 seed: Optional[int] = None) -> Dict[str, Any]:
-    """Split fractions/seed: explicit values, else those recorded at training, else defaults."""
-    tc = dict(getattr(detector, "train_config", None) or {})
-    pick = (lambda given, names, default: given if given is not None else
-            next((tc[n] for n in names if tc.get(n) is not None), default))
-    return {"val": float(pick(val, ("val", "val_fraction"), 0.15)),
-            "test": float(pick(test, ("test", "test_fraction"), 0.15)),
-            "seed": int(pick(seed, ("split_seed", "seed"), 0))}
+                 seed: Optional[int] = None) -> SplitSpec:
+    """The detector's split: explicit values, else those recorded at training, else defaults."""
+    return SplitSpec.of(detector, val=val, test=test, seed=seed)
 
 
-def split_rows(cache, split: str, **params) -> np.ndarray:
-    """Row ids of ``split`` in ``cache`` ("all" = every row); see :mod:`clipdetect.features.splits`."""
+def split_rows(cache, split: str, spec: Optional[SplitSpec] = None) -> np.ndarray:
+    """Row ids of ``split`` in ``cache`` ("all" = every row); see :class:`SplitSpec`."""
     if split == "all":
         return np.arange(len(cache), dtype=np.int64)
-    from clipdetect.features.splits import resolve_split_rows
-
-    rows = resolve_split_rows(cache, split, **params)
+    rows = (spec or SplitSpec()).rows(cache, split)
     if rows.size == 0:
         raise ValueError(f"split {split!r} of cache {str(cache.root)!r} is empty; "
                          "pick another with --split (train, val, test or all)")
@@ -82,7 +76,7 @@ def is_training_cache(detector, cache) -> bool:
     return same and (created is None or created == cache.manifest.get("created"))
 
 
-def choose_rows(detector, cache, split: str, **params) -> tuple:
+def choose_rows(detector, cache, split: str, spec: Optional[SplitSpec] = None) -> tuple:
     """``(rows, split, note)``: the rows to score, the split actually used and a note (or "").
 
     ``split="auto"``: "test" when the cache names held-out rows or is the detector's training
@@ -101,10 +95,10 @@ def choose_rows(detector, cache, split: str, **params) -> tuple:
             note = (f"cache {str(cache.root)!r} holds no val/test rows and is not the cache this detector was "
                     f"trained on: scoring all {len(cache)} rows")
             logger.info(note)
-    rows = split_rows(cache, split, **params)
+    rows = split_rows(cache, split, spec)
     if split != "all" and not heldout and not own:
         note = (f"scoring a hash subset: {rows.size} of {len(cache)} rows of {str(cache.root)!r} (the rows its "
-                f"key hash assigns to {split!r}; val={params.get('val')}, test={params.get('test')}); this is not "
+                f"key hash assigns to {split!r}; val={spec.val}, test={spec.test}); this is not "
                 "the detector's training cache, so --split all (or auto) scores every row")
         logger.warning(note)
     return rows, split, note
@@ -221,7 +215,7 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
     params = split_params(detector, val=val, test=test, seed=split_seed)
     note = ""
     if rows is None:
-        rows, split, note = choose_rows(detector, cache, split, **params)
+        rows, split, note = choose_rows(detector, cache, split, params)
     rows = np.asarray(rows, dtype=np.int64)
     meta = cache.meta.loc[rows].reset_index(drop=True)
     y = cache.labels(rows)
@@ -234,7 +228,7 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
     config = {**asdict(EvalConfig(detector=names.get("detector", ""),
                                   cache=names.get("cache", str(cache.root)), split=split, by=list(by),
                                   n_boot=n_boot, seed=seed)),
-              **{k: v for k, v in params.items() if k != "seed"}, "split_seed": params["seed"],
+              "val": params.val, "test": params.test, "split_seed": params.seed,
               "threshold": float(detector.threshold), "temperature": float(detector.temperature),
               "feature_set": detector.feature_set, "n_rows": int(rows.size), "rows_note": note}
     scores = pd.DataFrame({"row": rows, "key": meta["key"], "label": y, "logit": logits,
@@ -274,7 +268,7 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_stem: str | Path, *, sp
     curves: Dict[str, Dict[str, tuple]] = {}
     chosen = {}
     for name, det in detectors.items():
-        chosen[name] = rows = choose_rows(det, cache, split, **split_params(det))[0]
+        chosen[name] = rows = choose_rows(det, cache, split, split_params(det))[0]
         check_both_classes(cache.labels(rows), f"split {split!r} of cache {str(cache.root)!r}")
         curves[name] = roc_curves(det, cache, rows, by=by)
     title = title or f"{Path(str(cache.root)).name} ({split})"
@@ -320,8 +314,8 @@ def baseline_probe(detector, cache, *, train_cache=None):
     detector.check_backbone(train_cache.backbone)
     p = split_params(detector)
     try:
-        probe = fit_probe_on_cache(train_cache, feature_set=detector.feature_set, val_fraction=p["val"],
-                                   test_fraction=p["test"], split_seed=p["seed"])
+        probe = fit_probe_on_cache(train_cache, feature_set=detector.feature_set, val_fraction=p.val,
+                                   test_fraction=p.test, split_seed=p.seed)
     except ValueError as exc:
         return None, str(exc)
     return probe, None

@@ -20,6 +20,7 @@ from clipdetect.core.metrics import to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.eval.image_protocols import format_bias_control, robustness_sweep, sweep_curves  # noqa: F401 (re-export)
 from clipdetect.core.io import atomic_write, write_json, write_text
+from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def heldout_keys(cache, *, n_real: int, n_fake: int, split: str = "test", seed: 
     """A seeded random sample of ``n_real`` real and ``n_fake`` fake keys of ``split`` (in row order)."""
     from clipdetect.eval.evaluate import split_rows
 
-    rows = split_rows(cache, split, val=val, test=test, seed=split_seed)
+    rows = split_rows(cache, split, SplitSpec(val, test, split_seed))
     y = cache.labels(rows)
     rng = np.random.default_rng(seed)
     picked = []
@@ -112,12 +113,11 @@ def leave_one_generator_out(cache, *, feature_set: str = "image", config=None,
     against the test-split reals. ``in_auc`` is the same detector on the test-split fakes
     of the generators it did see, against the same reals: the gap is the cost of novelty.
     """
-    from clipdetect.features.splits import resolve_all
+    from clipdetect.features.splits import SplitSpec
     from clipdetect.models.train import TrainConfig
 
     config = config or TrainConfig()
-    tr, va, te = resolve_all(cache, val=config.val_fraction, test=config.test_fraction,
-                             seed=config.split_seed)
+    tr, va, te = SplitSpec.of(config).all(cache)
     meta = cache.meta
     y = cache.labels()
     gen = meta["generator"].astype(str).to_numpy()
@@ -168,7 +168,7 @@ def text_leakage_audit(cache, *, config=None, feature_sets: Sequence[str] = ("te
     detector's score partly measures the captions, not the images.
     """
     from clipdetect.models.detector import Detector
-    from clipdetect.features.splits import resolve_split_rows
+    from clipdetect.features.splits import SplitSpec
     from clipdetect.models.train import TrainConfig
 
     config = config or TrainConfig()
@@ -183,19 +183,18 @@ def text_leakage_audit(cache, *, config=None, feature_sets: Sequence[str] = ("te
         overall = rep.table.iloc[0].to_dict()
         rows.append({"features": fs, **{k: v for k, v in overall.items() if k not in ("group", "value",
                                                                                       "vs")}})
-    test_rows = resolve_split_rows(cache, "test", val=config.val_fraction, test=config.test_fraction,
-                                   seed=config.split_seed)
+    test_rows = SplitSpec.of(config).rows(cache, "test")
     return {"table": pd.DataFrame(rows), "captions": caption_overlap(cache, test_rows)}
 
 
 def cache_format_baseline(cache, *, config=None, n_boot: int = 1000, seed: int = 0) -> Dict[str, Any]:
     """Format-only baseline on a cache's metadata (width, height, format, mode): fit on the
     train split, score the test split. AUC ≈ 0.5: the container does not give the label away."""
-    from clipdetect.features.splits import cache_splits
+    from clipdetect.features.splits import SplitSpec
     from clipdetect.models.train import TrainConfig
 
     config = config or TrainConfig()
-    s = cache_splits(cache, val=config.val_fraction, test=config.test_fraction, seed=config.split_seed)
+    s = SplitSpec.of(config).labels(cache)
     keep = np.isin(s, ("train", "test"))
     m = cache.meta.loc[keep, ["width", "height", "format", "mode"]].reset_index(drop=True)
     m["format"], m["mode"] = m["format"].astype(str), m["mode"].astype(str)

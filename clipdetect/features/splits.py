@@ -13,7 +13,8 @@ rows by key hash.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Tuple
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -97,3 +98,57 @@ def resolve_all(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0) 
     _check_fractions(val, test)
     s = cache_splits(cache, val=val, test=test, seed=seed)
     return tuple(np.flatnonzero(s == n).astype(np.int64) for n in SPLITS)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a cache's "train" rows are cut into train / val / test: one object, one naming.
+
+    ``val`` and ``test`` are the shares of derived validation and test rows, ``seed`` the seed
+    of the key hash (see :func:`assign_splits`). Training configs store the same three values
+    as ``val_fraction``, ``test_fraction`` and ``split_seed``; :meth:`of` reads them from a
+    config (or a detector's recorded one), so every command resolves the same rows.
+    """
+
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_fractions(self.val, self.test)
+
+    @classmethod
+    def of(cls, config: Any = None, *, val: Optional[float] = None, test: Optional[float] = None,
+           seed: Optional[int] = None) -> "SplitSpec":
+        """Explicit values, else those of ``config`` (a TrainConfig, its dict, a detector or a
+        SplitSpec), else the defaults."""
+        if isinstance(config, SplitSpec):
+            recorded: Mapping[str, Any] = {"val_fraction": config.val, "test_fraction": config.test,
+                                           "split_seed": config.seed}
+        elif hasattr(config, "train_config") and not hasattr(config, "val_fraction"):  # a detector
+            recorded = dict(config.train_config or {})
+        elif hasattr(config, "to_dict"):
+            recorded = config.to_dict()
+        else:
+            recorded = dict(config or {})
+
+        def pick(given, name, default):
+            return given if given is not None else (recorded.get(name) if recorded.get(name) is not None else default)
+
+        return cls(val=float(pick(val, "val_fraction", 0.15)), test=float(pick(test, "test_fraction", 0.15)),
+                   seed=int(pick(seed, "split_seed", 0)))
+
+    def assign(self, keys: Iterable[object]) -> np.ndarray:
+        return assign_splits(keys, val=self.val, test=self.test, seed=self.seed)
+
+    def labels(self, cache) -> np.ndarray:
+        """The effective split of every row (:func:`cache_splits`)."""
+        return cache_splits(cache, val=self.val, test=self.test, seed=self.seed)
+
+    def rows(self, cache, split: str) -> np.ndarray:
+        """Row ids of ``split`` (:func:`resolve_split_rows`)."""
+        return resolve_split_rows(cache, split, val=self.val, test=self.test, seed=self.seed)
+
+    def all(self, cache) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(train, val, test) row ids (:func:`resolve_all`)."""
+        return resolve_all(cache, val=self.val, test=self.test, seed=self.seed)

@@ -88,9 +88,9 @@ def fit_probe_on_cache(cache, *, feature_set: str = "image", val_fraction: float
                        test_fraction: float = 0.15, split_seed: int = 0, **kwargs) -> Detector:
     """:func:`fit_logistic_probe` on the train rows of ``cache`` (validation rows choose ``C``),
     with the same key-hash split as :meth:`Detector.fit_cache`."""
-    from clipdetect.features.splits import resolve_all
+    from clipdetect.features.splits import SplitSpec
 
-    tr, va, _ = resolve_all(cache, val=val_fraction, test=test_fraction, seed=split_seed)
+    tr, va, _ = SplitSpec(val_fraction, test_fraction, split_seed).all(cache)
     if len(tr) == 0:
         raise ValueError(f"cache {str(cache.root)!r} has no training rows for the logistic-regression probe")
     split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "split_seed": split_seed}

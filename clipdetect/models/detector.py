@@ -39,7 +39,7 @@ from clipdetect.core.io import read_json, read_safetensors, save_safetensors, wr
 from clipdetect.features.backbones import identities_match
 from clipdetect.models.heads import HeadConfig, create_head, head_from_dict
 from clipdetect.core.metrics import binary_metrics, expected_calibration_error, fit_temperature
-from clipdetect.features.splits import resolve_all
+from clipdetect.features.splits import SplitSpec
 from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ class Detector:
 
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         config = config or TrainConfig()
-        tr, va, te = resolve_all(cache, val=config.val_fraction, test=config.test_fraction, seed=config.split_seed)
+        tr, va, te = SplitSpec.of(config).all(cache)
         if len(tr) == 0:
             raise ValueError(f"cache {str(cache.root)!r} has no training rows")
         val = CacheSource(cache, va, feature_set) if len(va) else None
