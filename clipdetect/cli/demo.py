@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    help="training schedule: auto (planned from the cache size, default) or paper (batch 2048, 32 epochs)")
     p.add_argument("--epochs", type=int, help="training epochs (default: planned)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of training and of the bootstrap (default 0)")
     p.set_defaults(func=run_demo)
 
 

@@ -69,13 +69,15 @@ def add_parser(sub) -> None:
                    help=f"comma-separated from {','.join(AUGMENTATIONS)}; '' for none (default flip)")
     p.add_argument("--workers", type=int, default=d.workers, help="decode worker processes (0: main process)")
     p.add_argument("--limit", type=int, help="at most N training images (quick runs)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--split-seed", type=int, default=d.split_seed)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="validation share of the teacher cache's 'train' rows (default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                   help="test share held out from distillation (default %(default)s)")
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the key-hash split (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and batches (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_distill)
 
     c = sub.add_parser("compress", help="SVD low-rank factorisation and magnitude pruning, with a report",
@@ -88,11 +90,12 @@ def add_parser(sub) -> None:
     c.add_argument("--no-conv", dest="include_conv", action="store_false",
                    help="SVD: factorise Linear layers only (default also 1x1 convolutions)")
     c.add_argument("--prune", type=float, default=0.0, help="fraction of weights to zero by magnitude")
-    c.add_argument("--prune-scope", default="global", choices=["global", "layer"])
+    c.add_argument("--prune-scope", default="global", choices=["global", "layer"],
+                   help="prune the smallest weights of the whole model (global) or of each layer (default global)")
     c.add_argument("--eval-cache", help="detector: feature cache to measure AUC on (its test split)")
     c.add_argument("--eval-source", help="student: images to measure AUC on (the student's test-split keys)")
     c.add_argument("--eval-limit", type=int, default=500, help="student: at most N evaluation images")
-    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--batch-size", type=int, default=64, help="images per batch when scoring a student (default 64)")
     c.add_argument("--threads", type=int, help="torch CPU threads")
     c.set_defaults(func=run_compress)
 

@@ -107,6 +107,8 @@ def _train_args(p) -> None:
 
 
 def add_parser(sub) -> None:
+    from clipdetect.features.pipeline import default_workers
+
     p = sub.add_parser("evaluate", help="metrics per generator with bootstrap CIs", epilog=EVAL_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="ROC-AUC, AP, accuracy (0.5 and calibrated threshold), EER, TPR at 1% "
@@ -161,13 +163,16 @@ def add_parser(sub) -> None:
                         "checked by sha256 (also: $CLIPDETECT_WEIGHTS)")
     p.add_argument("--force", action="store_true", help="accept a backbone whose identity differs")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, help="decode processes (0: in the main process)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (GPU number N) or mps (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="backbone precision (fp16 needs a GPU; default fp32)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--caption-template", help="captions for text features, e.g. 'a photo of a {cifar_class}'")
-    p.add_argument("--split", help="HF split / folder split name")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--source-split", "--split", dest="split",
+                   help="the source's own split to read (a hub split such as train or validation; default: the source's); not a cache split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_limit_args(p)
     p.set_defaults(func=run_predict)
 
@@ -188,19 +193,20 @@ def add_parser(sub) -> None:
     ps = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     q = ps.add_parser("logo", help="leave one generator out: train without it, test on it", epilog=PROTOCOL_EXAMPLES,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("cache")
-    q.add_argument("--out", required=True)
-    q.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"])
+    q.add_argument("cache", help="feature cache with a generator column")
+    q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
+    q.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"],
+                   help="features the detectors are trained on (default image)")
     q.add_argument("--generators", type=_csv, help="held-out generators (default: every fake generator)")
-    q.add_argument("--n-boot", type=int, default=1000)
+    q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     _train_args(q)
     q.set_defaults(func=run_logo)
 
     q = ps.add_parser("text-leakage", help="text-only vs image-only vs image+text detectors",
                       epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("cache")
-    q.add_argument("--out", required=True)
-    q.add_argument("--n-boot", type=int, default=1000)
+    q.add_argument("cache", help="feature cache with image and caption embeddings")
+    q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
+    q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     _train_args(q)
     q.set_defaults(func=run_text_leakage)
 
@@ -213,18 +219,19 @@ def add_parser(sub) -> None:
         q.add_argument("--cache", required=True,
                        help="the detectors' cache: held-out keys come from its split")
         q.add_argument("--split", default="test", help="split whose keys are sampled (default test)")
-        q.add_argument("--n-real", type=int, default=50)
-        q.add_argument("--n-fake", type=int, default=50)
+        q.add_argument("--n-real", type=int, default=50, help="real images sampled from the split (default 50)")
+        q.add_argument("--n-fake", type=int, default=50, help="fake images sampled from the split (default 50)")
         q.add_argument("--out", required=True, help="report folder")
         q.add_argument("--work", help="folder for the per-condition caches (default OUT/caches)")
         q.add_argument("--seed", type=int, default=0, help="sampling / noise / bootstrap seed")
-        q.add_argument("--n-boot", type=int, default=1000)
-        q.add_argument("--batch-size", type=int, default=32)
-        q.add_argument("--workers", type=int, default=1)
+        q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+        q.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+        q.add_argument("--workers", type=int, default=default_workers(),
+                       help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
         q.add_argument("--backbone",
                        help="backbone spec overriding the detectors' (must match their identity)")
-        q.add_argument("--formats", type=_formats, default=["png", "pdf"])
-        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--formats", type=_formats, default=["png", "pdf"], help="figure formats (default png,pdf)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
         _split_args(q)
         if name == "robustness":
             q.add_argument("--perturb", action="append", type=_perturb, metavar="NAME=S1,S2",

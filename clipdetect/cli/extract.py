@@ -92,7 +92,8 @@ def add_parser(sub) -> None:
                    help="wait this long for another writer of the same cache (default 0: refuse at once)")
     add_limit_args(p)
     s = p.add_argument_group("source options")
-    s.add_argument("--split", help="split name (HF split to read; folder/manifest default 'train')")
+    s.add_argument("--source-split", "--split", dest="split",
+                   help="the source's own split: the hub split to read (D3: train or validation), or the split name stored for a folder/manifest (default train); cache splits for training are derived later")
     s.add_argument("--caption-template", help='caption from fields, e.g. "a photo of a {cifar_class}"')
     s.add_argument("--caption-column", help="column holding captions (HF sources)")
     s.add_argument("--text", default="auto", choices=["auto", "yes", "no"],
@@ -138,11 +139,11 @@ def add_parser(sub) -> None:
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION")
     info = csub.add_parser("info", help="backbone, rows, splits, generators, error counts", epilog=CACHE_EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    info.add_argument("path", help="cache directory")
+    info.add_argument("cache", help="feature cache directory")
     info.set_defaults(func=run_cache_info)
     ver = csub.add_parser("verify", help="check every shard against the manifest; exit 1 if damaged",
                           epilog=CACHE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ver.add_argument("path", help="cache directory")
+    ver.add_argument("cache", help="feature cache directory")
     ver.add_argument("--quick", action="store_true",
                      help="counts, shapes, dtypes and file sizes only (what train/evaluate check on open)")
     ver.set_defaults(func=run_cache_verify)
@@ -221,17 +222,17 @@ def run_extract(args) -> int:
 def run_cache_info(args) -> int:
     from clipdetect.features.cache import FeatureCache
 
-    print_json(FeatureCache(args.path).summary())
+    print_json(FeatureCache(args.cache).summary())
     return 0
 
 
 def run_cache_verify(args) -> int:
     from clipdetect.features.verify import verify_cache
 
-    report = verify_cache(args.path, full=not args.quick)
+    report = verify_cache(args.cache, full=not args.quick)
     for problem in report.problems:
         print(f"DAMAGED {problem}")
     state = "sound" if report.ok else f"DAMAGED ({len(report.problems)} problem(s))"
-    print(f"cache {args.path}: {report.shards} shards, {report.rows} rows, "
+    print(f"cache {args.cache}: {report.shards} shards, {report.rows} rows, "
           f"{'full' if report.full else 'quick'} check: {state}")
     return 0 if report.ok else 1

@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--urls", help="text file with one URL per line")
     src.add_argument("--d3", help="D3 dataset name or local parquet file/glob/folder (reads its url column)")
-    p.add_argument("--split", default="train", help="D3 split (default train)")
+    p.add_argument("--source-split", "--split", dest="split", default="train",
+                   help="the D3 split whose reals are fetched: train or validation (default train)")
     p.add_argument("--streaming", action="store_true", help="stream the D3 dataset instead of downloading it")
     p.add_argument("--store", default=default_store_root(), help="store folder (default %(default)s)")
     p.add_argument("--part", type=_part, help="K/N: only every N-th URL from the K-th (one process per part, "

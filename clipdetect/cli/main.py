@@ -46,6 +46,7 @@ COMMANDS = {
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
     "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
     "compress": ("clipdetect.cli.distill", "SVD low-rank factorisation and magnitude pruning, with a report"),
+    "report": ("clipdetect.cli.report", "the whole honest report on a cache, as one Markdown file"),
 }
 
 
@@ -115,8 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, KeyError) as exc:
-        logger.error("%s", exc if not isinstance(exc, KeyError) else f"missing {exc}")
+    except (CLIError, ValueError, FileNotFoundError) as exc:  # user errors: one line, exit 2
+        logger.error("%s", exc)
         return 2
     except OSError as exc:  # a full disk, a read-only folder ...: the message names the path
         logger.error("%s", exc.strerror if exc.strerror and exc.filename is None else exc)

@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", default="test", help="split to evaluate (default test; the detector's fractions)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of leave-one-out training (default 0)")
     p.add_argument("--no-logo", action="store_true",
                    help="skip leave-one-generator-out (it trains a detector per generator)")
     p.add_argument("--logo-generators", help="comma-separated generators to hold out (default: all)")

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from clipdetect.data.imaging import BadImage, decode_image
+from clipdetect.core.errors import MissingKeyError
 from clipdetect.data.sources import Sample, Source
 
 logger = logging.getLogger(__name__)
@@ -249,5 +250,5 @@ def subset_source(source: Source, keys, *, name: str = "subset") -> ListSource:
                 break
     missing = [k for k in wanted if k not in found]
     if missing:
-        raise KeyError(f"{len(missing)} key(s) not in source {source.describe().get('kind')}: {missing[:3]}")
+        raise MissingKeyError(f"{len(missing)} key(s) not in source {source.describe().get('kind')}: {missing[:3]}")
     return ListSource([found[k] for k in wanted], name=name)

@@ -35,6 +35,7 @@ import pandas as pd
 
 from clipdetect.core.io import TMP_GLOB, atomic_write, read_json, tmp_owner_pid, write_json
 from clipdetect.core.lock import DirLock, LockedError, pid_alive
+from clipdetect.core.errors import MissingKeyError
 from clipdetect.features.backbones import identities_match
 
 logger = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class FeatureCache:
         training never needs) and keeps them for the next call."""
         unknown = [n for n in names if n not in META_COLUMNS]
         if unknown:
-            raise KeyError(f"no metadata column(s) {unknown}; the cache has {list(META_COLUMNS)}")
+            raise MissingKeyError(f"no metadata column(s) {unknown}; the cache has {list(META_COLUMNS)}")
         missing = [n for n in names if n not in self._columns]
         if missing and self._meta is not None:
             self._columns.update({n: self._meta[n] for n in missing})
