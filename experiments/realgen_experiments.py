@@ -1,0 +1,418 @@
+"""Experiments on the real multi-generator sets (see experiments/realgen_README.md).
+
+Every stage runs on two caches of the same images: ``asis`` (files as published) and
+``norm`` (every image re-encoded identically by the toolkit's NormalizedSource: 256x256
+bicubic, JPEG q90, see realgen_extract_normalized.py). Outputs go to
+experiments/results/realgen/<cache>/... (JSON + Markdown + PNG); detectors and derived
+caches go under --work (outside the repository).
+
+    python experiments/realgen_experiments.py train      # paper head + toolkit linear head (clipdetect train)
+    python experiments/realgen_experiments.py evaluate   # clipdetect evaluate + plot, per generator
+    python experiments/realgen_experiments.py probe      # scikit-learn logistic regression probe
+    python experiments/realgen_experiments.py format     # format-only baselines
+    python experiments/realgen_experiments.py logo       # leave one generator (family) out
+    python experiments/realgen_experiments.py cross      # CIFAKE <-> realgen
+    python experiments/realgen_experiments.py all
+
+The toolkit is driven through its command line (``python -m clipdetect ...``) where a
+command exists; the Python API is used for the scikit-learn probe, the format tables and
+the cross-dataset scoring.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "realgen"
+DATA = Path(os.environ.get("REALGEN_DATA", "/work/data"))
+MANIFEST = DATA / "realgen" / "manifest.csv"
+CACHES = {"asis": DATA / "caches" / "realgen-asis-b16", "norm": DATA / "caches" / "realgen-norm-jpeg90-256-b16"}
+NORM = dict(size=256, fmt="JPEG", quality=90)
+CIFAKE = ROOT / "features" / "cifake-b16-sample"
+# an explicit schedule: the default (batch 2048, 32 epochs) is one optimiser step per epoch here
+SCHEDULE = {"batch_size": 128, "epochs": 150, "patience": 30}
+HEADS = {
+    "paper": [],  # MLP, CVaR+AUC, SAM (the paper's recipe)
+    "linear": ["--head", "linear", "--loss", "bce", "--no-sam"],  # the toolkit's linear head
+}
+N_BOOT = 1000
+PROBE_C = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+# ------------------------------------------------------------------ imports that survive a re-layout
+def _mod(*names):
+    for n in names:
+        try:
+            return importlib.import_module(n)
+        except ImportError:
+            continue
+    raise ImportError(f"none of {names} importable")
+
+
+def api():
+    """The toolkit functions used here, from the flat or the subpackage layout."""
+    import clipdetect  # noqa: F401  (torchvision guard)
+
+    class A:
+        pass
+
+    a = A()
+    cache_m = _mod("clipdetect.features.cache", "clipdetect.cache")
+    splits_m = _mod("clipdetect.features.splits", "clipdetect.splits")
+    metrics_m = _mod("clipdetect.core.metrics", "clipdetect.eval.metrics", "clipdetect.metrics")
+    eval_m = _mod("clipdetect.eval.evaluate", "clipdetect.eval.report", "clipdetect.evaluate")
+    plots_m = _mod("clipdetect.eval.plots", "clipdetect.plots")
+    fmt_m = _mod("clipdetect.eval.protocols_format", "clipdetect.eval.format_bias", "clipdetect.protocols_format")
+    perturb_m = _mod("clipdetect.data.perturb", "clipdetect.perturb")
+    sources_m = _mod("clipdetect.data.sources", "clipdetect.sources")
+    det_m = _mod("clipdetect.models.detector", "clipdetect.detector")
+    a.FeatureCache = cache_m.FeatureCache
+    a.resolve_split_rows = splits_m.resolve_split_rows
+    a.evaluate_scores, a.to_markdown = metrics_m.evaluate_scores, metrics_m.to_markdown
+    a.binary_metrics = metrics_m.binary_metrics
+    a.group_values, a.paired_auc_difference = eval_m.group_values, eval_m.paired_auc_difference
+    a.roc_figure, a.save_figure = plots_m.roc_figure, plots_m.save_figure
+    a.format_only_baseline, a.source_format_table = fmt_m.format_only_baseline, fmt_m.source_format_table
+    a.NormalizedSource = perturb_m.NormalizedSource
+    a.open_source = sources_m.open_source
+    a.Detector = det_m.Detector
+    return a
+
+
+def cli(*args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "clipdetect", *map(str, args)]
+    print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+
+
+def dump(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
+
+
+def _default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def det_dir(work: Path, cache: str, head: str) -> Path:
+    return work / "detectors" / f"realgen-{cache}-{head}"
+
+
+def schedule_args():
+    return ["--batch-size", SCHEDULE["batch_size"], "--epochs", SCHEDULE["epochs"],
+            "--patience", SCHEDULE["patience"]]
+
+
+# ------------------------------------------------------------------ 1. train + evaluate
+def stage_train(args):
+    for c in args.caches:
+        for head, extra in HEADS.items():
+            out = det_dir(args.work, c, head)
+            if (out / "detector.json").is_file() and not args.force:
+                continue
+            t0 = time.time()
+            cli("train", CACHES[c], "--out", out, *schedule_args(), *extra, "--seed", 0, "--threads",
+                args.threads, "--no-progress")
+            print(f"trained {out} in {time.time() - t0:.0f}s", file=sys.stderr)
+
+
+def stage_evaluate(args):
+    for c in args.caches:
+        res = RESULTS / c
+        dets = ",".join(f"{h}={det_dir(args.work, c, h)}" for h in HEADS)
+        cli("evaluate", dets, CACHES[c], "--split", "test", "--n-boot", N_BOOT, "--out", res / "eval")
+        for h in HEADS:
+            cli("plot", f"{h}={det_dir(args.work, c, h)}", CACHES[c], "--split", "test", "--formats", "png",
+                "--title", f"{h} head, realgen {c}, test split", "--out", res / f"roc_{h}")
+
+
+# ------------------------------------------------------------------ sklearn probe
+def fit_probe(x_tr, y_tr, x_va, y_va, *, binary_metrics):
+    """StandardScaler + LogisticRegression (lbfgs, max_iter 20000), C chosen on validation AUC."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    best = None
+    trace = []
+    for C in PROBE_C:
+        m = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=20000, tol=1e-6))
+        m.fit(x_tr, y_tr)
+        auc = float(binary_metrics(y_va, m.decision_function(x_va))["auc"]) if len(set(y_va)) == 2 else float("nan")
+        n_iter = int(m[-1].n_iter_[0])
+        trace.append({"C": C, "val_auc": auc, "n_iter": n_iter, "converged": n_iter < 20000})
+        if best is None or auc > best[0]:
+            best = (auc, C, m)
+    return best[2], {"C": best[1], "val_auc": best[0], "trace": trace}
+
+
+def rows_of(a, cache):
+    return {s: np.sort(a.resolve_split_rows(cache, s)) for s in ("train", "val", "test")}
+
+
+def per_generator_table(a, cache, rows, scores, *, threshold=0.0, by="generator"):
+    y = cache.labels(rows)
+    meta = cache.meta.loc[rows].reset_index(drop=True)
+    groups = a.group_values(meta, [by], y) if by else {}
+    return a.evaluate_scores(y, np.asarray(scores, dtype=np.float64), groups=groups, threshold=threshold,
+                             n_boot=N_BOOT, seed=0, scores_are_probs=False, reference="real")
+
+
+TABLE_COLS = ["group", "value", "n_real", "n_fake", "auc", "ap", "tpr@1%fpr", "acc@0.5", "eer"]
+
+
+def save_table(a, df: pd.DataFrame, stem: Path, title: str, config: dict) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    dump({"config": config, "rows": json.loads(df.to_json(orient="records"))}, stem.with_suffix(".json"))
+    cols = [c for c in TABLE_COLS if c in df.columns]
+    stem.with_suffix(".md").write_text(f"# {title}\n\n" + a.to_markdown(df, columns=cols) + "\n")
+
+
+def stage_probe(args):
+    a = api()
+    for c in args.caches:
+        cache = a.FeatureCache(CACHES[c])
+        r = rows_of(a, cache)
+        X = {s: cache.features("image", r[s]) for s in r}
+        Y = {s: cache.labels(r[s]) for s in r}
+        model, sel = fit_probe(X["train"], Y["train"], X["val"], Y["val"], binary_metrics=a.binary_metrics)
+        s_test = model.decision_function(X["test"])
+        table = per_generator_table(a, cache, r["test"], s_test)
+        save_table(a, table, RESULTS / c / "probe_sklearn", f"scikit-learn logistic-regression probe, realgen {c}, test split",
+                   {"cache": str(CACHES[c]), "model": "StandardScaler + LogisticRegression(lbfgs, max_iter=20000, tol=1e-6)",
+                    "selection": sel, "n_train": len(r["train"]), "n_val": len(r["val"]), "n_test": len(r["test"]),
+                    "threshold": "decision_function > 0", "n_boot": N_BOOT})
+        # ROC: one curve per generator (its fakes vs all test reals)
+        y = Y["test"]
+        gen = cache.meta.loc[r["test"], "generator"].astype(str).to_numpy()
+        curves = {"overall": (y, s_test)}
+        for g in sorted(set(gen[y == 1])):
+            m = (y == 0) | (gen == g)
+            curves[g] = (y[m], s_test[m])
+        fig = a.roc_figure(curves, title=f"scikit-learn probe, realgen {c}, test split")
+        a.save_figure(fig, RESULTS / c / "roc_probe_sklearn", formats=("png",))
+        np.save(args.work / f"probe-scores-{c}.npy", s_test)
+        import pickle  # local artefact only (outside the repository), reused by the cross stage
+
+        with open(args.work / f"probe-{c}.pkl", "wb") as f:
+            pickle.dump(model, f)
+
+
+# ------------------------------------------------------------------ format-only baselines
+def stage_format(args):
+    a = api()
+    man = pd.read_csv(MANIFEST)
+    src = a.open_source(str(MANIFEST))
+    sources = {"asis": src, "norm": a.NormalizedSource(src, **NORM)}
+    out = {}
+    for c in args.caches:
+        t0 = time.time()
+        table = a.source_format_table(sources[c])
+        print(f"format table {c}: {time.time() - t0:.0f}s", file=sys.stderr)
+        table.insert(0, "key", man["key"].to_numpy())
+        table["generator"], table["split"] = man["generator"].to_numpy(), man["split"].to_numpy()
+        table.to_csv(args.work / f"format-table-{c}.csv", index=False)
+        y = table["label"].to_numpy()
+        feats_all = table.drop(columns=["key", "label", "generator", "split"])
+        rows = []
+        for feats in ("container", "container+bytes"):
+            cols = [k for k in feats_all.columns if feats == "container+bytes" or k != "bytes_per_pixel"]
+            f = feats_all[cols]
+            keep = table["split"].isin(["train", "test"]).to_numpy()
+            res_split = a.format_only_baseline(f[keep].reset_index(drop=True), y[keep],
+                                               train_mask=(table["split"][keep] == "train").to_numpy(),
+                                               n_boot=N_BOOT, seed=0)
+            rows.append({"features": feats, "protocol": "fit train, score test", "generator": "all", **res_split})
+            res_cv = a.format_only_baseline(f, y, folds=5, n_boot=N_BOOT, seed=0)
+            rows.append({"features": feats, "protocol": "5-fold CV, all rows", "generator": "all", **res_cv})
+            for g in sorted(set(table.loc[y == 1, "generator"])):
+                m = keep & ((y == 0) | (table["generator"] == g).to_numpy())
+                try:
+                    r = a.format_only_baseline(f[m].reset_index(drop=True), y[m],
+                                               train_mask=(table["split"][m] == "train").to_numpy(),
+                                               n_boot=N_BOOT, seed=0)
+                except ValueError as exc:
+                    r = {"error": str(exc)}
+                rows.append({"features": feats, "protocol": "fit train, score test", "generator": g, **r})
+        df = pd.DataFrame(rows)
+        summary = (table.assign(cls=np.where(y == 1, table["generator"], "real"))
+                   .groupby(["cls", "format"]).agg(n=("label", "size"), width_median=("width", "median"),
+                                                   height_median=("height", "median"),
+                                                   jpeg_quality_median=("jpeg_quality", "median"),
+                                                   bytes_per_pixel_median=("bytes_per_pixel", "median"))
+                   .reset_index())
+        dump({"config": {"cache": c, "normalisation": NORM if c == "norm" else None,
+                         "model": "DecisionTree(max_depth=4, min_samples_leaf=2) on container metadata"},
+              "rows": json.loads(df.to_json(orient="records")),
+              "format_summary": json.loads(summary.to_json(orient="records"))}, RESULTS / c / "format_only.json")
+        md = (f"# Format-only baseline, realgen {c}\n\n"
+              + a.to_markdown(df, columns=[k for k in ("features", "protocol", "generator", "n_real", "n_fake", "auc",
+                                                       "acc@0.5") if k in df.columns])
+              + "\n\n## Container metadata per class\n\n" + a.to_markdown(summary) + "\n")
+        (RESULTS / c / "format_only.md").write_text(md)
+        out[c] = df
+    return out
+
+
+# ------------------------------------------------------------------ leave one generator (family) out
+def family_cache(a, c: str, work: Path) -> Path:
+    """A copy of cache ``c`` whose ``generator`` column holds the generator family (avt/sd and
+    bingo/sd -> sd), so that holding out a generator removes it from both source repositories."""
+    dst = work / "caches" / f"{CACHES[c].name}-family"
+    if (dst / "manifest.json").is_file():
+        return dst
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(CACHES[c], tmp)
+    fam = pd.read_csv(MANIFEST).set_index("key")["family"]
+    for p in sorted((tmp / "meta").glob("*.parquet")):
+        m = pd.read_parquet(p)
+        m["generator"] = np.where(m["label"].astype(int) == 1, m["key"].map(fam).astype(str), m["generator"])
+        m.to_parquet(p, index=False)
+    tmp.rename(dst)
+    return dst
+
+
+def stage_logo(args):
+    a = api()
+    for c in args.caches:
+        fc = family_cache(a, c, args.work)
+        sets = [f"--set=batch_size={SCHEDULE['batch_size']}", f"--set=epochs={SCHEDULE['epochs']}",
+                f"--set=patience={SCHEDULE['patience']}"]
+        for head, extra in (("paper", []), ("linear", ["--set=head=linear", "--set=loss=bce", "--set=sam=false"])):
+            out = RESULTS / c / f"logo_{head}"
+            if (out / "logo.json").is_file() and not args.force:
+                continue
+            t0 = time.time()
+            cli("protocol", "logo", fc, "--out", out, "--n-boot", N_BOOT, *sets, *extra)
+            print(f"logo {c} {head}: {time.time() - t0:.0f}s", file=sys.stderr)
+        # the scikit-learn probe under the same protocol
+        cache = a.FeatureCache(fc)
+        r = rows_of(a, cache)
+        y = cache.labels()
+        gen = cache.meta["generator"].astype(str).to_numpy()
+        X = cache.features("image")
+        test_reals = r["test"][y[r["test"]] == 0]
+        rows = []
+        for g in sorted(set(gen[y == 1])):
+            keep = lambda rr: rr[(y[rr] == 0) | (gen[rr] != g)]  # noqa: E731
+            tr, va = keep(r["train"]), keep(r["val"])
+            model, sel = fit_probe(X[tr], y[tr], X[va], y[va], binary_metrics=a.binary_metrics)
+            held = np.concatenate([test_reals, np.flatnonzero((y == 1) & (gen == g))])
+            seen = np.concatenate([test_reals, r["test"][(y[r["test"]] == 1) & (gen[r["test"]] != g)]])
+            th = a.evaluate_scores(y[held], model.decision_function(X[held]), threshold=0.0, n_boot=N_BOOT,
+                                   seed=0, scores_are_probs=False).iloc[0]
+            ts = a.evaluate_scores(y[seen], model.decision_function(X[seen]), threshold=0.0, n_boot=N_BOOT,
+                                   seed=0, scores_are_probs=False).iloc[0]
+            rows.append({"held_out": g, "n_train": len(tr), "C": sel["C"], "n_real": int(th["n_real"]),
+                         "n_fake": int(th["n_fake"]), "auc": th["auc"], "auc_lo": th["auc_lo"],
+                         "auc_hi": th["auc_hi"], "ap": th["ap"], "tpr@1%fpr": th["tpr@1%fpr"],
+                         "in_auc": ts["auc"], "in_auc_lo": ts["auc_lo"], "in_auc_hi": ts["auc_hi"],
+                         "auc_drop": ts["auc"] - th["auc"]})
+        df = pd.DataFrame(rows)
+        dump({"config": {"cache": str(fc), "protocol": "train on train-split reals + other generators' train fakes "
+                         "(C chosen on val likewise); test on all held-out fakes vs test-split reals"},
+              "rows": json.loads(df.to_json(orient="records"))}, RESULTS / c / "logo_probe_sklearn.json")
+        (RESULTS / c / "logo_probe_sklearn.md").write_text(
+            f"# Leave one generator family out, scikit-learn probe, realgen {c}\n\n" + a.to_markdown(df) + "\n")
+
+
+# ------------------------------------------------------------------ cross-dataset
+def stage_cross(args):
+    a = api()
+    import pickle
+
+    cif_det = args.work / "detectors" / "cifake-sample-paper"
+    if not (cif_det / "detector.json").is_file():
+        cli("train", CIFAKE, "--out", cif_det, *schedule_args(), "--seed", 0, "--threads", args.threads,
+            "--no-progress")
+    cif = a.FeatureCache(CIFAKE)
+    rc = rows_of(a, cif)
+    cif_probe, cif_sel = fit_probe(cif.features("image", rc["train"]), cif.labels(rc["train"]),
+                                   cif.features("image", rc["val"]), cif.labels(rc["val"]),
+                                   binary_metrics=a.binary_metrics)
+    paper = a.Detector.load(cif_det)
+    config = {"cifake_cache": str(CIFAKE), "cifake_rows": len(cif), "cifake_splits": {k: len(v) for k, v in rc.items()},
+              "schedule": SCHEDULE, "cifake_probe_selection": cif_sel, "n_boot": N_BOOT}
+    out_rows = []
+
+    def add(direction, train_on, test_on, detector, table):
+        for _, t in table.iterrows():
+            out_rows.append({"direction": direction, "train_on": train_on, "test_on": test_on,
+                             "detector": detector, "group": t["value"] if t["group"] != "overall" else "overall",
+                             **{k: t[k] for k in ("n_real", "n_fake", "auc", "auc_lo", "auc_hi", "ap", "ap_lo",
+                                                  "ap_hi", "tpr@1%fpr", "acc@0.5") if k in t}})
+
+    # in-domain reference on CIFAKE test
+    add("in-domain", "cifake-sample", "cifake-sample test", "paper",
+        per_generator_table(a, cif, rc["test"], paper.decision_function(paper.features(cif, rc["test"])), by=None))
+    add("in-domain", "cifake-sample", "cifake-sample test", "probe",
+        per_generator_table(a, cif, rc["test"], cif_probe.decision_function(cif.features("image", rc["test"])), by=None))
+    for c in args.caches:
+        cache = a.FeatureCache(CACHES[c])
+        r = rows_of(a, cache)
+        for part, rows in (("test", r["test"]), ("all", np.arange(len(cache)))):
+            x = cache.features("image", rows)
+            add("cifake->realgen", "cifake-sample", f"realgen-{c} {part}", "paper",
+                per_generator_table(a, cache, rows, paper.decision_function(paper.features(cache, rows))))
+            add("cifake->realgen", "cifake-sample", f"realgen-{c} {part}", "probe",
+                per_generator_table(a, cache, rows, cif_probe.decision_function(x)))
+        # reverse: realgen-trained (train split) -> CIFAKE
+        rg_paper = a.Detector.load(det_dir(args.work, c, "paper"))
+        with open(args.work / f"probe-{c}.pkl", "rb") as f:
+            rg_probe = pickle.load(f)
+        for part, rows in (("test", rc["test"]), ("all", np.arange(len(cif)))):
+            add("realgen->cifake", f"realgen-{c}", f"cifake-sample {part}", "paper",
+                per_generator_table(a, cif, rows, rg_paper.decision_function(rg_paper.features(cif, rows)), by=None))
+            add("realgen->cifake", f"realgen-{c}", f"cifake-sample {part}", "probe",
+                per_generator_table(a, cif, rows, rg_probe.decision_function(cif.features("image", rows)), by=None))
+    df = pd.DataFrame(out_rows)
+    dump({"config": config, "rows": json.loads(df.to_json(orient="records"))}, RESULTS / "cross_dataset.json")
+    (RESULTS / "cross_dataset.md").write_text("# Cross-dataset: CIFAKE sample cache <-> realgen\n\n"
+                                              + a.to_markdown(df) + "\n")
+
+
+STAGES = {"train": stage_train, "evaluate": stage_evaluate, "probe": stage_probe, "format": stage_format,
+          "logo": stage_logo, "cross": stage_cross}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stages", nargs="+", choices=[*STAGES, "all"])
+    ap.add_argument("--caches", default="asis,norm")
+    ap.add_argument("--work", default=str(DATA / "work"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    args.caches = [c for c in args.caches.split(",") if c]
+    args.work = Path(args.work)
+    args.work.mkdir(parents=True, exist_ok=True)
+    stages = list(STAGES) if "all" in args.stages else args.stages
+    for s in stages:
+        t0 = time.time()
+        STAGES[s](args)
+        print(f"stage {s}: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
