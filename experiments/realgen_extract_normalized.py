@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quality", type=int, default=90)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--shard-size", type=int, default=1024)
     args = ap.parse_args(argv)
     try:  # flat layout
         from clipdetect.extract import ExtractConfig, extract
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
         from clipdetect.data.sources import open_source  # type: ignore
     src = NormalizedSource(open_source(args.manifest), size=args.size, fmt=args.format, quality=args.quality)
     cfg = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size,
-                        workers=args.workers, shard_size=1024)
+                        workers=args.workers, shard_size=args.shard_size)
     summary = extract(src, cfg, progress=False)
     print(summary, file=sys.stderr)
     return 0
