@@ -45,8 +45,13 @@ MANIFEST = DATA / "realgen" / "manifest.csv"
 MANIFEST_SUB = DATA / "realgen" / "manifest_sub40.csv"
 CACHES = {"asis": DATA / "caches" / "realgen-asis-b16",
           "asis-sub": DATA / "caches" / "realgen-sub40-asis-b16",
-          "norm-sub": DATA / "caches" / "realgen-sub40-norm-jpeg90-256-b16"}
-MANIFESTS = {"asis": MANIFEST, "norm": MANIFEST, "asis-sub": MANIFEST_SUB, "norm-sub": MANIFEST_SUB}  # "norm": format tables only
+          "norm-sub": DATA / "caches" / "realgen-sub40-norm-jpeg90-256-b16-common"}
+NORM_MERGED = DATA / "caches" / "realgen-sub40-norm-jpeg90-256-b16-merged"
+# the normalised subset was extracted by two processes (the manifest in order, and its rows 400+
+# from a second manifest) to get more of a contended CPU; "merge" joins them by key
+NORM_PARTS = (DATA / "caches" / "realgen-sub40-norm-jpeg90-256-b16", DATA / "caches" / "realgen-sub40-norm-part3",
+              DATA / "caches" / "realgen-sub40-norm-part2")
+MANIFESTS = {"asis": MANIFEST, "norm": MANIFEST, "asis-sub": MANIFEST_SUB, "norm-sub": MANIFEST_SUB}  # format tables: the 40 % sub-manifest  # "norm": format tables only
 NORMALISED = {"norm", "norm-sub"}
 NORM = dict(size=256, fmt="JPEG", quality=90)
 CIFAKE = ROOT / "features" / "cifake-b16-sample"
@@ -329,6 +334,52 @@ def derive_cache(src: Path, dst: Path, *, keys=None, family: bool = False) -> Pa
     return dst
 
 
+def merge_caches(srcs, dst: Path, order_keys) -> Path:
+    """One cache from the completed shards of several caches of the same backbone (rows
+    de-duplicated by key, ordered as ``order_keys``); every key must be present."""
+    mans = [json.loads((s / "manifest.json").read_text()) for s in srcs]
+    ids = {json.dumps({k: v for k, v in m["backbone"].items() if k != "spec"}, sort_keys=True) for m in mans}
+    if len(ids) != 1:
+        raise ValueError("caches of different backbones")
+    embs, metas = [], []
+    for src, man in zip(srcs, mans):
+        for sh in man["shards"]:
+            embs.append(np.load(src / "img_emb" / f"{sh['name']}.npy"))
+            metas.append(pd.read_parquet(src / "meta" / f"{sh['name']}.parquet"))
+    emb, meta = np.concatenate(embs), pd.concat(metas, ignore_index=True)
+    first = ~meta["key"].duplicated().to_numpy()
+    emb, meta = emb[first], meta[first].reset_index(drop=True)
+    pos = pd.Series(np.arange(len(meta)), index=meta["key"].astype(str))
+    present = [k for k in map(str, order_keys) if k in pos.index]
+    print(f"merge: {len(present)} of {len(order_keys)} keys extracted", file=sys.stderr)
+    idx = pos.loc[present].to_numpy()
+    emb, meta = emb[idx], meta.iloc[idx].reset_index(drop=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for d in ("img_emb", "meta", "errors", "txt_emb"):
+        (tmp / d).mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "img_emb" / "part-00000.npy", emb)
+    meta.to_parquet(tmp / "meta" / "part-00000.parquet", index=False)
+    pd.DataFrame({"key": pd.Series(dtype=str)}).to_parquet(tmp / "errors" / "part-00000.parquet", index=False)
+    man = mans[0]
+    run = next(iter(man["runs"]))
+    man["runs"] = {run: {**man["runs"][run], "note": f"merged from {[str(s) for s in srcs]} by "
+                         "experiments/realgen_experiments.py (rows de-duplicated by key)", "position": int(len(meta)),
+                         "complete": True}}
+    man["shards"] = [{**man["shards"][0], "name": "part-00000", "rows": int(len(meta)), "start": 0,
+                      "stop": int(len(meta)), "errors": 0, "run": run}]
+    (tmp / "manifest.json").write_text(json.dumps(man, indent=2))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
+def stage_merge(args):
+    keys = pd.read_csv(MANIFEST_SUB)["key"]
+    parts = [p for p in NORM_PARTS if (p / "manifest.json").is_file()]
+    print(f"merged {merge_caches(parts, NORM_MERGED, keys)}", file=sys.stderr)
+
+
 def family_cache(a, c: str, work: Path) -> Path:
     """Cache ``c`` with the fakes' ``generator`` set to the generator family, so that holding out
     a generator removes it from both source repositories."""
@@ -336,10 +387,22 @@ def family_cache(a, c: str, work: Path) -> Path:
 
 
 def stage_derive(args):
-    """asis-sub: the as-is cache restricted to the rows of the reduced manifest."""
-    keys = pd.read_csv(MANIFEST_SUB)["key"]
-    dst = derive_cache(CACHES["asis"], CACHES["asis-sub"], keys=keys)
-    print(f"derived {dst}", file=sys.stderr)
+    """asis-sub and norm-sub: the as-is and the normalised caches restricted to the keys both hold."""
+    a = api()
+    ka = set(a.FeatureCache(CACHES["asis"]).meta["key"].astype(str))
+    kn = set(a.FeatureCache(NORM_MERGED).meta["key"].astype(str))
+    common = ka & kn
+    for c, src in (("asis-sub", CACHES["asis"]), ("norm-sub", NORM_MERGED)):
+        shutil.rmtree(CACHES[c], ignore_errors=True)
+        derive_cache(src, CACHES[c], keys=common)
+    man = pd.read_csv(MANIFEST)
+    sub = man[man["key"].isin(common)]
+    counts = sub.assign(g=np.where(sub["label"] == 1, sub["generator"], "real/" + sub["dataset"])) \
+        .groupby(["g", "split"]).size().unstack(fill_value=0)
+    dump({"n_asis": len(ka), "n_norm": len(kn), "n_common": len(common),
+          "counts": json.loads(counts.to_json(orient="index"))}, RESULTS / "common_subset.json")
+    sub.drop(columns=["path"]).to_csv(args.work / "common_subset_manifest.csv", index=False)
+    print(counts.to_string(), file=sys.stderr)
 
 
 def stage_logo(args):
@@ -441,7 +504,7 @@ def stage_cross(args):
                                               + a.to_markdown(df) + "\n")
 
 
-STAGES = {"derive": stage_derive, "train": stage_train, "evaluate": stage_evaluate, "probe": stage_probe, "format": stage_format,
+STAGES = {"merge": stage_merge, "derive": stage_derive, "train": stage_train, "evaluate": stage_evaluate, "probe": stage_probe, "format": stage_format,
           "logo": stage_logo, "cross": stage_cross}
 
 
