@@ -95,7 +95,7 @@ def api():
     plots_m = _mod("clipdetect.eval.plots", "clipdetect.plots")
     fmt_m = _mod("clipdetect.eval.protocols_format", "clipdetect.eval.format_bias", "clipdetect.protocols_format")
     perturb_m = _mod("clipdetect.data.perturb", "clipdetect.perturb")
-    sources_m = _mod("clipdetect.data.sources", "clipdetect.sources")
+    sources_m = _mod("clipdetect.data.registry", "clipdetect.sources")
     det_m = _mod("clipdetect.models.detector", "clipdetect.detector")
     a.FeatureCache = cache_m.FeatureCache
     a.resolve_split_rows = splits_m.resolve_split_rows

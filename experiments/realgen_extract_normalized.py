@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     except ImportError:  # subpackage layout
         from clipdetect.features.extract import ExtractConfig, extract  # type: ignore
         from clipdetect.data.perturb import NormalizedSource  # type: ignore
-        from clipdetect.data.sources import open_source  # type: ignore
+        from clipdetect.data.registry import open_source  # type: ignore
     src = NormalizedSource(open_source(args.manifest), size=args.size, fmt=args.format, quality=args.quality)
     cfg = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size,
                         workers=args.workers, shard_size=args.shard_size)
