@@ -411,7 +411,7 @@ def stage_logo(args):
         fc = family_cache(a, c, args.work)
         sets = [f"--set=batch_size={SCHEDULE['batch_size']}", f"--set=epochs={SCHEDULE['epochs']}",
                 f"--set=patience={SCHEDULE['patience']}"]
-        for head, extra in (("paper", []),):  # toolkit linear head dropped for CPU time
+        for head, extra in (() if os.environ.get("REALGEN_LOGO_PAPER") == "0" else (("paper", []),)):  # linear head dropped for CPU time
             out = RESULTS / c / f"logo_{head}"
             if (out / "logo.json").is_file() and not args.force:
                 continue
