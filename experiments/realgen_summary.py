@@ -31,8 +31,7 @@ def ci(r, k="auc", d=3):
 
 def per_generator(lines):
     lines += ["## 1. Per-generator metrics on the test split (each generator's fakes vs all test reals)", ""]
-    models = [("paper", lambda c: load(RES / c / "eval" / "paper" / "metrics.json"), "metrics"),
-              ("linear (toolkit head)", lambda c: load(RES / c / "eval" / "linear" / "metrics.json"), "metrics"),
+    models = [("paper", lambda c: load(RES / c / "eval" / "metrics.json") or load(RES / c / "eval" / "paper" / "metrics.json"), "metrics"),
               ("sklearn probe", lambda c: load(RES / c / "probe_sklearn.json"), "rows")]
     for metric, label in (("auc", "ROC-AUC"), ("ap", "AP"), ("tpr@fpr=1%", "TPR at 1 % FPR")):
         lines += [f"### {label} [95 % bootstrap CI]", "",
@@ -70,9 +69,9 @@ def format_only(lines):
 
 def logo(lines):
     lines += ["## 2. Leave one generator family out (held-out family's fakes, all of them, vs test reals)", "",
-              "| held out | n_fake | " + " | ".join(f"{m} {c}" for m in ("paper", "linear", "probe") for c in CACHES)
+              "| held out | n_fake | " + " | ".join(f"{m} {c}" for m in ("paper", "probe") for c in CACHES)
               + " | in-distribution AUC of the paper head (" + " / ".join(CACHES) + ") |",
-              "|---|---|" + "---|" * (3 * len(CACHES) + 1)]
+              "|---|---|" + "---|" * (2 * len(CACHES) + 1)]
     t = {}
     for c in CACHES:
         t[("paper", c)] = (load(RES / c / "logo_paper" / "logo.json") or {}).get("rows", [])
@@ -82,7 +81,7 @@ def logo(lines):
     for r in ref:
         g = r["held_out"]
         cells = []
-        for m in ("paper", "linear", "probe"):
+        for m in ("paper", "probe"):
             for c in CACHES:
                 hit = [x for x in t[(m, c)] if x["held_out"] == g]
                 cells.append(ci(hit[0]) if hit else "–")
