@@ -2,7 +2,7 @@
 
 Trains BCE, CVaR, AUC and CVaR+AUC heads, each with and without SAM, over several seeds,
 on one feature set of a cache (default: image embeddings), with train / validation / test
-rows from :mod:`clipdetect.splits` (the cache's own splits, or a key-hash split of its
+rows from :mod:`clipdetect.features.splits` (the cache's own splits, or a key-hash split of its
 "train" rows). Everything else is the paper's recipe (``TrainConfig`` defaults) unless
 overridden. For each configuration it reports mean ± std over seeds of test ROC-AUC, AP,
 accuracy at probability 0.5 and at the validation-chosen threshold, plus a paired
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-import clipdetect  # noqa: F401  (installs the torchvision guard first)
+from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
-from clipdetect.cache import FeatureCache
-from clipdetect.detector import Detector
-from clipdetect.metrics import binary_metrics
-from clipdetect.splits import resolve_all
-from clipdetect.train import TrainConfig
+from clipdetect.features.cache import FeatureCache
+from clipdetect.models.detector import Detector
+from clipdetect.core.metrics import binary_metrics
+from clipdetect.features.splits import resolve_all
+from clipdetect.models.train import TrainConfig
 
 LOSSES = ("bce", "cvar", "auc", "cvar+auc")
 METRICS = (("auc", "test AUC"), ("ap", "test AP"), ("acc@0.5", "acc@0.5"), ("acc@thr", "acc@val-thr"))

@@ -27,17 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import clipdetect  # noqa: F401  (torchvision guard first)
-from clipdetect.backbones import create_backbone
-from clipdetect.cache import FeatureCache
-from clipdetect.compress_report import score_refs
-from clipdetect.detector import Detector
-from clipdetect.distill import DistillConfig, distill
-from clipdetect.distill_io import collect_images
-from clipdetect.metrics import binary_metrics
-from clipdetect.sources import open_source
-from clipdetect.splits import resolve_split_rows
-from clipdetect.train import TrainConfig
+from clipdetect.core import compat  # noqa: F401  (torchvision guard first)
+from clipdetect.features.backbones import create_backbone
+from clipdetect.features.cache import FeatureCache
+from clipdetect.distill.compress_report import score_refs
+from clipdetect.models.detector import Detector
+from clipdetect.distill.trainer import DistillConfig, distill
+from clipdetect.distill.images import collect_images
+from clipdetect.core.metrics import binary_metrics
+from clipdetect.data.registry import open_source
+from clipdetect.features.splits import resolve_split_rows
+from clipdetect.models.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -76,7 +76,7 @@ def timed_scores(backbone, det, refs, batch_size, repeats):
 
 
 def decode_rate(backbone, refs) -> float:
-    from clipdetect.imaging import SplitPreprocess, decode_image
+    from clipdetect.data.imaging import SplitPreprocess, decode_image
 
     pre = SplitPreprocess(backbone.preprocess)
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     rows["student"]["auc_test_split"] = float(binary_metrics(
         y_all[test_rows], score_refs(student_bb, student_det, all_refs, batch_size=args.batch_size))["auc"])
     with torch.inference_mode():
-        from clipdetect.imaging import SplitPreprocess, decode_image
+        from clipdetect.data.imaging import SplitPreprocess, decode_image
 
         pre = SplitPreprocess(student_bb.preprocess)
         s_emb = student_bb.encode_images(pre.finish([pre.worker(decode_image(r)[0]) for r in all_refs]))
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
 
 
 def compress_student(args, sdir: Path) -> dict:
-    from clipdetect.compress_report import CompressConfig, compress
+    from clipdetect.distill.compress_report import CompressConfig, compress
 
     reports = {}
     variants = (("prune30", dict(prune=0.3)), ("prune50", dict(prune=0.5)), ("svd95", dict(svd_energy=0.95)))
@@ -233,7 +233,7 @@ def compress_student(args, sdir: Path) -> dict:
 
 
 def compress_teacher_head(args, cache_path: str) -> dict:
-    from clipdetect.compress_report import CompressConfig, compress
+    from clipdetect.distill.compress_report import CompressConfig, compress
 
     reports = {}
     for name, kw in (("svd-r64", dict(svd_rank=64)), ("prune50", dict(prune=0.5))):

@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-from clipdetect.backbones import create_backbone
-from clipdetect.extract import ExtractConfig, default_workers, extract
-from clipdetect.hf_source import HFSource
-from clipdetect.imaging import SplitPreprocess, decode_image
+from clipdetect.features.backbones import create_backbone
+from clipdetect.features.extract import ExtractConfig, default_workers, extract
+from clipdetect.data.hf import HFSource
+from clipdetect.data.imaging import SplitPreprocess, decode_image
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifake_dev.parquet")
 

@@ -4,7 +4,7 @@ Builds a synthetic feature cache (random L2-normalised fp16 embeddings, balanced
 with ``CacheWriter`` in a temporary directory and measures, with the paper's head and loss
 (MLP depth 3, width = input dim, CVaR+AUC, SAM over AdamW, batch 2048):
 
-(a) ``clipdetect.train.train`` on the cache (stratified batches gathered from the memory maps);
+(a) ``clipdetect.models.train.train`` on the cache (stratified batches gathered from the memory maps);
 (b) a reference-style loop: the whole array loaded from a ``.npy`` (``np.load``, no mmap),
     a map-style per-sample ``Dataset`` + ``DataLoader(shuffle=True)``, the CVaR threshold
     found by ``scipy.optimize.fminbound`` on every batch, then the same SAM step;
@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import clipdetect  # noqa: F401  (before torch-adjacent imports: installs the torchvision guard)
+from clipdetect.core import compat  # noqa: F401  (before torch-adjacent imports: installs the torchvision guard)
 import torch
-from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
-from clipdetect.heads import create_head
-from clipdetect.sam import SAM
-from clipdetect.train import CacheSource, StratifiedBatchSampler, TrainConfig, _sam_step, build_loss, train
+from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.models.heads import create_head
+from clipdetect.models.sam import SAM
+from clipdetect.models.train import CacheSource, StratifiedBatchSampler, TrainConfig, _sam_step, build_loss, train
 
 
 def build_cache(root: Path, rows: int, dim: int, *, shard: int = 50_000, seed: int = 0) -> FeatureCache:
@@ -84,7 +84,7 @@ def fminbound_cvar(losses: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def reference_loss(config: TrainConfig):
-    from clipdetect.losses import pairwise_auc_loss
+    from clipdetect.models.losses import pairwise_auc_loss
     import torch.nn.functional as F
 
     def loss(logits, y):

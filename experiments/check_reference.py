@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from clipdetect.cache import FeatureCache
+from clipdetect.features.cache import FeatureCache
 
 
 def main(argv=None) -> int:
@@ -34,9 +34,18 @@ def main(argv=None) -> int:
               "labels_match": bool(np.array_equal(cache.labels(rows), ref["y"][: len(rows)]))
               if not missing else None}
     print(json.dumps(report, indent=2))
-    ok = not missing and cos.min() >= args.min_cosine
-    print("OK" if ok else f"FAIL: min cosine {cos.min():.6f} < {args.min_cosine} or {len(missing)} keys missing")
-    return 0 if ok else 1
+    failures = []
+    if missing:
+        failures.append(f"{len(missing)} reference key(s) missing from the cache, e.g. {missing[:3]}")
+    if len(rows) and cos.min() < args.min_cosine:
+        worst = int(np.argmin(cos))
+        failures.append(f"min cosine {float(cos.min())!r} < --min-cosine {args.min_cosine!r} "
+                        f"({int((cos < args.min_cosine).sum())} of {len(rows)} rows below; worst key "
+                        f"{ref['key'][[i for i, k in enumerate(ref['key']) if k in index][worst]]!r})")
+    if report["labels_match"] is False:
+        failures.append("labels differ between the cache and the reference")
+    print("OK" if not failures else "FAIL: " + "; ".join(failures))
+    return 0 if not failures else 1
 
 
 if __name__ == "__main__":

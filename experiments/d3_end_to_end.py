@@ -3,12 +3,14 @@
 D3 itself cannot be downloaded on these machines, so this lays CIFAKE out in D3's schema:
 each row's real image is a CIFAR-10 photo served at the row's ``url`` by a loopback HTTP
 server (every 7th URL answers 404 and every 11th an HTML page, as dead LAION links do),
-and its four ``image_gen0..3`` are four CIFAKE Stable Diffusion v1.4 images. (All four
-come from SD-1.4; the D3 model names are labels here, so no per-generator result means
-anything.) All images come from the first 512 CIFAKE rows, for which independent
+and its four ``image_gen0..3`` are four CIFAKE Stable Diffusion v1.4 images, labelled with
+D3's model strings in D3's column order (IF, SD-1.4, SD-2.1, SD-XL). (All four come from
+SD-1.4; the D3 model names are labels here, so no per-generator result means anything.)
+The parquet is named like the hub's ``data/train-00000-of-00001.parquet``, so the ``train``
+split selects it. All images come from the first 512 CIFAKE rows, for which independent
 reference embeddings exist. Then, as a user would::
 
-    python -m clipdetect.fetch --d3 PARQUET --store STORE            # reals over HTTP
+    clipdetect fetch --d3 PARQUET --store STORE            # reals over HTTP
     clipdetect extract d3:PARQUET --reals-store STORE --out local/   # local engine
     clipdetect extract ... --engine ray --out ray/                   # SIGKILLed after its
     clipdetect extract ... --engine ray --out ray/                   # first shard; resumed
@@ -36,10 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipdetect.cache import FeatureCache
+from clipdetect.data.d3 import MODELS  # D3's model_gen0..3 strings, IF first
+from clipdetect.features.cache import FeatureCache
 
-MODELS = ["CompVis/stable-diffusion-v1-4", "stabilityai/stable-diffusion-2-1",
-          "stabilityai/stable-diffusion-xl-base-1.0", "DeepFloyd/IF-I-M-v1.0"]
 CIFAKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
@@ -78,7 +79,7 @@ def build(rows: int, out: Path, base_url: str, served: dict):
             for k, v in (("model", MODELS[g]), ("width", 32), ("height", 32), ("num_inference_steps", 50),
                          ("filepath", fake.key), ("image", {"bytes": fake.image["bytes"], "path": None})):
                 data[f"{k}_gen{g}"].append(v)
-    path = out / "d3" / "train-00000-of-00001.parquet"
+    path = out / "d3" / "data" / "train-00000-of-00001.parquet"
     path.parent.mkdir(parents=True)
     datasets.Dataset.from_dict(data, features=datasets.Features(feats)).to_parquet(str(path))
     return path, mapping
@@ -159,10 +160,10 @@ def main(argv=None) -> int:
     report = {"rows": args.rows, "images": 5 * args.rows, "ray_streaming": args.streaming,
               "dead_or_html_urls": sum(route(i) != "ok" for i in range(args.rows))}
     t0 = time.time()
-    report["fetch"] = cli("clipdetect.fetch", "--d3", str(parquet), "--store", str(tmp / "store"),
+    report["fetch"] = cli("clipdetect", "fetch", "--d3", str(parquet), "--store", str(tmp / "store"),
                           "--workers", "8", "--timeout", "2", "5", "--retries", "1", "--backoff", "0.1")
     report["fetch"]["wall_s"] = round(time.time() - t0, 1)
-    common = ["clipdetect.cli", "extract", f"d3:{parquet}", "--reals-store", str(tmp / "store"),
+    common = ["clipdetect", "extract", f"d3:{parquet}", "--reals-store", str(tmp / "store"),
               "--backbone", f"ViT-B-16-quickgelu:{args.weights}", "--batch-size", str(args.batch_size),
               "--shard-size", str(args.shard_size), "--no-progress"]
     report["local"] = cli(*common, "--out", str(tmp / "local"), "--workers", "1")

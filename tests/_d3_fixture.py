@@ -1,7 +1,11 @@
 """A D3-shaped parquet built by the tests, and a loopback HTTP server for its real images.
 
-The parquet has the columns and types of ``elsaEU/ELSA_D3`` (image columns are Hugging
-Face ``Image`` structs holding PNG/JPEG bytes at the D3 sizes). Real-image URLs point at a
+The parquet has the columns and types of ``elsaEU/ELSA_D3``, generators in its order (IF,
+SD-1.4, SD-2.1, SD-XL). Image columns are Hugging Face ``Image`` structs holding the bytes
+at the D3 sizes, in the five formats D3's fakes come in (PNG, JPEG, BMP, GIF, TIFF; the
+extension is in ``filepath_gen*``); some fakes are missing (``None`` or empty bytes, see
+``MISSING``). :func:`make_d3_folder` lays files out as the hub's ``data/`` folder
+(``train-*``, ``val-*``, ``validation-*``). Real-image URLs point at a
 ``http.server`` bound to 127.0.0.1 whose routes misbehave on purpose:
 
 * ``/ok/<id>``     an image;            ``/dead/<id>``  404;
@@ -22,10 +26,14 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image
 
-MODELS = ["CompVis/stable-diffusion-v1-4", "stabilityai/stable-diffusion-2-1",
-          "stabilityai/stable-diffusion-xl-base-1.0", "DeepFloyd/IF-I-M-v1.0"]
+MODELS = ["DeepFloyd/IF-II-L-v1.0", "CompVis/stable-diffusion-v1-4", "stabilityai/stable-diffusion-2-1-base",
+          "stabilityai/stable-diffusion-xl-base-1.0"]
 #: per generator column: (width, height) alternatives, D3's sizes
-SIZES = [[(512, 512)], [(512, 512), (256, 256)], [(640, 480), (640, 360)], [(256, 256)]]
+SIZES = [[(256, 256)], [(512, 512)], [(512, 512), (256, 256)], [(640, 480), (640, 360)]]
+#: fake formats; row i, column g is FORMATS[(i + g) % 5], so every column has all five
+FORMATS = [("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("GIF", "gif"), ("TIFF", "tiff")]
+#: (row, column) → how the fake is missing: None (a null image) or b"" (empty bytes)
+MISSING = {(4, 2): None, (5, 0): b""}
 #: route of each row's real image, in row order
 ROUTES = ["ok", "ok", "dead", "slow", "html", "flaky"]
 SLOW_SECONDS = 2.5
@@ -105,8 +113,13 @@ def real_url(base_url: str, i: int) -> str:
     return f"{base_url}/{ROUTES[i % len(ROUTES)]}/{row_id(i)}.jpg"
 
 
-def make_d3_parquet(path: Path, base_url: str, rows: int = 6) -> Path:
-    """Write a D3-schema parquet with ``rows`` rows; returns its path."""
+def fake_format(i: int, g: int):
+    """(PIL format, file extension) of row ``i``'s fake in column ``g``."""
+    return FORMATS[(i + g) % len(FORMATS)]
+
+
+def make_d3_parquet(path: Path, base_url: str, rows: int = 6, first: int = 0) -> Path:
+    """Write a D3-schema parquet with ``rows`` rows (row indices ``first``..); returns its path."""
     import datasets
 
     feats = {"id": datasets.Value("string"), "original_prompt": datasets.Value("string"),
@@ -117,7 +130,7 @@ def make_d3_parquet(path: Path, base_url: str, rows: int = 6) -> Path:
                         ("filepath", datasets.Value("string")), ("image", datasets.Image())):
         feats.update({f"{kind}_gen{g}": ftype for g in range(4)})
     data: Dict[str, List] = {k: [] for k in feats}
-    for i in range(rows):
+    for i in range(first, first + rows):
         rid = row_id(i)
         data["id"].append(rid)
         data["original_prompt"].append(f"a photo of object number {i}")
@@ -126,18 +139,39 @@ def make_d3_parquet(path: Path, base_url: str, rows: int = 6) -> Path:
         data["url"].append(real_url(base_url, i))
         for g in range(4):
             w, h = SIZES[g][i % len(SIZES[g])]
+            fmt, ext = fake_format(i, g)
             data[f"model_gen{g}"].append(MODELS[g])
             data[f"width_gen{g}"].append(w)
             data[f"height_gen{g}"].append(h)
-            data[f"num_inference_steps_gen{g}"].append([50, 50, 40, 100][g])
-            data[f"filepath_gen{g}"].append(f"gen{g}/{rid}.png")
-            fmt = "JPEG" if g == 3 else "PNG"
-            data[f"image_gen{g}"].append({"bytes": image_bytes(10 * i + g, (w, h), fmt), "path": None})
+            data[f"num_inference_steps_gen{g}"].append([100, 50, 50, 40][g])
+            data[f"filepath_gen{g}"].append(f"gen{g}/{rid}.{ext}")
+            if (i, g) in MISSING:
+                missing = MISSING[i, g]
+                data[f"image_gen{g}"].append(None if missing is None else {"bytes": missing, "path": None})
+            else:
+                data[f"image_gen{g}"].append({"bytes": image_bytes(10 * i + g, (w, h), fmt), "path": None})
     ds = datasets.Dataset.from_dict(data, features=datasets.Features(feats))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.to_parquet(str(path))
     return path
+
+
+#: the hub's data/ files: (name, rows); ``train`` = train-* + val-*, ``validation`` = validation-*
+HUB_FILES = [("train-00000-of-00002.parquet", 4), ("train-00001-of-00002.parquet", 2),
+             ("val-00000-of-00001.parquet", 2), ("validation-00000-of-00001.parquet", 3)]
+
+
+def make_d3_folder(root: Path, base_url: str) -> Dict[str, List[str]]:
+    """Write ``HUB_FILES`` under ``root/data`` with consecutive row ids; returns the row ids per hub split."""
+    ids: Dict[str, List[str]] = {"train": [], "validation": []}
+    first = 0
+    for name, rows in HUB_FILES:
+        make_d3_parquet(Path(root) / "data" / name, base_url, rows=rows, first=first)
+        ids["validation" if name.startswith("validation-") else "train"] += [row_id(i) for i in
+                                                                             range(first, first + rows)]
+        first += rows
+    return ids
 
 
 def write_reals_dir(folder: Path, rows: List[int]) -> Path:

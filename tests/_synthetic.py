@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
 
 
 def synthetic_identity(dim: int = 16, *, arch: str = "synthetic", seed: int = 0) -> dict:
@@ -53,4 +53,26 @@ def write_synthetic_cache(root: str | Path, *, n: int = 200, dim: int = 16, shar
         writer.write_shard("synthetic", start=int(a), stop=int(b), img=x[a:b], txt=t[a:b] if text else None,
                            meta=meta, errors=pd.DataFrame(columns=ERROR_COLUMNS))
     writer.finish_run("synthetic", {"rows": n}, complete=True)
+    return FeatureCache(root)
+
+
+def write_multi_generator_cache(root: str | Path, *, n: int = 360, dim: int = 12, generators=("a", "b", "c"),
+                                format_columns: bool = True, seed: int = 3) -> FeatureCache:
+    """Reals and the fakes of several generators; the last generator's fakes differ from the
+    reals on other axes than the rest, and are JPEGs of another size (a container leak) where
+    every other image is an 8×8 PNG. ``format_columns=False`` leaves width/height/format/mode out."""
+    x, y = separable_features(n, dim, shift=1.2, seed=seed)
+    gen = np.where(y == 0, "real", np.asarray(generators)[np.arange(n) % len(generators)])
+    odd = gen == generators[-1]
+    x[odd, 0] -= 1.2
+    x[odd, 1] += 1.5
+    meta = pd.DataFrame({"key": [f"k{i}" for i in range(n)], "label": y, "generator": gen, "split": "train",
+                         "path": "", "caption": ""})
+    if format_columns:
+        meta = meta.assign(width=np.where(odd, 16, 8), height=np.where(odd, 12, 8),
+                           format=np.where(odd, "JPEG", "PNG"), mode="RGB")
+    writer = CacheWriter(root, backbone=synthetic_identity(dim))
+    writer.begin_run("r", {"source": "synthetic"})
+    writer.write_shard("r", start=0, stop=n, img=x, txt=None, meta=meta, errors=pd.DataFrame(columns=ERROR_COLUMNS))
+    writer.finish_run("r", {}, complete=True)
     return FeatureCache(root)

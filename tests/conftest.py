@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import clipdetect  # noqa: E402,F401  (torchvision guard first)
+from clipdetect.core import compat  # noqa: E402,F401  (torchvision guard first)
 
 TINY = "clipdetect-tiny-vit:random"
 
@@ -29,7 +29,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from clipdetect.backbones import create_backbone
+    from clipdetect.features.backbones import create_backbone
 
     return create_backbone(TINY)
 

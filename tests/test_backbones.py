@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipdetect.backbones import BackboneError, BackboneSpec, create_backbone, identities_match
+from clipdetect.features.backbones import BackboneError, BackboneSpec, create_backbone, identities_match
 from conftest import TINY
 
 

@@ -1,11 +1,13 @@
 """The cache: atomic shards, row-aligned metadata, memory-mapped selection, refusing mixed backbones."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from clipdetect.cache import CacheError, CacheWriter, FeatureCache
+from clipdetect.features.cache import CacheError, CacheWriter, FeatureCache
 
 IDENT = {"arch": "a", "weights": "random", "seed": 0, "embed_dim": 4, "preprocess": {"size": [8, 8]}}
 
@@ -36,7 +38,7 @@ def test_write_and_read_back(tmp_path):
     both = c.features("image+text", np.array([7, 0]))
     assert both.shape == (2, 8) and both.dtype == np.float32
     assert np.array_equal(both[:, 4:], both[:, 3::-1])
-    assert np.load(tmp_path / "img_emb/part-00000.npy").dtype == np.float16
+    assert np.load(tmp_path / "img_emb" / f"{c.shards[0].name}.npy").dtype == np.float16
     assert c.summary()["errors"] == {"empty": 3}
     assert not list(tmp_path.rglob(".*tmp*"))
 
@@ -92,10 +94,13 @@ def test_orphan_files_of_an_unrecorded_shard_are_ignored_and_replaced(tmp_path):
     _write(tmp_path, n_shards=1)
     # simulate a crash after a shard's files but before the manifest: a stray part and temp file
     np.save(tmp_path / "img_emb/part-00001.npy", np.zeros((9, 4), np.float16))
-    (tmp_path / "meta/.part-00001.parquet.tmp-1").write_bytes(b"junk")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer that has exited
+    stray = tmp_path / f"meta/.part-00001.parquet.tmp-{dead.pid}-abcd"
+    stray.write_bytes(b"junk")
     assert len(FeatureCache(tmp_path)) == 5
     w = CacheWriter(tmp_path, backbone=IDENT)
-    assert not (tmp_path / "meta/.part-00001.parquet.tmp-1").exists()
+    assert not stray.exists()
     w.write_shard("r", start=5, stop=7, img=np.ones((2, 4), np.float32), txt=None,
                   meta=pd.DataFrame({"key": ["a", "b"], "label": [0, 1], "generator": "", "split": "train",
                                      "path": "", "caption": None}), errors=pd.DataFrame())

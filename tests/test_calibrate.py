@@ -6,12 +6,12 @@ import pytest
 
 from _synthetic import write_synthetic_cache
 
-from clipdetect.calibrate import calibrate_detector, calibrate_scores
-from clipdetect.cli import main
-from clipdetect.detector import Detector
-from clipdetect.metrics import expected_calibration_error
-from clipdetect.splits import resolve_split_rows
-from clipdetect.train import TrainConfig
+from clipdetect.eval.calibrate import calibrate_detector, calibrate_scores
+from clipdetect.cli.main import main
+from clipdetect.models.detector import Detector
+from clipdetect.core.metrics import expected_calibration_error
+from clipdetect.features.splits import resolve_split_rows
+from clipdetect.models.train import TrainConfig
 
 
 def _overconfident(n=4000, seed=0):

@@ -4,12 +4,12 @@ import sys
 
 import torch
 
-from clipdetect import _compat
+from clipdetect.core import compat as _compat
 
 
 def test_package_import_makes_torchvision_and_open_clip_importable():
     # fresh interpreter: the guard acts exactly when the extension does not load
-    code = ("import clipdetect; from clipdetect import _compat as c; "
+    code = ("import clipdetect; from clipdetect.core import compat as c; "
             "installed = c._GUARD_LIBRARY is not None; loads = c.torchvision_extension_loads(); "
             "import torchvision, open_clip, timm; print(installed, loads)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from clipdetect.compress import (LowRankConv1x1, LowRankLinear, apply_structure, choose_rank, magnitude_prune,
+from clipdetect.models.compress import (LowRankConv1x1, LowRankLinear, apply_structure, choose_rank, magnitude_prune,
                                  prunable_weights, svd_factorize)
-from clipdetect.compress_report import CompressConfig, compress, load_detector
-from clipdetect.detector import Detector
-from clipdetect.heads import HeadConfig, create_head
+from clipdetect.distill.compress_report import CompressConfig, compress, load_detector
+from clipdetect.models.detector import Detector
+from clipdetect.models.heads import HeadConfig, create_head
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -129,8 +129,8 @@ def test_compress_detector_report_and_bundle(tmp_path):
 def test_compress_student_report(tmp_path):
     from test_distill import make_material, tiny_config
 
-    from clipdetect.backbones import create_backbone
-    from clipdetect.distill import distill
+    from clipdetect.features.backbones import create_backbone
+    from clipdetect.distill.trainer import distill
 
     imgs, cache = make_material(tmp_path)
     distill(tiny_config(tmp_path, imgs, cache, epochs=1), progress=False)

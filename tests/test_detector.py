@@ -4,8 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from clipdetect.detector import Detector, DetectorError, choose_threshold, fit_detector
-from clipdetect.train import TrainConfig
+from clipdetect.models.detector import Detector, DetectorError, choose_threshold, fit_detector
+from clipdetect.models.train import TrainConfig
 
 from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
 
@@ -42,9 +42,11 @@ def test_fit_cache_uses_derived_splits_and_threshold(trained):
     assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1)
     assert np.array_equal(det.predict(X), (proba[:, 1] > det.threshold).astype(int))
     z = det.decision_function(X)
-    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z)), atol=1e-6)
+    cal = det.metrics["calibration"]  # temperature fit on validation at the end of training
+    assert det.temperature == cal["temperature"] != 1.0 and cal["ece_after"] <= cal["ece_before"] + 1e-9
+    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z / det.temperature)), atol=1e-6)
     det2 = Detector(head=det.head, head_config=det.head_config, feature_set="image", backbone=det.backbone,
-                    threshold=det.threshold).with_temperature(2.5)
+                    threshold=det.threshold, temperature=det.temperature).with_temperature(2.5)
     assert np.allclose(det2.fake_probability(X), 1 / (1 + np.exp(-z / 2.5)), atol=1e-6)
     assert np.array_equal(det2.predict(X), det.predict(X))
 
@@ -100,7 +102,7 @@ def test_sklearn_style_fit_on_class_and_instance():
 
 
 def test_cli_train_on_tiny_cache(tmp_path, capsys):
-    from clipdetect.cli import main
+    from clipdetect.cli.main import main
 
     write_synthetic_cache(tmp_path / "c", n=200, shift=3.0)
     rc = main(["train", str(tmp_path / "c"), "--out", str(tmp_path / "det"), "--epochs", "3", "--batch-size",

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-import clipdetect.distill as distill_mod
-from clipdetect.backbones import create_backbone, file_sha256
-from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
-from clipdetect.distill import DistillConfig, distill, distillation_loss
-from clipdetect.student import TINY_ARCH, StudentConfig, create_student, load_student, map_lite0_state_dict
+import clipdetect.distill.trainer as distill_mod
+from clipdetect.features.backbones import create_backbone, file_sha256
+from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.distill.trainer import DistillConfig, distill, distillation_loss
+from clipdetect.distill.student import TINY_ARCH, StudentConfig, create_student, load_student, map_lite0_state_dict
 from conftest import make_image
 
 TEACHER_DIM = 16
@@ -126,10 +126,10 @@ def test_resume_continues_from_the_last_epoch(tmp_path, monkeypatch):
 
 
 def test_student_spec_works_with_create_backbone_and_extract(material):
-    from clipdetect.detector import Detector
-    from clipdetect.extract import ExtractConfig, extract
-    from clipdetect.imaging import SplitPreprocess
-    from clipdetect.sources import open_source
+    from clipdetect.models.detector import Detector
+    from clipdetect.features.extract import ExtractConfig, extract
+    from clipdetect.data.imaging import SplitPreprocess
+    from clipdetect.data.registry import open_source
 
     root, imgs, _, _ = material
     spec = f"student:{root / 'student'}"
@@ -156,7 +156,7 @@ def test_student_spec_works_with_create_backbone_and_extract(material):
 
 
 def test_cli_distill_then_predict_end_to_end(tmp_path):
-    from clipdetect.cli import build_parser, main
+    from clipdetect.cli.main import build_parser, main
 
     imgs, cache = make_material(tmp_path, n=6)
     out = tmp_path / "cli-student"
@@ -193,7 +193,7 @@ def test_efficientnet_lite0_package_weights_map_onto_timm():
                                          image_size=224)).eval()
     body = model.backbone
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    from clipdetect.student import package_weights_path, student_preprocess
+    from clipdetect.distill.student import package_weights_path, student_preprocess
 
     x = student_preprocess(StudentConfig(arch="tf_efficientnet_lite0", image_size=224))(
         Image.open(photo).convert("RGB"))[None]

@@ -8,12 +8,12 @@ from sklearn.metrics import accuracy_score, average_precision_score, brier_score
 
 from _synthetic import write_synthetic_cache
 
-from clipdetect.cli import main
-from clipdetect.detector import Detector
-from clipdetect.evaluate import (evaluate_detector, logit_threshold, paired_auc_difference, plot_detectors,
+from clipdetect.cli.main import main
+from clipdetect.models.detector import Detector
+from clipdetect.eval.evaluate import (evaluate_detector, logit_threshold, paired_auc_difference, plot_detectors,
                                  roc_curves, score_table)
-from clipdetect.splits import resolve_split_rows
-from clipdetect.train import TrainConfig
+from clipdetect.features.splits import resolve_split_rows
+from clipdetect.models.train import TrainConfig
 
 FAST = dict(epochs=3, batch_size=64, head="linear", loss="bce", sam=False, patience=0)
 
@@ -150,6 +150,13 @@ def test_evaluate_cli_compares_several_detectors(trained, tmp_path):
     assert main(["evaluate", f"a={root / 'det'},b={root / 'det'}", str(root / "cache"), "--n-boot", "20",
                  "--out", str(out)]) == 0
     assert (out / "a" / "metrics.json").exists() and (out / "b" / "metrics.md").exists()
-    cmp = pd.read_csv(out / "comparison.csv")
+    cmp = pd.read_csv(out / "comparison.csv")  # the logistic probe is the reference: positive = better
+    assert list(cmp.detector) == ["logistic-probe", "a", "b"] and np.isnan(cmp.delta_auc.iloc[0])
+    assert cmp.delta_auc.iloc[1] == cmp.delta_auc.iloc[2]
+    assert cmp.delta_auc.iloc[1] == pytest.approx(cmp.auc.iloc[1] - cmp.auc.iloc[0], abs=1e-12)
+    assert "AUC(detector) − AUC(logistic-probe)" in (out / "comparison.md").read_text()
+    out2 = tmp_path / "cmp2"
+    assert main(["evaluate", f"a={root / 'det'},b={root / 'det'}", str(root / "cache"), "--n-boot", "20",
+                 "--out", str(out2), "--baseline", "none"]) == 0
+    cmp = pd.read_csv(out2 / "comparison.csv")
     assert list(cmp.detector) == ["a", "b"] and cmp.delta_auc.iloc[1] == 0 and np.isnan(cmp.delta_auc.iloc[0])
-    assert "delta_auc" in (out / "comparison.md").read_text()

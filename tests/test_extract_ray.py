@@ -9,10 +9,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (pip install 'clipdetect[ray]')")
 pytest.importorskip("ray.data", reason="the Ray engine needs ray[data] (pip install 'clipdetect[ray]')")
 
-from clipdetect.cache import FeatureCache  # noqa: E402
-from clipdetect.d3 import D3Source  # noqa: E402
-from clipdetect.extract import ExtractConfig, extract  # noqa: E402
-from clipdetect.extract_ray import extract_ray  # noqa: E402
+from clipdetect.features.cache import FeatureCache  # noqa: E402
+from clipdetect.data.d3 import D3Source  # noqa: E402
+from clipdetect.features.extract import ExtractConfig, extract  # noqa: E402
+from clipdetect.features.extract_ray import extract_ray  # noqa: E402
 from conftest import TINY  # noqa: E402
 
 from _d3_fixture import make_d3_parquet, write_reals_dir  # noqa: E402
@@ -38,7 +38,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("d3ray")
-    path = make_d3_parquet(root / "d3.parquet", "http://127.0.0.1:9", rows=6)  # URLs never contacted
+    path = make_d3_parquet(root / "data" / "train-00000-of-00001.parquet", "http://127.0.0.1:9", rows=6)  # URLs never contacted
     return D3Source(str(path), reals_dir=str(write_reals_dir(root / "reals", [0, 1, 3, 4])))
 
 
@@ -60,7 +60,7 @@ def _assert_same_cache(a_dir, b_dir):
 
 def test_ray_engine_matches_local_and_resumes_after_a_kill(cluster, source, tmp_path, tiny_backbone):
     local = extract(source, _cfg(tmp_path / "local"), backbone=tiny_backbone, progress=False)
-    assert local.complete and local.errors == {"real_missing": 2}
+    assert local.complete and local.errors == {"real_missing": 2, "fake_missing": 2}
 
     def die(name):
         raise Killed(name)
@@ -73,7 +73,7 @@ def test_ray_engine_matches_local_and_resumes_after_a_kill(cluster, source, tmp_
 
     resumed = extract_ray(source, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False)
     assert (resumed.run, resumed.resumed_from, resumed.seen, resumed.complete) == (local.run, 10, 20, True)
-    assert resumed.errors == {"real_missing": 2}  # rows 2 and 5 have no real image
+    assert resumed.errors == {"real_missing": 2, "fake_missing": 2}  # rows 2, 5: no real; 2 fakes missing
     _assert_same_cache(tmp_path / "local", tmp_path / "ray")
 
     # the engines share the run: a local run finishes what a Ray run started
@@ -95,12 +95,12 @@ def test_ray_engine_streams_a_source_of_unknown_size_and_resumes(cluster, source
         extract_ray(streamed, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False, on_shard=die)
     resumed = extract_ray(streamed, _cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False)
     assert (resumed.run, resumed.resumed_from, resumed.seen, resumed.complete) == (local.run, 10, 20, True)
-    assert resumed.errors == {"real_missing": 2}
+    assert resumed.errors == {"real_missing": 2, "fake_missing": 2}
     _assert_same_cache(tmp_path / "local", tmp_path / "ray")
 
 
 def test_pool_sizes_fill_the_cluster_and_refuse_what_cannot_be_scheduled():
-    from clipdetect.extract_ray import _pool_sizes
+    from clipdetect.features.extract_ray import _pool_sizes
 
     cpu, gpu = ExtractConfig(backbone=TINY, out="x"), ExtractConfig(backbone=TINY, out="x", device="cuda")
     assert _pool_sizes(cpu, {"CPU": 16}, False, None, None, 1) == (15, 1)

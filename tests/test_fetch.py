@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-import clipdetect  # noqa: F401
-from clipdetect.fetch import FetchStore, fetch_many, fetch_one, main, url_key
+from clipdetect.core import compat  # noqa: F401
+from clipdetect.cli.main import main
+from clipdetect.data.fetch import FetchStore, fetch_many, fetch_one, url_key
 
 from _d3_fixture import ROUTES, real_bytes, real_url, serve_reals
 
@@ -75,7 +76,7 @@ def test_fetch_many_rejects_bad_workers(tmp_path):
 def test_command_line_parts_share_one_store(server, tmp_path, capsys):
     urls = _urls(server)
     (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
-    common = ["--urls", str(tmp_path / "urls.txt"), "--store", str(tmp_path / "s"), "--timeout", "1", "0.6",
+    common = ["fetch", "--urls", str(tmp_path / "urls.txt"), "--store", str(tmp_path / "s"), "--timeout", "1", "0.6",
               "--retries", "1", "--backoff", "0.01", "--workers", "3"]
     for part in ("0/2", "1/2"):  # rows 0,2,4 then 1,3,5: two processes, one store
         assert main(common + ["--part", part]) == 0

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-import clipdetect  # noqa: F401  (installs the torchvision guard first)
+from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 from torch import nn
 
-from clipdetect.heads import (
+from clipdetect.models.heads import (
     HeadConfig,
     LinearHead,
     MLPHead,

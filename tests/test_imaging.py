@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdetect.imaging import BadImage, SplitPreprocess, decode_image
+from clipdetect.data.imaging import BadImage, SplitPreprocess, decode_image
 from conftest import make_image
 
 
@@ -45,9 +45,21 @@ def test_decompression_bomb_is_refused_without_decoding():
     assert exc.value.reason == "decompression_bomb"
 
 
-def test_extreme_aspect_ratio_is_refused():
+def test_extreme_aspect_ratio_is_refused_only_on_request():
     with pytest.raises(BadImage, match="extreme_aspect"):
-        decode_image(_bytes(Image.new("RGB", (5000, 2)), "PNG"))
+        decode_image(_bytes(Image.new("RGB", (5000, 2)), "PNG"), max_aspect=100)
+
+
+def test_thin_image_is_cropped_to_the_centre_the_preprocessing_keeps(tiny_backbone):
+    from clipdetect.data.imaging import SplitPreprocess
+
+    rng = np.random.default_rng(0)
+    thin = Image.fromarray(rng.integers(0, 255, (2, 2000, 3), dtype=np.uint8), "RGB")
+    img, info = decode_image(_bytes(thin, "PNG"))
+    assert img.size == (200, 2) and (info["width"], info["height"]) == (2000, 2)
+    pre = SplitPreprocess(tiny_backbone.preprocess)
+    cropped, full = pre.worker(img).astype(int), pre.worker(thin).astype(int)
+    assert cropped.shape == full.shape and np.abs(cropped - full).max() <= 2
 
 
 def test_huge_but_sane_dimensions_decode():

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-import clipdetect  # noqa: F401  (installs the torchvision guard first)
+from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 import torch.nn.functional as F
 
-from clipdetect.losses import (
+from clipdetect.models.losses import (
     LOSS_NAMES,
     AUCLoss,
     BCELoss,

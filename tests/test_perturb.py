@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdetect.perturb import (DEFAULT_SEVERITIES, PERTURBATIONS, ListSource, NormalizedSource,
+from clipdetect.data.perturb import (DEFAULT_SEVERITIES, PERTURBATIONS, ListSource, NormalizedSource,
                                 PerturbedSource,
                                 apply_perturbation, blur, center_crop, gaussian_noise, jpeg, key_seed,
                                 normalize_format, perturbed_bytes, resize, subset_source)
-from clipdetect.sources import Sample
+from clipdetect.data.sources import Sample
 
 
 def _img(seed=0, size=(40, 30)):

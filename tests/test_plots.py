@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from clipdetect.plots import (plot_metric_curves, plot_roc, plot_score_histograms, roc_figure,
+from clipdetect.eval.plots import (plot_metric_curves, plot_roc, plot_score_histograms, roc_figure,
                               roc_figure_multi, save_figure)
 
 plt = pytest.importorskip("matplotlib.pyplot")
@@ -71,10 +71,13 @@ def test_multi_detector_one_line_per_pair():
         for det, curves in detectors.items():
             for gen, (y, s) in curves.items():
                 assert f"{det} / {gen} (AUC = {roc_auc_score(y, s):.3f})" in by_label
-        # same generator -> same colour; same detector -> same linestyle
+        # same detector -> same colour, its own; same generator -> same linestyle
         sdxl = [ln for lbl, ln in by_label.items() if "/ sdxl" in lbl]
-        assert sdxl[0].get_color() == sdxl[1].get_color()
-        assert sdxl[0].get_linestyle() != sdxl[1].get_linestyle()
+        assert sdxl[0].get_color() != sdxl[1].get_color()
+        assert sdxl[0].get_linestyle() == sdxl[1].get_linestyle()
+        mlp = [ln for lbl, ln in by_label.items() if lbl.startswith("mlp /")]
+        assert len({ln.get_color() for ln in mlp}) == 1 and len({ln.get_linestyle() for ln in mlp}) == 3
+        assert len(_labels(ax)) == 5  # one legend entry per curve
     plt.close(fig)
 
 

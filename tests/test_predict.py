@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipdetect.backbones import BackboneError
-from clipdetect.cache import FeatureCache
-from clipdetect.cli import main
-from clipdetect.detector import Detector
-from clipdetect.extract import ExtractConfig, extract
-from clipdetect.predict import FileListSource, open_predict_source, predict_source, resolve_backbone
-from clipdetect.sources import ImageFolderSource
-from clipdetect.train import TrainConfig
+from clipdetect.features.backbones import BackboneError
+from clipdetect.features.cache import FeatureCache
+from clipdetect.cli.main import main
+from clipdetect.models.detector import Detector
+from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.models.predict import FileListSource, open_predict_source, predict_source, resolve_backbone
+from clipdetect.data.sources import ImageFolderSource
+from clipdetect.models.train import TrainConfig
 from conftest import TINY
 
 

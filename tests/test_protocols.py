@@ -6,15 +6,15 @@ import pytest
 
 from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
 
-from clipdetect import protocols
-from clipdetect.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
-from clipdetect.cli import main
-from clipdetect.detector import Detector
-from clipdetect.extract import ExtractConfig, extract
-from clipdetect.protocols_format import estimate_jpeg_quality, format_only_baseline, format_record
-from clipdetect.sources import ImageFolderSource
-from clipdetect.splits import resolve_split_rows
-from clipdetect.train import TrainConfig
+from clipdetect.eval import protocols
+from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.cli.main import main
+from clipdetect.models.detector import Detector
+from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.eval.format_bias import estimate_jpeg_quality, format_only_baseline, format_record
+from clipdetect.data.sources import ImageFolderSource
+from clipdetect.features.splits import resolve_split_rows
+from clipdetect.models.train import TrainConfig
 from conftest import TINY, make_image
 
 FAST = TrainConfig(epochs=8, batch_size=64, lr=0.05, head="linear", loss="bce", sam=False, patience=0)

@@ -1,10 +1,10 @@
 import pytest
 
-import clipdetect  # noqa: F401  (installs the torchvision guard first)
+from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 from torch import nn
 
-from clipdetect.sam import SAM, create_sam, disable_running_stats, enable_running_stats, frozen_bn_stats
+from clipdetect.models.sam import SAM, create_sam, disable_running_stats, enable_running_stats, frozen_bn_stats
 
 
 def _tiny_model(seed=0):

@@ -4,8 +4,9 @@ import io
 import pandas as pd
 import pytest
 
-from clipdetect.hf_source import HFSource
-from clipdetect.sources import ImageFolderSource, ManifestSource, open_source, parse_label
+from clipdetect.data.hf import HFSource
+from clipdetect.data.registry import open_source
+from clipdetect.data.sources import ImageFolderSource, ManifestSource, parse_label
 from conftest import make_image
 
 

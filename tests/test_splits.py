@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipdetect import splits as splits_module
-from clipdetect.splits import assign_splits, resolve_all, resolve_split_rows
+from clipdetect.features import splits as splits_module
+from clipdetect.features.splits import assign_splits, resolve_all, resolve_split_rows
 
 from _synthetic import write_synthetic_cache
 
@@ -27,8 +27,8 @@ def test_assign_splits_fractions_and_stability():
 def test_assign_splits_same_in_another_process():
     # load the module file alone (no package import, so no torch start-up) under another hash seed
     path = Path(splits_module.__file__)
-    code = ("import importlib.util as u; s = u.spec_from_file_location('splits', %r); m = u.module_from_spec(s); "
-            "s.loader.exec_module(m); print(','.join(m.assign_splits([f'k{i}' for i in range(50)])))" % str(path))
+    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('splits', %r); "
+            "m = sys.modules['splits'] = u.module_from_spec(s); s.loader.exec_module(m); print(','.join(m.assign_splits([f'k{i}' for i in range(50)])))" % str(path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
     assert out.split(",") == assign_splits([f"k{i}" for i in range(50)]).tolist()
@@ -57,3 +57,17 @@ def test_resolve_uses_existing_splits(tmp_path):
     assert resolve_split_rows(cache, "train").tolist() == list(range(50))
     with pytest.raises(ValueError, match="not one of"):
         resolve_split_rows(cache, "holdout")
+
+
+def test_split_spec_is_the_one_naming_of_a_split():
+    from clipdetect.features.splits import SplitSpec
+    from clipdetect.models.train import TrainConfig
+
+    spec = SplitSpec.of(TrainConfig(val_fraction=0.2, test_fraction=0.1, split_seed=3))
+    assert spec == SplitSpec(0.2, 0.1, 3)
+    assert SplitSpec.of({"val_fraction": 0.2, "test_fraction": 0.1, "split_seed": 3}) == spec
+    assert SplitSpec.of(spec, seed=4) == SplitSpec(0.2, 0.1, 4)  # explicit values win
+    keys = [f"k{i}" for i in range(200)]
+    assert spec.assign(keys).tolist() == assign_splits(keys, val=0.2, test=0.1, seed=3).tolist()
+    with pytest.raises(ValueError, match="sum to < 1"):
+        SplitSpec(0.6, 0.5)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipdetect.metrics import binary_metrics
-from clipdetect.train import (ArraySource, CacheSource, StratifiedBatchSampler, TrainConfig, predict_logits,
+from clipdetect.core.metrics import binary_metrics
+from clipdetect.models.train import (ArraySource, CacheSource, StratifiedBatchSampler, TrainConfig, predict_logits,
                               train)
 
 from _synthetic import separable_features, write_synthetic_cache

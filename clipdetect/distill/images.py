@@ -1,0 +1,153 @@
+"""Distillation I/O: images matched to teacher embeddings, loaders, and checkpoint files.
+
+Checkpoints are ``checkpoints/NAME.safetensors`` (student, head and AdamW state tensors,
+keys ``student.*``, ``head.*``, ``optim.<param index>.<name>``) with a JSON sidecar
+``NAME.json`` (epoch, history, best epoch, config, optimizer param groups): no pickle.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipdetect.data.imaging import decode_image
+from clipdetect.distill.student import StudentConfig, student_preprocess
+
+AUGMENTATIONS = ("flip", "crop", "jpeg", "blur")
+CKPT_DIR = "checkpoints"
+
+
+# ------------------------------------------------------------------ data
+class RandomJPEG:
+    """Re-encode a PIL image as JPEG at a random quality in [lo, hi] with probability ``p``."""
+
+    def __init__(self, lo: int = 60, hi: int = 95, p: float = 0.5):
+        self.lo, self.hi, self.p = lo, hi, p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if torch.rand(()) >= self.p:
+            return img
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(torch.randint(self.lo, self.hi + 1, ())))
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def train_transform(config: StudentConfig, augment: Sequence[str]):
+    """The inference preprocessing with training augmentations in front (PIL stage)."""
+    from clipdetect.core import compat  # noqa: F401
+    from torchvision import transforms as T
+
+    base = student_preprocess(config).transforms
+    pil: List[Any] = []
+    if "jpeg" in augment:
+        pil.append(RandomJPEG())
+    if "blur" in augment:
+        pil.append(T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2))
+    if "crop" in augment:
+        interp = getattr(T.InterpolationMode, config.interpolation.upper())
+        pil.append(T.RandomResizedCrop(config.image_size, scale=(0.6, 1.0), ratio=(0.9, 1.1),
+                                       interpolation=interp))
+        base = base[2:]  # the random crop replaces Resize + CenterCrop
+    if "flip" in augment:
+        pil.append(T.RandomHorizontalFlip())
+    return T.Compose(pil + list(base))
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """Encoded images (bytes or paths) with labels and teacher embeddings, decoded on access."""
+
+    def __init__(self, images: List[Any], labels: np.ndarray, targets: np.ndarray, transform):
+        self.images, self.transform = images, transform
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img, _ = decode_image(self.images[i])
+        return self.transform(img), self.labels[i], self.targets[i]
+
+
+def collect_images(source, keys: Sequence[str]) -> Dict[str, Any]:
+    """key → encoded image (bytes or path) for ``keys``, reading ``source`` until all are found."""
+    wanted = set(keys)
+    found: Dict[str, Any] = {}
+    for sample in source.iterate(0):
+        if sample.key in wanted and sample.key not in found:
+            found[sample.key] = sample.image
+            if len(found) == len(wanted):
+                break
+    missing = wanted - set(found)
+    if missing:
+        raise ValueError(f"{len(missing)} cache keys (e.g. {sorted(missing)[:3]}) are not in the source; "
+                         "pass the source the teacher cache was extracted from")
+    return found
+
+
+def make_loader(ds: ImageRows, *, batches=None, batch_size: int = 256, workers: int = 0, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    kw = dict(num_workers=workers, generator=gen, persistent_workers=False)
+    if workers:
+        methods = torch.multiprocessing.get_all_start_methods()
+        kw["multiprocessing_context"] = "fork" if "fork" in methods else None
+        kw["worker_init_fn"] = _seed_worker
+    if batches is not None:
+        return torch.utils.data.DataLoader(ds, batch_sampler=batches, **kw)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
+
+
+def _seed_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------ checkpoints
+def optimizer_tensors(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Split an optimizer state dict into flat tensors (safetensors) and JSON (param groups)."""
+    sd = opt.state_dict()
+    tensors = {f"optim.{i}.{name}": v.detach().cpu().contiguous().reshape(v.shape)
+               for i, st in sd["state"].items() for name, v in st.items() if torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor],
+                   groups: Dict[str, Any]) -> None:
+    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+
+
+def save_checkpoint(out: Path, name: str, *, student, head, opt=None, info: Dict[str, Any]) -> None:
+    """``out/checkpoints/NAME.safetensors`` (+ ``NAME.json``), written atomically."""
+    from clipdetect.core.io import save_safetensors, write_json
+
+    d = out / CKPT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {f"student.{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
+    extra: Dict[str, Any] = {}
+    if opt is not None:
+        ot, extra = optimizer_tensors(opt)
+        tensors.update(ot)
+    save_safetensors(tensors, d / f"{name}.safetensors")
+    write_json(d / f"{name}.json", {**info, "optimizer": extra})
+
+
+def load_checkpoint(out: Path, name: str, *, student, head, opt=None) -> Dict[str, Any]:
+    from clipdetect.core.io import read_json, read_safetensors
+
+    d = Path(out) / CKPT_DIR
+    tensors = read_safetensors(d / f"{name}.safetensors")
+    info = read_json(d / f"{name}.json", what="distillation checkpoint")
+    student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    if opt is not None and info.get("optimizer"):
+        load_optimizer(opt, tensors, info["optimizer"])
+    return info

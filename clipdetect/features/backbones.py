@@ -1,0 +1,299 @@
+"""Backbones: a spec string -> an encoder with its preprocessing, tokenizer and identity.
+
+Specs (open_clip style, ``ARCH:WEIGHTS``):
+
+* ``"ViT-B-16:openai"`` — an open_clip pretrained tag, downloaded and cached by open_clip
+  when a network exists; offline this fails with an error that says how to pass a file.
+* ``"ViT-B-16-quickgelu:/path/to/ckpt.pt"`` — a local checkpoint: a full open_clip state
+  dict, or a partial one such as an image-tower-only dict (``visual.*`` keys). ``.pt``,
+  ``.bin`` and ``.safetensors`` files load without unpickling arbitrary code.
+* ``"ViT-B-32:random"`` — the architecture with random weights (seeded): for tests and
+  speed benchmarks. The tiny architectures shipped in ``model_configs/``
+  (``clipdetect-tiny-vit``) make such tests run in milliseconds.
+* ``"student:/path/to/student-dir"`` — a distilled student encoder (see ``distill``).
+
+The :class:`Backbone` ``identity`` dict is what the feature cache records and compares:
+two caches (or a cache and a detector) are compatible only when identities agree.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import itertools
+
+import numpy as np
+import torch
+
+from clipdetect.core import compat  # noqa: F401  (runs the torchvision guard before open_clip)
+from clipdetect.core.io import load_state_dict
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+RANDOM_TAG = "random"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class BackboneError(ValueError):
+    """A backbone spec that cannot be resolved into a model."""
+
+
+def _open_clip():
+    import open_clip
+
+    if not getattr(_open_clip, "_registered", False):
+        open_clip.add_model_config(CONFIG_DIR)
+        _open_clip._registered = True
+    return open_clip
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class BackboneSpec:
+    arch: str
+    weights: Optional[str]  # pretrained tag, "random", a file path, or None
+
+    @property
+    def is_path(self) -> bool:
+        w = self.weights or ""
+        return os.sep in w or w.endswith((".pt", ".bin", ".pth", ".safetensors")) or os.path.exists(w)
+
+    @classmethod
+    def parse(cls, spec: str) -> "BackboneSpec":
+        if not spec or not isinstance(spec, str):
+            raise BackboneError(f"backbone spec must be a non-empty string like 'ViT-B-16:openai', got {spec!r}")
+        arch, sep, weights = spec.partition(":")
+        if not arch:
+            raise BackboneError(f"backbone spec {spec!r} has no architecture; expected 'ARCH:TAG' or 'ARCH:/path'")
+        return cls(arch=arch, weights=weights if sep else None)
+
+    def __str__(self) -> str:
+        return f"{self.arch}:{self.weights}" if self.weights else self.arch
+
+
+@dataclass
+class Backbone:
+    """An image (and optionally text) encoder with its preprocessing and identity."""
+
+    spec: str
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Optional[Callable]
+    identity: Dict[str, Any]
+    has_text: bool
+    embed_dim: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    def to(self, device: str | torch.device = "cpu", precision: str = "fp32") -> "Backbone":
+        device = torch.device(device)
+        if precision not in PRECISIONS:
+            raise BackboneError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+        if precision == "fp16" and device.type == "cpu":
+            raise BackboneError("precision 'fp16' needs a GPU; on CPU use 'fp32' (exact) or 'bf16' (faster, lossy)")
+        if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise BackboneError("this GPU does not support bf16; use --precision fp16 or fp32")
+        self.device, self.dtype = device, PRECISIONS[precision]
+        self.model = self.model.to(device=device, dtype=self.dtype).eval()
+        return self
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """Preprocessed pixels [N,3,H,W] -> L2-normalised float32 embeddings [N,D]."""
+        x = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
+        emb = self.model.encode_image(x).float()
+        return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: List[str]) -> np.ndarray:
+        """Captions -> L2-normalised float32 embeddings [N,D]."""
+        if not self.has_text:
+            raise BackboneError(
+                f"backbone {self.spec!r} has no text tower (image-only checkpoint); "
+                "extract without captions (drop --caption/--caption-template) or use a full CLIP checkpoint")
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        emb = self.model.encode_text(tokens).float()
+        return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+
+
+def _load_checkpoint(model: torch.nn.Module, path: str) -> bool:
+    """Load a full or partial state dict; returns whether the text tower is present."""
+    if not os.path.isfile(path):
+        raise BackboneError(f"checkpoint file not found: {path!r}")
+    sd = load_state_dict(path, error=BackboneError)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    with torch.no_grad():  # created without initialisation: give what the file lacks defined values
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if name in missing:
+                tensor.zero_()
+    if unexpected:
+        raise BackboneError(f"checkpoint {path!r} has keys this architecture does not: {unexpected[:5]} …")
+    missing_visual = [k for k in missing if k.startswith("visual.")]
+    if missing_visual:
+        raise BackboneError(f"checkpoint {path!r} lacks image-tower weights such as {missing_visual[:5]}")
+    text_missing = [k for k in missing if not k.startswith("visual.") and k != "logit_bias"]
+    if text_missing:
+        logger.info("checkpoint %s is image-tower only (%d text keys missing)", path, len(text_missing))
+    return not text_missing
+
+
+def _preprocess_identity(model: torch.nn.Module) -> Dict[str, Any]:
+    cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+class _NotRandom(logging.Filter):
+    """Hides open_clip's "initialized randomly" warning for a model whose weights we load next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+#: the ``torch.nn.init`` functions that module constructors and open_clip's ``init_parameters`` call
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def skipped_init():
+    """Module construction without random initialisation (the init functions return their
+    tensor untouched), for a model whose every weight is loaded from a file next. Tensors
+    computed in constructors (attention masks, ...) are still computed."""
+    saved = {n: getattr(torch.nn.init, n) for n in _INIT_FUNCTIONS if hasattr(torch.nn.init, n)}
+    try:
+        for n in saved:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+def _create_unloaded(oc, arch: str):
+    quiet = _NotRandom()
+    logging.getLogger().addFilter(quiet)  # open_clip warns on the root logger
+    try:
+        with skipped_init():
+            return oc.create_model_and_transforms(arch, pretrained=None)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
+    oc = _open_clip()
+    if spec.arch not in oc.list_models():
+        raise BackboneError(f"unknown architecture {spec.arch!r}; see open_clip.list_models() "
+                            f"(tiny test architectures: {sorted(p.stem for p in CONFIG_DIR.glob('*.json'))})")
+    identity: Dict[str, Any] = {"arch": spec.arch, "open_clip_version": oc.__version__}
+    has_text = True
+    if spec.weights is None or spec.weights == RANDOM_TAG:
+        if spec.weights is None:
+            raise BackboneError(f"backbone {spec.arch!r} names no weights: use '{spec.arch}:TAG' (pretrained), "
+                                f"'{spec.arch}:/path/to/ckpt' or '{spec.arch}:random'")
+        torch.manual_seed(seed)
+        model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=None)
+        identity.update(weights="random", seed=seed)
+    elif spec.is_path:
+        path = os.path.abspath(spec.weights)
+        model, _, preprocess = _create_unloaded(oc, spec.arch)
+        has_text = _load_checkpoint(model, path)
+        identity.update(weights="checkpoint", checkpoint=os.path.basename(path), checkpoint_path=path,
+                        sha256=file_sha256(path))
+    else:
+        model, preprocess = _create_pretrained(oc, spec)
+        identity.update(weights="pretrained", tag=spec.weights)
+    model.eval()
+    embed_dim = int(model.visual.output_dim)
+    identity.update(embed_dim=embed_dim, has_text=has_text, preprocess=_preprocess_identity(model))
+    tokenizer = oc.get_tokenizer(spec.arch) if has_text else None
+    return Backbone(spec=str(spec), model=model, preprocess=preprocess, tokenizer=tokenizer,
+                    identity=identity, has_text=has_text, embed_dim=embed_dim)
+
+
+def _create_pretrained(oc, spec: BackboneSpec):
+    tags = oc.list_pretrained_tags_by_model(spec.arch)
+    if spec.weights not in tags:
+        raise BackboneError(f"{spec.weights!r} is not a pretrained tag of {spec.arch!r} (known: {tags}); "
+                            f"for a local file pass '{spec.arch}:/path/to/checkpoint'")
+    try:
+        model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=spec.weights)
+    except Exception as exc:
+        raise BackboneError(
+            f"could not download the pretrained weights '{spec}' ({type(exc).__name__}: {exc}). "
+            "No network? Download them elsewhere (open_clip caches them under ~/.cache/huggingface) "
+            f"and pass the file: --backbone '{spec.arch}:/path/to/open_clip_model.safetensors'") from exc
+    return model, preprocess
+
+
+_REGISTRY: Dict[str, Callable[[BackboneSpec, int], Backbone]] = {}
+#: families that register themselves when their module is imported
+_BUILTIN_FAMILIES = {"student": "clipdetect.distill.student"}
+
+
+def register_backbone(prefix: str, factory: Callable[[BackboneSpec, int], Backbone]) -> None:
+    """Register a backbone family under ``prefix`` (e.g. ``student``): ``prefix:WEIGHTS``."""
+    _REGISTRY[prefix] = factory
+
+
+def create_backbone(spec: str, *, device: str = "cpu", precision: str = "fp32", seed: int = 0) -> Backbone:
+    """Resolve ``spec`` into a :class:`Backbone` on ``device`` at ``precision``."""
+    parsed = BackboneSpec.parse(spec)
+    if parsed.arch in _BUILTIN_FAMILIES and parsed.arch not in _REGISTRY:
+        import importlib
+
+        importlib.import_module(_BUILTIN_FAMILIES[parsed.arch])
+    factory = _REGISTRY.get(parsed.arch, _create_open_clip)
+    return factory(parsed, seed).to(device, precision)
+
+
+#: environment variable naming a checkpoint file, or a folder holding it, for :func:`locate_checkpoint`
+WEIGHTS_ENV = "CLIPDETECT_WEIGHTS"
+
+
+def locate_checkpoint(identity: Dict[str, Any], *, override: Optional[str] = None) -> Optional[str]:
+    """The absolute path of the checkpoint file an identity was made from, found by its sha256.
+
+    For identities of ``ARCH:/path`` backbones (``weights == "checkpoint"``); None for others.
+    Candidates, in order: ``override`` and ``$CLIPDETECT_WEIGHTS`` (a file, or a folder holding
+    a file of the recorded name), the absolute path recorded at extraction, and the spec's
+    path as written (relative to the current directory). The first whose sha256 matches wins;
+    when none does, :class:`BackboneError` lists what was tried and how to point at the file.
+    """
+    if identity.get("weights") != "checkpoint":
+        return None
+    spec = str(identity.get("spec") or "")
+    name = identity.get("checkpoint") or os.path.basename(spec.partition(":")[2])
+    tried: List[str] = []
+    for base in (override, os.environ.get(WEIGHTS_ENV)):
+        if base:
+            tried += [os.path.join(base, name)] if os.path.isdir(base) else [base]
+    tried += [p for p in (identity.get("checkpoint_path"), spec.partition(":")[2]) if p]
+    want = identity.get("sha256")
+    for cand in dict.fromkeys(os.path.abspath(os.path.expanduser(c)) for c in tried):
+        path = os.path.join(cand, name) if os.path.isdir(cand) else cand  # a folder backbone (student:DIR)
+        if os.path.isfile(path) and (want is None or file_sha256(path) == want):
+            return cand if os.path.isdir(cand) and not spec.endswith(name) else path
+    raise BackboneError(
+        f"cannot find the checkpoint {name!r} (sha256 {want}) of backbone {spec!r}; tried {list(dict.fromkeys(tried))} "
+        f"(from {os.getcwd()!r}). Point at the file with --backbone '{identity.get('arch')}:/absolute/path/{name}' "
+        f"or set {WEIGHTS_ENV}=/path/to/{name} (or to its folder)")
+
+
+def identities_match(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two backbone identities produce interchangeable embeddings."""
+    keys = ("arch", "weights", "tag", "sha256", "seed", "embed_dim", "preprocess")
+    return all(a.get(k) == b.get(k) for k in keys)

@@ -1,0 +1,154 @@
+"""Deterministic train / validation / test splits for a feature cache.
+
+A split is a pure function of the row's key and a seed: ``blake2b(f"{seed}:{key}")`` is
+mapped to a number in [0, 1) and compared with the validation and test fractions. The
+assignment therefore does not depend on row order, process, platform or ``PYTHONHASHSEED``,
+and a key keeps its split when rows are added to or removed from the cache.
+
+:func:`resolve_split_rows` is what training and evaluation use: a cache whose ``split``
+column already names held-out data ("val"/"validation"/"test") is used as extracted; a
+cache extracted as all-"train" gets validation and test sets carved out of its "train"
+rows by key hash.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Tuple
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+VAL_NAMES = ("val", "validation", "valid", "dev")
+TEST_NAMES = ("test",)
+TRAIN_NAMES = ("train",)
+
+
+def _check_fractions(val: float, test: float) -> None:
+    if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
+        raise ValueError(f"split fractions val={val}, test={test} must be in [0, 1) and sum to < 1 "
+                         "(some rows must remain for training)")
+
+
+def key_unit(key: object, seed: int = 0) -> float:
+    """A stable pseudo-uniform number in [0, 1) for ``key`` under ``seed``."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64
+
+
+def assign_splits(keys: Iterable[object], *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> np.ndarray:
+    """Assign each key to "train", "val" or "test" from a stable hash of ``f"{seed}:{key}"``.
+
+    A key lands in "test" when its hash value u < ``test``, in "val" when
+    ``test <= u < test + val``, and in "train" otherwise. Deterministic across processes
+    and runs; the expected fractions are ``val`` and ``test``.
+    """
+    _check_fractions(val, test)
+    u = np.fromiter((key_unit(k, seed) for k in keys), dtype=np.float64)
+    out = np.full(len(u), "train", dtype=object)
+    out[u < test + val] = "val"
+    out[u < test] = "test"
+    return out.astype(str) if len(out) else np.array([], dtype=str)
+
+
+def has_heldout_splits(split_column: Iterable[object]) -> bool:
+    """True when the split column already names validation or test rows."""
+    names = {str(s).lower() for s in split_column}
+    return bool(names & set(VAL_NAMES + TEST_NAMES))
+
+
+def cache_splits(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> np.ndarray:
+    """The effective split ("train"/"val"/"test"/other) of every row of ``cache``.
+
+    If the cache's ``split`` column contains validation/test names they are used as is
+    (normalised: "validation"/"valid"/"dev" → "val"). Otherwise rows whose split is
+    "train" are re-assigned with :func:`assign_splits` on their keys; rows with any other
+    split value keep it (they belong to no derived split).
+    """
+    meta = cache.columns("split", "key")
+    split = meta["split"].astype(str).str.lower().to_numpy().astype(object)
+    if has_heldout_splits(split):
+        out = split.copy()
+        out[np.isin(split, VAL_NAMES)] = "val"
+        return out.astype(str)
+    out = split.copy()
+    is_train = np.isin(split, TRAIN_NAMES)
+    out[is_train] = assign_splits(meta["key"].to_numpy()[is_train], val=val, test=test, seed=seed)
+    return out.astype(str)
+
+
+def resolve_split_rows(cache, split: str, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> np.ndarray:
+    """Global row ids of ``split`` ("train", "val"/"validation" or "test") in ``cache``.
+
+    Uses the cache's own validation/test rows when it has any; otherwise derives
+    validation and test sets from the "train" rows' keys (see :func:`cache_splits`).
+    Returns sorted int64 row ids (possibly empty).
+    """
+    name = str(split).lower()
+    if name in VAL_NAMES:
+        name = "val"
+    if name not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of train, val (validation), test")
+    _check_fractions(val, test)
+    return np.flatnonzero(cache_splits(cache, val=val, test=test, seed=seed) == name).astype(np.int64)
+
+
+def resolve_all(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) row ids of ``cache`` in one pass (see :func:`resolve_split_rows`)."""
+    _check_fractions(val, test)
+    s = cache_splits(cache, val=val, test=test, seed=seed)
+    return tuple(np.flatnonzero(s == n).astype(np.int64) for n in SPLITS)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a cache's "train" rows are cut into train / val / test: one object, one naming.
+
+    ``val`` and ``test`` are the shares of derived validation and test rows, ``seed`` the seed
+    of the key hash (see :func:`assign_splits`). Training configs store the same three values
+    as ``val_fraction``, ``test_fraction`` and ``split_seed``; :meth:`of` reads them from a
+    config (or a detector's recorded one), so every command resolves the same rows.
+    """
+
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_fractions(self.val, self.test)
+
+    @classmethod
+    def of(cls, config: Any = None, *, val: Optional[float] = None, test: Optional[float] = None,
+           seed: Optional[int] = None) -> "SplitSpec":
+        """Explicit values, else those of ``config`` (a TrainConfig, its dict, a detector or a
+        SplitSpec), else the defaults."""
+        if isinstance(config, SplitSpec):
+            recorded: Mapping[str, Any] = {"val_fraction": config.val, "test_fraction": config.test,
+                                           "split_seed": config.seed}
+        elif hasattr(config, "train_config") and not hasattr(config, "val_fraction"):  # a detector
+            recorded = dict(config.train_config or {})
+        elif hasattr(config, "to_dict"):
+            recorded = config.to_dict()
+        else:
+            recorded = dict(config or {})
+
+        def pick(given, name, default):
+            return given if given is not None else (recorded.get(name) if recorded.get(name) is not None else default)
+
+        return cls(val=float(pick(val, "val_fraction", 0.15)), test=float(pick(test, "test_fraction", 0.15)),
+                   seed=int(pick(seed, "split_seed", 0)))
+
+    def assign(self, keys: Iterable[object]) -> np.ndarray:
+        return assign_splits(keys, val=self.val, test=self.test, seed=self.seed)
+
+    def labels(self, cache) -> np.ndarray:
+        """The effective split of every row (:func:`cache_splits`)."""
+        return cache_splits(cache, val=self.val, test=self.test, seed=self.seed)
+
+    def rows(self, cache, split: str) -> np.ndarray:
+        """Row ids of ``split`` (:func:`resolve_split_rows`)."""
+        return resolve_split_rows(cache, split, val=self.val, test=self.test, seed=self.seed)
+
+    def all(self, cache) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(train, val, test) row ids (:func:`resolve_all`)."""
+        return resolve_all(cache, val=self.val, test=self.test, seed=self.seed)

@@ -1,0 +1,210 @@
+"""Checking a feature cache: what is damaged, in which shard, at which rows.
+
+:func:`verify_cache` with ``full=False`` is the cheap part (manifest, file presence, ``.npy``
+headers against the manifest's rows, dims and dtype, file sizes against the headers,
+parquet row counts from their footers — nothing is read in full); training and evaluation
+run it when they open a cache (:func:`open_verified`). ``full=True`` (``clipdetect cache
+verify``) also reads every embedding (finite, norm ≈ 1 when the cache says it is
+normalised), every metadata table (columns, unique keys, labels 0/1) and the error ledger.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from clipdetect.features.cache import ERROR_COLUMNS, META_COLUMNS, CacheError, FeatureCache, read_manifest
+
+__all__ = ["Problem", "VerifyReport", "verify_cache", "open_verified", "npy_header"]
+
+#: |norm - 1| allowed for stored normalised embeddings (fp16 rounding is ~1e-3)
+NORM_TOLERANCE = 0.02
+_CHUNK = 65536
+
+
+@dataclass
+class Problem:
+    file: str
+    what: str
+    shard: Optional[str] = None
+    rows: List[int] = field(default_factory=list)  # shard-local row numbers (first few)
+    n_rows: int = 0  # how many rows are affected in all
+
+    def __str__(self) -> str:
+        where = f" (shard {self.shard})" if self.shard else ""
+        rows = ""
+        if self.rows:
+            more = f" … ({self.n_rows} rows)" if self.n_rows > len(self.rows) else ""
+            rows = f" at rows {', '.join(map(str, self.rows))}{more}"
+        return f"{self.file}{where}: {self.what}{rows}"
+
+
+@dataclass
+class VerifyReport:
+    root: str
+    shards: int = 0
+    rows: int = 0
+    full: bool = False
+    problems: List[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def message(self, limit: int = 5) -> str:
+        head = "; ".join(str(p) for p in self.problems[:limit])
+        more = f"; and {len(self.problems) - limit} more" if len(self.problems) > limit else ""
+        return (f"cache {self.root!r} is damaged: {head}{more}. Run `clipdetect cache verify {self.root}` "
+                "for the full list; re-extract the damaged shards (delete the cache, or its run) to repair")
+
+
+def npy_header(path: Path):
+    """(shape, dtype, data offset) of a ``.npy`` file, reading only its header."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        return shape, dtype, f.tell()
+
+
+def _check_npy(root: Path, sub: str, shard: Dict[str, Any], manifest: Dict[str, Any], out: List[Problem]):
+    path = root / sub / f"{shard['name']}.npy"
+    rel, name = f"{sub}/{path.name}", shard["name"]
+    if not path.is_file():
+        out.append(Problem(rel, "missing", name))
+        return None
+    try:
+        shape, dtype, offset = npy_header(path)
+    except (ValueError, OSError, SyntaxError) as exc:
+        out.append(Problem(rel, f"unreadable .npy header ({exc})", name))
+        return None
+    want = (int(shard["rows"]), int(manifest["embed_dim"]))
+    if tuple(shape) != want:
+        out.append(Problem(rel, f"holds shape {tuple(shape)} but the manifest says {want} (rows, dim)", name))
+    if dtype != np.dtype(manifest["dtype"]):
+        out.append(Problem(rel, f"dtype {dtype} but the manifest says {manifest['dtype']}", name))
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if size != need:
+        kind = "truncated" if size < need else "has trailing bytes"
+        out.append(Problem(rel, f"{kind}: {size:,} bytes, its header needs {need:,}", name))
+        return None
+    return path if tuple(shape) == want else None
+
+
+def _check_parquet(root: Path, sub: str, shard: Dict[str, Any], rows: Optional[int], out: List[Problem]):
+    import pyarrow.parquet as pq
+
+    path = root / sub / f"{shard['name']}.parquet"
+    rel = f"{sub}/{path.name}"
+    if not path.is_file():
+        if sub == "meta":
+            out.append(Problem(rel, "missing", shard["name"]))
+        return None
+    try:
+        n = pq.ParquetFile(path).metadata.num_rows
+    except Exception as exc:  # pyarrow raises its own error types
+        out.append(Problem(rel, f"unreadable parquet ({type(exc).__name__}: {exc})", shard["name"]))
+        return None
+    if rows is not None and n != rows:
+        out.append(Problem(rel, f"has {n} rows but the manifest says {rows}", shard["name"]))
+        return None
+    return path
+
+
+def _bad_rows(problems: List[Problem], rel: str, shard: str, what: str, rows: np.ndarray) -> None:
+    if len(rows):
+        problems.append(Problem(rel, what, shard, rows[:10].tolist(), int(len(rows))))
+
+
+def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: List[Problem]) -> None:
+    arr = np.load(path, mmap_mode="r")
+    bad, off = [], []
+    for i in range(0, len(arr), _CHUNK):
+        x = np.asarray(arr[i:i + _CHUNK], dtype=np.float32)
+        finite = np.isfinite(x).all(axis=1)
+        bad.append(np.flatnonzero(~finite) + i)
+        if normalized:
+            norms = np.linalg.norm(np.where(np.isfinite(x), x, 0.0), axis=1)
+            off.append(np.flatnonzero(finite & (np.abs(norms - 1.0) > NORM_TOLERANCE)) + i)
+    _bad_rows(out, rel, shard, "NaN or inf values", np.concatenate(bad) if bad else np.array([], int))
+    if off:
+        _bad_rows(out, rel, shard, f"norm differs from 1 by more than {NORM_TOLERANCE}", np.concatenate(off))
+
+
+def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List[Problem]) -> None:
+    import pandas as pd
+
+    meta = pd.read_parquet(path)
+    missing = [c for c in META_COLUMNS if c not in meta.columns]
+    if missing:
+        out.append(Problem(rel, f"lacks metadata column(s) {missing}", shard))
+        return
+    keys = meta["key"].astype(str).to_numpy()
+    dup = [i for i, k in enumerate(keys) if k in seen or seen.setdefault(k, shard) != shard]
+    _bad_rows(out, rel, shard, "duplicate keys (also earlier in the cache or this shard)", np.array(dup, int))
+    labels = pd.to_numeric(meta["label"], errors="coerce").to_numpy()
+    _bad_rows(out, rel, shard, "labels other than 0/1", np.flatnonzero(~np.isin(labels, (0, 1))))
+
+
+def _scan_ledger(path: Path, rel: str, shard: str, out: List[Problem]) -> None:
+    import pandas as pd
+
+    led = pd.read_parquet(path)
+    missing = [c for c in ERROR_COLUMNS if c not in led.columns]
+    if missing and len(led):
+        out.append(Problem(rel, f"error ledger lacks column(s) {missing}", shard))
+    elif len(led):
+        _bad_rows(out, rel, shard, "ledger rows without a reason", np.flatnonzero(led["reason"].isna().to_numpy()))
+
+
+def verify_cache(root: str | os.PathLike, *, full: bool = True) -> VerifyReport:
+    """Check the cache at ``root``; ``full=False`` skips reading the data itself."""
+    root = Path(root)
+    report = VerifyReport(str(root), full=full)
+    try:
+        manifest = read_manifest(root)
+    except CacheError as exc:
+        report.problems.append(Problem("manifest.json", str(exc)))
+        return report
+    out, seen, names = report.problems, {}, set()
+    runs = manifest.get("runs", {})
+    for s in manifest.get("shards", []):
+        report.shards += 1
+        report.rows += int(s["rows"])
+        if s["name"] in names:
+            out.append(Problem("manifest.json", "lists this shard twice", s["name"]))
+        names.add(s["name"])
+        if s.get("run") not in runs:
+            out.append(Problem("manifest.json", f"shard of run {s.get('run')!r}, which the manifest lacks", s["name"]))
+        elif int(s.get("stop", 0)) > int(runs[s["run"]].get("position", 0)):
+            out.append(Problem("manifest.json", f"shard ends at source position {s['stop']} beyond its run's "
+                                                f"position {runs[s['run']].get('position')}", s["name"]))
+        arrays = [("img_emb", _check_npy(root, "img_emb", s, manifest, out))]
+        if s.get("has_text"):
+            arrays.append(("txt_emb", _check_npy(root, "txt_emb", s, manifest, out)))
+        meta = _check_parquet(root, "meta", s, int(s["rows"]), out)
+        ledger = _check_parquet(root, "errors", s, int(s.get("errors", 0)), out)
+        if not full:
+            continue
+        for sub, path in arrays:
+            if path is not None:
+                _scan_embeddings(path, f"{sub}/{path.name}", s["name"], bool(manifest.get("normalized")), out)
+        if meta is not None:
+            _scan_meta(meta, f"meta/{meta.name}", s["name"], seen, out)
+        if ledger is not None:
+            _scan_ledger(ledger, f"errors/{ledger.name}", s["name"], out)
+    return report
+
+
+def open_verified(root: str | os.PathLike) -> FeatureCache:
+    """Open a cache after the cheap checks; a damaged one raises :class:`CacheError` saying where."""
+    report = verify_cache(root, full=False)
+    if not report.ok:
+        raise CacheError(report.message())
+    return FeatureCache(root)

@@ -1,0 +1,135 @@
+"""Decode worker processes for extraction and prediction: ordered results, bounded memory,
+and a shutdown that cannot hang.
+
+Each worker has its own task queue and its own result pipe; nothing is shared between
+workers, so none can die holding a lock the others (or the parent) need. Workers ignore
+SIGINT — Ctrl-C reaches the whole process group, and the parent stops them itself.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Tuple
+
+__all__ = ["ordered_map"]
+
+
+def _worker_main(fn: Callable, initializer, initargs, tasks, results) -> None:
+    """One decode process: tasks from its own queue, results down its own pipe, in order.
+
+    Ctrl-C reaches the whole process group; workers ignore it and the parent stops them,
+    so no worker dies half-way through a queue operation."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if initializer:
+        initializer(*initargs)
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        try:
+            results.send((True, fn(task)))
+        except Exception as exc:  # sent to the parent, which re-raises it
+            try:
+                results.send((False, exc))
+            except Exception:
+                results.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+class _Workers:
+    """Decode processes with one task queue and one result pipe each (no shared locks), so
+    that stopping them — normally, on an error or on Ctrl-C — can never hang."""
+
+    def __init__(self, n: int, fn: Callable, initializer, initargs):
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.procs, self.tasks, self.results = [], [], []
+        try:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # until the child ignores it
+            try:
+                for i in range(n):
+                    q, (r, w) = ctx.Queue(), ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=_worker_main, args=(fn, initializer, initargs, q, w),
+                                       daemon=True, name=f"clipdetect-decode-{i}")
+                    self.procs.append(proc)
+                    self.tasks.append(q)
+                    self.results.append(r)
+                    proc.start()
+                    w.close()  # the worker holds the only write end: its death is an EOF here
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C meanwhile arrives here
+        except BaseException:
+            self.abort()
+            raise
+
+    def submit(self, k: int, task) -> None:
+        self.tasks[k].put(task)
+
+    def result(self, k: int):
+        try:
+            ok, value = self.results[k].recv()
+        except EOFError:
+            proc = self.procs[k]
+            proc.join(1)
+            raise RuntimeError(f"decode worker {proc.pid} died (exit code {proc.exitcode}); "
+                               "out of memory? try fewer --workers or a smaller --batch-size") from None
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        for q in self.tasks:
+            q.put(None)
+        for proc in self.procs:
+            proc.join(10)
+        self.abort()
+
+    def abort(self) -> None:
+        for proc in self.procs:
+            if proc.pid is not None and proc.exitcode is None:
+                proc.terminate()
+        for proc in self.procs:
+            if proc.pid is not None:
+                proc.join(5)
+                if proc.exitcode is None:
+                    proc.kill()
+                    proc.join()
+        for q in self.tasks:
+            q.cancel_join_thread()
+            q.close()
+        for r in self.results:
+            r.close()
+        self.procs, self.tasks, self.results = [], [], []
+
+
+def ordered_map(fn: Callable, tasks: Iterable, *, workers: int, window: int, initializer=None,
+                initargs=()) -> Iterator[Tuple[Any, Any]]:
+    """Yield (task, fn(task)) in order, running ahead on ``workers`` processes with at most
+    ``window`` tasks in flight (so memory stays bounded on endless sources). Task i runs on
+    worker i mod ``workers``. Closing the generator (or an exception, Ctrl-C included) stops
+    the workers within seconds."""
+    if workers == 0:
+        if initializer:
+            initializer(*initargs)
+        for t in tasks:
+            yield t, fn(t)
+        return
+    pool = _Workers(workers, fn, initializer, initargs)
+    done = False
+    try:
+        pending: deque = deque()
+        for i, t in enumerate(tasks):
+            pool.submit(i % workers, t)
+            pending.append((t, i % workers))
+            if len(pending) >= window:
+                t0, k0 = pending.popleft()
+                yield t0, pool.result(k0)
+        while pending:
+            t0, k0 = pending.popleft()
+            yield t0, pool.result(k0)
+        done = True
+    finally:
+        if done:
+            pool.close()
+        else:
+            pool.abort()

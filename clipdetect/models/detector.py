@@ -1,0 +1,359 @@
+"""The detector bundle: a trained head plus everything needed to use it correctly.
+
+A :class:`Detector` knows which embeddings it expects (``feature_set`` and the backbone
+identity of the cache it was trained on), its decision ``threshold`` on the probability
+of "fake" (chosen on validation data to maximise balanced accuracy; 0.5 without
+validation data), a softmax ``temperature`` (1 until calibrated), its validation
+``metrics`` and its ``train_config``.
+
+Saved as a directory: ``model.safetensors`` (the head's tensors) and ``detector.json``
+(everything else, plain JSON). Loading reads only those two files and never unpickles.
+
+Training entry points (the sklearn-style ones take arrays of embeddings):
+
+* ``Detector.fit(X, y, X_val=..., y_val=..., config=TrainConfig(...))`` on the class →
+  a new detector; on an instance, ``det.fit(X, y)`` retrains that detector in place with
+  its own ``train_config`` (sklearn style) and returns it. :func:`fit_detector` is the
+  same as the class form.
+* ``Detector.fit_cache(cache, feature_set="image", config=...)`` trains on a feature cache
+  with the train/val split of :mod:`clipdetect.features.splits`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+import types
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from clipdetect import __version__
+from clipdetect.core.io import read_json, read_safetensors, save_safetensors, write_json
+from clipdetect.features.backbones import identities_match
+from clipdetect.models.heads import HeadConfig, create_head, head_from_dict
+from clipdetect.core.metrics import binary_metrics, expected_calibration_error, fit_temperature
+from clipdetect.features.splits import SplitSpec
+from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Detector", "DetectorError", "fit_detector", "choose_threshold", "FORMAT"]
+
+FORMAT = "clipdetect-detector"
+VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "detector.json"
+
+
+class DetectorError(ValueError):
+    """A bundle that cannot be loaded, or features that do not fit the detector."""
+
+
+class _hybridmethod:
+    """Bound to the class when called on the class, to the instance when called on one."""
+
+    def __init__(self, func):
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj, cls):
+        return types.MethodType(self.func, cls if obj is None else obj)
+
+
+def choose_threshold(y, prob) -> float:
+    """The threshold t maximising balanced accuracy of ``prob > t`` (midpoint between scores)."""
+    y, prob = np.asarray(y).astype(int), np.asarray(prob, dtype=np.float64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        logger.warning("threshold needs both classes in the validation data: using 0.5")
+        return 0.5
+    u, inv = np.unique(prob, return_inverse=True)
+    pos = np.bincount(inv, weights=(y == 1), minlength=len(u))
+    neg = np.bincount(inv, weights=(y == 0), minlength=len(u))
+    # candidate k: predict fake for u[k:], i.e. t between u[k-1] and u[k]; k = len(u) means none fake
+    tpr = np.concatenate([np.cumsum(pos[::-1])[::-1], [0.0]]) / n_pos
+    tnr = np.concatenate([[0.0], np.cumsum(neg)]) / n_neg
+    k = int(np.argmax(tpr + tnr))
+    lo = u[k - 1] if k > 0 else max(0.0, u[0] - 1e-6)
+    hi = u[k] if k < len(u) else min(1.0, u[-1] + 1e-6)
+    return float((lo + hi) / 2)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON: numpy scalars → Python, NaN/inf → None, tuples → lists."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+class Detector:
+    """A trained head with its feature set, backbone identity, threshold and temperature."""
+
+    def __init__(self, *, head: nn.Module, head_config: HeadConfig, feature_set: str, backbone: dict,
+                 train_config: dict | None = None, metrics: dict | None = None,
+                 threshold: float = 0.5, temperature: float = 1.0, extra: dict | None = None):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold {threshold!r} is a probability and must lie in [0, 1]")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.head = head.eval()
+        self.head_config = head_config
+        self.feature_set = feature_set
+        self.backbone = dict(backbone or {})
+        self.train_config = dict(train_config or {})
+        self.metrics = dict(metrics or {})
+        self.threshold = float(threshold)
+        self.temperature = float(temperature)
+        self.extra = dict(extra or {})
+
+    def __repr__(self) -> str:
+        return (f"Detector(feature_set={self.feature_set!r}, backbone={self.backbone.get('spec')!r}, "
+                f"head={self.head_config.kind}:{self.head_config.in_dim}, threshold={self.threshold:.4g}, "
+                f"temperature={self.temperature:.4g})")
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.head_config.in_dim)
+
+    # ---- scoring -------------------------------------------------------------------------
+    @torch.no_grad()
+    def decision_function(self, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+        """Logits [N] (eval mode, batched; temperature not applied)."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.in_dim:
+            raise DetectorError(f"features of shape {X.shape} do not fit this detector, which expects "
+                                f"[N, {self.in_dim}] {self.feature_set!r} features")
+        self.head.eval()
+        device = next(self.head.parameters()).device
+        out = np.empty(len(X), dtype=np.float32)
+        for i in range(0, len(X), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], dtype=np.float32)).to(device)
+            out[i:i + batch_size] = self.head(xb).float().cpu().numpy()
+        return out
+
+    def fake_probability(self, X: np.ndarray) -> np.ndarray:
+        """P(fake) [N] = sigmoid(logit / temperature)."""
+        z = self.decision_function(X).astype(np.float64) / self.temperature
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """[N, 2] probabilities, columns (real, fake), as in scikit-learn."""
+        p = self.fake_probability(X)
+        return np.stack([1.0 - p, p], axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Labels [N] (1 = fake): fake probability above :attr:`threshold`."""
+        return (self.fake_probability(X) > self.threshold).astype(np.int64)
+
+    def with_temperature(self, temperature: float) -> "Detector":
+        """Set the temperature, moving :attr:`threshold` so that :meth:`predict` is unchanged."""
+        t = float(np.clip(self.threshold, 1e-12, 1 - 1e-12))
+        logit = math.log(t / (1 - t)) * self.temperature
+        self.temperature = float(temperature)
+        self.threshold = 1.0 / (1.0 + math.exp(-logit / self.temperature))
+        return self
+
+    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None):
+        """Score images in memory — PIL images, file paths or encoded bytes — writing no file.
+
+        The images are decoded, preprocessed and encoded as ``clipdetect predict`` does it,
+        in this process, so the scores are the same. ``backbone`` is the backbone that made
+        the training features: ``None`` builds it from the spec this detector recorded, a
+        spec string or a :class:`~clipdetect.features.backbones.Backbone` object (pass one
+        to reuse it across calls); one of another identity is refused. ``captions`` (one per
+        image) are needed by detectors on text features. A single image may be passed alone.
+
+        Returns a pandas DataFrame, one row per image in input order: ``score`` (logit),
+        ``probability`` (P(fake)), ``label`` (1 = fake at :attr:`threshold`) and ``error``.
+        An image that cannot be decoded does not raise: its row has NaN ``score`` and
+        ``probability``, a missing ``label`` and the reason in ``error`` (e.g. "corrupt: ...").
+        """
+        from PIL import Image
+
+        from clipdetect.features.backbones import Backbone, BackboneError
+        from clipdetect.models.predict import resolve_backbone, score_images
+
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
+            images = [images]
+        if isinstance(backbone, Backbone):
+            if self.backbone and not identities_match(self.backbone, backbone.identity):
+                raise BackboneError(f"backbone {backbone.spec!r} differs from the detector's "
+                                    f"{self.backbone.get('spec')!r}; its embeddings mean nothing to this "
+                                    "head")
+        elif backbone is None and not self.backbone.get("spec"):
+            raise BackboneError("this detector records no backbone (it was trained on arrays); pass "
+                                "score_images(..., backbone='ARCH:WEIGHTS') with the one that made its "
+                                "features")
+        else:
+            backbone = resolve_backbone(self, backbone)
+        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions)
+
+    # ---- cache access ----------------------------------------------------------------------
+    def check_backbone(self, identity: dict) -> None:
+        """Raise :class:`DetectorError` unless ``identity`` matches the backbone this detector was trained on."""
+        if not self.backbone:
+            logger.warning("detector records no backbone identity (trained on arrays); cannot check the cache")
+            return
+        if not identities_match(self.backbone, identity):
+            raise DetectorError(
+                f"this detector was trained on embeddings of backbone {self.backbone.get('spec')!r} "
+                f"({self.backbone.get('arch')}, weights {self.backbone.get('weights')}), but the cache holds "
+                f"{identity.get('spec')!r} ({identity.get('arch')}, weights {identity.get('weights')}); "
+                "extract features with the detector's backbone")
+
+    def features(self, cache, rows=None) -> np.ndarray:
+        """This detector's input features for ``rows`` of ``cache`` (after a backbone check)."""
+        self.check_backbone(cache.backbone)
+        return cache.features(self.feature_set, rows)
+
+    # ---- training ----------------------------------------------------------------------------
+    @classmethod
+    def from_result(cls, result: TrainResult, *, feature_set: str, backbone: dict, config: TrainConfig,
+                    y_val: Optional[np.ndarray], extra: Optional[dict] = None) -> "Detector":
+        """A detector from a training result: with validation logits, the temperature is fit
+        on them (when ``config.calibrate``; ECE before/after in ``metrics["calibration"]``)
+        and the threshold maximises validation balanced accuracy."""
+        metrics: Dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                                   "stopped_early": result.stopped_early, "steps": result.steps,
+                                   "train_seconds": round(result.seconds, 3), "schedule": result.schedule}
+        threshold, temperature = 0.5, 1.0
+        if result.val_logits is not None and y_val is not None and len(y_val):
+            z = result.val_logits.astype(np.float64)
+            both = 0 < int(np.sum(y_val)) < len(y_val)
+            if getattr(config, "calibrate", True) and both:
+                temperature = fit_temperature(z, y_val)
+                metrics["calibration"] = {
+                    "split": "val", "n": int(len(y_val)), "temperature": temperature,
+                    "ece_before": expected_calibration_error(y_val, 1.0 / (1.0 + np.exp(-z))),
+                    "ece_after": expected_calibration_error(y_val, 1.0 / (1.0 + np.exp(-z / temperature)))}
+                logger.info("temperature %.4g fit on %d validation rows: ECE %.4f -> %.4f", temperature,
+                            len(y_val), metrics["calibration"]["ece_before"], metrics["calibration"]["ece_after"])
+            prob = 1.0 / (1.0 + np.exp(-z / temperature))
+            threshold = choose_threshold(y_val, prob)
+            metrics["val"] = binary_metrics(y_val, prob, threshold=threshold)
+        return cls(head=result.head, head_config=result.head_config, feature_set=feature_set, backbone=backbone,
+                   train_config=config.to_dict(), metrics=metrics, threshold=threshold, temperature=temperature,
+                   extra=extra)
+
+
+    @_hybridmethod
+    def fit(self_or_cls, X, y, *, X_val=None, y_val=None, config: TrainConfig | None = None,
+            feature_set: str | None = None, backbone: dict | None = None, out_dir=None,
+            progress: bool = False) -> "Detector":
+        """Train on embeddings ``X`` [N, D] with labels ``y`` (1 = fake).
+
+        On the class: returns a new detector (``feature_set`` default "image", ``backbone``
+        default unknown). On an instance: retrains it in place with its own train config,
+        feature set and backbone unless given, and returns it.
+        """
+        inst = self_or_cls if isinstance(self_or_cls, Detector) else None
+        if config is None:
+            config = TrainConfig.from_dict(inst.train_config) if inst and inst.train_config else TrainConfig()
+        feature_set = feature_set or (inst.feature_set if inst else "image")
+        backbone = backbone if backbone is not None else (inst.backbone if inst else {})
+        val = ArraySource(X_val, y_val) if X_val is not None else None
+        result = train(ArraySource(X, y), val_data=val, config=config, out_dir=out_dir, progress=progress)
+        new = Detector.from_result(result, feature_set=feature_set, backbone=backbone, config=config,
+                                   y_val=None if val is None else val.y, extra=inst.extra if inst else None)
+        if inst is None:
+            return new
+        inst.__dict__.update(new.__dict__)
+        return inst
+
+    @classmethod
+    def fit_cache(cls, cache, *, feature_set: str = "image", config: TrainConfig | None = None,
+                  out: str | os.PathLike | None = None, progress: bool = False) -> "Detector":
+        """Train on a feature cache (a :class:`~clipdetect.features.cache.FeatureCache` or its path).
+
+        Train/val rows come from :func:`clipdetect.features.splits.resolve_all` with the config's
+        ``val_fraction``, ``test_fraction`` and ``split_seed`` (test rows are never seen).
+        With ``out``, the bundle is saved there together with ``train_config.json`` and
+        the per-epoch ``train_log.jsonl``.
+        """
+        from clipdetect.features.cache import FeatureCache
+
+        cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+        config = config or TrainConfig()
+        tr, va, te = SplitSpec.of(config).all(cache)
+        if len(tr) == 0:
+            raise ValueError(f"cache {str(cache.root)!r} has no training rows")
+        val = CacheSource(cache, va, feature_set) if len(va) else None
+        result = train(CacheSource(cache, tr, feature_set), val_data=val, config=config, out_dir=out,
+                       progress=progress)
+        extra = {"cache": str(Path(cache.root).resolve()), "cache_created": cache.manifest.get("created"),
+                 "splits": {"train": len(tr), "val": len(va), "test": len(te)}}
+        det = cls.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
+                              y_val=None if val is None else val.y, extra=extra)
+        if out is not None:
+            det.save(out)
+        return det
+
+    # ---- persistence -----------------------------------------------------------------------
+    def to_json(self) -> Dict[str, Any]:
+        return _jsonable({"format": FORMAT, "version": VERSION, "clipdetect_version": __version__,
+                          "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "feature_set": self.feature_set,
+                          "backbone": self.backbone, "head_config": dataclasses.asdict(self.head_config),
+                          "threshold": self.threshold, "temperature": self.temperature,
+                          "train_config": self.train_config, "metrics": self.metrics, "extra": self.extra})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``detector.json`` into directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.head.state_dict(), path / WEIGHTS, metadata={"format": FORMAT})
+        write_json(path / CONFIG, self.to_json(), allow_nan=False)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> "Detector":
+        """Load a bundle written by :meth:`save` (safetensors + JSON only; nothing is unpickled)."""
+        path = Path(path)
+        cfg_path, w_path = path / CONFIG, path / WEIGHTS
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise DetectorError(f"{str(path)!r} is not a detector bundle: {p.name} is missing "
+                                    "(bundles are written by `clipdetect train --out DIR`)")
+        cfg = read_json(cfg_path, what="detector description", error=DetectorError)
+        if cfg.get("format") != FORMAT:
+            raise DetectorError(f"{str(cfg_path)!r} is not a {FORMAT} description")
+        if cfg.get("version", 0) > VERSION:
+            raise DetectorError(f"detector format version {cfg['version']} is newer than this clipdetect reads")
+        state = read_safetensors(w_path, error=DetectorError)
+        head_config = head_from_dict(cfg["head_config"])
+        head = create_head(head_config)
+        structure = (cfg.get("extra") or {}).get("compression")
+        if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
+            from clipdetect.models.compress import apply_structure
+
+            head = apply_structure(head, structure)
+        try:
+            head.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise DetectorError(f"{str(w_path)!r} does not match the head described in {CONFIG}: {exc}") from exc
+        return cls(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
+                   backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
+                   metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
+                   temperature=cfg.get("temperature", 1.0), extra=cfg.get("extra"))
+
+
+
+def load_detector(path: str | os.PathLike, *, device: str = "cpu") -> Detector:
+    """``Detector.load(path)``: a saved bundle (plain or compressed head)."""
+    return Detector.load(path, device=device)
+
+
+def fit_detector(X, y, **kwargs) -> Detector:
+    """``Detector.fit(X, y, **kwargs)``: train a new detector on embedding arrays."""
+    return Detector.fit(X, y, **kwargs)

@@ -1,0 +1,174 @@
+"""Classification heads that map CLIP image embeddings to a single "fake" logit.
+
+Two heads are provided:
+
+* :class:`MLPHead` -- the head of the robust CLIP-based detector: ``depth`` blocks of
+
+  .. math::
+
+      h_{l+1} = \\mathrm{Dropout}_p\\big(\\mathrm{LeakyReLU}_{0.01}(\\mathrm{BN}(W_l h_l + b_l))\\big),
+
+  followed by a final affine map :math:`s = w^\\top h_{depth} + b` giving one logit per sample.
+* :class:`LinearHead` -- a single affine map :math:`s = w^\\top x + b` (linear-probe baseline).
+
+Both return logits of shape ``[N]``; :math:`\\sigma(s)` is the probability that the image is fake.
+Heads are built from a :class:`HeadConfig`, which round-trips through JSON via
+:func:`dataclasses.asdict` and :func:`head_from_dict`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from torch import Tensor, nn
+
+from clipdetect.core.config import from_dict
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HEAD_KINDS", "HeadConfig", "MLPHead", "LinearHead", "create_head", "head_from_dict",
+           "count_parameters", "kaiming_bound"]
+
+HEAD_KINDS = ("mlp", "linear")
+
+
+@dataclass(kw_only=True)
+class HeadConfig:
+    """Configuration of a detector head.
+
+    Attributes:
+        kind: ``"mlp"`` or ``"linear"``.
+        in_dim: dimension of the input embedding (e.g. 1536 for a concatenated pair of 768-d features).
+        width: hidden width of the MLP; ``None`` means ``in_dim``.
+        depth: number of ``Linear -> BatchNorm1d -> LeakyReLU -> Dropout`` blocks (MLP only).
+        dropout: dropout probability in ``[0, 1)`` (MLP only).
+        negative_slope: LeakyReLU negative slope, also used as ``a`` in the Kaiming init.
+    """
+
+    kind: str = "mlp"
+    in_dim: int
+    width: int | None = None
+    depth: int = 3
+    dropout: float = 0.335
+    negative_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        validate_head_config(self)
+
+    @property
+    def hidden_width(self) -> int:
+        """The effective hidden width (``width`` or ``in_dim`` when unset)."""
+        return self.in_dim if self.width is None else self.width
+
+
+def validate_head_config(config: HeadConfig) -> None:
+    """Raise ``ValueError`` naming the offending value if ``config`` is invalid."""
+    if config.kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head kind {config.kind!r}; expected one of {HEAD_KINDS}")
+    if not isinstance(config.in_dim, int) or config.in_dim < 1:
+        raise ValueError(f"in_dim must be a positive integer, got {config.in_dim!r}")
+    if config.width is not None and (not isinstance(config.width, int) or config.width < 1):
+        raise ValueError(f"width must be a positive integer or None, got {config.width!r}")
+    if not isinstance(config.depth, int) or config.depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {config.depth!r}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {config.dropout!r}")
+    if config.negative_slope < 0.0:
+        raise ValueError(f"negative_slope must be >= 0, got {config.negative_slope!r}")
+
+
+def _kaiming_init_(linear: nn.Linear, negative_slope: float) -> None:
+    """Kaiming-uniform weights for a LeakyReLU(``negative_slope``) network, zero bias.
+
+    Weights are drawn from :math:`U(-b, b)` with
+    :math:`b = \\sqrt{2 / (1 + a^2)} \\cdot \\sqrt{3 / \\mathrm{fan\\_in}}`.
+    """
+    nn.init.kaiming_uniform_(linear.weight, a=negative_slope, nonlinearity="leaky_relu")
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def kaiming_bound(fan_in: int, negative_slope: float = 0.01) -> float:
+    """The half-width of the Kaiming-uniform distribution used by the heads."""
+    gain = math.sqrt(2.0 / (1.0 + negative_slope**2))
+    return gain * math.sqrt(3.0 / fan_in)
+
+
+class MLPHead(nn.Module):
+    """``depth`` x (Linear -> BatchNorm1d -> LeakyReLU -> Dropout), then Linear(width, 1).
+
+    Input ``[N, in_dim]``, output logits ``[N]``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        *,
+        width: int | None = None,
+        depth: int = 3,
+        dropout: float = 0.335,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        config = HeadConfig(kind="mlp", in_dim=in_dim, width=width, depth=depth,
+                            dropout=dropout, negative_slope=negative_slope)
+        hidden = config.hidden_width
+        layers: list[nn.Module] = []
+        d_in = in_dim
+        for _ in range(depth):
+            linear = nn.Linear(d_in, hidden)
+            _kaiming_init_(linear, negative_slope)
+            layers += [linear, nn.BatchNorm1d(hidden), nn.LeakyReLU(negative_slope), nn.Dropout(dropout)]
+            d_in = hidden
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(hidden, 1)
+        _kaiming_init_(self.out, negative_slope)
+        self.config = config
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x)).squeeze(-1)
+
+
+class LinearHead(nn.Module):
+    """A single ``Linear(in_dim, 1)``; input ``[N, in_dim]``, output logits ``[N]``."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.config = HeadConfig(kind="linear", in_dim=in_dim)
+        self.linear = nn.Linear(in_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).squeeze(-1)
+
+
+def create_head(config: HeadConfig) -> nn.Module:
+    """Build the head described by ``config``."""
+    validate_head_config(config)
+    if config.kind == "linear":
+        head: nn.Module = LinearHead(config.in_dim)
+    else:
+        head = MLPHead(
+            config.in_dim,
+            width=config.width,
+            depth=config.depth,
+            dropout=config.dropout,
+            negative_slope=config.negative_slope,
+        )
+    logger.debug("created %s head with %d parameters", config.kind, count_parameters(head))
+    return head
+
+
+def head_from_dict(d: Mapping[str, Any]) -> HeadConfig:
+    """Rebuild a :class:`HeadConfig` from ``dataclasses.asdict`` output (e.g. loaded JSON).
+
+    Unknown keys raise ``ValueError`` so that typos in config files are not silently ignored.
+    """
+    return from_dict(HeadConfig, d)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Total number of parameters (trainable or not) of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+

@@ -1,0 +1,309 @@
+"""End-to-end scoring: images → decode (worker processes) → backbone → detector head → file.
+
+Runs on the extraction engine (:mod:`clipdetect.features.pipeline`: the same decoder and
+encoder stages), so images are decoded and preprocessed exactly as they were when the
+detector's training cache was built. Output
+rows keep the source order; an image that cannot be decoded gets a row with its
+``error`` reason and no score, and never stops the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from clipdetect.features.backbones import (Backbone, BackboneError, create_backbone, identities_match,
+                                           locate_checkpoint)
+from clipdetect.features import pipeline
+from clipdetect.features.encoder import encoder_for
+from clipdetect.features.pipeline import Decoder, default_workers, encode_captions, read_batches
+from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
+from clipdetect.data.registry import open_source
+from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ["key", "path", "score", "probability", "label", "true_label", "error"]
+
+
+class FileListSource(Source):
+    """Unlabelled images: one file, or every image under a folder (sorted, recursive)."""
+
+    kind = "files"
+
+    def __init__(self, path: str | os.PathLike):
+        self.root = Path(path)
+        if self.root.is_file():
+            self.files = [self.root]
+            self.base = self.root.parent
+        elif self.root.is_dir():
+            self.files = sorted(p for p in self.root.rglob("*") if p.is_file()
+                                and p.suffix.lower() in IMAGE_EXTENSIONS)
+            self.base = self.root
+        else:
+            raise FileNotFoundError(f"{str(path)!r} is neither an image file nor a folder")
+
+    def size(self) -> int:
+        return len(self.files)
+
+    def iterate(self, start: int = 0) -> Iterator[Sample]:
+        for p in self.files[start:]:
+            yield Sample(key=str(p.relative_to(self.base)), image=str(p), label=-1, path=str(p))
+
+    def describe(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "root": str(self.root.resolve())}
+
+
+def open_predict_source(spec: str, **options) -> Source:
+    """A labelled source when ``spec`` is one (real/fake folders, manifest, HF parquet, hf:),
+    otherwise the image file or every image under the folder, unlabelled."""
+    p = Path(spec)
+    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        return FileListSource(p)
+    try:
+        return open_source(spec, **options)
+    except ValueError:
+        if p.is_dir():
+            return FileListSource(p)
+        raise
+
+
+def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = False, device: str = "cpu",
+                     precision: str = "fp32", weights: Optional[str] = None) -> Backbone:
+    """The backbone that made the detector's training features (or ``spec``), checked.
+
+    A backbone whose identity (architecture, weights hash, preprocessing ...) differs from
+    the detector's is refused unless ``force``: its embeddings mean nothing to the head.
+    Without ``spec``, a checkpoint backbone is found again by its sha256
+    (:func:`~clipdetect.features.backbones.locate_checkpoint`: ``weights`` or
+    ``$CLIPDETECT_WEIGHTS``, the recorded absolute path, the path as written), so a bundle
+    trained on ``ARCH:relative/path`` works from any directory.
+    """
+    want = dict(detector.backbone or {})
+    if not spec and want.get("weights") == "checkpoint":
+        spec = f"{want.get('arch')}:{locate_checkpoint(want, override=weights)}"
+    spec = spec or want.get("spec")
+    if not spec:
+        raise BackboneError("the detector records no backbone spec; pass one with --backbone ARCH:WEIGHTS")
+    try:
+        seed = int(want.get("seed", 0) or 0)
+        backbone = create_backbone(spec, device=device, precision=precision, seed=seed)
+    except BackboneError as exc:
+        raise BackboneError(f"{exc} (the detector was trained on features of {want.get('spec')!r}; "
+                            "pass --backbone ARCH:/absolute/path to point at the same weights)") from exc
+    if not identities_match(backbone.identity, want):
+        diff = {k: (want.get(k), backbone.identity.get(k)) for k in
+                ("arch", "weights", "tag", "sha256", "seed", "embed_dim", "preprocess")
+                if want.get(k) != backbone.identity.get(k)}
+        msg = f"backbone {spec!r} differs from the detector's (detector vs given: {diff})"
+        if not force:
+            raise BackboneError(msg + "; scores would be meaningless. Use the detector's backbone, "
+                                "or --force")
+        logger.warning("%s; continuing because of --force", msg)
+    return backbone
+
+
+@dataclass
+class PredictSummary:
+    out: str
+    n: int = 0
+    scored: int = 0
+    predicted_fake: int = 0
+    errors: Dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    accuracy: Optional[float] = None  # when the source carries labels
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**asdict(self), "images_per_second": round(self.images_per_second, 2)}
+
+
+class _Writer:
+    """Streams prediction rows to CSV or JSONL (chosen by suffix), via a temporary file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".csv", ".jsonl"):
+            raise ValueError(f"--out {str(path)!r} must end in .csv or .jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.f = open(self.tmp, "w", newline="")
+        self.csv = csv.DictWriter(self.f, fieldnames=COLUMNS) if self.path.suffix.lower() == ".csv" else None
+        if self.csv:
+            self.csv.writeheader()
+
+    def write(self, row: Dict[str, Any]) -> None:
+        if self.csv:
+            self.csv.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        else:
+            self.f.write(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n")
+
+    def close(self) -> None:
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """A failed or interrupted run leaves no partial predictions file."""
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def check_captions(detector, source: Source) -> None:
+    """An image+text or text detector needs captions: refuse a source whose first item has none."""
+    if detector.feature_set == "image":
+        return
+    first = next(iter(source.iterate(0)), None)
+    if first is not None and not first.caption:
+        raise ValueError(f"the detector uses {detector.feature_set!r} features, which need a caption per image, "
+                         f"but source {source.describe().get('root') or source.describe()} gives none; pass "
+                         "--caption-template (e.g. 'a photo of a {label_name}') or a manifest with a caption column")
+
+
+def check_text_tower(detector, backbone: Backbone) -> None:
+    """Raise :class:`BackboneError` when the detector needs caption features the backbone cannot make."""
+    fs = detector.feature_set
+    if fs != "image" and not backbone.has_text:
+        raise BackboneError(f"the detector uses {fs!r} features but backbone {backbone.spec!r} "
+                            "has no text tower")
+
+
+def scorable(detector, decoded: Sequence[tuple], captions: Sequence[Optional[str]]) -> List[int]:
+    """Indices of the items that can be scored: decoded, and captioned when the detector reads text."""
+    fs = detector.feature_set
+    return [i for i, d in enumerate(decoded) if d[0] == "ok" and (fs == "image" or captions[i])]
+
+
+def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions: Sequence[Optional[str]],
+                x: np.ndarray) -> List[Dict[str, Any]]:
+    """One dict per item of a decoded batch, given the image embeddings ``x`` of its
+    :func:`scorable` items: ``score`` (logit), ``probability`` (P(fake), temperature-scaled) and
+    ``label`` (1 = fake at the detector's threshold), or only ``error`` ("reason: detail")."""
+    fs = detector.feature_set
+    ok = scorable(detector, decoded, captions)
+    out: List[Dict[str, Any]] = [{} for _ in decoded]
+    for i, d in enumerate(decoded):
+        if d[0] != "ok":
+            out[i]["error"] = f"{d[1]}: {d[2]}" if d[2] else d[1]
+        elif fs != "image" and not captions[i]:
+            out[i]["error"] = "no_caption: the detector needs a caption for text features"
+    if ok:
+        if fs != "image":
+            t = encode_captions(backbone, [captions[i] for i in ok])
+            x = t if fs == "text" else np.concatenate([x, t], axis=1)
+        logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
+        probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
+        for j, i in enumerate(ok):
+            out[i] = {"score": float(logits[j]), "probability": float(probs[j]),
+                      "label": int(probs[j] > detector.threshold)}
+    return out
+
+
+def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_size: int = 64,
+                 captions: Optional[Sequence[Optional[str]]] = None, max_pixels: int = MAX_PIXELS,
+                 max_aspect: Optional[float] = MAX_ASPECT):
+    """Score images held in memory (PIL images, paths or bytes) in this process, writing no file.
+
+    Decoding, preprocessing, encoding and scoring run on the engine :func:`predict_source` uses
+    (:mod:`clipdetect.features.pipeline`, then :func:`score_batch`), so the scores equal
+    ``clipdetect predict``'s. Returns a DataFrame with one row per image, in order:
+    ``score``, ``probability``, ``label`` (nullable) and ``error``.
+    """
+    import pandas as pd
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    images = list(images)
+    captions = list(captions) if captions is not None else [None] * len(images)
+    if len(captions) != len(images):
+        raise ValueError(f"got {len(captions)} captions for {len(images)} images")
+    check_text_tower(detector, backbone)
+    pre = SplitPreprocess(backbone.preprocess)
+    decoder = Decoder(pre, workers=0, max_pixels=max_pixels, max_aspect=max_aspect)
+    tasks = ((captions[i:i + batch_size], images[i:i + batch_size]) for i in range(0, len(images), batch_size))
+    rows: List[Dict[str, Any]] = []
+    for caps, decoded, x in pipeline.run(tasks, decoder, encoder_for(backbone, pre),
+                                         lambda caps, decoded: scorable(detector, decoded, caps)):
+        rows += score_batch(detector, backbone, decoded, caps, x)
+    df = pd.DataFrame(rows, columns=["score", "probability", "label", "error"])
+    df[["score", "probability"]] = df[["score", "probability"]].astype(np.float64)
+    df["label"] = df["label"].astype("Int64")
+    df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
+    return df
+
+
+def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone: Optional[Backbone] = None,
+                   batch_size: int = 64, workers: Optional[int] = None, limit: Optional[int] = None,
+                   max_pixels: int = MAX_PIXELS, max_aspect: Optional[float] = MAX_ASPECT,
+                   progress: bool = True) -> PredictSummary:
+    """Score every image of ``source`` and write one row each to ``out`` (.csv or .jsonl).
+
+    Columns: ``key, path, score`` (logit), ``probability`` (P(fake), temperature-scaled),
+    ``label`` (1 = fake at the detector's threshold, 0 = real), ``true_label`` (when the
+    source has labels) and ``error`` (the reason an image could not be scored).
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if Path(out).suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"--out {str(out)!r} must end in .csv or .jsonl")
+    check_captions(detector, source)
+    workers = default_workers() if workers is None else workers
+    backbone = backbone or resolve_backbone(detector)
+    check_text_tower(detector, backbone)
+    pre = SplitPreprocess(backbone.preprocess)
+    summary = PredictSummary(out=str(out))
+    writer, t0 = _Writer(Path(out)), time.perf_counter()
+    hits = labelled = 0
+    tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
+    decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect)
+    encoder = encoder_for(backbone, pre)
+
+    def select(batch, decoded):  # text features need a caption
+        return scorable(detector, decoded, [s.caption for s in batch])
+    total = source.size() if limit is None else min(limit, source.size() or limit)
+    try:
+        with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar, \
+                contextlib.closing(pipeline.run(tasks, decoder, encoder, select)) as stream:
+            for batch, decoded, x in stream:
+                rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
+                         "true_label": s.label if s.label in (0, 1) else None} for s in batch]
+                for row, res in zip(rows, score_batch(detector, backbone, decoded, [s.caption for s in batch], x)):
+                    row.update(res)
+                    if "label" not in res:
+                        continue
+                    summary.scored += 1
+                    summary.predicted_fake += res["label"]
+                    if row["true_label"] is not None:
+                        labelled += 1
+                        hits += int(res["label"] == row["true_label"])
+                for row in rows:
+                    if row.get("error"):
+                        reason = row["error"].split(":", 1)[0]
+                        summary.errors[reason] = summary.errors.get(reason, 0) + 1
+                    writer.write(row)
+                summary.n += len(batch)
+                bar.update(len(batch))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    summary.seconds = time.perf_counter() - t0
+    summary.accuracy = hits / labelled if labelled else None
+    logger.info("scored %d of %d images (%d errors) at %.1f img/s -> %s", summary.scored, summary.n,
+                sum(summary.errors.values()), summary.images_per_second, out)
+    if summary.accuracy is not None and not math.isnan(summary.accuracy):
+        logger.info("accuracy against the source labels: %.4f (%d labelled)", summary.accuracy, labelled)
+    return summary

@@ -1,0 +1,115 @@
+"""Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during extraction with
+decode workers, prediction and training: exit 130 with one line and no traceback, nothing
+partial left behind, and an interrupted extraction resumes to the uninterrupted cache."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clipdetect.cli.main import main
+from conftest import TINY, make_image
+
+from _synthetic import write_synthetic_cache
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent  # children import this checkout's package
+EXTRACT = ["--backbone", TINY, "--shard-size", "8", "--batch-size", "4", "--no-progress"]
+
+
+def _interrupt(args, ready, timeout=300):
+    """Start ``clipdetect ARGS`` in its own process group, wait until ``ready()`` (progress on
+    disk, not wall time), send SIGINT to the group; returns (exit code, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "clipdetect", *args], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"finished before it could be interrupted: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no progress to interrupt"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("did not stop after Ctrl-C (hung)")
+    return proc.returncode, err
+
+
+def _check_clean_exit(rc, err):
+    assert rc == 130, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "ERROR" in line] == [
+        "ERROR clipdetect: interrupted; re-run the same command to resume"]
+
+
+def _shards(cache: Path):
+    try:
+        return json.loads((cache / "manifest.json").read_text())["shards"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    for label in ("real", "fake"):
+        (root / label).mkdir()
+        for i in range(60):
+            make_image(i + (500 if label == "fake" else 0), size=(32, 32), fake=label == "fake").save(
+                root / label / f"{i:03d}.png")
+    return root
+
+
+def test_ctrl_c_during_extraction_with_workers_then_resume_identically(folder, tmp_path):
+    cache = tmp_path / "cut"
+    rc, err = _interrupt(["extract", str(folder), "--out", str(cache), "--workers", "2", *EXTRACT],
+                         lambda: len(_shards(cache)) >= 1)
+    _check_clean_exit(rc, err)
+    assert not list(cache.rglob(".*.tmp-*"))
+    done = len(_shards(cache))
+    assert 1 <= done < 15  # stopped part-way
+    assert main(["extract", str(folder), "--out", str(cache), "--workers", "2", *EXTRACT]) == 0
+    assert main(["extract", str(folder), "--out", str(tmp_path / "whole"), "--workers", "0", *EXTRACT]) == 0
+    files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("part-*"))
+    assert len(files) == 15 * 3  # img_emb, meta, errors
+    for rel in files:
+        assert (cache / rel).read_bytes() == (tmp_path / "whole" / rel).read_bytes(), rel
+
+
+def test_ctrl_c_during_predict_leaves_no_partial_file(folder, tmp_path):
+    cache = tmp_path / "cache"
+    assert main(["extract", str(folder), "--out", str(cache), "--workers", "0", *EXTRACT]) == 0
+    det = tmp_path / "det"
+    assert main(["train", str(cache), "--out", str(det), "--epochs", "1", "--head", "linear", "--no-sam",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    out = tmp_path / "preds.csv"
+    rc, err = _interrupt(["predict", str(det), str(folder), "--out", str(out), "--workers", "2",
+                          "--batch-size", "2", "--no-progress"],
+                         lambda: any(p.name.startswith(".preds.csv.tmp-") for p in tmp_path.iterdir()))
+    _check_clean_exit(rc, err)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".preds")]
+    assert main(["predict", str(det), str(folder), "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    assert len(out.read_text().splitlines()) == 121
+
+
+def test_ctrl_c_during_training_leaves_no_output_folder(tmp_path):
+    write_synthetic_cache(tmp_path / "cache", n=3000, dim=16)
+    det = tmp_path / "det"
+
+    def logged():
+        return any(p.name.startswith(".det.tmp-") and (p / "train_log.jsonl").exists()
+                   and (p / "train_log.jsonl").stat().st_size > 0 for p in tmp_path.iterdir())
+
+    rc, err = _interrupt(["train", str(tmp_path / "cache"), "--out", str(det), "--epochs", "500",
+                          "--patience", "0", "--batch-size", "16", "--no-progress"], logged)
+    _check_clean_exit(rc, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]

@@ -1,0 +1,91 @@
+"""``clipdetect report``: one Markdown report with per-generator metrics, LOGO, format baseline, calibration."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _synthetic import write_multi_generator_cache, write_synthetic_cache
+
+from clipdetect.cli.main import main
+from clipdetect.core.metrics import expected_calibration_error, reliability_table
+from clipdetect.eval.report import ReportConfig, build_report
+from clipdetect.models.detector import Detector
+from clipdetect.models.train import TrainConfig
+
+FAST = TrainConfig(epochs=6, batch_size=64, lr=0.05, head="linear", loss="bce", sam=False, patience=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    cache = write_multi_generator_cache(root / "cache")
+    Detector.fit_cache(cache, config=FAST).save(root / "det")
+    return root
+
+
+def test_report_command_writes_every_section(trained, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(out), "--n-boot", "20",
+                 "--set", "epochs=3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["generators"] == 3 and printed["logo"] == "3 folds"
+    rep = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    gens = rep["per_generator"]
+    assert [(r["group"], r["value"]) for r in gens] == [("overall", "all"), ("generator", "a"),
+                                                        ("generator", "b"), ("generator", "c")]
+    for r in gens:
+        assert r["auc_lo"] <= r["auc"] <= r["auc_hi"] and "tpr@fpr=1%" in r and "ap" in r
+    assert [r["held_out"] for r in rep["logo"]["rows"]] == ["a", "b", "c"]
+    assert rep["logo"]["train_config"] == {**Detector.load(trained / "det").train_config, "epochs": 3}
+    fmt = rep["format_baseline"]["result"]
+    assert fmt["auc"] > 0.6  # generator c's fakes are JPEGs of another size: the container leaks
+    cal = rep["calibration"]
+    assert sum(b["n"] for b in cal["bins"]) == gens[0]["n_real"] + gens[0]["n_fake"]
+    assert cal["ece"] == pytest.approx(gens[0]["ece"]) and cal["target_fpr"] is None
+    for section in ("## Per generator", "## Leave one generator out", "## Format-only baseline",
+                    "## Calibration"):
+        assert section in md
+    table_rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
+    assert {"all", "a", "b", "c"} <= set(table_rows)
+    for name in ("report_roc.png", "report_hist.png", "report_reliability.png"):
+        assert (out / name).stat().st_size > 0 and f"({name})" in md
+    assert ReportConfig(**json.loads((out / "report_config.json").read_text())).train_overrides == {"epochs": 3}
+
+
+def test_sections_that_cannot_run_say_why(tmp_path):
+    cache = write_multi_generator_cache(tmp_path / "c", format_columns=False)
+    det = Detector.fit_cache(cache, config=FAST)
+    rep = build_report(det, cache, ReportConfig(out=str(tmp_path / "r"), n_boot=10, logo=False))
+    assert "lacks ['width', 'height', 'format', 'mode']" in rep["format_baseline"]["skipped"]
+    assert rep["logo"] == {"skipped": "turned off (--no-logo)"}
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Not run: the cache's metadata lacks" in md and "Not run: turned off" in md
+
+    one = write_synthetic_cache(tmp_path / "one", n=200, dim=12)
+    rep = build_report(Detector.fit_cache(one, config=FAST), one, ReportConfig(out=str(tmp_path / "r1"), n_boot=10))
+    assert rep["logo"]["skipped"] == "needs fakes of at least 2 generators; the cache has ['gen']"
+    assert len(rep["per_generator"]) == 2 and "result" in rep["format_baseline"]
+
+
+def test_reliability_table_is_the_ece_binning():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(0.3 * y + 0.7 * rng.random(500), 0, 1)
+    t = reliability_table(y, p, n_bins=10)
+    assert t.n.sum() == 500 and (t.lo < t.hi).all() and ((t.mean_prob >= t.lo) & (t.mean_prob <= t.hi)).all()
+    ece = float((t.n * (t.frac_fake - t.mean_prob).abs()).sum() / 500)
+    assert ece == pytest.approx(expected_calibration_error(y, p, n_bins=10))
+    assert isinstance(t, pd.DataFrame) and len(reliability_table([0, 1], [0.0, 0.0], n_bins=4)) == 1
+
+
+def test_report_help_has_an_example_and_bad_overrides_are_refused(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--help"])
+    assert exit_.value.code == 0 and "clipdetect report runs/det" in capsys.readouterr().out
+    assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(tmp_path / "r"),
+                 "--set", "epochz=3"]) == 2
+    assert "unknown TrainConfig field(s) ['epochz']" in capsys.readouterr().err
