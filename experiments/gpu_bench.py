@@ -25,7 +25,6 @@ Command (from the project root, after ``bash ../shared/tools/device_prepare.sh``
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
