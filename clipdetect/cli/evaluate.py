@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from clipdetect.cli.extract import add_limit_args
-from clipdetect.cli.main import CLIError, print_json
+from clipdetect.cli.main import CLIError, config_override, print_json
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ def _perturb(text: str):
     return name, sev
 
 
-def _kv(text: str):
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set wants FIELD=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
 
 def _load_detector(path: str):
     from clipdetect.models.detector import Detector
@@ -102,7 +93,7 @@ def _split_args(p) -> None:
 
 def _train_args(p) -> None:
     p.add_argument("--train-config", help="JSON file of TrainConfig fields (default: the paper's recipe)")
-    p.add_argument("--set", action="append", type=_kv, metavar="FIELD=VALUE",
+    p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
                    help="override a TrainConfig field, e.g. --set epochs=8 --set head=linear (repeatable)")
 
 

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from clipdetect.cli.main import print_json
+from clipdetect.cli.main import config_override, print_json
 
 EXAMPLES = """example:
   clipdetect report runs/det features/d3-val --out runs/det/report --n-boot 2000
@@ -12,15 +11,6 @@ EXAMPLES = """example:
   # leave-one-generator-out retrains the detector's config once per generator:
   # cheapen it with --set epochs=5, or skip it with --no-logo"""
 
-
-def _set(text: str):
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set wants FIELD=VALUE (a training config field), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def add_parser(sub) -> None:
@@ -41,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-logo", action="store_true",
                    help="skip leave-one-generator-out (it trains a detector per generator)")
     p.add_argument("--logo-generators", help="comma-separated generators to hold out (default: all)")
-    p.add_argument("--set", action="append", type=_set, metavar="FIELD=VALUE",
+    p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
                    help="override a field of the detector's training config for leave-one-generator-out")
     p.add_argument("--bins", type=int, default=15, help="reliability / ECE bins (default 15)")
     p.add_argument("--formats", default="png", help="figure formats, comma-separated: png,pdf,svg")
