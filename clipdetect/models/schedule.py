@@ -11,10 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict
-
-if TYPE_CHECKING:  # the config module imports this one
-    from clipdetect.models.train import TrainConfig
+from typing import Any, Dict
 
 __all__ = ["Schedule", "plan_schedule", "auto_batch_size", "PRESETS", "DEFAULT_LR", "MIN_STEPS", "FEW_STEPS",
            "MIN_EPOCHS"]
@@ -60,7 +57,7 @@ class Schedule:
         return dataclasses.asdict(self)
 
 
-def plan_schedule(config: TrainConfig, n_train: int) -> Schedule:
+def plan_schedule(config: Any, n_train: int) -> Schedule:  # config: a TrainConfig (train.py imports this module)
     """Batch size, step budget, patience and learning rate for ``n_train`` training rows.
 
     * batch: ``config.batch_size`` or :func:`auto_batch_size` (n/8, power of two, [32, 2048]);
