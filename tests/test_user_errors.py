@@ -99,7 +99,7 @@ def _subparsers(parser):
 
 
 def test_every_command_has_examples_and_limits_are_documented():
-    commands = dict(_subparsers(build_parser()))
+    commands = dict(_subparsers(build_parser(full=True)))
     for name in ("plot", "predict", "calibrate", "demo", "cache", "cache info", "cache verify", "extract",
                  "protocol logo", "protocol text-leakage", "protocol robustness", "protocol format-bias"):
         assert "examples:" in commands[name].format_help(), name

@@ -75,11 +75,12 @@ def _requested(argv: Optional[List[str]]) -> Optional[str]:
     return next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
 
 
-def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+def build_parser(argv: Optional[List[str]] = None, *, full: bool = False) -> argparse.ArgumentParser:
     """The parser for ``argv``: the full parser of the command it names, one-line stubs for
-    the others (so ``--help`` is fast); every command in full when it names one not in COMMANDS."""
+    the others (so ``--help`` is fast); every command in full with ``full=True`` or when
+    ``argv`` names one not in COMMANDS."""
     command = _requested(argv)
-    load = set(COMMAND_MODULES) if command is not None and command not in COMMANDS else (
+    load = set(COMMAND_MODULES) if full or (command is not None and command not in COMMANDS) else (
         {COMMANDS[command][0]} if command else set())
     parser = argparse.ArgumentParser(
         prog="clipdetect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,6 +137,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         if argv is None:  # the process is ending: a second Ctrl-C must not turn into a traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if "clipdetect.features.workers" in sys.modules:  # decode processes stop now, not at exit
+            sys.modules["clipdetect.features.workers"].abort_all()
         logger.error("interrupted; re-run the same command to resume")
         return 130
 

@@ -162,14 +162,21 @@ def run(tasks: Iterable[Tuple[Any, Sequence[Any]]], decoder: Decoder, encoder,
     """Decode then encode ``(payload, refs)`` tasks; yields ``(payload, decoded, embeddings)`` in
     order, where the embeddings are those of ``select(payload, decoded)`` (by default the
     images that decoded), in that order. The encoder runs ahead (see ``ImageEncoder.stream``)."""
+    decoded_stream = decoder(tasks)
+
     def pixels():
-        for payload, decoded in decoder(tasks):
+        for payload, decoded in decoded_stream:
             yield (payload, decoded), [decoded[i][1] for i in select(payload, decoded)]
 
-    stream = encoder.stream(pixels())
-    with contextlib.closing(stream):
+    pix = pixels()
+    stream = encoder.stream(pix)
+    try:
         for (payload, decoded), emb in stream:
             yield payload, decoded, emb
+    finally:  # every stage, innermost last: the decode workers stop now, not when garbage is collected
+        stream.close()
+        pix.close()
+        decoded_stream.close()
 
 
 def encode_captions(backbone, captions: Sequence[Optional[str]], *, batch_size: int = 256) -> np.ndarray:

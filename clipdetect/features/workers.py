@@ -7,12 +7,27 @@ SIGINT — Ctrl-C reaches the whole process group, and the parent stops them its
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import signal
+import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Tuple
 
-__all__ = ["ordered_map"]
+__all__ = ["ordered_map", "abort_all"]
+
+#: pools not yet stopped; stopped at interpreter exit at the latest (before multiprocessing's own
+#: exit handler, which would otherwise wait on a queue feeder thread blocked on a full pipe)
+_LIVE: "weakref.WeakSet[_Workers]" = weakref.WeakSet()
+
+
+def abort_all() -> None:
+    """Stop every decode pool of this process that is still running (Ctrl-C, exit)."""
+    for pool in list(_LIVE):
+        pool.abort()
+
+
+atexit.register(abort_all)
 
 
 def _worker_main(fn: Callable, initializer, initargs, tasks, results) -> None:
@@ -44,6 +59,7 @@ class _Workers:
     def __init__(self, n: int, fn: Callable, initializer, initargs):
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.procs, self.tasks, self.results = [], [], []
+        _LIVE.add(self)
         try:
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # until the child ignores it
             try:
@@ -85,6 +101,7 @@ class _Workers:
         self.abort()
 
     def abort(self) -> None:
+        _LIVE.discard(self)
         for proc in self.procs:
             if proc.pid is not None and proc.exitcode is None:
                 proc.terminate()
