@@ -37,7 +37,7 @@ def _interrupt(args, ready, timeout=300):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)
     try:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=float(os.environ.get("CLIPDETECT_TEST_INTERRUPT_TIMEOUT", 120)))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("did not stop after Ctrl-C (hung)")

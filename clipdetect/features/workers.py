@@ -8,8 +8,10 @@ SIGINT — Ctrl-C reaches the whole process group, and the parent stops them its
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing as mp
 import signal
+import threading
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Tuple
@@ -52,6 +54,30 @@ def _worker_main(fn: Callable, initializer, initargs, tasks, results) -> None:
                 results.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C back while processes are forked, then raise it.
+
+    Blocking SIGINT with ``pthread_sigmask`` is not enough: the kernel hands a process-group
+    signal to any thread that does not block it (torch's or a queue's helper threads), and
+    Python then raises KeyboardInterrupt in the main thread wherever it is — possibly inside
+    ``Process.start()`` after the fork, before the parent has recorded the child, which then
+    outlives it. A Python-level handler that only records the signal closes that window."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # children start with it blocked
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class _Workers:
     """Decode processes with one task queue and one result pipe each (no shared locks), so
     that stopping them — normally, on an error or on Ctrl-C — can never hang."""
@@ -61,8 +87,7 @@ class _Workers:
         self.procs, self.tasks, self.results = [], [], []
         _LIVE.add(self)
         try:
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # until the child ignores it
-            try:
+            with _sigint_deferred():  # no KeyboardInterrupt half-way through a fork
                 for i in range(n):
                     q, (r, w) = ctx.Queue(), ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=_worker_main, args=(fn, initializer, initargs, q, w),
@@ -72,8 +97,6 @@ class _Workers:
                     self.results.append(r)
                     proc.start()
                     w.close()  # the worker holds the only write end: its death is an EOF here
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C meanwhile arrives here
         except BaseException:
             self.abort()
             raise

@@ -139,10 +139,14 @@ class _Writer:
             raise ValueError(f"--out {str(path)!r} must end in .csv or .jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.f = open(self.tmp, "w", newline="")
-        self.csv = csv.DictWriter(self.f, fieldnames=COLUMNS) if self.path.suffix.lower() == ".csv" else None
-        if self.csv:
-            self.csv.writeheader()
+        try:
+            self.f = open(self.tmp, "w", newline="")
+            self.csv = csv.DictWriter(self.f, fieldnames=COLUMNS) if self.path.suffix.lower() == ".csv" else None
+            if self.csv:
+                self.csv.writeheader()
+        except BaseException:  # Ctrl-C or a full disk while starting: leave nothing behind
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, row: Dict[str, Any]) -> None:
         if self.csv:
@@ -265,7 +269,6 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     check_text_tower(detector, backbone)
     pre = SplitPreprocess(backbone.preprocess)
     summary = PredictSummary(out=str(out))
-    writer, t0 = _Writer(Path(out)), time.perf_counter()
     hits = labelled = 0
     tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
     decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect)
@@ -274,7 +277,9 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     def select(batch, decoded):  # text features need a caption
         return scorable(detector, decoded, [s.caption for s in batch])
     total = source.size() if limit is None else min(limit, source.size() or limit)
-    try:
+    writer, t0 = None, time.perf_counter()
+    try:  # any exit but success removes the partial file
+        writer = _Writer(Path(out))
         with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar, \
                 contextlib.closing(pipeline.run(tasks, decoder, encoder, select)) as stream:
             for batch, decoded, x in stream:
@@ -297,7 +302,8 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
                 summary.n += len(batch)
                 bar.update(len(batch))
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     writer.close()
     summary.seconds = time.perf_counter() - t0
