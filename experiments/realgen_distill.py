@@ -31,25 +31,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from bench_distill import image_tower, n_params, timed_scores  # noqa: E402
 from realgen_experiments import CACHES, DATA, MANIFEST, N_BOOT, RESULTS, _mod, api, det_dir, dump  # noqa: E402
 
-
-def n_params(*modules) -> int:
-    return int(sum(p.numel() for m in modules for p in m.parameters()))
-
-
-def image_tower(backbone):
-    return getattr(backbone.model, "visual", backbone.model)
-
-
-def timed(score_refs, backbone, det, refs, batch_size, repeats):
-    score_refs(backbone, det, refs[:batch_size], batch_size=batch_size)  # warm-up
-    times, probs = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        probs = score_refs(backbone, det, refs, batch_size=batch_size)
-        times.append(time.perf_counter() - t0)
-    return probs, float(np.median(times)), times
 
 
 def main(argv=None) -> int:
@@ -120,7 +104,7 @@ def main(argv=None) -> int:
     speed_refs = refs[:args.speed_n]
     speed = {}
     for name, bb, det in (("teacher", teacher_bb, teacher_det), ("student", student_bb, student_det)):
-        _, sec, times = timed(score_refs, bb, det, speed_refs, args.batch_size, args.repeats)
+        _, sec, times = timed_scores(bb, det, speed_refs, args.batch_size, args.repeats)
         speed[name] = {"images_per_second": len(speed_refs) / sec, "pass_seconds": times,
                        "input_px": bb.identity["preprocess"]["size"][0],
                        "parameters": n_params(image_tower(bb), det.head)}
