@@ -22,8 +22,8 @@ from conftest import TINY, make_image
 
 
 def _cfg(out, **kw):
-    kw.setdefault("workers", 0)
-    return ExtractConfig(backbone=TINY, out=str(out), batch_size=4, shard_size=8, **kw)
+    kw = {"workers": 0, "batch_size": 4, "shard_size": 8, **kw}
+    return ExtractConfig(backbone=TINY, out=str(out), **kw)
 
 
 def _bad_inputs(folder):
@@ -79,9 +79,9 @@ def test_bad_images_are_ledgered_and_valid_ones_embedded(tmp_path, tiny_backbone
 
 
 def test_resume_and_identical_captions_encoded_once(tmp_path, image_folder, tiny_backbone, monkeypatch):
-    calls = []
-    orig = tiny_backbone.encode_texts
-    monkeypatch.setattr(tiny_backbone, "encode_texts", lambda texts: calls.append(list(texts)) or orig(texts))
+    calls = []  # every tokenisation is one encoding of those captions
+    orig = tiny_backbone.tokenizer
+    monkeypatch.setattr(tiny_backbone, "tokenizer", lambda texts: calls.append(list(texts)) or orig(texts))
     src = ImageFolderSource(image_folder, caption_template="a {label_name} photo")
     s1 = extract(src, _cfg(tmp_path / "c", limit=5), backbone=tiny_backbone, progress=False)
     assert s1.seen == 5 and not s1.complete  # stopped by the limit, not the end of the source
@@ -170,3 +170,27 @@ def _shards(out) -> int:
         return len(json.loads(m.read_text())["shards"]) if m.exists() else 0
     except ValueError:  # replaced between exists() and read
         return 0
+
+
+def test_captions_are_encoded_with_the_images_of_their_first_task(tmp_path, image_folder, tiny_backbone,
+                                                                  monkeypatch):
+    """Captions ride along with the image batches (one tokenisation per task holding new ones,
+    before the shard is written), each unique caption once per shard, and give the same
+    embeddings as encoding them on their own."""
+    calls, flushed = [], []
+    orig = tiny_backbone.tokenizer
+    monkeypatch.setattr(tiny_backbone, "tokenizer", lambda texts: calls.append(list(texts)) or orig(texts))
+    import clipdetect.features.extract as ex
+    orig_flush = ex._flush
+    monkeypatch.setattr(ex, "_flush", lambda *a: flushed.append(len(calls)) or orig_flush(*a))
+    rows = [{"path": p, "label": int("fake" in p), "caption": f"cap {i % 3}"}
+            for i, p in enumerate(sorted(str(q.relative_to(image_folder)) for q in image_folder.rglob("*.*")))]
+    pd.DataFrame(rows).to_csv(image_folder / "m.csv", index=False)
+    src = ManifestSource(image_folder / "m.csv")
+    extract(src, _cfg(tmp_path / "c", batch_size=2, shard_size=100), backbone=tiny_backbone, progress=False)
+    assert calls[:2] == [["cap 0", "cap 1"], ["cap 2"]]  # first task: two new captions; second: one
+    assert sum(len(c) for c in calls) == 3 and flushed == [len(calls)]  # all encoded before the one flush
+    c = FeatureCache(tmp_path / "c")
+    txt = c.embeddings("text", np.arange(len(c.meta)))
+    ref = tiny_backbone.encode_texts(list(c.meta.caption))
+    assert txt.shape == ref.shape == (12, tiny_backbone.embed_dim) and np.allclose(txt, ref, atol=2e-3)

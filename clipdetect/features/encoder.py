@@ -7,7 +7,11 @@ float work), run through the model on the compute stream once the copy's event f
 and the embeddings are copied back asynchronously into a pinned buffer whose event the
 loop waits on only when it hands the batch on. :meth:`ImageEncoder.stream` keeps
 ``depth`` batches in flight, so batch *i+1* is stacked and copied while batch *i* runs
-and the loop never waits on ``.cpu()`` before submitting the next one.
+and the loop never waits on ``.cpu()`` before submitting the next one. Captions that come
+with a batch (:meth:`ImageEncoder.submit`'s ``texts``) are tokenised on the host while the
+image tower runs, then encoded on the same compute stream right behind it and copied back
+with the image embeddings, so the text tower overlaps decoding and the next batch's copy
+instead of running in one block when a shard is written.
 
 On a CPU the same class runs the same steps synchronously (no pinning, streams or
 events), and gives exactly the embeddings of :meth:`Backbone.encode_images` on
@@ -25,17 +29,19 @@ from clipdetect.data.imaging import SplitPreprocess
 
 
 class _Pending:
-    """A batch in flight: its host output buffer and the event that marks it filled."""
+    """A batch in flight: its host output buffers and the event that marks them filled."""
 
-    __slots__ = ("payload", "out", "done", "keep")
+    __slots__ = ("payload", "out", "text_out", "done", "keep")
 
-    def __init__(self, payload: Any, out: torch.Tensor, done: Optional[Any], keep: Tuple = ()):
-        self.payload, self.out, self.done, self.keep = payload, out, done, keep
+    def __init__(self, payload: Any, out: torch.Tensor, done: Optional[Any], keep: Tuple = (),
+                 text_out: Optional[torch.Tensor] = None):
+        self.payload, self.out, self.done, self.keep, self.text_out = payload, out, done, keep, text_out
 
-    def result(self) -> np.ndarray:
+    def result(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(image embeddings, caption embeddings or None), waiting for the device if needed."""
         if self.done is not None:
             self.done.synchronize()
-        return self.out.numpy()
+        return self.out.numpy(), None if self.text_out is None else self.text_out.numpy()
 
 
 class ImageEncoder:
@@ -83,39 +89,62 @@ class ImageEncoder:
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)
         return x.sub_(self.mean).div_(self.std).to(self.backbone.dtype)
 
-    @torch.inference_mode()
-    def submit(self, payload: Any, arrays: Sequence[np.ndarray]) -> _Pending:
-        """Start encoding one batch; returns at once on CUDA (the work is queued)."""
-        dim = self.backbone.embed_dim
+    def _images(self, arrays: Sequence[np.ndarray]) -> Tuple[torch.Tensor, Tuple]:
         if len(arrays) == 0:
-            return _Pending(payload, torch.zeros((0, dim), dtype=torch.float32), None)
+            return torch.zeros((0, self.backbone.embed_dim), dtype=torch.float32, device=self.device), ()
         host = self._host(arrays)
         emb = self.backbone.model.encode_image(self.pixels(self._to_device(host))).float()
-        emb = torch.nn.functional.normalize(emb, dim=-1)
-        if not self.cuda:
-            return _Pending(payload, emb, None)
+        return torch.nn.functional.normalize(emb, dim=-1), (host,)
+
+    def _texts(self, texts: Sequence[str]) -> Tuple[torch.Tensor, Tuple]:
+        tokens = self.backbone.tokenizer(list(texts))  # host work, while the image tower runs
+        if self.cuda:
+            tokens = tokens.pin_memory()
+        emb = self.backbone.model.encode_text(self._to_device(tokens)).float()
+        return torch.nn.functional.normalize(emb, dim=-1), (tokens,)
+
+    def _back(self, emb: torch.Tensor) -> torch.Tensor:
         out = torch.empty(emb.shape, dtype=torch.float32, pin_memory=True)
         out.copy_(emb, non_blocking=True)
+        return out
+
+    @torch.inference_mode()
+    def submit(self, payload: Any, arrays: Sequence[np.ndarray], texts: Optional[Sequence[str]] = None) -> _Pending:
+        """Start encoding one batch of images, and ``texts`` (captions) with it; returns at
+        once on CUDA (the work is queued on the device)."""
+        if texts is not None and len(texts) and not self.backbone.has_text:
+            raise ValueError(f"backbone {self.backbone.spec!r} has no text tower; cannot encode captions")
+        emb, keep = self._images(arrays)
+        txt, keep_t = self._texts(texts) if texts is not None and len(texts) else (None, ())
+        if texts is not None and txt is None:
+            txt = torch.zeros((0, self.backbone.embed_dim), dtype=torch.float32, device=self.device)
+        if not self.cuda:
+            return _Pending(payload, emb, None, text_out=txt)
+        out, text_out = self._back(emb), None if txt is None else self._back(txt)
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(self.device))
-        return _Pending(payload, out, done, keep=(host,))
+        return _Pending(payload, out, done, keep=keep + keep_t, text_out=text_out)
 
     def encode(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings [N, D] (float32) of one batch of worker arrays, synchronously."""
-        return self.submit(None, arrays).result()
+        return self.submit(None, arrays).result()[0]
 
     # ------------------------------------------------------------ a stream of batches
-    def stream(self, batches: Iterable[Tuple[Any, Sequence[np.ndarray]]]) -> Iterator[Tuple[Any, np.ndarray]]:
-        """``(payload, arrays)`` → ``(payload, embeddings)`` in order, ``depth`` batches in flight."""
+    def stream(self, batches: Iterable[Tuple]) -> Iterator[Tuple]:
+        """``(payload, arrays)`` → ``(payload, embeddings)``, or ``(payload, arrays, texts)`` →
+        ``(payload, embeddings, text embeddings)``, in order, ``depth`` batches in flight."""
         inflight: deque = deque()
-        for payload, arrays in batches:
-            inflight.append(self.submit(payload, arrays))
+
+        def done(p: _Pending) -> Tuple:
+            img, txt = p.result()
+            return (p.payload, img) if p.text_out is None else (p.payload, img, txt)
+
+        for item in batches:
+            inflight.append(self.submit(*item))
             if len(inflight) >= self.depth:
-                p = inflight.popleft()
-                yield p.payload, p.result()
+                yield done(inflight.popleft())
         while inflight:
-            p = inflight.popleft()
-            yield p.payload, p.result()
+            yield done(inflight.popleft())
 
 
 def encoder_for(backbone, pre: Optional[SplitPreprocess] = None, **kw) -> ImageEncoder:

@@ -31,7 +31,7 @@ from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
 
 __all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "ordered_map", "plan_tasks",
-           "ShardBuilder", "run_id_for", "default_workers", "check_not_empty"]
+           "ShardBuilder", "CaptionPlanner", "run_id_for", "default_workers", "check_not_empty"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,13 @@ class ShardBuilder:
         self.emb: List[np.ndarray] = []
         self.meta: List[Dict[str, Any]] = []
         self.errors: List[Dict[str, Any]] = []
+        self.text_table: Dict[str, np.ndarray] = {}
 
-    def add(self, samples: List[Sample], decoded: List[Tuple], emb: Optional[np.ndarray] = None) -> None:
-        """Add one decode task; ``emb``: its decoded images' embeddings when the pipeline made them."""
+    def add(self, samples: List[Sample], decoded: List[Tuple], emb: Optional[np.ndarray] = None,
+            captions: Optional[Dict[str, np.ndarray]] = None) -> None:
+        """Add one decode task; ``emb``: its decoded images' embeddings when the pipeline made
+        them; ``captions``: caption → embedding for captions the pipeline encoded with them."""
+        self.text_table.update(captions or {})
         arrays, rows = [], []
         for s, d in zip(samples, decoded):
             if d[0] == "ok":
@@ -138,7 +142,16 @@ class ShardBuilder:
         return True
 
     def encode_captions(self) -> np.ndarray:
-        return encode_captions(self.backbone, [r["caption"] for r in self.meta], batch_size=self.text_batch_size)
+        """One caption embedding per row (None → ""): those the pipeline made, the rest encoded now."""
+        caps = [r["caption"] or "" for r in self.meta]
+        missing = [c for c in dict.fromkeys(caps) if c not in self.text_table]
+        if missing:
+            self.text_table.update(zip(missing, encode_captions(self.backbone, missing,
+                                                                batch_size=self.text_batch_size)))
+        if not caps:
+            return np.zeros((0, self.backbone.embed_dim), np.float32)
+        return np.stack([self.text_table[c] for c in caps]).astype(np.float32, copy=False)
+
 
     def build(self) -> Tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame, pd.DataFrame]:
         d = self.backbone.embed_dim
@@ -148,6 +161,28 @@ class ShardBuilder:
                                                 "width", "height", "format", "mode"])
         errors = pd.DataFrame(self.errors, columns=["key", "path", "reason", "detail"])
         return img, txt, meta, errors
+
+
+class CaptionPlanner:
+    """The captions to encode with each task's images: each unique caption of a shard once,
+    with the first task that holds it (the pipeline encodes them behind that task's images).
+
+    Called in task order, before the results come back, so its memory is its own: one shard's
+    captions, forgotten when the next shard's first task arrives."""
+
+    def __init__(self) -> None:
+        self.shard: Optional[int] = None
+        self.seen: set = set()
+
+    def __call__(self, task: Task, decoded: List[Tuple]) -> List[str]:
+        if task.shard_start != self.shard:
+            self.shard, self.seen = task.shard_start, set()
+        new = []
+        for sample, d in zip(task.samples, decoded):
+            if d[0] == "ok" and sample.caption is not None and sample.caption not in self.seen:
+                self.seen.add(sample.caption)
+                new.append(sample.caption)
+        return new
 
 
 def run_id_for(source: Source, config: ExtractConfig) -> str:
@@ -202,11 +237,13 @@ def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, w
     tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
     decoder = Decoder(pre, workers=config.workers, max_pixels=config.max_pixels, max_aspect=config.max_aspect,
                       fast_decode=config.fast_decode)
+    planner = CaptionPlanner() if config.text != "no" and backbone.has_text else None
     t0 = time.perf_counter()
     with progress_bar(total, progress) as bar, contextlib.closing(
-            pipeline.run(((t, [s.image for s in t.samples]) for t in tasks), decoder, encoder)) as stream:
-        for task, decoded, emb in stream:
-            builder.add(task.samples, decoded, emb)
+            pipeline.run(((t, [s.image for s in t.samples]) for t in tasks), decoder, encoder,
+                         texts=planner)) as stream:
+        for task, decoded, emb, *captions in stream:
+            builder.add(task.samples, decoded, emb, *captions)
             summary.seen += len(task.samples)
             bar.update(len(task.samples))
             if task.last:

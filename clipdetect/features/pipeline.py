@@ -158,21 +158,36 @@ def ok_items(payload: Any, decoded: List[Tuple]) -> List[int]:
 
 
 def run(tasks: Iterable[Tuple[Any, Sequence[Any]]], decoder: Decoder, encoder,
-        select: Callable[[Any, List[Tuple]], List[int]] = ok_items) -> Iterator[Tuple[Any, List[Tuple], np.ndarray]]:
+        select: Callable[[Any, List[Tuple]], List[int]] = ok_items,
+        texts: Optional[Callable[[Any, List[Tuple]], Sequence[str]]] = None) -> Iterator[Tuple]:
     """Decode then encode ``(payload, refs)`` tasks; yields ``(payload, decoded, embeddings)`` in
     order, where the embeddings are those of ``select(payload, decoded)`` (by default the
-    images that decoded), in that order. The encoder runs ahead (see ``ImageEncoder.stream``)."""
+    images that decoded), in that order. The encoder runs ahead (see ``ImageEncoder.stream``).
+
+    ``texts``: a function giving the captions to encode with each task's images (e.g. those
+    not seen before); then each item is ``(payload, decoded, embeddings, captions)`` with
+    ``captions`` a dict caption → embedding, encoded on the device behind the images."""
     decoded_stream = decoder(tasks)
 
     def pixels():
         for payload, decoded in decoded_stream:
-            yield (payload, decoded), [decoded[i][1] for i in select(payload, decoded)]
+            arrays = [decoded[i][1] for i in select(payload, decoded)]
+            if texts is None:
+                yield (payload, decoded), arrays
+            else:
+                wanted = list(dict.fromkeys(texts(payload, decoded)))
+                yield (payload, decoded, wanted), arrays, wanted
 
     pix = pixels()
     stream = encoder.stream(pix)
     try:
-        for (payload, decoded), emb in stream:
-            yield payload, decoded, emb
+        for item in stream:
+            if texts is None:
+                (payload, decoded), emb = item
+                yield payload, decoded, emb
+            else:
+                (payload, decoded, wanted), emb, txt = item
+                yield payload, decoded, emb, dict(zip(wanted, txt))
     finally:  # every stage, innermost last: the decode workers stop now, not when garbage is collected
         stream.close()
         pix.close()
