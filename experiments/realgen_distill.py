@@ -32,7 +32,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_distill import image_tower, n_params, timed_scores  # noqa: E402
-from realgen_experiments import CACHES, DATA, MANIFEST, N_BOOT, RESULTS, _mod, api, det_dir, dump  # noqa: E402
+from realgen_experiments import CACHES, DATA, MANIFEST, N_BOOT, RESULTS, det_dir, dump  # noqa: E402
+
+from clipdetect import Detector, FeatureCache, open_source  # noqa: E402
+from clipdetect.core.metrics import evaluate_scores  # noqa: E402
+from clipdetect.data.imaging import SplitPreprocess, decode_image  # noqa: E402
+from clipdetect.distill.compress_report import score_refs  # noqa: E402
+from clipdetect.distill.images import collect_images  # noqa: E402
+from clipdetect.eval.evaluate import paired_auc_difference  # noqa: E402
+from clipdetect.features.backbones import create_backbone  # noqa: E402
+from clipdetect.features.splits import resolve_split_rows  # noqa: E402
 
 
 
@@ -50,8 +59,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    a = api()
-    cache_m = a.FeatureCache(CACHES["asis"])
+    cache_m = FeatureCache(CACHES["asis"])
     sdir = work / "students" / f"realgen-lite0-{args.image_size}"
     t_distill = None
     if not args.skip_train and not (sdir / "detector" / "detector.json").is_file():
@@ -65,21 +73,16 @@ def main(argv=None) -> int:
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
         t_distill = time.time() - t0
 
-    backbones = _mod("clipdetect.features.backbones", "clipdetect.backbones")
-    score_refs = _mod("clipdetect.models.compress_report", "clipdetect.distill.compress_report",
-                      "clipdetect.compress_report").score_refs
-    collect_images = _mod("clipdetect.distill.images", "clipdetect.distill_io").collect_images
-
-    teacher_det = a.Detector.load(det_dir(work, "asis", "paper"))
-    student_det = a.Detector.load(sdir / "detector")
-    test_rows = np.sort(a.resolve_split_rows(cache_m, "test"))
+    teacher_det = Detector.load(det_dir(work, "asis", "paper"))
+    student_det = Detector.load(sdir / "detector")
+    test_rows = np.sort(resolve_split_rows(cache_m, "test"))
     keys = cache_m.meta["key"].astype(str).to_numpy()
     y = cache_m.labels(test_rows)
     gen = cache_m.meta.loc[test_rows, "generator"].astype(str).to_numpy()
-    images = collect_images(a.open_source(str(MANIFEST)), keys[test_rows])
+    images = collect_images(open_source(str(MANIFEST)), keys[test_rows])
     refs = [images[k] for k in keys[test_rows]]
 
-    student_bb = backbones.create_backbone(f"student:{sdir}")
+    student_bb = create_backbone(f"student:{sdir}")
     t_logits = np.asarray(teacher_det.decision_function(teacher_det.features(cache_m, test_rows)), dtype=np.float64)
     t0 = time.perf_counter()
     s_probs = score_refs(student_bb, student_det, refs, batch_size=args.batch_size)
@@ -90,9 +93,9 @@ def main(argv=None) -> int:
     rows = []
     groups = [("overall", np.ones_like(y, dtype=bool))] + [(g, (y == 0) | (gen == g)) for g in sorted(set(gen[y == 1]))]
     for name, m in groups:
-        tt = a.evaluate_scores(y[m], t_logits[m], threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
-        ss = a.evaluate_scores(y[m], s_logits[m], threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
-        d = a.paired_auc_difference(y[m], t_logits[m], s_logits[m], n_boot=N_BOOT, seed=0)
+        tt = evaluate_scores(y[m], t_logits[m], threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
+        ss = evaluate_scores(y[m], s_logits[m], threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
+        d = paired_auc_difference(y[m], t_logits[m], s_logits[m], n_boot=N_BOOT, seed=0)
         rows.append({"generator": name, "n_real": int(tt["n_real"]), "n_fake": int(tt["n_fake"]),
                      "teacher_auc": tt["auc"], "teacher_auc_lo": tt["auc_lo"], "teacher_auc_hi": tt["auc_hi"],
                      "student_auc": ss["auc"], "student_auc_lo": ss["auc_lo"], "student_auc_hi": ss["auc_hi"],
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     table = pd.DataFrame(rows)
 
     # speed on the same images, same batch size
-    teacher_bb = backbones.create_backbone(cache_m.backbone["spec"])
+    teacher_bb = create_backbone(cache_m.backbone["spec"])
     speed_refs = refs[:args.speed_n]
     speed = {}
     for name, bb, det in (("teacher", teacher_bb, teacher_det), ("student", student_bb, student_det)):
@@ -110,11 +113,10 @@ def main(argv=None) -> int:
                        "parameters": n_params(image_tower(bb), det.head)}
         print(name, speed[name], file=sys.stderr, flush=True)
     # decode + preprocess alone (the shared floor)
-    imaging = _mod("clipdetect.data.imaging", "clipdetect.imaging")
-    pre = imaging.SplitPreprocess(student_bb.preprocess)
+    pre = SplitPreprocess(student_bb.preprocess)
     t0 = time.perf_counter()
     for r in speed_refs:
-        pre.worker(imaging.decode_image(r)[0])
+        pre.worker(decode_image(r)[0])
     decode_ips = len(speed_refs) / (time.perf_counter() - t0)
 
     sjson = json.loads((sdir / "student.json").read_text())

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 RES = Path(__file__).resolve().parent / "results" / "realgen"
-CACHES = ("asis", "asis-sub", "norm-sub")
-FORMAT_CACHES = ("asis", "norm", "asis-sub", "norm-sub")
+CACHES = ("asis", "norm")  # the same 1,376 images, as published and format-normalised
+FORMAT_CACHES = CACHES
 
 
 def load(path: Path):
@@ -35,24 +35,27 @@ def per_generator(lines):
               ("sklearn probe", lambda c: load(RES / c / "probe_sklearn.json"), "rows")]
     for metric, label in (("auc", "ROC-AUC"), ("ap", "AP"), ("tpr@fpr=1%", "TPR at 1 % FPR")):
         lines += [f"### {label} [95 % bootstrap CI]", "",
-                  "| generator | n_fake | " + " | ".join(f"{m} {c}" for m, _, _ in models for c in CACHES) + " |",
-                  "|---|---|" + "---|" * (len(models) * len(CACHES))]
+                  "| generator | n_real | n_fake | " + " | ".join(f"{m} {c}" for m, _, _ in models for c in CACHES)
+                  + " |", "|---|---|---|" + "---|" * (len(models) * len(CACHES))]
         tables = {(m, c): (f(c) or {}).get(key, []) for m, f, key in models for c in CACHES}
         ref = next((t for t in tables.values() if t), [])
         for row in ref:
             g = row["value"] if row["group"] != "overall" else "overall"
-            cells = []
+            cells, counts = [], set()
             for m, _, _ in models:
                 for c in CACHES:
                     hit = [r for r in tables[(m, c)] if (r["value"] if r["group"] != "overall" else "overall") == g]
                     cells.append(ci(hit[0], metric) if hit else "–")
-            lines.append(f"| {g} | {row['n_fake']} | " + " | ".join(cells) + " |")
+                    counts |= {(hit[0]["n_real"], hit[0]["n_fake"])} if hit else set()
+            if len(counts) > 1:  # every column must score the same rows, or the table would mislead
+                raise ValueError(f"generator {g}: the columns score different rows {sorted(counts)}")
+            lines.append(f"| {g} | {row['n_real']} | {row['n_fake']} | " + " | ".join(cells) + " |")
         lines.append("")
 
 
 def format_only(lines):
     lines += ["## Format-only baseline (depth-4 tree on container metadata; fit on train, score test)", "",
-              "`norm` = all 1,376 images normalised (format tables need no embeddings); `*-sub` = the reduced set.", "",
+              "`norm` = the same 1,376 images, every one re-encoded as 256 px JPEG q90.", "",
               "| features | generator | " + " | ".join(f"{c} AUC" for c in FORMAT_CACHES) + " |",
               "|---|---|" + "---|" * len(FORMAT_CACHES)]
     t = {c: (load(RES / c / "format_only.json") or {}).get("rows", []) for c in FORMAT_CACHES}
@@ -75,7 +78,6 @@ def logo(lines):
     t = {}
     for c in CACHES:
         t[("paper", c)] = (load(RES / c / "logo_paper" / "logo.json") or {}).get("rows", [])
-        t[("linear", c)] = (load(RES / c / "logo_linear" / "logo.json") or {}).get("rows", [])
         t[("probe", c)] = (load(RES / c / "logo_probe_sklearn.json") or {}).get("rows", [])
     ref = next((v for v in t.values() if v), [])
     for r in ref:
