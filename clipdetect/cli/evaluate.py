@@ -64,7 +64,8 @@ def add_parser(sub) -> None:
 
 # ------------------------------------------------------------------ handlers
 def run_evaluate(args) -> int:
-    from clipdetect.eval.evaluate import baseline_probe, evaluate_detector
+    from clipdetect.eval.compare import baseline_probe
+    from clipdetect.eval.evaluate import evaluate_detector
 
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be >= 0, got {args.n_boot}")
@@ -110,7 +111,7 @@ def run_evaluate(args) -> int:
 
 def _print_comparison(reports, args, specs, reference) -> None:
     from clipdetect.core.metrics import to_markdown
-    from clipdetect.eval.evaluate import compare_reports
+    from clipdetect.eval.compare import compare_reports
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 
     table = compare_reports(reports, n_boot=args.n_boot, seed=args.seed, reference=reference)
@@ -130,7 +131,7 @@ def _print_comparison(reports, args, specs, reference) -> None:
 
 
 def run_plot(args) -> int:
-    from clipdetect.eval.evaluate import plot_detectors
+    from clipdetect.eval.figures import plot_detectors
     from clipdetect.eval.protocols import load_detectors
 
     paths = plot_detectors(load_detectors(args.detectors), open_cache(args.cache), args.out,

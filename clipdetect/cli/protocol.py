@@ -116,7 +116,7 @@ def _add_image_protocols(ps) -> None:
 
 # ------------------------------------------------------------------ handlers
 def _keys_source(args):
-    from clipdetect.eval.evaluate import split_params
+    from clipdetect.eval.selection import split_params
     from clipdetect.data.perturb import subset_source
     from clipdetect.eval.protocols import heldout_keys, load_detectors
     from clipdetect.data.registry import open_source
