@@ -7,7 +7,9 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.manifest import ERROR_COLUMNS
 
 
 def synthetic_identity(dim: int = 16, *, arch: str = "synthetic", seed: int = 0) -> dict:

@@ -124,7 +124,8 @@ def test_evaluate_wrapper_resolves_the_split_like_the_cli(scored, tmp_path):
 def test_roc_display_from_detector_estimator_and_predictions(scored):
     import matplotlib.pyplot as plt
 
-    from clipdetect.eval.evaluate import roc_curves, split_params, split_rows
+    from clipdetect.eval.figures import roc_curves
+    from clipdetect.eval.selection import split_params, split_rows
 
     _, cache, det, _, _ = scored
     disp = clipdetect.DetectorRocDisplay.from_detector(det, cache, split="train", by=None)

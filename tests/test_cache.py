@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipdetect.features.cache import CacheError, CacheWriter, FeatureCache
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.manifest import CacheError
 
 IDENT = {"arch": "a", "weights": "random", "seed": 0, "embed_dim": 4, "preprocess": {"size": [8, 8]}}
 

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from clipdetect.cli.main import main
-from clipdetect.features.cache import LOCK_NAME, CacheWriter, FeatureCache
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.cache_writer import LOCK_NAME, CacheWriter
 from conftest import TINY, make_image
 
 ROOT = Path(__file__).resolve().parent.parent  # children import this checkout's package

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from clipdetect.features.cache import FeatureCache
-from clipdetect.data.d3 import D3Source, MissingImage
+from clipdetect.data.d3 import D3Source
+from clipdetect.data.d3_reals import MissingImage
 from clipdetect.features.extract import ExtractConfig, decode_refs, extract
 from clipdetect.data.imaging import SplitPreprocess
 from clipdetect.data.registry import open_source

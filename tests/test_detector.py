@@ -4,7 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from clipdetect.models.detector import Detector, DetectorError, choose_threshold, fit_detector
+from clipdetect.models.detector import Detector, DetectorError, fit_detector
+from clipdetect.models.threshold import choose_threshold
 from clipdetect.models.train import TrainConfig
 
 from _synthetic import separable_features, synthetic_identity, write_synthetic_cache

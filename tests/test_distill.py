@@ -11,7 +11,9 @@ import torch
 
 import clipdetect.distill.trainer as distill_mod
 from clipdetect.features.backbones import create_backbone, file_sha256
-from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.manifest import ERROR_COLUMNS
 from clipdetect.distill.trainer import DistillConfig, distill, distillation_loss
 from clipdetect.distill.student import TINY_ARCH, StudentConfig, create_student, load_student, map_lite0_state_dict
 from conftest import make_image

@@ -10,8 +10,9 @@ from _synthetic import write_synthetic_cache
 
 from clipdetect.cli.main import main
 from clipdetect.models.detector import Detector
-from clipdetect.eval.evaluate import (evaluate_detector, logit_threshold, paired_auc_difference, plot_detectors,
-                                 roc_curves, score_table)
+from clipdetect.eval.compare import paired_auc_difference
+from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_table
+from clipdetect.eval.figures import plot_detectors, roc_curves
 from clipdetect.features.splits import resolve_split_rows
 from clipdetect.models.train import TrainConfig
 

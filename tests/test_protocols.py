@@ -7,7 +7,9 @@ import pytest
 from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
 
 from clipdetect.eval import protocols
-from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.manifest import ERROR_COLUMNS
 from clipdetect.cli.main import main
 from clipdetect.models.detector import Detector
 from clipdetect.features.extract import ExtractConfig, extract

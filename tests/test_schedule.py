@@ -11,7 +11,8 @@ from _synthetic import write_synthetic_cache
 from clipdetect.core.metrics import to_markdown
 from clipdetect.data.perturb import ListSource
 from clipdetect.data.sources import Sample
-from clipdetect.eval.evaluate import compare_reports, evaluate_detector
+from clipdetect.eval.compare import compare_reports
+from clipdetect.eval.evaluate import evaluate_detector
 from clipdetect.features.backbones import BackboneError, create_backbone
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.extract import SampledSource, check_limit_prefix

@@ -43,7 +43,9 @@ def run_demo(args) -> int:
     from clipdetect.core.io import write_text
     from clipdetect.features.verify import open_verified
     from clipdetect.models.detector import Detector
-    from clipdetect.eval.evaluate import compare_reports, evaluate_detector, plot_detectors
+    from clipdetect.eval.compare import compare_reports
+    from clipdetect.eval.evaluate import evaluate_detector
+    from clipdetect.eval.figures import plot_detectors
     from clipdetect.models.baseline import fit_probe_on_cache
     from clipdetect.models.train import TrainConfig
 

@@ -28,7 +28,8 @@ logger = logging.getLogger("clipdetect")
 
 #: subcommand → module that defines ``add_parser(subparsers)``; imported lazily at parse time
 COMMAND_MODULES = ["clipdetect.cli.fetch", "clipdetect.cli.extract", "clipdetect.cli.train",
-                   "clipdetect.cli.evaluate", "clipdetect.cli.report", "clipdetect.cli.demo", "clipdetect.cli.distill"]
+                   "clipdetect.cli.evaluate", "clipdetect.cli.predict", "clipdetect.cli.calibrate",
+                   "clipdetect.cli.protocol", "clipdetect.cli.report", "clipdetect.cli.demo", "clipdetect.cli.distill"]
 
 #: command → (its module, one-line help): ``clipdetect --help`` lists the commands from here
 #: and imports only the chosen command's module (command modules import torch, pandas ...).
@@ -40,9 +41,9 @@ COMMANDS = {
     "train": ("clipdetect.cli.train", "train a detector on a feature cache"),
     "evaluate": ("clipdetect.cli.evaluate", "metrics per generator with bootstrap CIs"),
     "plot": ("clipdetect.cli.evaluate", "ROC curves (linear + log FPR) and score histograms"),
-    "predict": ("clipdetect.cli.evaluate", "score images end to end (decode → backbone → detector)"),
-    "calibrate": ("clipdetect.cli.evaluate", "threshold at a target FPR (validation reals) + temperature"),
-    "protocol": ("clipdetect.cli.evaluate", "leave-one-generator-out, robustness, format-bias, text-leakage"),
+    "predict": ("clipdetect.cli.predict", "score images end to end (decode → backbone → detector)"),
+    "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals) + temperature"),
+    "protocol": ("clipdetect.cli.protocol", "leave-one-generator-out, robustness, format-bias, text-leakage"),
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
     "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
     "compress": ("clipdetect.cli.distill", "SVD low-rank factorisation and magnitude pruning, with a report"),

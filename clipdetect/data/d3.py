@@ -43,51 +43,26 @@ splits never mix.
 """
 from __future__ import annotations
 
-import itertools
-import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from clipdetect.data.d3_layout import ALIASES, MODELS, N_GEN, SPLIT_PREFIXES, split_files  # noqa: F401 (re-export)
+from clipdetect.data.d3_reals import D3RealImages, MissingImage
 from clipdetect.data.hf import load_hf_dataset, parquet_files
-from clipdetect.data.imaging import BadImage
-from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source, optional_str
-
-logger = logging.getLogger(__name__)
+from clipdetect.data.sources import Sample, Source, optional_str
 
 _COLUMNS = {f"gen{i}" for i in range(N_GEN)}
 CAPTION_POLICIES = ("same", "reference")
 BASE_COLUMNS = ("id", "original_prompt", "url")
 
 
-class MissingImage:
-    """Stands where an image is not available; decoding it raises ``BadImage(reason)``.
-
-    ``decode_image`` reads paths through ``os.fspath``, which calls ``__fspath__`` — so the
-    reason reaches the error ledger without a special case in the decoder. Picklable.
-    """
-
-    def __init__(self, reason: str = "real_missing", detail: str = ""):
-        self.reason, self.detail = reason, detail
-
-    def __fspath__(self) -> str:
-        raise BadImage(self.reason, self.detail)
-
-    def __repr__(self) -> str:
-        return f"MissingImage({self.reason!r}, {self.detail!r})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, MissingImage) and (self.reason, self.detail) == (other.reason, other.detail)
-
-
 def _reopen(name_or_path: str, kwargs: Dict[str, Any]) -> "D3Source":
     return D3Source(name_or_path, **kwargs)
 
 
-class D3Source(Source):
+class D3Source(D3RealImages, Source):
     """Rows of D3 → samples (see the module docstring). ``name_or_path``: a hub name, or a
     parquet file / glob / folder with the D3 columns."""
 
@@ -272,86 +247,3 @@ class D3Source(Source):
         name = os.path.abspath(self.name_or_path) if parquet_files(self.name_or_path) is not None else self.name_or_path
         return {"kind": self.kind, "name_or_path": name, "split": self.split, "generators": self.generators,
                 "caption_policy": self.caption_policy, "include_real": self.include_real}
-
-    # ------------------------------------------------------------ real images
-    def _real_image(self, rid: str, url: str):
-        if self.reals_dir is not None:
-            path = self._reals().get(rid)
-            if path:
-                return path
-        if self.store is not None and url:
-            path = self.store.get(url)
-            if path:
-                return path
-            failure = self.store.failure(url)
-            if failure:
-                return MissingImage("real_missing", f"fetch failed: {failure['reason']} "
-                                                    f"(status {failure.get('status')})")
-            if self.fetch_reals:
-                return MissingImage("real_missing", "not fetched")
-        return MissingImage("real_missing", "no local file" if self.reals_dir else
-                            "no reals_dir, store or fetch_reals" if not url else "real image not available")
-
-    def _reals(self) -> Dict[str, str]:
-        if self._reals_index is None:
-            index: Dict[str, str] = {}
-            for dirpath, dirnames, filenames in os.walk(self.reals_dir):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    stem, ext = os.path.splitext(name)
-                    if ext.lower() in IMAGE_EXTENSIONS:
-                        index.setdefault(stem, os.path.join(dirpath, name))
-            self._reals_index = index
-            logger.info("found %d real images in %s", len(index), self.reals_dir)
-        return self._reals_index
-
-    def _needs_fetch(self, rid: str, url: Optional[str]) -> bool:
-        return bool(url) and not (self.reals_dir is not None and rid in self._reals())
-
-    def _fetch(self, urls: List[str]) -> None:
-        from clipdetect.data.fetch import fetch_many
-
-        if urls:
-            fetch_many(urls, store=self.store, **self.fetch_opts)
-
-    def _prefetched(self, rows: Iterator[Tuple[int, Dict[str, Any]]], first: int
-                    ) -> Iterator[Tuple[int, Dict[str, Any]]]:
-        """Pass rows through; with ``fetch_reals``, fetch the reals of the next window of rows
-        in the background while the current window is consumed."""
-        if not (self.fetch_reals and self.include_real):
-            yield from rows
-            return
-        w = self.fetch_window
-        with ThreadPoolExecutor(1, thread_name_prefix="d3-prefetch") as pool:
-            if self._offsets is not None:  # random access: read only the id/url columns ahead
-                ids, urls = self.ds.data.column("id"), self.ds.data.column("url")
-
-                def window_urls(lo):
-                    hi = min(lo + w, len(self.ds))
-                    pairs = zip(ids.slice(lo, hi - lo).to_pylist(), urls.slice(lo, hi - lo).to_pylist())
-                    return [u for i, u in pairs if self._needs_fetch(str(i), u)]
-
-                fut, lo = pool.submit(lambda: self._fetch(window_urls(first))), first
-                for r, rec in rows:
-                    if r == lo:
-                        fut.result()
-                        lo += w
-                        fut = pool.submit(lambda lo=lo: self._fetch(window_urls(lo)))
-                    yield r, rec
-                return
-
-            # streaming: hold two windows of rows, fetching the second while the first is consumed
-            def submit(window):
-                return pool.submit(self._fetch, [rec["url"] for _, rec in window
-                                                 if self._needs_fetch(str(rec["id"]), rec["url"])])
-
-            chunks = iter(lambda: list(itertools.islice(rows, w)), [])
-            nxt = next(chunks, [])
-            fut = submit(nxt)
-            while nxt:
-                cur, cur_fut = nxt, fut
-                nxt = next(chunks, [])
-                fut = submit(nxt)
-                cur_fut.result()
-                yield from cur
-            fut.result()

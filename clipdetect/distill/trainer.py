@@ -291,7 +291,8 @@ def finish_student(out: Path, student, head, scfg: StudentConfig, config: Distil
                    val_labels: np.ndarray) -> None:
     """Write the final student (``encoder.safetensors`` + ``student.json``) and its detector bundle."""
     from clipdetect.core.io import write_json
-    from clipdetect.models.detector import Detector, choose_threshold
+    from clipdetect.models.detector import Detector
+    from clipdetect.models.threshold import choose_threshold
     from clipdetect.core.metrics import binary_metrics
     from clipdetect.distill.student import read_student_doc, student_identity
 

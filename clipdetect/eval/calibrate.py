@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from clipdetect.eval.evaluate import split_params, split_rows
+from clipdetect.eval.selection import split_params, split_rows
 from clipdetect.core.metrics import brier_score, expected_calibration_error, fit_temperature, threshold_at_fpr
 
 logger = logging.getLogger(__name__)

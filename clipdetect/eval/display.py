@@ -12,7 +12,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from clipdetect.eval.evaluate import roc_curves, split_params, split_rows
+from clipdetect.eval.figures import roc_curves
+from clipdetect.eval.selection import split_params, split_rows
 from clipdetect.eval.plots import FPR_FLOOR, Curves, plot_roc
 from clipdetect.features.cache import FeatureCache
 

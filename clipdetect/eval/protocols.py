@@ -46,7 +46,7 @@ def load_detectors(specs: Sequence[str]) -> Dict[str, Any]:
 def heldout_keys(cache, *, n_real: int, n_fake: int, split: str = "test", seed: int = 0,
                  val: float = 0.15, test: float = 0.15, split_seed: int = 0) -> List[str]:
     """A seeded random sample of ``n_real`` real and ``n_fake`` fake keys of ``split`` (in row order)."""
-    from clipdetect.eval.evaluate import split_rows
+    from clipdetect.eval.selection import split_rows
 
     rows = split_rows(cache, split, SplitSpec(val, test, split_seed))
     y = cache.labels(rows)

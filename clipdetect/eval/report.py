@@ -3,7 +3,7 @@ format-only baseline and calibration, written as ``report.md`` + ``report.json``
 
 Every number comes from the existing pieces: :func:`~clipdetect.eval.evaluate.evaluate_detector`
 (per-generator AUC / AP / TPR@1% FPR with bootstrap CIs, ECE, Brier),
-:func:`~clipdetect.eval.evaluate.plot_detectors` (ROC, one curve per generator),
+:func:`~clipdetect.eval.figures.plot_detectors` (ROC, one curve per generator),
 :func:`~clipdetect.eval.protocols.leave_one_generator_out` (trained with the detector's own
 training config), :func:`~clipdetect.eval.protocols.cache_format_baseline` and
 :func:`~clipdetect.core.metrics.reliability_table`. A section that cannot run on this cache
@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from clipdetect.core.metrics import reliability_table, to_markdown
-from clipdetect.eval.evaluate import EvalReport, evaluate_detector, plot_detectors
+from clipdetect.eval.evaluate import EvalReport, evaluate_detector
+from clipdetect.eval.figures import plot_detectors
 from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, leave_one_generator_out
 
 logger = logging.getLogger(__name__)

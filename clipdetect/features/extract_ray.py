@@ -14,7 +14,7 @@ Pipeline (one Ray Data dataset; rows are shards, then decode tasks)::
 Shards cover the same source positions as the local engine (``shard_size`` from the
 run's position), tasks hold the same ``batch_size`` samples, the run id is
 :func:`~clipdetect.features.extract.run_id_for`, and the driver writes through the same
-:class:`~clipdetect.features.cache.CacheWriter`: a run killed at any moment resumes with either
+:class:`~clipdetect.features.cache_writer.CacheWriter`: a run killed at any moment resumes with either
 engine, and the cache has the same keys in the same order as a local run. Image
 embeddings are computed on the same batches as locally; captions are deduplicated per
 decode task instead of per shard (D3 rows are consecutive, so one caption still serves
@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
-from clipdetect.features.cache import ERROR_COLUMNS, META_COLUMNS, CacheWriter
+from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS
 from clipdetect.features.extract import (ExtractConfig, ExtractSummary, ShardBuilder, progress_bar, check_not_empty,
                                          run_id_for)
 from clipdetect.data.imaging import SplitPreprocess

@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from clipdetect.features.cache import ERROR_COLUMNS, META_COLUMNS, CacheError, FeatureCache, read_manifest
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS, CacheError, read_manifest
 
 __all__ = ["Problem", "VerifyReport", "verify_cache", "open_verified", "npy_header"]
 

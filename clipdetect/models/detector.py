@@ -6,8 +6,9 @@ of "fake" (chosen on validation data to maximise balanced accuracy; 0.5 without
 validation data), a softmax ``temperature`` (1 until calibrated), its validation
 ``metrics`` and its ``train_config``.
 
-Saved as a directory: ``model.safetensors`` (the head's tensors) and ``detector.json``
-(everything else, plain JSON). Loading reads only those two files and never unpickles.
+Saved as a directory (:mod:`clipdetect.models.bundle`): ``model.safetensors`` (the head's
+tensors) and ``detector.json`` (everything else, plain JSON). Loading reads only those two
+files and never unpickles.
 
 Training entry points (the sklearn-style ones take arrays of embeddings):
 
@@ -20,12 +21,10 @@ Training entry points (the sklearn-style ones take arrays of embeddings):
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
 import os
-import time
 import types
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -34,25 +33,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipdetect import __version__
-from clipdetect.core.io import read_json, read_safetensors, save_safetensors, write_json
 from clipdetect.features.backbones import identities_match
-from clipdetect.models.heads import HeadConfig, create_head, head_from_dict
-from clipdetect.core.metrics import binary_metrics, expected_calibration_error, fit_temperature
+from clipdetect.models.bundle import FORMAT, DetectorError, bundle_json, read_bundle, save_bundle
+from clipdetect.models.heads import HeadConfig
+from clipdetect.models.threshold import choose_threshold, fit_on_validation
 from clipdetect.features.splits import SplitSpec
 from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Detector", "DetectorError", "fit_detector", "choose_threshold", "FORMAT"]
-
-FORMAT = "clipdetect-detector"
-VERSION = 1
-WEIGHTS, CONFIG = "model.safetensors", "detector.json"
-
-
-class DetectorError(ValueError):
-    """A bundle that cannot be loaded, or features that do not fit the detector."""
 
 
 class _hybridmethod:
@@ -64,38 +54,6 @@ class _hybridmethod:
 
     def __get__(self, obj, cls):
         return types.MethodType(self.func, cls if obj is None else obj)
-
-
-def choose_threshold(y, prob) -> float:
-    """The threshold t maximising balanced accuracy of ``prob > t`` (midpoint between scores)."""
-    y, prob = np.asarray(y).astype(int), np.asarray(prob, dtype=np.float64)
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        logger.warning("threshold needs both classes in the validation data: using 0.5")
-        return 0.5
-    u, inv = np.unique(prob, return_inverse=True)
-    pos = np.bincount(inv, weights=(y == 1), minlength=len(u))
-    neg = np.bincount(inv, weights=(y == 0), minlength=len(u))
-    # candidate k: predict fake for u[k:], i.e. t between u[k-1] and u[k]; k = len(u) means none fake
-    tpr = np.concatenate([np.cumsum(pos[::-1])[::-1], [0.0]]) / n_pos
-    tnr = np.concatenate([[0.0], np.cumsum(neg)]) / n_neg
-    k = int(np.argmax(tpr + tnr))
-    lo = u[k - 1] if k > 0 else max(0.0, u[0] - 1e-6)
-    hi = u[k] if k < len(u) else min(1.0, u[-1] + 1e-6)
-    return float((lo + hi) / 2)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: numpy scalars → Python, NaN/inf → None, tuples → lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 class Detector:
@@ -230,23 +188,12 @@ class Detector:
                                    "train_seconds": round(result.seconds, 3), "schedule": result.schedule}
         threshold, temperature = 0.5, 1.0
         if result.val_logits is not None and y_val is not None and len(y_val):
-            z = result.val_logits.astype(np.float64)
-            both = 0 < int(np.sum(y_val)) < len(y_val)
-            if getattr(config, "calibrate", True) and both:
-                temperature = fit_temperature(z, y_val)
-                metrics["calibration"] = {
-                    "split": "val", "n": int(len(y_val)), "temperature": temperature,
-                    "ece_before": expected_calibration_error(y_val, 1.0 / (1.0 + np.exp(-z))),
-                    "ece_after": expected_calibration_error(y_val, 1.0 / (1.0 + np.exp(-z / temperature)))}
-                logger.info("temperature %.4g fit on %d validation rows: ECE %.4f -> %.4f", temperature,
-                            len(y_val), metrics["calibration"]["ece_before"], metrics["calibration"]["ece_after"])
-            prob = 1.0 / (1.0 + np.exp(-z / temperature))
-            threshold = choose_threshold(y_val, prob)
-            metrics["val"] = binary_metrics(y_val, prob, threshold=threshold)
+            threshold, temperature, val_metrics = fit_on_validation(
+                result.val_logits, y_val, calibrate=getattr(config, "calibrate", True))
+            metrics.update(val_metrics)
         return cls(head=result.head, head_config=result.head_config, feature_set=feature_set, backbone=backbone,
                    train_config=config.to_dict(), metrics=metrics, threshold=threshold, temperature=temperature,
                    extra=extra)
-
 
     @_hybridmethod
     def fit(self_or_cls, X, y, *, X_val=None, y_val=None, config: TrainConfig | None = None,
@@ -300,53 +247,18 @@ class Detector:
             det.save(out)
         return det
 
-    # ---- persistence -----------------------------------------------------------------------
+    # ---- persistence (:mod:`clipdetect.models.bundle`) -------------------------------------
     def to_json(self) -> Dict[str, Any]:
-        return _jsonable({"format": FORMAT, "version": VERSION, "clipdetect_version": __version__,
-                          "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "feature_set": self.feature_set,
-                          "backbone": self.backbone, "head_config": dataclasses.asdict(self.head_config),
-                          "threshold": self.threshold, "temperature": self.temperature,
-                          "train_config": self.train_config, "metrics": self.metrics, "extra": self.extra})
+        return bundle_json(self)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``detector.json`` into directory ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.head.state_dict(), path / WEIGHTS, metadata={"format": FORMAT})
-        write_json(path / CONFIG, self.to_json(), allow_nan=False)
-        return path
+        return save_bundle(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> "Detector":
         """Load a bundle written by :meth:`save` (safetensors + JSON only; nothing is unpickled)."""
-        path = Path(path)
-        cfg_path, w_path = path / CONFIG, path / WEIGHTS
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise DetectorError(f"{str(path)!r} is not a detector bundle: {p.name} is missing "
-                                    "(bundles are written by `clipdetect train --out DIR`)")
-        cfg = read_json(cfg_path, what="detector description", error=DetectorError)
-        if cfg.get("format") != FORMAT:
-            raise DetectorError(f"{str(cfg_path)!r} is not a {FORMAT} description")
-        if cfg.get("version", 0) > VERSION:
-            raise DetectorError(f"detector format version {cfg['version']} is newer than this clipdetect reads")
-        state = read_safetensors(w_path, error=DetectorError)
-        head_config = head_from_dict(cfg["head_config"])
-        head = create_head(head_config)
-        structure = (cfg.get("extra") or {}).get("compression")
-        if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
-            from clipdetect.models.compress import apply_structure
-
-            head = apply_structure(head, structure)
-        try:
-            head.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise DetectorError(f"{str(w_path)!r} does not match the head described in {CONFIG}: {exc}") from exc
-        return cls(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
-                   backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
-                   metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
-                   temperature=cfg.get("temperature", 1.0), extra=cfg.get("extra"))
-
+        return cls(**read_bundle(path, device=device))
 
 
 def load_detector(path: str | os.PathLike, *, device: str = "cpu") -> Detector:

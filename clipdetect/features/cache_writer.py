@@ -1,0 +1,146 @@
+"""The write side of a feature cache: :class:`CacheWriter` appends shards, atomically.
+
+Every file is written under a temporary name and renamed; the manifest is rewritten
+(atomically) only after a shard's files are in place. A process killed at any moment
+therefore leaves a cache whose manifest lists only complete shards, and a re-run resumes
+from the last complete shard of its run.
+
+One writer at a time: :class:`CacheWriter` holds an advisory lock (``.writer.lock``, see
+:mod:`clipdetect.core.lock`) for its lifetime; a second writer waits up to ``lock_timeout``
+seconds, then refuses naming the holder's pid and command line. Start-up clean-up removes
+only temporary files whose writer process is dead; the manifest is re-read before every
+change, and shard names carry the run (``part-NNNNN-RUNHASH``), so they cannot collide.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pandas as pd
+
+from clipdetect.core.io import TMP_GLOB, atomic_write, tmp_owner_pid, write_json
+from clipdetect.core.lock import DirLock, LockedError, pid_alive
+from clipdetect.features.backbones import identities_match
+from clipdetect.features.manifest import ERROR_COLUMNS, FORMAT, VERSION, CacheError, read_manifest
+
+LOCK_NAME = ".writer.lock"
+
+
+class CacheWriter:
+    """Appends shards to a cache directory; refuses a different backbone or preprocessing.
+
+    Holds the cache's writer lock from construction to :meth:`close` (or process exit);
+    ``lock_timeout`` seconds to wait for another writer (0: refuse at once).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, backbone: Dict[str, Any], dtype: str = "float16",
+                 lock_timeout: float = 0.0):
+        self.root = Path(root)
+        for sub in ("img_emb", "txt_emb", "meta", "errors"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = DirLock(self.root / LOCK_NAME, timeout=lock_timeout, what=f"cache {str(self.root)!r}")
+        try:
+            self._lock.acquire()
+        except LockedError as exc:
+            raise CacheError(f"{exc}; wait for it to finish, pass --lock-timeout SECONDS to wait for it, "
+                             "or write to another --out") from None
+        try:
+            self._clean_tmp()
+            if (self.root / "manifest.json").exists():
+                self.manifest = read_manifest(self.root)
+                self._check_compatible(backbone, dtype)
+            else:
+                self.manifest = {"format": FORMAT, "version": VERSION, "backbone": backbone,
+                                 "embed_dim": backbone["embed_dim"], "dtype": dtype, "normalized": True,
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": {}, "shards": []}
+                write_json(self.root / "manifest.json", self.manifest)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the writer lock (also released when the process exits)."""
+        self._lock.release()
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self.close()
+
+    def _reload(self) -> Dict[str, Any]:
+        """The manifest as on disk (under the lock, so nobody else changes it meanwhile)."""
+        self.manifest = read_manifest(self.root)
+        return self.manifest
+
+    def _clean_tmp(self) -> None:
+        """Remove temporary files left by dead writers; a live process's files are kept."""
+        for p in self.root.rglob(TMP_GLOB):
+            pid = tmp_owner_pid(p)
+            if pid is not None and (pid == os.getpid() or pid_alive(pid)):
+                continue
+            p.unlink(missing_ok=True)
+
+    def _check_compatible(self, backbone: Dict[str, Any], dtype: str) -> None:
+        have = self.manifest["backbone"]
+        if not identities_match(have, backbone):
+            diff = {k: (have.get(k), backbone.get(k)) for k in set(have) | set(backbone)
+                    if have.get(k) != backbone.get(k) and k not in ("open_clip_version", "checkpoint",
+                                                                               "checkpoint_path", "spec")}
+            raise CacheError(f"cache {str(self.root)!r} holds embeddings of another backbone or preprocessing "
+                             f"(cache vs new: {diff}); extract into a new --out directory")
+        if self.manifest["dtype"] != dtype:
+            raise CacheError(f"cache {str(self.root)!r} stores {self.manifest['dtype']}, not {dtype}")
+
+    def begin_run(self, run_id: str, info: Dict[str, Any]) -> Dict[str, Any]:
+        runs = self._reload()["runs"]
+        if run_id not in runs:
+            runs[run_id] = {**info, "position": 0, "complete": False, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_json(self.root / "manifest.json", self.manifest)
+        return runs[run_id]
+
+    def write_shard(self, run_id: str, *, start: int, stop: int, img: np.ndarray, txt: Optional[np.ndarray],
+                    meta: pd.DataFrame, errors: pd.DataFrame) -> str:
+        """Write one shard covering source positions [start, stop) and record it."""
+        if len(meta) != len(img) or (txt is not None and len(txt) != len(img)):
+            raise CacheError(f"shard arrays are not row-aligned: img {len(img)}, meta {len(meta)}, "
+                             f"txt {None if txt is None else len(txt)}")
+        self._reload()
+        name = shard_name(len(self.manifest["shards"]), run_id)
+        dtype = np.dtype(self.manifest["dtype"])
+        for sub, arr in (("img_emb", img), ("txt_emb", txt)):
+            if arr is not None:
+                arr = np.asarray(arr).astype(dtype)
+                atomic_write(self.root / sub / f"{name}.npy", lambda f, a=arr: np.save(f, a),
+                             nbytes=arr.nbytes + 128)  # + the .npy header
+        atomic_write(self.root / "meta" / f"{name}.parquet", lambda f: meta.to_parquet(f, index=False))
+        atomic_write(self.root / "errors" / f"{name}.parquet",
+                     lambda f: errors.reindex(columns=ERROR_COLUMNS).to_parquet(f, index=False))
+        self.manifest["shards"].append({"name": name, "run": run_id, "rows": int(len(img)),
+                                        "errors": int(len(errors)), "start": start, "stop": stop,
+                                        "has_text": txt is not None})
+        run = self.manifest["runs"][run_id]
+        run["position"] = stop
+        write_json(self.root / "manifest.json", self.manifest)
+        return name
+
+    def finish_run(self, run_id: str, summary: Dict[str, Any], *, complete: bool) -> None:
+        """Record a run's summary; ``complete`` when the source was read to its end."""
+        run = self._reload()["runs"][run_id]
+        run["complete"] = bool(complete)
+        run.setdefault("summaries", []).append(summary)
+        write_json(self.root / "manifest.json", self.manifest)
+
+
+def shard_name(index: int, run_id: str) -> str:
+    """``part-NNNNN-RUNHASH``: the shard's position in the manifest and its run, so that two
+    runs appending to one cache can never write the same file names."""
+    return f"part-{index:05d}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
