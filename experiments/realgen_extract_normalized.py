@@ -23,14 +23,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--shard-size", type=int, default=1024)
     args = ap.parse_args(argv)
-    try:  # flat layout
-        from clipdetect.extract import ExtractConfig, extract
-        from clipdetect.perturb import NormalizedSource
-        from clipdetect.sources import open_source
-    except ImportError:  # subpackage layout
-        from clipdetect.features.extract import ExtractConfig, extract  # type: ignore
-        from clipdetect.data.perturb import NormalizedSource  # type: ignore
-        from clipdetect.data.registry import open_source  # type: ignore
+    from clipdetect.data.perturb import NormalizedSource
+    from clipdetect.data.registry import open_source
+    from clipdetect.features.extract import ExtractConfig, extract
+
     src = NormalizedSource(open_source(args.manifest), size=args.size, fmt=args.format, quality=args.quality)
     cfg = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size,
                         workers=args.workers, shard_size=args.shard_size)
