@@ -16,7 +16,8 @@ it skips the host-side label checks and takes the AUC term's pair mean over a ma
 matrix instead of a data-dependent selection (same value). Shapes are static (``dynamic=False``):
 the stratified batches vary by a row or two, and each size is compiled once; SAM's second pass
 (BatchNorm statistics frozen) is compiled once more. Compiling takes seconds to a minute per
-graph, so it pays only on long GPU runs.
+graph, so it pays only on long GPU runs. Dropout inside a compiled graph draws its masks from
+inductor's own generator: runs with the same seed agree with each other, not with eager ones.
 """
 from __future__ import annotations
 
