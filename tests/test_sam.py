@@ -187,3 +187,94 @@ def test_rejects_negative_rho_and_missing_closure():
         SAM([w], torch.optim.SGD, rho=-1.0, lr=0.1)
     with pytest.raises(ValueError, match="closure"):
         SAM([w], torch.optim.SGD, lr=0.1).step()
+
+
+class _PerParamSAM:
+    """Independent reference: SAM with one operation per parameter (no foreach kernels)."""
+
+    def __init__(self, groups, base_cls, **base_kwargs):
+        self.base = base_cls(groups, **base_kwargs)
+        self.groups = self.base.param_groups
+        self.e_w = {}
+
+    @torch.no_grad()
+    def first_step(self):
+        sq = 0.0
+        for g in self.groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    sq = sq + float(((p.abs() if g["adaptive"] else 1.0) * p.grad).norm()) ** 2
+        norm = sq ** 0.5
+        for g in self.groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    self.e_w.pop(p, None)
+                    continue
+                e = (p**2 if g["adaptive"] else 1.0) * p.grad * (g["rho"] / (norm + 1e-12))
+                p.add_(e)
+                self.e_w[p] = e
+                p.grad = None
+
+    @torch.no_grad()
+    def second_step(self):
+        for p, e in self.e_w.items():
+            p.sub_(e)
+        self.e_w.clear()
+        self.base.step()
+        self.base.zero_grad()
+
+
+class _Mixed(nn.Module):
+    """float64 layers, a float32 scale and a parameter used only on some steps (no gradient on the others)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = nn.Linear(3, 5).double()
+        self.b = nn.Linear(5, 1).double()
+        self.scale32 = nn.Parameter(torch.tensor([1.3, -0.7, 0.4], dtype=torch.float32))
+        self.extra = nn.Parameter(torch.randn(5, dtype=torch.float64))
+
+    def forward(self, x, use_extra):
+        h = torch.tanh(self.a(x * self.scale32.double()))
+        return self.b(h * self.extra if use_extra else h)
+
+
+def _groups(m, adaptive):
+    return [{"params": [m.a.weight, m.a.bias, m.scale32], "adaptive": adaptive, "rho": 0.1},
+            {"params": [m.b.weight, m.b.bias, m.extra], "adaptive": not adaptive, "rho": 0.03}]
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_foreach_steps_match_per_parameter_reference(adaptive):
+    model, ref = _Mixed(), _Mixed()
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.01)
+    opt = SAM(_groups(model, adaptive), torch.optim.SGD, **kw)
+    ref_opt = _PerParamSAM(_groups(ref, adaptive), torch.optim.SGD, **kw)
+    g = torch.Generator().manual_seed(7)
+
+    def backward(m, x, y, use_extra):
+        ((m(x, use_extra) - y) ** 2).mean().backward()
+
+    for step in range(6):
+        x = torch.randn(16, 3, generator=g, dtype=torch.float64)
+        y = torch.randn(16, 1, generator=g, dtype=torch.float64)
+        use_extra = step % 2 == 0
+        if step == 3:  # a first step whose offset for `extra` must be dropped: no gradient at the next one
+            for m, o in ((model, opt), (ref, ref_opt)):
+                backward(m, x, y, True)
+                o.first_step() if o is ref_opt else o.first_step(zero_grad=True)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            backward(m, x, y, use_extra)
+            o.first_step() if o is ref_opt else o.first_step(zero_grad=True)
+            backward(m, x, y, use_extra)
+            o.second_step() if o is ref_opt else o.second_step(zero_grad=True)
+        if step == 2:  # resume from a state dict halfway
+            state = opt.state_dict()
+            opt = SAM(_groups(model, adaptive), torch.optim.SGD, lr=1.0)
+            opt.load_state_dict(state)
+        for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+            tol = dict(rtol=1e-5, atol=1e-6) if p.dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+            assert torch.allclose(p, q, **tol), (step, name, (p - q).abs().max())
+    assert not torch.equal(model.extra, _Mixed().extra)  # the sometimes-unused parameter did train
+    assert all("e_w" not in s for s in opt.state.values())

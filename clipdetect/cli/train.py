@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   clipdetect train features/cifake-b16 --out detectors/probe --head linear --loss bce --no-sam
   # image+text features (caption leakage risk: compare with --feature-set image and text)
   clipdetect train features/d3 --out detectors/d3-it --feature-set image+text
+  # a long GPU run: head and loss compiled together, replayed as CUDA graphs
+  clipdetect train features/d3 --out detectors/d3 --device cuda --steps 20000 --compile graphs
 
 Validation and test rows: the cache's own "val"/"validation"/"test" splits when it has them;
 otherwise --val-fraction and --test-fraction of the "train" rows, chosen by a stable hash of
@@ -31,7 +33,7 @@ and prints a JSON summary (validation metrics, and test metrics when test rows e
 
 
 def add_parser(sub) -> None:
-    from clipdetect.models.train import LOSS_OPTIONS, PRESETS, TrainConfig
+    from clipdetect.models.train import COMPILE_MODES, LOSS_OPTIONS, PRESETS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a detector on a feature cache", epilog=EXAMPLES,
@@ -81,6 +83,11 @@ def add_parser(sub) -> None:
     r.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, batches and dropout")
     r.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or mps (default cpu)")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--compile", default=d.compile, choices=list(COMPILE_MODES),
+                   help="torch.compile the head and the loss as one graph: none (default, eager), default "
+                        "(fused kernels), graphs (also CUDA graphs: each pass replayed with one launch; as "
+                        "default on a CPU). Compiling takes seconds to a minute per graph (a few per run), "
+                        "so it pays only on long GPU runs; the mode is saved in train_config.json")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

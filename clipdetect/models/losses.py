@@ -46,11 +46,21 @@ __all__ = [
 _SAMPLER_HINT = "use a class-aware (stratified) batch sampler so that every batch holds both classes"
 
 
+def _compiling() -> bool:
+    """True while ``torch.compile`` traces the caller (False on torch builds without the query)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
 def check_batch(logits: Tensor, targets: Tensor, *, need_both_classes: bool = False) -> tuple[Tensor, Tensor]:
     """Validate a ``(logits, targets)`` batch and return it flattened, targets as a bool mask (fake).
 
     Raises ``ValueError`` if the shapes differ, the batch is empty, targets are not all 0/1, or
     (with ``need_both_classes``) the batch lacks real or fake samples.
+
+    Under ``torch.compile`` only the shape checks run: the value checks read the targets back to the
+    host, which would split the compiled graph (and wait for the device) at every call. The trainer
+    checks the labels once when it builds its data source, and its stratified batches hold both classes.
     """
     if logits.shape != targets.shape:
         raise ValueError(f"logits and targets must have the same shape, got {tuple(logits.shape)} "
@@ -58,6 +68,8 @@ def check_batch(logits: Tensor, targets: Tensor, *, need_both_classes: bool = Fa
     if logits.numel() == 0:
         raise ValueError("empty batch: logits and targets have no elements")
     logits, targets = logits.reshape(-1), targets.reshape(-1)
+    if _compiling():
+        return logits, targets == 1
     if not bool(((targets == 0) | (targets == 1)).all()):
         bad = targets[(targets != 0) & (targets != 1)][:5].tolist()
         raise ValueError(f"targets must be 0 (real) or 1 (fake); found values such as {bad}")
@@ -128,7 +140,14 @@ def pairwise_auc_loss(logits: Tensor, fake: Tensor, *, margin: float = 0.6, p: f
 
     with margin :math:`\eta` and power :math:`p` (``p=2``: squared hinge). ``fake`` is a bool mask.
     Builds the :math:`n_+ \times n_-` difference matrix (about 1M entries at batch size 2048).
+    Under ``torch.compile`` the same mean is taken over the full :math:`n \times n` matrix with the
+    (fake, real) pairs masked in: selecting the classes by mask has a data-dependent size, which would
+    split the compiled graph; the masked form is one fused reduction there.
     """
+    if _compiling():
+        pairs = fake.unsqueeze(1) & ~fake.unsqueeze(0)
+        hinge = torch.clamp(margin - (logits.unsqueeze(1) - logits.unsqueeze(0)), min=0).pow(p)
+        return torch.where(pairs, hinge, 0.0).sum() / pairs.sum()
     pos, neg = logits[fake], logits[~fake]
     diff = pos.unsqueeze(1) - neg.unsqueeze(0)
     return torch.clamp(margin - diff, min=0).pow(p).mean()

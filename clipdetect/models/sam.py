@@ -54,6 +54,10 @@ class SAM(torch.optim.Optimizer):
         rho: radius of the neighbourhood (``>= 0``).
         adaptive: use ASAM's scale-invariant perturbation (:math:`T_w = |w|`).
         **base_kwargs: passed to ``base_optimizer_cls`` (``lr``, ``momentum``, ``weight_decay``, ...).
+
+    The perturbation is computed and undone with ``torch._foreach_*`` kernels, one launch per parameter
+    group and (device, dtype) rather than one per parameter. Parameters whose ``grad`` is None are not
+    perturbed (and a stale offset of theirs is dropped).
     """
 
     def __init__(
@@ -73,16 +77,29 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
+    def _buckets(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], tuple[list, list]]:
+        """``group``'s parameters that have a gradient, as ``(params, grads)`` lists per (device, dtype)."""
+        buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+        for p in group["params"]:
+            if p.grad is not None:
+                params, grads = buckets.setdefault((p.device, p.dtype), ([], []))
+                params.append(p)
+                grads.append(p.grad)
+        return buckets
+
     @torch.no_grad()
     def _grad_norm(self) -> torch.Tensor:
-        """Global norm :math:`\\|T_w g\\|_2` over all parameters, on the first parameter's device."""
+        """Global norm :math:`\\|T_w g\\|_2` over all parameters, on the first parameter's device.
+
+        One ``torch._foreach_norm`` per parameter group and (device, dtype), then the norm of those norms.
+        """
         device = self.param_groups[0]["params"][0].device
-        norms = [
-            ((p.abs() if group["adaptive"] else 1.0) * p.grad).norm(p=2).to(device)
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
+        norms: list[torch.Tensor] = []
+        for group in self.param_groups:
+            for params, grads in self._buckets(group).values():
+                # |w| * g and w * g have the same norm: no abs needed
+                scaled = torch._foreach_mul(params, grads) if group["adaptive"] else grads
+                norms.extend(n.to(device) for n in torch._foreach_norm(scaled, 2))
         if not norms:
             return torch.zeros((), device=device)
         return torch.stack(norms).norm(p=2)
@@ -94,12 +111,19 @@ class SAM(torch.optim.Optimizer):
         for group in self.param_groups:
             scale = group["rho"] / (grad_norm + _EPS)
             for p in group["params"]:
-                if p.grad is None:
-                    self.state[p].pop("e_w", None)
-                    continue
-                e_w = (p.pow(2) if group["adaptive"] else 1.0) * p.grad * scale.to(p)
-                p.add_(e_w)
-                self.state[p]["e_w"] = e_w
+                if p.grad is None and p in self.state:
+                    self.state[p].pop("e_w", None)  # no offset to undo for it at the second step
+            for (device, dtype), (params, grads) in self._buckets(group).items():
+                s = scale.to(device=device, dtype=dtype)
+                if group["adaptive"]:  # |w|^2 * g * scale
+                    e_w = torch._foreach_mul(params, params)
+                    torch._foreach_mul_(e_w, grads)
+                    torch._foreach_mul_(e_w, s)
+                else:
+                    e_w = torch._foreach_mul(grads, s)
+                torch._foreach_add_(params, e_w)
+                for p, e in zip(params, e_w):
+                    self.state[p]["e_w"] = e
         if zero_grad:
             self.zero_grad()
 
@@ -107,10 +131,15 @@ class SAM(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore :math:`w` and apply the base optimiser with the gradients taken at the perturbed point."""
         for group in self.param_groups:
+            buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
             for p in group["params"]:
-                e_w = self.state[p].pop("e_w", None)
+                e_w = self.state[p].pop("e_w", None) if p in self.state else None
                 if e_w is not None:
-                    p.sub_(e_w)
+                    params, offsets = buckets.setdefault((p.device, p.dtype), ([], []))
+                    params.append(p)
+                    offsets.append(e_w)
+            for params, offsets in buckets.values():
+                torch._foreach_sub_(params, offsets)
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()

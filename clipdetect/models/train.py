@@ -10,7 +10,8 @@ with BatchNorm running statistics frozen on SAM's second pass; the learning rate
 per-step cosine schedule. After each epoch the head is scored on the validation rows;
 the epoch with the best validation ROC-AUC is kept and training stops after ``patience``
 epochs without improvement. A run planned for fewer than :data:`FEW_STEPS` steps logs a
-warning: such a head is usually undertrained.
+warning: such a head is usually undertrained. ``TrainConfig.compile`` runs the head and the loss
+as one ``torch.compile`` graph, optionally replayed as CUDA graphs (:mod:`clipdetect.models.step`).
 
 Memory does not grow with the cache: only the row ids and labels of the training rows and
 one batch of features are held at a time (batches are read with ``cache.features``).
@@ -36,7 +37,8 @@ from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, Schedule, auto_batch_size, plan_schedule
 from clipdetect.models.losses import create_loss
 from clipdetect.core.metrics import binary_metrics
-from clipdetect.models.sam import SAM, frozen_bn_stats
+from clipdetect.models.sam import SAM
+from clipdetect.models.step import COMPILE_MODES, compile_mode, forward_loss, sam_step
 from clipdetect.models import resident as resident_rows
 from clipdetect.core.config import from_dict
 from clipdetect.core.io import write_json
@@ -44,7 +46,7 @@ from clipdetect.core.io import write_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainResult", "Schedule", "plan_schedule", "auto_batch_size", "PRESETS", "StratifiedBatchSampler", "ArraySource", "CacheSource",
-           "train", "predict_logits", "build_loss"]
+           "train", "predict_logits", "build_loss", "sam_step", "COMPILE_MODES"]
 
 FEATURE_SETS = ("image", "text", "image+text")
 LOSS_OPTIONS = {"bce": (), "cvar": ("alpha",), "auc": ("margin", "p"), "cvar+auc": ("gamma", "alpha", "margin", "p")}
@@ -60,6 +62,8 @@ class TrainConfig:
     number of optimisation steps (benchmarks; the schedule is not shortened).
     ``calibrate``: fit a temperature on the validation split at the end of training. ``val_fraction``/``test_fraction``/``split_seed`` are used when the
     held-out sets are derived from a cache's "train" rows (:mod:`clipdetect.features.splits`).
+    ``compile``: "none", "default" (``torch.compile`` of the head and the loss together) or "graphs"
+    (the same plus CUDA graphs on a GPU; :mod:`clipdetect.models.step`); True/False mean "default"/"none".
     """
 
     loss: str = "cvar+auc"
@@ -89,8 +93,10 @@ class TrainConfig:
     test_fraction: float = 0.15
     split_seed: int = 0
     calibrate: bool = True
+    compile: str = "none"
 
     def __post_init__(self) -> None:
+        self.compile = compile_mode(self.compile)
         if self.loss not in LOSS_OPTIONS:
             raise ValueError(f"loss {self.loss!r} is not one of {sorted(LOSS_OPTIONS)}")
         if self.schedule not in ("cosine", "constant"):
@@ -266,24 +272,10 @@ def _sam_step(head, opt, loss_fn, xb, yb, use_sam: bool) -> float:
     return float(sam_step(head, opt, loss_fn, xb, yb, use_sam))
 
 
-def sam_step(head, opt, loss_fn, xb, yb, use_sam: bool) -> torch.Tensor:
-    """One optimisation step; returns the (detached) loss without waiting for the device."""
-    loss = loss_fn(head(xb), yb)
-    loss.backward()
-    if use_sam:
-        opt.first_step(zero_grad=True)
-        with frozen_bn_stats(head):
-            loss_fn(head(xb), yb).backward()
-        opt.second_step(zero_grad=True)
-    else:
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return loss.detach()
-
-
 def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, out_dir: str | Path | None = None,
           progress: bool = True, resident: Optional[bool] = None,
-          device_budget: float = resident_rows.DEFAULT_BUDGET, compile: bool = False) -> TrainResult:
+          device_budget: float = resident_rows.DEFAULT_BUDGET,
+          compile: str | bool | None = None) -> TrainResult:
     """Train a head on ``train_data`` (an :class:`ArraySource` or :class:`CacheSource`).
 
     With ``val_data``, selects the epoch of best validation AUC and stops early after
@@ -294,9 +286,13 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
     ``resident``: hold the training rows on the device and gather batches there (None: when
     the device is a GPU and the rows fit ``device_budget`` × its free memory); the batches
     and the weights are the same as when they are streamed from the memory maps.
-    ``compile``: ``torch.compile`` the head (GPU; pays on long runs).
+    ``compile``: one of :data:`COMPILE_MODES` ("none", "default", "graphs"; True/False for
+    "default"/"none"); None keeps ``config.compile``. The mode is recorded in ``train_config.json``.
+    Compiling costs seconds to a minute per graph (a few per run), so it pays on long GPU runs only.
     """
     config = config or TrainConfig()
+    if compile is not None:
+        config = dataclasses.replace(config, compile=compile_mode(compile))
     plan = plan_schedule(config, len(train_data))
     logger.info("schedule: %d training rows, batch %d, %d steps (%d epochs of %d), patience %d epochs, lr %g",
                 len(train_data), plan.batch_size, plan.total_steps, plan.epochs, plan.steps_per_epoch,
@@ -322,7 +318,7 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
                 resident = resident_rows.fits(train_data, device, device_budget)
             rows = resident_rows.DeviceRows(train_data, device) if resident else None
             return _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress,
-                        rows=rows, compile=compile)
+                        rows=rows)
         finally:
             if log_file is not None:
                 log_file.close()
@@ -343,11 +339,14 @@ def _batches(train_data, rows, sampler, epoch: int, limit: Optional[int], device
 
 
 def _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress, *,
-         rows=None, compile: bool = False) -> TrainResult:
+         rows=None) -> TrainResult:
     t0 = time.perf_counter()
     head = create_head(head_config).to(device)
-    step_head = torch.compile(head) if compile else head
     loss_fn = build_loss(config)
+    step_loss = forward_loss(head, loss_fn, config.compile)
+    if config.compile != "none":
+        logger.info("compiling the head and the loss together (mode %s): the first steps take longer",
+                    config.compile)
     fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per parameter group
     if config.sam:
         opt = SAM(head.parameters(), torch.optim.AdamW, rho=config.rho, adaptive=config.adaptive,
@@ -368,7 +367,7 @@ def _run(train_data, val_data, config, plan, head_config, sampler, device, log_f
             lr = _lr_at(config, plan.lr, step, plan.horizon)
             for group in opt.param_groups:
                 group["lr"] = lr
-            losses.append(sam_step(step_head, opt, loss_fn, xb, yb, config.sam))  # no sync per step
+            losses.append(sam_step(head, opt, loss_fn, xb, yb, config.sam, step_loss=step_loss))  # no sync
             step += 1
             bar.update(1)
         record: Dict[str, Any] = {"epoch": epoch, "steps": step, "train_loss": float(
