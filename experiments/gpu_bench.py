@@ -23,10 +23,9 @@ recorded as ``{"error": ..., "traceback": [...]}`` and the run goes on; ``gpu_be
 rewritten after every section, so numbers measured before a failure are kept
 (``gpu_bench_record.py``; the training section is ``gpu_bench_train.py``).
 
-Command (from the project root, after ``bash ../shared/tools/device_prepare.sh``; carry [".whl"])::
+Command (from the project root, on a machine with CUDA torch, open_clip and this project)::
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
-      && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && python3 experiments/gpu_bench.py --out $OUT
+    PYTHONPATH=$PWD python3 experiments/gpu_bench.py --out DIR
 
 ``--quick`` shrinks every size (a smoke test). ``--device cpu --quick`` is a dry run of every
 code path that does not need CUDA, with the tiny test architecture instead of the ViTs (fp32
