@@ -166,3 +166,23 @@ def test_create_loss():
         create_loss("cvar", alpha=0.0)
     with pytest.raises(ValueError):
         create_loss("bce", alpha=0.5)
+
+
+def test_trusted_batches_give_the_same_loss_without_host_checks():
+    """Inside ``trusted_batches`` (the trainer on a GPU) the combined loss takes its masked,
+    read-back-free form: the same value and gradient as the checked form."""
+    from clipdetect.models.losses import CombinedLoss, trusted_batches
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, generator=g, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(64, generator=g) < 0.3).double()
+    loss = CombinedLoss(gamma=0.3)
+    ref = loss(logits, y)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    with trusted_batches():
+        got = loss(logits, y)
+        (g_got,) = torch.autograd.grad(got, logits)
+        loss(logits, torch.full_like(y, 2.0))  # value checks are off: no error, no read-back
+    assert torch.allclose(got, ref, rtol=1e-12) and torch.allclose(g_got, g_ref, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="0 \\(real\\) or 1"):  # and back on after the block
+        loss(logits, torch.full_like(y, 2.0))

@@ -21,9 +21,11 @@ Use :func:`create_loss` to build one by name.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "trusted_batches",
     "LOSS_NAMES",
     "BCELoss",
     "CVaRLoss",
@@ -46,10 +49,29 @@ __all__ = [
 _SAMPLER_HINT = "use a class-aware (stratified) batch sampler so that every batch holds both classes"
 
 
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("clipdetect_trusted_batches", default=False)
+
+
 def _compiling() -> bool:
-    """True while ``torch.compile`` traces the caller (False on torch builds without the query)."""
+    """True while ``torch.compile`` traces the caller (False on torch builds without the query), or
+    inside :func:`trusted_batches`: either way, no step may read device values back to the host."""
     is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling is not None and is_compiling())
+    if is_compiling is not None and is_compiling():  # first: the tracer cannot read a ContextVar
+        return True
+    return _TRUSTED.get()
+
+
+@contextlib.contextmanager
+def trusted_batches() -> Iterator[None]:
+    """Within this block the losses run without device → host reads: the label value checks are
+    skipped and the AUC term takes its masked form (the same value), as under ``torch.compile``.
+    For a caller that validated its labels once and whose batches always hold both classes (the
+    trainer on a GPU, where each read would stall the queue at every step)."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def check_batch(logits: Tensor, targets: Tensor, *, need_both_classes: bool = False) -> tuple[Tensor, Tensor]:
