@@ -68,6 +68,8 @@ def main(argv=None) -> int:
                "--image-size", str(args.image_size), "--epochs", str(args.epochs),
                "--batch-size", str(args.batch_size_train), "--augment", "flip", "--workers", "1",
                "--threads", str(args.threads), "--seed", "0", "--no-progress"]
+        if (sdir / "checkpoints").is_dir():  # continue a stopped run (a changed --epochs reshapes the lr schedule)
+            cmd.append("--resume")
         print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
         t0 = time.time()
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
