@@ -117,14 +117,18 @@ class Backbone:
         emb = self.model.encode_image(x).float()
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: List[str]) -> np.ndarray:
-        """Captions -> L2-normalised float32 embeddings [N,D]."""
+    def tokenize(self, texts: List[str]) -> torch.Tensor:
+        """Captions -> token ids on the host; refused when the backbone has no text tower."""
         if not self.has_text:
             raise BackboneError(
                 f"backbone {self.spec!r} has no text tower (image-only checkpoint); "
                 "extract without captions (drop --caption/--caption-template) or use a full CLIP checkpoint")
-        tokens = self.tokenizer(list(texts)).to(self.device)
+        return self.tokenizer(list(texts))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: List[str]) -> np.ndarray:
+        """Captions -> L2-normalised float32 embeddings [N,D]."""
+        tokens = self.tokenize(texts).to(self.device)
         emb = self.model.encode_text(tokens).float()
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 

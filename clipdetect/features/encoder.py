@@ -89,15 +89,20 @@ class ImageEncoder:
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)
         return x.sub_(self.mean).div_(self.std).to(self.backbone.dtype)
 
+    def _empty(self) -> torch.Tensor:
+        return torch.zeros((0, self.backbone.embed_dim), dtype=torch.float32, device=self.device)
+
     def _images(self, arrays: Sequence[np.ndarray]) -> Tuple[torch.Tensor, Tuple]:
         if len(arrays) == 0:
-            return torch.zeros((0, self.backbone.embed_dim), dtype=torch.float32, device=self.device), ()
+            return self._empty(), ()
         host = self._host(arrays)
         emb = self.backbone.model.encode_image(self.pixels(self._to_device(host))).float()
         return torch.nn.functional.normalize(emb, dim=-1), (host,)
 
     def _texts(self, texts: Sequence[str]) -> Tuple[torch.Tensor, Tuple]:
-        tokens = self.backbone.tokenizer(list(texts))  # host work, while the image tower runs
+        if not len(texts):
+            return self._empty(), ()
+        tokens = self.backbone.tokenize(texts)  # host work, while the image tower runs
         if self.cuda:
             tokens = tokens.pin_memory()
         emb = self.backbone.model.encode_text(self._to_device(tokens)).float()
@@ -112,12 +117,8 @@ class ImageEncoder:
     def submit(self, payload: Any, arrays: Sequence[np.ndarray], texts: Optional[Sequence[str]] = None) -> _Pending:
         """Start encoding one batch of images, and ``texts`` (captions) with it; returns at
         once on CUDA (the work is queued on the device)."""
-        if texts is not None and len(texts) and not self.backbone.has_text:
-            raise ValueError(f"backbone {self.backbone.spec!r} has no text tower; cannot encode captions")
         emb, keep = self._images(arrays)
-        txt, keep_t = self._texts(texts) if texts is not None and len(texts) else (None, ())
-        if texts is not None and txt is None:
-            txt = torch.zeros((0, self.backbone.embed_dim), dtype=torch.float32, device=self.device)
+        txt, keep_t = self._texts(texts) if texts is not None else (None, ())
         if not self.cuda:
             return _Pending(payload, emb, None, text_out=txt)
         out, text_out = self._back(emb), None if txt is None else self._back(txt)

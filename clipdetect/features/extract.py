@@ -152,7 +152,6 @@ class ShardBuilder:
             return np.zeros((0, self.backbone.embed_dim), np.float32)
         return np.stack([self.text_table[c] for c in caps]).astype(np.float32, copy=False)
 
-
     def build(self) -> Tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame, pd.DataFrame]:
         d = self.backbone.embed_dim
         img = np.concatenate(self.emb) if self.emb else np.zeros((0, d), dtype=np.float32)
