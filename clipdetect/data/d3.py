@@ -43,6 +43,7 @@ splits never mix.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -137,9 +138,10 @@ class D3Source(D3RealImages, Source):
         cols, models = self._wanted
         return i in cols or (model or "").lower() in models
 
-    @property
+    @functools.cached_property
     def _wanted(self) -> Tuple[set, set]:
-        """(columns, lower-cased full model names) that ``generators`` select; aliases resolved."""
+        """(columns, lower-cased full model names) that ``generators`` select; aliases resolved
+        (computed once: it is read for every generated image of every row)."""
         cols = {int(g[3:]) for g in self.generators if g.lower() in _COLUMNS}
         models = {ALIASES.get(g.lower(), g).lower() for g in self.generators if g.lower() not in _COLUMNS}
         return cols, models
