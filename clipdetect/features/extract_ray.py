@@ -43,6 +43,7 @@ from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS
 from clipdetect.features.extract import (ExtractConfig, ExtractSummary, ShardBuilder, progress_bar, check_not_empty,
                                          run_id_for)
 from clipdetect.data.imaging import SplitPreprocess
+from clipdetect.features.encoder import encoder_for
 from clipdetect.features.pipeline import Decoder
 from clipdetect.features.ray_read import Decode, plan_shards, stream_datasource
 from clipdetect.data.sources import Sample, Source
@@ -64,6 +65,7 @@ class _Encode:
         self.pre = SplitPreprocess(self.backbone.preprocess)
         self.text, self.text_batch_size = text, text_batch_size
         self.with_text = text != "no" and self.backbone.has_text
+        self.encoder = encoder_for(self.backbone, self.pre)  # one per actor, not one per task
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = []
@@ -74,7 +76,7 @@ class _Encode:
             decoded = [("ok", next(arrays), d[2]) if d[0] == "ok" else tuple(d)
                        for d in json.loads(row["decoded"])]
             builder = ShardBuilder(self.backbone, self.pre, text=self.text,
-                                   text_batch_size=self.text_batch_size)
+                                   text_batch_size=self.text_batch_size, encoder=self.encoder)
             builder.add(samples, decoded)
             img, _, meta, errors = builder.build()
             txt = builder.encode_captions() if self.with_text else None  # also when no caption: "" rows
