@@ -103,7 +103,11 @@ class Detector:
 
     def fake_probability(self, X: np.ndarray) -> np.ndarray:
         """P(fake) [N] = sigmoid(logit / temperature)."""
-        z = self.decision_function(X).astype(np.float64) / self.temperature
+        return self.probability_of(self.decision_function(X))
+
+    def probability_of(self, logits: np.ndarray) -> np.ndarray:
+        """P(fake) of logits already computed by :meth:`decision_function`."""
+        z = np.asarray(logits).astype(np.float64) / self.temperature
         return 1.0 / (1.0 + np.exp(-z))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

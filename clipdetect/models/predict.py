@@ -206,8 +206,9 @@ def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions
         if fs != "image":
             t = encode_captions(backbone, [captions[i] for i in ok])
             x = t if fs == "text" else np.concatenate([x, t], axis=1)
-        logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
-        probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
+        raw = detector.decision_function(x)  # the head runs once: logits and probabilities from it
+        logits = np.asarray(raw, dtype=np.float64).ravel()
+        probs = np.asarray(detector.probability_of(raw), dtype=np.float64).ravel()
         for j, i in enumerate(ok):
             out[i] = {"score": float(logits[j]), "probability": float(probs[j]),
                       "label": int(probs[j] > detector.threshold)}
