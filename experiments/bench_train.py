@@ -39,7 +39,7 @@ import torch
 from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
 from clipdetect.models.heads import create_head
 from clipdetect.models.sam import SAM
-from clipdetect.models.train import CacheSource, StratifiedBatchSampler, TrainConfig, _sam_step, build_loss, train
+from clipdetect.models.train import CacheSource, StratifiedBatchSampler, TrainConfig, build_loss, sam_step, train
 
 
 def build_cache(root: Path, rows: int, dim: int, *, shard: int = 50_000, seed: int = 0) -> FeatureCache:
@@ -107,14 +107,14 @@ def run_reference(loader_iter, head, opt, loss_fn, steps: int) -> float:
     for _ in range(steps):
         xb, yb = next(loader_iter)
         xb = xb.float()
-        _sam_step(head, opt, loss_fn, xb, yb, True)
+        float(sam_step(head, opt, loss_fn, xb, yb, True))
     return time.perf_counter() - t0
 
 
 def run_ceiling(xb, yb, head, opt, loss_fn, steps: int) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
-        _sam_step(head, opt, loss_fn, xb, yb, True)
+        float(sam_step(head, opt, loss_fn, xb, yb, True))
     return time.perf_counter() - t0
 
 

@@ -23,14 +23,13 @@ import pandas as pd
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import CacheWriter
 from clipdetect.features.encoder import ImageEncoder, encoder_for
-from clipdetect.features.pipeline import (Decoder, Task, decode_refs, decode_task, default_batch_size,  # noqa: F401
-                                          default_workers, encode_captions, init_decode_worker, ordered_map,
-                                          plan_tasks)
+from clipdetect.features.pipeline import (Decoder, Task, decode_refs, default_batch_size,  # noqa: F401
+                                          default_workers, encode_captions, plan_tasks)
 from clipdetect.features import pipeline
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
 
-__all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "ordered_map", "plan_tasks",
+__all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "plan_tasks",
            "ShardBuilder", "CaptionPlanner", "run_id_for", "default_workers", "check_not_empty"]
 
 logger = logging.getLogger(__name__)

@@ -269,10 +269,6 @@ def _lr_at(config: TrainConfig, peak: float, step: int, total: int) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
-def _sam_step(head, opt, loss_fn, xb, yb, use_sam: bool) -> float:
-    return float(sam_step(head, opt, loss_fn, xb, yb, use_sam))
-
-
 def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, out_dir: str | Path | None = None,
           progress: bool = True, resident: Optional[bool] = None,
           device_budget: float = resident_rows.DEFAULT_BUDGET,
