@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+from clipdetect.core.io import write_json, write_text
 from clipdetect.core.metrics import reliability_table, to_markdown
 from clipdetect.eval.evaluate import EvalReport, evaluate_detector
 from clipdetect.eval.figures import plot_detectors
@@ -118,9 +119,9 @@ def build_report(detector, cache, config: ReportConfig) -> Dict[str, Any]:
                "logo": {**{k: v for k, v in logo.items() if k != "table"},
                         **({"rows": _records(logo["table"])} if "table" in logo else {})},
                "format_baseline": fmt, "calibration": cal}
-    (out / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (out / "report_config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
-    (out / "report.md").write_text(render_markdown(payload, ev, logo, out))
+    write_text(out / "report.json", json.dumps(payload, indent=2, default=str) + "\n")
+    write_json(out / "report_config.json", asdict(config))
+    write_text(out / "report.md", render_markdown(payload, ev, logo, out))
     logger.info("report written to %s", out / "report.md")
     return payload
 
