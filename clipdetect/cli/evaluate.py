@@ -78,11 +78,8 @@ def run_evaluate(args) -> int:
     kw = dict(split=args.split, by=args.by, n_boot=args.n_boot, seed=args.seed, val=args.val_fraction,
               test=args.test_fraction, split_seed=args.split_seed)
     for name, det in dets.items():
-        try:
-            report = evaluate_detector(det, cache, names={"detector": name if several else args.detector,
-                                                          "cache": args.cache}, **kw)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from exc
+        report = evaluate_detector(det, cache, names={"detector": name if several else args.detector,
+                                                      "cache": args.cache}, **kw)  # ValueError: main() reports it
         reports[name] = report
         if args.out:
             out = Path(args.out) / name if several else Path(args.out)

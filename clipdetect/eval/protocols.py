@@ -113,7 +113,6 @@ def leave_one_generator_out(cache, *, feature_set: str = "image", config=None,
     against the test-split reals. ``in_auc`` is the same detector on the test-split fakes
     of the generators it did see, against the same reals: the gap is the cost of novelty.
     """
-    from clipdetect.features.splits import SplitSpec
     from clipdetect.models.train import TrainConfig
 
     config = config or TrainConfig()
@@ -168,7 +167,6 @@ def text_leakage_audit(cache, *, config=None, feature_sets: Sequence[str] = ("te
     detector's score partly measures the captions, not the images.
     """
     from clipdetect.models.detector import Detector
-    from clipdetect.features.splits import SplitSpec
     from clipdetect.models.train import TrainConfig
 
     config = config or TrainConfig()
@@ -190,7 +188,6 @@ def text_leakage_audit(cache, *, config=None, feature_sets: Sequence[str] = ("te
 def cache_format_baseline(cache, *, config=None, n_boot: int = 1000, seed: int = 0) -> Dict[str, Any]:
     """Format-only baseline on a cache's metadata (width, height, format, mode): fit on the
     train split, score the test split. AUC ≈ 0.5: the container does not give the label away."""
-    from clipdetect.features.splits import SplitSpec
     from clipdetect.models.train import TrainConfig
 
     config = config or TrainConfig()
