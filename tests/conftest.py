@@ -47,6 +47,15 @@ def make_image(seed: int, size=(48, 40), fake: bool = False) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
+def write_image_folder(root, n: int = 8, fake_offset: int = 50):
+    """root/real/NN.png and root/fake/NN.png, ``n`` of each (fakes from seeds offset by ``fake_offset``)."""
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            make_image(i + (fake_offset if label == "fake" else 0), fake=label == "fake").save(root / label / f"{i:02d}.png")
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """root/real/*.png and root/fake/*.jpg, 6 of each."""

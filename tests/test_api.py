@@ -15,7 +15,7 @@ from PIL import Image
 import clipdetect
 from clipdetect.cli.main import main
 from clipdetect.core.resources import SAMPLE_CACHE
-from conftest import TINY, make_image
+from conftest import TINY, write_image_folder
 
 SAMPLE = SAMPLE_CACHE
 
@@ -49,12 +49,7 @@ def test_select_refuses_a_derived_split_and_says_how():
 def scored(tmp_path_factory, one_torch_thread):
     """A tiny cache made with clipdetect.extract, a detector trained on it, and the CLI's predictions."""
     root = tmp_path_factory.mktemp("api")
-    imgs = root / "imgs"
-    for label in ("real", "fake"):
-        (imgs / label).mkdir(parents=True)
-        for i in range(8):
-            img = make_image(i + (50 if label == "fake" else 0), fake=label == "fake")
-            img.save(imgs / label / f"{i:02d}.png")
+    imgs = write_image_folder(root / "imgs")
     cache = clipdetect.extract(str(imgs), root / "cache", TINY, workers=0, batch_size=8, dtype="float32")
     det = clipdetect.Detector.fit_cache(cache, config=clipdetect.TrainConfig(
         epochs=3, batch_size=8, width=16, depth=1, patience=0, val_fraction=0.25, test_fraction=0.25))

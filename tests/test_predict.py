@@ -18,15 +18,10 @@ from conftest import TINY
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_backbone):
-    from conftest import make_image
+    from conftest import write_image_folder
 
     root = tmp_path_factory.mktemp("pred")
-    imgs = root / "imgs"
-    for label in ("real", "fake"):
-        (imgs / label).mkdir(parents=True)
-        for i in range(8):
-            make_image(i + (50 if label == "fake" else 0),
-                       fake=label == "fake").save(imgs / label / f"{i:02d}.png")
+    imgs = write_image_folder(root / "imgs")
     (imgs / "real" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     extract(ImageFolderSource(imgs), ExtractConfig(backbone=TINY, out=str(root / "cache"), workers=0,
                                                    batch_size=8,
