@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipdetect.cli.main import CLIError, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, print_json
 from clipdetect.cli.options import add_split_args, load_detector, open_cache
 
 CALIBRATE_EXAMPLES = """examples:
@@ -13,7 +13,7 @@ CALIBRATE_EXAMPLES = """examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("calibrate", help="threshold at a target FPR (validation reals) + temperature",
+    p = sub.add_parser("calibrate", help=COMMANDS["calibrate"][1],
                        epilog=CALIBRATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detector", help="detector bundle directory (re-saved in place unless --out)")
     p.add_argument("cache", help="the feature cache it was trained on (its validation split is used)")

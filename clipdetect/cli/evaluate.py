@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from clipdetect.cli.main import CLIError, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, print_json
 from clipdetect.cli.options import add_split_args, csv_list, figure_formats, open_cache
 
 logger = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ PLOT_EXAMPLES = """examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics per generator with bootstrap CIs", epilog=EVAL_EXAMPLES,
+    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], epilog=EVAL_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="ROC-AUC, AP, accuracy (0.5 and calibrated threshold), EER, TPR at 1% "
                                    "and 0.1% FPR with 95% bootstrap CIs, ECE and Brier; overall, per generator "
@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     add_split_args(p)
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("plot", help="ROC curves (linear + log FPR) and score histograms", epilog=PLOT_EXAMPLES,
+    p = sub.add_parser("plot", help=COMMANDS["plot"][1], epilog=PLOT_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detectors", type=csv_list, help="DIR[,DIR...] or NAME=DIR[,NAME=DIR...]")
     p.add_argument("cache", help="feature cache directory")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipdetect.cli.main import CLIError, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, print_json
 from clipdetect.core.device import DEVICE_HELP, check_device
 
 EXAMPLES = """examples:
@@ -62,7 +62,7 @@ def add_limit_args(p) -> None:
 def add_parser(sub) -> None:
     from clipdetect.features.pipeline import FAST_DECODE, default_workers
 
-    p = sub.add_parser("extract", help="images → a feature cache of CLIP embeddings", epilog=EXAMPLES,
+    p = sub.add_parser("extract", help=COMMANDS["extract"][1], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Embed images (and their captions) with a CLIP backbone into a sharded cache.")
     p.add_argument("source", help="image folder, .csv/.parquet manifest, HF parquet, hf:NAME or d3:NAME_OR_PATH")
@@ -133,7 +133,7 @@ def add_parser(sub) -> None:
                    help="CPUs (= torch threads) each encode actor reserves; raise it for --device cpu (default 1)")
     p.set_defaults(func=run_extract)
 
-    c = sub.add_parser("cache", help="inspect or verify a feature cache", epilog=CACHE_EXAMPLES,
+    c = sub.add_parser("cache", help=COMMANDS["cache"][1], epilog=CACHE_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.set_defaults(help_parser=c)
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION")

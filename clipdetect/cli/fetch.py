@@ -5,7 +5,7 @@ import argparse
 import itertools
 from typing import Tuple
 
-from clipdetect.cli.main import print_json
+from clipdetect.cli.main import COMMANDS, print_json
 
 EXAMPLES = """examples:
   # the LAION reals of D3's train split, 64 downloads at a time, into a shared store
@@ -27,7 +27,7 @@ def _part(text: str) -> Tuple[int, int]:
 def add_parser(sub) -> None:
     from clipdetect.data.fetch import DEFAULT_MAX_BYTES, default_store_root
 
-    p = sub.add_parser("fetch", help="download images from URLs (D3's real images) into a store",
+    p = sub.add_parser("fetch", help=COMMANDS["fetch"][1],
                        description="Download images into a content-addressed store, with retries and a "
                                    "failure ledger; re-running skips what is stored or known to fail.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -26,29 +26,28 @@ from clipdetect import __version__
 
 logger = logging.getLogger("clipdetect")
 
-#: subcommand → module that defines ``add_parser(subparsers)``; imported lazily at parse time
-COMMAND_MODULES = ["clipdetect.cli.fetch", "clipdetect.cli.extract", "clipdetect.cli.train",
-                   "clipdetect.cli.evaluate", "clipdetect.cli.predict", "clipdetect.cli.calibrate",
-                   "clipdetect.cli.protocol", "clipdetect.cli.report", "clipdetect.cli.demo", "clipdetect.cli.distill"]
-
 #: command → (its module, one-line help): ``clipdetect --help`` lists the commands from here
 #: and imports only the chosen command's module (command modules import torch, pandas ...).
 #: A command missing here still works: its name makes every module load, as before.
 COMMANDS = {
     "fetch": ("clipdetect.cli.fetch", "download images from URLs (D3's real images) into a store"),
     "extract": ("clipdetect.cli.extract", "images → a feature cache of CLIP embeddings"),
-    "cache": ("clipdetect.cli.extract", "inspect a feature cache"),
+    "cache": ("clipdetect.cli.extract", "inspect or verify a feature cache"),
     "train": ("clipdetect.cli.train", "train a detector on a feature cache"),
     "evaluate": ("clipdetect.cli.evaluate", "metrics per generator with bootstrap CIs"),
     "plot": ("clipdetect.cli.evaluate", "ROC curves (linear + log FPR) and score histograms"),
     "predict": ("clipdetect.cli.predict", "score images end to end (decode → backbone → detector)"),
     "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals) + temperature"),
     "protocol": ("clipdetect.cli.protocol", "leave-one-generator-out, robustness, format-bias, text-leakage"),
+    "report": ("clipdetect.cli.report", "per-generator metrics, ROC, leave-one-generator-out, format-only "
+                                        "baseline and calibration, as one Markdown report"),
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
     "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
     "compress": ("clipdetect.cli.distill", "SVD low-rank factorisation and magnitude pruning, with a report"),
-    "report": ("clipdetect.cli.report", "the whole honest report on a cache, as one Markdown file"),
 }
+
+#: the modules that define ``add_parser(subparsers)``, in listing order; imported lazily at parse time
+COMMAND_MODULES = list(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 
 class CLIError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.cli.extract import add_limit_args
-from clipdetect.cli.main import print_json
+from clipdetect.cli.main import COMMANDS, print_json
 from clipdetect.cli.options import load_detector
 
 PREDICT_EXAMPLES = """examples:
@@ -20,7 +20,7 @@ Images that cannot be decoded get a row with their error and no score. Limits: m
 def add_parser(sub) -> None:
     from clipdetect.features.pipeline import default_workers
 
-    p = sub.add_parser("predict", help="score images end to end (decode → backbone → detector)",
+    p = sub.add_parser("predict", help=COMMANDS["predict"][1],
                        epilog=PREDICT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detector", help="detector bundle directory")
     p.add_argument("source", help="image file, folder, manifest, parquet or hf:NAME")

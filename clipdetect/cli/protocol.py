@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clipdetect.cli.main import config_override, print_json
+from clipdetect.cli.main import COMMANDS, config_override, print_json
 from clipdetect.cli.options import add_split_args, csv_list, figure_formats, open_cache
 
 PROTOCOL_EXAMPLES = """examples:
@@ -44,7 +44,7 @@ def _train_args(p) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("protocol", help="leave-one-generator-out, robustness, format-bias, text-leakage",
+    p = sub.add_parser("protocol", help=COMMANDS["protocol"][1],
                        epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ps = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     _add_cache_protocols(ps)

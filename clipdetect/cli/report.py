@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipdetect.cli.main import config_override, print_json
+from clipdetect.cli.main import COMMANDS, config_override, print_json
 
 EXAMPLES = """example:
   clipdetect report runs/det features/d3-val --out runs/det/report --n-boot 2000
@@ -14,8 +14,7 @@ EXAMPLES = """example:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="per-generator metrics, ROC, leave-one-generator-out, format-only "
-                                      "baseline and calibration, as one Markdown report",
+    p = sub.add_parser("report", help=COMMANDS["report"][1],
                        description="Runs on a cache: the per-generator table (AUC / AP / TPR@1%% FPR with "
                                    "bootstrap CIs), the ROC figure with one curve per generator, leave one "
                                    "generator out (the detector's training config, retrained per fold), the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from clipdetect.cli.main import CLIError, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, print_json
 
 EXAMPLES = """examples:
   # the paper's detector (CVaR+AUC loss, SAM, MLP head), schedule planned from the cache size
@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     from clipdetect.models.train import COMPILE_MODES, LOSS_OPTIONS, PRESETS, TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a detector on a feature cache", epilog=EXAMPLES,
+    p = sub.add_parser("train", help=COMMANDS["train"][1], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a detector head on cached CLIP embeddings and save the bundle.")
     p.add_argument("cache", help="feature cache directory (made by `clipdetect extract`)")
