@@ -118,20 +118,17 @@ def test_split_refs(source_spec: str, *, val: float, test: float, seed: int, lim
 
 
 def score_refs(backbone, detector, refs: List[Any], *, batch_size: int = 64) -> np.ndarray:
-    """P(fake) for encoded images end to end: decode → preprocess → encode → head (main process)."""
-    from clipdetect.data.imaging import BadImage, SplitPreprocess
-    from clipdetect.features import pipeline
-    from clipdetect.features.encoder import encoder_for
+    """P(fake) for encoded images end to end (:func:`~clipdetect.models.predict.score_images`,
+    in this process); an image that cannot be scored is an error, not a skipped row."""
+    from clipdetect.data.imaging import BadImage
+    from clipdetect.models.predict import score_images
 
-    pre = SplitPreprocess(backbone.preprocess)
-    tasks = ((i, refs[i:i + batch_size]) for i in range(0, len(refs), batch_size))
-    out = []
-    for i, decoded, emb in pipeline.run(tasks, pipeline.Decoder(pre), encoder_for(backbone, pre)):
-        bad = next((d for d in decoded if d[0] != "ok"), None)
-        if bad is not None:
-            raise BadImage(bad[1], f"{bad[2]} (image {i + decoded.index(bad)} of the evaluation set)")
-        out.append(detector.fake_probability(emb))
-    return np.concatenate(out) if out else np.zeros(0)
+    scores = score_images(detector, refs, backbone=backbone, batch_size=batch_size)
+    bad = np.flatnonzero(scores["error"].notna().to_numpy())
+    if bad.size:
+        reason, _, detail = scores["error"][bad[0]].partition(": ")
+        raise BadImage(reason, f"{detail} (image {bad[0]} of the evaluation set)")
+    return scores["probability"].to_numpy(dtype=np.float64)
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> Optional[float]:
