@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -77,26 +77,32 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
-    def _buckets(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], tuple[list, list]]:
-        """``group``'s parameters that have a gradient, as ``(params, grads)`` lists per (device, dtype)."""
+    @staticmethod
+    def _buckets(pairs) -> dict[tuple[torch.device, torch.dtype], tuple[list, list]]:
+        """``(param, tensor)`` pairs whose tensor is not None, as ``(params, tensors)`` lists per
+        (device, dtype) of the parameter: the unit of one ``torch._foreach_*`` call."""
         buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
-        for p in group["params"]:
-            if p.grad is not None:
-                params, grads = buckets.setdefault((p.device, p.dtype), ([], []))
+        for p, t in pairs:
+            if t is not None:
+                params, tensors = buckets.setdefault((p.device, p.dtype), ([], []))
                 params.append(p)
-                grads.append(p.grad)
+                tensors.append(t)
         return buckets
 
+    def _grad_buckets(self) -> list:
+        """Per parameter group, its parameters that have a gradient with those gradients."""
+        return [self._buckets((p, p.grad) for p in group["params"]) for group in self.param_groups]
+
     @torch.no_grad()
-    def _grad_norm(self) -> torch.Tensor:
+    def _grad_norm(self, buckets: Optional[list] = None) -> torch.Tensor:
         """Global norm :math:`\\|T_w g\\|_2` over all parameters, on the first parameter's device.
 
         One ``torch._foreach_norm`` per parameter group and (device, dtype), then the norm of those norms.
         """
         device = self.param_groups[0]["params"][0].device
         norms: list[torch.Tensor] = []
-        for group in self.param_groups:
-            for params, grads in self._buckets(group).values():
+        for group, group_buckets in zip(self.param_groups, self._grad_buckets() if buckets is None else buckets):
+            for params, grads in group_buckets.values():
                 # |w| * g and w * g have the same norm: no abs needed
                 scaled = torch._foreach_mul(params, grads) if group["adaptive"] else grads
                 norms.extend(n.to(device) for n in torch._foreach_norm(scaled, 2))
@@ -107,13 +113,14 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to :math:`w + \\hat\\epsilon(w)` using the current gradients; remember the offset."""
-        grad_norm = self._grad_norm()
-        for group in self.param_groups:
+        buckets = self._grad_buckets()
+        grad_norm = self._grad_norm(buckets)
+        for group, group_buckets in zip(self.param_groups, buckets):
             scale = group["rho"] / (grad_norm + _EPS)
             for p in group["params"]:
                 if p.grad is None and p in self.state:
                     self.state[p].pop("e_w", None)  # no offset to undo for it at the second step
-            for (device, dtype), (params, grads) in self._buckets(group).items():
+            for (device, dtype), (params, grads) in group_buckets.items():
                 s = scale.to(device=device, dtype=dtype)
                 if group["adaptive"]:  # |w|^2 * g * scale
                     e_w = torch._foreach_mul(params, params)
@@ -131,15 +138,9 @@ class SAM(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore :math:`w` and apply the base optimiser with the gradients taken at the perturbed point."""
         for group in self.param_groups:
-            buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
-            for p in group["params"]:
-                e_w = self.state[p].pop("e_w", None) if p in self.state else None
-                if e_w is not None:
-                    params, offsets = buckets.setdefault((p.device, p.dtype), ([], []))
-                    params.append(p)
-                    offsets.append(e_w)
-            for params, offsets in buckets.values():
-                torch._foreach_sub_(params, offsets)
+            offsets = ((p, self.state[p].pop("e_w", None) if p in self.state else None) for p in group["params"])
+            for params, e_w in self._buckets(offsets).values():
+                torch._foreach_sub_(params, e_w)
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()
