@@ -116,6 +116,8 @@ def _add_image_protocols(ps) -> None:
 
 # ------------------------------------------------------------------ handlers
 def _keys_source(args):
+    """Detectors, the held-out images of the cache's split as a source, the backbone, the
+    config to record, and the cache (opened and verified once)."""
     from clipdetect.eval.selection import split_params
     from clipdetect.data.perturb import subset_source
     from clipdetect.eval.protocols import heldout_keys, load_detectors
@@ -137,14 +139,14 @@ def _keys_source(args):
     config = {"detectors": args.detectors, "source": args.source, "cache": args.cache, "split": args.split,
               "n_real": args.n_real, "n_fake": args.n_fake, "seed": args.seed, "n_boot": args.n_boot,
               "val": params.val, "test": params.test, "split_seed": params.seed}
-    return dets, source, backbone, config
+    return dets, source, backbone, config, cache
 
 
 def run_robustness(args) -> int:
     from clipdetect.eval.plots import plot_metric_curves, save_figure
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table, robustness_sweep, sweep_curves
 
-    dets, source, backbone, config = _keys_source(args)
+    dets, source, backbone, config, _ = _keys_source(args)
     perturbations = dict(args.perturb) if args.perturb else None
     table = robustness_sweep(dets, source, args.work or Path(args.out) / "caches",
                              perturbations=perturbations, seed=args.seed, n_boot=args.n_boot,
@@ -167,7 +169,7 @@ def run_robustness(args) -> int:
 def run_format_bias(args) -> int:
     from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, format_bias_control, save_table
 
-    dets, source, backbone, config = _keys_source(args)
+    dets, source, backbone, config, cache = _keys_source(args)
     res = format_bias_control(dets, source, args.work or Path(args.out) / "caches", size=args.size,
                               fmt=args.format,
                               quality=args.quality, seed=args.seed, n_boot=args.n_boot, folds=args.folds,
@@ -177,7 +179,7 @@ def run_format_bias(args) -> int:
     save_table(res["detectors"], args.out, "format_bias", config=config,
                columns=["detector", "encoding", "n", *SUMMARY_METRICS, "delta_auc"],
                title="Format-bias control: the same images, original vs identical re-encoding")
-    cache_base = cache_format_baseline(open_cache(args.cache), n_boot=args.n_boot, seed=args.seed)
+    cache_base = cache_format_baseline(cache, n_boot=args.n_boot, seed=args.seed)
     fmt = res["format_only"]
     save_table(fmt, args.out, "format_bias_format_only", config={**config, "cache_meta_baseline": cache_base},
                columns=["encoding", "features", "n", "auc", "acc@0.5"],
