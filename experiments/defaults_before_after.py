@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdetect.core.metrics import bootstrap_ci, expected_calibration_error
-from clipdetect.eval.evaluate import paired_auc_difference
+from clipdetect.eval.compare import paired_auc_difference
 from clipdetect.features.cache import FeatureCache
 from clipdetect.models.baseline import fit_probe_on_cache
 from clipdetect.models.detector import Detector

@@ -39,7 +39,7 @@ from clipdetect.core.metrics import evaluate_scores  # noqa: E402
 from clipdetect.data.imaging import SplitPreprocess, decode_image  # noqa: E402
 from clipdetect.distill.compress_report import score_refs  # noqa: E402
 from clipdetect.distill.images import collect_images  # noqa: E402
-from clipdetect.eval.evaluate import paired_auc_difference  # noqa: E402
+from clipdetect.eval.compare import paired_auc_difference  # noqa: E402
 from clipdetect.features.backbones import create_backbone  # noqa: E402
 from clipdetect.features.splits import resolve_split_rows  # noqa: E402
 

@@ -23,7 +23,6 @@ import pandas as pd
 
 from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
 from clipdetect.core.io import atomic_write, write_json, write_text
-from clipdetect.eval.compare import paired_auc_difference  # noqa: F401 (re-export)
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
 
 logger = logging.getLogger(__name__)

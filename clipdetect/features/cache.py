@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.core.errors import MissingKeyError
-from clipdetect.features.cache_writer import CacheWriter, shard_name  # noqa: F401 (re-export)
+from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
 from clipdetect.features.manifest import ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, CacheError, read_manifest
 
 
