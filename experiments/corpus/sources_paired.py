@@ -72,7 +72,33 @@ def ml72_items(repo: GitRepo) -> Iterator[Item]:
         elif kind == "ai":
             gen = "gan" if cat == "gan" else f"diffusion{era}"
             yield Item(path=path, key=f"ml72/{gen}/{n}", label=1, generator=f"ml72/{gen}",
-                       family="gan-unnamed" if cat == "gan" else "diffusion-unnamed", content="other")
+                       family="gan-unnamed" if cat == "gan" else "unnamed", content="other")
+
+
+#: generator named in the caption panel under each fake (read off the images)
+DECLAN_FAKES = {"flux-pro": (1, 2, 4, 5, 8, 9, 17, 25, 26, 29, 30), "flux-1.1-pro": (15, 16, 23, 24, 28),
+                "imagen3": (3, 6, 10, 11, 13, 18, 19, 20, 21, 27), "recraft-v3": (7, 12, 14, 22)}
+DECLAN_FAMILY = {"flux-pro": "flux", "flux-1.1-pro": "flux", "imagen3": "imagen", "recraft-v3": "recraft"}
+#: content of the fakes A1..A30 (from their prompts) and of the photographs B1..B30 (by eye)
+DECLAN_FAKE_CONTENT = ("people people people scene scene people people object people people people scene scene "
+                       "scene scene object people people people scene object object scene object people people "
+                       "people people object object").split()
+DECLAN_REAL = ("people people people scene scene object object scene faces people people people scene object "
+               "scene object people people scene faces scene object scene scene faces people object people "
+               "scene scene").split()
+#: each file is a 1024x1536 panel: the image (1024x768) on top, a caption on black below
+DECLAN_CROP = (0, 0, 1024, 766)
+
+
+def declan_items(repo: GitRepo) -> Iterator[Item]:
+    """30 fakes ``A<n>.jpg`` and 30 photos ``B<n>.jpg`` (EXIF-checked, pre-2021), same size and panel layout."""
+    for gen, nums in DECLAN_FAKES.items():
+        for n in nums:
+            yield Item(path=f"A{n}.jpg", key=f"declan/{gen}/A{n}", label=1, generator=f"declan/{gen}",
+                       family=DECLAN_FAMILY[gen], content=DECLAN_FAKE_CONTENT[n - 1], crop=DECLAN_CROP)
+    for n, content in enumerate(DECLAN_REAL, start=1):
+        yield Item(path=f"B{n}.jpg", key=f"declan/real/B{n}", label=0, generator="real", family="real",
+                   content=content, crop=DECLAN_CROP)
 
 
 SOURCES = [
@@ -84,4 +110,7 @@ SOURCES = [
     Source("ml72", "ML72/AI-Image-Classifier-Playground", "MIT (LICENSE); the README says the images were "
            "chosen to be free of copyright restrictions", True, ml72_items,
            note="50 photos (animals, city, food, nature, people), 50 photorealistic fakes (GAN, four diffusion eras)."),
+    Source("declan", "declan-wright/Image-Dataset", "MIT (LICENSE)", True, declan_items,
+           note="30 fakes (FLUX-pro, FLUX-1.1-pro, Imagen 3, Recraft V3; generator read from each caption) and 30 "
+                "photos, 1024x768, six content categories; the caption panel below each image is cut off."),
 ]
