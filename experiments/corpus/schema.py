@@ -73,6 +73,16 @@ def guess_content(text: str, default: str = "object") -> str:
     return default
 
 
+def grid_crops(width: int, height: int, tile: int, pad: int = 0):
+    """(left, top, right, bottom) of every tile of a sample grid: tiles of ``tile`` px separated and
+    framed by ``pad`` px (torchvision ``save_image`` padding), row by row."""
+    cols, rows = (width - pad) // (tile + pad), (height - pad) // (tile + pad)
+    if cols * (tile + pad) + pad != width or rows * (tile + pad) + pad != height:
+        raise ValueError(f"a {width}x{height} image is not a grid of {tile}px tiles with {pad}px padding")
+    return [(pad + c * (tile + pad), pad + r * (tile + pad), pad + c * (tile + pad) + tile, pad + r * (tile + pad) + tile)
+            for r in range(rows) for c in range(cols)]
+
+
 def unit(text: str, salt: str = "corpus") -> float:
     """A deterministic number in [0, 1) from ``text``."""
     d = hashlib.blake2b(f"{salt}:{text}".encode("utf-8"), digest_size=8).digest()
