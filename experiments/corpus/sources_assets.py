@@ -91,6 +91,9 @@ DALABAD = [(f"images/{s}.png", "sd", "sd", _DALABAD_CONTENT.get(s, "art"), "") f
     for m, g, f in (("sd_v1", "sd1", "sd"), ("sd_v21", "sd21", "sd"), ("oj_v2", "openjourney", "sd"),
                     ("ad_v3", "arcane-diffusion", "sd"))]
 
+#: StyleGAN2-ADA (NVIDIA's FFHQ model) faces written by its generate.py, seeds 0-30
+AGEGAN = [(f"out/seed{n:04d}.png", "stylegan2-ada-ffhq", "stylegan", "faces", "") for n in range(31)]
+
 SOURCES = [
     Source("kolors", "Kwai-Kolors/Kolors", "Apache-2.0 (LICENSE)", True, table("kolors", kolors_rows()),
            note="Kolors outputs with SDXL and Midjourney comparisons for the same inputs; four real portraits "
@@ -109,6 +112,9 @@ SOURCES = [
            note="CogView4 inference examples."),
     Source("pixart", "PixArt-alpha/PixArt-alpha", "Apache-2.0 (LICENSE)", True, table("pixart", PIXART),
            note="PixArt-α ControlNet outputs."),
+    Source("agegan", "ZhuoxuanZhangHarry/AgeGAN-FaceEvolution", "NVIDIA Source Code Licence, non-commercial "
+           "(LICENSE.txt of the StyleGAN2-ADA fork)", False, table("agegan", AGEGAN),
+           note="31 StyleGAN2-ADA FFHQ faces at 1024 px (out/seedNNNN.png)."),
     Source("dalabad", "Dalabad/stable-diffusion-prompt-templates", "MIT (LICENSE.md)", True,
            table("dalabad", DALABAD), note="Stable Diffusion prompt-template examples; one prompt × SD1/SD2.1/"
                                            "OpenJourney/Arcane Diffusion × two samplers (a content group)."),

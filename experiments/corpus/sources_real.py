@@ -66,6 +66,19 @@ def selfexsr_items(repo: GitRepo) -> Iterator[Item]:
                    content=_SR_CONTENT[ds])
 
 
+#: the photographs among scikit-image's sample data (textures, scans, micrographs and synthetic images left out)
+SKIMAGE = {"astronaut.png": "people", "camera.png": "people", "chelsea.png": "object", "coffee.png": "object",
+           "motorcycle_left.png": "object", "rocket.jpg": "scene"}
+
+
+def skimage_items(repo: GitRepo) -> Iterator[Item]:
+    for path in sorted(repo.tree()):
+        m = re.fullmatch(r"src/_skimage2/data/([^/]+)", path)
+        if m and m.group(1) in SKIMAGE:
+            yield Item(path=path, key=f"skimage/{m.group(1).rsplit('.', 1)[0]}", label=0, generator="real",
+                       family="real", content=SKIMAGE[m.group(1)])
+
+
 SOURCES = [
     Source("imagenet", "EliSchwartz/imagenet-sample-images", "no licence file; ImageNet images, ImageNet terms "
            "of access apply", False, imagenet_items, cap=400,
@@ -76,4 +89,7 @@ SOURCES = [
            face_recognition_items, note="example photos of people; resized copies of one portrait skipped."),
     Source("srsets", "jbhuang0604/SelfExSR", "no licence file; the test sets' own terms apply (BSD: research use)",
            False, selfexsr_items, note="Set5, Set14 (minus a book cover and a comic), BSD100, Urban100, Sun-Hays80."),
+    Source("skimage", "scikit-image/scikit-image", "BSD-3-Clause (LICENSE.txt); the photos are CC0 or public "
+           "domain per the notes in src/_skimage2/data/_fetchers.py", True, skimage_items,
+           note="six sample photographs (astronaut, cameraman, cat, coffee, motorcycle, rocket)."),
 ]
