@@ -42,6 +42,19 @@ def _md_table(title: str, t: Dict[str, Dict[str, int]], cols: List[str]) -> List
     return lines + [""]
 
 
+def sources_md(rows: List[dict], used) -> List[str]:
+    """One line per source: repository @ commit, licence, permissive, what is used, counts per generator."""
+    lines = ["| source | repository @ commit | licence | permissive | what is used | images: generator (n) |",
+             "|---|---|---|---|---|---|"]
+    for src, commit in used:
+        mine = [r for r in rows if r["source"] == src.name]
+        gens = Counter(r["generator"] for r in mine)
+        counts = ", ".join(f"{g} {n}" for g, n in sorted(gens.items()))
+        lines.append(f"| {src.name} | `{src.repo}` @ `{commit[:7]}` | {src.licence} | "
+                     f"{'**yes**' if src.permissive else 'no'} | {src.note} | {len(mine)}: {counts} |")
+    return lines + [""]
+
+
 def status_md(rows: List[dict], used, drops: List[str]) -> str:
     t = tables(rows)
     n_real = sum(r["label"] == 0 for r in rows)
@@ -52,9 +65,9 @@ def status_md(rows: List[dict], used, drops: List[str]) -> str:
              f"({', '.join(fams)}). Paths are relative to this folder; `clipdetect extract manifest.csv` "
              "reads `key, path, label, generator, split`; the other columns (family, source, group, content, "
              "licence, permissive, ...) are for protocols and bookkeeping.", "",
-             "## Sources", "", "| source | repository | commit | licence | permissive |", "|---|---|---|---|---|"]
-    lines += [f"| {s.name} | {s.repo} | {c[:12]} | {s.licence} | {'yes' if s.permissive else 'no'} |" for s, c in used]
-    lines += ["", "## Counts", ""]
+             "## Sources", ""]
+    lines += sources_md(rows, used)
+    lines += ["## Counts", ""]
     splits = ["train", "val", "test"]
     lines += _md_table("source (label)", t["source_label"], splits)
     lines += _md_table("generator", t["generator"], splits)

@@ -70,13 +70,12 @@ def hunyuan_rows() -> Iterator[Row]:
 OMNIGEN = [("imgs/demo_cases/" + s, "omnigen", "omnigen", c, "") for s, c in (
     ("edit.png", "people"), ("entity.png", "people"), ("id2.png", "people"), ("id3.png", "people"),
     ("reasoning.png", "people"), ("skeletal2img.png", "people"))]
-INFINITY = [(f"assets/2b_{m}/{n}{s}.{e}", f"infinity-2b-{m}", "infinity", "other", "")
+#: left/right: the same prompt from the 2B model and from the 8B or 20B model (one content group)
+INFINITY = [(f"assets/2b_{m}/{n}{s}.{e}", "infinity", "infinity", "other", f"{m}-{n}")
             for m, e in (("20b", "jpg"), ("8b", "webp")) for n in range(1, 5) for s in "lr"]
 KANDINSKY3 = [(f"assets/{s}", "kandinsky3", "kandinsky", "other", "") for s in (
     "photo_2.jpg", "photo_7.jpg", "photo_8.jpg", "photo_13.jpg", "photo_14.jpg", "photo_15.jpg", "photo_16.jpg",
     "photo_17.jpg", "photo_19.jpg", "butterly_effect.jpg", "title.jpg")]
-DEEPFLOYD = [("pics/super-res-0.jpg", "if", "deepfloyd-if", "faces", ""),
-             ("pics/super-res-1.jpg", "if", "deepfloyd-if", "object", "")]
 COGVIEW4 = [(f"inference/img/img_{n}.png", "cogview4", "cogview", "object", "") for n in (1, 2, 3)]
 PIXART = [(f"asset/images/controlnet/0_{n}.png", "pixart-alpha", "pixart", c, "")
           for n, c in ((0, "art"), (2, "object"), (3, "people"))]
@@ -85,8 +84,7 @@ _DALABAD_CONTENT = {"animal": "object", "archviz": "scene", "building": "scene",
                     "vehicle": "object", "space": "scene", "postapocalyptic": "scene"}
 DALABAD = [(f"images/{s}.png", "sd", "sd", _DALABAD_CONTENT.get(s, "art"), "") for s in (
     "animal archviz building cartoon concept cyberpunk digital_art digital_art_landscape drawing fashion "
-    "landscape photograph_closeup photograph_portrait postapocalyptic schematic sketch space sprite steampunk "
-    "vehicle").split()] + [
+    "landscape photograph_closeup photograph_portrait postapocalyptic sketch space steampunk vehicle").split()] + [
     (f"images/comparison/archviz_{s}_{m}.png", g, f, "scene", "archviz") for s in ("ddim", "eulera")
     for m, g, f in (("sd_v1", "sd1", "sd"), ("sd_v21", "sd21", "sd"), ("oj_v2", "openjourney", "sd"),
                     ("ad_v3", "arcane-diffusion", "sd"))]
@@ -106,8 +104,6 @@ SOURCES = [
            note="Infinity (bitwise autoregressive) 2B/8B/20B comparison outputs."),
     Source("kandinsky3", "ai-forever/Kandinsky-3", "Apache-2.0 (LICENSE)", True, table("kandinsky3", KANDINSKY3),
            note="Kandinsky 3 sample images."),
-    Source("deepfloyd", "deep-floyd/IF", "DeepFloyd IF licence, MIT-style for the code (LICENSE)", False,
-           table("deepfloyd", DEEPFLOYD), note="two single IF super-resolution outputs (the rest are grids/figures)."),
     Source("cogview4", "THUDM/CogView4", "Apache-2.0 (LICENSE)", True, table("cogview4", COGVIEW4),
            note="CogView4 inference examples."),
     Source("pixart", "PixArt-alpha/PixArt-alpha", "Apache-2.0 (LICENSE)", True, table("pixart", PIXART),

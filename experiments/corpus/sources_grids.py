@@ -36,7 +36,7 @@ def lucidrains_items(repo: GitRepo) -> Iterator[Item]:
     for path, (tile, content) in LUCIDRAINS.items():
         stem = path.rsplit("/", 1)[1].split(".")[0]
         yield from _tiles(repo, path, tile, 2, key=f"lucidrains/{stem}", label=1, generator="lucidrains/stylegan2",
-                          family="stylegan", content=content, group=f"lucidrains/{stem}")
+                          family="stylegan", content=content)  # unconditional samples: each tile its own group
 
 
 def mindalle_items(repo: GitRepo) -> Iterator[Item]:
