@@ -7,6 +7,7 @@ import csv
 import io
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,8 @@ def _items_a(repo):
 
 def _items_b(repo):
     yield Item(path="copy.png", key="b/copy", label=0, generator="real", family="real")
+    yield Item(path="pack.zip", member="in/z.png", key="b/zipped", label=0, generator="real", family="real")
+    yield Item(path="pack.zip", member="in/absent.png", key="b/absent", label=0, generator="real", family="real")
     for i, box in enumerate(grid_crops(2 * 130 + 2, 130 + 2, 128, 2)):
         yield Item(path="grid.png", key=f"b/grid{i}", label=1, generator="b/gan", family="stylegan", crop=box)
 
@@ -75,7 +78,10 @@ def corpus(tmp_path):
     files_a.update({"img/lfs.png": LFS_MAGIC + b"\noid sha256:00\nsize 1\n", "img/tiny.png": _png(7, (64, 300)),
                     "img/broken.png": b"\x89PNG not really"})
     commit_a = _mirror(tmp_path, "a", files_a)
-    _mirror(tmp_path, "b", {"copy.png": files_a["img/0.png"], "grid.png": buf.getvalue()})
+    pack = io.BytesIO()
+    with zipfile.ZipFile(pack, "w") as z:
+        z.writestr("in/z.png", _png(12))
+    _mirror(tmp_path, "b", {"copy.png": files_a["img/0.png"], "grid.png": buf.getvalue(), "pack.zip": pack.getvalue()})
     sources = [Source("a", "owner/a", "MIT", True, _items_a), Source("b", "owner/b", "no licence file", False, _items_b)]
     out = tmp_path / "out"
     assert build.main(["--mirrors", str(tmp_path / "mirrors"), "--out", str(out)], sources=sources) == 0
@@ -86,15 +92,17 @@ def corpus(tmp_path):
 
 def test_manifest_rows_and_drops(corpus):
     out, rows, commit_a = corpus
-    assert set(rows) == {f"a/{n}" for n in range(6)} | {"b/grid0", "b/grid1"}
+    assert set(rows) == {f"a/{n}" for n in range(6)} | {"b/grid0", "b/grid1", "b/zipped"}
     drops = (out / "STATUS.md").read_text()
     for why in ("Git LFS pointer", "too small (64x300)", "does not decode", "not in the tree",
-                "b: copy.png: duplicate of a:a/0"):
+                "b: copy.png: duplicate of a:a/0", "pack.zip:in/absent.png: cannot be read from the archive"):
         assert why in drops
     r = rows["a/1"]
     assert (r["label"], r["generator"], r["family"], r["commit"], r["permissive"]) == ("1", "a/gen", "sd", commit_a, "yes")
     assert (out / r["path"]).read_bytes() == _png(1)
     assert r["true_format"] == "PNG" and (r["width"], r["height"]) == ("160", "140")
+    z = rows["b/zipped"]
+    assert z["repo_path"] == "pack.zip/in/z.png" and (out / z["path"]).read_bytes() == _png(12)
 
 
 def test_grid_tiles_are_cut_exactly(corpus):

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import sys
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -79,6 +80,12 @@ def export_source(src: Source, repo: GitRepo, out: Path, args, seen: Dict[str, s
         if data is None:
             drops.append(f"{src.name}: {it.path}: {repo.why(it.path)}")
             continue
+        if it.member:
+            try:
+                data = zipfile.ZipFile(io.BytesIO(data)).read(it.member)
+            except (zipfile.BadZipFile, KeyError) as exc:
+                drops.append(f"{src.name}: {it.path}:{it.member}: cannot be read from the archive ({exc})")
+                continue
         try:
             info, data = probe(data, it.crop)
         except Exception as exc:  # noqa: BLE001 - any decode failure drops the file, logged
@@ -95,16 +102,17 @@ def export_source(src: Source, repo: GitRepo, out: Path, args, seen: Dict[str, s
             drops.append(f"{src.name}: {it.path}: duplicate of {seen[sha1]} (sha1 {sha1[:12]})")
             continue
         seen[sha1] = f"{src.name}:{it.key}"
-        rel = Path("images") / src.name / (it.path if it.crop is None else f"{it.path}.crop{'_'.join(map(str, it.crop))}.png")
+        name = f"{it.path}/{it.member}" if it.member else it.path
+        rel = Path("images") / src.name / (name if it.crop is None else f"{name}.crop{'_'.join(map(str, it.crop))}.png")
         dest = out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists() or dest.read_bytes() != data:
             dest.write_bytes(data)
-        ext = it.path.rsplit(".", 1)[-1].upper().replace("JPG", "JPEG") if it.crop is None else "PNG"
+        ext = name.rsplit(".", 1)[-1].upper().replace("JPG", "JPEG") if it.crop is None else "PNG"
         rows.append({"key": it.key, "path": rel.as_posix(), "label": it.label, "generator": it.generator,
                      "family": it.family, "source": src.name, "group": it.group, "content": it.content,
                      "licence": src.licence, "permissive": "yes" if src.permissive else "no",
-                     "repo": src.repo, "commit": commit, "repo_path": it.path, "ext_format": ext,
+                     "repo": src.repo, "commit": commit, "repo_path": name, "ext_format": ext,
                      "bytes": len(data), "sha1": sha1, "prompt": it.prompt,
                      "split": split_of(it.group, val=args.val, test=args.test), **info})
     return rows

@@ -16,8 +16,9 @@ COLUMNS = ["key", "path", "label", "generator", "family", "source", "group", "sp
 
 @dataclass
 class Item:
-    """One image of a source. ``path`` is the file inside the repository; ``crop`` (left, top,
-    right, bottom) cuts one tile out of a sample grid of known layout (exported as PNG)."""
+    """One image of a source. ``path`` is the file inside the repository (``member``: a file inside
+    that zip archive); ``crop`` (left, top, right, bottom) cuts one tile out of a sample grid of known
+    layout (exported as PNG)."""
 
     path: str
     key: str
@@ -28,6 +29,7 @@ class Item:
     group: str = ""  # content group (same prompt / same scene); the key when empty
     prompt: str = ""
     crop: Optional[Tuple[int, int, int, int]] = None
+    member: str = ""
 
     def __post_init__(self):
         if self.content not in CONTENTS:

@@ -101,6 +101,29 @@ def declan_items(repo: GitRepo) -> Iterator[Item]:
                    content=content, crop=DECLAN_CROP)
 
 
+#: testIMG/dataset.zip: ChatGPT (GPT image) and Gemini images; ``view`` pairs each with the real photo
+#: its prompt describes (``edit_N``: the real photo ``not_edit_N`` re-rendered by the model)
+AIF_ZIP = "testIMG/dataset.zip"
+AIF_SCENES = {"autumn_fruit": "object", "spring_Sinchon": "people", "summer_France": "scene",
+              "winter_Christmas": "scene", "edit_1": "scene", "edit_2": "scene"}
+AIF_GEN = {"ChatGPT": ("gpt-image", "gpt-image"), "Gemini": ("gemini-image", "gemini-image")}
+
+
+def aif_items(repo: GitRepo) -> Iterator[Item]:
+    for tool, (gen, fam) in AIF_GEN.items():
+        for age in range(10, 70, 10):
+            for sex in ("man", "woman"):
+                yield Item(path=AIF_ZIP, member=f"human/{tool}_{age}_{sex}.jpg", key=f"aif/{gen}/human_{age}_{sex}",
+                           label=1, generator=f"aif/{gen}", family=fam, content="faces")
+        for scene, content in AIF_SCENES.items():
+            yield Item(path=AIF_ZIP, member=f"view/{tool}_{scene}.jpg", key=f"aif/{gen}/{scene}", label=1,
+                       generator=f"aif/{gen}", family=fam, content=content, group=f"aif/{scene}")
+    for scene, content in AIF_SCENES.items():
+        real = scene.replace("edit", "not_edit")
+        yield Item(path=AIF_ZIP, member=f"view/real_{real}.jpg", key=f"aif/real/{real}", label=0,
+                   generator="real", family="real", content=content, group=f"aif/{scene}")
+
+
 SOURCES = [
     Source("avt", "Telecommunication-Telemedia-Assessment/avt_ai_images", "GPL-3.0 (LICENSE.md)", False,
            avt_items, note="27 prompts × Craiyon, DALL-E 2, GLIDE, SD, Midjourney; the authors' own photos of "
@@ -113,4 +136,7 @@ SOURCES = [
     Source("declan", "declan-wright/Image-Dataset", "MIT (LICENSE)", True, declan_items,
            note="30 fakes (FLUX-pro, FLUX-1.1-pro, Imagen 3, Recraft V3; generator read from each caption) and 30 "
                 "photos, 1024x768, six content categories; the caption panel below each image is cut off."),
+    Source("aif", "necenzurat/ai-image-filter", "MIT (LICENSE)", True, aif_items,
+           note="from testIMG/dataset.zip: 24 ID-style portraits (ChatGPT, Gemini), 6 scenes each from ChatGPT and "
+                "Gemini with the 6 real photos they describe or re-render (content groups); all JPEG, logo removed."),
 ]
