@@ -146,11 +146,16 @@ def export_onnx(backbone, path: Path) -> None:
 
     if backbone.dtype != torch.float32 or backbone.device.type != "cpu":
         raise ValueError("export the tower from an fp32 CPU backbone (create_backbone(..., precision='fp32'))")
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_Tower(backbone.model), (example_pixels(backbone),), str(path),
-                          input_names=["pixels"], output_names=["embedding"], opset_version=17,
-                          dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused inference kernel has no ONNX form
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Tower(backbone.model), (example_pixels(backbone),), str(path),
+                              input_names=["pixels"], output_names=["embedding"], opset_version=17,
+                              dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 class ImageTower:
