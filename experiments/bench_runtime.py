@@ -13,8 +13,6 @@ processes on a shared machine hits all of them alike. Reported per runtime:
   CIFAKE rows 0–2047), scoring each runtime's features of held-out CIFAKE rows, with a paired
   bootstrap CI of AUC(runtime) − AUC(torch fp32).
 
-int8 calibrates on CIFAKE rows disjoint from the evaluated ones (``--calibration-start``).
-
     nice -n 10 python experiments/bench_runtime.py          # needs clipdetect[onnx,openvino]; photos: scikit-image
 
 Writes experiments/results/bench_runtime.{json,md}.
@@ -80,11 +78,11 @@ def photo_crops(pre, n: int, seed: int = 0):
     return out, which
 
 
-def prepare(backbone, specs, calibration, cache_dir):
+def prepare(backbone, specs, cache_dir):
     """One encoder per runtime; the tower is exported (or loaded) here and timed."""
     from clipdetect.data.imaging import SplitPreprocess
     from clipdetect.features.encoder import encoder_for
-    from clipdetect.features.runtime import compile_tower, export_dir
+    from clipdetect.features.runtime import compile_tower
 
     pre, encoders, info = SplitPreprocess(backbone.preprocess), {}, {}
     for spec in specs:
@@ -93,8 +91,7 @@ def prepare(backbone, specs, calibration, cache_dir):
         if rt == "torch":
             bb = backbone
         else:
-            cal = calibration if prec == "int8" else None
-            tower = compile_tower(backbone, rt, prec, cache_dir=cache_dir, calibration=cal)
+            tower = compile_tower(backbone, rt, prec, cache_dir=cache_dir)
             bb = dataclasses.replace(backbone, tower=tower)
             info[spec] = {"export": str(tower.path), "export_record": json.loads((tower.path / "export.json").read_text())}
         info.setdefault(spec, {})["prepare_seconds"] = round(time.perf_counter() - t0, 1)
@@ -139,9 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runtimes", default="torch:fp32,onnx:fp32,openvino:fp32,openvino:int8")
     ap.add_argument("--images", type=int, default=256, help="CIFAKE rows evaluated (from --eval-start)")
     ap.add_argument("--eval-start", type=int, default=2048, help="first evaluated row (the detector trained on 0-2047)")
-    ap.add_argument("--photos", type=int, default=240, help="crops of larger real photos (cosine only; 0: none)")
-    ap.add_argument("--calibration", type=int, default=128, help="int8 calibration rows")
-    ap.add_argument("--calibration-start", type=int, default=12000)
+    ap.add_argument("--photos", type=int, default=128, help="crops of larger real photos (cosine only; 0: none)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=2000)
@@ -162,9 +157,7 @@ def main(argv=None) -> int:
     assert specs[0] == "torch:fp32", "the first runtime is the reference: torch:fp32"
     eval_arrays, y = cifake(pre, args.data, args.eval_start, args.images)
     photos, photo_names = photo_crops(pre, args.photos)
-    cal_arrays, _ = cifake(pre, args.data, args.calibration_start, args.calibration)
-    calibration = pre.finish(cal_arrays).float().numpy()
-    encoders, info = prepare(backbone, specs, calibration, Path(args.cache_dir) if args.cache_dir else None)
+    encoders, info = prepare(backbone, specs, Path(args.cache_dir) if args.cache_dir else None)
     arrays = eval_arrays + photos
     t0 = time.perf_counter()
     emb, times = run_interleaved(encoders, arrays, args.batch_size)
@@ -224,11 +217,12 @@ def markdown(r) -> str:
              "mean / min | AUC | ΔAUC vs torch fp32 [95% CI] |", "|---|---|---|---|---|---|---|"]
     for k, v in r["runtimes"].items():
         ph = v["cosine_photos"]
+        ph_txt = "–" if ph is None else f"{ph['mean']:.5f} / {ph['min']:.5f}"
         a = v["auc"]
         lines.append(f"| {k} | {v['img_per_s']:.2f} | {v['speedup_vs_torch_fp32']:.2f} ({v['batch_ratio_median']:.2f}, "
                      f"{v['batch_ratio_min']:.2f}–{v['batch_ratio_max']:.2f}) | {v['cosine_cifake']['mean']:.5f} / "
                      f"{v['cosine_cifake']['min']:.5f} | "
-                     f"{'–' if ph is None else f'{ph['mean']:.5f} / {ph['min']:.5f}'} | {a['auc_a']:.4f} | "
+                     f"{ph_txt} | {a['auc_a']:.4f} | "
                      f"{a['delta_auc']:+.4f} [{a['delta_auc_lo']:+.4f}, {a['delta_auc_hi']:+.4f}] |")
     lines += ["", "Targets: ≥ 2× torch fp32 img/s; cosine ≥ 0.995 mean and ≥ 0.99 min; the ΔAUC CI includes 0."]
     return "\n".join(lines) + "\n"

@@ -114,18 +114,18 @@ def test_onnx_tower_matches_torch_and_is_exported_once(cache_dir, tiny_backbone,
 
 @needs_ov
 def test_openvino_fp32_and_int8(cache_dir, tiny_backbone, one_torch_thread):
-    from clipdetect.features.runtime_int8 import CalibrationError, calibration_pixels
+    import openvino as ov
 
     x = _pixels(tiny_backbone, 8)
     ref = tiny_backbone.encode_images(x)
     fp32 = create_backbone(TINY, runtime="openvino")
     assert _cos(fp32.encode_images(x), ref).min() > 0.9999
-    with pytest.raises(CalibrationError, match="--calibration SOURCE"):
-        create_backbone(TINY, runtime="openvino", precision="int8")
-    cal = calibration_pixels(tiny_backbone, [make_image(100 + i, size=(64, 64), fake=i % 2 == 1) for i in range(16)])
-    q = runtime.attach_runtime(create_backbone(TINY), "openvino", "int8", calibration=cal)
+    q = create_backbone(TINY, runtime="openvino", precision="int8")
     assert q.tower.precision == "int8" and q.tower.path != fp32.tower.path
-    assert _cos(q.encode_images(x), ref).mean() > 0.9  # a 2-layer random ViT: the wiring, not the accuracy
+    types = {op.get_output_element_type(0).get_type_name() for op in ov.Core().read_model(
+        str(q.tower.path / "model.xml")).get_ops() if op.get_type_name() == "Constant"}
+    assert {"u8", "i8"} & types  # the weights are stored as int8
+    assert _cos(q.encode_images(x), ref).min() > 0.999
 
 
 @pytest.mark.parametrize("command", ["extract", "predict"])

@@ -21,8 +21,8 @@ RUNTIME_HELP = ("where the image tower runs: torch (default), or on the CPU onnx
                 "exported once per backbone and precision into $CLIPDETECT_RUNTIME_CACHE "
                 "(default ~/.cache/clipdetect/runtimes) and loaded from there afterwards")
 PRECISION_HELP = ("fp32 (default, exact); fp16 (torch on a GPU); bf16 (torch, or openvino; fast only on CPUs "
-                  "with native bf16); int8 (openvino: quantised, embeddings within cosine ~0.99 of fp32 - "
-                  "see the README's CPU runtimes section before relying on it)")
+                  "with native bf16); int8 (openvino: int8 weights, fp32 activations; "
+                  "cosine ~0.999 to fp32 embeddings)")
 
 
 def add_runtime_args(g) -> None:

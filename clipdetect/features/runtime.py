@@ -9,8 +9,8 @@ the library versions; later runs load it in a second. The folder is
 ``~/.cache/clipdetect/runtimes``); deleting it only costs a new export.
 
 Precisions: ``fp32`` on every runtime (the same embeddings as torch to ~1e-6); ``bf16`` on torch
-and OpenVINO (fast only on CPUs with native bf16: AVX-512 BF16 or AMX); ``int8`` on OpenVINO
-(see :mod:`clipdetect.features.runtime_int8` for what is quantised and how it is checked).
+and OpenVINO (fast only on CPUs with native bf16: AVX-512 BF16 or AMX; elsewhere OpenVINO runs fp32); ``int8``
+on OpenVINO: int8 weights, fp32 activations (:mod:`clipdetect.features.runtime_int8` says why).
 The runtimes are optional extras: ``pip install 'clipdetect[onnx]'`` or ``'clipdetect[openvino]'``.
 
 The encoder stage (:func:`clipdetect.features.encoder.encoder_for`) runs a backbone's attached
@@ -194,42 +194,37 @@ def _load_openvino(folder: Path, precision: str) -> Callable:
     return lambda x: compiled(x)[0]
 
 
-def _build(backbone, runtime: str, precision: str, folder: Path, calibration) -> None:
+def _build(backbone, runtime: str, precision: str, folder: Path) -> None:
     """Write the export into ``folder`` (a fresh temporary folder)."""
     export_onnx(backbone, folder / "model.onnx")
     if runtime == "openvino":
         ov = require("openvino")["openvino"]
         model = ov.Core().read_model(str(folder / "model.onnx"))
         if precision == "int8":
-            from clipdetect.features.runtime_int8 import quantize_openvino
+            from clipdetect.features.runtime_int8 import compress_openvino
 
-            model = quantize_openvino(model, backbone, calibration)
+            model = compress_openvino(model)
         ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
         (folder / "model.onnx").unlink()
 
 
-def compile_tower(backbone, runtime: str, precision: str = "fp32", *, cache_dir: Optional[Path] = None,
-                  calibration=None) -> ImageTower:
+def compile_tower(backbone, runtime: str, precision: str = "fp32", *,
+                  cache_dir: Optional[Path] = None) -> ImageTower:
     """The backbone's image tower on ``runtime`` at ``precision``: loaded from the cache, or
     exported (and quantised) once and filed there first."""
     check_runtime(runtime, precision)
     if runtime == "torch":
         raise ValueError("the torch runtime runs the backbone itself; attach no tower")
     require(runtime)
-    extra = None
-    if precision == "int8":
-        from clipdetect.features.runtime_int8 import calibration_identity
-
-        extra = {"calibration": calibration_identity(calibration)}
-    folder, key = export_dir(backbone.identity, runtime, precision, cache_dir=cache_dir, extra=extra)
+    folder, key = export_dir(backbone.identity, runtime, precision, cache_dir=cache_dir)
     if not (folder / "export.json").is_file():
-        _export_into(backbone, runtime, precision, folder, key, calibration)
+        _export_into(backbone, runtime, precision, folder, key)
     load = _load_onnx if runtime == "onnx" else _load_openvino
     logger.info("image tower on %s %s from %s", runtime, precision, folder)
     return ImageTower(load(folder, precision), runtime, precision, folder)
 
 
-def _export_into(backbone, runtime: str, precision: str, folder: Path, key: Dict, calibration) -> None:
+def _export_into(backbone, runtime: str, precision: str, folder: Path, key: Dict) -> None:
     from clipdetect.core.io import tmp_name, write_json
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +234,7 @@ def _export_into(backbone, runtime: str, precision: str, folder: Path, key: Dict
     logger.info("exporting the image tower of %s to %s %s (once; cached in %s)", backbone.spec, runtime,
                 precision, folder.parent)
     try:
-        _build(backbone, runtime, precision, tmp, calibration)
+        _build(backbone, runtime, precision, tmp)
         write_json(tmp / "export.json", {**key, "seconds": round(time.perf_counter() - t0, 1)})
         try:
             os.rename(tmp, folder)
