@@ -13,6 +13,10 @@ EXAMPLES = """examples:
   # CIFAKE parquet (Hugging Face Image column), real CLIP ViT-B/16 image tower from a file
   clipdetect extract ../shared/data/cifake_dev.parquet --out features/cifake-b16 \\
       --backbone ViT-B-16-quickgelu:weights/clip_b16.pt --limit 6400
+  # the same with the image tower on OpenVINO, int8 weights (pip install 'clipdetect[openvino]';
+  # exported once into ~/.cache/clipdetect/runtimes, loaded from there afterwards)
+  clipdetect extract photos/ --out features/mine --backbone ViT-B-16-quickgelu:weights/clip_b16.pt \
+      --runtime openvino --precision int8
   # a hub dataset, streamed, with captions from a column
   clipdetect extract hf:user/dataset --streaming --caption-column prompt --backbone ViT-L-14:openai ...
   # a CSV/parquet manifest with path,label[,caption,generator,split] columns
