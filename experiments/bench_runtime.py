@@ -99,12 +99,15 @@ def prepare(backbone, specs, cache_dir):
     return encoders, info
 
 
-def run_interleaved(encoders, arrays, batch_size: int):
+def run_interleaved(encoders, arrays, batch_size: int, on_progress=None, every: int = 4):
+    """Every batch through every runtime, the order rotated per batch; ``on_progress(emb, times,
+    done)`` every ``every`` batches and at the end (so a run cut short still leaves its numbers)."""
     names = list(encoders)
     for enc in encoders.values():  # warm-up (first-call allocations, kernel selection)
         enc.encode(arrays[:batch_size])
     emb = {k: [] for k in names}
     times = {k: [] for k in names}
+    n_batches = -(-len(arrays) // batch_size)
     for b, i in enumerate(range(0, len(arrays), batch_size)):
         batch = arrays[i:i + batch_size]
         for k in names[b % len(names):] + names[:b % len(names)]:
@@ -112,9 +115,11 @@ def run_interleaved(encoders, arrays, batch_size: int):
             emb[k].append(enc_out := encoders[k].encode(batch))
             times[k].append(time.perf_counter() - t0)
             assert enc_out.shape[0] == len(batch)
-        print(f"batch {b + 1}/{-(-len(arrays) // batch_size)}: " +
-              ", ".join(f"{k} {len(batch) / times[k][-1]:.2f}" for k in names), file=sys.stderr, flush=True)
-    return {k: np.concatenate(v) for k, v in emb.items()}, {k: np.array(v) for k, v in times.items()}
+        print(f"batch {b + 1}/{n_batches}: " + ", ".join(f"{k} {len(batch) / times[k][-1]:.2f}" for k in names),
+              file=sys.stderr, flush=True)
+        if on_progress and ((b + 1) % every == 0 or b + 1 == n_batches):
+            on_progress({k: np.concatenate(v) for k, v in emb.items()}, {k: np.array(v) for k, v in times.items()},
+                        min(i + batch_size, len(arrays)))
 
 
 def cos_stats(a, b):
@@ -159,36 +164,40 @@ def main(argv=None) -> int:
     photos, photo_names = photo_crops(pre, args.photos)
     encoders, info = prepare(backbone, specs, Path(args.cache_dir) if args.cache_dir else None)
     arrays = eval_arrays + photos
-    t0 = time.perf_counter()
-    emb, times = run_interleaved(encoders, arrays, args.batch_size)
-    wall = time.perf_counter() - t0
     det = fixed_detector(seed=0)
-    n = len(eval_arrays)
-    ref_scores = np.asarray(det.decision_function(emb["torch:fp32"][:n])).ravel()
-    rows = {}
-    for k in specs:
-        ratios = times["torch:fp32"] / times[k]
-        scores = np.asarray(det.decision_function(emb[k][:n])).ravel()
-        rows[k] = {
-            "img_per_s": len(arrays) / times[k].sum(),
-            "speedup_vs_torch_fp32": float(times["torch:fp32"].sum() / times[k].sum()),
-            "batch_ratio_median": float(np.median(ratios)), "batch_ratio_min": float(ratios.min()),
-            "batch_ratio_max": float(ratios.max()),
-            "cosine_cifake": cos_stats(emb[k][:n], emb["torch:fp32"][:n]),
-            "cosine_photos": cos_stats(emb[k][n:], emb["torch:fp32"][n:]) if photos else None,
-            "cosine_all": cos_stats(emb[k], emb["torch:fp32"]),
-            "auc": paired_auc_difference(y, scores, ref_scores, n_boot=args.n_boot, seed=0),
-            **info.get(k, {})}
-    result = {"config": vars(args), "n_cifake": n, "n_photos": len(photos), "photo_sources": sorted(set(photo_names)),
-              "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()), "wall_seconds": round(wall, 1),
-              "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "torch_capability": torch.backends.cpu.get_cpu_capability(),
-                          "loadavg_end": os.getloadavg()},
-              "runtimes": rows}
+    n_all, t0 = len(eval_arrays), time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    out.with_suffix(".md").write_text(markdown(result))
+
+    def write(emb, times, done):
+        n = min(done, n_all)
+        ref_scores = np.asarray(det.decision_function(emb["torch:fp32"][:n])).ravel()
+        rows = {}
+        for k in specs:
+            ratios = times["torch:fp32"] / times[k]
+            scores = np.asarray(det.decision_function(emb[k][:n])).ravel()
+            rows[k] = {
+                "img_per_s": done / times[k].sum(),
+                "speedup_vs_torch_fp32": float(times["torch:fp32"].sum() / times[k].sum()),
+                "batch_ratio_median": float(np.median(ratios)), "batch_ratio_min": float(ratios.min()),
+                "batch_ratio_max": float(ratios.max()),
+                "cosine_cifake": cos_stats(emb[k][:n], emb["torch:fp32"][:n]),
+                "cosine_photos": cos_stats(emb[k][n:], emb["torch:fp32"][n:]) if done > n else None,
+                "cosine_all": cos_stats(emb[k], emb["torch:fp32"]),
+                "auc": paired_auc_difference(y[:n], scores, ref_scores, n_boot=args.n_boot, seed=0)
+                if 0 < (y[:n] == 1).sum() < n else None,
+                **info.get(k, {})}
+        result.update({"complete": done == len(arrays), "n_cifake": n, "n_photos": done - n,
+                       "n_real": int((y[:n] == 0).sum()), "n_fake": int((y[:n] == 1).sum()),
+                       "wall_seconds": round(time.perf_counter() - t0, 1), "runtimes": rows})
+        result["machine"]["loadavg_end"] = os.getloadavg()
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+        out.with_suffix(".md").write_text(markdown(result))
+
+    result = {"config": vars(args), "photo_sources": sorted(set(photo_names)),
+              "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                          "torch_capability": torch.backends.cpu.get_cpu_capability()}}
+    run_interleaved(encoders, arrays, args.batch_size, on_progress=write)
     print(markdown(result))
     return 0
 
@@ -205,8 +214,9 @@ def _cpu_name() -> str:
 
 def markdown(r) -> str:
     c = r["config"]
+    status = "" if r.get("complete") else " — PARTIAL: the run was cut short; the rows done so far"
     lines = [f"# Image tower on CPU runtimes ({c['backbone'].split(':')[0]}, {c['threads']} threads, batch "
-             f"{c['batch_size']})", "",
+             f"{c['batch_size']}){status}", "",
              f"{r['n_cifake']} CIFAKE rows ({r['n_real']} real, {r['n_fake']} fake; rows {c['eval_start']}–"
              f"{c['eval_start'] + r['n_cifake'] - 1}) + {r['n_photos']} crops of {len(r['photo_sources'])} larger "
              f"photos, every batch through every runtime in turn (one run, {r['wall_seconds']} s). CPU: "
@@ -218,7 +228,8 @@ def markdown(r) -> str:
     for k, v in r["runtimes"].items():
         ph = v["cosine_photos"]
         ph_txt = "–" if ph is None else f"{ph['mean']:.5f} / {ph['min']:.5f}"
-        a = v["auc"]
+        a = v["auc"] or {"auc_a": float("nan"), "delta_auc": float("nan"), "delta_auc_lo": float("nan"),
+                         "delta_auc_hi": float("nan")}
         lines.append(f"| {k} | {v['img_per_s']:.2f} | {v['speedup_vs_torch_fp32']:.2f} ({v['batch_ratio_median']:.2f}, "
                      f"{v['batch_ratio_min']:.2f}–{v['batch_ratio_max']:.2f}) | {v['cosine_cifake']['mean']:.5f} / "
                      f"{v['cosine_cifake']['min']:.5f} | "
