@@ -15,7 +15,9 @@ instead of running in one block when a shard is written.
 
 On a CPU the same class runs the same steps synchronously (no pinning, streams or
 events), and gives exactly the embeddings of :meth:`Backbone.encode_images` on
-``SplitPreprocess.finish`` (the same operations in the same order).
+``SplitPreprocess.finish`` (the same operations in the same order). A backbone with an
+attached ``tower`` (``--runtime onnx|openvino``, :mod:`clipdetect.features.runtime`) runs its
+image tower there instead of in torch; captions still go through torch.
 """
 from __future__ import annotations
 
@@ -96,8 +98,10 @@ class ImageEncoder:
         if len(arrays) == 0:
             return self._empty(), ()
         host = self._host(arrays)
-        emb = self.backbone.model.encode_image(self.pixels(self._to_device(host))).float()
-        return torch.nn.functional.normalize(emb, dim=-1), (host,)
+        pixels = self.pixels(self._to_device(host))
+        tower = self.backbone.tower  # a compiled CPU runtime (onnx, openvino), else the torch model
+        emb = torch.from_numpy(tower(pixels.numpy())) if tower is not None else self.backbone.model.encode_image(pixels)
+        return torch.nn.functional.normalize(emb.float(), dim=-1), (host,)
 
     def _texts(self, texts: Sequence[str]) -> Tuple[torch.Tensor, Tuple]:
         if not len(texts):

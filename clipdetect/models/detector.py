@@ -127,7 +127,8 @@ class Detector:
         self.threshold = 1.0 / (1.0 + math.exp(-logit / self.temperature))
         return self
 
-    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None):
+    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None, runtime: str = "torch",
+                     precision: str = "fp32"):
         """Score images in memory — PIL images, file paths or encoded bytes — writing no file.
 
         The images are decoded, preprocessed and encoded as ``clipdetect predict`` does it,
@@ -136,6 +137,9 @@ class Detector:
         spec string or a :class:`~clipdetect.features.backbones.Backbone` object (pass one
         to reuse it across calls); one of another identity is refused. ``captions`` (one per
         image) are needed by detectors on text features. A single image may be passed alone.
+        ``runtime`` (``onnx``, ``openvino``) and ``precision`` (``int8`` on openvino) run the image
+        tower of a backbone built here on that CPU runtime (exported once, then cached; see
+        :mod:`clipdetect.features.runtime`); a Backbone object passed in keeps its own.
 
         Returns a pandas DataFrame, one row per image in input order: ``score`` (logit),
         ``probability`` (P(fake)), ``label`` (1 = fake at :attr:`threshold`) and ``error``.
@@ -150,6 +154,9 @@ class Detector:
         if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
             images = [images]
         if isinstance(backbone, Backbone):
+            if (runtime, precision) != ("torch", "fp32"):
+                raise ValueError("runtime/precision apply to a backbone built here; attach them to your Backbone "
+                                 "with create_backbone(spec, runtime=..., precision=...)")
             if self.backbone and not identities_match(self.backbone, backbone.identity):
                 raise BackboneError(f"backbone {backbone.spec!r} differs from the detector's "
                                     f"{self.backbone.get('spec')!r}; its embeddings mean nothing to this "
@@ -159,7 +166,7 @@ class Detector:
                                 "score_images(..., backbone='ARCH:WEIGHTS') with the one that made its "
                                 "features")
         else:
-            backbone = resolve_backbone(self, backbone)
+            backbone = resolve_backbone(self, backbone, runtime=runtime, precision=precision)
         return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions)
 
     # ---- cache access ----------------------------------------------------------------------
