@@ -127,7 +127,8 @@ class Detector:
         self.threshold = 1.0 / (1.0 + math.exp(-logit / self.temperature))
         return self
 
-    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None):
+    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None,
+                     max_pixels: Optional[int] = None, max_aspect: Optional[float] = None):
         """Score images in memory — PIL images, file paths or encoded bytes — writing no file.
 
         The images are decoded, preprocessed and encoded as ``clipdetect predict`` does it,
@@ -141,6 +142,9 @@ class Detector:
         ``probability`` (P(fake)), ``label`` (1 = fake at :attr:`threshold`) and ``error``.
         An image that cannot be decoded does not raise: its row has NaN ``score`` and
         ``probability``, a missing ``label`` and the reason in ``error`` (e.g. "corrupt: ...").
+        ``max_pixels`` / ``max_aspect``: the decoder's limits (``--max-pixels`` / ``--max-aspect``
+        of ``predict``; None: its defaults), refused images get ``decompression_bomb`` /
+        ``extreme_aspect`` errors.
         """
         from PIL import Image
 
@@ -160,7 +164,8 @@ class Detector:
                                 "features")
         else:
             backbone = resolve_backbone(self, backbone)
-        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions)
+        limits = {k: v for k, v in (("max_pixels", max_pixels), ("max_aspect", max_aspect)) if v is not None}
+        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions, **limits)
 
     # ---- cache access ----------------------------------------------------------------------
     def check_backbone(self, identity: dict) -> None:
