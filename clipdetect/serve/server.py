@@ -28,11 +28,11 @@ def uvicorn_config(app, config: ServeConfig, *, log_level: str = "warning"):
 
 
 def build_server(detector, backbone, config: ServeConfig, *, name: Optional[str] = None,
-                 log_level: str = "warning"):
+                 log_level: str = "warning", batcher=None):
     """A ``uvicorn.Server`` for the service (``.run()`` blocks; tests start it in a thread)."""
     import uvicorn
 
-    app = create_app(detector, backbone, config, name=name)
+    app = create_app(detector, backbone, config, name=name, batcher=batcher)
     return uvicorn.Server(uvicorn_config(app, config, log_level=log_level))
 
 
