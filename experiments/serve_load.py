@@ -59,11 +59,15 @@ def write_images(parquet: str, n: int, folder: Path) -> List[bytes]:
     return blobs
 
 
+def child_env() -> Dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 def run_predict(detector: str, folder: Path, out: Path, batch_size: int) -> Dict[str, Any]:
     cmd = [sys.executable, "-m", "clipdetect", "predict", detector, str(folder), "--out", str(out),
            "--no-progress", "--batch-size", str(batch_size)]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if res.returncode:
         raise RuntimeError(f"predict failed: {res.stderr[-2000:]}")
     summary = json.loads(res.stdout)
@@ -80,7 +84,7 @@ def free_port() -> int:
 def start_server(detector: str, port: int, extra: List[str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "clipdetect", "serve", detector, "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env=child_env())
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -114,8 +118,14 @@ class RssSampler(threading.Thread):
                 "samples": len(mb)} if mb else {}
 
 
-def post(conn: http.client.HTTPConnection, data: bytes):
-    conn.request("POST", "/v1/score", body=data, headers={"Content-Type": "image/jpeg"})
+def post(conn: http.client.HTTPConnection, data):
+    """One request: raw body for one image, multipart for a tuple of images."""
+    if isinstance(data, tuple):
+        body = serve_attacks.multipart([(f"{i}.jpg", d) for i, d in enumerate(data)])
+        ctype = f"multipart/form-data; boundary={serve_attacks.BOUNDARY}"
+    else:
+        body, ctype = data, "image/jpeg"
+    conn.request("POST", "/v1/score", body=body, headers={"Content-Type": ctype})
     resp = conn.getresponse()
     return resp.status, resp.getheader("Retry-After"), resp.read()
 
@@ -146,9 +156,11 @@ def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), r
 
 
 def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, seconds: float = float("inf"),
-          repeat: int = 1, retry_503: bool = False) -> Dict[str, Any]:
+          repeat: int = 1, retry_503: bool = False, per_request: int = 1) -> Dict[str, Any]:
     jobs = [[] for _ in range(clients)]
-    for i, data in enumerate(blobs * repeat):
+    k = per_request
+    units = [blobs[i] if k == 1 else tuple(blobs[i:i + k]) for i in range(0, len(blobs), k)]
+    for i, data in enumerate(units * repeat):
         jobs[i % clients].append(data)
     results: List = []
     t_rss, cpu0, t0 = rss.now(), time.process_time(), time.perf_counter()
@@ -162,13 +174,15 @@ def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, secon
         t.join()
     wall = time.perf_counter() - t0
     ok = [r for r in results if r[0] == 200]
+    images_ok = len(ok) * per_request
     lat = np.array([r[1] for r in ok]) * 1000 if ok else np.array([np.nan])
     codes: Dict[str, int] = {}
     for r in results:
         codes[str(r[0])] = codes.get(str(r[0]), 0) + 1
     bad_503 = sum(1 for r in results if r[0] == 503 and not r[2])
     return {"clients": clients, "requests": len(results), "status_codes": codes, "seconds": round(wall, 3),
-            "images_per_second": round(len(ok) / wall, 3), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "images_per_request": per_request,
+            "images_per_second": round(images_ok / wall, 3), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1), "503_without_retry_after": bad_503,
             "client_cpu_seconds": round(time.process_time() - cpu0, 2), **rss.between(t_rss, rss.now()),
             "_results": results}
@@ -212,13 +226,19 @@ def main(argv=None) -> int:
     ap.add_argument("--overload-seconds", type=float, default=15.0)
     ap.add_argument("--batch-size", type=int, default=32, help="predict's --batch-size and the server's --max-batch")
     ap.add_argument("--tag", default="tiny")
+    ap.add_argument("--per-request", type=int, default=1,
+                    help="images per request in the load and recovery phases (1: raw body; more: multipart)")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of both predict and the server (default: unset)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra clipdetect serve option (repeat)")
     args = ap.parse_args(argv)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_load_"))
     blobs = write_images(args.images, args.n, tmp / "images")
     out: Dict[str, Any] = {"command": "python experiments/serve_load.py " + " ".join(argv or sys.argv[1:]),
-                           "images": len(blobs), "cpus": os.cpu_count()}
+                           "images": len(blobs), "cpus": os.cpu_count(),
+                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "loadavg_start": os.getloadavg()}
     out["predict"] = run_predict(args.detector, tmp / "images", tmp / "pred.csv", args.batch_size)
     print("predict", json.dumps(out["predict"]), flush=True)
     port = free_port()
@@ -228,8 +248,9 @@ def main(argv=None) -> int:
     rss.start()
     try:
         phase(port, blobs[: 2 * args.clients], args.clients, rss)  # warm-up
-        for name, kw in (("load", {}), ("overload", {"seconds": args.overload_seconds, "retry_503": True}),
-                         ("recovery", {})):
+        k = {"per_request": args.per_request}
+        for name, kw in (("load", k), ("overload", {"seconds": args.overload_seconds, "retry_503": True}),
+                         ("recovery", k)):
             clients = 4 * args.max_concurrent if name == "overload" else args.clients
             res = phase(port, blobs, clients, rss, **kw)
             if name == "overload":
@@ -245,7 +266,7 @@ def main(argv=None) -> int:
         out["hostile"] = {"all_as_expected": all(a.ok for a in attacks), "healthy_after_each":
                           all(a.healthy_after for a in attacks), **rss.between(t_rss, rss.now()),
                           "attacks": serve_attacks.as_records(attacks)}
-        out["after_hostile"] = {k: v for k, v in phase(port, blobs[: 4 * args.clients], args.clients, rss).items()
+        out["after_hostile"] = {k: v for k, v in phase(port, blobs[: 2 * args.clients], args.clients, rss).items()
                                 if k != "_results"}
         rss.stop_flag.set()
         out["rss_mb_over_run"] = [[round(t, 1), round(r / 2 ** 20, 1)] for t, r in rss.samples[:: max(1, len(
@@ -258,6 +279,7 @@ def main(argv=None) -> int:
     out["predict_again"] = run_predict(args.detector, tmp / "images", tmp / "pred.csv", args.batch_size)
     p = max(out["predict"]["images_per_second"], out["predict_again"]["images_per_second"])  # the faster one
     out["throughput_vs_predict"] = {k: round(out[k]["images_per_second"] / p, 3) for k in ("load", "recovery")}
+    out["loadavg_end"] = os.getloadavg()
     out["recovery_vs_load"] = round(out["recovery"]["images_per_second"] / out["load"]["images_per_second"], 3)
     text = json.dumps(out, indent=2)
     print(text)

@@ -46,7 +46,8 @@ function addRow(file, result) {
   tr.dataset.name = file.name;
   const thumb = el("td");
   const img = el("img");
-  img.alt = file.name;
+  img.alt = "";
+  img.addEventListener("error", () => img.remove());  // not an image the browser can show
   img.src = URL.createObjectURL(file);
   thumb.append(img);
   tr.append(thumb, el("td", file.name, "name"));
