@@ -94,7 +94,11 @@ def test_hostile_uploads_get_their_limit_and_the_service_keeps_serving(server):
     by_name = {o.name: o for o in outcomes}
     assert "(max_pixels = 64000000)" in by_name["decompression_bomb_png"].message
     assert by_name["slow_drip_body"].seconds < cfg.read_timeout + 1.5  # cut off, not waited out
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # a client gone mid-body
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+                  + png(6)[:64])
     assert post_files(url, [png(5)]).status_code == 200
+    assert 'status="500"' not in get(url + "/metrics")[2].decode()
 
 
 def test_card_health_metrics_page_and_json_errors(server, det):

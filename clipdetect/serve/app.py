@@ -6,14 +6,16 @@ web page at ``/`` and, when configured, the HTML report at ``/report``.
 
 Failure behaviour: every error is a JSON body ``{"error": {"code", "message", "limit"?,
 "limit_value"?}}`` (never a traceback); more than ``max_concurrent`` scoring requests at
-once are answered ``503`` with ``Retry-After`` after their body is drained (no unbounded
-queue); an image the decoder refuses is reported in place, and a request none of whose
-images could be scored is a ``422`` naming the first image's reason and limit.
+once, or any request when the images already queued would need more than
+``request_timeout``, are answered ``503`` with ``Retry-After`` after their body is drained
+(no unbounded queue); an image the decoder refuses is reported in place, and a request
+none of whose images could be scored is a ``422`` naming the first image's reason and limit.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -25,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from clipdetect.serve.batcher import Batcher, Scored
+from clipdetect.serve.batcher import Batcher, Overdue, Scored
 from clipdetect.serve.card import model_card
 from clipdetect.serve.config import ServeConfig
 from clipdetect.serve.metrics import BATCH_BUCKETS, Metrics, process_gauges
@@ -62,20 +64,27 @@ class Service:
         self.metrics.observe("clipdetect_batch_size", size, BATCH_BUCKETS)
         self.metrics.observe("clipdetect_batch_seconds", seconds)
 
-    def admit(self) -> bool:
-        if self.inflight >= self.config.max_concurrent:
-            return False
+    def admit(self) -> Optional[ApiError]:
+        """None when a scoring request may start, else the 503 to answer: ``max_concurrent``
+        requests are in, or the images queued already need more than ``request_timeout``."""
+        c = self.config
+        if self.inflight >= c.max_concurrent:
+            return self.overloaded(f"{c.max_concurrent} scoring requests are already being served (max_concurrent)",
+                                   "max_concurrent", c.max_concurrent)
+        wait = self.batcher.estimated_wait(1)
+        if wait is not None and wait > c.request_timeout:
+            return self.overloaded(f"the images queued need about {wait:.0f} s, more than request_timeout",
+                                   "request_timeout", c.request_timeout, wait - c.request_timeout)
         self.inflight += 1
-        return True
+        return None
 
     def release(self) -> None:
         self.inflight -= 1
 
-    def overloaded(self) -> ApiError:
-        c = self.config
-        return ApiError(503, "overloaded", f"{c.max_concurrent} scoring requests are already being served "
-                        f"(max_concurrent); retry after {c.retry_after} s", limit="max_concurrent",
-                        limit_value=c.max_concurrent, headers={"Retry-After": str(c.retry_after)})
+    def overloaded(self, why: str, limit: str, value: Any, wait: float = 0.0) -> ApiError:
+        retry = max(self.config.retry_after, int(math.ceil(wait)))
+        return ApiError(503, "overloaded", f"{why}; retry after {retry} s", limit=limit, limit_value=value,
+                        headers={"Retry-After": str(retry)})
 
 
 def image_result(index: int, upload: Upload, scored: Scored, config: ServeConfig) -> Dict[str, Any]:
@@ -121,9 +130,10 @@ async def score(request: Request) -> Response:
     service: Service = request.app.state.service
     c = service.config
     body = Body(request, max_bytes=c.max_body_bytes, timeout=c.read_timeout)
-    if not service.admit():
+    refused = service.admit()
+    if refused is not None:
         await body.discard()
-        raise service.overloaded()
+        raise refused
     try:
         t0 = time.perf_counter()
         try:
@@ -134,8 +144,11 @@ async def score(request: Request) -> Response:
             raise
         t1 = time.perf_counter()
         try:
-            scored = await asyncio.wait_for(service.batcher.score([u.data for u in uploads]),
+            scored = await asyncio.wait_for(service.batcher.score([u.data for u in uploads], t0 + c.request_timeout),
                                             max(0.001, c.request_timeout - (t1 - t0)))
+        except Overdue as exc:
+            raise service.overloaded(f"the images queued ahead would not be scored within request_timeout ({exc})",
+                                     "request_timeout", c.request_timeout, exc.wait) from None
         except asyncio.TimeoutError:
             raise ApiError(504, "request_timeout", f"the images were not scored within {c.request_timeout:g} s "
                            "(request_timeout); the service is busy: retry later", limit="request_timeout",

@@ -7,11 +7,16 @@ backbone — the package's decode → preprocess → encode → head path, with 
 ``max_pixels`` / ``max_aspect`` limits — so a served score equals ``clipdetect predict``'s.
 While a batch runs, new images queue up and form the next batch, so under load the
 batches fill without waiting. The queue holds at most what the admitted requests carry
-(``max_concurrent`` × ``max_images``): admission control bounds it.
+(``max_concurrent`` × ``max_images``): admission control bounds it, and
+:meth:`Batcher.estimated_wait` (recent seconds per image × images ahead) lets it refuse a
+request that could not be scored in time. An image whose request's deadline would pass
+before its batch ends is not encoded (its request hears :class:`Overdue`): under overload the
+encoder spends no time on answers nobody will read.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import queue
@@ -33,11 +38,20 @@ class Scored:
     batch_size: int
 
 
-class _Item:
-    __slots__ = ("data", "future", "loop", "enqueued", "abandoned")
+class Overdue(Exception):
+    """The image cannot be scored before its request's deadline (estimated from recent batches)."""
 
-    def __init__(self, data: bytes, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
-        self.data, self.future, self.loop = data, future, loop
+    def __init__(self, wait: float):
+        super().__init__(f"the images ahead of it need about {wait:.1f} s")
+        self.wait = wait
+
+
+class _Item:
+    __slots__ = ("data", "future", "loop", "enqueued", "deadline", "abandoned")
+
+    def __init__(self, data: bytes, future: asyncio.Future, loop: asyncio.AbstractEventLoop,
+                 deadline: Optional[float]):
+        self.data, self.future, self.loop, self.deadline = data, future, loop, deadline
         self.enqueued = time.perf_counter()
         self.abandoned = False  # its request timed out or went away: not worth encoding
 
@@ -84,7 +98,10 @@ class Batcher:
         self.on_batch = on_batch
         self.score_fn = score_fn or self._score
         self.queue: "queue.Queue[Optional[_Item]]" = queue.Queue()
+        self.carry: "collections.deque[_Item]" = collections.deque()  # deferred to the next batch
         self.thread: Optional[threading.Thread] = None
+        self.sec_per_image: Optional[float] = None  # moving average over recent batches
+        self.running = 0  # images in the batch being scored
 
     def _score(self, images: List[bytes]):
         return self.detector.score_images([bytes(b) for b in images], backbone=self.backbone,
@@ -107,15 +124,24 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Images waiting for a batch."""
-        return self.queue.qsize()
+        return self.queue.qsize() + len(self.carry)
+
+    def estimated_wait(self, n_new: int = 1) -> Optional[float]:
+        """Seconds until ``n_new`` more images would be scored (None before the first batch)."""
+        if self.sec_per_image is None:
+            return None
+        return (self.depth + self.running + n_new) * self.sec_per_image
 
     # ---------------------------------------------------------------- request side
-    async def score(self, images: List[bytes]) -> List[Scored]:
-        """Scores of ``images`` (encoded bytes) in order; cancelling abandons those not yet batched."""
+    async def score(self, images: List[bytes], deadline: Optional[float] = None) -> List[Scored]:
+        """Scores of ``images`` (encoded bytes) in order; cancelling abandons those not yet batched.
+
+        ``deadline`` (a ``time.perf_counter()`` time): an image that recent batches say cannot
+        be scored by then is not encoded at all, and :class:`Overdue` is raised."""
         if self.thread is None:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
-        items = [_Item(data, loop.create_future(), loop) for data in images]
+        items = [_Item(data, loop.create_future(), loop, deadline) for data in images]
         for item in items:
             self.queue.put(item)
         try:
@@ -128,13 +154,17 @@ class Batcher:
 
     # ---------------------------------------------------------------- worker side
     def _collect(self) -> Optional[List[_Item]]:
-        first = self.queue.get()
-        if first is None:
-            return None
-        batch, deadline = [first], time.perf_counter() + self.max_wait
+        """The next batch: deferred images first, then the queue, for at most ``max_wait``."""
+        batch = [self.carry.popleft() for _ in range(min(len(self.carry), self.max_batch))]
+        if not batch:
+            first = self.queue.get()
+            if first is None:
+                return None
+            batch = [first]
+        until = time.perf_counter() + self.max_wait
         while len(batch) < self.max_batch:
             try:
-                item = self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                item = self.queue.get(timeout=max(0.0, until - time.perf_counter()))
             except queue.Empty:
                 break
             if item is None:  # stop after this batch
@@ -143,14 +173,34 @@ class Batcher:
             batch.append(item)
         return batch
 
+    def _triage(self, batch: List[_Item]) -> List[_Item]:
+        """Drop abandoned images, fail those that cannot meet their deadline even alone, and defer
+        those that would make the batch finish after an earlier image's deadline."""
+        now, spi, kept, deferred = time.perf_counter(), self.sec_per_image, [], []
+        for item in batch:
+            if item.abandoned:
+                continue
+            if spi is None or item.deadline is None:
+                kept.append(item)
+            elif now + spi > item.deadline:
+                item.loop.call_soon_threadsafe(_settle, item.future, Overdue(spi * (len(kept) + self.depth)))
+            elif kept and now + spi * (len(kept) + 1) > min(i.deadline or math.inf for i in kept + [item]):
+                deferred.append(item)
+            else:
+                kept.append(item)
+        self.carry.extendleft(reversed(deferred))
+        return kept
+
     def _run(self) -> None:
         while True:
             batch = self._collect()
             if batch is None:
                 return
-            batch = [item for item in batch if not item.abandoned]
+            batch = self._triage(batch)
             if batch:
+                self.running = len(batch)
                 self._score_batch(batch)
+                self.running = 0
 
     def _score_batch(self, batch: List[_Item]) -> None:
         start = time.perf_counter()
@@ -161,6 +211,8 @@ class Batcher:
             logger.exception("scoring a batch of %d images failed", len(batch))
             results = [exc] * len(batch)
         seconds = time.perf_counter() - start
+        spi = seconds / len(batch)
+        self.sec_per_image = spi if self.sec_per_image is None else 0.7 * self.sec_per_image + 0.3 * spi
         if self.on_batch is not None:
             self.on_batch(len(batch), seconds)
         for item, res in zip(batch, results):

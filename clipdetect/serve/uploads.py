@@ -79,8 +79,13 @@ class Body:
                     raise self.too_large()
                 if keep:
                     buf.extend(chunk)
+        from starlette.requests import ClientDisconnect
+
         try:
             await asyncio.wait_for(consume(), self.timeout)
+        except ClientDisconnect:  # nobody is left to read the answer
+            raise ApiError(400, "client_disconnected", f"the client went away after {size[0]:,} bytes",
+                           headers={"Connection": "close"}) from None
         except asyncio.TimeoutError:
             raise ApiError(408, "read_timeout", f"the body did not arrive within {self.timeout:g} s "
                            f"(read_timeout; {size[0]:,} bytes came)", limit="read_timeout",
