@@ -7,10 +7,12 @@ Phases, all on 127.0.0.1, each bounded in requests or seconds:
    model load excluded), the reference throughput; run again after phase 6, and the faster
    of the two runs is the reference (the CPU is shared).
 2. ``load``: ``--clients`` concurrent clients (keep-alive connections, one image per request,
-   raw body) send the N images once between them; p50/p99 latency, throughput.
+   raw body) send the N images once between them; a 503 is retried after its Retry-After;
+   p50/p99 latency of the 200 answers, throughput (images scored / wall time).
 3. ``overload``: 4 × ``--max-concurrent`` clients for ``--overload-seconds``: every answer must
    be 200 or 503 with Retry-After (a 503 is retried after 50 ms).
-4. ``recovery``: phase 2 again; throughput relative to phase 2.
+4. ``recovery``: once the backlog of phase 3 has drained (its time is recorded), phase 2
+   again; throughput relative to phase 2.
 5. ``hostile``: :mod:`serve_attacks` (bombs, truncated, polyglots, 1×100000, empty bodies, wrong
    content types, 10,000 parts, oversized and slow-drip bodies); each must get its 4xx naming
    the limit and the service must stay healthy.
@@ -131,7 +133,7 @@ def post(conn: http.client.HTTPConnection, data):
 
 
 def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), retry_503: bool = False,
-                stop_on_error: bool = False):
+                stop_on_error: bool = False, honour: bool = False):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     for data in jobs:
         while time.perf_counter() < stop_at:
@@ -146,8 +148,11 @@ def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), r
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
                 break
             results.append((status, time.perf_counter() - t0, retry_after, body if status != 200 else None))
-            if status == 503 and retry_503:
+            if status == 503 and retry_503:  # an abusive client: again after 50 ms
                 time.sleep(0.05)
+                continue
+            if status == 503 and honour:  # a polite client: again after Retry-After
+                time.sleep(min(float(retry_after or 1), max(0.0, stop_at - time.perf_counter())))
                 continue
             break
         if time.perf_counter() >= stop_at:
@@ -156,7 +161,8 @@ def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), r
 
 
 def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, seconds: float = float("inf"),
-          repeat: int = 1, retry_503: bool = False, per_request: int = 1) -> Dict[str, Any]:
+          repeat: int = 1, retry_503: bool = False, per_request: int = 1, honour: bool = False,
+          cycle: bool = False) -> Dict[str, Any]:
     jobs = [[] for _ in range(clients)]
     k = per_request
     units = [blobs[i] if k == 1 else tuple(blobs[i:i + k]) for i in range(0, len(blobs), k)]
@@ -165,9 +171,8 @@ def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, secon
     results: List = []
     t_rss, cpu0, t0 = rss.now(), time.process_time(), time.perf_counter()
     stop_at = t0 + seconds
-    threads = [threading.Thread(target=client_loop, args=(port, iter(j) if seconds == float("inf") else
-                                                          _cycle(j), results, stop_at, retry_503))
-               for j in jobs]
+    threads = [threading.Thread(target=client_loop, args=(port, _cycle(j) if cycle else iter(j), results, stop_at,
+                                                          retry_503, False, honour)) for j in jobs]
     for t in threads:
         t.start()
     for t in threads:
@@ -180,12 +185,32 @@ def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, secon
     for r in results:
         codes[str(r[0])] = codes.get(str(r[0]), 0) + 1
     bad_503 = sum(1 for r in results if r[0] == 503 and not r[2])
-    return {"clients": clients, "requests": len(results), "status_codes": codes, "seconds": round(wall, 3),
+    error_codes: Dict[str, int] = {}
+    for r in results:
+        if r[0] != 200 and r[3]:
+            try:
+                code = f"{r[0]} {json.loads(r[3])['error']['code']}"
+            except (ValueError, KeyError, TypeError):
+                code = f"{r[0]} ?"
+            error_codes[code] = error_codes.get(code, 0) + 1
+    return {"clients": clients, "requests": len(results), "status_codes": codes, "error_codes": error_codes,
+            "images_scored": images_ok, "seconds": round(wall, 3),
             "images_per_request": per_request,
             "images_per_second": round(images_ok / wall, 3), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1), "503_without_retry_after": bad_503,
             "client_cpu_seconds": round(time.process_time() - cpu0, 2), **rss.between(t_rss, rss.now()),
             "_results": results}
+
+
+def wait_idle(port: int, limit: float = 600.0) -> float:
+    """Seconds until the server has no request in flight and no image queued."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        health = json.loads(serve_attacks.http(port, "GET", "/healthz", {})[2])
+        if health["inflight"] == 0 and health["queued_images"] == 0:
+            break
+        time.sleep(0.25)
+    return round(time.perf_counter() - t0, 2)
 
 
 def _cycle(items):
@@ -224,6 +249,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--max-concurrent", type=int, default=16)
     ap.add_argument("--overload-seconds", type=float, default=15.0)
+    ap.add_argument("--phase-seconds", type=float, default=900.0, help="bound of the load and recovery phases")
     ap.add_argument("--batch-size", type=int, default=32, help="predict's --batch-size and the server's --max-batch")
     ap.add_argument("--tag", default="tiny")
     ap.add_argument("--per-request", type=int, default=1,
@@ -247,11 +273,13 @@ def main(argv=None) -> int:
     rss = RssSampler(proc.pid)
     rss.start()
     try:
-        phase(port, blobs[: 2 * args.clients], args.clients, rss)  # warm-up
-        k = {"per_request": args.per_request}
-        for name, kw in (("load", k), ("overload", {"seconds": args.overload_seconds, "retry_503": True}),
-                         ("recovery", k)):
+        phase(port, blobs[: args.clients], args.clients, rss, honour=True)  # warm-up
+        k = {"per_request": args.per_request, "honour": True, "seconds": args.phase_seconds}
+        for name, kw in (("load", k), ("overload", {"seconds": args.overload_seconds, "retry_503": True,
+                                                    "cycle": True}), ("recovery", k)):
             clients = 4 * args.max_concurrent if name == "overload" else args.clients
+            if name == "recovery":
+                out["backlog_drained_seconds"] = wait_idle(port)
             res = phase(port, blobs, clients, rss, **kw)
             if name == "overload":
                 res["other_than_200_503"] = {k: v for k, v in res["status_codes"].items() if k not in ("200", "503")}
@@ -266,8 +294,8 @@ def main(argv=None) -> int:
         out["hostile"] = {"all_as_expected": all(a.ok for a in attacks), "healthy_after_each":
                           all(a.healthy_after for a in attacks), **rss.between(t_rss, rss.now()),
                           "attacks": serve_attacks.as_records(attacks)}
-        out["after_hostile"] = {k: v for k, v in phase(port, blobs[: 2 * args.clients], args.clients, rss).items()
-                                if k != "_results"}
+        after = phase(port, blobs[: args.clients], args.clients, rss, honour=True)
+        out["after_hostile"] = {k: v for k, v in after.items() if k != "_results"}
         rss.stop_flag.set()
         out["rss_mb_over_run"] = [[round(t, 1), round(r / 2 ** 20, 1)] for t, r in rss.samples[:: max(1, len(
             rss.samples) // 60)]]

@@ -160,7 +160,7 @@ def test_timeouts_and_failures_are_json_without_internals(det, tiny_backbone):
     cfg = ServeConfig(port=0, request_timeout=0.3)
     with running_server(det, tiny_backbone, cfg, batcher=slow_batcher(det, tiny_backbone, 1.0)) as (url, _):
         r = requests.post(url + "/v1/score", data=png(1), headers={"Content-Type": "image/png"}, timeout=60)
-        assert r.status_code == 504 and r.json()["error"]["limit"] == "request_timeout"
+        assert r.status_code == 503 and r.json()["error"]["limit"] == "request_timeout" and r.headers["Retry-After"]
     with running_server(det, tiny_backbone, ServeConfig(port=0),
                         batcher=slow_batcher(det, tiny_backbone, 0.0, fail=True)) as (url, _):
         r = requests.post(url + "/v1/score", data=png(1), headers={"Content-Type": "image/png"}, timeout=60)

@@ -16,8 +16,9 @@ API: POST /v1/score (multipart file parts, or one image as the body) → per ima
 verdict at the detector's threshold, or the reason it was refused; GET /v1/model, /healthz,
 /metrics (Prometheus). Errors are JSON {"error": {"code", "message", "limit"}}:
 413 body or image count over the limit, 415 content type, 408 body too slow, 422 no image
-of the request could be decoded, 503 + Retry-After over --max-concurrent or when the queue
-already needs more than --request-timeout, 504 over --request-timeout. Concurrent requests share encoder batches (--max-batch, --max-wait-ms).
+of the request could be decoded, 503 + Retry-After over --max-concurrent, when the queue
+already needs more than --request-timeout, or when a request was not scored within it.
+Concurrent requests share encoder batches (--max-batch, --max-wait-ms).
 SIGTERM / Ctrl-C stop accepting and finish the requests in flight. Needs the 'serve' extra:
 pip install 'clipdetect[serve]'."""
 
@@ -52,7 +53,7 @@ def add_parser(sub) -> None:
     g.add_argument("--read-timeout", type=float, default=d.read_timeout, metavar="S",
                    help=f"seconds for the body to arrive (408; default {d.read_timeout:g})")
     g.add_argument("--request-timeout", type=float, default=d.request_timeout, metavar="S",
-                   help=f"seconds to score a request once admitted (504; default {d.request_timeout:g}); when "
+                   help=f"seconds to score a request once admitted (503; default {d.request_timeout:g}); when "
                         "the images queued already need longer, requests get 503 + Retry-After at once")
     g.add_argument("--max-concurrent", type=int, default=d.max_concurrent, metavar="N",
                    help=f"scoring requests at once; more get 503 + Retry-After (default {d.max_concurrent})")

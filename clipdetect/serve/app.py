@@ -8,8 +8,10 @@ Failure behaviour: every error is a JSON body ``{"error": {"code", "message", "l
 "limit_value"?}}`` (never a traceback); more than ``max_concurrent`` scoring requests at
 once, or any request when the images already queued would need more than
 ``request_timeout``, are answered ``503`` with ``Retry-After`` after their body is drained
-(no unbounded queue); an image the decoder refuses is reported in place, and a request
-none of whose images could be scored is a ``422`` naming the first image's reason and limit.
+(no unbounded queue), and so is a request not scored within ``request_timeout`` (the
+service is overloaded, not a gateway: no 504); an image the decoder refuses is reported in
+place, and a request none of whose images could be scored is a ``422`` naming the first
+image's reason and limit.
 """
 from __future__ import annotations
 
@@ -149,10 +151,11 @@ async def score(request: Request) -> Response:
         except Overdue as exc:
             raise service.overloaded(f"the images queued ahead would not be scored within request_timeout ({exc})",
                                      "request_timeout", c.request_timeout, exc.wait) from None
-        except asyncio.TimeoutError:
-            raise ApiError(504, "request_timeout", f"the images were not scored within {c.request_timeout:g} s "
-                           "(request_timeout); the service is busy: retry later", limit="request_timeout",
-                           limit_value=c.request_timeout) from None
+        except asyncio.TimeoutError:  # the service is overloaded, not a gateway: 503, retry later
+            retry = max(c.retry_after, int(math.ceil(service.batcher.estimated_wait(0) or 0)))
+            raise ApiError(503, "request_timeout", f"the images were not scored within {c.request_timeout:g} s "
+                           f"(request_timeout); the service is busy: retry after {retry} s", limit="request_timeout",
+                           limit_value=c.request_timeout, headers={"Retry-After": str(retry)}) from None
         t2 = time.perf_counter()
         status, payload = score_answer(service, uploads, scored, {"read_ms": (t1 - t0) * 1e3,
                                                                   "score_ms": (t2 - t1) * 1e3,

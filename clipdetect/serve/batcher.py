@@ -27,6 +27,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 logger = logging.getLogger(__name__)
 
+#: estimates of the time to come are stretched by this factor (batch times vary on a busy machine)
+MARGIN = 1.25
+
 
 @dataclass
 class Scored:
@@ -130,7 +133,7 @@ class Batcher:
         """Seconds until ``n_new`` more images would be scored (None before the first batch)."""
         if self.sec_per_image is None:
             return None
-        return (self.depth + self.running + n_new) * self.sec_per_image
+        return (self.depth + self.running + n_new) * self.sec_per_image * MARGIN
 
     # ---------------------------------------------------------------- request side
     async def score(self, images: List[bytes], deadline: Optional[float] = None) -> List[Scored]:
@@ -176,7 +179,8 @@ class Batcher:
     def _triage(self, batch: List[_Item]) -> List[_Item]:
         """Drop abandoned images, fail those that cannot meet their deadline even alone, and defer
         those that would make the batch finish after an earlier image's deadline."""
-        now, spi, kept, deferred = time.perf_counter(), self.sec_per_image, [], []
+        now, kept, deferred = time.perf_counter(), [], []
+        spi = None if self.sec_per_image is None else self.sec_per_image * MARGIN
         for item in batch:
             if item.abandoned:
                 continue

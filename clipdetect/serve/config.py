@@ -28,7 +28,7 @@ class ServeConfig:
     max_aspect: Optional[float] = CROP_ASPECT
     #: seconds for the whole body to arrive (408 ``read_timeout``; stops slow-drip uploads)
     read_timeout: float = 10.0
-    #: seconds from admission to the scores (504 ``request_timeout``)
+    #: seconds from admission to the scores (503 ``request_timeout`` with Retry-After)
     request_timeout: float = 60.0
     #: requests admitted at once (reading, queued or scoring); more are answered 503 + Retry-After
     max_concurrent: int = 16
