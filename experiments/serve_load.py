@@ -151,8 +151,10 @@ def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), r
             if status == 503 and retry_503:  # an abusive client: again after 50 ms
                 time.sleep(0.05)
                 continue
-            if status == 503 and honour:  # a polite client: again after Retry-After
+            if status == 503 and honour:  # a polite client: again after Retry-After, on a fresh connection
                 time.sleep(min(float(retry_after or 1), max(0.0, stop_at - time.perf_counter())))
+                conn.close()  # the server closes keep-alive connections idle for 5 s
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
                 continue
             break
         if time.perf_counter() >= stop_at:
