@@ -6,7 +6,8 @@
   encode → head path, unchanged);
 * :mod:`~clipdetect.serve.uploads` — reading request bodies under the size, time and count limits;
 * :mod:`~clipdetect.serve.card` — the model card of ``GET /v1/model``;
-* :mod:`~clipdetect.serve.metrics` — Prometheus text metrics;
+* :mod:`~clipdetect.serve.metrics` — Prometheus text metrics; :mod:`~clipdetect.serve.middleware`
+  counts and times every request and adds the security headers;
 * :mod:`~clipdetect.serve.app` — the Starlette application; :mod:`~clipdetect.serve.server` runs it
   under uvicorn.
 
