@@ -8,7 +8,8 @@ Stages, in the order data flows::
     clipdetect evaluate  metrics per generator, with confidence intervals
     clipdetect plot      ROC curves and score histograms
     clipdetect predict   score images end to end
-    clipdetect report    the whole honest report on a cache (one Markdown file)
+    clipdetect report    the whole honest report on a cache (Markdown, or one HTML file)
+    clipdetect serve     an HTTP scoring service and web page for a detector
     clipdetect demo      the whole pipeline on the bundled sample cache
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ COMMANDS = {
     "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals) + temperature"),
     "protocol": ("clipdetect.cli.protocol", "leave-one-generator-out, robustness, format-bias, text-leakage"),
     "report": ("clipdetect.cli.report", "per-generator metrics, ROC, leave-one-generator-out, format-only "
-                                        "baseline and calibration, as one Markdown report"),
+                                        "baseline and calibration, as one Markdown (or self-contained HTML) report"),
+    "serve": ("clipdetect.cli.serve", "an HTTP scoring service and web page for a detector (the 'serve' extra)"),
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
     "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
     "compress": ("clipdetect.cli.distill", "SVD low-rank factorisation and magnitude pruning, with a report"),

@@ -128,7 +128,7 @@ class Detector:
         return self
 
     def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None, runtime: str = "torch",
-                     precision: str = "fp32"):
+                     precision: str = "fp32", max_pixels: Optional[int] = None, max_aspect: Optional[float] = None):
         """Score images in memory — PIL images, file paths or encoded bytes — writing no file.
 
         The images are decoded, preprocessed and encoded as ``clipdetect predict`` does it,
@@ -145,6 +145,9 @@ class Detector:
         ``probability`` (P(fake)), ``label`` (1 = fake at :attr:`threshold`) and ``error``.
         An image that cannot be decoded does not raise: its row has NaN ``score`` and
         ``probability``, a missing ``label`` and the reason in ``error`` (e.g. "corrupt: ...").
+        ``max_pixels`` / ``max_aspect``: the decoder's limits (``--max-pixels`` / ``--max-aspect``
+        of ``predict``; None: its defaults), refused images get ``decompression_bomb`` /
+        ``extreme_aspect`` errors.
         """
         from PIL import Image
 
@@ -167,7 +170,8 @@ class Detector:
                                 "features")
         else:
             backbone = resolve_backbone(self, backbone, runtime=runtime, precision=precision)
-        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions)
+        limits = {k: v for k, v in (("max_pixels", max_pixels), ("max_aspect", max_aspect)) if v is not None}
+        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions, **limits)
 
     # ---- cache access ----------------------------------------------------------------------
     def check_backbone(self, identity: dict) -> None:
