@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -191,8 +192,8 @@ def attack_fifo(e: Env):
     os.mkfifo(d / "real" / "x.jpg")
     for w in ("0", "1"):
         out[f"extract_workers_{w}"] = e.run(["extract", d, "--out", f"fifo_cache{w}", "--backbone", TINY,
-                                              "--workers", w, *FAST], timeout=30)
-    out["predict"] = e.run(["predict", "det", d, "--out", "fifo.csv", "--workers", "0", *FAST], timeout=30)
+                                              "--workers", w, *FAST], timeout=90)
+    out["predict"] = e.run(["predict", "det", d, "--out", "fifo.csv", "--workers", "0", *FAST], timeout=90)
     return out
 
 
@@ -255,7 +256,7 @@ def attack_injection(e: Env):
         w.writeheader()
         w.writerows(rows)
     e.run(["extract", manifest, "--out", "inj_cache", "--backbone", TINY, "--workers", "0", *FAST])
-    r = e.run(["predict", "det", manifest, "--out", "inj.csv", "--workers", "0", *FAST])
+    r = e.run(["predict", "det", manifest, "--out", "inj_pred.csv", "--workers", "0", *FAST])
     r2 = e.run(["evaluate", "det", "inj_cache", "--split", "all", "--n-boot", "0", "--baseline", "none",
                 "--out", "inj_eval", "--save-scores"])
     risky = ("=", "+", "-", "@", "\t")
@@ -269,11 +270,11 @@ def attack_injection(e: Env):
             return None
     md = (e.work / "inj_eval" / "metrics.md")
     return {"predict_rc": r["rc"], "evaluate_rc": r2["rc"],
-            "formula_cells": {"predict.csv": cells(e.work / "inj.csv"),
+            "formula_cells": {"predict.csv": cells(e.work / "inj_pred.csv"),
                               "scores.csv": cells(e.work / "inj_eval" / "scores.csv"),
                               "metrics.csv": cells(e.work / "inj_eval" / "metrics.csv")},
             "metrics_md_raw_html": ("<img" in md.read_text()) if md.exists() else None,
-            "metrics_md_js_link": ("](javascript:" in md.read_text()) if md.exists() else None}
+            "metrics_md_js_link": bool(re.search(r"(?<!\\)\]\(javascript:", md.read_text())) if md.exists() else None}
 
 
 def attack_traversal(e: Env):

@@ -72,12 +72,12 @@ def _setup_logging(verbosity: int) -> None:
 
 EXIT_CODES = """exit status:
   0    done
-  1    the command ran but could not finish: a write failed (disk full, read-only folder),
-       `cache verify` found damage, or not one image could be embedded or scored
-  2    refused before any work: a bad option, or an input that is not what it claims (a
-       damaged cache or bundle, a file that is not a regular file or is over --max-bytes)
-  130  stopped by Ctrl-C (SIGINT); 143 by SIGTERM; 129 by SIGHUP: partial output is removed,
-       decode workers are stopped, and re-running the same command resumes an extraction"""
+  1    it ran but could not finish: a failed write (disk full, read-only folder), `cache
+       verify` found damage, or not one image could be embedded or scored
+  2    refused: a bad option, or an input that is not what it claims (a damaged cache or
+       bundle, a JSON file that is not a regular file)
+  130  stopped by Ctrl-C (SIGINT); 143 by SIGTERM; 129 by SIGHUP: decode workers stopped,
+       partial output removed, one line; re-running the same command resumes an extraction"""
 
 
 def _requested(argv: Optional[List[str]]) -> Optional[str]:

@@ -37,10 +37,13 @@ def csv_row(row: Mapping[str, Any]) -> Dict[str, Any]:
 
 def csv_safe(df):
     """A copy of DataFrame ``df`` whose text cells and column names are :func:`csv_cell`-safe."""
+    from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
+
     out = df.rename(columns=lambda c: csv_cell(c) if isinstance(c, str) else c)
     for col in out.columns:
-        if out[col].dtype == object or str(out[col].dtype) in ("string", "category"):
-            out[col] = out[col].astype(object).map(csv_cell)
+        dtype = out[col].dtype
+        if not (is_numeric_dtype(dtype) or is_bool_dtype(dtype) or is_datetime64_any_dtype(dtype)):
+            out[col] = out[col].astype(object).map(csv_cell)  # text of any dtype: object, str, string, category
     return out
 
 

@@ -88,7 +88,7 @@ def check_regular(path: str | os.PathLike, *, max_bytes: Optional[int] = None) -
         raise InputError("unreadable", f"{path} is {_kind(st.st_mode)}, not a regular file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise InputError("too_large", f"{path} holds {format_bytes(st.st_size)}, more than the "
-                                      f"{format_bytes(max_bytes)} allowed (--max-bytes)")
+                                      f"{format_bytes(max_bytes)} allowed")
     return st
 
 
@@ -115,10 +115,10 @@ def read_input(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES,
             total += len(block)
             if total > max_bytes:
                 raise InputError("too_large", f"{path} grew past the {format_bytes(max_bytes)} allowed "
-                                              "(--max-bytes) while it was read")
+                                              "while it was read")
             if deadline is not None and time.monotonic() > deadline:
                 raise InputError("read_timeout", f"{path} was not read within {timeout:g} s "
-                                                 f"({format_bytes(total)} so far; --read-timeout)")
+                                                 f"({format_bytes(total)} so far)")
     except OSError as exc:
         raise InputError("unreadable", f"{path}: {exc.strerror or exc}") from None
     finally:

@@ -61,14 +61,18 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _number(v: float) -> str:
+    return f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e16 else f"{v:g}"
+
+
 def _check_number(value, spec: Field, where: str, what: str, error) -> None:
     if not math.isfinite(value):
         _fail(error, what, where, f"= {_show(value)} is not a finite number")
     lo_bad = spec.lo is not None and (value < spec.lo or (spec.lo_open and value == spec.lo))
     hi_bad = spec.hi is not None and (value > spec.hi or (spec.hi_open and value == spec.hi))
     if lo_bad or hi_bad:
-        lo = "-inf" if spec.lo is None else f"{spec.lo:g}"
-        hi = "inf" if spec.hi is None else f"{spec.hi:g}"
+        lo = "-inf" if spec.lo is None else _number(spec.lo)
+        hi = "inf" if spec.hi is None else _number(spec.hi)
         rng = f"{'(' if spec.lo_open else '['}{lo}, {hi}{')' if spec.hi_open else ']'}"
         _fail(error, what, where, f"= {_show(value)} is out of range {rng}")
 

@@ -56,15 +56,17 @@ class BadImage(Exception):
 
 def _read_bytes(ref: ImageRef, max_bytes: int = MAX_IMAGE_BYTES, timeout: Optional[float] = READ_TIMEOUT) -> bytes:
     if isinstance(ref, (bytes, bytearray, memoryview)):
-        if len(memoryview(ref).cast("B")) > max_bytes:
-            raise BadImage("too_large", f"{len(memoryview(ref).cast('B')):,} bytes, more than --max-bytes {max_bytes:,}")
+        n = memoryview(ref).nbytes
+        if n > max_bytes:
+            raise BadImage("too_large", f"{n:,} bytes, more than the {max_bytes:,} allowed (--max-bytes)")
         return bytes(ref)
     if not isinstance(ref, (str, os.PathLike)):
         raise BadImage("not_an_image", f"a {type(ref).__name__} is not a path, encoded bytes or a PIL image")
     try:
         return read_input(ref, max_bytes=max_bytes, timeout=timeout)
     except InputError as exc:
-        raise BadImage(exc.reason, exc.detail) from None
+        hint = {"too_large": " (--max-bytes)", "read_timeout": " (--read-timeout)"}.get(exc.reason, "")
+        raise BadImage(exc.reason, exc.detail + hint) from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

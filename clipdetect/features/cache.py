@@ -184,8 +184,8 @@ class FeatureCache:
             try:
                 arr = np.load(path, mmap_mode="r")
             except (ValueError, OSError) as exc:
-                raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read: {exc}; it is damaged "
-                                 f"(run `clipdetect cache verify {self.root}`)") from None
+                raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read, it is truncated or damaged ({exc}; "
+                                 f"run `clipdetect cache verify {self.root}`)") from None
             if arr.ndim != 2 or arr.shape != (shard.rows, self.embed_dim):
                 raise CacheError(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
                                  f"({shard.rows}, {self.embed_dim}); the cache is damaged "

@@ -123,7 +123,11 @@ class CacheWriter:
         self._reload()
         if self._keys is None:
             self._keys = KeyIndex(self._stored_keys)
-        self._keys.check(meta["key"].astype(str), str(self.root))
+        try:
+            self._keys.check(meta["key"].astype(str), str(self.root))
+        except CacheError:
+            self._forget_if_empty(run_id)
+            raise
         name = shard_name(len(self.manifest["shards"]), run_id)
         dtype = np.dtype(self.manifest["dtype"])
         for sub, arr in (("img_emb", img), ("txt_emb", txt)):
@@ -144,6 +148,14 @@ class CacheWriter:
         write_json(self.root / "manifest.json", self.manifest)
         self._keys.add(meta["key"].astype(str))
         return name
+
+    def _forget_if_empty(self, run_id: str) -> None:
+        """Drop the record of a run that wrote nothing (its first shard was refused)."""
+        runs = self.manifest["runs"]
+        if run_id in runs and not runs[run_id].get("position") and not any(
+                s["run"] == run_id for s in self.manifest["shards"]):
+            del runs[run_id]
+            write_json(self.root / "manifest.json", self.manifest)
 
     def _stored_keys(self) -> pd.Series:
         frames = [pd.read_parquet(shard_file(self.root, "meta", s["name"], "parquet"), columns=["key"])["key"]

@@ -41,13 +41,17 @@ atexit.register(abort_all)
 PARENT_CHECK = 1.0
 
 
-def _worker_main(fn: Callable, initializer, initargs, tasks, results, parent: int) -> None:
+def _worker_main(fn: Callable, initializer, initargs, tasks, results, parent: int, read_ends=()) -> None:
     """One decode process: tasks from its own queue, results down its own pipe, in order.
 
     Ctrl-C reaches the whole process group; workers ignore it and the parent stops them,
     so no worker dies half-way through a queue operation. SIGTERM and SIGHUP end a worker at
     once (the parent's handlers, inherited through the fork, are dropped first); the signals
-    arrive blocked (see :func:`clipdetect.core.signals.deferred`) and are unblocked here."""
+    arrive blocked (see :func:`clipdetect.core.signals.deferred`) and are unblocked here.
+    ``read_ends``: the parent's ends of the result pipes, inherited through the fork and closed
+    here, so that a dead parent's pipe breaks instead of blocking a worker forever."""
+    for r in read_ends:
+        r.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for s in SHUTDOWN_SIGNALS[1:]:
         signal.signal(s, signal.SIG_DFL)
@@ -87,11 +91,11 @@ class _Workers:
             with deferred():  # no KeyboardInterrupt half-way through a fork
                 for i in range(n):
                     q, (r, w) = ctx.Queue(), ctx.Pipe(duplex=False)
-                    proc = ctx.Process(target=_worker_main, args=(fn, initializer, initargs, q, w, os.getpid()),
-                                       daemon=True, name=f"clipdetect-decode-{i}")
-                    self.procs.append(proc)
                     self.tasks.append(q)
                     self.results.append(r)
+                    proc = ctx.Process(target=_worker_main, daemon=True, name=f"clipdetect-decode-{i}",
+                                       args=(fn, initializer, initargs, q, w, os.getpid(), list(self.results)))
+                    self.procs.append(proc)
                     proc.start()
                     w.close()  # the worker holds the only write end: its death is an EOF here
         except BaseException:

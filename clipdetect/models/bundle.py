@@ -3,6 +3,7 @@ and ``detector.json`` (everything else, plain JSON). Loading reads only those tw
 never unpickles; :class:`~clipdetect.models.detector.Detector` saves and loads through here."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -130,6 +131,23 @@ def check_weights(head, state: Dict[str, Any], path: Path) -> None:
                 raise DetectorError(f"{str(path)!r}: tensor {name} holds negative variances; the weights are damaged")
 
 
+def _build_head(head_config, structure, cfg_path: Path, *, meta: bool = False):
+    """The head ``detector.json`` describes (low-rank layers replayed); on the meta device
+    (shapes only, nothing allocated) with ``meta``."""
+    import torch
+
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        head = create_head(head_config)
+        if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
+            from clipdetect.models.compress import apply_structure
+
+            try:
+                head = apply_structure(head, structure)
+            except ValueError as exc:
+                raise DetectorError(f"detector description {str(cfg_path)!r}: extra.compression: {exc}") from None
+    return head
+
+
 def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, Any]:
     """The :class:`~clipdetect.models.detector.Detector` arguments of the bundle at ``path``.
 
@@ -143,6 +161,8 @@ def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, An
             raise DetectorError(f"{str(path)!r} is not a detector bundle: {p.name} is missing "
                                 "(bundles are written by `clipdetect train --out DIR`)")
     cfg = read_json(cfg_path, what="detector description", error=DetectorError)
+    if isinstance(cfg, dict) and isinstance(cfg.get("version"), int) and cfg["version"] > VERSION:
+        raise DetectorError(f"detector format version {cfg['version']} is newer than this clipdetect reads")
     validate(cfg, DETECTOR_FIELDS, what=f"detector description {str(cfg_path)!r}", error=DetectorError)
     if head_parameters(cfg["head_config"]) > MAX_HEAD_PARAMETERS:
         raise DetectorError(f"detector description {str(cfg_path)!r}: head_config describes "
@@ -150,16 +170,9 @@ def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, An
                             f"{MAX_HEAD_PARAMETERS:,} a detector head may hold")
     header = safetensors_header(w_path, error=DetectorError)
     head_config = head_from_dict(cfg["head_config"])
-    head = create_head(head_config)
     structure = (cfg.get("extra") or {}).get("compression")
-    if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
-        from clipdetect.models.compress import apply_structure
-
-        try:
-            head = apply_structure(head, structure)
-        except ValueError as exc:
-            raise DetectorError(f"detector description {str(cfg_path)!r}: extra.compression: {exc}") from None
-    check_weights(head, header, w_path)
+    check_weights(_build_head(head_config, structure, cfg_path, meta=True), header, w_path)  # shapes, no memory
+    head = _build_head(head_config, structure, cfg_path)
     state = read_safetensors(w_path, error=DetectorError)
     check_weights(head, state, w_path)
     head.load_state_dict(state, strict=True)
