@@ -113,16 +113,20 @@ def test_max_bytes_and_read_timeout_options(det_dir, tmp_path, capsys):
     size = (folder / "a.png").stat().st_size
     out = tmp_path / "p.csv"
     assert main(["predict", str(det_dir), str(folder), "--out", str(out), "--workers", "0", "--no-progress",
-                 "--max-bytes", str(size - 1)]) == 1  # nothing scored: exit 1, the file still written
+                 "--max-bytes", str(size - 1)]) == 0  # refused by a limit the user set: a recorded skip
     assert pd.read_csv(out)["error"].str.startswith("too_large").all()
-    assert "not one of the 1 images could be scored" in capsys.readouterr().err
     assert main(["predict", str(det_dir), str(folder), "--out", str(out), "--workers", "0", "--no-progress",
-                 "--max-bytes", "1K", "--read-timeout", "5"]) == 1
+                 "--max-bytes", "1K", "--read-timeout", "5"]) == 0
+    (tmp_path / "zero" / "real").mkdir(parents=True)  # nothing readable at all: exit 1, the file still written
+    (tmp_path / "zero" / "real" / "b.png").symlink_to("/dev/zero")
+    assert main(["predict", str(det_dir), str(tmp_path / "zero"), "--out", str(out), "--workers", "0",
+                 "--no-progress"]) == 1
+    assert "not one of the 1 images could be read (unreadable: 1)" in capsys.readouterr().err
+    assert pd.read_csv(out)["error"].str.startswith("unreadable").all()
     with pytest.raises(SystemExit):
         main(["predict", str(det_dir), str(folder), "--out", str(out), "--max-bytes", "lots"])
     assert "is not a size" in capsys.readouterr().err
-    assert main(["predict", str(det_dir), str(folder), "--out", str(out), "--workers", "0", "--no-progress",
-                 "--max-bytes", "1M"]) == 0
+
 
 
 def test_a_manifest_of_missing_paths_exits_1_in_one_line(tmp_path, capsys):
@@ -131,7 +135,7 @@ def test_a_manifest_of_missing_paths_exits_1_in_one_line(tmp_path, capsys):
     assert main(["extract", str(m), "--out", str(tmp_path / "cache"), "--backbone", TINY, "--workers", "0",
                  "--no-progress"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
-    assert len(err) == 1 and "not one of the 3000 images could be embedded (missing: 3000)" in err[0]
+    assert len(err) == 1 and "not one of the 3000 images could be read (missing: 3000)" in err[0]
 
 
 def test_score_images_takes_one_bytes_like_image_and_refuses_odd_items(det_dir):

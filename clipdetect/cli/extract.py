@@ -32,7 +32,7 @@ the backbone's resize-and-centre-crop, unless --max-aspect R refuses images thin
 (extreme_aspect); an image path that is not a regular file (a FIFO, /dev/zero, a folder) is
 refused as unreadable, one over 256 MiB as too_large (--max-bytes), one not read within 60 s
 as read_timeout (--read-timeout). Refused images are listed in the cache's error ledger; a run
-in which not one image could be embedded exits 1.
+in which not one image could be read (every path missing or unreadable) exits 1.
 Re-running with another --shard-size or --text on a cache that already holds the source is
 a no-op (or a refusal, when it cannot be honoured), never a second copy of the rows.
 One writer per cache: a second `extract` into the same --out refuses (naming the running
@@ -251,8 +251,10 @@ def run_extract(args) -> int:
                 "seen": summary.seen, "embedded": summary.embedded, "errors": summary.errors,
                 "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
                 "complete": summary.complete})
-    if summary.seen and not summary.embedded and not summary.resumed_from:
-        logger.error("not one of the %d images could be embedded (%s); the cache's error ledger lists each one: "
+    from clipdetect.core.inputs import none_readable
+
+    if none_readable(summary.seen, summary.embedded, summary.errors) and not summary.resumed_from:
+        logger.error("not one of the %d images could be read (%s); the cache's error ledger lists each one: "
                      "check the paths (a manifest's are relative to its folder or --root)", summary.seen,
                      ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors.items())))
         return 1

@@ -73,7 +73,7 @@ def _setup_logging(verbosity: int) -> None:
 EXIT_CODES = """exit status:
   0    done
   1    it ran but could not finish: a failed write (disk full, read-only folder), `cache
-       verify` found damage, or not one image could be embedded or scored
+       verify` found damage, or not one image could be read (every path missing or unreadable)
   2    refused: a bad option, or an input that is not what it claims (a damaged cache or
        bundle, a JSON file that is not a regular file)
   130  stopped by Ctrl-C (SIGINT); 143 by SIGTERM; 129 by SIGHUP: decode workers stopped,

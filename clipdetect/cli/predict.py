@@ -20,7 +20,7 @@ Images that cannot be decoded get a row with their error and no score. Limits: m
 one not read in 60 s as read_timeout (--read-timeout). Text cells a spreadsheet would run as a
 formula (starting with = + - @ or a tab) are written with a leading '. Ctrl-C or SIGTERM leaves
 no partial file; --out may not be the source manifest itself. Exit 1 when not one image could
-be scored (the file is still written)."""
+be read, every path missing or unreadable (the file is still written)."""
 
 
 def add_parser(sub) -> None:
@@ -68,8 +68,10 @@ def run_predict(args) -> int:
                              max_aspect=args.max_aspect, max_bytes=args.max_bytes, read_timeout=args.read_timeout,
                              progress=not args.no_progress)
     print_json(summary.to_dict())
-    if summary.n and not summary.scored:
-        logging.getLogger(__name__).error("not one of the %d images could be scored (%s); %s lists each error",
+    from clipdetect.core.inputs import none_readable
+
+    if none_readable(summary.n, summary.scored, summary.errors):
+        logging.getLogger(__name__).error("not one of the %d images could be read (%s); %s lists each error",
                                           summary.n, ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors.items())),
                                           args.out)
         return 1

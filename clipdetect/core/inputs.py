@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 __all__ = ["InputError", "read_input", "check_regular", "contained", "parse_bytes", "format_bytes",
-           "MAX_IMAGE_BYTES", "MAX_JSON_BYTES", "READ_TIMEOUT"]
+           "MAX_IMAGE_BYTES", "MAX_JSON_BYTES", "READ_TIMEOUT", "READ_FAILURES", "none_readable"]
 
 #: default byte cap of one image file (``--max-bytes`` on extract and predict)
 MAX_IMAGE_BYTES = 256 * 2**20
@@ -32,6 +32,8 @@ MAX_IMAGE_BYTES = 256 * 2**20
 MAX_JSON_BYTES = 64 * 2**20
 #: default seconds to read one input file (``--read-timeout``)
 READ_TIMEOUT = 60.0
+#: reasons meaning a file could not be read at all (its path is wrong), not that its content was refused
+READ_FAILURES = ("missing", "unreadable")
 _CHUNK = 1 << 20
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -139,3 +141,9 @@ def contained(root: str | os.PathLike, name: str, *, what: str = "name") -> Path
         raise ValueError(f"{what} {name!r} resolves to {str(target)!r}, outside {str(base)!r} (a link "
                          "leads out); only files inside it are read")
     return Path(root) / name
+
+
+def none_readable(seen: int, usable: int, errors) -> bool:
+    """Whether a run of ``seen`` images could read not a single one: nothing ``usable`` and
+    every error a read failure (a wrong path or folder, not a limit the user set)."""
+    return bool(seen) and not usable and bool(errors) and all(r in READ_FAILURES for r in errors)
