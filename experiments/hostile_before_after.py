@@ -192,8 +192,8 @@ def attack_fifo(e: Env):
     os.mkfifo(d / "real" / "x.jpg")
     for w in ("0", "1"):
         out[f"extract_workers_{w}"] = e.run(["extract", d, "--out", f"fifo_cache{w}", "--backbone", TINY,
-                                              "--workers", w, *FAST], timeout=90)
-    out["predict"] = e.run(["predict", "det", d, "--out", "fifo.csv", "--workers", "0", *FAST], timeout=90)
+                                              "--workers", w, *FAST])
+    out["predict"] = e.run(["predict", "det", d, "--out", "fifo.csv", "--workers", "0", *FAST])
     return out
 
 
@@ -407,7 +407,7 @@ def attack_small(e: Env):
             "b = io.BytesIO(); Image.new('RGB', (32, 32)).save(b, 'PNG'); "
             "df = det.score_images(memoryview(b.getvalue())); print('ROWS', len(df))")
     p = subprocess.run([sys.executable, "-c", code], cwd=e.work, env=e.env(), capture_output=True, text=True,
-                       timeout=e.timeout)
+                       timeout=2 * e.timeout)
     rows = [line for line in p.stdout.splitlines() if line.startswith("ROWS")]
     out["memoryview_rows"] = rows[0] if rows else (p.stderr.strip().splitlines() or ["?"])[-1][:200]
     m = e.work / "m.csv"

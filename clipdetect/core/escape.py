@@ -5,9 +5,10 @@ for the files the toolkit writes: the one helper every CSV and Markdown writer u
   ``+``, ``-``, ``@``, a tab, a carriage return, or their full-width forms — is prefixed with
   ``'`` (the OWASP rule), so Excel, LibreOffice and Google Sheets show it as text. Numbers are
   left alone (a negative score stays a number). :func:`csv_cell`, :func:`csv_row`, :func:`csv_safe`.
-* Markdown: :func:`md_text` escapes what would become markup (``|`` ends a table cell, ``[``
-  and ``]`` make links such as ``javascript:`` ones, ``*``, ``_``, backquotes) and turns ``<``,
-  ``>`` and ``&`` into HTML entities, so no raw HTML survives; line breaks become spaces.
+* Markdown: :func:`md_text` escapes what would change the document (``|`` ends a table cell,
+  ``[`` and ``]`` make links such as ``javascript:`` ones, backquotes open code, a backslash
+  would undo an escape) and turns ``<``, ``>`` and ``&`` into HTML entities, so no raw HTML
+  survives; line breaks become spaces. Emphasis characters are left alone (cosmetic only).
   :func:`md_code` shows a value as inline code (names and paths), with a fence it cannot close.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["csv_cell", "csv_row", "csv_safe", "md_text", "md_code", "FORMULA_STA
 #: first characters that make a spreadsheet evaluate a cell (ASCII and full-width forms)
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 _BLANKS = " \u00a0\u3000\x0b\x0c"
-_MD_ESCAPE = re.compile(r"([\\`*_\[\]|~])")
+_MD_ESCAPE = re.compile(r"([\\`\[\]|])")
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 

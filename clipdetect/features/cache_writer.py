@@ -162,11 +162,12 @@ class CacheWriter:
                   for s in self.manifest["shards"]]
         return pd.concat(frames, ignore_index=True).astype(str) if frames else pd.Series([], dtype=str)
 
-    def earlier_run(self, rid: str, source: Dict[str, Any], *, wants_text: bool) -> Optional[str]:
+    def earlier_run(self, rid: str, source: Dict[str, Any], *, wants_text: Callable[[], bool]) -> Optional[str]:
         """The run that already extracted ``source`` (its ``describe()``) under other options
         (``--shard-size``, ``--text``), if any: a complete one whose rows serve the request makes
         a new run a no-op (its id is returned); anything else is refused, since running would
-        extract the same images a second time."""
+        extract the same images a second time. ``wants_text()``: whether the new run would embed
+        captions (asked only when such a run exists)."""
         ident = json.loads(json.dumps(source, sort_keys=True, default=str))
         for other, run in self.manifest["runs"].items():
             shards = [s for s in self.manifest["shards"] if s["run"] == other]
@@ -174,7 +175,7 @@ class CacheWriter:
                 continue
             old = run.get("config") or {}
             opts = " ".join(f"--{k.replace('_', '-')} {old.get(k)}" for k in ("shard_size", "text"))
-            if wants_text and not all(s.get("has_text") for s in shards):
+            if not all(s.get("has_text") for s in shards) and wants_text():
                 raise CacheError(f"cache {str(self.root)!r} already holds this source without caption embeddings "
                                  f"(run {other}, {opts}); they cannot be added to its rows: extract into a new --out")
             if not run.get("complete"):

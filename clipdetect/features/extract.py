@@ -226,9 +226,10 @@ def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, w
                     progress: bool) -> ExtractSummary:
     rid = run_id_for(source, config)
     if rid not in writer.manifest["runs"]:
-        first = next(iter(source.iterate(0)), None)
-        wants_text = config.text == "yes" or (config.text == "auto" and backbone.has_text
-                                              and first is not None and first.caption is not None)
+        def wants_text() -> bool:
+            first = next(iter(source.iterate(0)), None)
+            return config.text == "yes" or (config.text == "auto" and backbone.has_text
+                                            and first is not None and first.caption is not None)
         done = writer.earlier_run(rid, source.describe(), wants_text=wants_text)
         if done is not None:
             logger.info("cache %s already holds every image of this source (run %s); nothing to do: other "
