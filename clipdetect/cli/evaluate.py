@@ -64,6 +64,7 @@ def add_parser(sub) -> None:
 
 # ------------------------------------------------------------------ handlers
 def run_evaluate(args) -> int:
+    from clipdetect.core.io import write_csv
     from clipdetect.eval.compare import baseline_probe
     from clipdetect.eval.evaluate import evaluate_detector
 
@@ -85,7 +86,7 @@ def run_evaluate(args) -> int:
             out = Path(args.out) / name if several else Path(args.out)
             paths = report.save(out)
             if args.save_scores:
-                report.scores.to_csv(out / "scores.csv", index=False)
+                write_csv(out / "scores.csv", report.scores)
             logger.info("wrote %s", ", ".join(str(p) for p in paths))
         print((f"### {name}\n\n" if several else "") + report.to_markdown())
     reference = None
@@ -107,6 +108,7 @@ def run_evaluate(args) -> int:
 
 
 def _print_comparison(reports, args, specs, reference) -> None:
+    from clipdetect.core.escape import md_code
     from clipdetect.core.metrics import to_markdown
     from clipdetect.eval.compare import compare_reports
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
@@ -121,7 +123,7 @@ def _print_comparison(reports, args, specs, reference) -> None:
         save_table(table, args.out, "comparison", config={"detectors": specs, "cache": args.cache,
                                                           "split": args.split, "n_boot": args.n_boot,
                                                           "reference": ref},
-                   columns=columns, title=f"Detectors compared on `{args.cache}`, split `{args.split}`",
+                   columns=columns, title=f"Detectors compared on {md_code(args.cache)}, split {md_code(args.split)}",
                    notes=notes)
     print(to_markdown(table, columns=[c for c in columns if c in table.columns], digits=4))
     print(notes)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from clipdetect.cli.main import CLIError, COMMANDS, print_json
 from clipdetect.cli.options import add_runtime_args
 from clipdetect.core.device import DEVICE_HELP, check_device
+
+logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   # a folder with real/ and fake/ subfolders, tiny random-weight model (no download)
@@ -31,7 +34,12 @@ Re-running the same command resumes where it stopped (also after Ctrl-C, a kill 
 Limits: an image with more than 64,000,000 pixels is refused as decompression_bomb
 (--max-pixels); an image thinner than 1:100 (e.g. 2000x2) is centre-cropped to 1:100 before
 the backbone's resize-and-centre-crop, unless --max-aspect R refuses images thinner than 1:R
-(extreme_aspect). Refused images are listed in the cache's error ledger.
+(extreme_aspect); an image path that is not a regular file (a FIFO, /dev/zero, a folder) is
+refused as unreadable, one over 256 MiB as too_large (--max-bytes), one not read within 60 s
+as read_timeout (--read-timeout). Refused images are listed in the cache's error ledger; a run
+in which not one image could be read (every path missing or unreadable) exits 1.
+Re-running with another --shard-size or --text on a cache that already holds the source is
+a no-op (or a refusal, when it cannot be honoured), never a second copy of the rows.
 One writer per cache: a second `extract` into the same --out refuses (naming the running
 one's pid and command) unless --lock-timeout gives it time to wait."""
 
@@ -52,11 +60,37 @@ def _label_map(text: str):
     return out
 
 
+def _size(text: str) -> int:
+    from clipdetect.core.inputs import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--read-timeout wants a number of seconds > 0, got {text!r}")
+    return value
+
+
 def add_limit_args(p) -> None:
-    """--max-pixels / --max-aspect, shared by extract and predict."""
+    """--max-pixels / --max-aspect / --max-bytes / --read-timeout, shared by extract and predict."""
+    from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT, format_bytes
     from clipdetect.data.imaging import MAX_PIXELS
 
     g = p.add_argument_group("decoder limits")
+    g.add_argument("--max-bytes", type=_size, default=MAX_IMAGE_BYTES, metavar="SIZE",
+                   help=f"refuse image files larger than this (too_large), before reading them; bytes or "
+                        f"K/M/G (default {format_bytes(MAX_IMAGE_BYTES)}). Paths that are not regular files "
+                        "(FIFOs, devices, folders) are refused as unreadable")
+    g.add_argument("--read-timeout", type=_seconds, default=READ_TIMEOUT, metavar="SECONDS",
+                   help=f"refuse an image file not read within this time (read_timeout; default {READ_TIMEOUT:g})")
     g.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
                    help=f"refuse images with more pixels (decompression_bomb; default {MAX_PIXELS:,})")
     g.add_argument("--max-aspect", type=float, default=None, metavar="R",
@@ -209,7 +243,8 @@ def run_extract(args) -> int:
     config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
                            device=device, precision=args.precision, runtime=args.runtime, limit=limit,
                            shard_size=args.shard_size, dtype=args.dtype, text=args.text,
-                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, lock_timeout=args.lock_timeout,
+                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, max_bytes=args.max_bytes,
+                           read_timeout=args.read_timeout, lock_timeout=args.lock_timeout,
                            fast_decode=args.fast_decode)
     if args.engine == "ray":
         from clipdetect.features.extract_ray import extract_ray
@@ -223,6 +258,13 @@ def run_extract(args) -> int:
                 "seen": summary.seen, "embedded": summary.embedded, "errors": summary.errors,
                 "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
                 "complete": summary.complete})
+    from clipdetect.core.inputs import none_readable
+
+    if none_readable(summary.seen, summary.embedded, summary.errors) and not summary.resumed_from:
+        logger.error("not one of the %d images could be read (%s); the cache's error ledger lists each one: "
+                     "check the paths (a manifest's are relative to its folder or --root)", summary.seen,
+                     ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors.items())))
+        return 1
     return 0
 
 

@@ -72,6 +72,16 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("clipdetect").setLevel(logging.DEBUG if verbosity else logging.INFO)
 
 
+EXIT_CODES = """exit status:
+  0    done
+  1    it ran but could not finish: a failed write (disk full, read-only folder), `cache
+       verify` found damage, or not one image could be read (every path missing or unreadable)
+  2    refused: a bad option, or an input that is not what it claims (a damaged cache or
+       bundle, a JSON file that is not a regular file)
+  130  stopped by Ctrl-C (SIGINT); 143 by SIGTERM; 129 by SIGHUP: decode workers stopped,
+       partial output removed, one line; re-running the same command resumes an extraction"""
+
+
 def _requested(argv: Optional[List[str]]) -> Optional[str]:
     """The command named on the command line (the first word that is not an option)."""
     return next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
@@ -85,7 +95,7 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = False) -> arg
     load = set(COMMAND_MODULES) if full or (command is not None and command not in COMMANDS) else (
         {COMMANDS[command][0]} if command else set())
     parser = argparse.ArgumentParser(
-        prog="clipdetect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="clipdetect", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"clipdetect {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -122,6 +132,20 @@ def print_json(obj) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from clipdetect.core.signals import SHUTDOWN_SIGNALS, shutdown_signals
+
+    with shutdown_signals():  # SIGTERM and SIGHUP take Ctrl-C's clean-up path
+        try:
+            return _run(argv)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
+            status = _stopped(exc)
+    if argv is None:  # the process is ending: a second signal must not turn into a traceback
+        for s in SHUTDOWN_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+    return status
+
+
+def _run(argv: Optional[List[str]]) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -136,13 +160,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:  # a full disk, a read-only folder ...: the message names the path
         logger.error("%s", exc.strerror if exc.strerror and exc.filename is None else exc)
         return 1
-    except KeyboardInterrupt:
-        if argv is None:  # the process is ending: a second Ctrl-C must not turn into a traceback
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if "clipdetect.features.workers" in sys.modules:  # decode processes stop now, not at exit
-            sys.modules["clipdetect.features.workers"].abort_all()
-        logger.error("interrupted; re-run the same command to resume")
-        return 130
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """Decode processes stop now, not at exit; one line; 128 + the signal."""
+    from clipdetect.core.signals import exit_status, signal_name
+
+    if "clipdetect.features.workers" in sys.modules:
+        sys.modules["clipdetect.features.workers"].abort_all()
+    name = signal_name(exc)
+    what = "interrupted" if name == "SIGINT" else f"terminated by {name}"
+    logger.error("%s; re-run the same command to resume", what)
+    return exit_status(exc)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from clipdetect.cli.extract import add_limit_args
 from clipdetect.cli.main import COMMANDS, print_json
@@ -14,7 +15,12 @@ PREDICT_EXAMPLES = """examples:
   clipdetect predict runs/det ../shared/data/cifake_dev.parquet --out s.csv --limit 500 --device cuda
 Images that cannot be decoded get a row with their error and no score. Limits: more than
 64,000,000 pixels is refused (--max-pixels); images thinner than 1:100 are centre-cropped to
-1:100 unless --max-aspect R refuses those thinner than 1:R. Ctrl-C leaves no partial file."""
+1:100 unless --max-aspect R refuses those thinner than 1:R; a path that is not a regular file
+(a FIFO, /dev/zero) is refused as unreadable, a file over 256 MiB as too_large (--max-bytes),
+one not read in 60 s as read_timeout (--read-timeout). Text cells a spreadsheet would run as a
+formula (starting with = + - @ or a tab) are written with a leading '. Ctrl-C or SIGTERM leaves
+no partial file; --out may not be the source manifest itself. Exit 1 when not one image could
+be read, every path missing or unreadable (the file is still written)."""
 
 
 def add_parser(sub) -> None:
@@ -61,6 +67,14 @@ def run_predict(args) -> int:
                                 precision=args.precision, weights=args.weights, runtime=args.runtime)
     summary = predict_source(det, source, args.out, backbone=backbone, batch_size=args.batch_size,
                              workers=args.workers, limit=args.limit, max_pixels=args.max_pixels,
-                             max_aspect=args.max_aspect, progress=not args.no_progress)
+                             max_aspect=args.max_aspect, max_bytes=args.max_bytes, read_timeout=args.read_timeout,
+                             progress=not args.no_progress)
     print_json(summary.to_dict())
+    from clipdetect.core.inputs import none_readable
+
+    if none_readable(summary.n, summary.scored, summary.errors):
+        logging.getLogger(__name__).error("not one of the %d images could be read (%s); %s lists each error",
+                                          summary.n, ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors.items())),
+                                          args.out)
+        return 1
     return 0

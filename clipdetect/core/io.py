@@ -1,16 +1,24 @@
 """The one home of file writing and guarded reading.
 
-* :func:`atomic_write` — write to a temporary name next to the target, ``fsync``, then
-  ``os.replace``: a reader sees the old file or the new one, never a torn one. The temporary
-  name carries the writer's pid (``.NAME.tmp-PID-RANDOM``) so that clean-up code can tell a
-  live writer's file from a dead one's (:func:`tmp_owner_pid`). On any failure the temporary
-  file is removed; a full disk becomes a :class:`WriteError` naming the path and the bytes.
-* :func:`write_json` / :func:`read_json` — JSON with sorted keys (strict on request), and read
-  errors that name the file.
-* :func:`save_safetensors` / :func:`read_safetensors` — tensors only; a pickle or zip is
-  refused before parsing, so nothing is ever unpickled.
-* :func:`load_state_dict` — a ``.safetensors`` / ``.pt`` / ``.bin`` state dict loaded with
-  ``weights_only`` (no arbitrary code).
+Every file the toolkit creates is created here, exclusively and never through a link:
+
+* :func:`atomic_write` / :func:`atomic_open` / :class:`AtomicFile` — write to an unpredictable
+  temporary name next to the target (``.NAME.tmp-PID-RANDOM``, created with ``O_CREAT | O_EXCL
+  | O_NOFOLLOW``: a file or link planted under that name is never opened), ``fsync``, then
+  ``os.replace``: a reader sees the old file or the new one, never a torn one, and a link at the
+  target is replaced, not written through. The pid in the name lets clean-up code tell a live
+  writer's file from a dead one's (:func:`tmp_owner_pid`). On any failure the temporary file
+  is removed; a full disk becomes a :class:`WriteError` naming the path and the bytes.
+* :func:`staged_output` — a whole output folder built in a temporary sibling, then moved in.
+* :func:`open_new` — a file written in place while it grows (a training log), created
+  exclusively after removing what was there; :func:`open_fd` — a lock or append-only ledger
+  opened without following a link.
+* :func:`write_json` / :func:`read_json` — JSON with sorted keys (strict on request), and reads
+  that are capped, name the file and never follow a FIFO (:mod:`clipdetect.core.inputs`).
+* :func:`write_csv` — a table as CSV with spreadsheet formulas neutralised
+  (:func:`clipdetect.core.escape.csv_safe`).
+
+Tensor files (safetensors, checkpoints) are read and written by :mod:`clipdetect.core.tensorfile`.
 """
 from __future__ import annotations
 
@@ -20,17 +28,21 @@ import json
 import os
 import re
 import secrets
-import struct
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, Optional, Type
+from typing import IO, Any, Callable, Iterator, Optional, Type
 
-__all__ = ["WriteError", "atomic_write", "atomic_open", "write_bytes", "write_text", "write_json",
-           "read_json", "save_safetensors", "read_safetensors", "load_state_dict", "tmp_name",
-           "tmp_owner_pid", "TMP_GLOB", "staged_output"]
+from clipdetect.core.inputs import MAX_JSON_BYTES, InputError, read_input
+
+__all__ = ["WriteError", "AtomicFile", "atomic_write", "atomic_open", "write_bytes", "write_text", "write_json",
+           "write_csv", "read_json", "tmp_name", "tmp_owner_pid", "TMP_GLOB", "staged_output", "open_new",
+           "open_fd", "not_an_input"]
 
 #: glob matching every temporary file :func:`atomic_write` creates
 TMP_GLOB = ".*.tmp-*"
 _TMP_RE = re.compile(r"^\..+\.tmp-(\d+)(?:-[0-9a-f]+)?$")
+#: a new file: exclusive (a planted file or link under the name fails) and never through a link
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TRIES = 16
 
 
 class WriteError(OSError):
@@ -39,7 +51,7 @@ class WriteError(OSError):
 
 def tmp_name(path: Path) -> Path:
     """A temporary sibling of ``path`` unique to this process and call."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
 
 
 def tmp_owner_pid(path: Path) -> Optional[int]:
@@ -78,30 +90,85 @@ class _CountingFile:
         return getattr(self.f, name)
 
 
+def _new_temporary(path: Path, make: Callable[[Path], Any]):
+    """``(tmp, make(tmp))`` for a fresh temporary name; a name already taken (a planted file or
+    link) is skipped, never opened."""
+    for _ in range(_TRIES):
+        tmp = tmp_name(path)
+        try:
+            return tmp, make(tmp)
+        except FileExistsError:
+            continue
+    raise WriteError(errno.EEXIST, f"cannot create a temporary name next to {str(path)!r}: {_TRIES} random "
+                                   "names were all taken (something is planting files there)")
+
+
+class AtomicFile:
+    """A file written under a fresh temporary name that replaces ``path`` on :meth:`commit`
+    (flushed and fsynced first) and disappears on :meth:`discard`; :attr:`stream` is what to
+    write to. For writers that stream rows over a long run; :func:`atomic_open` wraps it."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb", *, nbytes: Optional[int] = None, **kwargs):
+        self.path, self.nbytes = Path(path), nbytes
+        try:
+            self.tmp, fd = _new_temporary(self.path, lambda p: os.open(p, _CREATE, 0o666))
+        except WriteError:
+            raise
+        except OSError as exc:
+            raise _fail(self.path, exc, nbytes) from exc
+        try:
+            self.file = open(fd, mode, **kwargs)  # open(), not os.fdopen: one name to patch in tests
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
+        self._counted = _CountingFile(self.file) if "b" in mode else None
+
+    @property
+    def stream(self) -> IO:
+        return self._counted or self.file
+
+    @property
+    def written(self) -> Optional[int]:
+        return self._counted.written if self._counted else None
+
+    def commit(self) -> None:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise _fail(self.path, exc, self.nbytes, self.written) from exc
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove the temporary file (a failed or interrupted run leaves nothing behind)."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", *, nbytes: Optional[int] = None,
                 **kwargs) -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces ``path``, on error it is removed."""
-    path = Path(path)
-    tmp = tmp_name(path)
-    counted = None
+    f = AtomicFile(path, mode, nbytes=nbytes, **kwargs)
     try:
-        with open(tmp, mode, **kwargs) as f:
-            counted = _CountingFile(f) if "b" in mode else None
-            yield counted or f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield f.stream
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        f.discard()
         if isinstance(exc, WriteError):
             raise
-        raise _fail(path, exc, nbytes, counted.written if counted else None) from exc
+        raise _fail(Path(path), exc, nbytes, f.written) from exc
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        f.discard()
         raise
+    f.commit()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, nbytes: Optional[int] = None) -> None:
@@ -119,19 +186,56 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(out)
-    tmp.mkdir()
+    tmp, _ = _new_temporary(out, lambda p: p.mkdir())  # mkdir never reuses a planted folder or link
     try:
         yield tmp
         out.mkdir(exist_ok=True)
         for p in sorted(tmp.rglob("*"), key=lambda q: len(q.parts)):
             dest = out / p.relative_to(tmp)
-            if p.is_dir():
+            if p.is_dir() and not p.is_symlink():
                 dest.mkdir(exist_ok=True)
             else:
                 os.replace(p, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_new(path: str | os.PathLike, mode: str = "w", **kwargs) -> IO:
+    """``path`` opened for writing in place (readers see it grow, e.g. a training log): what was
+    there is removed first (a link is removed, not followed), then the file is created exclusively."""
+    path = Path(path)
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        if not path.is_dir() or path.is_symlink():
+            path.unlink()
+    try:
+        fd = os.open(path, _CREATE, 0o666)
+    except OSError as exc:
+        raise _fail(path, exc, None) from exc
+    return open(fd, mode, **kwargs)
+
+
+def open_fd(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a link at ``path`` (a lock file, an append-only ledger)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WriteError(exc.errno, f"refusing to open {str(path)!r}: it is a symbolic link (a file "
+                                        "the toolkit writes is never opened through a link); remove it") from None
+        raise
+
+
+def not_an_input(out: str | os.PathLike, inputs, *, what: str = "output") -> None:
+    """Refuse an output path that is one of ``inputs`` (the same file, by any name): writing it
+    would destroy what the run reads (e.g. a manifest overwritten by its own predictions)."""
+    target = Path(out)
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            continue
+        p = Path(item)
+        if target.resolve() == p.resolve() or (target.exists() and p.exists() and os.path.samefile(target, p)):
+            raise ValueError(f"{what} {str(out)!r} is the input {str(item)!r} itself: writing it would replace "
+                             "what is being read; write to another file")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -157,64 +261,32 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def read_json(path: str | os.PathLike, *, what: str = "JSON file", error: Type[Exception] = ValueError) -> Any:
-    """Parse ``path``; a missing or malformed file raises ``error`` naming the file and the position."""
+def write_csv(path: str | os.PathLike, df, **kwargs) -> None:
+    """``df`` as CSV (no index unless asked), written atomically, with every text cell that a
+    spreadsheet would run as a formula neutralised (:func:`clipdetect.core.escape.csv_safe`)."""
+    from clipdetect.core.escape import csv_safe
+
+    kwargs.setdefault("index", False)
+    atomic_write(path, lambda f: csv_safe(df).to_csv(f, **kwargs))
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file", error: Type[Exception] = ValueError,
+              max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Parse ``path`` (a regular file of at most ``max_bytes``); a missing, special, oversized or
+    malformed file raises ``error`` naming the file and the position."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{what} {str(path)!r} does not exist") from None
+        text = read_input(path, max_bytes=max_bytes).decode("utf-8")
+    except InputError as exc:
+        if exc.reason == "missing":
+            raise error(f"{what} {str(path)!r} does not exist") from None
+        raise error(f"{what} {str(path)!r} cannot be read: {exc.detail}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start}); it is damaged") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{what} {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
                     f"{exc.msg}); it is damaged — restore it or re-create it") from None
-
-
-# ------------------------------------------------------------------ tensors
-def save_safetensors(tensors: Dict[str, Any], path: str | os.PathLike,
-                     metadata: Optional[Dict[str, str]] = None) -> None:
-    """Write CPU-contiguous copies of ``tensors`` as safetensors, atomically."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    write_bytes(path, data)
-
-
-def read_safetensors(path: str | os.PathLike, *, error: Type[Exception] = ValueError) -> Dict[str, Any]:
-    """Tensors of a safetensors file; anything else (a pickle, a zip) is refused before parsing."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
-    size = os.path.getsize(path)
-    ok = len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size
-    if not ok:
-        kind = ("; it looks like a pickle" if head[:1] == b"\x80" else
-                "; it looks like a zip archive (torch.save)" if head[:2] == b"PK" else "")
-        raise error(f"{str(path)!r} is not a safetensors file{kind}; weights are only read "
-                    "from safetensors and are never unpickled")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error type
-        raise error(f"{str(path)!r} is a corrupt safetensors file: {exc}") from exc
-
-
-def load_state_dict(path: str | os.PathLike, *, error: Type[Exception] = ValueError) -> Dict[str, Any]:
-    """A state dict from ``.safetensors`` or a ``weights_only`` torch file; ``module.`` prefixes dropped."""
-    import torch
-
-    path = str(path)
-    if path.endswith(".safetensors"):
-        sd = read_safetensors(path, error=error)
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle payloads beyond tensors are refused
-            raise error(f"could not load checkpoint {path!r} safely (weights only): {exc}") from exc
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise error(f"checkpoint {path!r} does not hold a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    except (ValueError, RecursionError) as exc:  # 5000-digit integers, 100,000 nested lists
+        raise error(f"{what} {str(path)!r} cannot be parsed: {type(exc).__name__}: {str(exc)[:120]}") from None

@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from clipdetect.core.io import open_fd
 from typing import Dict, List, Optional
 
 __all__ = ["DirLock", "LockedError", "pid_alive"]
@@ -101,7 +103,7 @@ class DirLock:
                 _HELD[self.key][1] += 1
                 self.held = True
                 return self
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never through a planted link
             try:
                 self._wait(fd)
             except BaseException:

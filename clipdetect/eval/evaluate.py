@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
-from clipdetect.core.io import atomic_write, write_json, write_text
+from clipdetect.core.escape import md_code, md_text
+from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
 
 logger = logging.getLogger(__name__)
@@ -108,11 +109,11 @@ class EvalReport:
     def to_markdown(self, *, digits: int = 3) -> str:
         cols = [c for c in TABLE_COLUMNS if c in self.table.columns]
         c = self.config
-        head = (f"Detector `{c.get('detector')}` on cache `{c.get('cache')}`, split `{c.get('split')}` "
+        head = (f"Detector {md_code(c.get('detector'))} on cache {md_code(c.get('cache'))}, split {md_code(c.get('split'))} "
                 f"({len(self.scores)} images); threshold P(fake) > {c.get('threshold'):.4g}, "
                 f"temperature {c.get('temperature'):.4g}; 95% bootstrap CIs ({c.get('n_boot')} resamples).")
         if c.get("rows_note"):
-            head += f"\n\n**Note:** {c['rows_note']}."
+            head += f"\n\n**Note:** {md_text(c['rows_note'])}."
         return head + "\n\n" + to_markdown(self.table, columns=cols, digits=digits) + "\n"
 
     def save(self, out: str | Path) -> List[Path]:
@@ -122,7 +123,7 @@ class EvalReport:
         records = json.loads(self.table.to_json(orient="records"))
         paths = [out / n for n in ("metrics.json", "metrics.csv", "metrics.md", "eval_config.json")]
         write_json(paths[0], {"config": self.config, "metrics": records})
-        atomic_write(paths[1], lambda f: self.table.to_csv(f, index=False))
+        write_csv(paths[1], self.table)
         write_text(paths[2], self.to_markdown())
         write_json(paths[3], self.config)
         return paths

@@ -26,6 +26,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from clipdetect.core.io import atomic_write  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 FPR_FLOOR = 1e-4  # smallest FPR shown on log axes, so that FPR = 0 stays visible
@@ -232,7 +234,7 @@ def save_figure(fig: Figure, path_stem: str | os.PathLike, *, dpi: int = 150,
     paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
     try:
         for path in paths:
-            fig.savefig(path, dpi=dpi, bbox_inches="tight")
+            atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
             logger.debug("wrote %s", path)
     finally:
         plt.close(fig)

@@ -19,7 +19,7 @@ from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_t
 from clipdetect.core.metrics import to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.eval.image_protocols import format_bias_control, robustness_sweep, sweep_curves  # noqa: F401 (re-export)
-from clipdetect.core.io import atomic_write, write_json, write_text
+from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def save_table(df: pd.DataFrame, out: str | Path, stem: str, *, columns: Optiona
     records = json.loads(df.to_json(orient="records"))
     paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "md")]
     write_json(paths[0], {"config": dict(config or {}), "rows": records})
-    atomic_write(paths[1], lambda f: df.to_csv(f, index=False))
+    write_csv(paths[1], df)
     cols = [c for c in (columns or df.columns) if c in df.columns]
     md = (f"# {title}\n\n" if title else "") + to_markdown(df, columns=cols) + "\n"
     write_text(paths[2], md + (f"\n{notes.strip()}\n" if notes else ""))

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from clipdetect.core.io import write_json, write_text
+from clipdetect.core.escape import md_code
 from clipdetect.core.metrics import reliability_table, to_markdown
 from clipdetect.eval.evaluate import EvalReport, evaluate_detector
 from clipdetect.eval.figures import plot_detectors
@@ -143,9 +144,9 @@ def _rel(paths: List[str], out: Path, suffix: str = ".png") -> Optional[str]:
 def render_markdown(payload: Dict[str, Any], ev: EvalReport, logo: Dict[str, Any], out: Path) -> str:
     c, e = payload["config"], payload["evaluation"]
     overall = ev.table.iloc[0]
-    lines = [f"# Detector report: `{c['detector']}` on `{c['cache']}`", "",
-             f"Split `{c['split']}` ({e['n_rows']} images; split fractions val {e['val']}, test {e['test']}, "
-             f"seed {e['split_seed']}); feature set `{e['feature_set']}`; 95% bootstrap CIs "
+    lines = [f"# Detector report: {md_code(c['detector'])} on {md_code(c['cache'])}", "",
+             f"Split {md_code(c['split'])} ({e['n_rows']} images; split fractions val {e['val']}, test {e['test']}, "
+             f"seed {e['split_seed']}); feature set {md_code(e['feature_set'])}; 95% bootstrap CIs "
              f"({c['n_boot']} resamples). Overall AUC {overall['auc']:.3f}.", "",
              "## Per generator", "",
              "Each generator's fakes against all reals of the split (`all`: every image of the split).", "",
@@ -176,7 +177,7 @@ def render_markdown(payload: Dict[str, Any], ev: EvalReport, logo: Dict[str, Any
               f"ECE {cal['ece']:.4f} ({cal['n_bins']} bins), Brier {cal['brier']:.4f}; temperature "
               f"{cal['temperature']:.4g}, threshold P(fake) > {cal['threshold']:.4g} gives FPR "
               f"{cal['fpr_at_threshold']:.4f} on this split's reals"
-              + (f" (target {cal['target_fpr']}, calibrated on `{cal['calibrated_on']}`)." if cal["target_fpr"]
+              + (f" (target {cal['target_fpr']}, calibrated on {md_code(cal['calibrated_on'])})." if cal["target_fpr"]
                  is not None else " (the detector was not calibrated: `clipdetect calibrate`)."), "",
               to_markdown(pd.DataFrame(cal["bins"]), columns=["lo", "hi", "n", "mean_prob", "frac_fake"]), ""]
     rel = _rel(cal["figures"], out)

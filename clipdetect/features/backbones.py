@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from clipdetect.core import compat  # noqa: F401  (runs the torchvision guard before open_clip)
-from clipdetect.core.io import load_state_dict
+from clipdetect.core.tensorfile import load_state_dict
 
 logger = logging.getLogger(__name__)
 

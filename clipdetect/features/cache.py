@@ -26,7 +26,9 @@ import pandas as pd
 
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
-from clipdetect.features.manifest import ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, CacheError, read_manifest
+from clipdetect.core.inputs import InputError, check_regular
+from clipdetect.features.manifest import (ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, NORM_TOLERANCE, CacheError,
+                                          read_manifest, shard_file)
 
 
 @dataclass
@@ -76,10 +78,45 @@ class FeatureCache:
     @property
     def meta(self) -> pd.DataFrame:
         if self._meta is None:
-            frames = [pd.read_parquet(self.root / "meta" / f"{s.name}.parquet") for s in self.shards]
-            self._meta = (pd.concat(frames, ignore_index=True) if frames
-                          else pd.DataFrame(columns=META_COLUMNS))
+            self._meta = self._read_meta(None)
         return self._meta
+
+    def _file(self, sub: str, shard: _Shard, ext: str) -> Path:
+        """A shard's file: inside the cache and a regular file, or :class:`CacheError`."""
+        path = shard_file(self.root, sub, shard.name, ext)
+        try:
+            check_regular(path)
+        except InputError as exc:
+            raise CacheError(f"cache {str(self.root)!r}: {sub}/{shard.name}.{ext} is "
+                             f"{'missing' if exc.reason == 'missing' else 'unusable: ' + exc.detail}; the cache "
+                             f"is damaged (run `clipdetect cache verify {self.root}`)") from None
+        return path
+
+    def _read_meta(self, columns: Optional[List[str]]) -> pd.DataFrame:
+        """Metadata of every shard (only ``columns`` if given), checked as ``cache verify`` checks
+        it: each shard's row count, unique keys, labels 0/1."""
+        frames = []
+        for s in self.shards:
+            path = self._file("meta", s, "parquet")
+            try:
+                frame = pd.read_parquet(path, columns=columns)
+            except Exception as exc:  # pyarrow raises its own error types
+                raise CacheError(f"{str(path)!r} ({s.name}) is an unreadable parquet file ({type(exc).__name__}); "
+                                 f"the cache is damaged (run `clipdetect cache verify {self.root}`)") from None
+            if len(frame) != s.rows:
+                raise CacheError(f"{str(path)!r} has {len(frame)} rows but the manifest says {s.rows}; the cache "
+                                 f"is damaged (run `clipdetect cache verify {self.root}`)")
+            frames.append(frame)
+        got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or META_COLUMNS)
+        if "key" in got and len(got) and not got["key"].is_unique:
+            dup = got["key"][got["key"].duplicated()].iloc[0]
+            raise CacheError(f"cache {str(self.root)!r} holds key {dup!r} more than once "
+                             f"({int(got['key'].duplicated().sum())} duplicate rows): the same images were "
+                             f"extracted twice; run `clipdetect cache verify {self.root}`")
+        if "label" in got and len(got) and not got["label"].isin((0, 1)).all():
+            raise CacheError(f"cache {str(self.root)!r} holds labels other than 0/1; run "
+                             f"`clipdetect cache verify {self.root}`")
+        return got
 
     def columns(self, *names: str) -> pd.DataFrame:
         """Only the named metadata columns, row-aligned like :attr:`meta`. Reads just those
@@ -92,13 +129,13 @@ class FeatureCache:
         if missing and self._meta is not None:
             self._columns.update({n: self._meta[n] for n in missing})
         elif missing:
-            frames = [pd.read_parquet(self.root / "meta" / f"{s.name}.parquet", columns=missing) for s in self.shards]
-            got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=missing)
+            got = self._read_meta(missing)
             self._columns.update({n: got[n] for n in missing})
         return pd.DataFrame({n: self._columns[n] for n in names})
 
     def errors(self) -> pd.DataFrame:
-        frames = [pd.read_parquet(p) for s in self.shards if (p := self.root / "errors" / f"{s.name}.parquet").exists()]
+        frames = [pd.read_parquet(self._file("errors", s, "parquet")) for s in self.shards
+                  if shard_file(self.root, "errors", s.name, "parquet").exists()]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ERROR_COLUMNS)
 
@@ -140,19 +177,24 @@ class FeatureCache:
         k = (kind, shard.name)
         if k not in self._mmaps:
             sub = "img_emb" if kind == "image" else "txt_emb"
-            path = self.root / sub / f"{shard.name}.npy"
-            if not path.exists():
+            if not shard_file(self.root, sub, shard.name, "npy").exists():
                 raise CacheError(f"cache {str(self.root)!r} has no {kind} embeddings for {shard.name}"
                                  + (" (extracted without captions)" if kind == "text" else ""))
+            path = self._file(sub, shard, "npy")
             try:
                 arr = np.load(path, mmap_mode="r")
             except (ValueError, OSError) as exc:
-                raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read: {exc}; it is damaged "
-                                 f"(run `clipdetect cache verify {self.root}`)") from None
+                raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read, it is truncated or damaged ({exc}; "
+                                 f"run `clipdetect cache verify {self.root}`)") from None
             if arr.ndim != 2 or arr.shape != (shard.rows, self.embed_dim):
                 raise CacheError(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
                                  f"({shard.rows}, {self.embed_dim}); the cache is damaged "
                                  f"(run `clipdetect cache verify {self.root}`)")
+            size = os.path.getsize(path)
+            if arr.dtype != np.dtype(self.manifest["dtype"]) or size != arr.offset + arr.nbytes:
+                raise CacheError(f"{str(path)!r} holds {arr.dtype} in {size:,} bytes, but the manifest says "
+                                 f"{self.manifest['dtype']} ({arr.offset + arr.nbytes:,} bytes); the cache is "
+                                 f"damaged (run `clipdetect cache verify {self.root}`)")
             self._mmaps[k] = arr
         return self._mmaps[k]
 
@@ -176,6 +218,14 @@ class FeatureCache:
             where = ", ".join(f"{self.shards[s].name} row {r - self._offsets[s]}" for s, r in zip(shard_of[:5], bad))
             raise CacheError(f"cache {str(self.root)!r} holds NaN/inf {kind} embeddings ({where}"
                              f"{' …' if len(bad) > 5 else ''}); run `clipdetect cache verify {self.root}`")
+        if self.manifest.get("normalized"):
+            off = np.flatnonzero(np.abs(np.linalg.norm(out, axis=1) - 1.0) > NORM_TOLERANCE)
+            if off.size:
+                shard_of = np.searchsorted(self._offsets, rows[off[:1]], side="right") - 1
+                raise CacheError(f"cache {str(self.root)!r} says its {kind} embeddings are normalised, but "
+                                 f"{off.size} rows are not (first: {self.shards[shard_of[0]].name} row "
+                                 f"{rows[off[0]] - self._offsets[shard_of[0]]}); run "
+                                 f"`clipdetect cache verify {self.root}`")
         return out
 
     def features(self, feature_set: str = "image", rows: Optional[np.ndarray] = None) -> np.ndarray:

@@ -10,14 +10,19 @@ One writer at a time: :class:`CacheWriter` holds an advisory lock (``.writer.loc
 seconds, then refuses naming the holder's pid and command line. Start-up clean-up removes
 only temporary files whose writer process is dead; the manifest is re-read before every
 change, and shard names carry the run (``part-NNNNN-RUNHASH``), so they cannot collide.
+
+No key twice: a shard holding a key the cache already has (or holding one twice) is refused
+before any of its files is written (:class:`KeyIndex`), so no run — another shard size, a
+second source with the same keys — can leave the duplicates ``cache verify`` calls damage.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,7 +30,8 @@ import pandas as pd
 from clipdetect.core.io import TMP_GLOB, atomic_write, tmp_owner_pid, write_json
 from clipdetect.core.lock import DirLock, LockedError, pid_alive
 from clipdetect.features.backbones import identities_match
-from clipdetect.features.manifest import ERROR_COLUMNS, FORMAT, VERSION, CacheError, read_manifest
+from clipdetect.features.manifest import (ERROR_COLUMNS, FORMAT, NORM_TOLERANCE, VERSION, CacheError, read_manifest,
+                                          shard_file)
 
 LOCK_NAME = ".writer.lock"
 
@@ -40,6 +46,7 @@ class CacheWriter:
     def __init__(self, root: str | os.PathLike, *, backbone: Dict[str, Any], dtype: str = "float16",
                  lock_timeout: float = 0.0):
         self.root = Path(root)
+        self._keys: Optional[KeyIndex] = None
         for sub in ("img_emb", "txt_emb", "meta", "errors"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = DirLock(self.root / LOCK_NAME, timeout=lock_timeout, what=f"cache {str(self.root)!r}")
@@ -114,11 +121,20 @@ class CacheWriter:
             raise CacheError(f"shard arrays are not row-aligned: img {len(img)}, meta {len(meta)}, "
                              f"txt {None if txt is None else len(txt)}")
         self._reload()
+        if self._keys is None:
+            self._keys = KeyIndex(self._stored_keys)
+        try:
+            self._keys.check(meta["key"].astype(str), str(self.root))
+        except CacheError:
+            self._forget_if_empty(run_id)
+            raise
         name = shard_name(len(self.manifest["shards"]), run_id)
         dtype = np.dtype(self.manifest["dtype"])
         for sub, arr in (("img_emb", img), ("txt_emb", txt)):
             if arr is not None:
                 arr = np.asarray(arr).astype(dtype)
+                if self.manifest.get("normalized") and not unit_rows(arr):  # the flag says what the rows are
+                    self.manifest["normalized"] = False
                 atomic_write(self.root / sub / f"{name}.npy", lambda f, a=arr: np.save(f, a),
                              nbytes=arr.nbytes + 128)  # + the .npy header
         atomic_write(self.root / "meta" / f"{name}.parquet", lambda f: meta.to_parquet(f, index=False))
@@ -130,7 +146,43 @@ class CacheWriter:
         run = self.manifest["runs"][run_id]
         run["position"] = stop
         write_json(self.root / "manifest.json", self.manifest)
+        self._keys.add(meta["key"].astype(str))
         return name
+
+    def _forget_if_empty(self, run_id: str) -> None:
+        """Drop the record of a run that wrote nothing (its first shard was refused)."""
+        runs = self.manifest["runs"]
+        if run_id in runs and not runs[run_id].get("position") and not any(
+                s["run"] == run_id for s in self.manifest["shards"]):
+            del runs[run_id]
+            write_json(self.root / "manifest.json", self.manifest)
+
+    def _stored_keys(self) -> pd.Series:
+        frames = [pd.read_parquet(shard_file(self.root, "meta", s["name"], "parquet"), columns=["key"])["key"]
+                  for s in self.manifest["shards"]]
+        return pd.concat(frames, ignore_index=True).astype(str) if frames else pd.Series([], dtype=str)
+
+    def earlier_run(self, rid: str, source: Dict[str, Any], *, wants_text: Callable[[], bool]) -> Optional[str]:
+        """The run that already extracted ``source`` (its ``describe()``) under other options
+        (``--shard-size``, ``--text``), if any: a complete one whose rows serve the request makes
+        a new run a no-op (its id is returned); anything else is refused, since running would
+        extract the same images a second time. ``wants_text()``: whether the new run would embed
+        captions (asked only when such a run exists)."""
+        ident = json.loads(json.dumps(source, sort_keys=True, default=str))
+        for other, run in self.manifest["runs"].items():
+            shards = [s for s in self.manifest["shards"] if s["run"] == other]
+            if other == rid or run.get("source") != ident or not shards:
+                continue
+            old = run.get("config") or {}
+            opts = " ".join(f"--{k.replace('_', '-')} {old.get(k)}" for k in ("shard_size", "text"))
+            if not all(s.get("has_text") for s in shards) and wants_text():
+                raise CacheError(f"cache {str(self.root)!r} already holds this source without caption embeddings "
+                                 f"(run {other}, {opts}); they cannot be added to its rows: extract into a new --out")
+            if not run.get("complete"):
+                raise CacheError(f"cache {str(self.root)!r} holds part of this source from a run with {opts}; re-run "
+                                 "with those options to resume it (others would extract its images a second time)")
+            return other
+        return None
 
     def finish_run(self, run_id: str, summary: Dict[str, Any], *, complete: bool) -> None:
         """Record a run's summary; ``complete`` when the source was read to its end."""
@@ -144,3 +196,53 @@ def shard_name(index: int, run_id: str) -> str:
     """``part-NNNNN-RUNHASH``: the shard's position in the manifest and its run, so that two
     runs appending to one cache can never write the same file names."""
     return f"part-{index:05d}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
+
+
+def unit_rows(arr: np.ndarray) -> bool:
+    """Whether every finite row of ``arr`` has norm 1 (within :data:`NORM_TOLERANCE`)."""
+    x = np.asarray(arr, dtype=np.float32)
+    norms = np.linalg.norm(np.where(np.isfinite(x), x, 0.0), axis=1)
+    return bool(np.all(np.abs(norms[np.isfinite(x).all(axis=1)] - 1.0) <= NORM_TOLERANCE))
+
+
+def _hashes(keys: pd.Series) -> np.ndarray:
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy(np.uint64)
+
+
+class KeyIndex:
+    """64-bit hashes of the keys a cache holds (a sorted array plus a small sorted tail, merged
+    now and then), to refuse a shard that would repeat a key. A hash hit is confirmed against
+    the keys themselves before anything is refused."""
+
+    def __init__(self, stored: Callable[[], pd.Series]):
+        self.stored = stored  # reads the keys from disk: only when a hash hits
+        self.base = np.sort(_hashes(stored()))
+        self.tail: List[np.ndarray] = []
+
+    def _hits(self, h: np.ndarray) -> np.ndarray:
+        hit = np.zeros(h.shape, dtype=bool)
+        for arr in [self.base, *self.tail]:
+            if arr.size:
+                pos = np.minimum(np.searchsorted(arr, h), arr.size - 1)
+                hit |= arr[pos] == h
+        return hit
+
+    def check(self, keys: pd.Series, root: str) -> None:
+        twice = keys[keys.duplicated()]
+        if len(twice):
+            raise CacheError(f"the source yields key {twice.iloc[0]!r} more than once ({len(twice)} repeats in one "
+                             f"shard); keys must be unique in cache {root!r} (give the manifest a unique key column)")
+        hit = self._hits(_hashes(keys))
+        if hit.any():
+            held = set(self.stored().tolist())
+            dup = [k for k in keys[hit].tolist() if k in held]
+            if dup:
+                raise CacheError(f"cache {root!r} already holds key {dup[0]!r} ({len(dup)} of this shard's "
+                                 f"{len(keys)} keys): these images were extracted into it before; nothing was "
+                                 "written. Re-run the command that made it to resume, or use another --out")
+
+    def add(self, keys: pd.Series) -> None:
+        self.tail.append(np.sort(_hashes(keys)))
+        if sum(t.size for t in self.tail) > max(1 << 18, self.base.size // 8):
+            self.base = np.sort(np.concatenate([self.base, *self.tail]))
+            self.tail = []

@@ -26,6 +26,7 @@ from clipdetect.features.encoder import ImageEncoder, encoder_for
 from clipdetect.features.pipeline import (Decoder, Task, decode_refs, default_batch_size,  # noqa: F401
                                           default_workers, encode_captions, plan_tasks)
 from clipdetect.features import pipeline
+from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
 
@@ -51,6 +52,8 @@ class ExtractConfig:
     text_batch_size: int = 256
     max_pixels: int = MAX_PIXELS
     max_aspect: Optional[float] = MAX_ASPECT  # None: thin images are centre-cropped, not refused
+    max_bytes: int = MAX_IMAGE_BYTES  # an image file larger than this is refused (too_large)
+    read_timeout: Optional[float] = READ_TIMEOUT  # seconds to read one image file (read_timeout)
     seed: int = 0
     lock_timeout: float = 0.0  # seconds to wait for another writer of the same cache
     fast_decode: str = "none"  # "draft": reduced-DCT JPEG decoding of large images (changes pixels)
@@ -77,6 +80,9 @@ class ExtractConfig:
         from clipdetect.features.runtime import check_runtime
 
         check_runtime(self.runtime, self.precision, self.device)
+        if self.max_bytes < 1 or (self.read_timeout is not None and not self.read_timeout > 0):
+            raise ValueError(f"max_bytes must be >= 1 and read_timeout > 0 (or unset), got {self.max_bytes} and "
+                             f"{self.read_timeout}")
         if self.fast_decode not in pipeline.FAST_DECODE:
             raise ValueError(f"fast_decode must be one of {pipeline.FAST_DECODE}, got {self.fast_decode!r}")
 
@@ -223,6 +229,16 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
 def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, writer: CacheWriter,
                     progress: bool) -> ExtractSummary:
     rid = run_id_for(source, config)
+    if rid not in writer.manifest["runs"]:
+        def wants_text() -> bool:
+            first = next(iter(source.iterate(0)), None)
+            return config.text == "yes" or (config.text == "auto" and backbone.has_text
+                                            and first is not None and first.caption is not None)
+        done = writer.earlier_run(rid, source.describe(), wants_text=wants_text)
+        if done is not None:
+            logger.info("cache %s already holds every image of this source (run %s); nothing to do: other "
+                        "--shard-size/--text values need a new --out", config.out, done)
+            return ExtractSummary(out=config.out, run=done, complete=True)
     run = writer.begin_run(rid, {"source": source.describe(), "config": asdict(config)})
     summary = ExtractSummary(out=config.out, run=rid, resumed_from=run["position"])
     end = config.limit
@@ -238,7 +254,7 @@ def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, w
     builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size, encoder=encoder)
     tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
     decoder = Decoder(pre, workers=config.workers, max_pixels=config.max_pixels, max_aspect=config.max_aspect,
-                      fast_decode=config.fast_decode)
+                      fast_decode=config.fast_decode, max_bytes=config.max_bytes, read_timeout=config.read_timeout)
     planner = CaptionPlanner() if config.text != "no" and backbone.has_text else None
     t0 = time.perf_counter()
     with progress_bar(total, progress) as bar, contextlib.closing(

@@ -228,7 +228,8 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
     pre = SplitPreprocess(backbone.preprocess)
     decode_args = {"source_blob": None if streamed else cloudpickle.dumps(source), "pre_blob": cloudpickle.dumps(pre),
                    "batch_size": config.batch_size, "max_pixels": config.max_pixels,
-                   "max_aspect": config.max_aspect, "draft": Decoder(pre, fast_decode=config.fast_decode).draft}
+                   "max_aspect": config.max_aspect, "draft": Decoder(pre, fast_decode=config.fast_decode).draft,
+                   "max_bytes": config.max_bytes, "read_timeout": config.read_timeout}
     encode_args = {"spec": config.backbone, "device": config.device, "precision": config.precision,
                    "runtime": config.runtime,
                    "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
+from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, BadImage, SplitPreprocess, decode_image
 from clipdetect.data.sources import Sample, Source
 from clipdetect.features.workers import ordered_map
@@ -83,24 +84,30 @@ _WORKER: Dict[str, Any] = {}
 
 
 def init_decode_worker(pre: SplitPreprocess, max_pixels: int, max_aspect: Optional[float] = MAX_ASPECT,
-                       draft: Optional[int] = None) -> None:
-    _WORKER.update(pre=pre, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft)
+                       draft: Optional[int] = None, max_bytes: int = MAX_IMAGE_BYTES,
+                       read_timeout: Optional[float] = READ_TIMEOUT) -> None:
+    _WORKER.update(pre=pre, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft, max_bytes=max_bytes,
+                   read_timeout=read_timeout)
 
 
 def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None,
-                max_aspect: Optional[float] = MAX_ASPECT, draft: Optional[int] = None) -> List[Tuple]:
+                max_aspect: Optional[float] = MAX_ASPECT, draft: Optional[int] = None, *,
+                max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT) -> List[Tuple]:
     """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail).
 
     ``draft``: let JPEG decoding reduce the image (DCT scaling) down to no less than
-    ``draft`` pixels a side — faster on large photos, slightly different pixels."""
+    ``draft`` pixels a side — faster on large photos, slightly different pixels. A file over
+    ``max_bytes``, not read within ``read_timeout`` s or not a regular file is an "err" item."""
     if pre is None:  # in a decode worker: its initializer's settings
         pre, max_pixels = _WORKER["pre"], max_pixels or _WORKER["max_pixels"]
         max_aspect, draft = _WORKER.get("max_aspect"), _WORKER.get("draft")
+        max_bytes, read_timeout = _WORKER.get("max_bytes", max_bytes), _WORKER.get("read_timeout", read_timeout)
     max_pixels = max_pixels or MAX_PIXELS
     out = []
     for ref in refs:
         try:
-            img, info = decode_image(ref, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft)
+            img, info = decode_image(ref, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft,
+                                     max_bytes=max_bytes, read_timeout=read_timeout)
             out.append(("ok", pre.worker(img), info))
         except BadImage as exc:
             out.append(("err", exc.reason, exc.detail))
@@ -130,22 +137,26 @@ class Decoder:
 
     ``workers`` processes (0: in this process) with at most ``2 * workers + 2`` tasks in
     flight. ``fast_decode="draft"`` decodes large JPEGs at a reduced DCT scale, keeping at
-    least twice the model's input side (opt-in: pixels differ from the exact path)."""
+    least twice the model's input side (opt-in: pixels differ from the exact path).
+    ``max_bytes`` / ``read_timeout``: the input-file limits (:mod:`clipdetect.core.inputs`)."""
 
     def __init__(self, pre: SplitPreprocess, *, workers: int = 0, max_pixels: int = MAX_PIXELS,
-                 max_aspect: Optional[float] = MAX_ASPECT, fast_decode: str = "none"):
+                 max_aspect: Optional[float] = MAX_ASPECT, fast_decode: str = "none",
+                 max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT):
         if fast_decode not in FAST_DECODE:
             raise ValueError(f"fast_decode must be one of {FAST_DECODE}, got {fast_decode!r}")
         if workers < 0:
             raise ValueError(f"workers must be >= 0 (0 decodes in the main process), got {workers}")
         self.pre, self.workers, self.max_pixels, self.max_aspect = pre, workers, max_pixels, max_aspect
+        self.max_bytes, self.read_timeout = max_bytes, read_timeout
         size = input_size(pre) if fast_decode == "draft" else None
         self.draft = 2 * size if size else None
 
     def __call__(self, tasks: Iterable[Tuple[Any, Sequence[Any]]]) -> Iterator[Tuple[Any, List[Tuple]]]:
         results = ordered_map(decode_task, tasks, workers=self.workers, window=2 * self.workers + 2,
                               initializer=init_decode_worker,
-                              initargs=(self.pre, self.max_pixels, self.max_aspect, self.draft))
+                              initargs=(self.pre, self.max_pixels, self.max_aspect, self.draft, self.max_bytes,
+                                        self.read_timeout))
         with contextlib.closing(results):  # closing this generator stops the decode workers
             for (payload, _), decoded in results:
                 yield payload, decoded

@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import pandas as pd
 
+from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
 from clipdetect.features.pipeline import Task, decode_refs, plan_tasks
 from clipdetect.data.sources import Sample, Source
 
@@ -74,13 +75,15 @@ class Decode:
     task (``payload``) as it is, a shard descriptor after reading it from the source."""
 
     def __init__(self, source_blob: Optional[bytes], pre_blob: bytes, batch_size: int, max_pixels: int,
-                 max_aspect: Optional[float] = None, draft: Optional[int] = None):
+                 max_aspect: Optional[float] = None, draft: Optional[int] = None,
+                 max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT):
         from clipdetect.core import compat  # noqa: F401  (torchvision guard before unpickling transforms)
         import cloudpickle
 
         self.source = None if source_blob is None else cloudpickle.loads(source_blob)
         self.pre = cloudpickle.loads(pre_blob)
         self.batch_size, self.max_pixels, self.max_aspect, self.draft = batch_size, max_pixels, max_aspect, draft
+        self.limits = {"max_bytes": max_bytes, "read_timeout": read_timeout}
 
     def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
         for rec in batch.to_dict("records"):
@@ -96,7 +99,8 @@ class Decode:
 
     def _task(self, rec: Dict[str, Any], task: int, stop: int, last: bool, chunk: List[Sample]
               ) -> pd.DataFrame:
-        decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels, self.max_aspect, self.draft)
+        decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels, self.max_aspect, self.draft,
+                              **self.limits)
         ok = [d[1] for d in decoded if d[0] == "ok"]
         arr = np.stack(ok) if ok else np.zeros((0,), dtype=np.uint8)
         fields = [{k: getattr(s, k) for k in SAMPLE_FIELDS} for s in chunk]

@@ -16,13 +16,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from clipdetect.core.inputs import InputError, check_regular
+
 from clipdetect.features.cache import FeatureCache
-from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS, CacheError, read_manifest
+from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError,
+                                          manifest_problems, read_manifest, shard_file)
 
 __all__ = ["Problem", "VerifyReport", "verify_cache", "open_verified", "npy_header"]
 
-#: |norm - 1| allowed for stored normalised embeddings (fp16 rounding is ~1e-3)
-NORM_TOLERANCE = 0.02
 _CHUNK = 65536
 
 
@@ -73,11 +74,26 @@ def npy_header(path: Path):
         return shape, dtype, f.tell()
 
 
+def _file(root: Path, sub: str, name: str, ext: str, out: List[Problem], required: bool = True):
+    """The shard file if it is a regular file inside the cache; otherwise a problem (or None)."""
+    rel = f"{sub}/{name}.{ext}"
+    try:
+        path = shard_file(root, sub, name, ext)
+        check_regular(path)
+    except CacheError as exc:
+        out.append(Problem(rel, str(exc), name))
+        return None
+    except InputError as exc:
+        if required or exc.reason != "missing":
+            out.append(Problem(rel, "missing" if exc.reason == "missing" else exc.detail, name))
+        return None
+    return path
+
+
 def _check_npy(root: Path, sub: str, shard: Dict[str, Any], manifest: Dict[str, Any], out: List[Problem]):
-    path = root / sub / f"{shard['name']}.npy"
-    rel, name = f"{sub}/{path.name}", shard["name"]
-    if not path.is_file():
-        out.append(Problem(rel, "missing", name))
+    rel, name = f"{sub}/{shard['name']}.npy", shard["name"]
+    path = _file(root, sub, name, "npy", out)
+    if path is None:
         return None
     try:
         shape, dtype, offset = npy_header(path)
@@ -101,11 +117,9 @@ def _check_npy(root: Path, sub: str, shard: Dict[str, Any], manifest: Dict[str, 
 def _check_parquet(root: Path, sub: str, shard: Dict[str, Any], rows: Optional[int], out: List[Problem]):
     import pyarrow.parquet as pq
 
-    path = root / sub / f"{shard['name']}.parquet"
-    rel = f"{sub}/{path.name}"
-    if not path.is_file():
-        if sub == "meta":
-            out.append(Problem(rel, "missing", shard["name"]))
+    rel = f"{sub}/{shard['name']}.parquet"
+    path = _file(root, sub, shard["name"], "parquet", out, required=sub == "meta")
+    if path is None:
         return None
     try:
         n = pq.ParquetFile(path).metadata.num_rows
@@ -169,23 +183,15 @@ def verify_cache(root: str | os.PathLike, *, full: bool = True) -> VerifyReport:
     root = Path(root)
     report = VerifyReport(str(root), full=full)
     try:
-        manifest = read_manifest(root)
+        manifest = read_manifest(root, consistent=False)
     except CacheError as exc:
         report.problems.append(Problem("manifest.json", str(exc)))
         return report
-    out, seen, names = report.problems, {}, set()
-    runs = manifest.get("runs", {})
-    for s in manifest.get("shards", []):
+    out, seen = report.problems, {}
+    out += [Problem("manifest.json", what, shard) for shard, what in manifest_problems(manifest)]
+    for s in manifest["shards"]:
         report.shards += 1
         report.rows += int(s["rows"])
-        if s["name"] in names:
-            out.append(Problem("manifest.json", "lists this shard twice", s["name"]))
-        names.add(s["name"])
-        if s.get("run") not in runs:
-            out.append(Problem("manifest.json", f"shard of run {s.get('run')!r}, which the manifest lacks", s["name"]))
-        elif int(s.get("stop", 0)) > int(runs[s["run"]].get("position", 0)):
-            out.append(Problem("manifest.json", f"shard ends at source position {s['stop']} beyond its run's "
-                                                f"position {runs[s['run']].get('position')}", s["name"]))
         arrays = [("img_emb", _check_npy(root, "img_emb", s, manifest, out))]
         if s.get("has_text"):
             arrays.append(("txt_emb", _check_npy(root, "txt_emb", s, manifest, out)))

@@ -3,18 +3,23 @@ and a shutdown that cannot hang.
 
 Each worker has its own task queue and its own result pipe; nothing is shared between
 workers, so none can die holding a lock the others (or the parent) need. Workers ignore
-SIGINT — Ctrl-C reaches the whole process group, and the parent stops them itself.
+SIGINT — Ctrl-C reaches the whole process group, and the parent stops them itself — and
+die at once on SIGTERM or SIGHUP (the parent's clean-up, :mod:`clipdetect.core.signals`,
+stops the rest). A worker whose parent is gone (killed with SIGKILL) exits within a second
+instead of living on as an orphan.
 """
 from __future__ import annotations
 
 import atexit
-import contextlib
 import multiprocessing as mp
+import os
+import queue
 import signal
-import threading
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Tuple
+
+from clipdetect.core.signals import SHUTDOWN_SIGNALS, deferred
 
 __all__ = ["ordered_map", "abort_all"]
 
@@ -32,50 +37,46 @@ def abort_all() -> None:
 atexit.register(abort_all)
 
 
-def _worker_main(fn: Callable, initializer, initargs, tasks, results) -> None:
+#: seconds between a waiting worker's checks that its parent is still alive
+PARENT_CHECK = 1.0
+
+
+def _worker_main(fn: Callable, initializer, initargs, tasks, results, parent: int, read_ends=()) -> None:
     """One decode process: tasks from its own queue, results down its own pipe, in order.
 
     Ctrl-C reaches the whole process group; workers ignore it and the parent stops them,
-    so no worker dies half-way through a queue operation."""
+    so no worker dies half-way through a queue operation. SIGTERM and SIGHUP end a worker at
+    once (the parent's handlers, inherited through the fork, are dropped first); the signals
+    arrive blocked (see :func:`clipdetect.core.signals.deferred`) and are unblocked here.
+    ``read_ends``: the parent's ends of the result pipes, inherited through the fork and closed
+    here, so that a dead parent's pipe breaks instead of blocking a worker forever."""
+    for r in read_ends:
+        r.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for s in SHUTDOWN_SIGNALS[1:]:
+        signal.signal(s, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(SHUTDOWN_SIGNALS))
     if initializer:
         initializer(*initargs)
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=PARENT_CHECK)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent died without stopping us: do not linger
+                return
+            continue
         if task is None:
             return
         try:
-            results.send((True, fn(task)))
+            reply = (True, fn(task))
         except Exception as exc:  # sent to the parent, which re-raises it
-            try:
-                results.send((False, exc))
-            except Exception:
-                results.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C back while processes are forked, then raise it.
-
-    Blocking SIGINT with ``pthread_sigmask`` is not enough: the kernel hands a process-group
-    signal to any thread that does not block it (torch's or a queue's helper threads), and
-    Python then raises KeyboardInterrupt in the main thread wherever it is — possibly inside
-    ``Process.start()`` after the fork, before the parent has recorded the child, which then
-    outlives it. A Python-level handler that only records the signal closes that window."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # children start with it blocked
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+            reply = (False, exc)
+        try:
+            results.send(reply)
+        except OSError:  # the parent is gone (a broken pipe)
+            return
+        except Exception:  # an exception that cannot be pickled
+            results.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
 
 
 class _Workers:
@@ -87,14 +88,14 @@ class _Workers:
         self.procs, self.tasks, self.results = [], [], []
         _LIVE.add(self)
         try:
-            with _sigint_deferred():  # no KeyboardInterrupt half-way through a fork
+            with deferred():  # no KeyboardInterrupt half-way through a fork
                 for i in range(n):
                     q, (r, w) = ctx.Queue(), ctx.Pipe(duplex=False)
-                    proc = ctx.Process(target=_worker_main, args=(fn, initializer, initargs, q, w),
-                                       daemon=True, name=f"clipdetect-decode-{i}")
-                    self.procs.append(proc)
                     self.tasks.append(q)
                     self.results.append(r)
+                    proc = ctx.Process(target=_worker_main, daemon=True, name=f"clipdetect-decode-{i}",
+                                       args=(fn, initializer, initargs, q, w, os.getpid(), list(self.results)))
+                    self.procs.append(proc)
                     proc.start()
                     w.close()  # the worker holds the only write end: its death is an EOF here
         except BaseException:

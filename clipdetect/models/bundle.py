@@ -3,6 +3,7 @@ and ``detector.json`` (everything else, plain JSON). Loading reads only those tw
 never unpickles; :class:`~clipdetect.models.detector.Detector` saves and loads through here."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -13,8 +14,11 @@ from typing import Any, Dict
 import numpy as np
 
 from clipdetect import __version__
-from clipdetect.core.io import read_json, read_safetensors, save_safetensors, write_json
-from clipdetect.models.heads import create_head, head_from_dict
+from clipdetect.core.io import read_json, write_json
+from clipdetect.core.tensorfile import read_safetensors, safetensors_header, save_safetensors
+from clipdetect.core.schema import Field, validate
+from clipdetect.features.manifest import FEATURE_SETS
+from clipdetect.models.heads import HEAD_KINDS, create_head, head_from_dict
 
 FORMAT = "clipdetect-detector"
 VERSION = 1
@@ -56,31 +60,122 @@ def save_bundle(det, path: str | os.PathLike) -> Path:
     return path
 
 
+# ------------------------------------------------------------------ the format, as a table
+#: bounds that keep a hostile detector.json from allocating without end (a real head: a few
+#: million parameters; CLIP features: at most a few thousand dimensions)
+MAX_DIM, MAX_DEPTH, MAX_HEAD_PARAMETERS = 65536, 64, 100_000_000
+#: a temperature outside this range makes every probability 0.5, or 0 and 1 (fits use [0.01, 100])
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+_TEXT = Field(str, nullable=True, max_len=4096)
+HEAD_FIELDS = {  # HeadConfig: no unknown keys (a typo must not pass)
+    "kind": Field(str, required=True, choices=HEAD_KINDS),
+    "in_dim": Field(int, required=True, lo=1, hi=MAX_DIM),
+    "width": Field(int, nullable=True, lo=1, hi=MAX_DIM),
+    "depth": Field(int, lo=1, hi=MAX_DEPTH),
+    "dropout": Field(float, lo=0.0, hi=1.0, hi_open=True),
+    "negative_slope": Field(float, lo=0.0, hi=100.0),
+}
+BACKBONE_FIELDS = {"spec": _TEXT, "arch": _TEXT, "weights": _TEXT, "tag": _TEXT, "sha256": _TEXT,
+                   "seed": Field(int, nullable=True, lo=0, hi=2**63 - 1),
+                   "embed_dim": Field(int, nullable=True, lo=1, hi=MAX_DIM),
+                   "preprocess": Field(dict, nullable=True), "has_text": Field(bool, nullable=True)}
+COMPRESSION_FIELDS = {"svd": Field(dict, nullable=True, max_len=4096, items=Field(int, lo=1, hi=MAX_DIM))}
+#: detector.json, field by field; unknown top-level keys are tolerated (newer writers add some)
+DETECTOR_FIELDS = {
+    "format": Field(str, required=True, choices=(FORMAT,)),
+    "version": Field(int, lo=0, hi=VERSION),
+    "feature_set": Field(str, required=True, choices=FEATURE_SETS),
+    "backbone": Field(dict, nullable=True, fields=BACKBONE_FIELDS),
+    "head_config": Field(dict, required=True, fields=HEAD_FIELDS, extra=False),
+    "threshold": Field(float, lo=0.0, hi=1.0),
+    "temperature": Field(float, lo=MIN_TEMPERATURE, hi=MAX_TEMPERATURE),
+    "train_config": Field(dict, nullable=True),
+    "metrics": Field(dict, nullable=True),
+    "extra": Field(dict, nullable=True, fields={"compression": Field(dict, nullable=True, fields=COMPRESSION_FIELDS)}),
+}
+
+
+def head_parameters(head: Dict[str, Any]) -> int:
+    """Parameters (and buffers) the head described by a validated ``head_config`` holds."""
+    d, w, depth = head["in_dim"], head.get("width") or head["in_dim"], head.get("depth", 3)
+    if head["kind"] == "linear":
+        return d + 1
+    return d * w + (depth - 1) * w * w + depth * 5 * w + w + 1  # Linear, BatchNorm (4 per unit), out
+
+
+def check_weights(head, state: Dict[str, Any], path: Path) -> None:
+    """Refuse weights that do not fit ``head``: names, shapes, dtype kinds, then values (finite,
+    BatchNorm variances >= 0). ``state`` maps names to ``{"dtype", "shape"}`` (a safetensors
+    header, checked before loading) or to tensors (checked after)."""
+    want = head.state_dict()
+    if set(state) != set(want):
+        missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+        raise DetectorError(f"{str(path)!r} does not match the head described in {CONFIG}: missing "
+                            f"{missing[:5]}, unexpected {unexpected[:5]}")
+    for name, t in want.items():
+        got = state[name]
+        shape = tuple(got["shape"]) if isinstance(got, dict) else tuple(got.shape)
+        if shape != tuple(t.shape):
+            raise DetectorError(f"{str(path)!r}: tensor {name} has shape {list(shape)}, the head in {CONFIG} "
+                                f"needs {list(t.shape)}")
+        kind = str(got["dtype"] if isinstance(got, dict) else got.dtype).upper()
+        floating = t.is_floating_point()
+        if floating != any(f in kind for f in ("F16", "F32", "F64", "FLOAT", "BF16", "HALF", "DOUBLE")):
+            raise DetectorError(f"{str(path)!r}: tensor {name} is stored as {kind}, the head needs "
+                                f"{'a floating-point' if floating else 'an integer'} tensor")
+        if not isinstance(got, dict) and floating:
+            if not bool(got.isfinite().all()):
+                raise DetectorError(f"{str(path)!r}: tensor {name} holds NaN or inf values; the weights are "
+                                    "damaged (every score would be NaN)")
+            if name.endswith("running_var") and bool((got < 0).any()):
+                raise DetectorError(f"{str(path)!r}: tensor {name} holds negative variances; the weights are damaged")
+
+
+def _build_head(head_config, structure, cfg_path: Path, *, meta: bool = False):
+    """The head ``detector.json`` describes (low-rank layers replayed); on the meta device
+    (shapes only, nothing allocated) with ``meta``."""
+    import torch
+
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        head = create_head(head_config)
+        if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
+            from clipdetect.models.compress import apply_structure
+
+            try:
+                head = apply_structure(head, structure)
+            except ValueError as exc:
+                raise DetectorError(f"detector description {str(cfg_path)!r}: extra.compression: {exc}") from None
+    return head
+
+
 def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, Any]:
-    """The :class:`~clipdetect.models.detector.Detector` arguments of the bundle at ``path``."""
+    """The :class:`~clipdetect.models.detector.Detector` arguments of the bundle at ``path``.
+
+    ``detector.json`` is checked against :data:`DETECTOR_FIELDS` and the head's size bound,
+    and the safetensors header against the head, before anything is allocated; the weights
+    must then be finite."""
     path = Path(path)
     cfg_path, w_path = path / CONFIG, path / WEIGHTS
     for p in (cfg_path, w_path):
-        if not p.is_file():
+        if not p.exists():
             raise DetectorError(f"{str(path)!r} is not a detector bundle: {p.name} is missing "
                                 "(bundles are written by `clipdetect train --out DIR`)")
     cfg = read_json(cfg_path, what="detector description", error=DetectorError)
-    if cfg.get("format") != FORMAT:
-        raise DetectorError(f"{str(cfg_path)!r} is not a {FORMAT} description")
-    if cfg.get("version", 0) > VERSION:
+    if isinstance(cfg, dict) and isinstance(cfg.get("version"), int) and cfg["version"] > VERSION:
         raise DetectorError(f"detector format version {cfg['version']} is newer than this clipdetect reads")
-    state = read_safetensors(w_path, error=DetectorError)
+    validate(cfg, DETECTOR_FIELDS, what=f"detector description {str(cfg_path)!r}", error=DetectorError)
+    if head_parameters(cfg["head_config"]) > MAX_HEAD_PARAMETERS:
+        raise DetectorError(f"detector description {str(cfg_path)!r}: head_config describes "
+                            f"{head_parameters(cfg['head_config']):,} parameters, more than the "
+                            f"{MAX_HEAD_PARAMETERS:,} a detector head may hold")
+    header = safetensors_header(w_path, error=DetectorError)
     head_config = head_from_dict(cfg["head_config"])
-    head = create_head(head_config)
     structure = (cfg.get("extra") or {}).get("compression")
-    if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
-        from clipdetect.models.compress import apply_structure
-
-        head = apply_structure(head, structure)
-    try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise DetectorError(f"{str(w_path)!r} does not match the head described in {CONFIG}: {exc}") from exc
+    check_weights(_build_head(head_config, structure, cfg_path, meta=True), header, w_path)  # shapes, no memory
+    head = _build_head(head_config, structure, cfg_path)
+    state = read_safetensors(w_path, error=DetectorError)
+    check_weights(head, state, w_path)
+    head.load_state_dict(state, strict=True)
     return dict(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
                 backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
                 metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),

@@ -139,7 +139,10 @@ def apply_structure(model: nn.Module, structure: Dict[str, Any]) -> nn.Module:
             raise ValueError(f"compressed layer {name!r} does not exist in this model") from None
         if not (type(m) is nn.Linear or _is_pointwise(m)):
             raise ValueError(f"compressed layer {name!r} is a {type(m).__name__}, not a Linear / 1x1 conv")
-        _set_module(model, name, _empty_low_rank(m, int(r)))
+        full = min(m.weight.shape[0], m.weight.shape[1])
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= full:
+            raise ValueError(f"compressed layer {name!r} has rank {r!r}; a rank of this layer lies in [1, {full}]")
+        _set_module(model, name, _empty_low_rank(m, r))
     return model
 
 

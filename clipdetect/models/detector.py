@@ -88,7 +88,8 @@ class Detector:
     # ---- scoring -------------------------------------------------------------------------
     @torch.no_grad()
     def decision_function(self, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
-        """Logits [N] (eval mode, batched; temperature not applied)."""
+        """Logits [N] (eval mode, batched; temperature not applied). Non-finite features or
+        logits raise :class:`DetectorError`: a NaN score would otherwise read as "real"."""
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.in_dim:
             raise DetectorError(f"features of shape {X.shape} do not fit this detector, which expects "
@@ -99,6 +100,12 @@ class Detector:
         for i in range(0, len(X), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], dtype=np.float32)).to(device)
             out[i:i + batch_size] = self.head(xb).float().cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(out))
+        if bad.size:
+            cause = ("the features hold NaN/inf" if not np.isfinite(X[bad[:100]]).all() else
+                     "the head overflows on them (its weights are damaged or extreme)")
+            raise DetectorError(f"the detector gives no finite score for {bad.size} of {len(X)} rows (first: row "
+                                f"{bad[0]}): {cause}; refusing to score")
         return out
 
     def fake_probability(self, X: np.ndarray) -> np.ndarray:
@@ -149,12 +156,11 @@ class Detector:
         of ``predict``; None: its defaults), refused images get ``decompression_bomb`` /
         ``extreme_aspect`` errors.
         """
-        from PIL import Image
-
+        from clipdetect.data.imaging import IMAGE_REF_TYPES
         from clipdetect.features.backbones import Backbone, BackboneError
         from clipdetect.models.predict import resolve_backbone, score_images
 
-        if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
+        if isinstance(images, IMAGE_REF_TYPES):
             images = [images]
         if isinstance(backbone, Backbone):
             if (runtime, precision) != ("torch", "fp32"):

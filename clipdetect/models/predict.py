@@ -26,7 +26,10 @@ from clipdetect.features.backbones import (Backbone, BackboneError, create_backb
 from clipdetect.features import pipeline
 from clipdetect.features.encoder import encoder_for
 from clipdetect.features.pipeline import Decoder, default_workers, encode_captions, read_batches
-from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
+from clipdetect.core.escape import csv_row
+from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
+from clipdetect.core.io import AtomicFile, not_an_input
+from clipdetect.data.imaging import IMAGE_REF_TYPES, MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.registry import open_source
 from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
 
@@ -132,37 +135,36 @@ class PredictSummary:
 
 
 class _Writer:
-    """Streams prediction rows to CSV or JSONL (chosen by suffix), via a temporary file."""
+    """Streams prediction rows to CSV or JSONL (chosen by suffix), via a temporary file created
+    exclusively (:class:`~clipdetect.core.io.AtomicFile`); CSV cells are formula-safe."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         if self.path.suffix.lower() not in (".csv", ".jsonl"):
             raise ValueError(f"--out {str(path)!r} must end in .csv or .jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.file = AtomicFile(self.path, "w", newline="")
         try:
-            self.f = open(self.tmp, "w", newline="")
+            self.f = self.file.stream
             self.csv = csv.DictWriter(self.f, fieldnames=COLUMNS) if self.path.suffix.lower() == ".csv" else None
             if self.csv:
                 self.csv.writeheader()
         except BaseException:  # Ctrl-C or a full disk while starting: leave nothing behind
-            self.tmp.unlink(missing_ok=True)
+            self.file.discard()
             raise
 
     def write(self, row: Dict[str, Any]) -> None:
         if self.csv:
-            self.csv.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+            self.csv.writerow(csv_row({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS}))
         else:
             self.f.write(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n")
 
     def close(self) -> None:
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        self.file.commit()
 
     def abort(self) -> None:
         """A failed or interrupted run leaves no partial predictions file."""
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
+        self.file.discard()
 
 
 def check_captions(detector, source: Source) -> None:
@@ -207,6 +209,11 @@ def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions
         if fs != "image":
             t = encode_captions(backbone, [captions[i] for i in ok])
             x = t if fs == "text" else np.concatenate([x, t], axis=1)
+        finite = np.isfinite(np.asarray(x, dtype=np.float32)).all(axis=1)
+        for j in np.flatnonzero(~finite):  # the backbone overflowed: no score, not a NaN one
+            out[ok[j]]["error"] = "non_finite_embedding: the backbone gave NaN/inf features"
+        ok, x = [i for i, f in zip(ok, finite) if f], np.asarray(x)[finite]
+    if ok:
         raw = detector.decision_function(x)  # the head runs once: logits and probabilities from it
         logits = np.asarray(raw, dtype=np.float64).ravel()
         probs = np.asarray(detector.probability_of(raw), dtype=np.float64).ravel()
@@ -218,7 +225,8 @@ def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions
 
 def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_size: int = 64,
                  captions: Optional[Sequence[Optional[str]]] = None, max_pixels: int = MAX_PIXELS,
-                 max_aspect: Optional[float] = MAX_ASPECT):
+                 max_aspect: Optional[float] = MAX_ASPECT, max_bytes: int = MAX_IMAGE_BYTES,
+                 read_timeout: Optional[float] = READ_TIMEOUT):
     """Score images held in memory (PIL images, paths or bytes) in this process, writing no file.
 
     Decoding, preprocessing, encoding and scoring run on the engine :func:`predict_source` uses
@@ -230,13 +238,18 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    images = list(images)
+    images = [images] if isinstance(images, IMAGE_REF_TYPES) else list(images)
+    bad = [(i, type(im).__name__) for i, im in enumerate(images) if not isinstance(im, IMAGE_REF_TYPES)]
+    if bad:
+        raise TypeError(f"image {bad[0][0]} is a {bad[0][1]}; each image must be a PIL image, a path or encoded "
+                        "bytes (bytes, bytearray, memoryview); pass one image alone or a list of them")
     captions = list(captions) if captions is not None else [None] * len(images)
     if len(captions) != len(images):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images")
     check_text_tower(detector, backbone)
     pre = SplitPreprocess(backbone.preprocess)
-    decoder = Decoder(pre, workers=0, max_pixels=max_pixels, max_aspect=max_aspect)
+    decoder = Decoder(pre, workers=0, max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes,
+                      read_timeout=read_timeout)
     tasks = ((captions[i:i + batch_size], images[i:i + batch_size]) for i in range(0, len(images), batch_size))
     rows: List[Dict[str, Any]] = []
     for caps, decoded, x in pipeline.run(tasks, decoder, encoder_for(backbone, pre),
@@ -252,6 +265,7 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
 def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone: Optional[Backbone] = None,
                    batch_size: int = 64, workers: Optional[int] = None, limit: Optional[int] = None,
                    max_pixels: int = MAX_PIXELS, max_aspect: Optional[float] = MAX_ASPECT,
+                   max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT,
                    progress: bool = True) -> PredictSummary:
     """Score every image of ``source`` and write one row each to ``out`` (.csv or .jsonl).
 
@@ -265,6 +279,8 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if Path(out).suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"--out {str(out)!r} must end in .csv or .jsonl")
+    desc = source.describe()
+    not_an_input(out, [desc.get(k) for k in ("path", "root")], what="--out")
     check_captions(detector, source)
     workers = default_workers() if workers is None else workers
     backbone = backbone or resolve_backbone(detector)
@@ -273,7 +289,8 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     summary = PredictSummary(out=str(out))
     hits = labelled = 0
     tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
-    decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect)
+    decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes,
+                      read_timeout=read_timeout)
     encoder = encoder_for(backbone, pre)
 
     def select(batch, decoded):  # text features need a caption

@@ -42,7 +42,7 @@ from clipdetect.models.sam import SAM
 from clipdetect.models.step import COMPILE_MODES, compile_mode, forward_loss, sam_step
 from clipdetect.models import resident as resident_rows
 from clipdetect.core.config import from_dict
-from clipdetect.core.io import write_json
+from clipdetect.core.io import open_new, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "train_config.json", config.to_dict())
-        log_file = open(out_dir / "train_log.jsonl", "w")
+        log_file = open_new(out_dir / "train_log.jsonl", "w")
     device = torch.device(config.device)
     head_config = config.head_config(train_data.dim)
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
