@@ -54,13 +54,28 @@ class CLIError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
 
+def _printed_below(record: logging.LogRecord) -> bool:
+    """Whether a logger between the record's own and the root has a handler that prints it
+    (some libraries attach their own stream handler and still propagate to the root)."""
+    logger_ = logging.getLogger(record.name)
+    while logger_ is not None and logger_ is not logging.getLogger():
+        if any(not isinstance(h, logging.NullHandler) and record.levelno >= h.level for h in logger_.handlers):
+            return True
+        if not logger_.propagate:
+            return True
+        logger_ = logger_.parent
+    return False
+
+
 def _setup_logging(verbosity: int) -> None:
     """clipdetect logs at INFO (DEBUG with -v); other libraries only at WARNING (DEBUG with -vv).
 
     The handler sits on the root logger, so records are printed once and pytest/applications
-    that configure logging themselves still see them.
+    that configure logging themselves still see them; a record that a library's own handler
+    already printed is not printed a second time.
     """
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: not _printed_below(record))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_clipdetect", False)]
@@ -101,7 +116,64 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = False) -> arg
                 continue  # a stage not built into this installation
             raise
         module.add_parser(sub)
+    for command in sub.choices.values():
+        for leaf in _leaf_parsers(command):
+            _add_output_options(leaf)
     return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """The parsers that run something: ``parser`` itself, or those under its sub-commands."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(child)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--no-progress`` on every command (the one place they are defined)."""
+    if parser.get_default("func") is None:
+        return  # a one-line stub of `clipdetect --help`
+    g = parser.add_argument_group("output")
+    g.add_argument("--json", action="store_true",
+                   help="print the result as one JSON document on stdout (for scripts); default: readable text")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars are drawn only when stderr is a terminal anyway)")
+
+
+def emit(args, payload, text: Optional[str] = None) -> None:
+    """The command's result on stdout: ``payload`` as JSON with ``--json``, else ``text``
+    (default: ``payload`` as indented ``key: value`` lines)."""
+    if getattr(args, "json", False):
+        print_json(payload)
+    else:
+        sys.stdout.write((text if text is not None else readable(payload)).rstrip("\n") + "\n")
+
+
+def readable(obj, indent: int = 0) -> str:
+    """Nested dicts and lists as indented ``key: value`` lines (floats to 4 significant digits)."""
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        lines = []
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                lines += [f"{pad}{k}:", readable(v, indent + 1)]
+            else:
+                lines.append(f"{pad}{k}: {_scalar(v)}")
+        return "\n".join(lines)
+    if isinstance(obj, list):
+        if all(not isinstance(v, (dict, list)) for v in obj):
+            return pad + ", ".join(_scalar(v) for v in obj)
+        return "\n".join(readable(v, indent) + ("\n" if isinstance(v, dict) else "") for v in obj).rstrip()
+    return pad + _scalar(obj)
+
+
+def _scalar(v) -> str:
+    if isinstance(v, float):
+        return "n/a" if v != v else f"{v:.4g}"
+    return "n/a" if v is None else str(v)
 
 
 def config_override(text: str):
@@ -115,8 +187,21 @@ def config_override(text: str):
         return key, value
 
 
+def _plain(obj):
+    """Strict JSON values: NaN and infinities become null, numpy scalars Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalars and arrays
+        return _plain(obj.tolist())
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.write(json.dumps(_plain(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

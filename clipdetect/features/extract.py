@@ -191,7 +191,7 @@ def run_id_for(source: Source, config: ExtractConfig) -> str:
 def progress_bar(total: Optional[int], enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc="extract", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc="extract", disable=None if enabled else True, smoothing=0.1, dynamic_ncols=True)
 
 
 def check_not_empty(source: Source, start: int = 0) -> None:

@@ -14,10 +14,13 @@ import numpy as np
 
 from clipdetect import __version__
 from clipdetect.core.io import read_json, read_safetensors, save_safetensors, write_json
+from clipdetect.models.calibration import Calibration
 from clipdetect.models.heads import create_head, head_from_dict
 
 FORMAT = "clipdetect-detector"
-VERSION = 1
+#: 2: a ``calibration`` record (Platt scaling) replaces the ``temperature`` field; a bundle with a
+#: temperature (or no calibration) is still written as version 1, which every reader understands
+VERSION = 2
 WEIGHTS, CONFIG = "model.safetensors", "detector.json"
 
 
@@ -39,11 +42,17 @@ def _jsonable(obj: Any) -> Any:
 
 
 def bundle_json(det) -> Dict[str, Any]:
-    """``detector.json`` of detector ``det`` (plain JSON: NaN/inf become null)."""
-    return _jsonable({"format": FORMAT, "version": VERSION, "clipdetect_version": __version__,
+    """``detector.json`` of detector ``det`` (plain JSON: NaN/inf become null).
+
+    Platt-calibrated bundles are version 2 (``calibration``: method, scale, offset); others keep
+    version 1's ``temperature`` field, so older readers score them exactly as before."""
+    cal = det.calibration
+    legacy = cal.method != "platt"
+    return _jsonable({"format": FORMAT, "version": 1 if legacy else VERSION, "clipdetect_version": __version__,
                       "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "feature_set": det.feature_set,
                       "backbone": det.backbone, "head_config": dataclasses.asdict(det.head_config),
-                      "threshold": det.threshold, "temperature": det.temperature,
+                      "threshold": det.threshold, **({"temperature": det.temperature} if legacy else {}),
+                      "calibration": cal.to_json(), "threshold_target": det.threshold_target,
                       "train_config": det.train_config, "metrics": det.metrics, "extra": det.extra})
 
 
@@ -84,4 +93,13 @@ def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, An
     return dict(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
                 backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
                 metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
-                temperature=cfg.get("temperature", 1.0), extra=cfg.get("extra"))
+                calibration=read_calibration(cfg), threshold_target=cfg.get("threshold_target"),
+                extra=cfg.get("extra"))
+
+
+def read_calibration(cfg: Dict[str, Any]) -> Calibration:
+    """The calibration a ``detector.json`` describes: its ``calibration`` record, else (bundles
+    written before it) its ``temperature``, applied as it always was (``sigmoid(logit / T)``)."""
+    if cfg.get("calibration"):
+        return Calibration.from_json(cfg["calibration"])
+    return Calibration.of_temperature(float(cfg.get("temperature") or 1.0))
