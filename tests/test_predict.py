@@ -44,12 +44,12 @@ def test_scores_match_cache_features_and_errors_are_rows(setup, tiny_backbone):
     df = pd.read_csv(out)
     assert len(df) == s.n == 17 and s.scored == 16 and s.errors == {"corrupt": 1}
     bad = df[df.error.notna()]
-    assert list(bad.key) == ["real/broken.png"] and bad.score.isna().all()
+    assert list(bad.key) == ["real/broken.png"] and bad.logit.isna().all()
     good = df[df.error.isna()].set_index("key")
     keys = cache.meta.key.to_numpy()
     want = det.decision_function(cache.features("image"))
-    np.testing.assert_allclose(good.loc[keys, "score"].to_numpy(), want, atol=1e-4)
-    p = 1 / (1 + np.exp(-good.loc[keys, "score"].to_numpy() / 2.0))
+    np.testing.assert_allclose(good.loc[keys, "logit"].to_numpy(), want, atol=1e-4)
+    p = 1 / (1 + np.exp(-good.loc[keys, "logit"].to_numpy() / 2.0))
     np.testing.assert_allclose(good.loc[keys, "probability"], p, atol=1e-6)
     assert (good.label == (good.probability > det.threshold).astype(int)).all()
     assert set(good.true_label) == {0,

@@ -67,7 +67,7 @@ def _printed_below(record: logging.LogRecord) -> bool:
     return False
 
 
-def _setup_logging(verbosity: int) -> None:
+def setup_logging(verbosity: int) -> None:
     """clipdetect logs at INFO (DEBUG with -v); other libraries only at WARNING (DEBUG with -vv).
 
     The handler sits on the root logger, so records are printed once and pytest/applications
@@ -210,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         (getattr(args, "help_parser", None) or parser).print_help()
         return 2
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, FileNotFoundError) as exc:  # user errors: one line, exit 2

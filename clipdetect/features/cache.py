@@ -26,7 +26,8 @@ import pandas as pd
 
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
-from clipdetect.features.manifest import ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, CacheError, read_manifest
+from clipdetect.features.manifest import (ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, OPTIONAL_META_COLUMNS, CacheError,
+                                         read_manifest)
 
 
 @dataclass
@@ -76,7 +77,8 @@ class FeatureCache:
     @property
     def meta(self) -> pd.DataFrame:
         if self._meta is None:
-            frames = [pd.read_parquet(self.root / "meta" / f"{s.name}.parquet") for s in self.shards]
+            frames = [_with_optional(pd.read_parquet(self.root / "meta" / f"{s.name}.parquet"))
+                      for s in self.shards]
             self._meta = (pd.concat(frames, ignore_index=True) if frames
                           else pd.DataFrame(columns=META_COLUMNS))
         return self._meta
@@ -92,7 +94,7 @@ class FeatureCache:
         if missing and self._meta is not None:
             self._columns.update({n: self._meta[n] for n in missing})
         elif missing:
-            frames = [pd.read_parquet(self.root / "meta" / f"{s.name}.parquet", columns=missing) for s in self.shards]
+            frames = [_read_columns(self.root / "meta" / f"{s.name}.parquet", missing) for s in self.shards]
             got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=missing)
             self._columns.update({n: got[n] for n in missing})
         return pd.DataFrame({n: self._columns[n] for n in names})
@@ -206,6 +208,23 @@ class FeatureCache:
                 "errors": {str(k): int(v) for k, v in errs["reason"].value_counts().items()} if len(errs) else {},
                 "runs": {k: {kk: v.get(kk) for kk in ("source", "position", "complete")}
                          for k, v in self.manifest["runs"].items()}}
+
+
+def _with_optional(meta: pd.DataFrame) -> pd.DataFrame:
+    """Shard metadata with the columns older caches lack filled with ""."""
+    for col in OPTIONAL_META_COLUMNS:
+        if col not in meta.columns:
+            meta[col] = ""
+    return meta
+
+
+def _read_columns(path: Path, names: List[str]) -> pd.DataFrame:
+    """Columns ``names`` of one shard's metadata; an optional column an older shard lacks reads as ""."""
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    got = pd.read_parquet(path, columns=[n for n in names if n in have])
+    return _with_optional(got)[names] if set(names) - have <= set(OPTIONAL_META_COLUMNS) else got
 
 
 def open_cache(root: str | os.PathLike) -> FeatureCache:

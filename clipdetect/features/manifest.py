@@ -10,7 +10,10 @@ from clipdetect.core.io import read_json
 
 FORMAT = "clipdetect-cache"
 VERSION = 1
-META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "width", "height", "format", "mode"]
+META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "width", "height", "format", "mode",
+                "source"]
+#: metadata columns that caches written by earlier versions lack; read as "" there
+OPTIONAL_META_COLUMNS = ("source",)
 ERROR_COLUMNS = ["key", "path", "reason", "detail"]
 FEATURE_SETS = ("image", "text", "image+text")
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from clipdetect.features.cache import FeatureCache
-from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS, CacheError, read_manifest
+from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS, OPTIONAL_META_COLUMNS, CacheError, read_manifest
 
 __all__ = ["Problem", "VerifyReport", "verify_cache", "open_verified", "npy_header"]
 
@@ -142,7 +142,7 @@ def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List
     import pandas as pd
 
     meta = pd.read_parquet(path)
-    missing = [c for c in META_COLUMNS if c not in meta.columns]
+    missing = [c for c in META_COLUMNS if c not in meta.columns and c not in OPTIONAL_META_COLUMNS]
     if missing:
         out.append(Problem(rel, f"lacks metadata column(s) {missing}", shard))
         return
