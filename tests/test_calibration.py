@@ -57,10 +57,10 @@ def test_calibration_on_a_bound_is_not_applied():
 
 
 def test_calibration_that_makes_ece_worse_is_not_applied(caplog):
-    # 60 noisy rows: the NLL-optimal Platt fit bins worse than the raw logits here
+    # 120 noisy rows: the NLL-optimal Platt fit bins worse than the raw logits here
     rng = np.random.default_rng(1)
-    y = np.repeat([0, 1], 30)
-    z = rng.normal(size=60) * 2 + (2 * y - 1)
+    y = np.repeat([0, 1], 60)
+    z = rng.normal(size=120) * 2 + (2 * y - 1)
     with caplog.at_level(logging.WARNING, "clipdetect"):
         cal, rec = fit_calibration(z, y, "platt")
     assert cal.method == "none" and not rec["applied"] and rec["ece_after"] > rec["ece_before"]

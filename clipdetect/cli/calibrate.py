@@ -51,11 +51,18 @@ def run_calibrate(args) -> int:
     path = det.save(args.out or args.detector)
     from clipdetect.models.calibration import describe_target
 
+    from clipdetect.core.guards import guard
+
     fit = result.fit
+    payload = {"saved": str(path), **result.to_dict()}
+    why = guard("ece", {"n": result.n_val})
+    if why:  # an ECE of a handful of rows is not shown
+        payload.update(ece_before=None, ece_after=None, not_shown={"ece": why})
     text = (f"saved {path}\nprobability: {det.calibration.describe()}"
             + (f" (refit not applied: {fit.get('reason')})" if fit and not fit.get("applied") else "")
             + f"\nthreshold: P(fake) > {result.threshold:.4g} (target: {describe_target(det.threshold_target)})"
             f"\non {result.n_val} {result.split} rows ({result.n_val_real} real): FPR {result.val_fpr:.4f}, "
-            f"TPR {result.val_tpr:.4f}, ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
-    emit(args, {"saved": str(path), **result.to_dict()}, text)
+            f"TPR {result.val_tpr:.4f}, "
+            + (f"ECE n/a ({why})" if why else f"ECE {result.ece_before:.4f} -> {result.ece_after:.4f}"))
+    emit(args, payload, text)
     return 0

@@ -90,8 +90,9 @@ def _add_image_protocols(ps) -> None:
         q.add_argument("--split", default="test", help="split whose keys are sampled (default test)")
         q.add_argument("--n-real", type=int, default=50, help="real images sampled from the split (default 50)")
         q.add_argument("--n-fake", type=int, default=50, help="fake images sampled from the split (default 50)")
-        q.add_argument("--out", required=True, help="report folder")
-        add_force_arg(q)
+        q.add_argument("--out", required=True,
+                       help="report folder; re-running the same command resumes there (the per-condition "
+                            "caches are reused, the tables rewritten)")
         q.add_argument("--work", help="folder for the per-condition caches (default OUT/caches)")
         q.add_argument("--seed", type=int, default=0, help="sampling / noise / bootstrap seed")
         q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
@@ -125,7 +126,6 @@ def _keys_source(args):
     from clipdetect.eval.protocols import heldout_keys, load_detectors
     from clipdetect.data.registry import open_source
 
-    check_new_output(args.out, args.force)
     dets = load_detectors(args.detectors)
     cache = open_cache(args.cache)
     first = next(iter(dets.values()))

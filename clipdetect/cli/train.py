@@ -29,8 +29,8 @@ at least 500 optimiser steps (fewer below 1,000 training rows: 0.5 per row, at l
 epochs) and 32 epochs, patience max(8, epochs / 4); a fixed schedule of fewer than 200 steps
 warns. The epoch with the best validation ROC-AUC is kept; training stops after --patience
 epochs without improvement. Then, on the validation rows: Platt scaling (P(fake) =
-sigmoid(scale * logit + offset); not applied, with a warning, on fewer than 50 rows or 10 of a
-class, on a fit at a bound of its search, or when it makes the ECE worse) and the threshold:
+sigmoid(scale * logit + offset); not applied, with a warning, on fewer than 100 rows or 10 of
+a class, on a fit at a bound of its search, or when it makes the ECE worse) and the threshold:
 at most --threshold-fpr (5%) of the validation reals score above it. Both are stored in the
 bundle and shown by `predict` and `report`.
 

@@ -41,7 +41,7 @@ def plot_score_histograms(y_true, scores, *, groups: Sequence | None = None, bin
     else:
         g = pd.Series(np.asarray(groups, dtype=object))[y == 1]
         for value in sorted(g.dropna().unique(), key=str):
-            parts.append((f"fake: {value}", s[y == 1][(g == value).to_numpy()]))
+            parts.append((f"fake: {value}" if str(value) != "fake" else "fake", s[y == 1][(g == value).to_numpy()]))
     for (name, values), color in zip(parts, curve_colors(len(parts))):
         if values.size:
             ax.hist(values, bins=edges, density=density, histtype="stepfilled", alpha=0.35,
@@ -62,12 +62,9 @@ def reliability_sizes(n: np.ndarray, n_max: float) -> np.ndarray:
 
 
 def _size_key(n_max: int) -> list[int]:
-    """Two or three round bin sizes up to ``n_max`` for the marker-size key."""
-    if n_max <= 1:
-        return [1]
-    top = 10 ** int(math.floor(math.log10(n_max)))
-    keys = sorted({max(1, v) for v in (top // 10, top, n_max) if v <= n_max})
-    return keys[-3:]
+    """Up to three bin sizes for the marker-size key: round ones well below ``n_max``, and ``n_max``."""
+    rounds = [10 ** k for k in range(0, 7) if 10 ** k <= n_max / 2]
+    return rounds[-2:] + [max(int(n_max), 1)]
 
 
 def plot_reliability(table: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None,

@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from clipdetect.core.guards import MIN_ECE_ROWS
 from clipdetect.core.metrics import binary_metrics, expected_calibration_error, threshold_at_fpr
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ __all__ = ["Calibration", "CALIBRATION_METHODS", "THRESHOLD_RULES", "MIN_ROWS", 
 
 CALIBRATION_METHODS = ("platt", "temperature", "none")
 THRESHOLD_RULES = ("fpr", "balanced")
-#: a calibration is fitted only on at least this many validation rows, and this many of each class
-MIN_ROWS, MIN_PER_CLASS = 50, 10
+#: a calibration is fitted only on at least this many validation rows (the rows an ECE needs to be
+#: shown at all: whether a fit helps is judged by it), and this many of each class
+MIN_ROWS, MIN_PER_CLASS = MIN_ECE_ROWS, 10
 #: search bounds: Platt's scale and |offset|, the temperature (a fit on a bound is not applied)
 SCALE_BOUNDS, OFFSET_BOUND, TEMPERATURE_BOUNDS = (1e-2, 1e2), 50.0, (1e-2, 1e2)
 
