@@ -61,7 +61,7 @@ SUMMARY = (("auc", "AUC"), ("ap", "AP"), ("acc@thr", "accuracy at threshold"), (
 def metrics_text(m: dict) -> str:
     """``n_real`` / ``n_fake`` and the :data:`SUMMARY` metrics of one selection, each guarded
     (:func:`clipdetect.core.guards.guard`) and with its CI when ``<metric>_lo/_hi`` exist."""
-    from clipdetect.core.guards import ci_note, guard
+    from clipdetect.core.guards import ci_note, few, guard
 
     parts = []
     for key, label in SUMMARY:
@@ -75,4 +75,6 @@ def metrics_text(m: dict) -> str:
         if m.get(f"{key}_lo") is not None and m.get(f"{key}_hi") is not None:
             text += f" [{m[f'{key}_lo']:.3f}, {m[f'{key}_hi']:.3f}]{ci_note(m[f'{key}_lo'], m[f'{key}_hi'])}"
         parts.append(text)
-    return f"{m.get('n_real', '?')} real, {m.get('n_fake', '?')} fake: " + ", ".join(parts)
+    handful = few(m)
+    return (f"{m.get('n_real', '?')} real, {m.get('n_fake', '?')} fake: " + ", ".join(parts)
+            + (f" (only {handful}: anecdotes, not estimates)" if handful else ""))

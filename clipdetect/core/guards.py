@@ -9,7 +9,8 @@ instead of a number computed from fewer samples than the metric can resolve:
 * ECE needs :data:`MIN_ECE_ROWS` rows (15 bins of a handful of rows measure noise);
 * the ranking metrics (AUC, AP, EER) need one real and one fake, accuracies and Brier one row.
 
-A confidence interval wider than :data:`WIDE_CI` is called wide where it is printed.
+A confidence interval wider than :data:`WIDE_CI` is called wide where it is printed, and one
+resampled from fewer than :data:`FEW_PER_CLASS` reals or fakes unreliable.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from typing import Any, Dict, Mapping, Optional
 MIN_ECE_ROWS = 100
 #: a 95 % CI wider than this (high − low) is flagged as wide where it is printed
 WIDE_CI = 0.1
+#: a bootstrap CI from fewer reals or fakes than this is flagged: resampling a handful of
+#: images cannot show how far the metric could move (one fake ranked first gives [1.000, 1.000])
+FEW_PER_CLASS = 10
 #: FPR targets of the ``tpr@fpr=...`` metrics
 FPR_TARGETS: Dict[str, float] = {"tpr@fpr=1%": 0.01, "tpr@fpr=0.1%": 0.001}
 _NEEDS_BOTH = ("auc", "ap", "eer", "delta_auc")
@@ -76,8 +80,19 @@ def guarded(metrics: Mapping[str, Any], counts: Optional[Mapping[str, Any]] = No
     return out
 
 
-def ci_note(lo: Any, hi: Any) -> str:
-    """``" (wide: ±0.18)"`` for a CI wider than :data:`WIDE_CI`, else ``""``."""
+def few(counts: Mapping[str, Any]) -> Optional[str]:
+    """``"1 fake"`` when a class has fewer than :data:`FEW_PER_CLASS` samples, else None."""
+    small = [(_count(counts, k), name) for k, name in (("n_real", "real"), ("n_fake", "fake"))]
+    small = [(n, name) for n, name in small if n is not None and 0 < n < FEW_PER_CLASS]
+    return " and ".join(f"{n} {name}" for n, name in small) or None
+
+
+def ci_note(lo: Any, hi: Any, counts: Optional[Mapping[str, Any]] = None) -> str:
+    """``" (wide: ±0.18)"`` for a CI wider than :data:`WIDE_CI`, ``" (only 1 fake: CI unreliable)"``
+    when ``counts`` show a class with fewer than :data:`FEW_PER_CLASS` samples, else ``""``."""
+    handful = few(counts or {})
+    if handful:
+        return f" (only {handful}: CI unreliable)"
     try:
         width = float(hi) - float(lo)
     except (TypeError, ValueError):

@@ -297,7 +297,8 @@ def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
         text = f"{v:.{digits}f}"
         if f"{col}_lo" in df and f"{col}_hi" in df:
             lo, hi = df[f"{col}_lo"].iloc[i], df[f"{col}_hi"].iloc[i]
-            text += f" [{lo:.{digits}f}, {hi:.{digits}f}]{ci_note(lo, hi)}"
+            counts = {k: df[k].iloc[i] for k in COUNTS if k in df}
+            text += f" [{lo:.{digits}f}, {hi:.{digits}f}]{ci_note(lo, hi, counts)}"
         return text
     return str(v).replace("|", r"\|")
 

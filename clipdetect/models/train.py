@@ -8,7 +8,8 @@ configurable in :class:`TrainConfig`): a class-stratified batch is gathered from
 logits go through ``γ·CVaR_α(BCE) + (1−γ)·L_AUC`` and SAM over AdamW updates the weights,
 with BatchNorm running statistics frozen on SAM's second pass; the learning rate follows a
 per-step cosine schedule. After each epoch the head is scored on the validation rows;
-the epoch with the best validation ROC-AUC is kept and training stops after ``patience``
+the epoch with the best validation ROC-AUC (ties, as on a small validation set that reaches
+AUC 1, broken by the lower validation BCE) is kept and training stops after ``patience``
 epochs without improvement. A run planned for fewer than :data:`FEW_STEPS` steps (or fewer
 than a tiny cache's automatic floor) logs a warning: such a head is usually undertrained. ``TrainConfig.compile`` runs the head and the loss
 as one ``torch.compile`` graph, optionally replayed as CUDA graphs (:mod:`clipdetect.models.step`).
@@ -383,7 +384,7 @@ def _run(train_data, val_data, config, plan, head_config, sampler, device, log_f
         opt = torch.optim.AdamW(head.parameters(), lr=plan.lr, weight_decay=config.weight_decay, **fused)
     total = plan.total_steps
     history: List[Dict[str, Any]] = []
-    best = (-math.inf, 0, None, None)  # auc, epoch, state, val logits
+    best = ((-math.inf, -math.inf), 0, None, None)  # (auc, -val loss), epoch, state, val logits
     step, stale, stopped = 0, 0, False
     bar = tqdm(total=total, desc="train", unit="step", disable=None if progress else True, leave=False)
     epoch = 0
@@ -406,12 +407,14 @@ def _run(train_data, val_data, config, plan, head_config, sampler, device, log_f
         if val_data is not None and len(val_data):
             logits = predict_logits(head, val_data, batch_size=config.eval_batch_size, device=device)
             m = binary_metrics(val_data.y, logits, scores_are_probs=False)
-            record.update(val_auc=m["auc"], val_ap=m["ap"], val_acc=m["acc@0.5"])
+            z = logits.astype(np.float64)
+            val_loss = float(np.mean(np.logaddexp(0.0, z) - val_data.y * z))  # BCE: breaks ties of the AUC
+            record.update(val_auc=m["auc"], val_ap=m["ap"], val_acc=m["acc@0.5"], val_loss=val_loss)
             if not math.isfinite(m["auc"]):
                 pass  # one-class validation: no ranking signal, no early stopping
-            elif m["auc"] > best[0]:
+            elif (m["auc"], -val_loss) > best[0]:  # a small validation set saturates at AUC 1: then the loss decides
                 state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                best, stale = (m["auc"], epoch, state, logits), 0
+                best, stale = ((m["auc"], -val_loss), epoch, state, logits), 0
             else:
                 stale += 1
         record["seconds"] = round(time.perf_counter() - e0, 4)
