@@ -122,3 +122,23 @@ def test_json_and_text_outputs(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rows"] == 60
     assert cli_main.main(["cache", "verify", str(tmp_path / "c"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+def test_demo_on_a_small_cache_says_what_it_cannot_measure(tmp_path, capsys):
+    import json
+
+    from _synthetic import write_synthetic_cache
+
+    write_synthetic_cache(tmp_path / "c", n=300, dim=8, shift=2.0)
+    args = ["demo", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "d"), "--epochs", "2", "--n-boot", "20"]
+    assert cli_main.main(args + ["--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {p.rsplit("/", 1)[-1] for p in summary["figures"]} == {"demo_roc.png", "demo_hist.png",
+                                                                  "demo_reliability.png"}
+    test = summary["test"]["paper-mlp-cvar-auc-sam"]
+    assert test["tpr@fpr=0.1%"] is None and test["not_shown"]["tpr@fpr=0.1%"] == "needs ≥ 1000 reals"
+    assert summary["threshold_target"]["metric"] == "fpr"
+    assert cli_main.main(args) == 2 and "pass --force" in capsys.readouterr().err
+    assert cli_main.main(args + ["--force"]) == 0
+    text = capsys.readouterr().out
+    assert "TPR at 0.1% FPR n/a (needs ≥ 1000 reals)" in text and "### compared with the baseline" in text

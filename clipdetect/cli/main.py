@@ -6,9 +6,9 @@ Stages, in the order data flows::
     clipdetect cache     inspect or verify a cache
     clipdetect train     a detector on a cache
     clipdetect evaluate  metrics per generator, with confidence intervals
-    clipdetect plot      ROC curves and score histograms
+    clipdetect plot      ROC curves, P(fake) histograms and the reliability diagram
     clipdetect predict   score images end to end
-    clipdetect report    the whole honest report on a cache (one Markdown file)
+    clipdetect report    everything about a detector on a cache, in one Markdown file
     clipdetect demo      the whole pipeline on the bundled sample cache
 """
 from __future__ import annotations
@@ -35,12 +35,12 @@ COMMANDS = {
     "cache": ("clipdetect.cli.extract", "inspect or verify a feature cache"),
     "train": ("clipdetect.cli.train", "train a detector on a feature cache"),
     "evaluate": ("clipdetect.cli.evaluate", "metrics per generator with bootstrap CIs"),
-    "plot": ("clipdetect.cli.evaluate", "ROC curves (linear + log FPR) and score histograms"),
+    "plot": ("clipdetect.cli.evaluate", "ROC curves with bootstrap bands, P(fake) histograms, reliability diagram"),
     "predict": ("clipdetect.cli.predict", "score images end to end (decode → backbone → detector)"),
-    "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals) + temperature"),
+    "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals); Platt or temperature"),
     "protocol": ("clipdetect.cli.protocol", "leave-one-generator-out, robustness, format-bias, text-leakage"),
-    "report": ("clipdetect.cli.report", "per-generator metrics, ROC, leave-one-generator-out, format-only "
-                                        "baseline and calibration, as one Markdown report"),
+    "report": ("clipdetect.cli.report", "per-generator metrics, ROC, the logistic-probe comparison, leave-one-"
+                                        "generator-out, format-only baseline and calibration, as one Markdown report"),
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
     "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
     "compress": ("clipdetect.cli.distill", "SVD low-rank factorisation and magnitude pruning, with a report"),
