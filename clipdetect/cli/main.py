@@ -61,8 +61,6 @@ def _printed_below(record: logging.LogRecord) -> bool:
     while logger_ is not None and logger_ is not logging.getLogger():
         if any(not isinstance(h, logging.NullHandler) and record.levelno >= h.level for h in logger_.handlers):
             return True
-        if not logger_.propagate:
-            return True
         logger_ = logger_.parent
     return False
 
