@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from clipdetect.core.guards import ci_note
     from clipdetect.eval.report import ReportConfig, build_report
     from clipdetect.features.cache import FeatureCache
     from clipdetect.models.detector import Detector
@@ -69,7 +70,8 @@ def run(args) -> int:
                "ece": payload["calibration"]["ece"], "threshold": payload["calibration"]["threshold"]}
     d = summary["delta_auc_vs_probe"]
     text = [f"report written to {summary['report']}",
-            f"overall AUC {overall['auc']:.3f} [{overall['auc_lo']:.3f}, {overall['auc_hi']:.3f}] on "
+            f"overall AUC {overall['auc']:.3f} [{overall['auc_lo']:.3f}, {overall['auc_hi']:.3f}]"
+            f"{ci_note(overall['auc_lo'], overall['auc_hi'], overall)} on "
             f"{overall['n_real']} real and {overall['n_fake']} fake images, {summary['generators']} generator(s)",
             f"AUC − probe's: {d['delta_auc']:+.4f} [{d['delta_auc_lo']:+.4f}, {d['delta_auc_hi']:+.4f}]" if d
             else f"probe comparison not run: {probe.get('skipped')}",

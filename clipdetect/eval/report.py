@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from clipdetect.core.guards import guard
+from clipdetect.core.guards import ci_note, guard
 from clipdetect.core.io import write_json, write_text
 from clipdetect.core.metrics import reliability_table, to_markdown
 from clipdetect.eval.compare import baseline_probe, compare_reports
@@ -171,7 +171,8 @@ def render_markdown(payload: Dict[str, Any], ev: EvalReport, logo: Dict[str, Any
              f"Split `{e['split']}` ({e['n_rows']} images: {int(overall['n_real'])} real, {int(overall['n_fake'])} "
              f"fake; split fractions val {e['val']}, test {e['test']}, seed {e['split_seed']}); feature set "
              f"`{e['feature_set']}`; 95% bootstrap CIs ({c['n_boot']} resamples). Overall AUC {overall['auc']:.3f} "
-             f"[{overall['auc_lo']:.3f}, {overall['auc_hi']:.3f}]. A metric its rows cannot support reads "
+             f"[{overall['auc_lo']:.3f}, {overall['auc_hi']:.3f}]"
+             f"{ci_note(overall['auc_lo'], overall['auc_hi'], overall)}. A metric its rows cannot support reads "
              "`n/a` with the reason (TPR at 1% FPR needs 100 reals; ECE 100 rows).", "",
              "## Per generator", "",
              "Each generator's fakes against all reals of the split (`all`: every image of the split); `tpr@thr`: "
