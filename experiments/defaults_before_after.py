@@ -64,17 +64,17 @@ def main(argv=None) -> int:
                         "batch": (det.metrics.get("schedule") or {}).get("batch_size"),
                         "auc": d["auc_a"], "auc_lo": lo, "auc_hi": hi, "delta_auc": d["delta_auc"],
                         "delta_lo": d["delta_auc_lo"], "delta_hi": d["delta_auc_hi"],
-                        "ece": expected_calibration_error(y, p), "temperature": det.temperature,
+                        "ece": expected_calibration_error(y, p), "calibration": det.calibration.to_json(),
                         "train_seconds": round(seconds, 1)})
     print(f"held-out rows: {rows.size} ({int(y.sum())} fake) of {args.heldout}; trained on {args.train_cache}\n")
-    print("| training | steps (batch) | held-out AUC [95% CI] | AUC − probe [95% paired CI] | ECE (T) |")
+    print("| training | steps (batch) | held-out AUC [95% CI] | AUC − probe [95% paired CI] | ECE (calibration) |")
     print("|---|---|---|---|---|")
     for r in results:
         steps = "—" if r["batch"] is None else f"{r['steps']} ({r['batch']})"
         delta = "—" if r["training"].startswith("logistic") else \
             f"{r['delta_auc']:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]"
         print(f"| {r['training']} | {steps} | {r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}] | {delta} | "
-              f"{r['ece']:.4f} ({r['temperature']:.3g}) |")
+              f"{r['ece']:.4f} ({', '.join(f'{k} {v:.3g}' if isinstance(v, float) else str(v) for k, v in r['calibration'].items())}) |")
     if args.out:
         Path(args.out).write_text(json.dumps({"heldout": args.heldout, "rows": int(rows.size), "results": results},
                                              indent=2) + "\n")

@@ -84,21 +84,22 @@ def test_score_images_matches_clipdetect_predict(scored, kind):
               "pil": [Image.open(p) if p.name != files[-1].name else io.BytesIO(p.read_bytes()).getvalue()
                       for p in files]}[kind]
     got = det.score_images(images, batch_size=3)
-    assert list(got.columns) == ["score", "probability", "label", "error"] and len(got) == len(files)
+    assert list(got.columns) == ["logit", "probability", "threshold", "label", "error"] and len(got) == len(files)
     ok = cli.error.isna().to_numpy()
     assert ok.sum() == 6 and cli.error[~ok].str.startswith("not_an_image").all()
-    np.testing.assert_allclose(got.score[ok], cli.score[ok], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.logit[ok], cli.logit[ok], rtol=1e-5, atol=1e-5)
+    assert (got.threshold[ok] == det.threshold).all()
     np.testing.assert_allclose(got.probability[ok], cli.probability[ok], rtol=1e-5, atol=1e-6)
     assert (got.label[ok].astype(int).to_numpy() == cli.label[ok].astype(int).to_numpy()).all()
     bad = got.iloc[-1]
-    assert np.isnan(bad.score) and np.isnan(bad.probability) and pd.isna(bad.label)
+    assert np.isnan(bad.logit) and np.isnan(bad.probability) and pd.isna(bad.label)
     assert bad.error == cli.error.iloc[-1]
 
 
 def test_score_images_takes_one_image_and_refuses_another_backbone(scored, tiny_backbone):
     _, _, det, files, cli = scored
     one = det.score_images(Image.open(files[0]), backbone=tiny_backbone)
-    assert len(one) == 1 and one.score[0] == pytest.approx(cli.score[0], abs=1e-5)
+    assert len(one) == 1 and one.logit[0] == pytest.approx(cli.logit[0], abs=1e-5)
     from clipdetect.features.backbones import BackboneError, create_backbone
 
     other = create_backbone(TINY, seed=1)

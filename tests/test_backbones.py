@@ -1,4 +1,6 @@
 """Backbone specs: tags, local checkpoints (full or image-tower only), random test models."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -74,10 +76,34 @@ def test_unknown_arch_tag_and_offline_download_errors():
         create_backbone("NoSuchNet:openai")
     with pytest.raises(BackboneError, match="not a pretrained tag"):
         create_backbone("ViT-B-32:no_such_tag")
-    with pytest.raises(BackboneError, match="No network"):
-        create_backbone("ViT-B-32:openai")  # HF_HUB_OFFLINE=1 in the tests: fails fast
     with pytest.raises(BackboneError, match="names no weights"):
         create_backbone("ViT-B-32")
+
+
+def test_offline_fails_at_once_with_one_message(monkeypatch, caplog):
+    import time
+
+    from clipdetect.core import offline
+
+    for name in offline.OFFLINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the probe fails
+    offline.offline_reason.cache_clear()
+    try:
+        assert "127.0.0.1:9 cannot be reached" in offline.offline_reason()
+        t0 = time.perf_counter()
+        with pytest.raises(BackboneError) as err:
+            create_backbone("ViT-B-32:openai")
+        assert time.perf_counter() - t0 < 20  # no minute of retries
+        msg = str(err.value)
+        assert "hub is not reachable" in msg and "--backbone 'ViT-B-32:/path/to/" in msg
+        assert "huggingface.co/" in msg and "Failed to download" not in caplog.text  # said once, by us
+        assert "HF_HUB_OFFLINE" not in os.environ  # the switches were on for the call only
+        monkeypatch.setenv("CLIPDETECT_OFFLINE", "1")
+        offline.offline_reason.cache_clear()
+        assert offline.offline_reason() == "$CLIPDETECT_OFFLINE is set"
+    finally:
+        offline.offline_reason.cache_clear()
 
 
 def test_precision_checks():

@@ -123,3 +123,14 @@ def test_misaligned_shard_refused(tmp_path):
     with pytest.raises(CacheError, match="row-aligned"):
         w.write_shard("r", start=0, stop=2, img=np.zeros((2, 4)), txt=None,
                       meta=pd.DataFrame({"key": ["a"]}), errors=pd.DataFrame())
+
+
+def test_caches_written_before_the_source_column_still_read(tmp_path):
+    from _synthetic import write_synthetic_cache
+    from clipdetect.features.verify import verify_cache
+
+    cache = write_synthetic_cache(tmp_path / "old", n=20, dim=8)  # shards without a "source" column
+    assert "source" not in pd.read_parquet(next((tmp_path / "old" / "meta").glob("*.parquet"))).columns
+    assert (cache.columns("source", "label")["source"] == "").all() and len(cache.columns("source")) == 20
+    assert (FeatureCache(tmp_path / "old").meta["source"] == "").all()
+    assert verify_cache(tmp_path / "old").ok

@@ -8,6 +8,7 @@ from _synthetic import write_synthetic_cache
 
 from clipdetect.eval.calibrate import calibrate_detector, calibrate_scores
 from clipdetect.cli.main import main
+from clipdetect.models.calibration import Calibration
 from clipdetect.models.detector import Detector
 from clipdetect.core.metrics import expected_calibration_error
 from clipdetect.features.splits import resolve_split_rows
@@ -25,14 +26,16 @@ def _overconfident(n=4000, seed=0):
 
 def test_temperature_recovers_scale_and_improves_ece():
     z, y = _overconfident()
-    res = calibrate_scores(z, y, target_fpr=0.05)
-    assert res.temperature == pytest.approx(4.0, rel=0.1)
+    res = calibrate_scores(z, y, target_fpr=0.05, method="temperature")
+    assert res.temperature == pytest.approx(4.0, rel=0.1) and res.fit["applied"]
     assert res.ece_after < res.ece_before and res.brier_after < res.brier_before
+    platt = calibrate_scores(z, y, target_fpr=0.05, method="platt")
+    assert platt.calibration["method"] == "platt" and platt.calibration["scale"] == pytest.approx(0.25, rel=0.1)
 
 
 def test_threshold_meets_target_fpr_on_reals_only():
     z, y = _overconfident()
-    res = calibrate_scores(z, y, target_fpr=0.01, temperature=False)
+    res = calibrate_scores(z, y, target_fpr=0.01)
     p = 1 / (1 + np.exp(-z))
     fpr = (p[y == 0] > res.threshold).mean()
     assert fpr <= 0.01 and res.val_fpr == pytest.approx(fpr)
@@ -40,15 +43,15 @@ def test_threshold_meets_target_fpr_on_reals_only():
     assert (p[y == 0] > res.threshold).sum() == math.floor(0.01 * (y == 0).sum())
     # the fakes' labels do not move the threshold
     flipped = calibrate_scores(np.concatenate([z, np.full(50, 99.0)]), np.concatenate([y, np.ones(50, int)]),
-                               target_fpr=0.01, temperature=False)
+                               target_fpr=0.01)
     assert flipped.threshold == res.threshold
 
 
 def test_keep_threshold_preserves_decisions_when_temperature_changes():
     z, y = _overconfident()
-    res = calibrate_scores(z, y, target_fpr=None, temperature=True, old_temperature=1.0, old_threshold=0.7)
+    res = calibrate_scores(z, y, target_fpr=None, method="platt", old_threshold=0.7)
     before = 1 / (1 + np.exp(-z)) > 0.7
-    after = 1 / (1 + np.exp(-z / res.temperature)) > res.threshold
+    after = Calibration.from_json(res.calibration).probability(z) > res.threshold
     np.testing.assert_array_equal(before, after)
 
 
@@ -68,13 +71,14 @@ def bundle(tmp_path):
 
 def test_calibrate_detector_uses_validation_split_and_refuses_test(bundle):
     _, cache, det = bundle
-    res = calibrate_detector(det, cache, target_fpr=0.05, temperature=True)
+    res = calibrate_detector(det, cache, target_fpr=0.05, method="temperature")
     val = resolve_split_rows(cache, "val")
     assert res.n_val == len(val) and res.n_val_real == int((cache.labels(val) == 0).sum())
     x = cache.features("image", val)
     reals = cache.labels(val) == 0
     assert det.predict(x)[reals].mean() <= 0.05
-    assert det.extra["calibration"]["target_fpr"] == 0.05 and det.temperature == res.temperature
+    assert det.extra["calibration"]["target_fpr"] == 0.05 and det.calibration.to_json() == res.calibration
+    assert det.threshold_target["value"] == 0.05 and det.threshold_target["n_reals"] == res.n_val_real
     with pytest.raises(ValueError, match="test"):
         calibrate_detector(det, cache, split="test")
 
@@ -82,11 +86,12 @@ def test_calibrate_detector_uses_validation_split_and_refuses_test(bundle):
 def test_calibrate_cli_resaves_bundle(bundle, capsys):
     root, _, _ = bundle
     assert main(["calibrate", str(root / "det"), str(root / "cache"), "--target-fpr", "0.02",
-                 "--temperature"]) == 0
+                 "--temperature", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     loaded = Detector.load(root / "det")
-    assert loaded.threshold == pytest.approx(out["threshold"]) and loaded.temperature == pytest.approx(
-        out["temperature"])
+    assert loaded.threshold == pytest.approx(out["threshold"])
+    assert loaded.calibration.to_json() == out["calibration"]
     assert loaded.extra["calibration"]["n_val_real"] == out["n_val_real"]
-    assert out["val_fpr"] <= 0.02 and not math.isnan(out["ece_after"])
+    assert out["val_fpr"] <= 0.02 and out["n_val"] < 100 and out["ece_after"] is None  # too few rows for an ECE
+    assert out["not_shown"] == {"ece": "needs ≥ 100 rows"}
     assert expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0

@@ -64,3 +64,81 @@ def test_a_missing_column_is_a_user_error(tmp_path, capsys):
     cache = write_synthetic_cache(tmp_path / "c", n=40)
     with pytest.raises(ValueError, match="no metadata column"):
         cache.columns("nope")
+
+
+def _leaves(parser, path=()):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaves(child, path + (name,))
+
+
+def test_every_help_text_renders():
+    """Every command's --help as a user sees it: no escaped %%, no empty help, and the output
+    options (--json, --no-progress) everywhere."""
+    parser = cli_main.build_parser(full=True)
+    rendered = {" ".join(path): p.format_help() for path, p in _leaves(parser)}
+    assert len(rendered) >= 16 and parser.format_help().count("%%") == 0
+    for name, text in rendered.items():
+        assert "%%" not in text and "%(" not in text, name
+        assert "--json" in text and "--no-progress" in text, name
+        assert not [line for line in text.splitlines() if line.rstrip().endswith(("None)", "default: )"))], name
+    assert "TPR@1% FPR" in rendered["report"]
+    for name in ("train", "evaluate", "plot", "predict", "report", "demo", "calibrate", "protocol logo"):
+        assert "--force" in rendered[name], name
+    assert "split column win" in rendered["extract"]
+
+
+def test_library_warnings_are_printed_once(capsys):
+    """A library logger with its own stream handler (as huggingface_hub's) is not printed twice."""
+    import logging
+
+    lib = logging.getLogger("some_hub_library")
+    own = logging.StreamHandler()
+    lib.addHandler(own)
+    try:
+        cli_main.setup_logging(0)
+        lib.warning("retrying in 2s")
+        err = capsys.readouterr().err
+        assert err.count("retrying in 2s") == 1
+        logging.getLogger("clipdetect.x").warning("ours")
+        assert capsys.readouterr().err.count("ours") == 1
+    finally:
+        lib.removeHandler(own)
+
+
+def test_json_and_text_outputs(tmp_path, capsys):
+    import json
+
+    from _synthetic import write_synthetic_cache
+
+    write_synthetic_cache(tmp_path / "c", n=60, dim=8)
+    assert cli_main.main(["cache", "info", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert "rows: 60" in text and not text.startswith("{")
+    assert cli_main.main(["cache", "info", str(tmp_path / "c"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 60
+    assert cli_main.main(["cache", "verify", str(tmp_path / "c"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+def test_demo_on_a_small_cache_says_what_it_cannot_measure(tmp_path, capsys):
+    import json
+
+    from _synthetic import write_synthetic_cache
+
+    write_synthetic_cache(tmp_path / "c", n=300, dim=8, shift=2.0)
+    args = ["demo", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "d"), "--epochs", "2", "--n-boot", "20"]
+    assert cli_main.main(args + ["--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {p.rsplit("/", 1)[-1] for p in summary["figures"]} == {"demo_roc.png", "demo_hist.png",
+                                                                  "demo_reliability.png"}
+    test = summary["test"]["paper-mlp-cvar-auc-sam"]
+    assert test["tpr@fpr=0.1%"] is None and test["not_shown"]["tpr@fpr=0.1%"] == "needs ≥ 1000 reals"
+    assert summary["threshold_target"]["metric"] == "fpr"
+    assert cli_main.main(args) == 2 and "pass --force" in capsys.readouterr().err
+    assert cli_main.main(args + ["--force"]) == 0
+    text = capsys.readouterr().out
+    assert "TPR at 0.1% FPR n/a (needs ≥ 1000 reals)" in text and "### compared with the baseline" in text

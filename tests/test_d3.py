@@ -154,7 +154,7 @@ def test_extract_command_line_d3_flags(d3, server, tmp_path, capsys):
 
     def run(out, *flags):
         code = main(["extract", f"d3:{d3}", "--out", str(tmp_path / out), "--backbone", TINY, "--workers", "0",
-                     "--no-progress", *flags])
+                     "--no-progress", "--json", *flags])
         return code, (json.loads(capsys.readouterr().out) if code == 0 else None)
 
     store = str(tmp_path / "store")

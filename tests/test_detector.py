@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipdetect.models.detector import Detector, DetectorError, fit_detector
-from clipdetect.models.threshold import choose_threshold
+from clipdetect.models.calibration import choose_threshold
 from clipdetect.models.train import TrainConfig
 
 from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
@@ -43,9 +43,13 @@ def test_fit_cache_uses_derived_splits_and_threshold(trained):
     assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1)
     assert np.array_equal(det.predict(X), (proba[:, 1] > det.threshold).astype(int))
     z = det.decision_function(X)
-    cal = det.metrics["calibration"]  # temperature fit on validation at the end of training
-    assert det.temperature == cal["temperature"] != 1.0 and cal["ece_after"] <= cal["ece_before"] + 1e-9
-    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z / det.temperature)), atol=1e-6)
+    cal = det.metrics["calibration"]  # 40 validation rows: too few for a Platt fit, said and not applied
+    assert cal["method"] == "platt" and not cal["applied"] and "too few validation rows" in cal["reason"]
+    assert det.calibration.method == "none" and det.temperature == 1.0
+    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z)), atol=1e-6)
+    target = det.threshold_target  # the threshold lets at most 5 % of the validation reals through
+    assert target["metric"] == "fpr" and target["value"] == 0.05 and target["n_reals"] == cal["n_real"]
+    assert target["achieved_fpr"] <= 0.05
     det2 = Detector(head=det.head, head_config=det.head_config, feature_set="image", backbone=det.backbone,
                     threshold=det.threshold, temperature=det.temperature).with_temperature(2.5)
     assert np.allclose(det2.fake_probability(X), 1 / (1 + np.exp(-z / 2.5)), atol=1e-6)
@@ -106,17 +110,42 @@ def test_cli_train_on_tiny_cache(tmp_path, capsys):
     from clipdetect.cli.main import main
 
     write_synthetic_cache(tmp_path / "c", n=200, shift=3.0)
-    rc = main(["train", str(tmp_path / "c"), "--out", str(tmp_path / "det"), "--epochs", "3", "--batch-size",
-               "64", "--lr", "0.01", "--width", "32", "--loss", "cvar", "--no-sam", "--no-progress"])
-    assert rc == 0
+    args = ["train", str(tmp_path / "c"), "--out", str(tmp_path / "det"), "--epochs", "3", "--batch-size",
+            "64", "--lr", "0.01", "--width", "32", "--loss", "cvar", "--no-sam", "--no-progress"]
+    assert main(args + ["--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["test"]["auc"] > 0.9 and summary["val"]["n"] == summary["splits"]["val"]
     assert summary["train"]["epochs_run"] == 3
+    # ~30 test reals: TPR at 0.1 % (and 1 %) FPR are not computed from them, and say why
+    assert summary["test"]["tpr@fpr=0.1%"] is None and summary["test"]["tpr@fpr=1%"] is None
+    assert summary["test"]["not_shown"]["tpr@fpr=0.1%"] == "needs ≥ 1000 reals"
+    assert summary["threshold_target"]["metric"] == "fpr" and summary["calibration"]["fit"]["applied"] is False
     det = Detector.load(tmp_path / "det")
     assert det.train_config["loss"] == "cvar" and det.train_config["sam"] is False
     assert det.head_config.width == 32
     assert len((tmp_path / "det" / "train_log.jsonl").read_text().splitlines()) == 3
+    assert main(args) == 2 and "pass --force" in capsys.readouterr().err  # never overwritten silently
+    assert main(args + ["--force"]) == 0
+    text = capsys.readouterr().out  # readable text by default
+    assert "TPR at 0.1% FPR n/a (needs ≥ 1000 reals)" in text and "threshold: P(fake) >" in text
+    assert "platt not applied: too few validation rows" in text and not text.lstrip().startswith("{")
     rc = main(["train", str(tmp_path / "c"), "--out", str(tmp_path / "d2"), "--feature-set", "image+text",
                "--epochs", "1", "--head", "linear", "--no-progress"])
     assert rc == 0 and Detector.load(tmp_path / "d2").in_dim == 32
     assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "d3")]) == 2
+
+
+def test_cli_train_split_all_uses_every_row_and_says_so(tmp_path, capsys, caplog):
+    from clipdetect.cli.main import main
+
+    write_synthetic_cache(tmp_path / "c", n=120, shift=3.0)
+    assert main(["train", str(tmp_path / "c"), "--out", str(tmp_path / "all"), "--split", "all", "--epochs", "2",
+                 "--head", "linear", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"] == {"train": 120, "val": 0, "test": 0} and summary["test"] is None
+    assert "nothing is left for validation or testing" in caplog.text
+    det = Detector.load(tmp_path / "all")
+    assert det.threshold == 0.5 and det.threshold_target["metric"] == "fixed"
+    # evaluating it on the cache it saw is refused: every row was trained on
+    assert main(["evaluate", str(tmp_path / "all"), str(tmp_path / "c")]) == 2
+    assert "trained on every row" in capsys.readouterr().err

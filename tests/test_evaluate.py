@@ -118,12 +118,13 @@ def test_plot_one_and_several_detectors(trained, tmp_path):
     curves = roc_curves(det, cache, resolve_split_rows(cache, "test"))
     assert set(curves) == {"overall", "gen", "gen2"}
     assert all(0 < y.sum() < y.size for y, _ in curves.values())
-    paths = plot_detectors({"a": det}, cache, tmp_path / "one", formats=["png"])
-    assert [p.name for p in paths] == ["one_roc.png",
-                                       "one_hist.png"] and all(p.stat().st_size > 0 for p in paths)
+    paths = plot_detectors({"a": det}, cache, tmp_path / "one", formats=["png"], prefix="x_")
+    assert [p.name for p in paths] == ["x_roc.png", "x_hist.png", "x_reliability.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
     assert main(["plot", f"a={root / 'det'},b={root / 'det'}", str(root / "cache"), "--out",
-                 str(tmp_path / "two"), "--formats", "png"]) == 0
-    assert {p.name for p in tmp_path.iterdir()} >= {"two_roc.png", "two_hist.png"}
+                 str(tmp_path / "roc"), "--formats", "png"]) == 0  # --out is a folder: no roc_roc.png
+    assert {p.name for p in (tmp_path / "roc").iterdir()} == {"roc.png", "hist.png", "reliability.png"}
+    assert main(["plot", str(root / "det"), str(root / "cache"), "--out", str(tmp_path / "roc")]) == 2
 
 
 def test_all_split_and_empty_split(trained):

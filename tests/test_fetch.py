@@ -77,7 +77,7 @@ def test_command_line_parts_share_one_store(server, tmp_path, capsys):
     urls = _urls(server)
     (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
     common = ["fetch", "--urls", str(tmp_path / "urls.txt"), "--store", str(tmp_path / "s"), "--timeout", "1", "0.6",
-              "--retries", "1", "--backoff", "0.01", "--workers", "3"]
+              "--retries", "1", "--backoff", "0.01", "--workers", "3", "--json"]
     for part in ("0/2", "1/2"):  # rows 0,2,4 then 1,3,5: two processes, one store
         assert main(common + ["--part", part]) == 0
     out = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]

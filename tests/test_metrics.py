@@ -7,7 +7,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
                              roc_auc_score, roc_curve)
 
 from clipdetect.core.metrics import (binary_metrics, bootstrap_ci, brier_score, evaluate_scores,
-                                expected_calibration_error, fit_temperature, threshold_at_fpr,
+                                expected_calibration_error, threshold_at_fpr,
                                 to_markdown)
 
 
@@ -155,14 +155,6 @@ def test_ece_zero_when_calibrated_and_brier_matches_sklearn():
     rng = np.random.default_rng(9)
     y, p = rng.integers(0, 2, 100), rng.random(100)
     assert brier_score(y, p) == pytest.approx(brier_score_loss(y, p))
-
-
-def test_fit_temperature_recovers_known_value():
-    rng = np.random.default_rng(10)
-    t0 = 2.5
-    z = rng.normal(scale=4.0, size=20_000)
-    y = (rng.random(z.size) < 1 / (1 + np.exp(-z / t0))).astype(int)
-    assert fit_temperature(z, y) == pytest.approx(t0, rel=0.1)
 
 
 def test_to_markdown_formats_ci_and_rows():

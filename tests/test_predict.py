@@ -44,12 +44,12 @@ def test_scores_match_cache_features_and_errors_are_rows(setup, tiny_backbone):
     df = pd.read_csv(out)
     assert len(df) == s.n == 17 and s.scored == 16 and s.errors == {"corrupt": 1}
     bad = df[df.error.notna()]
-    assert list(bad.key) == ["real/broken.png"] and bad.score.isna().all()
+    assert list(bad.key) == ["real/broken.png"] and bad.logit.isna().all()
     good = df[df.error.isna()].set_index("key")
     keys = cache.meta.key.to_numpy()
     want = det.decision_function(cache.features("image"))
-    np.testing.assert_allclose(good.loc[keys, "score"].to_numpy(), want, atol=1e-4)
-    p = 1 / (1 + np.exp(-good.loc[keys, "score"].to_numpy() / 2.0))
+    np.testing.assert_allclose(good.loc[keys, "logit"].to_numpy(), want, atol=1e-4)
+    p = 1 / (1 + np.exp(-good.loc[keys, "logit"].to_numpy() / 2.0))
     np.testing.assert_allclose(good.loc[keys, "probability"], p, atol=1e-6)
     assert (good.label == (good.probability > det.threshold).astype(int)).all()
     assert set(good.true_label) == {0,
@@ -91,11 +91,34 @@ def test_predict_cli_with_worker_process(setup, tmp_path, capsys):
     root, _, _ = setup
     out = tmp_path / "preds.csv"
     assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", str(out), "--workers", "1",
-                 "--batch-size", "4", "--no-progress"]) == 0
+                 "--batch-size", "4", "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 17 and summary["errors"] == {"corrupt": 1}
-    assert list(pd.read_csv(out).columns) == ["key", "path", "score", "probability", "label", "true_label",
-                                              "error"]
+    det = Detector.load(root / "det")
+    assert summary["threshold"] == det.threshold and summary["threshold_target"] == det.threshold_target
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["key", "path", "logit", "probability", "threshold", "label", "true_label", "error"]
+    ok = df[df.error.isna()]  # one scale: label = probability > threshold, the threshold written on every row
+    assert (ok.threshold == det.threshold).all() and (ok.label == (ok.probability > ok.threshold)).all()
     assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", str(out), "--backbone",
-                 "clipdetect-tiny-vit:random", "--workers", "0"]) == 0
-    assert main(["predict", str(root / "det"), str(tmp_path / "nope"), "--out", str(out)]) == 2
+                 "clipdetect-tiny-vit:random", "--workers", "0"]) == 2  # the file exists: refused ...
+    assert "pass --force" in capsys.readouterr().err and pd.read_csv(out).equals(df)
+    assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", str(out), "--backbone",
+                 "clipdetect-tiny-vit:random", "--workers", "0", "--force"]) == 0  # ... unless --force
+    text = capsys.readouterr().out
+    assert "16 of 17 images scored" in text and "threshold: P(fake) >" in text
+    assert main(["predict", str(root / "det"), str(tmp_path / "nope"), "--out", str(tmp_path / "n.csv")]) == 2
+
+
+def test_predict_streams_to_stdout(setup, capsys):
+    root, _, _ = setup
+    assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", "-", "--workers", "0",
+                 "--limit", "5"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "key,path,logit,probability,threshold,label,true_label,error" and len(lines) == 6
+    assert "5 of 5 images scored" in captured.err and "-> stdout" in captured.err
+    assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", "-", "--format", "jsonl",
+                 "--workers", "0", "--limit", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and set(rows[0]) >= {"logit", "probability", "threshold", "label"}

@@ -76,6 +76,6 @@ def test_own_images_snippet(tmp_path, monkeypatch, one_torch_thread):
     finally:
         BLOCKS[2] = BLOCKS[2].replace(TINY, "ViT-B-16:openai")
     scores = ns["scores"]
-    assert list(scores.columns) == ["score", "probability", "label", "error"] and len(scores) == 3
+    assert list(scores.columns) == ["logit", "probability", "threshold", "label", "error"] and len(scores) == 3
     assert scores.error.isna().all() and scores.probability.between(0, 1).all()
     assert len(ns["cache"]) == 20

@@ -29,9 +29,11 @@ def trained(tmp_path_factory):
 def test_report_command_writes_every_section(trained, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(out), "--n-boot", "20",
-                 "--set", "epochs=3"]) == 0
+                 "--set", "epochs=3", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["generators"] == 3 and printed["logo"] == "3 folds"
+    d = printed["delta_auc_vs_probe"]  # the comparison with the logistic probe, with its paired CI
+    assert d["delta_auc_lo"] <= d["delta_auc"] <= d["delta_auc_hi"]
     rep = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
     gens = rep["per_generator"]
@@ -46,9 +48,16 @@ def test_report_command_writes_every_section(trained, tmp_path, capsys):
     cal = rep["calibration"]
     assert sum(b["n"] for b in cal["bins"]) == gens[0]["n_real"] + gens[0]["n_fake"]
     assert cal["ece"] == pytest.approx(gens[0]["ece"]) and cal["target_fpr"] is None
-    for section in ("## Per generator", "## Leave one generator out", "## Format-only baseline",
-                    "## Calibration"):
+    for section in ("## Per generator", "## Compared with a logistic-regression probe", "## Leave one generator out",
+                    "## Format-only baseline", "## Calibration"):
         assert section in md
+    assert [r["detector"] for r in rep["probe"]["rows"]] == ["logistic-probe", "detector"]
+    # calibration as it is: training tried Platt scaling on 48 validation rows and said why it did not apply it
+    assert "training tried platt scaling and did not apply it (too few validation rows" in md
+    assert "was not calibrated" not in md and "Threshold: P(fake) >" in md and "FPR 0.05 on" in md
+    assert cal["threshold_target"]["metric"] == "fpr" and cal["n_real"] == gens[0]["n_real"]
+    assert "n/a (needs ≥ 100 reals)" in md  # TPR at 1% FPR from ~50 test reals is not printed
+    assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(out), "--no-logo"]) == 2
     table_rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
     assert {"all", "a", "b", "c"} <= set(table_rows)
     for name in ("report_roc.png", "report_hist.png", "report_reliability.png"):

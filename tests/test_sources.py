@@ -37,6 +37,29 @@ def test_folder_per_generator_needs_mapping(tmp_path):
     assert [(s.generator, s.label) for s in src] == [("laion", 0), ("sd14", 1)]
 
 
+def test_nested_generator_and_source_folders(tmp_path):
+    """fake/<generator>/ and real/<source>/ as users lay them out: nothing is merged silently."""
+    files = ["fake/genA/1.png", "fake/genA/deeper/2.png", "fake/genB/3.png", "fake/loose.png",
+             "real/camera/4.png", "real/scans/5.png", "real/loose.png"]
+    for i, f in enumerate(files):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        make_image(i).save(tmp_path / f)
+    got = {s.key: (s.label, s.generator, s.source) for s in ImageFolderSource(tmp_path)}
+    assert got == {"fake/genA/1.png": (1, "genA", ""), "fake/genA/deeper/2.png": (1, "genA", ""),
+                   "fake/genB/3.png": (1, "genB", ""), "fake/loose.png": (1, "fake", ""),
+                   "real/camera/4.png": (0, "real", "camera"), "real/scans/5.png": (0, "real", "scans"),
+                   "real/loose.png": (0, "real", "")}
+    mapped = tmp_path / "mapped"
+    for f in ("laion/a.png", "sd14/b.png"):
+        (mapped / f).parent.mkdir(parents=True, exist_ok=True)
+        make_image(9).save(mapped / f)
+    src = ImageFolderSource(mapped, labels={"laion": 0, "sd14": 1})
+    assert [(s.generator, s.source) for s in src] == [("laion", "laion"), ("sd14", "")]
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["real/camera/4.png"], "label": [0], "source": ["phone"]}).to_csv(manifest, index=False)
+    assert next(iter(ManifestSource(manifest))).source == "phone"
+
+
 def test_folder_with_split_dirs(tmp_path):
     for split in ("train", "val"):
         for cls in ("real", "fake"):

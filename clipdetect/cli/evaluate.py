@@ -5,8 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from clipdetect.cli.main import CLIError, COMMANDS, print_json
-from clipdetect.cli.options import add_split_args, csv_list, figure_formats, open_cache
+from clipdetect.cli.main import CLIError, COMMANDS, emit
+from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -14,8 +14,12 @@ EVAL_EXAMPLES = """examples:
   clipdetect evaluate runs/det features/cifake-b16 --out runs/det/eval
   clipdetect evaluate runs/det features/d3 --by generator,format --n-boot 2000 --out runs/det/eval-d3"""
 PLOT_EXAMPLES = """examples:
-  clipdetect plot runs/det features/cifake-b16 --out runs/det/plots/test
-  clipdetect plot paper=runs/det,linear=runs/lin features/d3 --out runs/cmp --by generator --formats png"""
+  clipdetect plot runs/det features/cifake-b16 --out runs/det/plots
+  clipdetect plot paper=runs/det,linear=runs/lin features/d3 --out runs/cmp --by generator --formats png
+Writes OUT/roc.*, OUT/hist.* and OUT/reliability.*: ROC curves with 95% bootstrap bands (linear
+and log FPR, the log axis starting at 1/n_real, the operating threshold marked, n_real/n_fake in
+the legend), histograms of the calibrated P(fake) with the threshold line, and the reliability
+diagram with its ECE (shown from 100 rows) and a key to the marker sizes."""
 
 
 def add_parser(sub) -> None:
@@ -25,7 +29,9 @@ def add_parser(sub) -> None:
                                    "and 0.1% FPR with 95% bootstrap CIs, ECE and Brier; overall, per generator "
                                    "(its fakes vs all reals) and per metadata column; and the paired AUC "
                                    "difference to a logistic-regression probe fitted on the same train rows "
-                                   "(positive = better than the probe).")
+                                   "(positive = better than the probe). A metric is shown only when its rows "
+                                   "suffice (TPR at 1% FPR needs 100 reals, at 0.1% 1,000; ECE 100 rows), else "
+                                   "n/a with the reason; a CI wider than 0.1 is marked wide.")
     p.add_argument("detector", help="detector bundle directory; several as NAME=DIR,NAME=DIR also writes "
                                     "comparison.md with paired-bootstrap AUC differences to the first")
     p.add_argument("cache", help="feature cache directory (same backbone as the detector)")
@@ -42,6 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--out", help="write metrics.json/.csv/.md and eval_config.json here")
+    add_force_arg(p)
     p.add_argument("--save-scores", action="store_true",
                    help="also write scores.csv (key, label, logit, probability)")
     add_split_args(p)
@@ -51,8 +58,8 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detectors", type=csv_list, help="DIR[,DIR...] or NAME=DIR[,NAME=DIR...]")
     p.add_argument("cache", help="feature cache directory")
-    p.add_argument("--out", required=True,
-                   help="output stem: writes STEM_roc.png/.pdf and STEM_hist.png/.pdf")
+    p.add_argument("--out", required=True, help="output folder: writes roc, hist and reliability figures there")
+    add_force_arg(p)
     p.add_argument("--split", default="auto", help="split to plot: train, val, test, all or auto (default)")
     p.add_argument("--by", default="generator",
                    help="one curve per value of this column ('' for overall only)")
@@ -72,10 +79,12 @@ def run_evaluate(args) -> int:
         raise CLIError(f"--n-boot must be >= 0, got {args.n_boot}")
     from clipdetect.eval.protocols import load_detectors
 
+    if args.out:
+        check_new_output(args.out, args.force)
     specs = csv_list(args.detector)
     several = len(specs) > 1
     dets, cache = load_detectors(specs), open_cache(args.cache)
-    reports = {}
+    reports, text = {}, []
     kw = dict(split=args.split, by=args.by, n_boot=args.n_boot, seed=args.seed, val=args.val_fraction,
               test=args.test_fraction, split_seed=args.split_seed)
     for name, det in dets.items():
@@ -88,7 +97,8 @@ def run_evaluate(args) -> int:
             if args.save_scores:
                 write_csv(out / "scores.csv", report.scores)
             logger.info("wrote %s", ", ".join(str(p) for p in paths))
-        print((f"### {name}\n\n" if several else "") + report.to_markdown())
+        text.append((f"### {name}\n\n" if several else "") + report.to_markdown())
+    payload = {"detectors": {n: r.to_json() for n, r in reports.items()}, "comparison": None}
     reference = None
     if args.baseline == "logistic":
         first = next(iter(dets.values()))
@@ -103,11 +113,15 @@ def run_evaluate(args) -> int:
                                                     names={"detector": reference, "cache": args.cache}),
                        **reports}
     if len(reports) > 1:
-        _print_comparison(reports, args, specs, reference)
+        payload["comparison"], cmp_text = _comparison(reports, args, specs, reference)
+        text.append(cmp_text)
+    emit(args, payload, "\n".join(text))
     return 0
 
 
-def _print_comparison(reports, args, specs, reference) -> None:
+def _comparison(reports, args, specs, reference):
+    import json
+
     from clipdetect.core.escape import md_code
     from clipdetect.core.metrics import to_markdown
     from clipdetect.eval.compare import compare_reports
@@ -125,17 +139,17 @@ def _print_comparison(reports, args, specs, reference) -> None:
                                                           "reference": ref},
                    columns=columns, title=f"Detectors compared on {md_code(args.cache)}, split {md_code(args.split)}",
                    notes=notes)
-    print(to_markdown(table, columns=[c for c in columns if c in table.columns], digits=4))
-    print(notes)
+    records = {"reference": ref, "notes": notes, "rows": json.loads(table.to_json(orient="records"))}
+    return records, to_markdown(table, columns=[c for c in columns if c in table.columns], digits=4) + "\n" + notes
 
 
 def run_plot(args) -> int:
     from clipdetect.eval.figures import plot_detectors
     from clipdetect.eval.protocols import load_detectors
 
+    check_new_output(args.out, args.force)
     paths = plot_detectors(load_detectors(args.detectors), open_cache(args.cache), args.out,
-                           split=args.split,
-                           by=args.by or None, formats=args.formats, title=args.title,
+                           split=args.split, by=args.by or None, formats=args.formats, title=args.title,
                            dpi=args.dpi)
-    print_json({"written": [str(p) for p in paths]})
+    emit(args, {"written": [str(p) for p in paths]}, "wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from clipdetect.cli.main import CLIError, COMMANDS, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, emit
 from clipdetect.cli.options import add_runtime_args
 from clipdetect.core.device import DEVICE_HELP, check_device
 
@@ -125,13 +125,15 @@ def add_parser(sub) -> None:
                    help="with --shuffle-seed: N/2 reals and N/2 fakes (a balanced sample)")
     g.add_argument("--shard-size", type=int, default=4096, help="rows per shard file (default 4096)")
     g.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another writer of the same cache (default 0: refuse at once)")
     add_limit_args(p)
     s = p.add_argument_group("source options")
     s.add_argument("--source-split", "--split", dest="split",
-                   help="the source's own split: the hub split to read (D3: train or validation), or the split name stored for a folder/manifest (default train); cache splits for training are derived later")
+                   help="hub sources (hf:, d3:): the split to read (D3: train or validation). Folders and "
+                        "manifests: the split name stored for rows that name none (default train); split "
+                        "subfolders (train/, val/, test/) and a manifest's split column win. Validation and "
+                        "test rows for training are derived later from the 'train' rows")
     s.add_argument("--caption-template", help='caption from fields, e.g. "a photo of a {cifar_class}"')
     s.add_argument("--caption-column", help="column holding captions (HF sources)")
     s.add_argument("--text", default="auto", choices=["auto", "yes", "no"],
@@ -254,10 +256,17 @@ def run_extract(args) -> int:
                               encoder_cpus=args.ray_encoder_cpus)
     else:
         summary = extract(source, config, progress=not args.no_progress)
-    print_json({"out": summary.out, "run": summary.run, "resumed_from": summary.resumed_from,
-                "seen": summary.seen, "embedded": summary.embedded, "errors": summary.errors,
-                "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
-                "complete": summary.complete})
+    payload = {"out": summary.out, "run": summary.run, "resumed_from": summary.resumed_from,
+               "seen": summary.seen, "embedded": summary.embedded, "errors": summary.errors,
+               "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
+               "complete": summary.complete}
+    errors = sum(summary.errors.values()) if isinstance(summary.errors, dict) else summary.errors
+    text = (f"{summary.embedded} images embedded into {summary.out} ({errors} could not be read"
+            + (f": {summary.errors}" if errors else "") + f") in {summary.seconds:.1f} s "
+            f"({summary.images_per_second:.1f} images/s)"
+            + ("" if summary.complete else "; not complete: re-run the same command to resume")
+            + f"\nnext: clipdetect cache info {summary.out}")
+    emit(args, payload, text)
     from clipdetect.core.inputs import none_readable
 
     if none_readable(summary.seen, summary.embedded, summary.errors) and not summary.resumed_from:
@@ -271,7 +280,8 @@ def run_extract(args) -> int:
 def run_cache_info(args) -> int:
     from clipdetect.features.cache import FeatureCache
 
-    print_json(FeatureCache(args.cache).summary())
+    info = FeatureCache(args.cache).summary()
+    emit(args, info)
     return 0
 
 
@@ -279,9 +289,10 @@ def run_cache_verify(args) -> int:
     from clipdetect.features.verify import verify_cache
 
     report = verify_cache(args.cache, full=not args.quick)
-    for problem in report.problems:
-        print(f"DAMAGED {problem}")
     state = "sound" if report.ok else f"DAMAGED ({len(report.problems)} problem(s))"
-    print(f"cache {args.cache}: {report.shards} shards, {report.rows} rows, "
-          f"{'full' if report.full else 'quick'} check: {state}")
+    lines = [f"DAMAGED {problem}" for problem in report.problems]
+    lines.append(f"cache {args.cache}: {report.shards} shards, {report.rows} rows, "
+                 f"{'full' if report.full else 'quick'} check: {state}")
+    emit(args, {"cache": args.cache, "ok": report.ok, "shards": report.shards, "rows": report.rows,
+                "full": report.full, "problems": [str(p) for p in report.problems]}, "\n".join(lines))
     return 0 if report.ok else 1

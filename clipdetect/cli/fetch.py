@@ -5,7 +5,7 @@ import argparse
 import itertools
 from typing import Tuple
 
-from clipdetect.cli.main import COMMANDS, print_json
+from clipdetect.cli.main import COMMANDS, emit
 
 EXAMPLES = """examples:
   # the LAION reals of D3's train split, 64 downloads at a time, into a shared store
@@ -73,6 +73,7 @@ def run(args) -> int:
         total, ledger = (None if total is None else len(range(k, total, n))), f"failures-{k}-of-{n}.jsonl"
     stats = fetch_many(urls, store=FetchStore(args.store, ledger=ledger), workers=args.workers,
                        timeout=tuple(args.timeout), retries=args.retries, backoff=args.backoff,
-                       max_bytes=args.max_bytes, retry_failed=args.retry_failed, total=total)
-    print_json({"store": str(args.store), **stats.as_dict()})
+                       max_bytes=args.max_bytes, retry_failed=args.retry_failed, total=total,
+                       progress=not args.no_progress)
+    emit(args, {"store": str(args.store), **stats.as_dict()})
     return 0

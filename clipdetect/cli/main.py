@@ -6,9 +6,9 @@ Stages, in the order data flows::
     clipdetect cache     inspect or verify a cache
     clipdetect train     a detector on a cache
     clipdetect evaluate  metrics per generator, with confidence intervals
-    clipdetect plot      ROC curves and score histograms
+    clipdetect plot      ROC curves, P(fake) histograms and the reliability diagram
     clipdetect predict   score images end to end
-    clipdetect report    the whole honest report on a cache (Markdown, or one HTML file)
+    clipdetect report    everything about a detector on a cache, in one Markdown (or HTML) file
     clipdetect serve     an HTTP scoring service and web page for a detector
     clipdetect demo      the whole pipeline on the bundled sample cache
 """
@@ -36,12 +36,13 @@ COMMANDS = {
     "cache": ("clipdetect.cli.extract", "inspect or verify a feature cache"),
     "train": ("clipdetect.cli.train", "train a detector on a feature cache"),
     "evaluate": ("clipdetect.cli.evaluate", "metrics per generator with bootstrap CIs"),
-    "plot": ("clipdetect.cli.evaluate", "ROC curves (linear + log FPR) and score histograms"),
+    "plot": ("clipdetect.cli.evaluate", "ROC curves with bootstrap bands, P(fake) histograms, reliability diagram"),
     "predict": ("clipdetect.cli.predict", "score images end to end (decode → backbone → detector)"),
-    "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals) + temperature"),
+    "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals); Platt or temperature"),
     "protocol": ("clipdetect.cli.protocol", "leave-one-generator-out, robustness, format-bias, text-leakage"),
-    "report": ("clipdetect.cli.report", "per-generator metrics, ROC, leave-one-generator-out, format-only "
-                                        "baseline and calibration, as one Markdown (or self-contained HTML) report"),
+    "report": ("clipdetect.cli.report", "per-generator metrics, ROC, the logistic-probe comparison, leave-one-"
+                                        "generator-out, format-only baseline and calibration, as one Markdown "
+                                        "(or self-contained HTML) report"),
     "serve": ("clipdetect.cli.serve", "an HTTP scoring service and web page for a detector (the 'serve' extra)"),
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
     "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
@@ -56,13 +57,26 @@ class CLIError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
 
-def _setup_logging(verbosity: int) -> None:
+def _printed_below(record: logging.LogRecord) -> bool:
+    """Whether a logger between the record's own and the root has a handler that prints it
+    (some libraries attach their own stream handler and still propagate to the root)."""
+    logger_ = logging.getLogger(record.name)
+    while logger_ is not None and logger_ is not logging.getLogger():
+        if any(not isinstance(h, logging.NullHandler) and record.levelno >= h.level for h in logger_.handlers):
+            return True
+        logger_ = logger_.parent
+    return False
+
+
+def setup_logging(verbosity: int) -> None:
     """clipdetect logs at INFO (DEBUG with -v); other libraries only at WARNING (DEBUG with -vv).
 
     The handler sits on the root logger, so records are printed once and pytest/applications
-    that configure logging themselves still see them.
+    that configure logging themselves still see them; a record that a library's own handler
+    already printed is not printed a second time.
     """
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: not _printed_below(record))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_clipdetect", False)]
@@ -113,7 +127,64 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = False) -> arg
                 continue  # a stage not built into this installation
             raise
         module.add_parser(sub)
+    for command in sub.choices.values():
+        for leaf in _leaf_parsers(command):
+            _add_output_options(leaf)
     return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """The parsers that run something: ``parser`` itself, or those under its sub-commands."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(child)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--no-progress`` on every command (the one place they are defined)."""
+    if parser.get_default("func") is None:
+        return  # a one-line stub of `clipdetect --help`
+    g = parser.add_argument_group("output")
+    g.add_argument("--json", action="store_true",
+                   help="print the result as one JSON document on stdout (for scripts); default: readable text")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars are drawn only when stderr is a terminal anyway)")
+
+
+def emit(args, payload, text: Optional[str] = None) -> None:
+    """The command's result on stdout: ``payload`` as JSON with ``--json``, else ``text``
+    (default: ``payload`` as indented ``key: value`` lines)."""
+    if getattr(args, "json", False):
+        print_json(payload)
+    else:
+        sys.stdout.write((text if text is not None else readable(payload)).rstrip("\n") + "\n")
+
+
+def readable(obj, indent: int = 0) -> str:
+    """Nested dicts and lists as indented ``key: value`` lines (floats to 4 significant digits)."""
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        lines = []
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                lines += [f"{pad}{k}:", readable(v, indent + 1)]
+            else:
+                lines.append(f"{pad}{k}: {_scalar(v)}")
+        return "\n".join(lines)
+    if isinstance(obj, list):
+        if all(not isinstance(v, (dict, list)) for v in obj):
+            return pad + ", ".join(_scalar(v) for v in obj)
+        return "\n".join(readable(v, indent) + ("\n" if isinstance(v, dict) else "") for v in obj).rstrip()
+    return pad + _scalar(obj)
+
+
+def _scalar(v) -> str:
+    if isinstance(v, float):
+        return "n/a" if v != v else f"{v:.4g}"
+    return "n/a" if v is None else str(v)
 
 
 def config_override(text: str):
@@ -127,8 +198,21 @@ def config_override(text: str):
         return key, value
 
 
+def _plain(obj):
+    """Strict JSON values: NaN and infinities become null, numpy scalars Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalars and arrays
+        return _plain(obj.tolist())
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.write(json.dumps(_plain(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -151,7 +235,7 @@ def _run(argv: Optional[List[str]]) -> int:
     if not getattr(args, "func", None):
         (getattr(args, "help_parser", None) or parser).print_help()
         return 2
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, FileNotFoundError) as exc:  # user errors: one line, exit 2

@@ -49,3 +49,47 @@ def open_cache(path: str):
     from clipdetect.features.verify import open_verified
 
     return open_verified(path)
+
+
+def add_force_arg(p, what: str = "--out") -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace what is already at {what} (default: refuse to overwrite)")
+
+
+def check_new_output(path, force: bool, *, flag: str = "--out") -> None:
+    """Refuse an existing file, or a non-empty folder, at ``path`` unless ``force``."""
+    from pathlib import Path
+
+    from clipdetect.cli.main import CLIError
+
+    p = Path(path)
+    taken = p.is_file() or p.is_symlink() or (p.is_dir() and any(p.iterdir()))
+    if taken and not force:
+        raise CLIError(f"{flag} {str(path)!r} already exists; pass --force to replace it, or choose another {flag}")
+
+
+#: metrics shown in a one-line summary, with their labels
+SUMMARY = (("auc", "AUC"), ("ap", "AP"), ("acc@thr", "accuracy at threshold"), ("eer", "EER"),
+           ("tpr@fpr=1%", "TPR at 1% FPR"), ("tpr@fpr=0.1%", "TPR at 0.1% FPR"))
+
+
+def metrics_text(m: dict) -> str:
+    """``n_real`` / ``n_fake`` and the :data:`SUMMARY` metrics of one selection, each guarded
+    (:func:`clipdetect.core.guards.guard`) and with its CI when ``<metric>_lo/_hi`` exist."""
+    from clipdetect.core.guards import ci_note, few, guard
+
+    parts = []
+    for key, label in SUMMARY:
+        if key not in m:
+            continue
+        why, v = guard(key, m), m.get(key)
+        if why or v is None or v != v:
+            parts.append(f"{label} n/a ({why or 'undefined'})")
+            continue
+        text = f"{label} {v:.3f}"
+        if m.get(f"{key}_lo") is not None and m.get(f"{key}_hi") is not None:
+            text += f" [{m[f'{key}_lo']:.3f}, {m[f'{key}_hi']:.3f}]{ci_note(m[f'{key}_lo'], m[f'{key}_hi'])}"
+        parts.append(text)
+    handful = few(m)
+    return (f"{m.get('n_real', '?')} real, {m.get('n_fake', '?')} fake: " + ", ".join(parts)
+            + (f" (only {handful}: anecdotes, not estimates)" if handful else ""))

@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from clipdetect.cli.main import COMMANDS, config_override, print_json
-from clipdetect.cli.options import add_split_args, csv_list, figure_formats, open_cache
+from clipdetect.cli.main import COMMANDS, config_override, emit
+from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
 
 PROTOCOL_EXAMPLES = """examples:
   clipdetect protocol logo features/d3 --out runs/logo --set epochs=8
@@ -57,6 +57,7 @@ def _add_cache_protocols(ps) -> None:
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("cache", help="feature cache with a generator column")
     q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
+    add_force_arg(q)
     q.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"],
                    help="features the detectors are trained on (default image)")
     q.add_argument("--generators", type=csv_list, help="held-out generators (default: every fake generator)")
@@ -68,6 +69,7 @@ def _add_cache_protocols(ps) -> None:
                       epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("cache", help="feature cache with image and caption embeddings")
     q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
+    add_force_arg(q)
     q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     _train_args(q)
     q.set_defaults(func=run_text_leakage)
@@ -88,7 +90,9 @@ def _add_image_protocols(ps) -> None:
         q.add_argument("--split", default="test", help="split whose keys are sampled (default test)")
         q.add_argument("--n-real", type=int, default=50, help="real images sampled from the split (default 50)")
         q.add_argument("--n-fake", type=int, default=50, help="fake images sampled from the split (default 50)")
-        q.add_argument("--out", required=True, help="report folder")
+        q.add_argument("--out", required=True,
+                       help="report folder; re-running the same command resumes there (the per-condition "
+                            "caches are reused, the tables rewritten)")
         q.add_argument("--work", help="folder for the per-condition caches (default OUT/caches)")
         q.add_argument("--seed", type=int, default=0, help="sampling / noise / bootstrap seed")
         q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
@@ -99,7 +103,6 @@ def _add_image_protocols(ps) -> None:
                        help="backbone spec overriding the detectors' (must match their identity)")
         q.add_argument("--formats", type=figure_formats, default=["png", "pdf"],
                        help="figure formats (default png,pdf)")
-        q.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_split_args(q)
         if name == "robustness":
             q.add_argument("--perturb", action="append", type=_perturb, metavar="NAME=S1,S2",
@@ -143,7 +146,8 @@ def _keys_source(args):
 
 
 def run_robustness(args) -> int:
-    from clipdetect.eval.plots import plot_metric_curves, save_figure
+    from clipdetect.eval.plot_scores import plot_metric_curves
+    from clipdetect.eval.plots import save_figure
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table, robustness_sweep, sweep_curves
 
     dets, source, backbone, config, _ = _keys_source(args)
@@ -162,7 +166,9 @@ def run_robustness(args) -> int:
     fig = plot_metric_curves(sweep_curves(table), y=args.metric, style="detector" if len(dets) > 1 else None)
     paths = save_figure(fig, Path(args.out) / f"robustness_{args.metric.replace('@', '_at_')}",
                         formats=args.formats)
-    print_json({"rows": len(table), "figures": [str(p) for p in paths]})
+    emit(args, {"rows": json.loads(table.to_json(orient="records")), "figures": [str(p) for p in paths]},
+         _md(table, ["detector", "perturbation", "severity", "n", args.metric]) + "\nwrote "
+         + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -187,14 +193,17 @@ def run_format_bias(args) -> int:
                notes=f"Cache-metadata baseline (width/height/format/mode; fit on train, scored on test): "
                      f"AUC {cache_base['auc']:.3f}, accuracy {cache_base['acc@0.5']:.3f} "
                      f"(n = {cache_base['n']}).")
-    print_json({"detectors": json.loads(res["detectors"].to_json(orient="records")),
-                "format_only": json.loads(fmt.to_json(orient="records")), "cache_meta_baseline": cache_base})
+    emit(args, {"detectors": json.loads(res["detectors"].to_json(orient="records")),
+                "format_only": json.loads(fmt.to_json(orient="records")), "cache_meta_baseline": cache_base},
+         _md(res["detectors"], ["detector", "encoding", "n", "auc", "delta_auc"]) + "\n\n"
+         + _md(fmt, ["encoding", "features", "n", "auc", "acc@0.5"]))
     return 0
 
 
 def run_logo(args) -> int:
     from clipdetect.eval.protocols import SUMMARY_METRICS, leave_one_generator_out, save_table
 
+    check_new_output(args.out, args.force)
     cache = open_cache(args.cache)
     config = _train_config(args)
     table = leave_one_generator_out(cache, feature_set=args.feature_set, config=config,
@@ -205,13 +214,15 @@ def run_logo(args) -> int:
                columns=["held_out", "n_train", "n_real", "n_fake", *SUMMARY_METRICS, "in_auc", "auc_drop"],
                title="Leave one generator out: held-out generator's fakes vs test reals",
                notes="`in_auc`: the same detector on the test fakes of the generators it was trained on.")
-    print(table.to_string(index=False))
+    emit(args, {"rows": json.loads(table.to_json(orient="records"))},
+         _md(table, ["held_out", "n_train", "n_real", "n_fake", "auc", "in_auc", "auc_drop"]))
     return 0
 
 
 def run_text_leakage(args) -> int:
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table, text_leakage_audit
 
+    check_new_output(args.out, args.force)
     cache = open_cache(args.cache)
     config = _train_config(args)
     res = text_leakage_audit(cache, config=config, n_boot=args.n_boot)
@@ -225,5 +236,12 @@ def run_text_leakage(args) -> int:
                      f"{caps['fakes_with_a_real_caption']:.1%} of "
                      f"fakes share a caption with some real. A text-only AUC well above 0.5 means the "
                      f"caption channel leaks the label.")
-    print(res["table"].to_string(index=False))
+    emit(args, {"rows": json.loads(res["table"].to_json(orient="records")), "captions": caps},
+         _md(res["table"], ["features", "n_real", "n_fake", "auc", "ap"]))
     return 0
+
+
+def _md(table, columns) -> str:
+    from clipdetect.core.metrics import to_markdown
+
+    return to_markdown(table, columns=[c for c in columns if c in table.columns])

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from clipdetect.cli.main import CLIError, COMMANDS, print_json
+from clipdetect.cli.main import CLIError, COMMANDS, emit
+from clipdetect.cli.options import add_force_arg, check_new_output, metrics_text
 
 EXAMPLES = """examples:
   # the paper's detector (CVaR+AUC loss, SAM, MLP head), schedule planned from the cache size
@@ -21,15 +22,22 @@ EXAMPLES = """examples:
 Validation and test rows: the cache's own "val"/"validation"/"test" splits when it has them;
 otherwise --val-fraction and --test-fraction of the "train" rows, chosen by a stable hash of
 each row's key (so the same rows are held out on every run and by `clipdetect evaluate`).
+--split all trains a final model on every row instead: nothing is left for validation or
+testing (no best-epoch selection, no calibration, threshold 0.5; evaluate it on other data).
 Schedule (default --preset auto): batch = training rows / 8 as a power of two in [32, 2048],
-at least 500 optimiser steps and 32 epochs, patience max(8, epochs / 4); a run planned for
-fewer than 200 steps warns. The epoch with the best validation ROC-AUC is kept; training
-stops after --patience epochs without improvement. A temperature is then fit on validation
-(ECE before/after in the summary) and the decision threshold chosen there (best balanced
-accuracy).
+at least 500 optimiser steps (fewer below 1,000 training rows: 0.5 per row, at least 32
+epochs) and 32 epochs, patience max(8, epochs / 4); a fixed schedule of fewer than 200 steps
+warns. The epoch with the best validation ROC-AUC is kept; training stops after --patience
+epochs without improvement. Then, on the validation rows: Platt scaling (P(fake) =
+sigmoid(scale * logit + offset); not applied, with a warning, on fewer than 100 rows or 10 of
+a class, on a fit at a bound of its search, or when it makes the ECE worse) and the threshold:
+at most --threshold-fpr (5%) of the validation reals score above it. Both are stored in the
+bundle and shown by `predict` and `report`.
 
 Writes DETECTOR_DIR/{model.safetensors, detector.json, train_config.json, train_log.jsonl}
-and prints a JSON summary (validation metrics, and test metrics when test rows exist)."""
+(an existing DETECTOR_DIR is refused without --force) and prints a summary: validation
+metrics, and test metrics when test rows exist, each shown only when its rows suffice
+(e.g. TPR at 0.1% FPR needs 1,000 reals)."""
 
 
 def add_parser(sub) -> None:
@@ -41,6 +49,7 @@ def add_parser(sub) -> None:
                        description="Train a detector head on cached CLIP embeddings and save the bundle.")
     p.add_argument("cache", help="feature cache directory (made by `clipdetect extract`)")
     p.add_argument("--out", required=True, metavar="DETECTOR_DIR", help="directory for the detector bundle")
+    add_force_arg(p)
     p.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"],
                    help="detector input: image embedding, caption embedding or both concatenated (default image)")
     g = p.add_argument_group("loss: gamma*CVaR_alpha(BCE) + (1-gamma)*mean max(0, margin-(s_fake-s_real))^p")
@@ -67,14 +76,26 @@ def add_parser(sub) -> None:
     s.add_argument("--steps", type=int, help="optimiser-step budget instead of --epochs (default: planned)")
     o.add_argument("--patience", type=int,
                    help="stop after N epochs without a better validation AUC; 0 never stops (default: planned)")
-    o.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help="keep temperature 1 (default: fit it on the validation split)")
+    c = p.add_argument_group("calibration and threshold (fitted on the validation rows)")
+    c.add_argument("--calibration", default=d.calibration, choices=["platt", "temperature", "none"],
+                   help="logit -> P(fake): platt (scale and offset, default), temperature (scale only) or none")
+    c.add_argument("--no-calibrate", dest="calibration", action="store_const", const="none",
+                   help="same as --calibration none")
+    c.add_argument("--threshold-fpr", type=float, default=d.threshold_fpr, metavar="RATE",
+                   help=f"the threshold lets at most this share of validation reals through as fake (default "
+                        f"{d.threshold_fpr}); needs >= 1/RATE validation reals to be resolved")
+    c.add_argument("--threshold-rule", default=d.threshold_rule, choices=["fpr", "balanced"],
+                   help="fpr: target --threshold-fpr on validation reals (default); balanced: best balanced "
+                        "accuracy on validation")
     h = p.add_argument_group("head")
     h.add_argument("--head", default=d.head, choices=["mlp", "linear"], help="MLP (paper) or linear probe")
     h.add_argument("--depth", type=int, default=d.depth, help=f"MLP blocks (default {d.depth})")
     h.add_argument("--width", type=int, default=None, help="MLP hidden width (default: the input dimension)")
     h.add_argument("--dropout", type=float, default=d.dropout, help=f"MLP dropout (default {d.dropout})")
     r = p.add_argument_group("data and run")
+    r.add_argument("--split", default=d.split, choices=["holdout", "all"],
+                   help="holdout: train on the train rows, select and calibrate on val, leave test alone "
+                        "(default); all: a final model on every row, nothing held out")
     r.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help=f"validation share of 'train' rows when the cache has no val split ({d.val_fraction})")
     r.add_argument("--test-fraction", type=float, default=d.test_fraction,
@@ -88,7 +109,6 @@ def add_parser(sub) -> None:
                         "(fused kernels), graphs (also CUDA graphs: each pass replayed with one launch; as "
                         "default on a CPU). Compiling takes seconds to a minute per graph (a few per run), "
                         "so it pays only on long GPU runs; the mode is saved in train_config.json")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -114,6 +134,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     args.device = check_device(args.device)
     config = config_from_args(args)
+    check_new_output(args.out, args.force)
     cache = open_verified(args.cache)
     if args.feature_set != "image" and not cache.has_text:
         raise CLIError(f"--feature-set {args.feature_set} needs caption embeddings, but cache {args.cache!r} has "
@@ -121,15 +142,50 @@ def run(args) -> int:
     with staged_output(args.out) as tmp:
         det = Detector.fit_cache(cache, feature_set=args.feature_set, config=config, out=tmp,
                                  progress=not args.no_progress)
-    summary = {"out": args.out, "feature_set": det.feature_set, "backbone": det.backbone.get("spec"),
-               "threshold": det.threshold, "splits": det.extra.get("splits"), "train": {
-                   k: det.metrics.get(k) for k in ("best_epoch", "epochs_run", "stopped_early", "steps",
-                                                   "train_seconds", "schedule")},
-               "calibration": det.metrics.get("calibration"), "temperature": det.temperature,
-               "val": det.metrics.get("val")}
-    test = SplitSpec.of(config).rows(cache, "test")
+    test = SplitSpec.of(config).rows(cache, "test") if config.split != "all" else []
+    test_metrics = None
     if len(test):
         prob = det.fake_probability(det.features(cache, test))
-        summary["test"] = binary_metrics(cache.labels(test), prob, threshold=det.threshold)
-    print_json(summary)
+        test_metrics = binary_metrics(cache.labels(test), prob, threshold=det.threshold)
+    summary = train_summary(det, args.out, test_metrics)
+    emit(args, summary, summary_text(summary))
     return 0
+
+
+def train_summary(det, out, test_metrics=None) -> dict:
+    """What ``train`` reports about a fitted detector (metrics guarded: see :mod:`clipdetect.core.guards`)."""
+    from clipdetect.core.guards import guarded
+
+    m = det.metrics
+    return {"out": str(out), "feature_set": det.feature_set, "backbone": det.backbone.get("spec"),
+            "splits": det.extra.get("splits"), "split": det.train_config.get("split", "holdout"),
+            "train": {k: m.get(k) for k in ("best_epoch", "epochs_run", "stopped_early", "steps", "train_seconds",
+                                            "schedule")},
+            "calibration": {**det.calibration.to_json(), "fit": m.get("calibration")},
+            "threshold": det.threshold, "threshold_target": det.threshold_target,
+            "val": guarded(m["val"]) if m.get("val") else None,
+            "test": guarded(test_metrics) if test_metrics else None}
+
+
+def summary_text(s: dict) -> str:
+    from clipdetect.models.calibration import Calibration, describe_target
+
+    t, sched, sp = s["train"], s["train"].get("schedule") or {}, s.get("splits") or {}
+    lines = [f"detector saved to {s['out']} ({s['feature_set']} features of {s['backbone']})",
+             f"rows: {sp.get('train')} train, {sp.get('val')} val, {sp.get('test')} test"
+             + (" (--split all: every row trained; nothing is left for testing)" if s["split"] == "all" else ""),
+             f"schedule: batch {sched.get('batch_size')}, {t['steps']} steps in {t['epochs_run']} epochs "
+             f"(best epoch {t['best_epoch']}{', stopped early' if t['stopped_early'] else ''}), "
+             f"{t['train_seconds']:.1f} s"]
+    fit = s["calibration"].get("fit") or {}
+    cal = Calibration.from_json({k: v for k, v in s["calibration"].items() if k != "fit"}).describe()
+    if fit and not fit.get("applied"):
+        cal += f" ({fit['method']} not applied: {fit.get('reason')})"
+    elif fit:
+        cal += f"; validation ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f} on {fit['n']} rows"
+    lines += [f"calibration: {cal}",
+              f"threshold: P(fake) > {s['threshold']:.4g} (target: {describe_target(s['threshold_target'])})"]
+    for split in ("val", "test"):
+        if s.get(split):
+            lines.append(f"{split}: {metrics_text(s[split])}")
+    return "\n".join(lines)

@@ -14,15 +14,15 @@ from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 from scipy.special import logit
 
 from clipdetect.core.escape import md_text
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from clipdetect.core.guards import FPR_TARGETS, ci_note, guard
+
 logger = logging.getLogger(__name__)
 
-FPR_TARGETS: dict[str, float] = {"tpr@fpr=1%": 0.01, "tpr@fpr=0.1%": 0.001}
 METRICS: tuple[str, ...] = ("auc", "ap", "acc@0.5", "acc@thr", "eer", *FPR_TARGETS)
 COUNTS: tuple[str, ...] = ("n", "n_real", "n_fake")
 _RANKING = ("auc", "ap", "eer", *FPR_TARGETS)
@@ -190,6 +190,11 @@ def _row(y, s, *, threshold, n_boot, seed, scores_are_probs) -> dict[str, float]
         boot = _bootstrap_all(y, s, n_boot=n_boot, seed=seed, stratified=True, acc_t=acc_t)
         for name in METRICS:
             row[f"{name}_lo"], row[f"{name}_hi"] = _percentile_ci(boot[name], 0.95)
+    for name in METRICS:  # a metric its small-sample guard refuses is not reported at all
+        if guard(name, row):
+            for key in (name, f"{name}_lo", f"{name}_hi"):
+                if key in row:
+                    row[key] = math.nan
     return row
 
 
@@ -203,9 +208,12 @@ def evaluate_scores(y_true, scores, *, groups: Mapping[str, Sequence] | None = N
     ``y_true``; missing values (None/NaN) belong to no group. With ``reference="real"`` a
     group whose subset holds only fakes is scored against **all** reals of the input (the
     usual per-generator report: each generator's fakes vs the shared real set), and its
-    ``vs`` column reads ``"all_real"``; otherwise the subset is scored as-is (``vs="group"``).
+    ``vs`` column reads ``"all_real"``; a group of reals only (one photo source) is scored
+    against all fakes (``"all_fake"``: its FPR at the threshold is what it measures);
+    otherwise the subset is scored as-is (``vs="group"``).
     Columns: ``group``, ``value``, ``vs``, counts, the metrics of :func:`binary_metrics` and,
     when ``n_boot > 0``, 95% stratified bootstrap bounds ``<metric>_lo`` / ``<metric>_hi``.
+    A metric its small-sample guard refuses (:func:`clipdetect.core.guards.guard`) is NaN.
     """
     y, s = _check(y_true, scores)
     if reference not in ("real", "group"):
@@ -221,6 +229,8 @@ def evaluate_scores(y_true, scores, *, groups: Mapping[str, Sequence] | None = N
             vs = "group"
             if reference == "real" and (y[mask] == 1).all():
                 mask, vs = mask | (y == 0), "all_real"
+            elif reference == "real" and (y[mask] == 0).all():
+                mask, vs = mask | (y == 1), "all_fake"
             rows.append({"group": column, "value": value, "vs": vs,
                          **_row(y[mask], s[mask], **kw)})
     return pd.DataFrame(rows)
@@ -276,30 +286,11 @@ def brier_score(y_true, probs) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-def fit_temperature(logits, y_true, *, bounds: tuple[float, float] = (1e-2, 1e2)) -> float:
-    """Temperature ``T > 0`` minimising the NLL of ``sigmoid(logits / T)`` (search on log T)."""
-    y, z = _check(y_true, logits)
-
-    def nll(log_t: float) -> float:
-        a = z / math.exp(log_t)
-        return float(np.mean(np.logaddexp(0.0, a) - y * a))
-
-    res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])),
-                          method="bounded", options={"xatol": 1e-6})
-    return float(math.exp(res.x))
-
-
-def reals_needed(target_fpr: float) -> int:
-    """Reals needed before one false positive is a rate of at most ``target_fpr`` (1 / target)."""
-    return int(math.ceil(1.0 / target_fpr - 1e-9))
-
-
 def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
     v = df[col].iloc[i]
-    if col in FPR_TARGETS and "n_real" in df:
-        need = reals_needed(FPR_TARGETS[col])
-        if df["n_real"].iloc[i] < need:  # the smallest non-zero FPR is 1 / n_real
-            return f"n/a (needs ≥ {need} reals)"
+    why = guard(col, {k: df[k].iloc[i] for k in COUNTS if k in df})
+    if why:  # e.g. the smallest non-zero FPR, 1 / n_real, is coarser than the target
+        return f"n/a ({why})"
     if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
         if math.isnan(v):
             return "nan"
@@ -308,7 +299,8 @@ def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
         text = f"{v:.{digits}f}"
         if f"{col}_lo" in df and f"{col}_hi" in df:
             lo, hi = df[f"{col}_lo"].iloc[i], df[f"{col}_hi"].iloc[i]
-            text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+            counts = {k: df[k].iloc[i] for k in COUNTS if k in df}
+            text += f" [{lo:.{digits}f}, {hi:.{digits}f}]{ci_note(lo, hi, counts)}"
         return text
     return md_text(v)
 
@@ -317,8 +309,9 @@ def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None,
                 digits: int = 3) -> str:
     """Markdown table of ``df``; a metric with ``_lo``/``_hi`` columns shows ``0.953 [0.941, 0.962]``.
 
-    A TPR at an FPR finer than 1 / ``n_real`` of its row reads ``n/a (needs ≥ N reals)``:
-    such an operating point is not resolved by the reals at hand.
+    A metric its small-sample guard refuses (:func:`clipdetect.core.guards.guard`: e.g. a TPR
+    at an FPR finer than 1 / ``n_real`` of its row) reads ``n/a (needs ≥ N reals)``, and a CI
+    wider than :data:`~clipdetect.core.guards.WIDE_CI` says so.
 
     ``columns`` picks and orders the shown columns (default: all but the CI bound columns).
     """

@@ -278,7 +278,7 @@ def fetch_many(urls: Iterable[str], *, store: Union[FetchStore, str, os.PathLike
         bar.update(1)
         bar.set_postfix(ok=stats.fetched, failed=stats.failed, refresh=False)
 
-    with tqdm(total=total, unit="url", desc="fetch", disable=not progress, dynamic_ncols=True) as bar, \
+    with tqdm(total=total, unit="url", desc="fetch", disable=None if progress else True, dynamic_ncols=True) as bar, \
             ThreadPoolExecutor(workers, thread_name_prefix="fetch") as pool:
         pending = set()
         for url in todo():

@@ -32,15 +32,26 @@ def load_hf_dataset(name_or_path: str, *, split: str, streaming: bool, config_na
                     offline_hint: str, files: Optional[List[str]] = None):
     """``datasets.load_dataset`` for local parquet or a hub name; a load failure names ``offline_hint``.
     ``files``: the local parquet files to read (default: all that ``name_or_path`` names)."""
+    import contextlib
+
     import datasets
 
+    from clipdetect.core.offline import hub_offline, offline_reason
+
     files = parquet_files(name_or_path) if files is None else files
+    if files is not None:
+        return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
+    offline = offline_reason()  # a hub name: do not let the hub library retry an unreachable host
     try:
-        if files is not None:
-            return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
-        return datasets.load_dataset(name_or_path, config_name, split=split, streaming=streaming)
-    except (ConnectionError, OSError) as exc:
-        raise RuntimeError(f"could not load {name_or_path!r} ({exc}). Offline? {offline_hint}") from exc
+        with hub_offline() if offline else contextlib.nullcontext():
+            return datasets.load_dataset(name_or_path, config_name, split=split, streaming=streaming)
+    except Exception as exc:
+        if offline:
+            raise ValueError(f"cannot load {name_or_path!r}: the hub is not reachable ({offline}) and it is not in "
+                               f"the local cache. {offline_hint}") from None
+        if isinstance(exc, (ConnectionError, OSError)):
+            raise ValueError(f"could not load {name_or_path!r} ({exc}). Offline? {offline_hint}") from exc
+        raise
 
 
 class HFSource(Source):

@@ -1,8 +1,9 @@
 """Sources: adapters that yield :class:`Sample` records in a fixed, repeatable order.
 
-Every source yields ``Sample(key, image, caption, label, generator, split, path)`` where
-``image`` is a path or encoded bytes (decoding happens later, in worker processes) and
-``label`` is 0 for real, 1 for generated (fake). ``iterate(start)`` resumes at a position
+Every source yields ``Sample(key, image, caption, label, generator, split, path, source)`` where
+``image`` is a path or encoded bytes (decoding happens later, in worker processes),
+``label`` is 0 for real, 1 for generated (fake), and ``source`` names where a real photo came
+from (a camera, a photo collection; "" when unknown). ``iterate(start)`` resumes at a position
 without decoding what it skips; ``describe()`` is the JSON identity used to resume runs.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Sample:
     generator: str = ""
     split: str = "train"
     path: str = ""
+    source: str = ""
 
 
 def parse_label(value: Any, *, names: Optional[List[str]] = None) -> int:
@@ -89,9 +91,14 @@ class ImageFolderSource(Source):
 
     Layouts (sorted walk, so the order is stable):
 
-    * ``root/real/...`` and ``root/fake/...`` (also ``0_real``/``1_fake``, ``REAL``/``FAKE``);
+    * ``root/real/...`` and ``root/fake/...`` (also ``0_real``/``1_fake``, ``REAL``/``FAKE``):
+      subfolders name things the way users lay them out. ``fake/<generator>/...`` gives the
+      fakes under it that generator (``generator`` column; files directly in ``fake/`` get
+      generator ``fake``) and ``real/<source>/...`` gives the reals under it that photo source
+      (``source`` column; files directly in ``real/`` get none). Deeper folders keep the name
+      of the first level;
     * one folder per generator, ``root/<generator>/...``, with ``labels={"laion": 0, "sd14": 1}``
-      (a folder not in the mapping is an error);
+      (a folder not in the mapping is an error); a real folder's name is also its source;
     * either layout under split folders: ``root/train/real/...``, ``root/val/fake/...``.
     """
 
@@ -116,6 +123,15 @@ class ImageFolderSource(Source):
             raise ValueError(f"folder {folder!r} under {str(self.root)!r} is not 'real'/'fake'; pass a mapping "
                              f"such as --label-map {folder}=1 (generator folders) ") from None
 
+    def _names(self, folder: Path, label: int, dirpath: str) -> tuple:
+        """(generator, source) of the files in ``dirpath`` under class folder ``folder``."""
+        rel = os.path.relpath(dirpath, folder)
+        sub = None if rel == os.curdir else rel.split(os.sep)[0]
+        mapped = folder.name in self.labels
+        if label == 1:
+            return (folder.name if mapped or sub is None else sub), ""
+        return folder.name, (sub if sub is not None else (folder.name if mapped else ""))
+
     def _scan(self) -> List[tuple]:
         tops = sorted(p for p in self.root.iterdir() if p.is_dir())
         if tops and all(p.name.lower() in SPLIT_NAMES for p in tops):
@@ -129,21 +145,22 @@ class ImageFolderSource(Source):
             label = self._label_of(folder.name)
             for dirpath, dirnames, filenames in os.walk(folder):
                 dirnames.sort()
+                generator, source = self._names(folder, label, dirpath)
                 for name in sorted(filenames):
                     if name.lower().endswith(IMAGE_EXTENSIONS):
-                        items.append((os.path.join(dirpath, name), label, folder.name, split))
+                        items.append((os.path.join(dirpath, name), label, generator, source, split))
         return items
 
     def size(self) -> int:
         return len(self._items)
 
     def iterate(self, start: int = 0) -> Iterator[Sample]:
-        for path, label, group, split in self._items[start:]:
+        for path, label, group, source, split in self._items[start:]:
             key = os.path.relpath(path, self.root)
             record = {"label": label, "label_name": "fake" if label else "real", "generator": group,
-                      "stem": Path(path).stem, "split": split}
+                      "source": source, "stem": Path(path).stem, "split": split}
             yield Sample(key=key, image=path, label=label, caption=self.caption(record),
-                         generator=group, split=split, path=path)
+                         generator=group, split=split, path=path, source=source)
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "root": str(self.root.resolve()), "labels": self.labels,
@@ -152,7 +169,7 @@ class ImageFolderSource(Source):
 
 class ManifestSource(Source):
     """A CSV or parquet table with ``path`` and ``label`` columns, and optionally ``key``,
-    ``caption``, ``generator``, ``split``. Relative paths resolve against ``root``
+    ``caption``, ``generator``, ``split``, ``source``. Relative paths resolve against ``root``
     (default: the manifest's folder)."""
 
     kind = "manifest"
@@ -183,7 +200,8 @@ class ManifestSource(Source):
             caption = self.caption(rec) if self.caption.template else optional_str(rec.get("caption"))
             yield Sample(key=str(rec.get("key", p)), image=full, label=parse_label(rec["label"]),
                          caption=caption, generator=optional_str(rec.get("generator")) or "",
-                         split=optional_str(rec.get("split")) or self.split, path=full)
+                         split=optional_str(rec.get("split")) or self.split, path=full,
+                         source=optional_str(rec.get("source")) or "")
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path.resolve()), "root": str(self.root.resolve()),

@@ -232,7 +232,7 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
         head.train()
         sums = {"loss": 0.0, "det": 0.0, "distill": 0.0}
         n = 0
-        bar = tqdm(loader, desc=f"distill {epoch}/{config.epochs}", unit="batch", disable=not progress,
+        bar = tqdm(loader, desc=f"distill {epoch}/{config.epochs}", unit="batch", disable=None if progress else True,
                    leave=False)
         for x, yb, tb in bar:
             lr = _lr_at(config, step, total)
@@ -292,19 +292,17 @@ def finish_student(out: Path, student, head, scfg: StudentConfig, config: Distil
     """Write the final student (``encoder.safetensors`` + ``student.json``) and its detector bundle."""
     from clipdetect.core.io import write_json
     from clipdetect.models.detector import Detector
-    from clipdetect.models.threshold import choose_threshold
-    from clipdetect.core.metrics import binary_metrics
+    from clipdetect.models.calibration import fit_on_validation
     from clipdetect.distill.student import read_student_doc, student_identity
 
     summary = {**config.to_dict(), "best_epoch": best["epoch"], "best_val_auc": best["val_auc"]}
     save_student(out, student.eval(), scfg, teacher=cache.backbone, distill=summary)
     identity = {**student_identity(out, scfg, read_student_doc(out)), "spec": f"student:{out.resolve()}"}
-    prob = 1.0 / (1.0 + np.exp(-val_logits.astype(np.float64)))
-    threshold = choose_threshold(val_labels, prob)
-    metrics = {"best_epoch": best["epoch"], "epochs_run": len(history),
-               "val": binary_metrics(val_labels, prob, threshold=threshold)}
+    calibration, threshold, target, fitted = fit_on_validation(val_logits, val_labels)  # as `train` does
+    metrics = {"best_epoch": best["epoch"], "epochs_run": len(history), **fitted}
     det = Detector(head=head.eval(), head_config=config.head_config(scfg.embed_dim), feature_set="image",
                    backbone=identity, train_config=config.to_dict(), metrics=metrics, threshold=threshold,
+                   calibration=calibration, threshold_target=target,
                    extra={"teacher": cache.backbone, "distill": summary, "student_dir": str(out.resolve())})
     det.save(out / "detector")
     write_json(out / "history.json", history)

@@ -1,15 +1,14 @@
-"""Post-hoc calibration on the validation split: no test label is ever looked at.
+"""Post-hoc calibration on the validation split (``clipdetect calibrate``): no test label is looked at.
 
 * **Threshold for a target false-positive rate**: chosen on the validation *real* images
-  alone (:func:`metrics.threshold_at_fpr`): at most ``target_fpr`` of them score above it.
-  The threshold is found on logits (halfway between two real scores) and stored on the
-  probability scale the detector uses
-  (``P(fake) = sigmoid(logit / T)``), so it does not move when the temperature changes.
-* **Temperature scaling**: one scalar ``T`` fit by NLL on the validation split
-  (:func:`metrics.fit_temperature`); rankings (AUC, TPR at FPR) are unchanged, the
-  probabilities (ECE, Brier) improve.
+  alone (:func:`clipdetect.models.calibration.fpr_threshold`): at most ``target_fpr`` of them
+  score above it. It is found on logits and stored on P(fake), the scale ``predict`` writes.
+* **Probability calibration** (optional): Platt scaling or a temperature, refitted on the
+  validation split with the guards training uses (:func:`clipdetect.models.calibration.fit_calibration`);
+  a fit that is not applied keeps the detector's calibration. Rankings (AUC, TPR at FPR)
+  never change; probabilities (ECE, Brier) do.
 
-Both are written into the detector (``threshold``, ``temperature``, and
+Both are written into the detector (``calibration``, ``threshold``, ``threshold_target`` and
 ``extra["calibration"]`` with the validation numbers); re-save the bundle to keep them.
 """
 from __future__ import annotations
@@ -17,28 +16,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
 
 import numpy as np
 
+from clipdetect.core.metrics import brier_score, expected_calibration_error
 from clipdetect.eval.selection import split_params, split_rows
-from clipdetect.core.metrics import brier_score, expected_calibration_error, fit_temperature, threshold_at_fpr
+from clipdetect.models.calibration import Calibration, fit_calibration, fpr_threshold
 
 logger = logging.getLogger(__name__)
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
-
-
-def _midpoint_threshold(reals: np.ndarray, target_fpr: float) -> float:
-    """:func:`threshold_at_fpr` moved halfway to the next higher real score, so that
-    rounding (float32 logits, the sigmoid) cannot flip the real sitting exactly on it."""
-    zt = threshold_at_fpr(reals, target_fpr)
-    above = reals[reals > zt]
-    nxt = float(above.min()) if above.size else zt + max(1e-3, 1e-3 * abs(zt))
-    return 0.5 * (zt + nxt)
 
 
 @dataclass
@@ -48,7 +35,7 @@ class CalibrationResult:
     target_fpr: Optional[float]
     threshold: float           # on P(fake), as stored in the detector
     logit_threshold: Optional[float]
-    temperature: float
+    calibration: Dict[str, Any]  # the detector's calibration after this run (method and parameters)
     split: str
     n_val: int
     n_val_real: int
@@ -58,56 +45,59 @@ class CalibrationResult:
     ece_after: float
     brier_before: float
     brier_after: float
+    fit: Dict[str, Any] = field(default_factory=dict)  # the refit's record (applied, reason), if any
     created: str = ""
+
+    @property
+    def temperature(self) -> Optional[float]:
+        return self.calibration.get("temperature") if self.calibration.get("method") == "temperature" else None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
-def calibrate_scores(logits, y, *, target_fpr: Optional[float] = 0.01, temperature: bool = True,
-                     old_temperature: float = 1.0, old_threshold: float = 0.5) -> CalibrationResult:
+def calibrate_scores(logits, y, *, target_fpr: Optional[float] = 0.01, method: Optional[str] = None,
+                     old: Optional[Calibration] = None, old_threshold: float = 0.5) -> CalibrationResult:
     """Calibrate from validation logits ``logits`` and labels ``y`` (pure function).
 
-    ``target_fpr=None`` keeps the decision rule (the old threshold moves with the temperature);
-    ``temperature=False`` keeps ``old_temperature``.
+    ``method`` ("platt", "temperature"; None keeps ``old``) refits the probability calibration;
+    ``target_fpr=None`` keeps the decision rule (the old threshold, moved to the new scale).
     """
+    old = old or Calibration()
     z = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(y).ravel().astype(np.int64)
     reals = z[y == 0]
     if reals.size == 0:
         raise ValueError("the validation split has no real images; a target-FPR threshold needs them")
-    both = (y == 0).any() and (y == 1).any()
-    t = fit_temperature(z, y) if temperature and both else float(old_temperature)
-    if temperature and not both:
-        logger.warning("validation split has one class only: temperature left at %.4g", t)
+    cal, fit = old, {}
+    if method is not None:
+        fitted, fit = fit_calibration(z, y, method)
+        cal = fitted if fit["applied"] else old
     if target_fpr is not None:
-        if not 0.0 <= target_fpr < 1.0:
-            raise ValueError(f"target FPR must be in [0, 1), got {target_fpr}")
         if target_fpr * reals.size < 1:
             logger.warning("%d validation reals cannot resolve an FPR of %g (the threshold sits above all "
                            "of them); use more validation data for a meaningful estimate",
                            reals.size, target_fpr)
-        zt = _midpoint_threshold(reals, target_fpr)
-        threshold = float(_sigmoid(zt / t))
+        zt = fpr_threshold(reals, target_fpr)
     else:  # keep the decision rule: the same logit threshold on the new probability scale
-        old = min(max(float(old_threshold), 1e-12), 1 - 1e-12)
-        zt = old_temperature * math.log(old / (1 - old))
-        threshold = float(_sigmoid(zt / t))
-    p_old, p_new = _sigmoid(z / old_temperature), _sigmoid(z / t)
+        zt = old.logit_of(min(max(float(old_threshold), 1e-12), 1 - 1e-12))
+    threshold = float(cal.probability(zt))
+    p_old, p_new = old.probability(z), cal.probability(z)
     fakes = p_new[y == 1]
     return CalibrationResult(
-        target_fpr=target_fpr, threshold=threshold, logit_threshold=zt, temperature=float(t), split="val",
+        target_fpr=target_fpr, threshold=threshold, logit_threshold=zt, calibration=cal.to_json(), split="val",
         n_val=int(y.size), n_val_real=int(reals.size), val_fpr=float((p_new[y == 0] > threshold).mean()),
         val_tpr=float((fakes > threshold).mean()) if fakes.size else math.nan,
         ece_before=expected_calibration_error(y, p_old), ece_after=expected_calibration_error(y, p_new),
-        brier_before=brier_score(y, p_old), brier_after=brier_score(y, p_new),
+        brier_before=brier_score(y, p_old), brier_after=brier_score(y, p_new), fit=fit,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def calibrate_detector(detector, cache, *, target_fpr: Optional[float] = 0.01, temperature: bool = True,
+def calibrate_detector(detector, cache, *, target_fpr: Optional[float] = 0.01, method: Optional[str] = None,
                        split: str = "val", val: Optional[float] = None, test: Optional[float] = None,
                        split_seed: Optional[int] = None) -> CalibrationResult:
-    """Fit temperature and/or the target-FPR threshold on ``split`` of ``cache``; update ``detector``.
+    """Refit the threshold at ``target_fpr`` and/or the calibration (``method``) on ``split`` of
+    ``cache``; update ``detector``.
 
     Uses the same split fractions and seed as training (recorded in the detector), so the
     validation rows are the ones training held out. Refuses ``split="test"``.
@@ -119,17 +109,21 @@ def calibrate_detector(detector, cache, *, target_fpr: Optional[float] = 0.01, t
     rows = split_rows(cache, split, params)
     x = detector.features(cache, rows)
     logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
-    result = calibrate_scores(logits, cache.labels(rows), target_fpr=target_fpr, temperature=temperature,
-                              old_temperature=float(detector.temperature),
-                              old_threshold=float(detector.threshold))
+    result = calibrate_scores(logits, cache.labels(rows), target_fpr=target_fpr, method=method,
+                              old=detector.calibration, old_threshold=float(detector.threshold))
     result.split = split
-    detector.temperature = result.temperature
+    detector.calibration = Calibration.from_json(result.calibration)
     detector.threshold = result.threshold
+    if target_fpr is not None:
+        need = math.ceil(1.0 / target_fpr - 1e-9) if target_fpr > 0 else math.inf
+        detector.threshold_target = {"metric": "fpr", "value": float(target_fpr), "on": f"{split} reals",
+                                     "n_reals": result.n_val_real, "achieved_fpr": result.val_fpr,
+                                     "resolved": bool(result.n_val_real >= need), "tpr": result.val_tpr,
+                                     "set_by": "clipdetect calibrate"}
     extra = dict(getattr(detector, "extra", None) or {})
     extra["calibration"] = {**result.to_dict(), "cache": str(cache.root), **asdict(params)}
     detector.extra = extra
-    logger.info("calibrated on %d %s rows (%d real): T = %.4g, threshold P(fake) > %.6g "
-                "(val FPR %.4f, TPR %.4f)",
-                result.n_val, split, result.n_val_real, result.temperature, result.threshold, result.val_fpr,
-                result.val_tpr)
+    logger.info("calibrated on %d %s rows (%d real): %s, threshold P(fake) > %.6g (val FPR %.4f, TPR %.4f)",
+                result.n_val, split, result.n_val_real, detector.calibration.describe(), result.threshold,
+                result.val_fpr, result.val_tpr)
     return result

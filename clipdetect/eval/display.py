@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from clipdetect.eval.figures import roc_curves
 from clipdetect.eval.selection import split_params, split_rows
-from clipdetect.eval.plots import FPR_FLOOR, Curves, plot_roc
+from clipdetect.eval.plots import Curves, plot_roc
 from clipdetect.features.cache import FeatureCache
 
 __all__ = ["DetectorRocDisplay"]
@@ -31,10 +31,11 @@ class DetectorRocDisplay:
     ``(y_true, scores)``; ``fpr``, ``tpr`` and ``roc_auc`` are per curve name.
     """
 
-    def __init__(self, *, curves: Curves, name: str | None = None):
+    def __init__(self, *, curves: Curves, name: str | None = None, threshold: float | None = None):
         self.curves = {str(k): (np.asarray(y).ravel(), np.asarray(sc, dtype=float).ravel())
                        for k, (y, sc) in curves.items()}
         self.name = name
+        self.threshold = threshold  # on the score scale: its operating point is marked on every curve
         self.fpr, self.tpr, self.roc_auc = {}, {}, {}
         for k, (y, sc) in self.curves.items():
             if np.unique(y).size == 2:
@@ -42,10 +43,11 @@ class DetectorRocDisplay:
                 self.roc_auc[k] = float(roc_auc_score(y, sc))
 
     def plot(self, ax: Axes | None = None, *, log_fpr: bool = False, title: str | None = None,
-             fpr_floor: float = FPR_FLOOR) -> "DetectorRocDisplay":
-        """Draw every curve (AUC in the legend); returns self."""
+             fpr_floor: float | None = None) -> "DetectorRocDisplay":
+        """Draw every curve with its 95 % bootstrap band (AUC and n in the legend); a log-FPR
+        axis starts at 1 / n_real unless ``fpr_floor`` is given. Returns self."""
         self.ax_ = plot_roc(self.curves, ax=ax, log_fpr=log_fpr, title=title or self.name,
-                            fpr_floor=fpr_floor)
+                            fpr_floor=fpr_floor, thresholds=self.threshold)
         self.figure_ = self.ax_.figure
         return self
 
@@ -79,4 +81,4 @@ class DetectorRocDisplay:
         params = split_params(detector, val=val, test=test, seed=split_seed)
         curves = roc_curves(detector, cache, split_rows(cache, split, params), by=by)
         title = name or f"{Path(str(cache.root)).name} ({split})"
-        return cls(curves=curves, name=title).plot(ax, log_fpr=log_fpr)
+        return cls(curves=curves, name=title, threshold=float(detector.logit_threshold)).plot(ax, log_fpr=log_fpr)

@@ -1,10 +1,11 @@
 """Evaluate a detector on a feature cache: metrics overall, per generator and per column.
 
 Scores are the detector's logits (rank metrics are computed on logits, which never
-saturate the way float probabilities do); ``acc@0.5`` thresholds ``P(fake) = 0.5`` (logit 0)
-and ``acc@thr`` the detector's validation-chosen threshold, mapped to the logit scale as
-``T * logit(threshold)``. ECE and Brier use the temperature-scaled probability
-``sigmoid(logit / T)``, i.e. :meth:`Detector.fake_probability`.
+saturate the way float probabilities do); ``acc@0.5`` thresholds the raw logit at 0 and
+``acc@thr``, ``fpr@thr`` and ``tpr@thr`` use the detector's validation-chosen threshold,
+mapped to the logit scale through its calibration. ECE and Brier use the calibrated
+probability, i.e. :meth:`Detector.fake_probability`. Metrics computed from fewer samples
+than their guard allows (:mod:`clipdetect.core.guards`) are NaN and print as ``n/a``.
 
 Per-generator rows are D3-style: the fakes of one generator against **all** reals of the
 split. Any other metadata column (``format``, ``width`` ...) groups rows as they are.
@@ -21,16 +22,18 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from clipdetect.core.guards import guard
 from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
 from clipdetect.core.escape import md_code, md_text
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
+from clipdetect.models.calibration import describe_target
 
 logger = logging.getLogger(__name__)
 
 #: columns shown in ``metrics.md`` (bootstrap bounds are folded into the metric cells)
-TABLE_COLUMNS = ["group", "value", "vs", "n_real", "n_fake", "auc", "ap", "acc@0.5", "acc@thr", "eer",
-                 "tpr@fpr=1%", "tpr@fpr=0.1%", "ece", "brier"]
+TABLE_COLUMNS = ["group", "value", "vs", "n_real", "n_fake", "auc", "ap", "acc@0.5", "acc@thr", "fpr@thr",
+                 "tpr@thr", "eer", "tpr@fpr=1%", "tpr@fpr=0.1%", "ece", "brier"]
 #: columns whose real rows are left out of the groups (reals are the shared reference)
 FAKE_ONLY_COLUMNS = ("generator",)
 
@@ -51,13 +54,8 @@ class EvalConfig:
 
 
 def logit_threshold(detector) -> float:
-    """The detector's probability threshold on the (un-tempered) logit scale."""
-    p = float(detector.threshold)
-    if p <= 0.0:
-        return -math.inf
-    if p >= 1.0:
-        return math.inf
-    return float(detector.temperature) * math.log(p / (1.0 - p))
+    """The detector's probability threshold on the raw logit scale (through its calibration)."""
+    return float(detector.logit_threshold)
 
 
 def group_values(meta: pd.DataFrame, columns: Sequence[str], y: np.ndarray) -> Dict[str, np.ndarray]:
@@ -67,6 +65,7 @@ def group_values(meta: pd.DataFrame, columns: Sequence[str], y: np.ndarray) -> D
         if col not in meta.columns:
             raise ValueError(f"cannot group by {col!r}: the cache metadata has columns {list(meta.columns)}")
         vals = meta[col].to_numpy(dtype=object).copy()
+        vals[pd.Series(vals).isin(["", None]).to_numpy()] = None  # an empty value belongs to no group
         if col in FAKE_ONLY_COLUMNS:
             vals[y == 0] = None
         out[col] = vals
@@ -82,21 +81,30 @@ def group_masks(y: np.ndarray, groups: Dict[str, np.ndarray]):
             mask = (s == value).to_numpy()
             if (y[mask] == 1).all():
                 mask = mask | (y == 0)
+            elif (y[mask] == 0).all():
+                mask = mask | (y == 1)
             yield col, value, mask
 
 
 def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
                 groups: Optional[Dict[str, np.ndarray]] = None, threshold: Optional[float] = None,
                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """:func:`metrics.evaluate_scores` on logits plus ``ece`` and ``brier`` on ``probs``."""
+    """:func:`metrics.evaluate_scores` on logits plus, at the threshold (on the logit scale),
+    ``fpr@thr`` (share of the selection's reals called fake) and ``tpr@thr`` (of its fakes), and
+    ``ece`` and ``brier`` on ``probs``; a value its small-sample guard refuses is NaN."""
     groups = groups or {}
     table = evaluate_scores(y, logits, groups=groups, threshold=threshold, n_boot=n_boot, seed=seed,
                             scores_are_probs=False, reference="real")
-    ece, brier = [], []
+    extra = {"fpr@thr": [], "tpr@thr": [], "ece": [], "brier": []}
     for _, _, mask in group_masks(y, groups):
-        ece.append(expected_calibration_error(y[mask], probs[mask]))
-        brier.append(brier_score(y[mask], probs[mask]))
-    table["ece"], table["brier"] = ece, brier
+        ym, above = y[mask], logits[mask] > (math.inf if threshold is None else threshold)
+        extra["fpr@thr"].append(float(above[ym == 0].mean()) if (ym == 0).any() else math.nan)
+        extra["tpr@thr"].append(float(above[ym == 1].mean()) if (ym == 1).any() else math.nan)
+        ece = expected_calibration_error(ym, probs[mask])
+        extra["ece"].append(math.nan if guard("ece", {"n": int(mask.sum())}) else ece)
+        extra["brier"].append(brier_score(ym, probs[mask]))
+    for key, values in extra.items():
+        table[key] = values
     return table
 
 
@@ -109,20 +117,24 @@ class EvalReport:
     def to_markdown(self, *, digits: int = 3) -> str:
         cols = [c for c in TABLE_COLUMNS if c in self.table.columns]
         c = self.config
-        head = (f"Detector {md_code(c.get('detector'))} on cache {md_code(c.get('cache'))}, split {md_code(c.get('split'))} "
-                f"({len(self.scores)} images); threshold P(fake) > {c.get('threshold'):.4g}, "
-                f"temperature {c.get('temperature'):.4g}; 95% bootstrap CIs ({c.get('n_boot')} resamples).")
+        head = (f"Detector {md_code(c.get('detector'))} on cache {md_code(c.get('cache'))}, split "
+                f"{md_code(c.get('split'))} ({len(self.scores)} images); threshold P(fake) > {c.get('threshold'):.4g} "
+                f"(target: {describe_target(c.get('threshold_target'))}); calibration: "
+                f"{md_text(c.get('calibration_text'))}; 95% bootstrap CIs ({c.get('n_boot')} resamples).")
         if c.get("rows_note"):
             head += f"\n\n**Note:** {md_text(c['rows_note'])}."
         return head + "\n\n" + to_markdown(self.table, columns=cols, digits=digits) + "\n"
+
+    def to_json(self) -> Dict[str, Any]:
+        """The config and one record per table row (NaN → null), as ``metrics.json`` holds them."""
+        return {"config": self.config, "metrics": json.loads(self.table.to_json(orient="records"))}
 
     def save(self, out: str | Path) -> List[Path]:
         """Write metrics.json, metrics.csv, metrics.md and eval_config.json into ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        records = json.loads(self.table.to_json(orient="records"))
         paths = [out / n for n in ("metrics.json", "metrics.csv", "metrics.md", "eval_config.json")]
-        write_json(paths[0], {"config": self.config, "metrics": records})
+        write_json(paths[0], self.to_json())
         write_csv(paths[1], self.table)
         write_text(paths[2], self.to_markdown())
         write_json(paths[3], self.config)
@@ -165,7 +177,8 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
                                   cache=names.get("cache", str(cache.root)), split=split, by=list(by),
                                   n_boot=n_boot, seed=seed)),
               "val": params.val, "test": params.test, "split_seed": params.seed,
-              "threshold": float(detector.threshold), "temperature": float(detector.temperature),
+              "threshold": float(detector.threshold), "threshold_target": detector.threshold_target,
+              "calibration": detector.calibration.to_json(), "calibration_text": detector.calibration.describe(),
               "feature_set": detector.feature_set, "n_rows": int(rows.size), "rows_note": note}
     scores = pd.DataFrame({"row": rows, "key": meta["key"], "label": y, "logit": logits,
                            "probability": probs})

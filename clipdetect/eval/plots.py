@@ -1,4 +1,5 @@
-"""Headless figures for detector reports: ROC curves, score histograms, reliability, robustness sweeps.
+"""Headless figures for detector reports: ROC curves (score histograms, reliability diagrams and
+robustness sweeps are in :mod:`clipdetect.eval.plot_scores`), and :func:`save_figure`.
 
 The module selects matplotlib's non-interactive ``Agg`` backend on import unless a backend
 is already in use (pyplot imported, or ``MPLBACKEND`` set), so it runs on servers and in CI.
@@ -21,7 +22,6 @@ if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
@@ -30,40 +30,89 @@ from clipdetect.core.io import atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-FPR_FLOOR = 1e-4  # smallest FPR shown on log axes, so that FPR = 0 stays visible
+#: kept for callers that pass an explicit floor; by default a log-FPR axis starts at 1 / n_real
+FPR_FLOOR = 1e-4
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+#: bootstrap resamples behind the 95 % bands of ROC curves
+ROC_BAND_BOOT = 200
 Curves = Mapping[str, tuple[Sequence, Sequence]]
+#: a threshold on the score scale: one for every curve, or one per curve (detector) name
+Thresholds = float | Mapping[str, float] | None
 
 
-def _new_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> Axes:
+def new_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> Axes:
     if ax is not None:
         return ax
     _, ax = plt.subplots(figsize=figsize)
     return ax
 
 
-def _colors(n: int) -> list:
+def curve_colors(n: int) -> list:
     cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     if n <= len(cycle):
         return list(cycle)[:n]
     return [plt.get_cmap("tab20")(i % 20) for i in range(n)]
 
 
-def _draw_roc(ax: Axes, y_true, scores, *, label: str, log_fpr: bool,
-              fpr_floor: float, **line_kw) -> float | None:
-    """Draw one ROC curve labelled ``label (AUC = x.xxx)``; return the AUC (None if skipped)."""
+def tpr_at_fpr(real, fake, fpr) -> np.ndarray:
+    """The best TPR with an FPR of at most each value of ``fpr`` (scores: higher = fake)."""
+    r = np.sort(np.asarray(real, dtype=float))[::-1]
+    f = np.sort(np.asarray(fake, dtype=float))
+    k = np.floor(np.asarray(fpr, dtype=float) * r.size + 1e-9).astype(int)  # reals allowed above
+    t = np.where(k < r.size, r[np.minimum(k, r.size - 1)], -np.inf)
+    return 1.0 - np.searchsorted(f, t, side="right") / f.size
+
+
+def roc_band(y_true, scores, fpr, *, n_boot: int = ROC_BAND_BOOT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """95 % stratified-bootstrap band (low, high) of the TPR at each FPR of ``fpr``."""
+    y, s = np.asarray(y_true).ravel(), np.asarray(scores, dtype=float).ravel()
+    real, fake = s[y == 0], s[y == 1]
+    rng = np.random.default_rng(seed)
+    tprs = np.stack([tpr_at_fpr(rng.choice(real, real.size), rng.choice(fake, fake.size), fpr)
+                     for _ in range(n_boot)])
+    lo, hi = np.percentile(tprs, [2.5, 97.5], axis=0)
+    return lo, hi
+
+
+def _threshold_for(thresholds: Thresholds, name: str) -> float | None:
+    if thresholds is None or isinstance(thresholds, (int, float)):
+        return thresholds
+    return thresholds.get(name)
+
+
+def _draw_roc(ax: Axes, y_true, scores, *, label: str, log_fpr: bool, fpr_floor: float | None,
+              threshold: float | None = None, band: bool = True, **line_kw) -> float | None:
+    """One ROC curve labelled ``label: AUC x.xxx, n = R real / F fake``, its 95 % bootstrap
+    band and, with ``threshold``, the operating point; returns the AUC (None if skipped).
+
+    On a log axis the curve starts at FPR = 1 / n_real (``fpr_floor`` when given): a smaller
+    FPR is not resolved by the reals at hand, so nothing is drawn below it."""
     y = np.asarray(y_true).ravel()
+    s = np.asarray(scores, dtype=float).ravel()
     if np.unique(y).size < 2:
         logger.warning("ROC curve %r skipped: only one class present", label)
         return None
-    fpr, tpr, _ = roc_curve(y, np.asarray(scores, dtype=float).ravel())
-    auc = float(roc_auc_score(y, scores))
-    x = np.maximum(fpr, fpr_floor) if log_fpr else fpr
-    ax.plot(x, tpr, label=f"{label} (AUC = {auc:.3f})", **line_kw)
+    n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
+    fpr, tpr, _ = roc_curve(y, s)
+    auc = float(roc_auc_score(y, s))
+    floor = fpr_floor or 1.0 / n_real
+    x = np.maximum(fpr, floor) if log_fpr else fpr
+    line, = ax.plot(x, tpr, label=f"{label}: AUC {auc:.3f}, n = {n_real} real / {n_fake} fake", **line_kw)
+    if band:
+        grid = np.logspace(math.log10(floor), 0.0, 80) if log_fpr else np.linspace(0.0, 1.0, 101)
+        lo, hi = roc_band(y, s, grid)
+        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0, step="post",
+                        label="_band")
+    if threshold is not None:
+        px = float((s[y == 0] > threshold).mean())
+        py = float((s[y == 1] > threshold).mean())
+        ax.plot([max(px, floor) if log_fpr else px], [py], marker="o", markersize=7, linestyle="none",
+                markerfacecolor=line.get_color(), markeredgecolor="black", label="_threshold")
     return auc
 
 
-def _finish_roc_axes(ax: Axes, *, log_fpr: bool, fpr_floor: float, title: str | None) -> None:
+def _finish_roc_axes(ax: Axes, *, log_fpr: bool, fpr_floor: float, title: str | None,
+                     threshold: bool = False, band: str | None = None) -> None:
     if log_fpr:
         chance = np.logspace(math.log10(fpr_floor), 0.0, 100)
         ax.set_xscale("log")
@@ -72,155 +121,99 @@ def _finish_roc_axes(ax: Axes, *, log_fpr: bool, fpr_floor: float, title: str | 
         chance = np.array([0.0, 1.0])
         ax.set_xlim(0.0, 1.0)
     ax.plot(chance, chance, linestyle="--", color="0.6", linewidth=1, label="_chance")
+    if threshold:  # one key for every curve's marker
+        ax.plot([], [], marker="o", markersize=7, linestyle="none", markerfacecolor="white",
+                markeredgecolor="black", label="operating threshold")
+
     ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel("false positive rate (real flagged fake)" + (" [log]" if log_fpr else ""))
-    ax.set_ylabel("true positive rate (fake detected)")
+    ax.set_xlabel("false positive rate (reals called fake)"
+                  + (f", log scale from 1/n_real = {fpr_floor:.2g}" if log_fpr else ""))
+    ax.set_ylabel("true positive rate (fakes detected)")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    if band is not None:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(color="0.5", alpha=0.3, linewidth=0))
+        labels.append(f"95% bootstrap band{band}")
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", frameon=False)
     if title:
         ax.set_title(title)
 
 
-def plot_roc(curves: Curves, *, ax: Axes | None = None, log_fpr: bool = False,
-             title: str | None = None, fpr_floor: float = FPR_FLOOR) -> Axes:
-    """One ROC curve per ``name -> (y_true, scores)`` entry, AUC in the legend.
+def _floor(curves, fpr_floor: float | None) -> float:
+    """The log axis' left end: ``fpr_floor``, else 1 / the most reals any curve has."""
+    if fpr_floor:
+        return fpr_floor
+    n = [int((np.asarray(y).ravel() == 0).sum()) for y, _ in curves]
+    return 1.0 / max(max(n, default=1), 1)
 
-    With ``log_fpr`` the FPR axis is log-scaled and FPR values are clipped at ``fpr_floor``.
-    A dashed chance diagonal (label ``_chance``, kept out of the legend) is added.
+
+def plot_roc(curves: Curves, *, ax: Axes | None = None, log_fpr: bool = False, title: str | None = None,
+             fpr_floor: float | None = None, thresholds: Thresholds = None, band: bool = True) -> Axes:
+    """One ROC curve per ``name -> (y_true, scores)`` entry with its 95 % bootstrap band (the first
+    curve's only, when there are more than two); AUC and the number of reals and fakes in the
+    legend (below the axes); ``thresholds`` (on the score scale) mark each curve's operating point.
+
+    With ``log_fpr`` the FPR axis is log-scaled from 1 / n_real (or ``fpr_floor``). A dashed
+    chance diagonal (label ``_chance``, kept out of the legend) is added.
     """
-    ax = _new_ax(ax)
-    for (name, (y, s)), color in zip(curves.items(), _colors(len(curves))):
-        _draw_roc(ax, y, s, label=str(name), log_fpr=log_fpr, fpr_floor=fpr_floor, color=color)
-    _finish_roc_axes(ax, log_fpr=log_fpr, fpr_floor=fpr_floor, title=title)
+    ax = new_ax(ax)
+    floor = _floor(curves.values(), fpr_floor)
+    first_only = len(curves) > 2  # more overlapping bands than a reader can tell apart
+    for k, ((name, (y, s)), color) in enumerate(zip(curves.items(), curve_colors(len(curves)))):
+        _draw_roc(ax, y, s, label=str(name), log_fpr=log_fpr, fpr_floor=fpr_floor, color=color,
+                  band=band and (k == 0 or not first_only), threshold=_threshold_for(thresholds, str(name)))
+    key = (f" ({next(iter(curves))})" if first_only else "") if band and curves else None
+    _finish_roc_axes(ax, log_fpr=log_fpr, fpr_floor=floor, title=title, threshold=thresholds is not None, band=key)
     return ax
 
 
 def plot_roc_multi(detectors: Mapping[str, Curves], *, ax: Axes | None = None,
                    log_fpr: bool = False, title: str | None = None,
-                   fpr_floor: float = FPR_FLOOR) -> Axes:
+                   fpr_floor: float | None = None, thresholds: Thresholds = None) -> Axes:
     """ROC curves of several detectors: colour per detector, line style per generator.
 
     ``detectors`` maps detector name -> {generator name -> (y_true, scores)}; each curve is
-    labelled ``detector / generator (AUC = x.xxx)`` and has one legend entry. The detector
+    labelled ``detector / generator: AUC …, n = …`` and has one legend entry. The detector
     is what a reader compares, so it gets the colour; the same generator keeps its line
-    style across detectors.
+    style across detectors. Bands are drawn for each detector's first (overall) curve only;
+    ``thresholds`` maps a detector name to its threshold on the score scale.
     """
-    ax = _new_ax(ax)
+    ax = new_ax(ax)
     generators = list(dict.fromkeys(g for curves in detectors.values() for g in curves))
     style_of = {g: LINESTYLES[k % len(LINESTYLES)] for k, g in enumerate(generators)}
-    for (det, curves), color in zip(detectors.items(), _colors(len(detectors))):
-        for gen, (y, s) in curves.items():
+    floor = _floor([c for curves in detectors.values() for c in curves.values()], fpr_floor)
+    for (det, curves), color in zip(detectors.items(), curve_colors(len(detectors))):
+        for k, (gen, (y, s)) in enumerate(curves.items()):
             _draw_roc(ax, y, s, label=f"{det} / {gen}", log_fpr=log_fpr, fpr_floor=fpr_floor,
-                      color=color, linestyle=style_of[gen])
-    _finish_roc_axes(ax, log_fpr=log_fpr, fpr_floor=fpr_floor, title=title)
+                      color=color, linestyle=style_of[gen], band=k == 0,
+                      threshold=_threshold_for(thresholds, det))
+    _finish_roc_axes(ax, log_fpr=log_fpr, fpr_floor=floor, title=title, threshold=thresholds is not None,
+                     band=" (each detector's first curve)")
     return ax
 
 
-def _lin_log_figure(plot, data, figsize, title: str | None) -> Figure:
+def _lin_log_figure(plot, data, figsize, title: str | None, **kw) -> Figure:
     """``plot(data, ax=..., log_fpr=..., title=...)`` twice, side by side: linear and log FPR."""
-    fig, (lin, log) = plt.subplots(1, 2, figsize=figsize)
-    plot(data, ax=lin, title="ROC")
-    plot(data, ax=log, log_fpr=True, title="ROC (log FPR)")
+    fig, (lin, log) = plt.subplots(1, 2, figsize=figsize)  # room below each panel for its legend
+    plot(data, ax=lin, title="ROC, linear FPR", **kw)
+    plot(data, ax=log, log_fpr=True, title="ROC, log FPR", **kw)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def roc_figure(curves: Curves, *, title: str | None = None) -> Figure:
+def roc_figure(curves: Curves, *, title: str | None = None, thresholds: Thresholds = None) -> Figure:
     """Two ROC panels side by side: linear FPR axis (left) and log FPR axis (right)."""
-    return _lin_log_figure(plot_roc, curves, (11.0, 4.5), title)
+    return _lin_log_figure(plot_roc, curves, (12.0, 6.5), title, thresholds=thresholds)
 
 
-def roc_figure_multi(detectors: Mapping[str, Curves], *, title: str | None = None) -> Figure:
+def roc_figure_multi(detectors: Mapping[str, Curves], *, title: str | None = None,
+                     thresholds: Thresholds = None) -> Figure:
     """Like :func:`roc_figure` for several detectors (see :func:`plot_roc_multi`)."""
-    return _lin_log_figure(plot_roc_multi, detectors, (12.0, 5.0), title)
-
-
-def plot_score_histograms(y_true, scores, *, groups: Sequence | None = None, bins: int = 50,
-                          ax: Axes | None = None, density: bool = True) -> Axes:
-    """Overlaid score histograms of reals and fakes on shared bin edges.
-
-    ``groups`` (optional, per-sample values such as the generator name) splits the fakes
-    into one histogram per group value; reals always form a single ``real`` histogram.
-    """
-    y = np.asarray(y_true).ravel()
-    s = np.asarray(scores, dtype=float).ravel()
-    ax = _new_ax(ax)
-    edges = np.histogram_bin_edges(s, bins=bins)
-    parts: list[tuple[str, np.ndarray]] = [("real", s[y == 0])]
-    if groups is None:
-        parts.append(("fake", s[y == 1]))
-    else:
-        g = pd.Series(np.asarray(groups, dtype=object))[y == 1]
-        for value in sorted(g.dropna().unique(), key=str):
-            parts.append((f"fake: {value}", s[y == 1][(g == value).to_numpy()]))
-    for (name, values), color in zip(parts, _colors(len(parts))):
-        if values.size:
-            ax.hist(values, bins=edges, density=density, histtype="stepfilled", alpha=0.35,
-                    color=color, edgecolor=color, label=f"{name} (n={values.size})")
-    ax.set_xlabel("score (higher = more likely fake)")
-    ax.set_ylabel("density" if density else "count")
-    ax.legend(fontsize="small")
-    return ax
-
-
-def plot_reliability(table: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
-    """Reliability diagram from :func:`clipdetect.core.metrics.reliability_table`: fraction of
-    fakes against mean predicted P(fake) per bin (marker area ∝ bin size), and the diagonal."""
-    ax = _new_ax(ax)
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
-    if len(table):
-        size = 20 + 180 * table["n"].to_numpy() / max(float(table["n"].max()), 1.0)
-        ax.plot(table["mean_prob"], table["frac_fake"], color="C0", lw=1)
-        ax.scatter(table["mean_prob"], table["frac_fake"], s=size, color="C0", alpha=0.7, label="bins")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("mean predicted P(fake)")
-    ax.set_ylabel("fraction of fakes")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize="small", loc="upper left")
-    return ax
-
-
-def _plot_sweep(ax: Axes, sub: pd.DataFrame, *, x: str, y: str, style: str | None) -> None:
-    lines = [(None, sub)] if style is None else list(sub.groupby(style, sort=False))
-    for label, part in lines:
-        part = part.sort_values(x)
-        line, = ax.plot(part[x], part[y], marker="o", label=None if label is None else str(label))
-        if f"{y}_lo" in part and f"{y}_hi" in part:
-            ax.fill_between(part[x], part[f"{y}_lo"], part[f"{y}_hi"],
-                            color=line.get_color(), alpha=0.2)
-
-
-def plot_metric_curves(df: pd.DataFrame, *, x: str = "severity", y: str = "auc",
-                       hue: str = "perturbation", style: str | None = None,
-                       ncols: int = 4) -> Figure:
-    """Robustness sweep: ``y`` against ``x`` with one small panel per ``hue`` value.
-
-    Perturbation types get separate panels (sharing the y axis) because their severities
-    have different units. ``style`` (e.g. ``"detector"``) draws one line per value inside
-    each panel. Bootstrap bands are shaded when ``<y>_lo`` / ``<y>_hi`` columns exist.
-    """
-    kinds = list(dict.fromkeys(df[hue]))
-    ncols = max(1, min(ncols, len(kinds)))
-    nrows = max(1, math.ceil(len(kinds) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows),
-                             sharey=True, squeeze=False)
-    for ax, kind in zip(axes.flat, kinds):
-        _plot_sweep(ax, df[df[hue] == kind], x=x, y=y, style=style)
-        ax.set_title(str(kind))
-        ax.set_xlabel(x)
-        ax.grid(True, alpha=0.3)
-    for ax in axes[:, 0]:
-        ax.set_ylabel(y)
-    for ax in list(axes.flat)[len(kinds):]:
-        ax.set_visible(False)
-    if style is not None and kinds:
-        axes.flat[0].legend(fontsize="small", title=style)
-    fig.tight_layout()
-    return fig
+    return _lin_log_figure(plot_roc_multi, detectors, (13.0, 7.0), title, thresholds=thresholds)
 
 
 def save_figure(fig: Figure, path_stem: str | os.PathLike, *, dpi: int = 150,

@@ -45,12 +45,16 @@ def choose_rows(detector, cache, split: str, spec: Optional[SplitSpec] = None) -
     ``split="auto"``: "test" when the cache names held-out rows or is the detector's training
     cache, else "all" (a held-out set extracted as "train" is scored whole). A hash-derived
     subset of a cache the detector was not trained on is scored only when asked for, and
-    then with a loud warning: it silently drops most of the rows.
+    then with a loud warning: it silently drops most of the rows. A detector trained on every
+    row of ``cache`` (``split="all"``) is refused: nothing there is held out.
     """
     from clipdetect.features.splits import has_heldout_splits
 
     heldout = has_heldout_splits(cache.columns("split")["split"].astype(str).str.lower().unique())
     own = is_training_cache(detector, cache)
+    if own and (getattr(detector, "train_config", None) or {}).get("split") == "all":
+        raise ValueError(f"this detector was trained on every row of {str(cache.root)!r} (train --split all): "
+                         "nothing in it is held out; evaluate it on another cache")
     note = ""
     if split == "auto":
         split = "test" if heldout or own else "all"

@@ -3,7 +3,9 @@
 Specs (open_clip style, ``ARCH:WEIGHTS``):
 
 * ``"ViT-B-16:openai"`` — an open_clip pretrained tag, downloaded and cached by open_clip
-  when a network exists; offline this fails with an error that says how to pass a file.
+  when a network exists; offline (:mod:`clipdetect.core.offline`: the hub libraries' switches
+  or a 3-second probe) it loads from the local cache at once, or fails at once with one error
+  that says how to pass a file.
 * ``"ViT-B-16-quickgelu:/path/to/ckpt.pt"`` — a local checkpoint: a full open_clip state
   dict, or a partial one such as an image-tower-only dict (``visual.*`` keys). ``.pt``,
   ``.bin`` and ``.safetensors`` files load without unpickling arbitrary code.
@@ -165,11 +167,16 @@ def _preprocess_identity(model: torch.nn.Module) -> Dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-class _NotRandom(logging.Filter):
-    """Hides open_clip's "initialized randomly" warning for a model whose weights we load next."""
+class _Quiet(logging.Filter):
+    """Hides open_clip's root-logger messages that the caller replaces with its own: "initialized
+    randomly" for a model whose weights are loaded next, "Failed to download" when offline."""
+
+    def __init__(self, *texts: str):
+        super().__init__()
+        self.texts = texts
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Model initialized randomly" not in record.getMessage()
+        return not any(t in record.getMessage() for t in self.texts)
 
 
 #: the ``torch.nn.init`` functions that module constructors and open_clip's ``init_parameters`` call
@@ -193,7 +200,7 @@ def skipped_init():
 
 
 def _create_unloaded(oc, arch: str):
-    quiet = _NotRandom()
+    quiet = _Quiet("Model initialized randomly")
     logging.getLogger().addFilter(quiet)  # open_clip warns on the root logger
     try:
         with skipped_init():
@@ -234,17 +241,31 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
 
 
 def _create_pretrained(oc, spec: BackboneSpec):
+    """An open_clip pretrained tag: from the local cache at once when the hub cannot be reached
+    (:func:`clipdetect.core.offline.offline_reason`), else downloaded; one clear error otherwise."""
+    from clipdetect.core.offline import hub_offline, offline_reason
+
     tags = oc.list_pretrained_tags_by_model(spec.arch)
     if spec.weights not in tags:
         raise BackboneError(f"{spec.weights!r} is not a pretrained tag of {spec.arch!r} (known: {tags}); "
                             f"for a local file pass '{spec.arch}:/path/to/checkpoint'")
+    cfg = oc.get_pretrained_cfg(spec.arch, spec.weights) or {}
+    where = (f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else cfg.get("url", "the hub"))
+    offline = offline_reason()
+    quiet = _Quiet("Failed to download")  # open_clip logs it on the root logger; the error below says it once
+    logging.getLogger().addFilter(quiet)
     try:
-        model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=spec.weights)
+        with hub_offline() if offline else contextlib.nullcontext():
+            model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=spec.weights)
     except Exception as exc:
+        why = (f"the hub is not reachable ({offline}) and they are not in the local cache" if offline
+               else f"the download failed ({type(exc).__name__}: {str(exc)[:200]})")
         raise BackboneError(
-            f"could not download the pretrained weights '{spec}' ({type(exc).__name__}: {exc}). "
-            "No network? Download them elsewhere (open_clip caches them under ~/.cache/huggingface) "
-            f"and pass the file: --backbone '{spec.arch}:/path/to/open_clip_model.safetensors'") from exc
+            f"cannot load the pretrained weights '{spec}': {why}. Use a local copy of the file ({where}, "
+            f"downloaded where there is a network): --backbone '{spec.arch}:/path/to/open_clip_pytorch_model.bin'; "
+            f"for a detector trained on a checkpoint, `predict --weights PATH` or ${WEIGHTS_ENV}") from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return model, preprocess
 
 

@@ -27,8 +27,8 @@ import pandas as pd
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
 from clipdetect.core.inputs import InputError, check_regular
-from clipdetect.features.manifest import (ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, NORM_TOLERANCE, CacheError,
-                                          read_manifest, shard_file)
+from clipdetect.features.manifest import (ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, NORM_TOLERANCE,
+                                          OPTIONAL_META_COLUMNS, CacheError, read_manifest, shard_file)
 
 
 @dataclass
@@ -99,7 +99,7 @@ class FeatureCache:
         for s in self.shards:
             path = self._file("meta", s, "parquet")
             try:
-                frame = pd.read_parquet(path, columns=columns)
+                frame = _read_columns(path, columns) if columns else _with_optional(pd.read_parquet(path))
             except Exception as exc:  # pyarrow raises its own error types
                 raise CacheError(f"{str(path)!r} ({s.name}) is an unreadable parquet file ({type(exc).__name__}); "
                                  f"the cache is damaged (run `clipdetect cache verify {self.root}`)") from None
@@ -256,6 +256,23 @@ class FeatureCache:
                 "errors": {str(k): int(v) for k, v in errs["reason"].value_counts().items()} if len(errs) else {},
                 "runs": {k: {kk: v.get(kk) for kk in ("source", "position", "complete")}
                          for k, v in self.manifest["runs"].items()}}
+
+
+def _with_optional(meta: pd.DataFrame) -> pd.DataFrame:
+    """Shard metadata with the columns older caches lack filled with ""."""
+    for col in OPTIONAL_META_COLUMNS:
+        if col not in meta.columns:
+            meta[col] = ""
+    return meta
+
+
+def _read_columns(path: Path, names: List[str]) -> pd.DataFrame:
+    """Columns ``names`` of one shard's metadata; an optional column an older shard lacks reads as ""."""
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    got = pd.read_parquet(path, columns=[n for n in names if n in have])
+    return _with_optional(got)[names] if set(names) - have <= set(OPTIONAL_META_COLUMNS) else got
 
 
 def open_cache(root: str | os.PathLike) -> FeatureCache:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import CacheWriter
+from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS
 from clipdetect.features.encoder import ImageEncoder, encoder_for
 from clipdetect.features.pipeline import (Decoder, Task, decode_refs, default_batch_size,  # noqa: F401
                                           default_workers, encode_captions, plan_tasks)
@@ -130,7 +131,7 @@ class ShardBuilder:
             if d[0] == "ok":
                 arrays.append(d[1])
                 rows.append({"key": s.key, "label": int(s.label), "generator": s.generator, "split": s.split,
-                             "path": s.path, "caption": s.caption, **d[2]})
+                             "path": s.path, "caption": s.caption, "source": s.source, **d[2]})
             else:
                 self.errors.append({"key": s.key, "path": s.path, "reason": d[1], "detail": d[2]})
         if arrays:
@@ -165,9 +166,8 @@ class ShardBuilder:
         d = self.backbone.embed_dim
         img = np.concatenate(self.emb) if self.emb else np.zeros((0, d), dtype=np.float32)
         txt = self.encode_captions() if self.captions_wanted() else None
-        meta = pd.DataFrame(self.meta, columns=["key", "label", "generator", "split", "path", "caption",
-                                                "width", "height", "format", "mode"])
-        errors = pd.DataFrame(self.errors, columns=["key", "path", "reason", "detail"])
+        meta = pd.DataFrame(self.meta, columns=META_COLUMNS)
+        errors = pd.DataFrame(self.errors, columns=ERROR_COLUMNS)
         return img, txt, meta, errors
 
 
@@ -201,7 +201,7 @@ def run_id_for(source: Source, config: ExtractConfig) -> str:
 def progress_bar(total: Optional[int], enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc="extract", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc="extract", disable=None if enabled else True, smoothing=0.1, dynamic_ncols=True)
 
 
 def check_not_empty(source: Source, start: int = 0) -> None:

@@ -16,7 +16,10 @@ from clipdetect.core.schema import Field, validate
 
 FORMAT = "clipdetect-cache"
 VERSION = 1
-META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "width", "height", "format", "mode"]
+META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "width", "height", "format", "mode",
+                "source"]
+#: metadata columns that caches written by earlier versions lack; read as "" there
+OPTIONAL_META_COLUMNS = ("source",)
 ERROR_COLUMNS = ["key", "path", "reason", "detail"]
 FEATURE_SETS = ("image", "text", "image+text")
 #: a shard name is a plain file name (``part-00000-1a2b3c4d``): no folder, no ``..``

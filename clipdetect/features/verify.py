@@ -19,8 +19,8 @@ import numpy as np
 from clipdetect.core.inputs import InputError, check_regular
 
 from clipdetect.features.cache import FeatureCache
-from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError,
-                                          manifest_problems, read_manifest, shard_file)
+from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, OPTIONAL_META_COLUMNS,
+                                          CacheError, manifest_problems, read_manifest, shard_file)
 
 __all__ = ["Problem", "VerifyReport", "verify_cache", "open_verified", "npy_header"]
 
@@ -156,7 +156,7 @@ def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List
     import pandas as pd
 
     meta = pd.read_parquet(path)
-    missing = [c for c in META_COLUMNS if c not in meta.columns]
+    missing = [c for c in META_COLUMNS if c not in meta.columns and c not in OPTIONAL_META_COLUMNS]
     if missing:
         out.append(Problem(rel, f"lacks metadata column(s) {missing}", shard))
         return

@@ -18,10 +18,13 @@ from clipdetect.core.io import read_json, write_json
 from clipdetect.core.tensorfile import read_safetensors, safetensors_header, save_safetensors
 from clipdetect.core.schema import Field, validate
 from clipdetect.features.manifest import FEATURE_SETS
+from clipdetect.models.calibration import CALIBRATION_METHODS, Calibration
 from clipdetect.models.heads import HEAD_KINDS, create_head, head_from_dict
 
 FORMAT = "clipdetect-detector"
-VERSION = 1
+#: 2: a ``calibration`` record (Platt scaling) replaces the ``temperature`` field; a bundle with a
+#: temperature (or no calibration) is still written as version 1, which every reader understands
+VERSION = 2
 WEIGHTS, CONFIG = "model.safetensors", "detector.json"
 
 
@@ -43,11 +46,17 @@ def _jsonable(obj: Any) -> Any:
 
 
 def bundle_json(det) -> Dict[str, Any]:
-    """``detector.json`` of detector ``det`` (plain JSON: NaN/inf become null)."""
-    return _jsonable({"format": FORMAT, "version": VERSION, "clipdetect_version": __version__,
+    """``detector.json`` of detector ``det`` (plain JSON: NaN/inf become null).
+
+    Platt-calibrated bundles are version 2 (``calibration``: method, scale, offset); others keep
+    version 1's ``temperature`` field, so older readers score them exactly as before."""
+    cal = det.calibration
+    legacy = cal.method != "platt"
+    return _jsonable({"format": FORMAT, "version": 1 if legacy else VERSION, "clipdetect_version": __version__,
                       "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "feature_set": det.feature_set,
                       "backbone": det.backbone, "head_config": dataclasses.asdict(det.head_config),
-                      "threshold": det.threshold, "temperature": det.temperature,
+                      "threshold": det.threshold, **({"temperature": det.temperature} if legacy else {}),
+                      "calibration": cal.to_json(), "threshold_target": det.threshold_target,
                       "train_config": det.train_config, "metrics": det.metrics, "extra": det.extra})
 
 
@@ -89,6 +98,12 @@ DETECTOR_FIELDS = {
     "head_config": Field(dict, required=True, fields=HEAD_FIELDS, extra=False),
     "threshold": Field(float, lo=0.0, hi=1.0),
     "temperature": Field(float, lo=MIN_TEMPERATURE, hi=MAX_TEMPERATURE),
+    "calibration": Field(dict, nullable=True, extra=False, fields={
+        "method": Field(str, required=True, choices=CALIBRATION_METHODS),
+        "scale": Field(float, lo=0.0, hi=MAX_TEMPERATURE, lo_open=True),
+        "offset": Field(float, lo=-MAX_TEMPERATURE, hi=MAX_TEMPERATURE),
+        "temperature": Field(float, lo=MIN_TEMPERATURE, hi=MAX_TEMPERATURE)}),
+    "threshold_target": Field(dict, nullable=True, max_len=64),
     "train_config": Field(dict, nullable=True),
     "metrics": Field(dict, nullable=True),
     "extra": Field(dict, nullable=True, fields={"compression": Field(dict, nullable=True, fields=COMPRESSION_FIELDS)}),
@@ -179,4 +194,13 @@ def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, An
     return dict(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
                 backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
                 metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
-                temperature=cfg.get("temperature", 1.0), extra=cfg.get("extra"))
+                calibration=read_calibration(cfg), threshold_target=cfg.get("threshold_target"),
+                extra=cfg.get("extra"))
+
+
+def read_calibration(cfg: Dict[str, Any]) -> Calibration:
+    """The calibration a ``detector.json`` describes: its ``calibration`` record, else (bundles
+    written before it) its ``temperature``, applied as it always was (``sigmoid(logit / T)``)."""
+    if cfg.get("calibration"):
+        return Calibration.from_json(cfg["calibration"])
+    return Calibration.of_temperature(float(cfg.get("temperature") or 1.0))

@@ -1,10 +1,11 @@
 """The detector bundle: a trained head plus everything needed to use it correctly.
 
 A :class:`Detector` knows which embeddings it expects (``feature_set`` and the backbone
-identity of the cache it was trained on), its decision ``threshold`` on the probability
-of "fake" (chosen on validation data to maximise balanced accuracy; 0.5 without
-validation data), a softmax ``temperature`` (1 until calibrated), its validation
-``metrics`` and its ``train_config``.
+identity of the cache it was trained on), its ``calibration`` (logit → P(fake): Platt
+scaling fitted on validation rows, a temperature in older bundles, or none; see
+:mod:`clipdetect.models.calibration`), its decision ``threshold`` on P(fake) and the
+``threshold_target`` it was chosen for (by default an FPR of 5 % on the validation reals;
+0.5 without validation data), its validation ``metrics`` and its ``train_config``.
 
 Saved as a directory (:mod:`clipdetect.models.bundle`): ``model.safetensors`` (the head's
 tensors) and ``detector.json`` (everything else, plain JSON). Loading reads only those two
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import types
 from pathlib import Path
@@ -36,7 +36,7 @@ from torch import nn
 from clipdetect.features.backbones import identities_match
 from clipdetect.models.bundle import FORMAT, DetectorError, bundle_json, read_bundle, save_bundle
 from clipdetect.models.heads import HeadConfig
-from clipdetect.models.threshold import choose_threshold, fit_on_validation
+from clipdetect.models.calibration import Calibration, choose_threshold, fit_on_validation
 from clipdetect.features.splits import SplitSpec
 from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
 
@@ -57,15 +57,22 @@ class _hybridmethod:
 
 
 class Detector:
-    """A trained head with its feature set, backbone identity, threshold and temperature."""
+    """A trained head with its feature set, backbone identity, calibration and threshold.
+
+    ``calibration`` (a :class:`~clipdetect.models.calibration.Calibration`) maps logits to
+    P(fake); ``temperature=T`` is the older form of the same (``Calibration.of_temperature(T)``).
+    ``threshold_target`` records what the threshold was chosen for (a plain dict).
+    """
 
     def __init__(self, *, head: nn.Module, head_config: HeadConfig, feature_set: str, backbone: dict,
                  train_config: dict | None = None, metrics: dict | None = None,
-                 threshold: float = 0.5, temperature: float = 1.0, extra: dict | None = None):
+                 threshold: float = 0.5, temperature: float | None = None,
+                 calibration: Calibration | None = None, threshold_target: dict | None = None,
+                 extra: dict | None = None):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold!r} is a probability and must lie in [0, 1]")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if calibration is not None and temperature is not None:
+            raise ValueError("give a calibration or a temperature, not both")
         self.head = head.eval()
         self.head_config = head_config
         self.feature_set = feature_set
@@ -73,13 +80,32 @@ class Detector:
         self.train_config = dict(train_config or {})
         self.metrics = dict(metrics or {})
         self.threshold = float(threshold)
-        self.temperature = float(temperature)
+        self.calibration = calibration or Calibration.of_temperature(1.0 if temperature is None else temperature)
+        self.threshold_target = dict(threshold_target) if threshold_target else None
         self.extra = dict(extra or {})
 
     def __repr__(self) -> str:
         return (f"Detector(feature_set={self.feature_set!r}, backbone={self.backbone.get('spec')!r}, "
                 f"head={self.head_config.kind}:{self.head_config.in_dim}, threshold={self.threshold:.4g}, "
-                f"temperature={self.temperature:.4g})")
+                f"calibration={self.calibration.to_json()})")
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature of a temperature-scaled detector (1.0 when uncalibrated, None for
+        Platt scaling with an offset); setting it replaces the calibration by that temperature."""
+        cal = self.calibration
+        if cal.method == "platt":
+            return 1.0 / cal.scale if cal.offset == 0 else None
+        return cal.temperature if cal.method == "temperature" else 1.0
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.calibration = Calibration.of_temperature(value)
+
+    @property
+    def logit_threshold(self) -> float:
+        """:attr:`threshold` on the raw logit scale (``label = logit > logit_threshold``)."""
+        return self.calibration.logit_of(self.threshold)
 
     @property
     def in_dim(self) -> int:
@@ -109,13 +135,12 @@ class Detector:
         return out
 
     def fake_probability(self, X: np.ndarray) -> np.ndarray:
-        """P(fake) [N] = sigmoid(logit / temperature)."""
+        """P(fake) [N]: the calibrated probability of the logits (:attr:`calibration`)."""
         return self.probability_of(self.decision_function(X))
 
     def probability_of(self, logits: np.ndarray) -> np.ndarray:
         """P(fake) of logits already computed by :meth:`decision_function`."""
-        z = np.asarray(logits).astype(np.float64) / self.temperature
-        return 1.0 / (1.0 + np.exp(-z))
+        return self.calibration.probability(logits)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """[N, 2] probabilities, columns (real, fake), as in scikit-learn."""
@@ -126,13 +151,17 @@ class Detector:
         """Labels [N] (1 = fake): fake probability above :attr:`threshold`."""
         return (self.fake_probability(X) > self.threshold).astype(np.int64)
 
-    def with_temperature(self, temperature: float) -> "Detector":
-        """Set the temperature, moving :attr:`threshold` so that :meth:`predict` is unchanged."""
+    def with_calibration(self, calibration: Calibration) -> "Detector":
+        """Set the calibration, moving :attr:`threshold` so that :meth:`predict` is unchanged."""
         t = float(np.clip(self.threshold, 1e-12, 1 - 1e-12))
-        logit = math.log(t / (1 - t)) * self.temperature
-        self.temperature = float(temperature)
-        self.threshold = 1.0 / (1.0 + math.exp(-logit / self.temperature))
+        logit = self.calibration.logit_of(t)
+        self.calibration = calibration
+        self.threshold = float(calibration.probability(logit))
         return self
+
+    def with_temperature(self, temperature: float) -> "Detector":
+        """:meth:`with_calibration` with a temperature."""
+        return self.with_calibration(Calibration.of_temperature(temperature))
 
     def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None, runtime: str = "torch",
                      precision: str = "fp32", max_pixels: Optional[int] = None, max_aspect: Optional[float] = None):
@@ -148,9 +177,10 @@ class Detector:
         tower of a backbone built here on that CPU runtime (exported once, then cached; see
         :mod:`clipdetect.features.runtime`); a Backbone object passed in keeps its own.
 
-        Returns a pandas DataFrame, one row per image in input order: ``score`` (logit),
-        ``probability`` (P(fake)), ``label`` (1 = fake at :attr:`threshold`) and ``error``.
-        An image that cannot be decoded does not raise: its row has NaN ``score`` and
+        Returns a pandas DataFrame, one row per image in input order: ``logit`` (the head's raw
+        output), ``probability`` (calibrated P(fake)), ``threshold`` (on P(fake)), ``label``
+        (1 = fake: ``probability > threshold``) and ``error``.
+        An image that cannot be decoded does not raise: its row has NaN ``logit`` and
         ``probability``, a missing ``label`` and the reason in ``error`` (e.g. "corrupt: ...").
         ``max_pixels`` / ``max_aspect``: the decoder's limits (``--max-pixels`` / ``--max-aspect``
         of ``predict``; None: its defaults), refused images get ``decompression_bomb`` /
@@ -201,20 +231,23 @@ class Detector:
     @classmethod
     def from_result(cls, result: TrainResult, *, feature_set: str, backbone: dict, config: TrainConfig,
                     y_val: Optional[np.ndarray], extra: Optional[dict] = None) -> "Detector":
-        """A detector from a training result: with validation logits, the temperature is fit
-        on them (when ``config.calibrate``; ECE before/after in ``metrics["calibration"]``)
-        and the threshold maximises validation balanced accuracy."""
+        """A detector from a training result: with validation logits, the calibration is fitted
+        on them and the threshold chosen there (:func:`~clipdetect.models.calibration.fit_on_validation`
+        with the config's ``calibration``, ``threshold`` rule and ``threshold_fpr``); without
+        them, no calibration and a threshold of 0.5, said in ``threshold_target``."""
         metrics: Dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                                    "stopped_early": result.stopped_early, "steps": result.steps,
                                    "train_seconds": round(result.seconds, 3), "schedule": result.schedule}
-        threshold, temperature = 0.5, 1.0
         if result.val_logits is not None and y_val is not None and len(y_val):
-            threshold, temperature, val_metrics = fit_on_validation(
-                result.val_logits, y_val, calibrate=getattr(config, "calibrate", True))
+            calibration, threshold, target, val_metrics = fit_on_validation(
+                result.val_logits, y_val, **config.calibration_options())
             metrics.update(val_metrics)
+        else:
+            calibration, threshold = Calibration(), 0.5
+            target = {"metric": "fixed", "value": 0.5, "reason": "no validation rows"}
         return cls(head=result.head, head_config=result.head_config, feature_set=feature_set, backbone=backbone,
-                   train_config=config.to_dict(), metrics=metrics, threshold=threshold, temperature=temperature,
-                   extra=extra)
+                   train_config=config.to_dict(), metrics=metrics, threshold=threshold, calibration=calibration,
+                   threshold_target=target, extra=extra)
 
     @_hybridmethod
     def fit(self_or_cls, X, y, *, X_val=None, y_val=None, config: TrainConfig | None = None,
@@ -246,7 +279,8 @@ class Detector:
         """Train on a feature cache (a :class:`~clipdetect.features.cache.FeatureCache` or its path).
 
         Train/val rows come from :func:`clipdetect.features.splits.resolve_all` with the config's
-        ``val_fraction``, ``test_fraction`` and ``split_seed`` (test rows are never seen).
+        ``val_fraction``, ``test_fraction`` and ``split_seed`` (test rows are never seen); with
+        ``config.split == "all"`` every row trains and nothing is held out.
         With ``out``, the bundle is saved there together with ``train_config.json`` and
         the per-epoch ``train_log.jsonl``.
         """
@@ -254,7 +288,14 @@ class Detector:
 
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         config = config or TrainConfig()
-        tr, va, te = SplitSpec.of(config).all(cache)
+        if config.split == "all":
+            tr, va = np.arange(len(cache), dtype=np.int64), np.array([], dtype=np.int64)
+            te = va
+            logger.warning("training on all %d rows of %s: nothing is left for validation or testing (no best-epoch "
+                           "selection, no calibration, threshold P(fake) > 0.5); evaluate this detector on "
+                           "another cache", len(cache), cache.root)
+        else:
+            tr, va, te = SplitSpec.of(config).all(cache)
         if len(tr) == 0:
             raise ValueError(f"cache {str(cache.root)!r} has no training rows")
         val = CacheSource(cache, va, feature_set) if len(va) else None

@@ -32,7 +32,7 @@ __all__ = ["DetectorClassifier", "holdout_split"]
 #: hyperparameters passed to TrainConfig under the same name (``random_state`` becomes ``seed``)
 TRAIN_PARAMS = ("head", "loss", "gamma", "alpha", "margin", "p", "sam", "rho", "lr", "weight_decay",
                 "batch_size", "epochs", "max_steps", "patience", "width", "depth", "dropout", "val_fraction",
-                "device")
+                "threshold_fpr", "device")
 
 
 def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple:
@@ -63,12 +63,13 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
     Parameters mirror :class:`~clipdetect.models.train.TrainConfig` (``head``, ``loss``,
     ``gamma``, ``alpha``, ``margin``, ``p``, ``sam``, ``rho``, ``lr``, ``weight_decay``,
     ``batch_size``, ``epochs``, ``max_steps``, ``patience``, ``width``, ``depth``,
-    ``dropout``, ``device``); ``None`` takes TrainConfig's default (the paper's recipe).
+    ``dropout``, ``threshold_fpr``, ``device``); ``None`` takes TrainConfig's default (the paper's recipe).
     ``val_fraction`` of each class is held out of ``fit``'s data to select the best epoch
     and the threshold. ``random_state`` (an int) seeds the head, the batches and the
     hold-out (``None``: TrainConfig's seed, 0, so fits are repeatable).
-    ``threshold``: ``None`` picks it on the held-out rows to maximise balanced accuracy,
-    as ``clipdetect train`` does (0.5 without held-out rows); a float in [0, 1] fixes it.
+    ``threshold``: ``None`` picks it on the held-out rows as ``clipdetect train`` does (at most
+    ``threshold_fpr`` of the held-out ``classes_[0]`` rows above it; 0.5 without held-out rows);
+    a float in [0, 1] fixes it.
 
     Labels may be any two values; ``classes_[1]`` plays "fake" (label 1 of the bundle).
     Fitted attributes: ``classes_``, ``n_features_in_``, ``head_`` (the torch module),
@@ -79,7 +80,7 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, *, head=None, loss=None, gamma=None, alpha=None, margin=None, p=None, sam=None,
                  rho=None, lr=None, weight_decay=None, batch_size=None, epochs=None, max_steps=None,
                  patience=None, width=None, depth=None, dropout=None, val_fraction=None, threshold=None,
-                 random_state=None, device=None):
+                 threshold_fpr=None, random_state=None, device=None):
         self.head = head
         self.loss = loss
         self.gamma = gamma
@@ -99,6 +100,7 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
         self.dropout = dropout
         self.val_fraction = val_fraction
         self.threshold = threshold
+        self.threshold_fpr = threshold_fpr
         self.random_state = random_state
         self.device = device
 
@@ -157,16 +159,16 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
         return validate_data(self, X, reset=False, dtype=np.float32)
 
     def predict_proba(self, X) -> np.ndarray:
-        """[N, 2] probabilities of ``classes_[0]`` and ``classes_[1]`` (temperature-scaled)."""
+        """[N, 2] probabilities of ``classes_[0]`` and ``classes_[1]`` (calibrated)."""
         X = self._checked(X)
         return self.detector_.predict_proba(X)
 
     def decision_function(self, X) -> np.ndarray:
-        """[N] margins ``logit / temperature − logit(threshold_)``: > 0 exactly where :meth:`predict`
-        answers ``classes_[1]``. Same ranking as ``predict_proba[:, 1]``; the raw logits are
-        ``detector_.decision_function(X)``."""
+        """[N] margins ``logit(P(classes_[1])) − logit(threshold_)`` on the calibrated scale: > 0
+        exactly where :meth:`predict` answers ``classes_[1]``. Same ranking as
+        ``predict_proba[:, 1]``; the raw logits are ``detector_.decision_function(X)``."""
         X = self._checked(X)
-        z = self.detector_.decision_function(X).astype(np.float64) / self.detector_.temperature
+        z = self.detector_.calibration.calibrated_logit(self.detector_.decision_function(X))
         t = self.threshold_
         offset = -math.inf if t <= 0.0 else math.inf if t >= 1.0 else math.log(t / (1.0 - t))
         return z - offset

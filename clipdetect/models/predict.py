@@ -35,7 +35,13 @@ from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["key", "path", "score", "probability", "label", "true_label", "error"]
+#: the columns of a predictions file, in order; ``logit`` is the head's raw output, ``probability``
+#: the calibrated P(fake), ``threshold`` the detector's threshold on that same probability, and
+#: ``label`` = 1 (fake) exactly when ``probability > threshold``; ``true_label`` comes from a
+#: labelled source, ``error`` names why an image has no score
+COLUMNS = ["key", "path", "logit", "probability", "threshold", "label", "true_label", "error"]
+#: the columns of :func:`score_images` (in-memory scoring), same meaning
+SCORE_COLUMNS = ["logit", "probability", "threshold", "label", "error"]
 
 
 class FileListSource(Source):
@@ -134,23 +140,40 @@ class PredictSummary:
         return {**asdict(self), "images_per_second": round(self.images_per_second, 2)}
 
 
-class _Writer:
-    """Streams prediction rows to CSV or JSONL (chosen by suffix), via a temporary file created
-    exclusively (:class:`~clipdetect.core.io.AtomicFile`); CSV cells are formula-safe."""
+def output_format(out, fmt: Optional[str] = None) -> str:
+    """"csv" or "jsonl": ``fmt``, else the suffix of the path ``out`` (a stream: csv)."""
+    if fmt is not None:
+        if fmt not in ("csv", "jsonl"):
+            raise ValueError(f"format {fmt!r} is not csv or jsonl")
+        return fmt
+    if not isinstance(out, (str, os.PathLike)):
+        return "csv"
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise ValueError(f"--out {str(out)!r} must end in .csv or .jsonl (or pass --format)")
+    return suffix[1:]
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if self.path.suffix.lower() not in (".csv", ".jsonl"):
-            raise ValueError(f"--out {str(path)!r} must end in .csv or .jsonl")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = AtomicFile(self.path, "w", newline="")
+
+class _Writer:
+    """Streams prediction rows as CSV or JSONL to a file, via a temporary file created
+    exclusively (:class:`~clipdetect.core.io.AtomicFile`), or to an open text stream (stdout)
+    as they come; CSV cells are formula-safe."""
+
+    def __init__(self, out, fmt: str):
+        self.stream = None if isinstance(out, (str, os.PathLike)) else out
+        self.file = None
+        if self.stream is None:
+            self.path = Path(out)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = AtomicFile(self.path, "w", newline="")
         try:
-            self.f = self.file.stream
-            self.csv = csv.DictWriter(self.f, fieldnames=COLUMNS) if self.path.suffix.lower() == ".csv" else None
+            self.f = self.stream or self.file.stream
+            self.csv = csv.DictWriter(self.f, fieldnames=COLUMNS) if fmt == "csv" else None
             if self.csv:
                 self.csv.writeheader()
         except BaseException:  # Ctrl-C or a full disk while starting: leave nothing behind
-            self.file.discard()
+            if self.file is not None:
+                self.file.discard()
             raise
 
     def write(self, row: Dict[str, Any]) -> None:
@@ -158,13 +181,17 @@ class _Writer:
             self.csv.writerow(csv_row({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS}))
         else:
             self.f.write(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n")
+        if self.stream is not None:
+            self.f.flush()
 
     def close(self) -> None:
-        self.file.commit()
+        if self.file is not None:
+            self.file.commit()
 
     def abort(self) -> None:
         """A failed or interrupted run leaves no partial predictions file."""
-        self.file.discard()
+        if self.file is not None:
+            self.file.discard()
 
 
 def check_captions(detector, source: Source) -> None:
@@ -195,8 +222,8 @@ def scorable(detector, decoded: Sequence[tuple], captions: Sequence[Optional[str
 def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions: Sequence[Optional[str]],
                 x: np.ndarray) -> List[Dict[str, Any]]:
     """One dict per item of a decoded batch, given the image embeddings ``x`` of its
-    :func:`scorable` items: ``score`` (logit), ``probability`` (P(fake), temperature-scaled) and
-    ``label`` (1 = fake at the detector's threshold), or only ``error`` ("reason: detail")."""
+    :func:`scorable` items: ``logit``, ``probability`` (calibrated P(fake)), ``threshold`` and
+    ``label`` (1 = fake: ``probability > threshold``), or only ``error`` ("reason: detail")."""
     fs = detector.feature_set
     ok = scorable(detector, decoded, captions)
     out: List[Dict[str, Any]] = [{} for _ in decoded]
@@ -217,9 +244,10 @@ def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions
         raw = detector.decision_function(x)  # the head runs once: logits and probabilities from it
         logits = np.asarray(raw, dtype=np.float64).ravel()
         probs = np.asarray(detector.probability_of(raw), dtype=np.float64).ravel()
+        threshold = float(detector.threshold)
         for j, i in enumerate(ok):
-            out[i] = {"score": float(logits[j]), "probability": float(probs[j]),
-                      "label": int(probs[j] > detector.threshold)}
+            out[i] = {"logit": float(logits[j]), "probability": float(probs[j]), "threshold": threshold,
+                      "label": int(probs[j] > threshold)}
     return out
 
 
@@ -231,8 +259,9 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
 
     Decoding, preprocessing, encoding and scoring run on the engine :func:`predict_source` uses
     (:mod:`clipdetect.features.pipeline`, then :func:`score_batch`), so the scores equal
-    ``clipdetect predict``'s. Returns a DataFrame with one row per image, in order:
-    ``score``, ``probability``, ``label`` (nullable) and ``error``.
+    ``clipdetect predict``'s. Returns a DataFrame with one row per image, in order, with the
+    columns :data:`SCORE_COLUMNS`: ``logit``, ``probability``, ``threshold``, ``label`` (nullable)
+    and ``error``.
     """
     import pandas as pd
 
@@ -255,38 +284,41 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
     for caps, decoded, x in pipeline.run(tasks, decoder, encoder_for(backbone, pre),
                                          lambda caps, decoded: scorable(detector, decoded, caps)):
         rows += score_batch(detector, backbone, decoded, caps, x)
-    df = pd.DataFrame(rows, columns=["score", "probability", "label", "error"])
-    df[["score", "probability"]] = df[["score", "probability"]].astype(np.float64)
+    df = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    df[["logit", "probability", "threshold"]] = df[["logit", "probability", "threshold"]].astype(np.float64)
     df["label"] = df["label"].astype("Int64")
     df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
     return df
 
 
-def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone: Optional[Backbone] = None,
-                   batch_size: int = 64, workers: Optional[int] = None, limit: Optional[int] = None,
-                   max_pixels: int = MAX_PIXELS, max_aspect: Optional[float] = MAX_ASPECT,
-                   max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT,
-                   progress: bool = True) -> PredictSummary:
-    """Score every image of ``source`` and write one row each to ``out`` (.csv or .jsonl).
+def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
+                   backbone: Optional[Backbone] = None, batch_size: int = 64, workers: Optional[int] = None,
+                   limit: Optional[int] = None, max_pixels: int = MAX_PIXELS,
+                   max_aspect: Optional[float] = MAX_ASPECT, max_bytes: int = MAX_IMAGE_BYTES,
+                   read_timeout: Optional[float] = READ_TIMEOUT, progress: bool = True) -> PredictSummary:
+    """Score every image of ``source`` and write one row each to ``out``: a .csv or .jsonl path
+    (written whole or not at all), or an open text stream such as ``sys.stdout`` (rows as they
+    come; ``fmt`` "csv", the default, or "jsonl").
 
-    Columns: ``key, path, score`` (logit), ``probability`` (P(fake), temperature-scaled),
-    ``label`` (1 = fake at the detector's threshold, 0 = real), ``true_label`` (when the
-    source has labels) and ``error`` (the reason an image could not be scored).
+    Columns (:data:`COLUMNS`): ``key, path, logit`` (the head's raw output), ``probability``
+    (calibrated P(fake)), ``threshold`` (the detector's, on P(fake)), ``label`` (1 = fake, i.e.
+    ``probability > threshold``; 0 = real), ``true_label`` (when the source has labels) and
+    ``error`` (the reason an image could not be scored).
     """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    if Path(out).suffix.lower() not in (".csv", ".jsonl"):
-        raise ValueError(f"--out {str(out)!r} must end in .csv or .jsonl")
-    desc = source.describe()
-    not_an_input(out, [desc.get(k) for k in ("path", "root")], what="--out")
+    fmt = output_format(out, fmt)
+    if isinstance(out, (str, os.PathLike)):
+        desc = source.describe()
+        not_an_input(out, [desc.get(k) for k in ("path", "root")], what="--out")
     check_captions(detector, source)
     workers = default_workers() if workers is None else workers
     backbone = backbone or resolve_backbone(detector)
     check_text_tower(detector, backbone)
     pre = SplitPreprocess(backbone.preprocess)
-    summary = PredictSummary(out=str(out))
+    summary = PredictSummary(out=str(out) if isinstance(out, (str, os.PathLike)) else "-")
     hits = labelled = 0
     tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
     decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes,
@@ -298,8 +330,8 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     total = source.size() if limit is None else min(limit, source.size() or limit)
     writer, t0 = None, time.perf_counter()
     try:  # any exit but success removes the partial file
-        writer = _Writer(Path(out))
-        with tqdm(total=total, unit="img", desc="predict", disable=not progress, dynamic_ncols=True) as bar, \
+        writer = _Writer(out, fmt)
+        with tqdm(total=total, unit="img", desc="predict", disable=None if progress else True, dynamic_ncols=True) as bar, \
                 contextlib.closing(pipeline.run(tasks, decoder, encoder, select)) as stream:
             for batch, decoded, x in stream:
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
@@ -327,8 +359,8 @@ def predict_source(detector, source: Source, out: str | os.PathLike, *, backbone
     writer.close()
     summary.seconds = time.perf_counter() - t0
     summary.accuracy = hits / labelled if labelled else None
-    logger.info("scored %d of %d images (%d errors) at %.1f img/s -> %s", summary.scored, summary.n,
-                sum(summary.errors.values()), summary.images_per_second, out)
+    logger.debug("scored %d of %d images (%d errors) at %.1f img/s -> %s", summary.scored, summary.n,
+                 sum(summary.errors.values()), summary.images_per_second, summary.out)
     if summary.accuracy is not None and not math.isnan(summary.accuracy):
-        logger.info("accuracy against the source labels: %.4f (%d labelled)", summary.accuracy, labelled)
+        logger.debug("accuracy against the source labels: %.4f (%d labelled)", summary.accuracy, labelled)
     return summary

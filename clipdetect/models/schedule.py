@@ -13,11 +13,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict
 
-__all__ = ["Schedule", "plan_schedule", "auto_batch_size", "PRESETS", "DEFAULT_LR", "MIN_STEPS", "FEW_STEPS",
-           "MIN_EPOCHS"]
+__all__ = ["Schedule", "plan_schedule", "auto_batch_size", "min_steps", "PRESETS", "DEFAULT_LR", "MIN_STEPS",
+           "FEW_STEPS", "MIN_EPOCHS", "STEPS_PER_ROW", "SMALL_CACHE"]
 
 #: the step budget an automatic schedule gets at least, and the count below which a run warns
 MIN_STEPS, FEW_STEPS = 500, 200
+#: below MIN_STEPS / STEPS_PER_ROW training rows the step floor shrinks with the data (a tiny
+#: cache is learnt in fewer updates, and 500 SAM steps on 86 rows take minutes for nothing)
+STEPS_PER_ROW = 0.5
+#: fewer training rows than this: the run says that every metric will have wide intervals
+SMALL_CACHE = 200
 #: epochs an automatic schedule runs at least (the paper's 32: large caches keep its recipe)
 MIN_EPOCHS = 32
 #: default peak learning rates per head kind (see :func:`plan_schedule`)
@@ -27,6 +32,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "auto": {},
     "paper": {"batch_size": 2048, "epochs": 32, "patience": 8, "lr": 1e-3},
 }
+
+
+def min_steps(n_train: int) -> int:
+    """The step floor of an automatic schedule: :data:`MIN_STEPS`, or ``STEPS_PER_ROW`` per
+    training row when that is less (the :data:`MIN_EPOCHS` epochs still run)."""
+    return int(min(MIN_STEPS, math.ceil(STEPS_PER_ROW * max(n_train, 1))))
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -62,7 +73,8 @@ def plan_schedule(config: Any, n_train: int) -> Schedule:  # config: a TrainConf
 
     * batch: ``config.batch_size`` or :func:`auto_batch_size` (n/8, power of two, [32, 2048]);
     * steps: ``config.steps``, else ``config.epochs`` × steps per epoch, else
-      max(:data:`MIN_STEPS`, :data:`MIN_EPOCHS` epochs) rounded up to whole epochs. A head
+      max(:func:`min_steps`, :data:`MIN_EPOCHS` epochs) rounded up to whole epochs (the floor is
+      :data:`MIN_STEPS` from 1,000 training rows up, half a step per row below). A head
       needs a few hundred updates whatever the cache size: the paper's 32 epochs at batch
       2048 are 32 steps on a 1,500-row cache (worse than logistic regression there) but
       ~16,000 on a million rows, where the automatic plan keeps exactly that recipe;
@@ -79,7 +91,7 @@ def plan_schedule(config: Any, n_train: int) -> Schedule:  # config: a TrainConf
         epochs = math.ceil(horizon / per_epoch)
     else:
         epochs = int(config.epochs) if config.epochs is not None else \
-            max(MIN_EPOCHS, math.ceil(MIN_STEPS / per_epoch))
+            max(MIN_EPOCHS, math.ceil(min_steps(n_train) / per_epoch))
         horizon = epochs * per_epoch
     total = horizon if config.max_steps is None else min(horizon, int(config.max_steps))
     patience = config.patience if config.patience is not None else max(8, math.ceil(epochs / 4))

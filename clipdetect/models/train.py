@@ -8,9 +8,10 @@ configurable in :class:`TrainConfig`): a class-stratified batch is gathered from
 logits go through ``γ·CVaR_α(BCE) + (1−γ)·L_AUC`` and SAM over AdamW updates the weights,
 with BatchNorm running statistics frozen on SAM's second pass; the learning rate follows a
 per-step cosine schedule. After each epoch the head is scored on the validation rows;
-the epoch with the best validation ROC-AUC is kept and training stops after ``patience``
-epochs without improvement. A run planned for fewer than :data:`FEW_STEPS` steps logs a
-warning: such a head is usually undertrained. ``TrainConfig.compile`` runs the head and the loss
+the epoch with the best validation ROC-AUC (ties, as on a small validation set that reaches
+AUC 1, broken by the lower validation BCE) is kept and training stops after ``patience``
+epochs without improvement. A run planned for fewer than :data:`FEW_STEPS` steps (or fewer
+than a tiny cache's automatic floor) logs a warning: such a head is usually undertrained. ``TrainConfig.compile`` runs the head and the loss
 as one ``torch.compile`` graph, optionally replayed as CUDA graphs (:mod:`clipdetect.models.step`).
 
 Memory does not grow with the cache: only the row ids and labels of the training rows and
@@ -34,8 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clipdetect.models.calibration import CALIBRATION_METHODS, THRESHOLD_RULES
 from clipdetect.models.heads import HeadConfig, create_head
-from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, Schedule, auto_batch_size, plan_schedule
+from clipdetect.models.schedule import (DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, Schedule, auto_batch_size,
+                                       min_steps, plan_schedule)
 from clipdetect.models.losses import create_loss, trusted_batches
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.sam import SAM
@@ -50,6 +53,7 @@ __all__ = ["TrainConfig", "TrainResult", "Schedule", "plan_schedule", "auto_batc
            "train", "predict_logits", "build_loss", "sam_step", "COMPILE_MODES"]
 
 FEATURE_SETS = ("image", "text", "image+text")
+TRAIN_SPLITS = ("holdout", "all")
 LOSS_OPTIONS = {"bce": (), "cvar": ("alpha",), "auc": ("margin", "p"), "cvar+auc": ("gamma", "alpha", "margin", "p")}
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -61,8 +65,14 @@ class TrainConfig:
     validation AUC before stopping (0: never stop early; the best epoch is still selected).
     ``steps`` = the optimiser-step budget (instead of ``epochs``). ``max_steps`` caps the
     number of optimisation steps (benchmarks; the schedule is not shortened).
-    ``calibrate``: fit a temperature on the validation split at the end of training. ``val_fraction``/``test_fraction``/``split_seed`` are used when the
-    held-out sets are derived from a cache's "train" rows (:mod:`clipdetect.features.splits`).
+    ``calibration``: fitted on the validation split at the end of training ("platt", the default:
+    scale and offset; "temperature"; "none"; ``calibrate=False`` also means "none"), applied only
+    when the validation rows support it (:mod:`clipdetect.models.calibration`). ``threshold_rule``:
+    "fpr" (the default: at most ``threshold_fpr`` of the validation reals score above the threshold)
+    or "balanced" (best validation balanced accuracy). ``val_fraction``/``test_fraction``/``split_seed``
+    are used when the held-out sets are derived from a cache's "train" rows
+    (:mod:`clipdetect.features.splits`); ``split="all"`` trains on every row of a cache instead
+    (nothing is held out: no best-epoch selection, no calibration, threshold 0.5).
     ``compile``: "none", "default" (``torch.compile`` of the head and the loss together) or "graphs"
     (the same plus CUDA graphs on a GPU; :mod:`clipdetect.models.step`); True/False mean "default"/"none".
     """
@@ -94,6 +104,10 @@ class TrainConfig:
     test_fraction: float = 0.15
     split_seed: int = 0
     calibrate: bool = True
+    calibration: str = "platt"
+    threshold_rule: str = "fpr"
+    threshold_fpr: float = 0.05
+    split: str = "holdout"
     compile: str = "none"
 
     def __post_init__(self) -> None:
@@ -113,6 +127,15 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 (or None: {DEFAULT_LR} by head), got {self.lr!r}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience!r}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration {self.calibration!r} is not one of {CALIBRATION_METHODS}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold_rule {self.threshold_rule!r} is not one of {THRESHOLD_RULES}")
+        if not 0.0 < self.threshold_fpr < 1.0:
+            raise ValueError(f"threshold_fpr must be in (0, 1), got {self.threshold_fpr!r}")
+        if self.split not in TRAIN_SPLITS:
+            raise ValueError(f"split {self.split!r} is not one of {TRAIN_SPLITS} (holdout: train on the train rows; "
+                             "all: train on every row, nothing held out)")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "TrainConfig":
@@ -124,6 +147,11 @@ class TrainConfig:
         if overrides.get("steps") is not None:
             base.pop("epochs", None)  # a step budget replaces the preset's epochs
         return cls(**{**base, **overrides})
+
+    def calibration_options(self) -> Dict[str, Any]:
+        """Keyword arguments of :func:`~clipdetect.models.calibration.fit_on_validation`."""
+        return {"calibration": self.calibration if self.calibrate else "none", "threshold_rule": self.threshold_rule,
+                "target_fpr": self.threshold_fpr}
 
     def head_config(self, in_dim: int) -> HeadConfig:
         if self.head == "linear":
@@ -294,7 +322,11 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
     logger.info("schedule: %d training rows, batch %d, %d steps (%d epochs of %d), patience %d epochs, lr %g",
                 len(train_data), plan.batch_size, plan.total_steps, plan.epochs, plan.steps_per_epoch,
                 plan.patience, plan.lr)
-    if plan.total_steps < FEW_STEPS and config.max_steps is None:
+    if len(train_data) < SMALL_CACHE:
+        logger.warning("only %d training rows: the head trains in seconds, but every metric measured on this "
+                       "little data has wide confidence intervals (read them, not the point values)",
+                       len(train_data))
+    if plan.total_steps < min(FEW_STEPS, min_steps(len(train_data))) and config.max_steps is None:
         logger.warning("only %d optimiser steps (%d training rows, batch %d, %d epochs): the head is likely "
                        "undertrained; use a smaller --batch-size, more --epochs or --steps, or the default "
                        "schedule instead of a fixed one", plan.total_steps, len(train_data), plan.batch_size,
@@ -352,9 +384,9 @@ def _run(train_data, val_data, config, plan, head_config, sampler, device, log_f
         opt = torch.optim.AdamW(head.parameters(), lr=plan.lr, weight_decay=config.weight_decay, **fused)
     total = plan.total_steps
     history: List[Dict[str, Any]] = []
-    best = (-math.inf, 0, None, None)  # auc, epoch, state, val logits
+    best = ((-math.inf, -math.inf), 0, None, None)  # (auc, -val loss), epoch, state, val logits
     step, stale, stopped = 0, 0, False
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="train", unit="step", disable=None if progress else True, leave=False)
     epoch = 0
     for epoch in range(1, plan.epochs + 1):
         e0, losses, lr = time.perf_counter(), [], plan.lr
@@ -375,12 +407,14 @@ def _run(train_data, val_data, config, plan, head_config, sampler, device, log_f
         if val_data is not None and len(val_data):
             logits = predict_logits(head, val_data, batch_size=config.eval_batch_size, device=device)
             m = binary_metrics(val_data.y, logits, scores_are_probs=False)
-            record.update(val_auc=m["auc"], val_ap=m["ap"], val_acc=m["acc@0.5"])
+            z = logits.astype(np.float64)
+            val_loss = float(np.mean(np.logaddexp(0.0, z) - val_data.y * z))  # BCE: breaks ties of the AUC
+            record.update(val_auc=m["auc"], val_ap=m["ap"], val_acc=m["acc@0.5"], val_loss=val_loss)
             if not math.isfinite(m["auc"]):
                 pass  # one-class validation: no ranking signal, no early stopping
-            elif m["auc"] > best[0]:
+            elif (m["auc"], -val_loss) > best[0]:  # a small validation set saturates at AUC 1: then the loss decides
                 state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                best, stale = (m["auc"], epoch, state, logits), 0
+                best, stale = ((m["auc"], -val_loss), epoch, state, logits), 0
             else:
                 stale += 1
         record["seconds"] = round(time.perf_counter() - e0, 4)

@@ -1,0 +1,320 @@
+"""A detector's probability calibration and decision threshold: the one home of both.
+
+Every detector (a head trained by ``clipdetect train``, a distilled student's head, a
+re-calibrated bundle) maps its logit ``z`` to P(fake) with a :class:`Calibration`:
+
+* ``platt`` (the default fitted at the end of training): ``P = sigmoid(scale * z + offset)``,
+  two parameters fitted by NLL on validation rows with Platt's smoothed targets;
+* ``temperature`` (bundles written before Platt scaling, or asked for): ``P = sigmoid(z / T)``;
+* ``none``: ``P = sigmoid(z)``.
+
+A fit is **not applied** (the detector keeps ``none``, and a warning says why) when the
+validation split is too small (:data:`MIN_ROWS` rows, :data:`MIN_PER_CLASS` of each class),
+when the fitted parameters sit on a bound of the search (a degenerate fit, such as a perfectly
+separated validation set), or when it makes the validation ECE worse.
+
+The decision threshold (on P(fake), so ``label = probability > threshold``) targets a stated
+false-positive rate on the validation *reals* (:func:`fpr_threshold`; default 5 %), or, on
+request, the best balanced accuracy (:func:`choose_threshold`). Its target is recorded as a
+plain dict (``threshold_target``) that ``predict``, ``report`` and the bundle carry.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from clipdetect.core.guards import MIN_ECE_ROWS
+from clipdetect.core.metrics import binary_metrics, expected_calibration_error, threshold_at_fpr
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Calibration", "CALIBRATION_METHODS", "THRESHOLD_RULES", "MIN_ROWS", "MIN_PER_CLASS",
+           "fit_temperature", "fit_platt", "fit_calibration", "choose_threshold", "fpr_threshold", "fit_on_validation", "describe_target"]
+
+CALIBRATION_METHODS = ("platt", "temperature", "none")
+THRESHOLD_RULES = ("fpr", "balanced")
+#: a calibration is fitted only on at least this many validation rows (the rows an ECE needs to be
+#: shown at all: whether a fit helps is judged by it), and this many of each class
+MIN_ROWS, MIN_PER_CLASS = MIN_ECE_ROWS, 10
+#: search bounds: Platt's scale and |offset|, the temperature (a fit on a bound is not applied)
+SCALE_BOUNDS, OFFSET_BOUND, TEMPERATURE_BOUNDS = (1e-2, 1e2), 50.0, (1e-2, 1e2)
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-a) = inf for a << 0 gives exactly 0, as it should
+        return 1.0 / (1.0 + np.exp(-a))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Logit → P(fake). ``method`` is "platt" (``scale``, ``offset``), "temperature"
+    (``temperature``) or "none"."""
+
+    method: str = "none"
+    scale: float = 1.0
+    offset: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration method {self.method!r} is not one of {CALIBRATION_METHODS}")
+        if not (self.temperature > 0 and self.scale > 0):
+            raise ValueError(f"temperature and scale must be > 0, got T={self.temperature!r}, "
+                             f"scale={self.scale!r}")
+
+    @classmethod
+    def of_temperature(cls, temperature: float) -> "Calibration":
+        return cls(method="temperature", temperature=float(temperature))
+
+    @classmethod
+    def platt(cls, scale: float, offset: float) -> "Calibration":
+        return cls(method="platt", scale=float(scale), offset=float(offset))
+
+    def calibrated_logit(self, logits) -> np.ndarray:
+        """The argument of the sigmoid: ``scale*z + offset``, ``z / T`` or ``z`` (float64)."""
+        z = np.asarray(logits).astype(np.float64)
+        if self.method == "platt":
+            return self.scale * z + self.offset
+        if self.method == "temperature":
+            return z / self.temperature  # exactly what bundles with a temperature always computed
+        return z
+
+    def probability(self, logits) -> np.ndarray:
+        """P(fake) of raw head logits."""
+        return _sigmoid(self.calibrated_logit(logits))
+
+    def logit_of(self, probability: float) -> float:
+        """The raw logit whose P(fake) is ``probability`` (±inf at 0 and 1)."""
+        p = float(probability)
+        if p <= 0.0:
+            return -math.inf
+        if p >= 1.0:
+            return math.inf
+        a = math.log(p / (1.0 - p))
+        if self.method == "platt":
+            return (a - self.offset) / self.scale
+        if self.method == "temperature":
+            return a * self.temperature
+        return a
+
+    def to_json(self) -> Dict[str, Any]:
+        if self.method == "platt":
+            return {"method": "platt", "scale": self.scale, "offset": self.offset}
+        if self.method == "temperature":
+            return {"method": "temperature", "temperature": self.temperature}
+        return {"method": "none"}
+
+    @classmethod
+    def from_json(cls, d: Optional[Dict[str, Any]]) -> "Calibration":
+        d = dict(d or {})
+        return cls(**{k: d[k] for k in ("method", "scale", "offset", "temperature") if k in d})
+
+    def describe(self) -> str:
+        if self.method == "platt":
+            return f"Platt scaling, P(fake) = sigmoid({self.scale:.4g} * logit {self.offset:+.4g})"
+        if self.method == "temperature":
+            return f"temperature scaling, P(fake) = sigmoid(logit / {self.temperature:.4g})"
+        return "none, P(fake) = sigmoid(logit)"
+
+
+def _logits_labels(logits, y_true) -> Tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(y_true).ravel()
+    if z.shape != y.shape or not z.size or not np.isin(y, (0, 1)).all() or not np.isfinite(z).all():
+        raise ValueError(f"calibration needs equally many finite logits and 0/1 labels, got {z.size} and {y.size}")
+    return z, y.astype(np.int64)
+
+
+def fit_temperature(logits, y_true, *, bounds: Tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """Temperature ``T > 0`` minimising the NLL of ``sigmoid(logits / T)`` (search on log T)."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = _logits_labels(logits, y_true)
+
+    def nll(log_t: float) -> float:
+        a = z / math.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, a) - y * a))
+
+    res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])),
+                          method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(res.x))
+
+
+def fit_platt(logits, y_true, *, scale_bounds: Tuple[float, float] = SCALE_BOUNDS,
+              offset_bound: float = OFFSET_BOUND) -> Tuple[float, float]:
+    """Platt scaling: ``(scale, offset)`` minimising the NLL of ``sigmoid(scale * logit + offset)``.
+
+    Fitted against Platt's smoothed targets ((n_fake + 1) / (n_fake + 2) for fakes,
+    1 / (n_real + 2) for reals), as scikit-learn's sigmoid calibration does, so a perfectly
+    separated set does not drive the scale to infinity; the search runs on log(scale) within
+    ``scale_bounds`` and on the offset within ±``offset_bound``.
+    """
+    from scipy.optimize import minimize
+
+    z, y = _logits_labels(logits, y_true)
+    n1 = float(y.sum())
+    t = np.where(y == 1, (n1 + 1.0) / (n1 + 2.0), 1.0 / (y.size - n1 + 2.0))
+
+    def nll(params: np.ndarray) -> Tuple[float, np.ndarray]:
+        a, b = math.exp(params[0]), params[1]
+        s = a * z + b
+        d = _sigmoid(s) - t  # dNLL/ds per sample
+        return float(np.mean(np.logaddexp(0.0, s) - t * s)), np.array([np.mean(d * a * z), np.mean(d)])
+
+    res = minimize(nll, np.zeros(2), jac=True, method="L-BFGS-B",
+                   bounds=[(math.log(scale_bounds[0]), math.log(scale_bounds[1])), (-offset_bound, offset_bound)])
+    return float(math.exp(res.x[0])), float(res.x[1])
+
+
+def _on_bound(value: float, lo: float, hi: float) -> bool:
+    return value <= lo * (1 + 1e-3) or value >= hi * (1 - 1e-3)
+
+
+def fit_calibration(logits, y, method: str = "platt") -> Tuple[Calibration, Dict[str, Any]]:
+    """Fit ``method`` on validation logits and labels; ``(calibration, record)``.
+
+    The record holds ``method``, ``n``, ``n_real``, ``n_fake``, ``ece_before``, ``ece_after``,
+    the fitted parameters, ``applied`` and, when not applied, ``reason``; the returned
+    calibration is the fit when applied, else ``none``. See the module docstring for the guards.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration {method!r} is not one of {CALIBRATION_METHODS}")
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(y).ravel().astype(np.int64)
+    n_fake = int(y.sum())
+    record: Dict[str, Any] = {"method": method, "split": "val", "n": int(y.size), "n_real": int(y.size - n_fake),
+                              "n_fake": n_fake, "applied": False}
+    if method == "none":
+        record["reason"] = "not asked for"
+        return Calibration(), record
+    if y.size < MIN_ROWS or min(n_fake, y.size - n_fake) < MIN_PER_CLASS:
+        record["reason"] = (f"too few validation rows ({y.size}: {y.size - n_fake} real, {n_fake} fake; a fit "
+                            f"needs >= {MIN_ROWS} rows and >= {MIN_PER_CLASS} of each class)")
+        return _not_applied(record)
+    if method == "platt":
+        scale, offset = fit_platt(z, y, scale_bounds=SCALE_BOUNDS, offset_bound=OFFSET_BOUND)
+        cal = Calibration.platt(scale, offset)
+        record.update(scale=scale, offset=offset)
+        bound = _on_bound(scale, *SCALE_BOUNDS) or abs(offset) >= OFFSET_BOUND * (1 - 1e-3)
+        params = f"scale {scale:.4g}, offset {offset:+.4g}"
+    else:
+        t = fit_temperature(z, y, bounds=TEMPERATURE_BOUNDS)
+        cal = Calibration.of_temperature(t)
+        record.update(temperature=t)
+        bound = _on_bound(t, *TEMPERATURE_BOUNDS)
+        params = f"T {t:.4g}"
+    before = expected_calibration_error(y, _sigmoid(z))
+    after = expected_calibration_error(y, cal.probability(z))
+    record.update(ece_before=before, ece_after=after)
+    if bound:
+        record["reason"] = f"the fit hit a bound of its search ({params}): the validation rows do not pin it down"
+        return _not_applied(record)
+    if after > before:
+        record["reason"] = f"it made the validation ECE worse ({before:.4f} -> {after:.4f})"
+        return _not_applied(record)
+    record["applied"] = True
+    logger.info("%s calibration fitted on %d validation rows (%s): ECE %.4f -> %.4f", method, y.size, params,
+                before, after)
+    return cal, record
+
+
+def _not_applied(record: Dict[str, Any]) -> Tuple[Calibration, Dict[str, Any]]:
+    logger.warning("%s calibration not applied: %s; P(fake) = sigmoid(logit)", record["method"], record["reason"])
+    return Calibration(), record
+
+
+def choose_threshold(y, prob) -> float:
+    """The threshold t maximising balanced accuracy of ``prob > t`` (midpoint between scores)."""
+    y, prob = np.asarray(y).astype(int), np.asarray(prob, dtype=np.float64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        logger.warning("threshold needs both classes in the validation data: using 0.5")
+        return 0.5
+    u, inv = np.unique(prob, return_inverse=True)
+    pos = np.bincount(inv, weights=(y == 1), minlength=len(u))
+    neg = np.bincount(inv, weights=(y == 0), minlength=len(u))
+    # candidate k: predict fake for u[k:], i.e. t between u[k-1] and u[k]; k = len(u) means none fake
+    tpr = np.concatenate([np.cumsum(pos[::-1])[::-1], [0.0]]) / n_pos
+    tnr = np.concatenate([[0.0], np.cumsum(neg)]) / n_neg
+    k = int(np.argmax(tpr + tnr))
+    lo = u[k - 1] if k > 0 else max(0.0, u[0] - 1e-6)
+    hi = u[k] if k < len(u) else min(1.0, u[-1] + 1e-6)
+    return float((lo + hi) / 2)
+
+
+def fpr_threshold(real_logits, target_fpr: float) -> float:
+    """The logit threshold with at most ``target_fpr`` of ``real_logits`` above it, moved halfway
+    to the next higher real score (so rounding cannot flip the real sitting on it)."""
+    reals = np.asarray(real_logits, dtype=np.float64).ravel()
+    if reals.size == 0:
+        raise ValueError("a target-FPR threshold needs real images in the validation split; it has none")
+    if not 0.0 <= target_fpr < 1.0:
+        raise ValueError(f"target FPR must be in [0, 1), got {target_fpr}")
+    zt = threshold_at_fpr(reals, target_fpr)
+    above = reals[reals > zt]
+    nxt = float(above.min()) if above.size else zt + max(1e-3, 1e-3 * abs(zt))
+    return 0.5 * (zt + nxt)
+
+
+def describe_target(target: Optional[Dict[str, Any]]) -> str:
+    """One line for a ``threshold_target`` record (predict, report, model card)."""
+    t = dict(target or {})
+    if t.get("metric") == "fpr":
+        text = f"FPR {t['value']:g} on {t.get('n_reals', '?')} {t.get('on', 'validation reals')}"
+        if t.get("achieved_fpr") is not None:
+            text += f" (achieved {t['achieved_fpr']:.4f})"
+        if t.get("resolved") is False:
+            text += f"; {t.get('n_reals')} reals cannot resolve it (needs >= {math.ceil(1 / t['value'])})"
+        return text
+    if t.get("metric") == "balanced_accuracy":
+        return f"best balanced accuracy on {t.get('n', '?')} validation rows"
+    if t.get("metric") == "fixed":
+        return f"fixed at {t.get('value')}" + (f" ({t['reason']})" if t.get("reason") else "")
+    return "none recorded (P(fake) > 0.5 unless set)"
+
+
+def _threshold(z, y, cal: Calibration, rule: str, target_fpr: float) -> Tuple[float, Dict[str, Any]]:
+    reals = z[y == 0]
+    if rule == "fpr" and reals.size:
+        zt = fpr_threshold(reals, target_fpr)
+        threshold = float(cal.probability(zt))
+        achieved = float((cal.probability(reals) > threshold).mean())
+        fakes = z[y == 1]
+        need = math.ceil(1.0 / target_fpr - 1e-9) if target_fpr > 0 else math.inf
+        target = {"metric": "fpr", "value": float(target_fpr), "on": "validation reals", "n_reals": int(reals.size),
+                  "achieved_fpr": achieved, "resolved": bool(reals.size >= need),
+                  "tpr": float((cal.probability(fakes) > threshold).mean()) if fakes.size else None}
+        if reals.size < need:
+            logger.warning("the threshold targets FPR %g on %d validation reals, which cannot resolve it (>= %d "
+                           "needed): it sits above every validation real, and its FPR on new photos is unknown",
+                           target_fpr, reals.size, need)
+        return threshold, target
+    if rule == "fpr":
+        logger.warning("no real images in the validation split: the threshold falls back to best balanced accuracy")
+    threshold = choose_threshold(y, cal.probability(z))
+    return threshold, {"metric": "balanced_accuracy", "on": "validation", "n": int(y.size)}
+
+
+def fit_on_validation(val_logits, y_val, *, calibration: str = "platt", threshold_rule: str = "fpr",
+                      target_fpr: float = 0.05) -> Tuple[Calibration, float, Dict[str, Any], Dict[str, Any]]:
+    """``(calibration, threshold, threshold_target, metrics)`` from validation logits.
+
+    The calibration (:func:`fit_calibration`, its record in ``metrics["calibration"]``) is
+    fitted first; the threshold is then chosen on the calibrated probability by
+    ``threshold_rule``: "fpr" (at most ``target_fpr`` of the validation reals above it) or
+    "balanced" (best balanced accuracy). ``metrics["val"]`` holds the validation metrics at it.
+    """
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule {threshold_rule!r} is not one of {THRESHOLD_RULES}")
+    z = np.asarray(val_logits, dtype=np.float64).ravel()
+    y = np.asarray(y_val).ravel().astype(np.int64)
+    metrics: Dict[str, Any] = {}
+    cal, record = fit_calibration(z, y, calibration)
+    metrics["calibration"] = record
+    threshold, target = _threshold(z, y, cal, threshold_rule, target_fpr)
+    metrics["val"] = binary_metrics(y, cal.probability(z), threshold=threshold)
+    return cal, threshold, target, metrics
