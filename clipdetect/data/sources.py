@@ -1,6 +1,7 @@
 """Sources: adapters that yield :class:`Sample` records in a fixed, repeatable order.
 
-Every source yields ``Sample(key, image, caption, label, generator, split, path)`` where
+Every source yields ``Sample(key, image, caption, label, generator, split, path)`` (and,
+where the source knows them, ``source``, ``family`` and ``group``) where
 ``image`` is a path or encoded bytes (decoding happens later, in worker processes) and
 ``label`` is 0 for real, 1 for generated (fake). ``iterate(start)`` resumes at a position
 without decoding what it skips; ``describe()`` is the JSON identity used to resume runs.
@@ -31,6 +32,9 @@ class Sample:
     generator: str = ""
     split: str = "train"
     path: str = ""
+    source: str = ""   # where the image comes from (a dataset, a photo collection), for leave-one-source-out
+    family: str = ""   # the generator family across sources (e.g. "sd" for every Stable Diffusion set)
+    group: str = ""    # content group (one prompt's real and fakes): splits never cut a group
 
 
 def parse_label(value: Any, *, names: Optional[List[str]] = None) -> int:
@@ -152,8 +156,8 @@ class ImageFolderSource(Source):
 
 class ManifestSource(Source):
     """A CSV or parquet table with ``path`` and ``label`` columns, and optionally ``key``,
-    ``caption``, ``generator``, ``split``. Relative paths resolve against ``root``
-    (default: the manifest's folder)."""
+    ``caption``, ``generator``, ``split``, ``source``, ``family`` and ``group``. Relative paths
+    resolve against ``root`` (default: the manifest's folder)."""
 
     kind = "manifest"
 
@@ -183,7 +187,8 @@ class ManifestSource(Source):
             caption = self.caption(rec) if self.caption.template else optional_str(rec.get("caption"))
             yield Sample(key=str(rec.get("key", p)), image=full, label=parse_label(rec["label"]),
                          caption=caption, generator=optional_str(rec.get("generator")) or "",
-                         split=optional_str(rec.get("split")) or self.split, path=full)
+                         split=optional_str(rec.get("split")) or self.split, path=full,
+                         **{c: optional_str(rec.get(c)) or "" for c in ("source", "family", "group")})
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path.resolve()), "root": str(self.root.resolve()),

@@ -5,8 +5,10 @@ Layout of one cache directory (one backbone per cache)::
     manifest.json                 backbone identity, dims, dtype, runs, shard list (written last)
     img_emb/part-00000.npy        [rows, D] image embeddings (fp16 by default, L2-normalised)
     txt_emb/part-00000.npy        [rows, D] caption embeddings (only when captions were given)
+    layers/part-00000.npy         [rows, T, W] per-block CLS tokens of the image tower and the
+                                  pre-projection token (only with ``extract --layers``)
     meta/part-00000.parquet       row-aligned: key, label, generator, split, path, caption,
-                                  width, height, format, mode
+                                  width, height, format, mode, source, family, group, view
     errors/part-00000.parquet     the error ledger: key, path, reason, detail
 
 Every file is written under a temporary name and renamed, and the manifest lists only
@@ -26,7 +28,11 @@ import pandas as pd
 
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
-from clipdetect.features.manifest import ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, CacheError, read_manifest
+from clipdetect.features.manifest import (ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, CacheError, derived_from,
+                                         fill_meta_defaults, read_manifest)
+
+#: where each kind of array lives
+ARRAY_DIRS = {"image": "img_emb", "text": "txt_emb", "layers": "layers"}
 
 
 @dataclass
@@ -35,6 +41,7 @@ class _Shard:
     rows: int
     offset: int
     has_text: bool
+    has_layers: bool = False
 
 
 class FeatureCache:
@@ -50,7 +57,8 @@ class FeatureCache:
         self.shards: List[_Shard] = []
         offset = 0
         for s in self.manifest["shards"]:
-            self.shards.append(_Shard(s["name"], s["rows"], offset, s.get("has_text", False)))
+            self.shards.append(_Shard(s["name"], s["rows"], offset, s.get("has_text", False),
+                                      s.get("has_layers", False)))
             offset += s["rows"]
         self.n_rows = offset
         self._offsets = np.array([s.offset for s in self.shards] + [offset], dtype=np.int64)
@@ -70,13 +78,30 @@ class FeatureCache:
     def has_text(self) -> bool:
         return bool(self.shards) and all(s.has_text for s in self.shards if s.rows)
 
+    @property
+    def layers(self) -> Optional[Dict[str, Any]]:
+        """The per-block token layout (names, tokens, width) when extracted with ``--layers``."""
+        return self.manifest.get("layers")
+
+    @property
+    def has_layers(self) -> bool:
+        return bool(self.layers) and bool(self.shards) and all(s.has_layers for s in self.shards if s.rows)
+
+    def feature_dim(self, feature_set: str = "image") -> int:
+        """Width of the detector input for ``feature_set`` (see :meth:`features`)."""
+        if feature_set == "layers":
+            if not self.layers:
+                raise CacheError(f"cache {str(self.root)!r} has no per-block features; extract with --layers")
+            return int(self.layers["tokens"]) * int(self.layers["width"])
+        return self.embed_dim * (2 if feature_set == "image+text" else 1)
+
     def __len__(self) -> int:
         return self.n_rows
 
     @property
     def meta(self) -> pd.DataFrame:
         if self._meta is None:
-            frames = [pd.read_parquet(self.root / "meta" / f"{s.name}.parquet") for s in self.shards]
+            frames = [read_meta(self.root / "meta" / f"{s.name}.parquet") for s in self.shards]
             self._meta = (pd.concat(frames, ignore_index=True) if frames
                           else pd.DataFrame(columns=META_COLUMNS))
         return self._meta
@@ -92,7 +117,7 @@ class FeatureCache:
         if missing and self._meta is not None:
             self._columns.update({n: self._meta[n] for n in missing})
         elif missing:
-            frames = [pd.read_parquet(self.root / "meta" / f"{s.name}.parquet", columns=missing) for s in self.shards]
+            frames = [read_meta(self.root / "meta" / f"{s.name}.parquet", missing) for s in self.shards]
             got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=missing)
             self._columns.update({n: got[n] for n in missing})
         return pd.DataFrame({n: self._columns[n] for n in names})
@@ -136,30 +161,40 @@ class FeatureCache:
                 f"seed=...) with the detector's split fractions, or clipdetect.evaluate(detector, cache, "
                 f"split={derived[0]!r}), which resolves it as `clipdetect evaluate --split` does")
 
+    def _shape(self, kind: str, rows: int) -> tuple:
+        if kind == "layers":
+            return (rows, int(self.layers["tokens"]), int(self.layers["width"]))
+        return (rows, self.embed_dim)
+
     def _array(self, kind: str, shard: _Shard) -> np.ndarray:
         k = (kind, shard.name)
         if k not in self._mmaps:
-            sub = "img_emb" if kind == "image" else "txt_emb"
-            path = self.root / sub / f"{shard.name}.npy"
+            path = self.root / ARRAY_DIRS[kind] / f"{shard.name}.npy"
             if not path.exists():
+                why = {"text": " (extracted without captions)", "layers": " (extracted without --layers)"}
                 raise CacheError(f"cache {str(self.root)!r} has no {kind} embeddings for {shard.name}"
-                                 + (" (extracted without captions)" if kind == "text" else ""))
+                                 + why.get(kind, ""))
             try:
                 arr = np.load(path, mmap_mode="r")
             except (ValueError, OSError) as exc:
                 raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read: {exc}; it is damaged "
                                  f"(run `clipdetect cache verify {self.root}`)") from None
-            if arr.ndim != 2 or arr.shape != (shard.rows, self.embed_dim):
+            if arr.shape != self._shape(kind, shard.rows):
                 raise CacheError(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
-                                 f"({shard.rows}, {self.embed_dim}); the cache is damaged "
+                                 f"{self._shape(kind, shard.rows)}; the cache is damaged "
                                  f"(run `clipdetect cache verify {self.root}`)")
             self._mmaps[k] = arr
         return self._mmaps[k]
 
     def embeddings(self, kind: str = "image", rows: Optional[np.ndarray] = None) -> np.ndarray:
-        """float32 embeddings of ``kind`` ('image' or 'text') for ``rows`` (default: all), in order."""
+        """float32 embeddings of ``kind`` ('image', 'text' [N, D], or 'layers' [N, T, W]) for ``rows``
+        (default: all), in order."""
+        if kind not in ARRAY_DIRS:
+            raise ValueError(f"embedding kind {kind!r} is not one of {sorted(ARRAY_DIRS)}")
+        if kind == "layers":
+            self.feature_dim("layers")  # a clear error when the cache has none
         rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.embed_dim), dtype=np.float32)
+        out = np.empty(self._shape(kind, len(rows)), dtype=np.float32)
         if len(rows) == 0:
             return out
         if rows.min() < 0 or rows.max() >= self.n_rows:
@@ -171,7 +206,7 @@ class FeatureCache:
             order = np.argsort(local, kind="stable")  # sequential reads from the memory map
             out[sel[order]] = self._array(kind, self.shards[si])[local[order]]
         if not np.isfinite(out).all():  # cheap next to the gather; a NaN would only surface in the metrics
-            bad = rows[~np.isfinite(out).all(axis=1)]
+            bad = rows[~np.isfinite(out.reshape(len(out), -1)).all(axis=1)]
             shard_of = np.searchsorted(self._offsets, bad, side="right") - 1
             where = ", ".join(f"{self.shards[s].name} row {r - self._offsets[s]}" for s, r in zip(shard_of[:5], bad))
             raise CacheError(f"cache {str(self.root)!r} holds NaN/inf {kind} embeddings ({where}"
@@ -179,9 +214,13 @@ class FeatureCache:
         return out
 
     def features(self, feature_set: str = "image", rows: Optional[np.ndarray] = None) -> np.ndarray:
-        """The detector input for ``feature_set``: image, text, or image+text (concatenated)."""
+        """The detector input for ``feature_set``: image, text, image+text (concatenated), or layers
+        (the per-block tokens flattened to [N, T*W])."""
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"feature set {feature_set!r} is not one of {FEATURE_SETS}")
+        if feature_set == "layers":
+            arr = self.embeddings("layers", rows)
+            return arr.reshape(len(arr), -1)
         if feature_set == "image+text":
             return np.concatenate([self.embeddings("image", rows), self.embeddings("text", rows)], axis=1)
         return self.embeddings(feature_set, rows)
@@ -199,13 +238,28 @@ class FeatureCache:
         errs = self.errors()
         return {"root": str(self.root), "backbone": self.backbone, "rows": self.n_rows,
                 "shards": len(self.shards), "embed_dim": self.embed_dim, "dtype": self.manifest["dtype"],
-                "has_text": self.has_text,
+                "has_text": self.has_text, "layers": self.layers,
+                "views": {str(k): int(v) for k, v in self.columns("view")["view"].value_counts().items()},
                 "labels": {("fake" if int(k) else "real"): int(v) for k, v in m["label"].value_counts().items()},
                 "splits": {str(k): int(v) for k, v in m["split"].value_counts().items()},
                 "generators": {str(k): int(v) for k, v in m["generator"].value_counts().items()},
                 "errors": {str(k): int(v) for k, v in errs["reason"].value_counts().items()} if len(errs) else {},
                 "runs": {k: {kk: v.get(kk) for kk in ("source", "position", "complete")}
                          for k, v in self.manifest["runs"].items()}}
+
+
+def read_meta(path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """One shard's metadata (all columns, or ``columns``), version-1 shards completed with the
+    version-2 defaults (:func:`~clipdetect.features.manifest.fill_meta_defaults`)."""
+    if columns is None:
+        return fill_meta_defaults(pd.read_parquet(path))
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    need = list(dict.fromkeys([c for c in columns if c in have]
+                              + [b for c in columns if c not in have and (b := derived_from(c)) in have]))
+    frame = fill_meta_defaults(pd.read_parquet(path, columns=need))
+    return frame[list(columns)]
 
 
 def open_cache(root: str | os.PathLike) -> FeatureCache:

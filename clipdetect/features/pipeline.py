@@ -26,6 +26,7 @@ import numpy as np
 
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, BadImage, SplitPreprocess, decode_image
 from clipdetect.data.sources import Sample, Source
+from clipdetect.data.views import ViewRef, apply_view
 from clipdetect.features.workers import ordered_map
 
 #: --fast-decode choices: exact decoding, or PIL's reduced-DCT JPEG decode (changes pixels)
@@ -90,6 +91,7 @@ def init_decode_worker(pre: SplitPreprocess, max_pixels: int, max_aspect: Option
 def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None,
                 max_aspect: Optional[float] = MAX_ASPECT, draft: Optional[int] = None) -> List[Tuple]:
     """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail).
+    A :class:`~clipdetect.data.views.ViewRef` item is decoded, then turned into its view.
 
     ``draft``: let JPEG decoding reduce the image (DCT scaling) down to no less than
     ``draft`` pixels a side — faster on large photos, slightly different pixels."""
@@ -100,7 +102,11 @@ def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixe
     out = []
     for ref in refs:
         try:
-            img, info = decode_image(ref, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft)
+            view = ref if isinstance(ref, ViewRef) else None
+            img, info = decode_image(view.image if view else ref, max_pixels=max_pixels, max_aspect=max_aspect,
+                                     draft=draft)
+            if view is not None:
+                img = apply_view(img, view.view, view.key)
             out.append(("ok", pre.worker(img), info))
         except BadImage as exc:
             out.append(("err", exc.reason, exc.detail))

@@ -27,7 +27,7 @@ import pandas as pd
 from clipdetect.features.pipeline import Task, decode_refs, plan_tasks
 from clipdetect.data.sources import Sample, Source
 
-SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path")
+SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path", "source", "family", "group")
 
 
 def plan_shards(start: int, stop: int, shard_size: int) -> List[Dict[str, int]]:
