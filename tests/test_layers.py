@@ -127,3 +127,13 @@ def test_version_1_shards_read_with_derived_columns(tmp_path):
     assert list(c.columns("view", "group", "family", "source").itertuples(index=False, name=None)) == \
         [("orig", "a", "real", ""), ("orig", "b", "sd", "")]
     assert list(c.meta.group) == ["a", "b"] and verify_cache(tmp_path / "v1").ok
+
+
+def test_empty_group_and_family_fall_back_to_key_and_generator(tmp_path, image_folder, tiny_backbone):
+    from clipdetect.data.sources import ImageFolderSource
+
+    extract(ImageFolderSource(image_folder), ExtractConfig(backbone=TINY, out=str(tmp_path / "c"), workers=0),
+            backbone=tiny_backbone, progress=False)
+    c = FeatureCache(tmp_path / "c")
+    got = c.columns("group", "family")
+    assert list(got["group"]) == list(c.meta.key) and list(got["family"]) == list(c.meta.generator)

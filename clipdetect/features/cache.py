@@ -28,7 +28,7 @@ import pandas as pd
 
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
-from clipdetect.features.manifest import (ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, CacheError, derived_from,
+from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, CacheError, derived_from, feature_parts,
                                          fill_meta_defaults, read_manifest)
 
 #: where each kind of array lives
@@ -89,11 +89,15 @@ class FeatureCache:
 
     def feature_dim(self, feature_set: str = "image") -> int:
         """Width of the detector input for ``feature_set`` (see :meth:`features`)."""
-        if feature_set == "layers":
-            if not self.layers:
-                raise CacheError(f"cache {str(self.root)!r} has no per-block features; extract with --layers")
-            return int(self.layers["tokens"]) * int(self.layers["width"])
-        return self.embed_dim * (2 if feature_set == "image+text" else 1)
+        dim = 0
+        for part in feature_parts(feature_set):
+            if part == "layers":
+                if not self.layers:
+                    raise CacheError(f"cache {str(self.root)!r} has no per-block features; extract with --layers")
+                dim += int(self.layers["tokens"]) * int(self.layers["width"])
+            else:
+                dim += self.embed_dim
+        return dim
 
     def __len__(self) -> int:
         return self.n_rows
@@ -214,16 +218,11 @@ class FeatureCache:
         return out
 
     def features(self, feature_set: str = "image", rows: Optional[np.ndarray] = None) -> np.ndarray:
-        """The detector input for ``feature_set``: image, text, image+text (concatenated), or layers
-        (the per-block tokens flattened to [N, T*W])."""
-        if feature_set not in FEATURE_SETS:
-            raise ValueError(f"feature set {feature_set!r} is not one of {FEATURE_SETS}")
-        if feature_set == "layers":
-            arr = self.embeddings("layers", rows)
-            return arr.reshape(len(arr), -1)
-        if feature_set == "image+text":
-            return np.concatenate([self.embeddings("image", rows), self.embeddings("text", rows)], axis=1)
-        return self.embeddings(feature_set, rows)
+        """The detector input for ``feature_set``: its parts (image, text, layers — the per-block
+        tokens flattened to [N, T*W]) concatenated in order, e.g. ``image+text``."""
+        arrays = [self.embeddings(part, rows) for part in feature_parts(feature_set)]
+        arrays = [a.reshape(len(a), -1) for a in arrays]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
 
     def labels(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
         y = self.columns("label")["label"].to_numpy().astype(np.int64)
@@ -256,8 +255,9 @@ def read_meta(path: str | os.PathLike, columns: Optional[Sequence[str]] = None) 
     import pyarrow.parquet as pq
 
     have = set(pq.read_schema(path).names)
+    # a derived column's base is read too: empty values of a version-2 shard fall back to it
     need = list(dict.fromkeys([c for c in columns if c in have]
-                              + [b for c in columns if c not in have and (b := derived_from(c)) in have]))
+                              + [b for c in columns if (b := derived_from(c)) in have]))
     frame = fill_meta_defaults(pd.read_parquet(path, columns=need))
     return frame[list(columns)]
 

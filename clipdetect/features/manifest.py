@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -19,9 +19,20 @@ V1_META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "wid
 V2_META_COLUMNS = ["source", "family", "group", "view"]
 META_COLUMNS = V1_META_COLUMNS + V2_META_COLUMNS
 ERROR_COLUMNS = ["key", "path", "reason", "detail"]
-#: detector inputs: the final image embedding, the caption embedding, both, or the per-block
-#: CLS tokens of the image tower (``extract --layers``), flattened
-FEATURE_SETS = ("image", "text", "image+text", "layers")
+#: what a detector input is made of: the final image embedding, the caption embedding, and the
+#: per-block CLS tokens of the image tower (``extract --layers``), flattened
+FEATURE_PARTS = ("image", "text", "layers")
+#: the usual detector inputs; any "+"-joined list of parts is one (concatenated in that order)
+FEATURE_SETS = ("image", "text", "image+text", "layers", "image+layers")
+
+
+def feature_parts(feature_set: str) -> List[str]:
+    """The parts of a feature set, e.g. ``"image+layers"`` → ``["image", "layers"]``."""
+    parts = str(feature_set).split("+")
+    if not parts or any(p not in FEATURE_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"feature set {feature_set!r} is not a '+'-joined list of distinct parts from "
+                         f"{FEATURE_PARTS} (e.g. {', '.join(FEATURE_SETS)})")
+    return parts
 
 
 def derived_from(column: str) -> Optional[str]:

@@ -37,7 +37,7 @@ from clipdetect.features.backbones import identities_match
 from clipdetect.models.bundle import FORMAT, DetectorError, bundle_json, read_bundle, save_bundle
 from clipdetect.models.heads import HeadConfig
 from clipdetect.models.threshold import choose_threshold, fit_on_validation
-from clipdetect.features.splits import SplitSpec
+from clipdetect.features.splits import SplitSpec, view_rows
 from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class Detector:
 
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         config = config or TrainConfig()
-        tr, va, te = SplitSpec.of(config).all(cache)
+        tr, va, te = (view_rows(cache, r, config.views) for r in SplitSpec.of(config).all(cache))
         if len(tr) == 0:
             raise ValueError(f"cache {str(cache.root)!r} has no training rows")
         val = CacheSource(cache, va, feature_set) if len(va) else None
