@@ -82,7 +82,8 @@ def write_multi_generator_cache(root: str | Path, *, n: int = 360, dim: int = 12
 
 def write_layered_cache(root: str | Path, *, n: int = 160, tokens: int = 4, width: int = 8,
                         views: Sequence[str] = ("orig",), group_size: int = 1, seed: int = 0,
-                        signal_token: int = 1) -> FeatureCache:
+                        signal_token: int = 1, sources: int = 3, families: int = 1,
+                        fakes_only_source: bool = False) -> FeatureCache:
     """A version-2 cache with per-block tokens, ``views`` rows per image and content groups.
 
     Images come in groups of ``group_size`` (the first real, the rest fake); the class signal
@@ -105,7 +106,9 @@ def write_layered_cache(root: str | Path, *, n: int = 160, tokens: int = 4, widt
     meta = pd.DataFrame({"key": [f"k{i:05d}" for i in idx], "label": y[idx],
                          "generator": np.where(y[idx] == 1, "gen", "real"), "split": "train", "path": "",
                          "caption": "", "width": 8, "height": 8, "format": "PNG", "mode": "RGB",
-                         "source": [f"s{i % 3}" for i in idx], "family": np.where(y[idx] == 1, "fam", "real"),
+                         "source": [f"s{0 if fakes_only_source and i % sources == sources - 1 and not y[i] else i % sources}"
+                                    for i in idx],
+                         "family": [f"fam{i % families}" if y[i] else "real" for i in idx],
                          "group": [f"g{i // group_size}" for i in idx], "view": [v for _, v in rows]})
     noise = rng.normal(scale=0.05, size=(len(rows), tokens, width)).astype(np.float32)
     writer.write_shard("synthetic", start=0, stop=n, img=img[idx], txt=None, meta=meta,

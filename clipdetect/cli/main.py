@@ -8,6 +8,8 @@ Stages, in the order data flows::
     clipdetect evaluate  metrics per generator, with confidence intervals
     clipdetect plot      ROC curves and score histograms
     clipdetect predict   score images end to end
+    clipdetect fuse      one detector from several (feature sets combined)
+    clipdetect benchmark generalisation to unseen sources and generator families
     clipdetect report    the whole honest report on a cache (one Markdown file)
     clipdetect demo      the whole pipeline on the bundled sample cache
 """
@@ -39,6 +41,8 @@ COMMANDS = {
     "predict": ("clipdetect.cli.predict", "score images end to end (decode → backbone → detector)"),
     "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals) + temperature"),
     "protocol": ("clipdetect.cli.protocol", "leave-one-generator-out, robustness, format-bias, text-leakage"),
+    "fuse": ("clipdetect.cli.fuse", "combine detectors on different feature sets (chosen on validation rows)"),
+    "benchmark": ("clipdetect.cli.benchmark", "leave-one-source-out and leave-one-family-out, with ablations"),
     "report": ("clipdetect.cli.report", "per-generator metrics, ROC, leave-one-generator-out, format-only "
                                         "baseline and calibration, as one Markdown report"),
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),

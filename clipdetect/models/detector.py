@@ -238,18 +238,28 @@ class Detector:
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         config = config or TrainConfig()
         tr, va, te = (view_rows(cache, r, config.views) for r in SplitSpec.of(config).all(cache))
-        if len(tr) == 0:
-            raise ValueError(f"cache {str(cache.root)!r} has no training rows")
-        val = CacheSource(cache, va, feature_set) if len(va) else None
-        result = train(CacheSource(cache, tr, feature_set), val_data=val, config=config, out_dir=out,
-                       progress=progress)
-        extra = {"cache": str(Path(cache.root).resolve()), "cache_created": cache.manifest.get("created"),
-                 "splits": {"train": len(tr), "val": len(va), "test": len(te)}}
-        det = cls.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
-                              y_val=None if val is None else val.y, extra=extra)
+        det = cls.fit_rows(cache, tr, va, feature_set=feature_set, config=config, out=out, progress=progress)
+        det.extra["splits"]["test"] = len(te)
         if out is not None:
             det.save(out)
         return det
+
+    @classmethod
+    def fit_rows(cls, cache, train_rows, val_rows, *, feature_set: str = "image", config: TrainConfig | None = None,
+                 out: str | os.PathLike | None = None, progress: bool = False) -> "Detector":
+        """Train on explicit row subsets of ``cache`` (validation rows pick the epoch and fit the
+        calibration and threshold); what :meth:`fit_cache` and the protocols' refits run. With
+        ``out``, ``train_config.json`` and ``train_log.jsonl`` are written there (not the bundle)."""
+        config = config or TrainConfig()
+        if len(train_rows) == 0:
+            raise ValueError(f"cache {str(cache.root)!r} has no training rows")
+        val = CacheSource(cache, val_rows, feature_set) if len(val_rows) else None
+        result = train(CacheSource(cache, train_rows, feature_set), val_data=val, config=config, out_dir=out,
+                       progress=progress)
+        extra = {"cache": str(Path(cache.root).resolve()), "cache_created": cache.manifest.get("created"),
+                 "splits": {"train": len(train_rows), "val": len(val_rows)}}
+        return cls.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
+                               y_val=None if val is None else val.y, extra=extra)
 
     # ---- persistence (:mod:`clipdetect.models.bundle`) -------------------------------------
     def to_json(self) -> Dict[str, Any]:

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["HEAD_KINDS", "HeadConfig", "MLPHead", "LinearHead", "LayerHead", "create_head", "head_from_dict",
            "count_parameters", "kaiming_bound"]
 
-HEAD_KINDS = ("mlp", "linear", "layers")
+HEAD_KINDS = ("mlp", "linear", "layers", "fusion")
 
 
 @dataclass(kw_only=True)
@@ -53,6 +53,9 @@ class HeadConfig:
         negative_slope: LeakyReLU negative slope, also used as ``a`` in the Kaiming init.
         tokens: number of per-block tokens in the input (``layers`` heads: ``in_dim = tokens * token
             width``); ``width`` unset means the token width there.
+        members: ``fusion`` heads only (:mod:`clipdetect.models.fusion`): one dict per member,
+            ``{"head": its HeadConfig as a dict, "columns": [[start, stop], ...]}`` (the input
+            columns it reads).
     """
 
     kind: str = "mlp"
@@ -62,6 +65,7 @@ class HeadConfig:
     dropout: float = 0.335
     negative_slope: float = 0.01
     tokens: int | None = None
+    members: list | None = None
 
     def __post_init__(self) -> None:
         validate_head_config(self)
@@ -88,6 +92,8 @@ def validate_head_config(config: HeadConfig) -> None:
         raise ValueError(f"dropout must lie in [0, 1), got {config.dropout!r}")
     if config.negative_slope < 0.0:
         raise ValueError(f"negative_slope must be >= 0, got {config.negative_slope!r}")
+    if config.kind == "fusion" and not config.members:
+        raise ValueError("a fusion head needs members (made by clipdetect fuse)")
     if config.kind == "layers" and (not isinstance(config.tokens, int) or config.tokens < 1
                                     or config.in_dim % config.tokens):
         raise ValueError(f"a layers head needs tokens (an integer >= 1 dividing in_dim {config.in_dim}), "
@@ -201,6 +207,10 @@ def create_head(config: HeadConfig) -> nn.Module:
         head: nn.Module = LinearHead(config.in_dim)
     elif config.kind == "layers":
         head = LayerHead(config)
+    elif config.kind == "fusion":
+        from clipdetect.models.fusion import FusionHead
+
+        head = FusionHead(config)
     else:
         head = MLPHead(
             config.in_dim,
