@@ -99,3 +99,30 @@ def test_predict_cli_with_worker_process(setup, tmp_path, capsys):
     assert main(["predict", str(root / "det"), str(root / "imgs"), "--out", str(out), "--backbone",
                  "clipdetect-tiny-vit:random", "--workers", "0"]) == 0
     assert main(["predict", str(root / "det"), str(tmp_path / "nope"), "--out", str(out)]) == 2
+
+
+def test_layers_and_fused_detectors_score_images_as_their_cache_rows(tmp_path, tiny_backbone):
+    """A per-block detector (and a fusion with an image head) scores files end to end exactly as
+    it scores the cache rows extracted from them: the encoder taps the same tokens."""
+    from conftest import write_image_folder
+    from clipdetect.features.splits import SplitSpec
+    from clipdetect.models.fusion import fuse_detectors
+
+    imgs = write_image_folder(tmp_path / "imgs")
+    extract(ImageFolderSource(imgs), ExtractConfig(backbone=TINY, out=str(tmp_path / "c"), workers=0, batch_size=8,
+                                                   dtype="float32", layers=True), backbone=tiny_backbone,
+            progress=False)
+    cache = FeatureCache(tmp_path / "c")
+    fast = TrainConfig(epochs=2, batch_size=8, width=8, depth=1, patience=0, val_fraction=0.5, test_fraction=0.0)
+    lay = Detector.fit_cache(cache, feature_set="layers", config=fast)
+    img = Detector.fit_cache(cache, feature_set="image", config=fast)
+    fused = fuse_detectors([img, lay], cache, SplitSpec.of(fast).rows(cache, "val"), method="mean")
+    keys = cache.meta.key.to_numpy()
+    for det in (lay, fused):
+        got = det.score_images([str(imgs / k) for k in keys], backbone=tiny_backbone)
+        np.testing.assert_allclose(got["score"], det.decision_function(det.features(cache)), atol=1e-4)
+    out = tmp_path / "p.csv"
+    fused.save(tmp_path / "fused")
+    assert main(["predict", str(tmp_path / "fused"), str(imgs), "--out", str(out), "--workers", "0",
+                 "--no-progress", "--backbone", TINY]) == 0
+    assert pd.read_csv(out).score.notna().all()
