@@ -126,3 +126,26 @@ def test_layers_and_fused_detectors_score_images_as_their_cache_rows(tmp_path, t
     assert main(["predict", str(tmp_path / "fused"), str(imgs), "--out", str(out), "--workers", "0",
                  "--no-progress", "--backbone", TINY]) == 0
     assert pd.read_csv(out).score.notna().all()
+
+
+def test_a_missing_checkpoint_falls_back_to_a_listed_alternative(setup, tmp_path, monkeypatch):
+    """A bundle made on a converted checkpoint may list the same model under another spec
+    (e.g. open_clip's openai tag); without the file it loads that one, else says both."""
+    from clipdetect.features.backbones import WEIGHTS_ENV
+
+    _, cache, det = setup
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    ident = dict(det.backbone, weights="checkpoint", checkpoint="gone.pt", checkpoint_path=str(tmp_path / "gone.pt"),
+                 sha256="0" * 64, spec=f"clipdetect-tiny-vit:{tmp_path / 'gone.pt'}")
+    det2 = Detector.load(setup[0] / "det")
+    det2.backbone = ident
+    with pytest.raises(BackboneError, match="cannot find the checkpoint"):
+        resolve_backbone(det2)
+    det2.backbone = dict(ident, alternatives=[{"spec": TINY, "arch": "clipdetect-tiny-vit", "weights": "random",
+                                               "seed": 0}])
+    backbone = resolve_backbone(det2)
+    assert backbone.spec == TINY
+    det2.check_backbone(cache.backbone)  # the alternative's cache is accepted too
+    det2.backbone["alternatives"][0]["spec"] = "clipdetect-tiny-vit:nosuchtag"
+    with pytest.raises(BackboneError, match="alternatives did not load"):
+        resolve_backbone(det2)

@@ -271,8 +271,12 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> "Detector":
-        """Load a bundle written by :meth:`save` (safetensors + JSON only; nothing is unpickled)."""
-        return cls(**read_bundle(path, device=device))
+        """Load a bundle written by :meth:`save` (safetensors + JSON only; nothing is unpickled), or a
+        detector shipped with the package by name (:mod:`clipdetect.models.pretrained`, e.g.
+        ``"general-b16"``)."""
+        from clipdetect.models.pretrained import resolve_detector_path
+
+        return cls(**read_bundle(resolve_detector_path(path), device=device))
 
 
 def load_detector(path: str | os.PathLike, *, device: str = "cpu") -> Detector:

@@ -21,8 +21,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from clipdetect.features.backbones import (Backbone, BackboneError, create_backbone, identities_match,
-                                           locate_checkpoint)
+from clipdetect.features.backbones import (Backbone, BackboneError, alternative_specs, create_backbone,
+                                           identities_match, locate_checkpoint)
 from clipdetect.features import pipeline
 from clipdetect.features.encoder import encoder_for
 from clipdetect.features.manifest import feature_parts
@@ -91,7 +91,10 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
     """
     want = dict(detector.backbone or {})
     if not spec and want.get("weights") == "checkpoint":
-        spec = f"{want.get('arch')}:{locate_checkpoint(want, override=weights)}"
+        try:
+            spec = f"{want.get('arch')}:{locate_checkpoint(want, override=weights)}"
+        except BackboneError as missing:
+            return _alternative_backbone(want, missing, device=device, precision=precision)
     spec = spec or want.get("spec")
     if not spec:
         raise BackboneError("the detector records no backbone spec; pass one with --backbone ARCH:WEIGHTS")
@@ -111,6 +114,24 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
                                 "or --force")
         logger.warning("%s; continuing because of --force", msg)
     return backbone
+
+
+def _alternative_backbone(want: dict, missing: BackboneError, *, device: str, precision: str) -> Backbone:
+    """The first of the detector's alternative backbones (:func:`alternative_specs`) that loads,
+    when its own checkpoint file is not found; else one error naming every way to fix it."""
+    tried = []
+    for alt in alternative_specs(want):
+        try:
+            backbone = create_backbone(alt, device=device, precision=precision)
+        except BackboneError as exc:
+            tried.append(f"{alt}: {exc}")
+            continue
+        logger.info("the detector's checkpoint %s is not here; using the same model as %s",
+                    want.get("checkpoint"), alt)
+        return backbone
+    if not tried:
+        raise missing
+    raise BackboneError(f"{missing}. Its alternatives did not load either: " + "; ".join(tried))
 
 
 @dataclass
