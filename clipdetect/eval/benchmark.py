@@ -163,9 +163,11 @@ def _probe(cache, fold: Fold, config: BenchmarkConfig, views: np.ndarray):
 
 
 def _scores(det, cache, rows) -> Dict[str, np.ndarray]:
+    from clipdetect.eval.evaluate import logit_threshold
+
     logits = np.asarray(det.decision_function(det.features(cache, rows)), dtype=np.float64)
     return {"logit": logits, "prob": np.asarray(det.probability_of(logits), dtype=np.float64),
-            "threshold": float(det.threshold)}
+            "threshold": float(det.threshold), "threshold_logit": float(logit_threshold(det))}
 
 
 def _fold_row(fold: Fold, name: str, y: np.ndarray, s: Dict[str, Any], held: np.ndarray) -> Dict[str, Any]:
@@ -177,7 +179,8 @@ def _fold_row(fold: Fold, name: str, y: np.ndarray, s: Dict[str, Any], held: np.
             "n_held_real": int(reals.sum()) if fold.protocol == "loso" else 0,
             "fpr": float(fake_call[reals].mean()) if reals.any() and fold.protocol == "loso" else math.nan,
             "tpr": float(fake_call[y == 1].mean()),
-            "ece": expected_calibration_error(y, s["prob"]), "threshold": s["threshold"]}
+            "ece": expected_calibration_error(y, s["prob"]), "threshold": s["threshold"],
+            "threshold_logit": s["threshold_logit"]}
 
 
 def run_benchmark(cache, config: BenchmarkConfig) -> Dict[str, Any]:
