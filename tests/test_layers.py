@@ -137,3 +137,17 @@ def test_empty_group_and_family_fall_back_to_key_and_generator(tmp_path, image_f
     c = FeatureCache(tmp_path / "c")
     got = c.columns("group", "family")
     assert list(got["group"]) == list(c.meta.key) and list(got["family"]) == list(c.meta.generator)
+
+
+def test_evaluate_reports_every_view(tmp_path):
+    from _synthetic import write_layered_cache
+    from clipdetect.eval.evaluate import evaluate_detector
+    from clipdetect.models.detector import Detector
+    from clipdetect.models.train import TrainConfig
+
+    cache = write_layered_cache(tmp_path / "c", n=120, views=("orig", "jpeg:50"))
+    det = Detector.fit_cache(cache, feature_set="layers", config=TrainConfig(batch_size=32, epochs=2, width=8))
+    table = evaluate_detector(det, cache, n_boot=0).table
+    views = table[table.group == "view"]
+    assert list(views.value) == ["jpeg:50", "orig"] and (views.n_real + views.n_fake).sum() == \
+        table.iloc[0].n_real + table.iloc[0].n_fake

@@ -133,7 +133,7 @@ def _held_mask(cache, fold: Fold, y: np.ndarray) -> np.ndarray:
     return (col == fold.held_out) & ((y[fold.test] == 1) if fold.protocol == "lofo" else True)
 
 
-def _train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: np.ndarray):
+def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: np.ndarray):
     from clipdetect.models.detector import Detector
     from clipdetect.models.fusion import fuse_detectors
     from clipdetect.models.train import TrainConfig
@@ -203,7 +203,7 @@ def run_benchmark(cache, config: BenchmarkConfig) -> Dict[str, Any]:
         y, held = y_all[fold.test], _held_mask(cache, fold, y_all)
         scored = {"probe": _scores(_probe(cache, fold, config, views), cache, fold.test)}
         for name in config.variants:
-            scored[name] = _scores(_train_variant(cache, fold, name, config, views), cache, fold.test)
+            scored[name] = _scores(train_variant(cache, fold, name, config, views), cache, fold.test)
         frame = pd.DataFrame({"protocol": fold.protocol, "held_out": fold.held_out, "key": keys[fold.test],
                               "label": y, "held": held})
         for name, s in scored.items():
