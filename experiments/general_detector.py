@@ -47,7 +47,8 @@ ALTERNATIVES = [{"spec": "ViT-B-16-quickgelu:openai", "arch": "ViT-B-16-quickgel
 def choose_variant(bench: Dict[str, Any], wanted: str | None) -> str:
     if wanted:
         return wanted
-    loso = [r for r in bench["summary"] if r["protocol"] == "loso" and r["variant"] in VARIANTS]
+    loso = [r for r in bench["summary"] if r["protocol"] == "loso" and r["variant"] in VARIANTS
+            and r["view"] == bench["eval_view"]]
     return max(loso, key=lambda r: r["mean_auc"])["variant"]
 
 
@@ -56,9 +57,11 @@ def loso_shift(bench_dir: Path, variant: str, target_fpr: float) -> Dict[str, An
     equals ``target_fpr``, from the benchmark's leave-one-source-out scores."""
     folds = pd.read_csv(bench_dir / "folds.csv")
     scores = pd.read_csv(bench_dir / "scores.csv")
-    folds = folds[(folds.protocol == "loso") & (folds.variant == variant)].set_index("held_out")
+    folds = folds[(folds.protocol == "loso") & (folds.variant == variant)].drop_duplicates("held_out")
+    folds = folds.set_index("held_out")
     margins: Dict[str, np.ndarray] = {}
-    for held, g in scores[(scores.protocol == "loso") & scores.held & (scores.label == 0)].groupby("held_out"):
+    reals = scores[(scores.protocol == "loso") & scores.held & (scores.label == 0)]
+    for held, g in reals.groupby("held_out"):  # every view of the held-out reals counts
         if held in folds.index:
             margins[held] = g[variant].to_numpy() - float(folds.loc[held, "threshold_logit"])
     if not margins:
@@ -101,13 +104,13 @@ def card_markdown(card: Dict[str, Any]) -> str:
         lines.append(f"| {s['source']} | {s['repository']} | {s['commit']} | {s['licence']} | "
                      f"{'yes' if s['permissive'] else 'no'} | {s['real']} | {s['fake']} | {', '.join(s['families'])} |")
     lines += ["", "## Measured (leave-one-source-out and leave-one-family-out on the corpus)", "",
-              "| protocol | variant | folds | mean AUC | min AUC | vs final-embedding MLP | mean FPR on held-out reals |",
-              "|---|---|---|---|---|---|---|"]
+              "| protocol | view | variant | folds | mean AUC | min AUC | vs final-embedding MLP | mean FPR on held-out reals |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in b["summary"]:
         vs = (f"{r.get('vs_baseline', float('nan')):+.3f} [{r.get('vs_baseline_lo', float('nan')):+.3f}, "
               f"{r.get('vs_baseline_hi', float('nan')):+.3f}]" if r.get("vs_baseline") is not None else "—")
         fpr = r.get("mean_fpr_heldout_reals")
-        lines.append(f"| {r['protocol']} | {r['variant']} | {r['folds']} | {r['mean_auc']:.3f} | {r['min_auc']:.3f} | "
+        lines.append(f"| {r['protocol']} | {r['view']} | {r['variant']} | {r['folds']} | {r['mean_auc']:.3f} | {r['min_auc']:.3f} | "
                      f"{vs} | {'—' if fpr is None or (isinstance(fpr, float) and math.isnan(fpr)) else f'{fpr:.3f}'} |")
     lines += ["", f"Benchmark: `{b['source']}` ({b['eval_view']} view).", "", "## Limits", ""]
     lines += [f"* {x}" for x in card["limits"]]

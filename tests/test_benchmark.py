@@ -47,13 +47,14 @@ def test_benchmark_tables_and_cli_files(cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Detector, "fit_rows", classmethod(spy))
     cfg = BenchmarkConfig(train=TRAIN, min_images=10, variants=["baseline", "layers"], n_boot=50,
-                          protocols=["loso"], only=["s0", "s1"])
+                          protocols=["loso"], only=["s0", "s1"], also_views=["orig"])
     result = run_benchmark(cache, cfg)
     folds = result["folds"]
     assert set(folds.variant) == {"baseline", "layers", "probe"} and set(folds.held_out) == {"s0", "s1"}
+    assert set(folds.view) == {"norm:256:90", "orig"} and len(folds) == 2 * 3 * 2  # scored in both views
     assert trained == ["image", "layers"] * 2
     assert folds.fpr.between(0, 1).all() and (folds.n_held_real > 0).all()
-    s = result["summary"].set_index("variant")
+    s = result["summary"][result["summary"].view == "norm:256:90"].set_index("variant")
     assert s.loc["layers", "mean_auc"] > s.loc["baseline", "mean_auc"]  # the signal is in the blocks
     assert s.loc["layers", "vs_baseline_lo"] <= s.loc["layers", "vs_baseline"] <= s.loc["layers", "vs_baseline_hi"]
     assert np.isnan(s.loc["baseline"].get("vs_baseline", np.nan))

@@ -37,6 +37,8 @@ def add_parser(sub) -> None:
                    help=f"detector variants, of {', '.join(VARIANTS)} (default {','.join(d.variants)}); "
                         "the probe is always fitted")
     p.add_argument("--eval-view", help="view the held-out images are scored in (default norm:256:90 if present)")
+    p.add_argument("--also-views", type=csv_list, default=[],
+                   help="score the same held-out images in these views too (no extra training), e.g. orig,aug")
     p.add_argument("--train-view", default=d.train_view, help="the view variants without 'views' train on")
     p.add_argument("--min-images", type=int, default=d.min_images,
                    help=f"hold out sources/families with at least this many images (default {d.min_images})")
@@ -62,7 +64,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cache = open_cache(args.cache)
     config = BenchmarkConfig(cache=str(args.cache), protocols=args.protocols, variants=args.variants,
-                             eval_view=args.eval_view, train_view=args.train_view, min_images=args.min_images,
+                             eval_view=args.eval_view, also_views=args.also_views, train_view=args.train_view, min_images=args.min_images,
                              only=args.only, layers_width=args.layers_width, n_boot=args.n_boot, seed=args.seed,
                              train=dict(args.set or []))
     result = run_benchmark(cache, config)

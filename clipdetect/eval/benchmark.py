@@ -61,6 +61,7 @@ class BenchmarkConfig:
     protocols: List[str] = field(default_factory=lambda: list(PROTOCOLS))
     variants: List[str] = field(default_factory=lambda: ["baseline", "layers+views", "full"])
     eval_view: Optional[str] = None  # None: norm:256:90 when the cache has it, else orig
+    also_views: List[str] = field(default_factory=list)  # the same held-out images scored in these views too
     train_view: str = "orig"  # the view variants without 'views' train on
     min_images: int = 20  # sources / families with fewer test images are not held out
     only: Optional[List[str]] = None  # hold out just these sources / families
@@ -170,11 +171,12 @@ def _scores(det, cache, rows) -> Dict[str, np.ndarray]:
             "threshold": float(det.threshold), "threshold_logit": float(logit_threshold(det))}
 
 
-def _fold_row(fold: Fold, name: str, y: np.ndarray, s: Dict[str, Any], held: np.ndarray) -> Dict[str, Any]:
+def _fold_row(fold: Fold, name: str, view: str, y: np.ndarray, s: Dict[str, Any], held: np.ndarray) -> Dict[str, Any]:
     m = binary_metrics(y, s["logit"], scores_are_probs=False)
     fake_call = s["prob"] > s["threshold"]
     reals = held & (y == 0) if fold.protocol == "loso" else (y == 0)
-    return {"protocol": fold.protocol, "held_out": fold.held_out, "variant": name, "completed": fold.completed,
+    return {"protocol": fold.protocol, "held_out": fold.held_out, "variant": name, "view": view,
+            "completed": fold.completed,
             "n_real": int((y == 0).sum()), "n_fake": int(y.sum()), "auc": m["auc"], "ap": m["ap"],
             "n_held_real": int(reals.sum()) if fold.protocol == "loso" else 0,
             "fpr": float(fake_call[reals].mean()) if reals.any() and fold.protocol == "loso" else math.nan,
@@ -189,31 +191,41 @@ def run_benchmark(cache, config: BenchmarkConfig) -> Dict[str, Any]:
     for the tables)."""
     views = _column(cache, "view")
     eval_view = config.eval_view or ("norm:256:90" if "norm:256:90" in set(views) else "orig")
-    if config.train_view not in set(views):
-        raise ValueError(f"train view {config.train_view!r} is not in the cache (views: {sorted(set(views))})")
+    missing = [v for v in [config.train_view, *config.also_views] if v not in set(views)]
+    if missing:
+        raise ValueError(f"view(s) {missing} are not in the cache (views: {sorted(set(views))})")
     folds = plan_folds(cache, config, eval_view)
     if not folds:
         raise ValueError("no fold to run: the cache needs 'source'/'family' columns with held-out sets of at "
                          f"least {config.min_images} images (--min-images) and both classes to train on")
     y_all, keys = cache.labels(), _column(cache, "key")
+    row_of = {(k, v): i for i, (k, v) in enumerate(zip(keys, views))}
     rows, score_frames, draws = [], [], {}
     for i, fold in enumerate(folds, 1):
         logger.info("benchmark fold %d/%d: %s holds out %r (%d test images)", i, len(folds), fold.protocol,
                     fold.held_out, len(fold.test))
-        y, held = y_all[fold.test], _held_mask(cache, fold, y_all)
-        scored = {"probe": _scores(_probe(cache, fold, config, views), cache, fold.test)}
+        detectors = {"probe": _probe(cache, fold, config, views)}
         for name in config.variants:
-            scored[name] = _scores(train_variant(cache, fold, name, config, views), cache, fold.test)
-        frame = pd.DataFrame({"protocol": fold.protocol, "held_out": fold.held_out, "key": keys[fold.test],
-                              "label": y, "held": held})
-        for name, s in scored.items():
-            rows.append(_fold_row(fold, name, y, s, held))
-            frame[name] = s["logit"]
-            for ref in ("baseline", "probe"):
-                if ref in scored and ref != name:
-                    draws[(fold.protocol, fold.held_out, name, ref)] = paired_auc_draws(
-                        y, s["logit"], scored[ref]["logit"], n_boot=config.n_boot, seed=config.seed + i)
-        score_frames.append(frame)
+            detectors[name] = train_variant(cache, fold, name, config, views)
+        held_all = _held_mask(cache, fold, y_all)
+        for view in [eval_view, *[v for v in config.also_views if v != eval_view]]:
+            found = [(j, row_of.get((keys[r], view))) for j, r in enumerate(fold.test)]
+            pick = np.array([j for j, r in found if r is not None], dtype=np.int64)
+            test = np.array([r for _, r in found if r is not None], dtype=np.int64)
+            y, held = y_all[test], held_all[pick]
+            if len(set(y)) < 2:
+                continue
+            scored = {name: _scores(det, cache, test) for name, det in detectors.items()}
+            frame = pd.DataFrame({"protocol": fold.protocol, "held_out": fold.held_out, "view": view,
+                                  "key": keys[test], "label": y, "held": held})
+            for name, sc in scored.items():
+                rows.append(_fold_row(fold, name, view, y, sc, held))
+                frame[name] = sc["logit"]
+                for ref in ("baseline", "probe"):
+                    if ref in scored and ref != name:
+                        draws[(fold.protocol, fold.held_out, name, ref, view)] = paired_auc_draws(
+                            y, sc["logit"], scored[ref]["logit"], n_boot=config.n_boot, seed=config.seed + i)
+            score_frames.append(frame)
     from clipdetect.eval.benchmark_report import delta_tables, summary_table
 
     folds_df = pd.DataFrame(rows)
