@@ -67,8 +67,9 @@ def run(args) -> int:
                              eval_view=args.eval_view, also_views=args.also_views, train_view=args.train_view, min_images=args.min_images,
                              only=args.only, layers_width=args.layers_width, n_boot=args.n_boot, seed=args.seed,
                              train=dict(args.set or []))
-    result = run_benchmark(cache, config)
-    paths = save_benchmark(result, args.out, provenance())
+    prov = provenance()
+    result = run_benchmark(cache, config, on_fold=lambda partial: save_benchmark(partial, args.out, prov))
+    paths = save_benchmark(result, args.out, prov)
     print_json({"out": str(args.out), "files": [str(p) for p in paths],
                 "summary": result["summary"].to_dict(orient="records")})
     return 0

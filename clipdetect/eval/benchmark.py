@@ -185,10 +185,11 @@ def _fold_row(fold: Fold, name: str, view: str, y: np.ndarray, s: Dict[str, Any]
             "threshold_logit": s["threshold_logit"]}
 
 
-def run_benchmark(cache, config: BenchmarkConfig) -> Dict[str, Any]:
+def run_benchmark(cache, config: BenchmarkConfig, *, on_fold=None) -> Dict[str, Any]:
     """Run every fold and variant; returns ``{"folds": DataFrame, "deltas": DataFrame,
     "summary": DataFrame, "scores": DataFrame, "eval_view": str}`` (see :mod:`benchmark_report`
-    for the tables)."""
+    for the tables). ``on_fold(result)`` gets the tables of the folds done so far after each
+    fold (the CLI writes them, so a run cut short keeps what it measured)."""
     views = _column(cache, "view")
     eval_view = config.eval_view or ("norm:256:90" if "norm:256:90" in set(views) else "orig")
     missing = [v for v in [config.train_view, *config.also_views] if v not in set(views)]
@@ -226,6 +227,12 @@ def run_benchmark(cache, config: BenchmarkConfig) -> Dict[str, Any]:
                         draws[(fold.protocol, fold.held_out, name, ref, view)] = paired_auc_draws(
                             y, sc["logit"], scored[ref]["logit"], n_boot=config.n_boot, seed=config.seed + i)
             score_frames.append(frame)
+        if on_fold is not None and i < len(folds):
+            on_fold({**_tables(rows, draws, score_frames, eval_view, config), "partial": f"{i} of {len(folds)} folds"})
+    return _tables(rows, draws, score_frames, eval_view, config)
+
+
+def _tables(rows, draws, score_frames, eval_view: str, config: BenchmarkConfig) -> Dict[str, Any]:
     from clipdetect.eval.benchmark_report import delta_tables, summary_table
 
     folds_df = pd.DataFrame(rows)

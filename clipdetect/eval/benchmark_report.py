@@ -66,7 +66,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
 def to_markdown_report(result: Dict[str, Any], provenance: Dict[str, Any]) -> str:
     """The benchmark as one Markdown page: the summary, then every fold."""
     s = result["summary"]
-    lines = [f"# Generalisation benchmark\n",
+    lines = [f"# Generalisation benchmark{' (partial: ' + result['partial'] + ')' if result.get('partial') else ''}\n",
              f"Cache `{result['config']['cache']}`, evaluated on view `{result['eval_view']}`; "
              f"{result['config']['n_boot']} paired bootstrap resamples per fold. "
              f"clipdetect {provenance.get('version')}, commit {provenance.get('commit')}, {provenance.get('date')}.\n",
@@ -100,7 +100,7 @@ def save_benchmark(result: Dict[str, Any], out: str | Path, provenance: Dict[str
     tables = {k: json.loads(result[k].to_json(orient="records")) for k in ("summary", "folds", "deltas")}
     paths = [out / n for n in ("benchmark.json", "benchmark.md", "folds.csv", "scores.csv", "benchmark_config.json")]
     write_json(paths[0], {"config": result["config"], "provenance": provenance, "eval_view": result["eval_view"],
-                          **tables})
+                          "partial": result.get("partial"), **tables})
     write_text(paths[1], to_markdown_report(result, provenance))
     atomic_write(paths[2], lambda f: result["folds"].to_csv(f, index=False))
     atomic_write(paths[3], lambda f: result["scores"].to_csv(f, index=False))
