@@ -1,6 +1,7 @@
 """Distillation of a student encoder from a teacher cache; the student as a backbone."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -204,3 +205,16 @@ def test_efficientnet_lite0_package_weights_map_onto_timm():
         weights = torch.load(package_weights_path(), weights_only=True)
         top = (logits @ weights["_fc.weight"].T + weights["_fc.bias"]).topk(3).indices[0].tolist()
     assert 652 in top  # ImageNet "military uniform": the weights are real and correctly mapped
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+                    reason="onnxruntime/onnx not installed (pip install 'clipdetect[onnx]')")
+def test_student_runs_on_the_onnx_runtime(material, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPDETECT_RUNTIME_CACHE", str(tmp_path / "runtimes"))
+    root, _, _, _ = material
+    spec = f"student:{root / 'student'}"
+    x = torch.randn(4, 3, 32, 32)
+    onnx_bb = create_backbone(spec, runtime="onnx")
+    assert onnx_bb.tower is not None and onnx_bb.identity == create_backbone(spec).identity
+    got, want = onnx_bb.encode_images(x), create_backbone(spec).encode_images(x)
+    assert ((got * want).sum(1) > 0.9999).all()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "clipdetect"
 #: data flows down this list; a module may import its own stage and the stages before it
-STAGES = ["core", "data", "features", "models", "distill", "eval", "cli"]
+STAGES = ["core", "data", "features", "models", "distill", "eval", "serve", "cli"]
 
 
 def _modules():

@@ -89,3 +89,29 @@ def test_report_help_has_an_example_and_bad_overrides_are_refused(trained, tmp_p
     assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(tmp_path / "r"),
                  "--set", "epochz=3"]) == 2
     assert "unknown TrainConfig field(s) ['epochz']" in capsys.readouterr().err
+
+
+def test_html_report_is_one_self_contained_file(trained, tmp_path, capsys):
+    import base64
+    import re
+
+    out = tmp_path / "rep"
+    assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(out), "--n-boot", "20",
+                 "--no-logo", "--format", "html"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"].endswith("report.html")
+    page = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    for section in ("Per generator", "Leave one generator out", "Format-only baseline", "Calibration"):
+        assert f"<h2>{section}</h2>" in page
+    assert "<script" not in page and "<table>" in page
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 3 == md.count("![")  # ROC, histograms, reliability: all embedded
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.findall(r'(?:href|src)="(?!data:)', page)  # nothing outside the file
+    rows = [r for r in re.findall(r"<tr><td>([^<]*)</td>", page)]
+    assert {"all", "a", "b", "c"} <= set(rows)
+    assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(tmp_path / "r2"),
+                 "--no-logo", "--format", "html", "--formats", "svg"]) == 2
+    assert "add png" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.cli.main import CLIError, COMMANDS, print_json
+from clipdetect.cli.options import add_runtime_args
 from clipdetect.core.device import DEVICE_HELP, check_device
 
 EXAMPLES = """examples:
@@ -12,6 +13,10 @@ EXAMPLES = """examples:
   # CIFAKE parquet (Hugging Face Image column), real CLIP ViT-B/16 image tower from a file
   clipdetect extract ../shared/data/cifake_dev.parquet --out features/cifake-b16 \\
       --backbone ViT-B-16-quickgelu:weights/clip_b16.pt --limit 6400
+  # the same with the image tower on OpenVINO, int8 weights (pip install 'clipdetect[openvino]';
+  # exported once into ~/.cache/clipdetect/runtimes, loaded from there afterwards)
+  clipdetect extract photos/ --out features/mine --backbone ViT-B-16-quickgelu:weights/clip_b16.pt \
+      --runtime openvino --precision int8
   # a hub dataset, streamed, with captions from a column
   clipdetect extract hf:user/dataset --streaming --caption-column prompt --backbone ViT-L-14:openai ...
   # a CSV/parquet manifest with path,label[,caption,generator,split] columns
@@ -86,8 +91,7 @@ def add_parser(sub) -> None:
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
     g.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="model precision (fp16 needs a GPU; default fp32)")
+    add_runtime_args(g)
     g.add_argument("--fast-decode", default="none", choices=list(FAST_DECODE),
                    help="draft: decode large JPEGs at a reduced DCT scale (>= 2x the model input; faster, "
                         "pixels differ slightly from the exact decode; default none)")
@@ -197,8 +201,11 @@ def run_extract(args) -> int:
     from clipdetect.features.extract import ExtractConfig, extract
     from clipdetect.data.registry import open_source
 
+    from clipdetect.features.runtime import check_runtime
+
     _check_options(args)
     device = check_device(args.device)
+    check_runtime(args.runtime, args.precision, device)
     source = open_source(args.source, **source_options(args))
     limit = args.limit
     if args.stratify and args.shuffle_seed is None:
@@ -212,7 +219,7 @@ def run_extract(args) -> int:
 
         check_limit_prefix(source, limit)
     config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
-                           device=device, precision=args.precision, limit=limit,
+                           device=device, precision=args.precision, runtime=args.runtime, limit=limit,
                            shard_size=args.shard_size, dtype=args.dtype, text=args.text,
                            max_pixels=args.max_pixels, max_aspect=args.max_aspect, lock_timeout=args.lock_timeout,
                            fast_decode=args.fast_decode, layers=args.layers, views=args.views)

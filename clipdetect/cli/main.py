@@ -10,7 +10,8 @@ Stages, in the order data flows::
     clipdetect predict   score images end to end
     clipdetect fuse      one detector from several (feature sets combined)
     clipdetect benchmark generalisation to unseen sources and generator families
-    clipdetect report    the whole honest report on a cache (one Markdown file)
+    clipdetect report    the whole honest report on a cache (Markdown, or one HTML file)
+    clipdetect serve     an HTTP scoring service and web page for a detector
     clipdetect demo      the whole pipeline on the bundled sample cache
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ COMMANDS = {
     "fuse": ("clipdetect.cli.fuse", "combine detectors on different feature sets (chosen on validation rows)"),
     "benchmark": ("clipdetect.cli.benchmark", "leave-one-source-out and leave-one-family-out, with ablations"),
     "report": ("clipdetect.cli.report", "per-generator metrics, ROC, leave-one-generator-out, format-only "
-                                        "baseline and calibration, as one Markdown report"),
+                                        "baseline and calibration, as one Markdown (or self-contained HTML) report"),
+    "serve": ("clipdetect.cli.serve", "an HTTP scoring service and web page for a detector (the 'serve' extra)"),
     "demo": ("clipdetect.cli.demo", "train + evaluate + plot on the bundled sample cache (offline)"),
     "distill": ("clipdetect.cli.distill", "train a lightweight student encoder from a teacher cache"),
     "compress": ("clipdetect.cli.distill", "SVD low-rank factorisation and magnitude pruning, with a report"),

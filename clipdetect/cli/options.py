@@ -16,6 +16,21 @@ def figure_formats(text: str) -> list:
     return fmts
 
 
+RUNTIME_HELP = ("where the image tower runs: torch (default), or on the CPU onnx (ONNX Runtime; "
+                "pip install 'clipdetect[onnx]') or openvino (pip install 'clipdetect[openvino]'). The tower is "
+                "exported once per backbone and precision into $CLIPDETECT_RUNTIME_CACHE "
+                "(default ~/.cache/clipdetect/runtimes) and loaded from there afterwards")
+PRECISION_HELP = ("fp32 (default, exact); fp16 (torch on a GPU); bf16 (torch, or openvino; fast only on CPUs "
+                  "with native bf16); int8 (openvino: int8 weights, fp32 activations; "
+                  "cosine ~0.999 to fp32 embeddings)")
+
+
+def add_runtime_args(g) -> None:
+    """``--runtime`` and ``--precision`` (checked together by ``features.runtime.check_runtime``)."""
+    g.add_argument("--runtime", default="torch", choices=["torch", "onnx", "openvino"], help=RUNTIME_HELP)
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help=PRECISION_HELP)
+
+
 def add_split_args(p) -> None:
     g = p.add_argument_group("splits (default: the fractions and seed the detector was trained with)")
     g.add_argument("--val-fraction", type=float, help="validation fraction when the cache has no val rows")

@@ -5,7 +5,7 @@ import argparse
 
 from clipdetect.cli.extract import add_limit_args
 from clipdetect.cli.main import COMMANDS, print_json
-from clipdetect.cli.options import load_detector
+from clipdetect.cli.options import add_runtime_args, load_detector
 
 PREDICT_EXAMPLES = """examples:
   clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
@@ -35,8 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (GPU number N) or mps (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="backbone precision (fp16 needs a GPU; default fp32)")
+    add_runtime_args(p)
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--caption-template", help="captions for text features, e.g. 'a photo of a {cifar_class}'")
     p.add_argument("--source-split", "--split", dest="split",
@@ -51,12 +50,15 @@ def run_predict(args) -> int:
     from clipdetect.core.device import check_device
     from clipdetect.models.predict import check_captions, open_predict_source, predict_source, resolve_backbone
 
+    from clipdetect.features.runtime import check_runtime
+
     device = check_device(args.device)
+    check_runtime(args.runtime, args.precision, device)
     det = load_detector(args.detector)
     source = open_predict_source(args.source, caption_template=args.caption_template, split=args.split)
     check_captions(det, source)
     backbone = resolve_backbone(det, args.backbone, force=args.force, device=device,
-                                precision=args.precision, weights=args.weights)
+                                precision=args.precision, weights=args.weights, runtime=args.runtime)
     summary = predict_source(det, source, args.out, backbone=backbone, batch_size=args.batch_size,
                              workers=args.workers, limit=args.limit, max_pixels=args.max_pixels,
                              max_aspect=args.max_aspect, progress=not args.no_progress)

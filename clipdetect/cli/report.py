@@ -8,6 +8,7 @@ from clipdetect.cli.main import COMMANDS, config_override, print_json
 EXAMPLES = """example:
   clipdetect report runs/det features/d3-val --out runs/det/report --n-boot 2000
   # report.md (+ figures), report.json and report_config.json land in runs/det/report;
+  # --format html adds report.html: one file, figures embedded;
   # leave-one-generator-out retrains the detector's config once per generator:
   # cheapen it with --set epochs=5, or skip it with --no-logo"""
 
@@ -34,6 +35,9 @@ def add_parser(sub) -> None:
                    help="override a field of the detector's training config for leave-one-generator-out")
     p.add_argument("--bins", type=int, default=15, help="reliability / ECE bins (default 15)")
     p.add_argument("--formats", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.add_argument("--format", dest="document", choices=["md", "html"], default="md",
+                   help="md: report.md beside its figures (default); html: also report.html, one self-contained "
+                        "file with the figures embedded (open it anywhere, or show it with clipdetect serve --report)")
     p.set_defaults(func=run)
 
 
@@ -49,9 +53,10 @@ def run(args) -> int:
     config = ReportConfig(detector=args.detector, cache=args.cache, out=args.out, split=args.split,
                           n_boot=args.n_boot, seed=args.seed, logo=not args.no_logo,
                           logo_generators=[g for g in (args.logo_generators or "").split(",") if g] or None,
-                          train_overrides=dict(args.set or []), reliability_bins=args.bins, formats=formats)
+                          train_overrides=dict(args.set or []), reliability_bins=args.bins, formats=formats,
+                          html=args.document == "html")
     payload = build_report(Detector.load(args.detector), FeatureCache(args.cache), config)
-    print_json({"report": str(args.out) + "/report.md", "generators": len(payload["per_generator"]) - 1,
+    print_json({"report": str(args.out) + ("/report.html" if config.html else "/report.md"), "generators": len(payload["per_generator"]) - 1,
                 "logo": payload["logo"].get("skipped", f"{len(payload['logo'].get('rows', []))} folds"),
                 "format_baseline": payload["format_baseline"].get("skipped") or
                 payload["format_baseline"]["result"]["auc"],

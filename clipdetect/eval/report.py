@@ -1,5 +1,6 @@
 """One honest report on a cache: per-generator metrics, ROC, leave-one-generator-out,
-format-only baseline and calibration, written as ``report.md`` + ``report.json``.
+format-only baseline and calibration, written as ``report.md`` + ``report.json`` (and, on
+request, ``report.html``: one self-contained file, :mod:`~clipdetect.eval.report_html`).
 
 Every number comes from the existing pieces: :func:`~clipdetect.eval.evaluate.evaluate_detector`
 (per-generator AUC / AP / TPR@1% FPR with bootstrap CIs, ECE, Brier),
@@ -49,6 +50,8 @@ class ReportConfig:
     train_overrides: Dict[str, Any] = field(default_factory=dict)  # on the detector's training config
     reliability_bins: int = 15
     formats: List[str] = field(default_factory=lambda: ["png"])
+    #: also write report.html: one self-contained file, figures embedded (needs "png" in formats)
+    html: bool = False
 
 
 def _records(df: pd.DataFrame) -> list:
@@ -103,6 +106,8 @@ def build_report(detector, cache, config: ReportConfig) -> Dict[str, Any]:
     from clipdetect.models.train import TrainConfig
 
     out = Path(config.out)
+    if config.html and "png" not in config.formats:
+        raise ValueError(f"an HTML report embeds PNG figures: add png to the figure formats (got {config.formats})")
     out.mkdir(parents=True, exist_ok=True)
     train_config = TrainConfig.from_dict({**(detector.train_config or {}), **config.train_overrides})
     logger.info("report: per-generator metrics on the %s split", config.split)
@@ -121,8 +126,13 @@ def build_report(detector, cache, config: ReportConfig) -> Dict[str, Any]:
                "format_baseline": fmt, "calibration": cal}
     write_text(out / "report.json", json.dumps(payload, indent=2, default=str) + "\n")
     write_json(out / "report_config.json", asdict(config))
-    write_text(out / "report.md", render_markdown(payload, ev, logo, out))
-    logger.info("report written to %s", out / "report.md")
+    markdown = render_markdown(payload, ev, logo, out)
+    write_text(out / "report.md", markdown)
+    if config.html:
+        from clipdetect.eval.report_html import render_html
+
+        write_text(out / "report.html", render_html(markdown, out, title=f"clipdetect report: {config.detector}"))
+    logger.info("report written to %s", out / ("report.html" if config.html else "report.md"))
     return payload
 
 

@@ -97,6 +97,9 @@ class Backbone:
     embed_dim: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    #: a compiled image tower (:class:`~clipdetect.features.runtime.ImageTower`) that the encoder
+    #: stage runs instead of ``model``'s; None: torch (see :func:`~clipdetect.features.runtime.attach_runtime`)
+    tower: Optional[Any] = None
 
     def to(self, device: str | torch.device = "cpu", precision: str = "fp32") -> "Backbone":
         device = torch.device(device)
@@ -113,8 +116,10 @@ class Backbone:
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """Preprocessed pixels [N,3,H,W] -> L2-normalised float32 embeddings [N,D]."""
-        x = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        emb = self.model.encode_image(x).float()
+        if self.tower is not None:
+            emb = torch.from_numpy(self.tower(pixels.float().cpu().numpy()))
+        else:
+            emb = self.model.encode_image(pixels.to(self.device, dtype=self.dtype, non_blocking=True)).float()
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:
@@ -253,8 +258,18 @@ def register_backbone(prefix: str, factory: Callable[[BackboneSpec, int], Backbo
     _REGISTRY[prefix] = factory
 
 
-def create_backbone(spec: str, *, device: str = "cpu", precision: str = "fp32", seed: int = 0) -> Backbone:
-    """Resolve ``spec`` into a :class:`Backbone` on ``device`` at ``precision``."""
+def create_backbone(spec: str, *, device: str = "cpu", precision: str = "fp32", seed: int = 0,
+                    runtime: str = "torch") -> Backbone:
+    """Resolve ``spec`` into a :class:`Backbone` on ``device`` at ``precision``.
+
+    ``runtime`` other than ``torch`` (``onnx``, ``openvino``): the image tower runs there at
+    ``precision`` (exported once and cached, see :mod:`clipdetect.features.runtime`); the torch
+    model stays fp32 on the CPU for the text tower."""
+    from clipdetect.features.runtime import attach_runtime, check_runtime
+
+    check_runtime(runtime, precision, device)
+    if runtime != "torch":
+        return attach_runtime(create_backbone(spec, device=device, seed=seed), runtime, precision)
     parsed = BackboneSpec.parse(spec)
     if parsed.arch in _BUILTIN_FAMILIES and parsed.arch not in _REGISTRY:
         import importlib

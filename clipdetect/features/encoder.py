@@ -15,11 +15,14 @@ instead of running in one block when a shard is written.
 
 On a CPU the same class runs the same steps synchronously (no pinning, streams or
 events), and gives exactly the embeddings of :meth:`Backbone.encode_images` on
-``SplitPreprocess.finish`` (the same operations in the same order).
+``SplitPreprocess.finish`` (the same operations in the same order). A backbone with an
+attached ``tower`` (``--runtime onnx|openvino``, :mod:`clipdetect.features.runtime`) runs its
+image tower there instead of in torch; captions still go through torch.
 
 With ``layers=True`` each image's row also carries the per-block tokens of the image tower
 (:mod:`clipdetect.features.layers`), flattened after the embedding: ``[N, D + T*W]`` in one
-buffer (one copy back per batch); :meth:`ImageEncoder.split` cuts a batch into the two.
+buffer (one copy back per batch); :meth:`ImageEncoder.split` cuts a batch into the two. The
+per-block tokens come from the torch model only (a compiled tower has no taps).
 """
 from __future__ import annotations
 
@@ -60,6 +63,11 @@ class ImageEncoder:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.backbone, self.depth = backbone, depth
+        if layers and getattr(backbone, "tower", None) is not None:
+            from clipdetect.features.backbones import BackboneError
+
+            raise BackboneError("per-block features (--layers, or a per-block detector) need the torch runtime: "
+                                "the compiled image tower has no taps; use --runtime torch")
         self.taps = LayerTaps(backbone) if layers else None
         #: (token names, width) of the per-block features, or None
         self.layer_layout = (layer_names(backbone), layer_width(backbone)) if layers else None
@@ -110,8 +118,10 @@ class ImageEncoder:
         if len(arrays) == 0:
             return self._empty(self.row_dim), ()
         host = self._host(arrays)
-        emb = self.backbone.model.encode_image(self.pixels(self._to_device(host))).float()
-        emb = torch.nn.functional.normalize(emb, dim=-1)
+        pixels = self.pixels(self._to_device(host))
+        tower = self.backbone.tower  # a compiled CPU runtime (onnx, openvino), else the torch model
+        emb = torch.from_numpy(tower(pixels.numpy())) if tower is not None else self.backbone.model.encode_image(pixels)
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
         if self.taps is not None:
             emb = torch.cat([emb, self.taps.collect().flatten(1)], dim=1)
         return emb, (host,)

@@ -45,6 +45,7 @@ class ExtractConfig:
     workers: int = field(default_factory=default_workers)
     device: str = "cpu"
     precision: str = "fp32"
+    runtime: str = "torch"  # torch, onnx or openvino (the image tower's; see features.runtime)
     limit: Optional[int] = None
     shard_size: int = 4096
     dtype: str = "float16"
@@ -78,6 +79,9 @@ class ExtractConfig:
         if self.max_pixels < 1 or (self.max_aspect is not None and self.max_aspect < 1):
             raise ValueError(f"max_pixels must be >= 1 and max_aspect >= 1 (or unset), got "
                              f"{self.max_pixels} and {self.max_aspect}")
+        from clipdetect.features.runtime import check_runtime
+
+        check_runtime(self.runtime, self.precision, self.device)
         if self.fast_decode not in pipeline.FAST_DECODE:
             raise ValueError(f"fast_decode must be one of {pipeline.FAST_DECODE}, got {self.fast_decode!r}")
 
@@ -239,7 +243,7 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     config.validate()
     check_not_empty(source)
     backbone = backbone or create_backbone(config.backbone, device=config.device, precision=config.precision,
-                                           seed=config.seed)
+                                           seed=config.seed, runtime=config.runtime)
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be embedded; "
                             "use --text no (image embeddings only) or a full CLIP checkpoint")

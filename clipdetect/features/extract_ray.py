@@ -56,12 +56,12 @@ class _Encode:
     embeddings, metadata rows and error rows are made by the local engine's code."""
 
     def __init__(self, spec: str, device: str, precision: str, seed: int, text: str, text_batch_size: int,
-                 threads: int):
+                 threads: int, runtime: str = "torch"):
         from clipdetect.core import compat  # noqa: F401  (torchvision guard)
         import torch
 
         torch.set_num_threads(threads)  # the CPUs this actor reserved
-        self.backbone = create_backbone(spec, device=device, precision=precision, seed=seed)
+        self.backbone = create_backbone(spec, device=device, precision=precision, seed=seed, runtime=runtime)
         self.pre = SplitPreprocess(self.backbone.preprocess)
         self.text, self.text_batch_size = text, text_batch_size
         self.with_text = text != "no" and self.backbone.has_text
@@ -233,6 +233,7 @@ def _build_dataset(source: Source, config: ExtractConfig, backbone: Backbone, st
                    "batch_size": config.batch_size, "max_pixels": config.max_pixels,
                    "max_aspect": config.max_aspect, "draft": Decoder(pre, fast_decode=config.fast_decode).draft}
     encode_args = {"spec": config.backbone, "device": config.device, "precision": config.precision,
+                   "runtime": config.runtime,
                    "seed": config.seed, "text": config.text, "text_batch_size": config.text_batch_size,
                    "threads": encoder_cpus}
     if streamed:  # the reader is mostly waiting on I/O; the decoder count above leaves it a core

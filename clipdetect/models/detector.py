@@ -127,7 +127,8 @@ class Detector:
         self.threshold = 1.0 / (1.0 + math.exp(-logit / self.temperature))
         return self
 
-    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None):
+    def score_images(self, images, *, backbone=None, batch_size: int = 64, captions=None, runtime: str = "torch",
+                     precision: str = "fp32", max_pixels: Optional[int] = None, max_aspect: Optional[float] = None):
         """Score images in memory — PIL images, file paths or encoded bytes — writing no file.
 
         The images are decoded, preprocessed and encoded as ``clipdetect predict`` does it,
@@ -136,11 +137,17 @@ class Detector:
         spec string or a :class:`~clipdetect.features.backbones.Backbone` object (pass one
         to reuse it across calls); one of another identity is refused. ``captions`` (one per
         image) are needed by detectors on text features. A single image may be passed alone.
+        ``runtime`` (``onnx``, ``openvino``) and ``precision`` (``int8`` on openvino) run the image
+        tower of a backbone built here on that CPU runtime (exported once, then cached; see
+        :mod:`clipdetect.features.runtime`); a Backbone object passed in keeps its own.
 
         Returns a pandas DataFrame, one row per image in input order: ``score`` (logit),
         ``probability`` (P(fake)), ``label`` (1 = fake at :attr:`threshold`) and ``error``.
         An image that cannot be decoded does not raise: its row has NaN ``score`` and
         ``probability``, a missing ``label`` and the reason in ``error`` (e.g. "corrupt: ...").
+        ``max_pixels`` / ``max_aspect``: the decoder's limits (``--max-pixels`` / ``--max-aspect``
+        of ``predict``; None: its defaults), refused images get ``decompression_bomb`` /
+        ``extreme_aspect`` errors.
         """
         from PIL import Image
 
@@ -150,6 +157,9 @@ class Detector:
         if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
             images = [images]
         if isinstance(backbone, Backbone):
+            if (runtime, precision) != ("torch", "fp32"):
+                raise ValueError("runtime/precision apply to a backbone built here; attach them to your Backbone "
+                                 "with create_backbone(spec, runtime=..., precision=...)")
             if self.backbone and not identities_match(self.backbone, backbone.identity):
                 raise BackboneError(f"backbone {backbone.spec!r} differs from the detector's "
                                     f"{self.backbone.get('spec')!r}; its embeddings mean nothing to this "
@@ -159,8 +169,9 @@ class Detector:
                                 "score_images(..., backbone='ARCH:WEIGHTS') with the one that made its "
                                 "features")
         else:
-            backbone = resolve_backbone(self, backbone)
-        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions)
+            backbone = resolve_backbone(self, backbone, runtime=runtime, precision=precision)
+        limits = {k: v for k, v in (("max_pixels", max_pixels), ("max_aspect", max_aspect)) if v is not None}
+        return score_images(self, images, backbone=backbone, batch_size=batch_size, captions=captions, **limits)
 
     # ---- cache access ----------------------------------------------------------------------
     def check_backbone(self, identity: dict) -> None:

@@ -79,7 +79,7 @@ def open_predict_source(spec: str, **options) -> Source:
 
 
 def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = False, device: str = "cpu",
-                     precision: str = "fp32", weights: Optional[str] = None) -> Backbone:
+                     precision: str = "fp32", weights: Optional[str] = None, runtime: str = "torch") -> Backbone:
     """The backbone that made the detector's training features (or ``spec``), checked.
 
     A backbone whose identity (architecture, weights hash, preprocessing ...) differs from
@@ -87,7 +87,8 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
     Without ``spec``, a checkpoint backbone is found again by its sha256
     (:func:`~clipdetect.features.backbones.locate_checkpoint`: ``weights`` or
     ``$CLIPDETECT_WEIGHTS``, the recorded absolute path, the path as written), so a bundle
-    trained on ``ARCH:relative/path`` works from any directory.
+    trained on ``ARCH:relative/path`` works from any directory. ``runtime`` (``onnx``,
+    ``openvino``) runs the image tower there at ``precision`` (:mod:`clipdetect.features.runtime`).
     """
     want = dict(detector.backbone or {})
     if not spec and want.get("weights") == "checkpoint":
@@ -100,7 +101,7 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
         raise BackboneError("the detector records no backbone spec; pass one with --backbone ARCH:WEIGHTS")
     try:
         seed = int(want.get("seed", 0) or 0)
-        backbone = create_backbone(spec, device=device, precision=precision, seed=seed)
+        backbone = create_backbone(spec, device=device, precision=precision, seed=seed, runtime=runtime)
     except BackboneError as exc:
         raise BackboneError(f"{exc} (the detector was trained on features of {want.get('spec')!r}; "
                             "pass --backbone ARCH:/absolute/path to point at the same weights)") from exc

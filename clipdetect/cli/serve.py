@@ -1,0 +1,109 @@
+"""``clipdetect serve DETECTOR``: the scoring service (HTTP JSON API and a web page)."""
+from __future__ import annotations
+
+import argparse
+
+from clipdetect.cli.main import COMMANDS, CLIError
+
+EXAMPLES = """examples:
+  clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
+  clipdetect serve runs/det --port 9000 --report runs/det/report/report.html
+  curl -F image=@photo.jpg -F image=@other.png http://127.0.0.1:8000/v1/score
+  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/v1/score
+  curl http://127.0.0.1:8000/v1/model                    # model card and limits
+
+API: POST /v1/score (multipart file parts, or one image as the body) → per image P(fake),
+verdict at the detector's threshold, or the reason it was refused; GET /v1/model, /healthz,
+/metrics (Prometheus). Errors are JSON {"error": {"code", "message", "limit"}}:
+413 body or image count over the limit, 415 content type, 408 body too slow, 422 no image
+of the request could be decoded, 503 + Retry-After over --max-concurrent, when the queue
+already needs more than --request-timeout, or when a request was not scored within it.
+Concurrent requests share encoder batches (--max-batch, --max-wait-ms).
+SIGTERM / Ctrl-C stop accepting and finish the requests in flight. Needs the 'serve' extra:
+pip install 'clipdetect[serve]'."""
+
+
+def add_parser(sub) -> None:
+    from clipdetect.serve.config import ServeConfig
+
+    d = ServeConfig()
+    p = sub.add_parser("serve", help=COMMANDS["serve"][1], epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Serve a detector over HTTP on this machine: a JSON API and a page to drop images on.")
+    p.add_argument("detector", help="detector bundle directory (clipdetect train --out)")
+    p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port}; 0 picks a free one)")
+    p.add_argument("--report", metavar="FILE.html", help="a report written by `clipdetect report --format html`, "
+                                                         "shown at /report")
+    b = p.add_argument_group("backbone (as for predict)")
+    b.add_argument("--backbone", help="backbone spec overriding the detector's (e.g. a new path to its weights)")
+    b.add_argument("--weights", metavar="PATH", help="the detector's checkpoint file when it moved (sha256-checked)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="backbone precision")
+    g = p.add_argument_group("limits (each refusal is a JSON error naming the limit)")
+    g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
+                   help=f"bytes per request body (413; default {d.max_body_bytes:,})")
+    g.add_argument("--max-images", type=int, default=d.max_images, metavar="N",
+                   help=f"images per request (413; default {d.max_images})")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels, metavar="N",
+                   help=f"pixels per image (decompression_bomb; default {d.max_pixels:,})")
+    g.add_argument("--max-aspect", type=float, default=d.max_aspect, metavar="R",
+                   help=f"refuse images thinner than 1:R (extreme_aspect; default {d.max_aspect:g}; 0: refuse "
+                        "none, crop those thinner than 1:100 as predict does)")
+    g.add_argument("--read-timeout", type=float, default=d.read_timeout, metavar="S",
+                   help=f"seconds for the body to arrive (408; default {d.read_timeout:g})")
+    g.add_argument("--request-timeout", type=float, default=d.request_timeout, metavar="S",
+                   help=f"seconds to score a request once admitted (503; default {d.request_timeout:g}); when "
+                        "the images queued already need longer, requests get 503 + Retry-After at once")
+    g.add_argument("--max-concurrent", type=int, default=d.max_concurrent, metavar="N",
+                   help=f"scoring requests at once; more get 503 + Retry-After (default {d.max_concurrent})")
+    g.add_argument("--max-connections", type=int, metavar="N",
+                   help="open connections; beyond them uvicorn answers 503 (default 8 x --max-concurrent)")
+    g.add_argument("--retry-after", type=int, default=d.retry_after, metavar="S",
+                   help=f"Retry-After of 503 answers (default {d.retry_after})")
+    q = p.add_argument_group("dynamic batching")
+    q.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N",
+                   help=f"images per encoder batch across requests (default {d.max_batch})")
+    q.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
+                   help=f"wait for more images after the first (default {d.max_wait_ms:g})")
+    p.set_defaults(func=run_serve)
+
+
+def config_from_args(args):
+    from clipdetect.serve.config import ServeConfig
+
+    keys = ("host", "port", "max_body_bytes", "max_images", "max_pixels", "max_aspect", "read_timeout",
+            "request_timeout", "max_concurrent", "max_connections", "max_batch", "max_wait_ms",
+            "retry_after", "report")
+    values = {k: getattr(args, k) for k in keys}
+    values["max_aspect"] = values["max_aspect"] or None
+    return ServeConfig(**values)
+
+
+def run_serve(args) -> int:
+    from pathlib import Path
+
+    from clipdetect.serve import MissingExtra, require_extra
+
+    try:
+        require_extra()
+    except MissingExtra as exc:
+        raise CLIError(str(exc)) from None
+    from clipdetect.cli.options import load_detector
+    from clipdetect.core.device import check_device
+    from clipdetect.models.predict import check_text_tower, resolve_backbone
+    from clipdetect.serve.server import serve
+
+    config = config_from_args(args)
+    if config.report and not Path(config.report).is_file():
+        raise CLIError(f"--report {config.report!r} is not a file (write one with clipdetect report ... "
+                       "--format html)")
+    det = load_detector(args.detector)
+    if det.feature_set != "image":
+        raise CLIError(f"the service scores images without captions, but {args.detector!r} uses "
+                       f"{det.feature_set!r} features; serve an image-feature detector")
+    backbone = resolve_backbone(det, args.backbone, device=check_device(args.device), precision=args.precision,
+                                weights=args.weights)
+    check_text_tower(det, backbone)
+    serve(det, backbone, config, name=args.detector, log_level="info")
+    return 0

@@ -1,0 +1,226 @@
+"""Dynamic batching: images of concurrent requests share one encoder batch.
+
+Requests put their images on one queue; a single worker thread takes the first waiting
+image, gathers more for at most ``max_wait_ms`` (or until ``max_batch``), and scores the
+lot with :meth:`~clipdetect.models.detector.Detector.score_images` on the service's one
+backbone — the package's decode → preprocess → encode → head path, with the decoder's
+``max_pixels`` / ``max_aspect`` limits — so a served score equals ``clipdetect predict``'s.
+While a batch runs, new images queue up and form the next batch, so under load the
+batches fill without waiting. The queue holds at most what the admitted requests carry
+(``max_concurrent`` × ``max_images``): admission control bounds it, and
+:meth:`Batcher.estimated_wait` (recent seconds per image × images ahead) lets it refuse a
+request that could not be scored in time. An image whose request's deadline would pass
+before its batch ends is not encoded (its request hears :class:`Overdue`): under overload the
+encoder spends no time on answers nobody will read.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+logger = logging.getLogger(__name__)
+
+#: estimates of the time to come are stretched by this factor (batch times vary on a busy machine)
+MARGIN = 1.25
+
+
+@dataclass
+class Scored:
+    """One image's outcome: the score row (``score``, ``probability``, ``label``, ``error``) and timing."""
+
+    row: Dict[str, Any]
+    queue_ms: float
+    batch_ms: float
+    batch_size: int
+
+
+class Overdue(Exception):
+    """The image cannot be scored before its request's deadline (estimated from recent batches)."""
+
+    def __init__(self, wait: float):
+        super().__init__(f"the images ahead of it need about {wait:.1f} s")
+        self.wait = wait
+
+
+class _Item:
+    __slots__ = ("data", "future", "loop", "enqueued", "deadline", "abandoned")
+
+    def __init__(self, data: bytes, future: asyncio.Future, loop: asyncio.AbstractEventLoop,
+                 deadline: Optional[float]):
+        self.data, self.future, self.loop, self.deadline = data, future, loop, deadline
+        self.enqueued = time.perf_counter()
+        self.abandoned = False  # its request timed out or went away: not worth encoding
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if future.done():  # cancelled by a timeout meanwhile
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+def clean_row(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A score row with NaN / pandas NA turned into None and numbers into plain Python."""
+    out = {}
+    for key, value in row.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "<NA>":
+            out[key] = None
+        elif key == "label":
+            out[key] = int(value)
+        elif key in ("score", "probability"):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+class Batcher:
+    """Scores images from many coroutines in shared batches on one worker thread.
+
+    ``score_fn(images) -> DataFrame`` defaults to ``detector.score_images(images, backbone=...)``
+    with the decoder limits ``max_pixels`` / ``max_aspect`` (encoded bytes only: never a path);
+    ``on_batch(size, seconds)`` is told about every batch (metrics).
+    """
+
+    def __init__(self, detector, backbone, *, max_batch: int = 32, max_wait_ms: float = 5.0,
+                 max_pixels: Optional[int] = None, max_aspect: Optional[float] = None,
+                 on_batch: Optional[Callable[[int, float], None]] = None,
+                 score_fn: Optional[Callable[[List[bytes]], Any]] = None):
+        self.detector, self.backbone = detector, backbone
+        self.max_batch, self.max_wait = int(max_batch), max_wait_ms / 1000.0
+        self.limits = {"max_pixels": max_pixels, "max_aspect": max_aspect}
+        self.on_batch = on_batch
+        self.score_fn = score_fn or self._score
+        self.queue: "queue.Queue[Optional[_Item]]" = queue.Queue()
+        self.carry: "collections.deque[_Item]" = collections.deque()  # deferred to the next batch
+        self.thread: Optional[threading.Thread] = None
+        self.sec_per_image: Optional[float] = None  # moving average over recent batches
+        self.running = 0  # images in the batch being scored
+
+    def _score(self, images: List[bytes]):
+        return self.detector.score_images([bytes(b) for b in images], backbone=self.backbone,
+                                          batch_size=len(images), **self.limits)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> "Batcher":
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="clipdetect-batcher", daemon=True)
+            self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Score what is queued, then end the worker thread."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join(timeout)
+            self.thread = None
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for a batch."""
+        return self.queue.qsize() + len(self.carry)
+
+    def estimated_wait(self, n_new: int = 1) -> Optional[float]:
+        """Seconds until ``n_new`` more images would be scored (None before the first batch)."""
+        if self.sec_per_image is None:
+            return None
+        return (self.depth + self.running + n_new) * self.sec_per_image * MARGIN
+
+    # ---------------------------------------------------------------- request side
+    async def score(self, images: List[bytes], deadline: Optional[float] = None) -> List[Scored]:
+        """Scores of ``images`` (encoded bytes) in order; cancelling abandons those not yet batched.
+
+        ``deadline`` (a ``time.perf_counter()`` time): an image that recent batches say cannot
+        be scored by then is not encoded at all, and :class:`Overdue` is raised."""
+        if self.thread is None:
+            raise RuntimeError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        items = [_Item(data, loop.create_future(), loop, deadline) for data in images]
+        for item in items:
+            self.queue.put(item)
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            for item in items:
+                item.abandoned = True
+                item.future.cancel()
+            raise
+
+    # ---------------------------------------------------------------- worker side
+    def _collect(self) -> Optional[List[_Item]]:
+        """The next batch: deferred images first, then the queue, for at most ``max_wait``."""
+        batch = [self.carry.popleft() for _ in range(min(len(self.carry), self.max_batch))]
+        if not batch:
+            first = self.queue.get()
+            if first is None:
+                return None
+            batch = [first]
+        until = time.perf_counter() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                item = self.queue.get(timeout=max(0.0, until - time.perf_counter()))
+            except queue.Empty:
+                break
+            if item is None:  # stop after this batch
+                self.queue.put(None)
+                break
+            batch.append(item)
+        return batch
+
+    def _triage(self, batch: List[_Item]) -> List[_Item]:
+        """Drop abandoned images, fail those that cannot meet their deadline even alone, and defer
+        those that would make the batch finish after an earlier image's deadline."""
+        now, kept, deferred = time.perf_counter(), [], []
+        spi = None if self.sec_per_image is None else self.sec_per_image * MARGIN
+        for item in batch:
+            if item.abandoned:
+                continue
+            if spi is None or item.deadline is None:
+                kept.append(item)
+            elif now + spi > item.deadline:
+                item.loop.call_soon_threadsafe(_settle, item.future, Overdue(spi * (len(kept) + self.depth)))
+            elif kept and now + spi * (len(kept) + 1) > min(i.deadline or math.inf for i in kept + [item]):
+                deferred.append(item)
+            else:
+                kept.append(item)
+        self.carry.extendleft(reversed(deferred))
+        return kept
+
+    def _run(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            batch = self._triage(batch)
+            if batch:
+                self.running = len(batch)
+                self._score_batch(batch)
+                self.running = 0
+
+    def _score_batch(self, batch: List[_Item]) -> None:
+        start = time.perf_counter()
+        try:
+            rows = [clean_row(r) for r in self.score_fn([item.data for item in batch]).to_dict("records")]
+            results: List[Any] = rows
+        except Exception as exc:  # a bug, not a bad image (those come back as rows): every waiter hears of it
+            logger.exception("scoring a batch of %d images failed", len(batch))
+            results = [exc] * len(batch)
+        seconds = time.perf_counter() - start
+        spi = seconds / len(batch)
+        self.sec_per_image = spi if self.sec_per_image is None else 0.7 * self.sec_per_image + 0.3 * spi
+        if self.on_batch is not None:
+            self.on_batch(len(batch), seconds)
+        for item, res in zip(batch, results):
+            value = res if isinstance(res, BaseException) else Scored(
+                row=res, queue_ms=(start - item.enqueued) * 1000.0, batch_ms=seconds * 1000.0,
+                batch_size=len(batch))
+            item.loop.call_soon_threadsafe(_settle, item.future, value)

@@ -1,0 +1,104 @@
+"""The model card of ``GET /v1/model``: what a caller needs to read a score.
+
+Built in one function, :func:`model_card`, from the detector bundle's fields. Every field
+that a bundle may lack (older bundles, fields added later such as a threshold target or a
+card shipped with the detector) is read with a fallback, so any bundle gives a card.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN/inf → None, numpy scalars → Python, containers recursively."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def threshold_target(detector) -> Dict[str, Any]:
+    """How the decision threshold was chosen: an explicit target, a target FPR from
+    ``clipdetect calibrate``, validation balanced accuracy, or the 0.5 default."""
+    extra = getattr(detector, "extra", None) or {}
+    metrics = getattr(detector, "metrics", None) or {}
+    explicit = getattr(detector, "threshold_target", None) or extra.get("threshold_target")
+    if explicit:
+        return explicit if isinstance(explicit, dict) else {"kind": "target", "value": explicit}
+    cal = extra.get("calibration") or {}
+    if cal.get("target_fpr") is not None:
+        return {"kind": "fpr", "value": cal.get("target_fpr"), "split": cal.get("split"),
+                "achieved_fpr": cal.get("val_fpr"), "achieved_tpr": cal.get("val_tpr")}
+    if metrics.get("val"):
+        return {"kind": "max_balanced_accuracy", "split": "val"}
+    return {"kind": "default", "value": 0.5}
+
+
+def _backbone(detector) -> Dict[str, Any]:
+    b = dict(getattr(detector, "backbone", None) or {})
+    keys = ("spec", "arch", "weights", "tag", "sha256", "embed_dim", "open_clip_version", "preprocess")
+    return {k: b.get(k) for k in keys if b.get(k) is not None}
+
+
+def _training(detector) -> Dict[str, Any]:
+    extra = getattr(detector, "extra", None) or {}
+    cfg = getattr(detector, "train_config", None) or {}
+    out: Dict[str, Any] = {"cache": extra.get("cache"), "cache_created": extra.get("cache_created"),
+                           "rows": extra.get("splits"), "data": extra.get("training_data")}
+    out["config"] = {k: cfg.get(k) for k in ("head", "loss", "sam", "epochs", "batch_size", "lr",
+                                             "val_fraction", "test_fraction", "split_seed") if k in cfg}
+    return {k: v for k, v in out.items() if v not in (None, {}, [])}
+
+
+def _measured(detector) -> Dict[str, Any]:
+    metrics = getattr(detector, "metrics", None) or {}
+    val = metrics.get("val") or {}
+    out: Dict[str, Any] = {}
+    if val:
+        out["val"] = dict(val)  # AUC, AP, accuracy at 0.5 and at the threshold, EER, TPR at FPR, counts
+    if metrics.get("calibration"):
+        out["calibration"] = metrics["calibration"]
+    for key in ("best_epoch", "epochs_run", "steps"):
+        if key in metrics:
+            out[key] = metrics[key]
+    extra = getattr(detector, "extra", None) or {}
+    for key in ("calibration", "evaluation", "test"):  # written by calibrate / later tools
+        if extra.get(key):
+            out[f"bundle_{key}"] = extra[key]
+    return out
+
+
+def model_card(detector, *, path: Optional[str] = None, limits: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The card: name, backbone, feature set, head, threshold and its target, temperature,
+    training data, measured numbers, any card the bundle ships, and the service's limits."""
+    head = getattr(detector, "head_config", None)
+    extra = getattr(detector, "extra", None) or {}
+    card: Dict[str, Any] = {
+        "name": Path(path).name if path else None,
+        "path": str(Path(path).resolve()) if path else None,
+        "feature_set": getattr(detector, "feature_set", None),
+        "backbone": _backbone(detector),
+        "head": {"kind": getattr(head, "kind", None), "in_dim": getattr(head, "in_dim", None)},
+        "threshold": getattr(detector, "threshold", None),
+        "threshold_target": threshold_target(detector),
+        "temperature": getattr(detector, "temperature", None),
+        "probability": "P(fake) = sigmoid(logit / temperature); verdict fake when P(fake) > threshold",
+        "training": _training(detector),
+        "measured": _measured(detector),
+    }
+    shipped = getattr(detector, "card", None) or extra.get("card") or extra.get("model_card")
+    if shipped:
+        card["card"] = shipped
+    if limits is not None:
+        card["limits"] = limits
+    return _plain(card)

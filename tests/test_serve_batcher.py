@@ -1,0 +1,71 @@
+"""The dynamic batcher: shared batches, and no encoding for images that would miss their deadline."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pandas as pd
+import pytest
+
+from clipdetect.serve.batcher import Batcher, Overdue
+from clipdetect.serve.config import ServeConfig
+
+
+def fake_scores(per_image: float, seen: list):
+    """A score function taking ``per_image`` seconds per image and recording what it was given."""
+    def score(images):
+        seen.append(list(images))
+        time.sleep(per_image * len(images))
+        return pd.DataFrame({"score": [float(len(b)) for b in images], "probability": 0.5, "label": 0,
+                             "error": None})
+    return score
+
+
+def test_concurrent_images_share_a_batch_in_order():
+    seen: list = []
+    batcher = Batcher(None, None, max_batch=8, max_wait_ms=200, score_fn=fake_scores(0.0, seen)).start()
+
+    async def main():
+        return await asyncio.gather(*(batcher.score([b"x" * n]) for n in (1, 2, 3)), batcher.score([b"ab", b"abcd"]))
+    try:
+        out = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert [[s.row["score"] for s in r] for r in out] == [[1.0], [2.0], [3.0], [2.0, 4.0]]
+    assert len(seen) == 1 and out[0][0].batch_size == 5  # one encoder call for all four requests
+
+
+def test_images_that_would_miss_their_deadline_are_not_encoded():
+    seen: list = []
+    batcher = Batcher(None, None, max_batch=16, max_wait_ms=100, score_fn=fake_scores(0.3, seen)).start()
+
+    async def main():
+        await batcher.score([b"prime"])  # one batch teaches the batcher ~0.3 s per image
+        deadline = time.perf_counter() + 1.0
+        return await asyncio.gather(*(batcher.score([b"img%d" % i], deadline) for i in range(6)),
+                                    return_exceptions=True)
+    try:
+        out = asyncio.run(main())
+        wait = batcher.estimated_wait(1)
+    finally:
+        batcher.stop()
+    done = [r for r in out if not isinstance(r, Exception)]
+    overdue = [r for r in out if isinstance(r, Overdue)]
+    assert len(done) + len(overdue) == 6 and 1 <= len(done) <= 3 and overdue
+    encoded = sum(len(batch) for batch in seen[1:])
+    assert encoded == len(done)  # nothing was computed for an answer nobody would read
+    assert wait == pytest.approx(0.3 * 1.25, rel=0.5)
+
+
+def test_admission_refuses_when_the_queue_needs_more_than_the_timeout(tiny_backbone):
+    from _serve import tiny_detector
+    from clipdetect.serve.app import Service
+
+    service = Service(tiny_detector(tiny_backbone), tiny_backbone, ServeConfig(request_timeout=5, retry_after=1))
+    assert service.admit() is None and service.inflight == 1
+    service.release()
+    service.batcher.sec_per_image = 2.0  # learnt from earlier batches
+    service.batcher.running = 4  # 4 images being scored: 10 s for one more
+    refused = service.admit()
+    assert refused.status == 503 and refused.limit == "request_timeout" and service.inflight == 0
+    assert int(refused.headers["Retry-After"]) == 8  # 5 images x 2 s x 1.25 margin - 5 s
