@@ -39,7 +39,8 @@ import torch
 from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
 from clipdetect.models.heads import create_head
 from clipdetect.models.sam import SAM
-from clipdetect.models.train import CacheSource, StratifiedBatchSampler, TrainConfig, build_loss, sam_step, train
+from clipdetect.models.samplers import StratifiedBatchSampler
+from clipdetect.models.train import CacheSource, TrainConfig, build_loss, sam_step, train
 
 
 def build_cache(root: Path, rows: int, dim: int, *, shard: int = 50_000, seed: int = 0) -> FeatureCache:

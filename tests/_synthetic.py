@@ -78,3 +78,40 @@ def write_multi_generator_cache(root: str | Path, *, n: int = 360, dim: int = 12
     writer.write_shard("r", start=0, stop=n, img=x, txt=None, meta=meta, errors=pd.DataFrame(columns=ERROR_COLUMNS))
     writer.finish_run("r", {}, complete=True)
     return FeatureCache(root)
+
+
+def write_layered_cache(root: str | Path, *, n: int = 160, tokens: int = 4, width: int = 8,
+                        views: Sequence[str] = ("orig",), group_size: int = 1, seed: int = 0,
+                        signal_token: int = 1, sources: int = 3, families: int = 1,
+                        fakes_only_source: bool = False) -> FeatureCache:
+    """A version-2 cache with per-block tokens, ``views`` rows per image and content groups.
+
+    Images come in groups of ``group_size`` (the first real, the rest fake); the class signal
+    sits in token ``signal_token`` only (the final embedding carries none), so a head must read
+    the per-block features to separate the classes."""
+    from clipdetect.features.manifest import layers_info
+
+    rng = np.random.default_rng(seed)
+    y = np.array([int(i % group_size != 0) if group_size > 1 else int(rng.random() < 0.5) for i in range(n)])
+    y[:2] = [0, 1]
+    lay = rng.normal(size=(n, tokens, width)).astype(np.float32)
+    lay[:, signal_token, : max(1, width // 2)] += 1.5 * (2 * y - 1)[:, None]
+    img = rng.normal(size=(n, width)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    names = [f"block{i + 1}" for i in range(tokens - 1)] + ["pre_proj"]
+    writer = CacheWriter(root, backbone=synthetic_identity(width), layers=layers_info(names, width))
+    writer.begin_run("synthetic", {"source": "synthetic"})
+    rows = [(i, v) for i in range(n) for v in views]
+    idx = np.array([i for i, _ in rows])
+    meta = pd.DataFrame({"key": [f"k{i:05d}" for i in idx], "label": y[idx],
+                         "generator": np.where(y[idx] == 1, "gen", "real"), "split": "train", "path": "",
+                         "caption": "", "width": 8, "height": 8, "format": "PNG", "mode": "RGB",
+                         "source": [f"s{0 if fakes_only_source and i % sources == sources - 1 and not y[i] else i % sources}"
+                                    for i in idx],
+                         "family": [f"fam{i % families}" if y[i] else "real" for i in idx],
+                         "group": [f"g{i // group_size}" for i in idx], "view": [v for _, v in rows]})
+    noise = rng.normal(scale=0.05, size=(len(rows), tokens, width)).astype(np.float32)
+    writer.write_shard("synthetic", start=0, stop=n, img=img[idx], txt=None, meta=meta,
+                       errors=pd.DataFrame(columns=ERROR_COLUMNS), layers=lay[idx] + noise)
+    writer.finish_run("synthetic", {"rows": len(rows)}, complete=True)
+    return FeatureCache(root)

@@ -108,3 +108,15 @@ def test_eval_mode_is_deterministic():
     assert torch.allclose(single, a[:1], atol=1e-6)
     head.train()
     assert not torch.equal(head(x), head(x))  # dropout active in training
+
+
+def test_layer_head_shapes_weights_and_config_errors():
+    cfg = HeadConfig(kind="layers", in_dim=4 * 8, tokens=4, width=16, depth=1)
+    head = create_head(cfg)
+    assert head(torch.randn(5, 32)).shape == (5,)
+    w = head.block_weights()
+    assert w.shape == (4, 16) and torch.allclose(w.sum(0), torch.ones(16)) and torch.allclose(w, w[0])
+    assert HeadConfig(kind="layers", in_dim=32, tokens=4).hidden_width == 8  # the token width
+    with pytest.raises(ValueError, match="tokens"):
+        HeadConfig(kind="layers", in_dim=30, tokens=4)
+    assert head_from_dict(dataclasses.asdict(cfg)) == cfg

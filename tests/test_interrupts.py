@@ -31,10 +31,16 @@ def _interrupt(args, ready, timeout=300):
     proc = subprocess.Popen([sys.executable, "-m", "clipdetect", *args], cwd=ROOT, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"finished before it could be interrupted: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, "no progress to interrupt"
-        time.sleep(0.02)
+    try:
+        while not ready():
+            assert proc.poll() is None, f"finished before it could be interrupted: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no progress to interrupt"
+            time.sleep(0.02)
+    except BaseException:  # a failed wait must not leave the child running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
     os.killpg(proc.pid, signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=float(os.environ.get("CLIPDETECT_TEST_INTERRUPT_TIMEOUT", 120)))

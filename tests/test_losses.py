@@ -186,3 +186,17 @@ def test_trusted_batches_give_the_same_loss_without_host_checks():
     assert torch.allclose(got, ref, rtol=1e-12) and torch.allclose(g_got, g_ref, rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="0 \\(real\\) or 1"):  # and back on after the block
         loss(logits, torch.full_like(y, 2.0))
+
+
+def test_group_pairs_rank_a_fake_against_its_own_reals_only():
+    from clipdetect.models.losses import pairwise_auc_loss
+
+    s = torch.tensor([0.0, 1.0, 5.0, -4.0])
+    fake = torch.tensor([False, True, False, True])
+    groups = torch.tensor([0, 0, 1, 1])
+    want = (torch.clamp(0.6 - (s[1] - s[0]), min=0) ** 2 + torch.clamp(0.6 - (s[3] - s[2]), min=0) ** 2) / 2
+    assert torch.allclose(pairwise_auc_loss(s, fake, groups=groups), want)
+    # no pair inside any group: no ranking term
+    assert pairwise_auc_loss(s, fake, groups=torch.tensor([0, 1, 2, 3])).item() == 0.0
+    combined = create_loss("cvar+auc", gamma=0.0)
+    assert torch.allclose(combined(s, fake.float(), groups=groups), want)

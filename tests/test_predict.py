@@ -122,3 +122,53 @@ def test_predict_streams_to_stdout(setup, capsys):
                  "--workers", "0", "--limit", "2"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and set(rows[0]) >= {"logit", "probability", "threshold", "label"}
+
+
+def test_layers_and_fused_detectors_score_images_as_their_cache_rows(tmp_path, tiny_backbone):
+    """A per-block detector (and a fusion with an image head) scores files end to end exactly as
+    it scores the cache rows extracted from them: the encoder taps the same tokens."""
+    from conftest import write_image_folder
+    from clipdetect.features.splits import SplitSpec
+    from clipdetect.models.fusion import fuse_detectors
+
+    imgs = write_image_folder(tmp_path / "imgs")
+    extract(ImageFolderSource(imgs), ExtractConfig(backbone=TINY, out=str(tmp_path / "c"), workers=0, batch_size=8,
+                                                   dtype="float32", layers=True), backbone=tiny_backbone,
+            progress=False)
+    cache = FeatureCache(tmp_path / "c")
+    fast = TrainConfig(epochs=2, batch_size=8, width=8, depth=1, patience=0, val_fraction=0.5, test_fraction=0.0)
+    lay = Detector.fit_cache(cache, feature_set="layers", config=fast)
+    img = Detector.fit_cache(cache, feature_set="image", config=fast)
+    fused = fuse_detectors([img, lay], cache, SplitSpec.of(fast).rows(cache, "val"), method="mean")
+    keys = cache.meta.key.to_numpy()
+    for det in (lay, fused):
+        got = det.score_images([str(imgs / k) for k in keys], backbone=tiny_backbone)
+        np.testing.assert_allclose(got["logit"], det.decision_function(det.features(cache)), atol=1e-4)
+    out = tmp_path / "p.csv"
+    fused.save(tmp_path / "fused")
+    assert main(["predict", str(tmp_path / "fused"), str(imgs), "--out", str(out), "--workers", "0",
+                 "--no-progress", "--backbone", TINY]) == 0
+    assert pd.read_csv(out).logit.notna().all()
+
+
+def test_a_missing_checkpoint_falls_back_to_a_listed_alternative(setup, tmp_path, monkeypatch):
+    """A bundle made on a converted checkpoint may list the same model under another spec
+    (e.g. open_clip's openai tag); without the file it loads that one, else says both."""
+    from clipdetect.features.backbones import WEIGHTS_ENV
+
+    _, cache, det = setup
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    ident = dict(det.backbone, weights="checkpoint", checkpoint="gone.pt", checkpoint_path=str(tmp_path / "gone.pt"),
+                 sha256="0" * 64, spec=f"clipdetect-tiny-vit:{tmp_path / 'gone.pt'}")
+    det2 = Detector.load(setup[0] / "det")
+    det2.backbone = ident
+    with pytest.raises(BackboneError, match="cannot find the checkpoint"):
+        resolve_backbone(det2)
+    det2.backbone = dict(ident, alternatives=[{"spec": TINY, "arch": "clipdetect-tiny-vit", "weights": "random",
+                                               "seed": 0}])
+    backbone = resolve_backbone(det2)
+    assert backbone.spec == TINY
+    det2.check_backbone(cache.backbone)  # the alternative's cache is accepted too
+    det2.backbone["alternatives"][0]["spec"] = "clipdetect-tiny-vit:nosuchtag"
+    with pytest.raises(BackboneError, match="alternatives did not load"):
+        resolve_backbone(det2)

@@ -41,14 +41,14 @@ def _multi_generator_cache(root, n=360, dim=12):
 def test_logo_never_trains_on_the_held_out_generator(tmp_path, monkeypatch):
     cache = _multi_generator_cache(tmp_path / "c")
     seen = {}
-    real_train = protocols._train_rows
+    real_train = Detector.fit_rows.__func__
 
-    def spy(cache, train_rows, val_rows, **kw):
+    def spy(cls, cache, train_rows, val_rows, **kw):
         gens = set(cache.meta.loc[np.concatenate([train_rows, val_rows]), "generator"])
         seen[len(seen)] = gens
-        return real_train(cache, train_rows, val_rows, **kw)
+        return real_train(cls, cache, train_rows, val_rows, **kw)
 
-    monkeypatch.setattr(protocols, "_train_rows", spy)
+    monkeypatch.setattr(Detector, "fit_rows", classmethod(spy))
     table = protocols.leave_one_generator_out(cache, config=FAST, n_boot=20)
     assert list(table.held_out) == ["a", "b", "c"]
     assert [sorted(seen[i]) for i in range(3)] == [["b", "c", "real"], ["a", "c", "real"], ["a", "b", "real"]]

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from clipdetect.models.resident import DeviceRows, fits
-from clipdetect.models.train import ArraySource, StratifiedBatchSampler, TrainConfig, train
+from clipdetect.models.samplers import StratifiedBatchSampler
+from clipdetect.models.train import ArraySource, TrainConfig, train
 
 
 def test_resident_rows_give_the_same_weights_as_streamed_rows():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from clipdetect.core.metrics import binary_metrics
-from clipdetect.models.train import (ArraySource, CacheSource, StratifiedBatchSampler, TrainConfig, predict_logits,
+from clipdetect.models.samplers import StratifiedBatchSampler
+from clipdetect.models.train import (ArraySource, CacheSource, TrainConfig, predict_logits,
                               train)
 
 from _synthetic import separable_features, write_synthetic_cache
@@ -114,3 +115,50 @@ def test_train_from_cache_feature_sets(tmp_path, feature_set, dim):
     assert np.allclose(src.batch(np.array([0, 5])), cache.features(feature_set, rows[[0, 5]]))
     r = train(src, config=TrainConfig(**{**FAST, "epochs": 4}), progress=False)
     assert binary_metrics(src.y, predict_logits(r.head, src), scores_are_probs=False)["auc"] > 0.9
+
+
+def test_layers_head_reads_per_block_tokens(tmp_path):
+    from _synthetic import write_layered_cache
+    from clipdetect.models.detector import Detector
+
+    cache = write_layered_cache(tmp_path / "c", n=240)
+    config = TrainConfig(**{**FAST, "batch_size": 32, "epochs": 20, "dropout": 0.0})
+    det = Detector.fit_cache(cache, feature_set="layers", config=config)
+    assert det.head_config.kind == "layers" and det.head_config.tokens == 4
+    test = cache.select()  # every row: the signal sits in block 2 only
+    auc = binary_metrics(cache.labels(test), det.decision_function(det.features(cache, test)),
+                         scores_are_probs=False)["auc"]
+    assert auc > 0.95
+    weights = det.head.block_weights().detach().mean(dim=1)
+    assert int(weights.argmax()) == 1  # the learned importance found the informative block
+
+
+def test_group_sampler_keeps_groups_whole_and_views_filter_rows(tmp_path):
+    from _synthetic import write_layered_cache
+    from clipdetect.features.splits import SplitSpec, view_rows
+    from clipdetect.models.samplers import GroupBatchSampler
+
+    cache = write_layered_cache(tmp_path / "c", n=120, views=("orig", "aug"), group_size=3)
+    groups = cache.columns("group")["group"].to_numpy()
+    y = cache.labels()
+    codes = np.unique(groups, return_inverse=True)[1]
+    sampler = GroupBatchSampler(y, codes, 32, seed=0)
+    seen = []
+    for batch in sampler.epoch(0):
+        assert 0 < y[batch].sum() < len(batch)
+        for g in np.unique(codes[batch]):
+            assert set(np.flatnonzero(codes == g)) <= set(batch.tolist())  # the whole group is there
+        seen += batch.tolist()
+    assert sorted(seen) == list(range(len(y)))
+    tr, va, te = SplitSpec().all(cache)
+    # a content group (and every view of an image) lands in one split
+    assert not (set(groups[tr]) & set(groups[te])) and not (set(groups[tr]) & set(groups[va]))
+    only = view_rows(cache, tr, ["orig"])
+    assert len(only) * 2 == len(tr) and set(cache.columns("view")["view"].to_numpy()[only]) == {"orig"}
+    with pytest.raises(ValueError, match="not in cache"):
+        view_rows(cache, tr, ["jpeg:50"])
+    from clipdetect.models.detector import Detector
+
+    det = Detector.fit_cache(cache, feature_set="layers", config=TrainConfig(**FAST, auc_pairs="group",
+                                                                             views=["orig"]))
+    assert det.train_config["auc_pairs"] == "group" and det.train_config["views"] == ["orig"]

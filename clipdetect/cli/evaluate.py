@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline-cache",
                    help="cache to fit the probe on (default: the one recorded in the bundle, else CACHE)")
     p.add_argument("--by", default="generator", type=csv_list,
-                   help="comma-separated metadata columns (default generator)")
+                   help="comma-separated metadata columns: generator, source, family, view, ... (default "
+                        "generator; a cache extracted with --views also gets one row per view)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--out", help="write metrics.json/.csv/.md and eval_config.json here")

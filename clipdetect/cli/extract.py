@@ -27,6 +27,10 @@ EXAMPLES = """examples:
   # D3 from its parquet files, reals fetched earlier (clipdetect fetch --d3 ...)
   clipdetect extract d3:ELSA_D3/data --split train --reals-store d3_reals --out features/d3 \
       --backbone ViT-L-14:openai --device cuda --precision fp16
+  # generalisation features: per-block CLS tokens and three views of every image (original,
+  # 256 px JPEG q90 normalised, one random web degradation) -> 3 rows per image, a view column
+  clipdetect extract corpus/manifest.csv --out features/corpus --backbone ViT-B-16:openai \
+      --layers --views orig,norm:256:90,aug
   # the same on a Ray cluster; --streaming d3:elsaEU/ELSA_D3 also works (one sequential reader)
   clipdetect extract d3:ELSA_D3/data --split train --engine ray --address HEAD_IP:6379 ...
 Re-running the same command resumes where it stopped (also after Ctrl-C, a kill or a full disk).
@@ -108,6 +112,14 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="cache directory (created, or resumed / appended to)")
     p.add_argument("--backbone", required=True,
                    help="ARCH:TAG (open_clip pretrained), ARCH:/path/to/ckpt, ARCH:random, or student:/path")
+    f = p.add_argument_group("what to store")
+    f.add_argument("--layers", action="store_true",
+                   help="also store the CLS token after every transformer block and the pre-projection token "
+                        "(feature set 'layers', for per-block heads; ViT-B/16: 13 x 768 fp16 = 20 KB per row)")
+    f.add_argument("--views", metavar="V1,V2,...",
+                   help="store several views of every image, one row each with a 'view' column: orig, jpeg:Q, "
+                        "webp:Q, resize:F, blur:S, norm:SIZE:Q (square resize + JPEG), aug (a random web "
+                        "degradation seeded by the key); 'default' = orig,norm:256:90,aug (default: orig)")
     g = p.add_argument_group("performance")
     g.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on CUDA, 64 on CPU)")
     g.add_argument("--workers", type=int, default=default_workers(),
@@ -247,7 +259,7 @@ def run_extract(args) -> int:
                            shard_size=args.shard_size, dtype=args.dtype, text=args.text,
                            max_pixels=args.max_pixels, max_aspect=args.max_aspect, max_bytes=args.max_bytes,
                            read_timeout=args.read_timeout, lock_timeout=args.lock_timeout,
-                           fast_decode=args.fast_decode)
+                           fast_decode=args.fast_decode, layers=args.layers, views=args.views)
     if args.engine == "ray":
         from clipdetect.features.extract_ray import extract_ray
 

@@ -8,6 +8,8 @@ Stages, in the order data flows::
     clipdetect evaluate  metrics per generator, with confidence intervals
     clipdetect plot      ROC curves, P(fake) histograms and the reliability diagram
     clipdetect predict   score images end to end
+    clipdetect fuse      one detector from several (feature sets combined)
+    clipdetect benchmark generalisation to unseen sources and generator families
     clipdetect report    everything about a detector on a cache, in one Markdown (or HTML) file
     clipdetect serve     an HTTP scoring service and web page for a detector
     clipdetect demo      the whole pipeline on the bundled sample cache
@@ -40,6 +42,8 @@ COMMANDS = {
     "predict": ("clipdetect.cli.predict", "score images end to end (decode → backbone → detector)"),
     "calibrate": ("clipdetect.cli.calibrate", "threshold at a target FPR (validation reals); Platt or temperature"),
     "protocol": ("clipdetect.cli.protocol", "leave-one-generator-out, robustness, format-bias, text-leakage"),
+    "fuse": ("clipdetect.cli.fuse", "combine detectors on different feature sets (chosen on validation rows)"),
+    "benchmark": ("clipdetect.cli.benchmark", "leave-one-source-out and leave-one-family-out, with ablations"),
     "report": ("clipdetect.cli.report", "per-generator metrics, ROC, the logistic-probe comparison, leave-one-"
                                         "generator-out, format-only baseline and calibration, as one Markdown "
                                         "(or self-contained HTML) report"),

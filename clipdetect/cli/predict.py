@@ -5,6 +5,15 @@ import argparse
 import logging
 
 from clipdetect.cli.extract import add_limit_args
+from clipdetect.cli.main import COMMANDS, emit
+from clipdetect.cli.options import add_runtime_args, check_new_output, load_detector
+
+PREDICT_EXAMPLES = """examples:
+  clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
+  clipdetect predict runs/det photo.jpg --out -                        # CSV on stdout
+  clipdetect predict runs/det photos/ --out - --format jsonl | jq .probability
+  clipdetect predict runs/det-it photos/ --out s.csv --caption-template "a photo of a {label_name}"
+  clipdetect predict runs/det ../shared/data/cifake_dev.parquet --out s.csv --limit 500 --device cuda
 
 Columns, one row per image in source order:
   key, path    the image
@@ -25,15 +34,6 @@ spreadsheet would run as a formula (starting with = + - @ or a tab) are written 
 leading '. Ctrl-C or SIGTERM leaves no partial file; --out may not be the source manifest
 itself. Exit 1 when not one image could be read, every path missing or unreadable (the file
 is still written)."""
-
-PREDICT_EXAMPLES = """examples:
-  clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
-  clipdetect predict runs/det photo.jpg --out -                        # CSV on stdout
-  clipdetect predict runs/det photos/ --out - --format jsonl | jq .probability
-  clipdetect predict runs/det-it photos/ --out s.csv --caption-template "a photo of a {label_name}"
-  clipdetect predict runs/det ../shared/data/cifake_dev.parquet --out s.csv --limit 500 --device cuda
-from clipdetect.cli.main import COMMANDS, emit
-from clipdetect.cli.options import add_runtime_args, check_new_output, load_detector
 
 
 def add_parser(sub) -> None:

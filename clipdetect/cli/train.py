@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   clipdetect train features/cifake-b16 --out detectors/probe --head linear --loss bce --no-sam
   # image+text features (caption leakage risk: compare with --feature-set image and text)
   clipdetect train features/d3 --out detectors/d3-it --feature-set image+text
+  # per-block features (extract --layers), trained on every view but evaluated per view later
+  clipdetect train features/corpus --out detectors/corpus-layers --feature-set layers --width 256
   # a long GPU run: head and loss compiled together, replayed as CUDA graphs
   clipdetect train features/d3 --out detectors/d3 --device cuda --steps 20000 --compile graphs
 
@@ -41,7 +43,9 @@ metrics, and test metrics when test rows exist, each shown only when its rows su
 
 
 def add_parser(sub) -> None:
-    from clipdetect.models.train import COMPILE_MODES, LOSS_OPTIONS, PRESETS, TrainConfig
+    from clipdetect.features.manifest import FEATURE_SETS
+    from clipdetect.models.heads import HEAD_KINDS
+    from clipdetect.models.train import AUC_PAIRS, COMPILE_MODES, LOSS_OPTIONS, PRESETS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help=COMMANDS["train"][1], epilog=EXAMPLES,
@@ -50,8 +54,10 @@ def add_parser(sub) -> None:
     p.add_argument("cache", help="feature cache directory (made by `clipdetect extract`)")
     p.add_argument("--out", required=True, metavar="DETECTOR_DIR", help="directory for the detector bundle")
     add_force_arg(p)
-    p.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"],
-                   help="detector input: image embedding, caption embedding or both concatenated (default image)")
+    p.add_argument("--feature-set", default="image", choices=list(FEATURE_SETS),
+                   help="detector input: image embedding, caption embedding, both concatenated, the per-block "
+                        "tokens of a cache extracted with --layers (a per-block head), or image+layers "
+                        "(default image)")
     g = p.add_argument_group("loss: gamma*CVaR_alpha(BCE) + (1-gamma)*mean max(0, margin-(s_fake-s_real))^p")
     g.add_argument("--loss", default=d.loss, choices=sorted(LOSS_OPTIONS), help=f"default {d.loss}")
     g.add_argument("--gamma", type=float, default=d.gamma, help=f"weight of CVaR in cvar+auc (default {d.gamma})")
@@ -88,7 +94,9 @@ def add_parser(sub) -> None:
                    help="fpr: target --threshold-fpr on validation reals (default); balanced: best balanced "
                         "accuracy on validation")
     h = p.add_argument_group("head")
-    h.add_argument("--head", default=d.head, choices=["mlp", "linear"], help="MLP (paper) or linear probe")
+    h.add_argument("--head", default=d.head, choices=list(HEAD_KINDS),
+                   help="mlp (paper; on per-block features it becomes the layers head), linear probe, or layers "
+                        "(learned per-block weights, RINE-style)")
     h.add_argument("--depth", type=int, default=d.depth, help=f"MLP blocks (default {d.depth})")
     h.add_argument("--width", type=int, default=None, help="MLP hidden width (default: the input dimension)")
     h.add_argument("--dropout", type=float, default=d.dropout, help=f"MLP dropout (default {d.dropout})")
@@ -96,6 +104,11 @@ def add_parser(sub) -> None:
     r.add_argument("--split", default=d.split, choices=["holdout", "all"],
                    help="holdout: train on the train rows, select and calibrate on val, leave test alone "
                         "(default); all: a final model on every row, nothing held out")
+    r.add_argument("--views", metavar="V1,V2,...",
+                   help="train and validate on these views of a cache extracted with --views (default: all)")
+    r.add_argument("--auc-pairs", default=d.auc_pairs, choices=list(AUC_PAIRS),
+                   help="AUC loss pairs: all fake/real pairs of a batch, or group: only a fake and the reals "
+                        "of its own content group (batches of whole groups; default all)")
     r.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help=f"validation share of 'train' rows when the cache has no val split ({d.val_fraction})")
     r.add_argument("--test-fraction", type=float, default=d.test_fraction,
@@ -128,6 +141,7 @@ def run(args) -> int:
     from clipdetect.features.verify import open_verified
     from clipdetect.models.detector import Detector
     from clipdetect.core.metrics import binary_metrics
+    from clipdetect.features.manifest import feature_parts
     from clipdetect.features.splits import SplitSpec
 
     if args.threads:
@@ -136,7 +150,7 @@ def run(args) -> int:
     config = config_from_args(args)
     check_new_output(args.out, args.force)
     cache = open_verified(args.cache)
-    if args.feature_set != "image" and not cache.has_text:
+    if "text" in feature_parts(args.feature_set) and not cache.has_text:
         raise CLIError(f"--feature-set {args.feature_set} needs caption embeddings, but cache {args.cache!r} has "
                        "none; use --feature-set image or extract with captions (--caption-template/--text yes)")
     with staged_output(args.out) as tmp:

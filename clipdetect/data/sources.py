@@ -1,9 +1,9 @@
 """Sources: adapters that yield :class:`Sample` records in a fixed, repeatable order.
 
-Every source yields ``Sample(key, image, caption, label, generator, split, path, source)`` where
-``image`` is a path or encoded bytes (decoding happens later, in worker processes),
-``label`` is 0 for real, 1 for generated (fake), and ``source`` names where a real photo came
-from (a camera, a photo collection; "" when unknown). ``iterate(start)`` resumes at a position
+Every source yields ``Sample(key, image, caption, label, generator, split, path)`` (and,
+where the source knows them, ``source``, ``family`` and ``group``) where
+``image`` is a path or encoded bytes (decoding happens later, in worker processes) and
+``label`` is 0 for real, 1 for generated (fake). ``iterate(start)`` resumes at a position
 without decoding what it skips; ``describe()`` is the JSON identity used to resume runs.
 """
 from __future__ import annotations
@@ -32,7 +32,9 @@ class Sample:
     generator: str = ""
     split: str = "train"
     path: str = ""
-    source: str = ""
+    source: str = ""   # where the image comes from (a dataset, a photo collection), for leave-one-source-out
+    family: str = ""   # the generator family across sources (e.g. "sd" for every Stable Diffusion set)
+    group: str = ""    # content group (one prompt's real and fakes): splits never cut a group
 
 
 def parse_label(value: Any, *, names: Optional[List[str]] = None) -> int:
@@ -169,8 +171,8 @@ class ImageFolderSource(Source):
 
 class ManifestSource(Source):
     """A CSV or parquet table with ``path`` and ``label`` columns, and optionally ``key``,
-    ``caption``, ``generator``, ``split``, ``source``. Relative paths resolve against ``root``
-    (default: the manifest's folder)."""
+    ``caption``, ``generator``, ``split``, ``source``, ``family`` and ``group``. Relative paths
+    resolve against ``root`` (default: the manifest's folder)."""
 
     kind = "manifest"
 
@@ -201,7 +203,7 @@ class ManifestSource(Source):
             yield Sample(key=str(rec.get("key", p)), image=full, label=parse_label(rec["label"]),
                          caption=caption, generator=optional_str(rec.get("generator")) or "",
                          split=optional_str(rec.get("split")) or self.split, path=full,
-                         source=optional_str(rec.get("source")) or "")
+                         **{c: optional_str(rec.get(c)) or "" for c in ("source", "family", "group")})
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path.resolve()), "root": str(self.root.resolve()),

@@ -194,7 +194,7 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
 
     from clipdetect.core.io import write_json
     from clipdetect.core.metrics import binary_metrics
-    from clipdetect.models.train import StratifiedBatchSampler
+    from clipdetect.models.samplers import StratifiedBatchSampler
 
     t0 = time.perf_counter()
     out = Path(config.out)

@@ -39,13 +39,9 @@ def baseline_probe(detector, cache, *, train_cache=None):
     return probe, None
 
 
-def paired_auc_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0) -> Dict[str, float]:
-    """AUC(a) − AUC(b) on the same samples, with a paired stratified bootstrap 95% CI.
-
-    Both detectors are scored on the same resample each time, so the interval reflects
-    the difference itself (much narrower than comparing two separate CIs). ``p_le_0`` is
-    the fraction of resamples where a is not better than b.
-    """
+def paired_auc_draws(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0):
+    """(AUC(a), AUC(b), n_boot bootstrap draws of AUC(a) − AUC(b)) on the same samples: each
+    draw resamples reals and fakes (stratified) once and scores both detectors on it."""
     from scipy.stats import rankdata
 
     y = np.asarray(y).astype(np.int64)
@@ -65,8 +61,19 @@ def paired_auc_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: in
     for b in range(n_boot):
         a = aucs(rng.choice(real, real.size), rng.choice(fake, fake.size))
         diffs[b] = a[0] - a[1]
+    return float(point[0]), float(point[1]), diffs
+
+
+def paired_auc_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0) -> Dict[str, float]:
+    """AUC(a) − AUC(b) on the same samples, with a paired stratified bootstrap 95% CI.
+
+    Both detectors are scored on the same resample each time, so the interval reflects
+    the difference itself (much narrower than comparing two separate CIs). ``p_le_0`` is
+    the fraction of resamples where a is not better than b.
+    """
+    auc_a, auc_b, diffs = paired_auc_draws(y, scores_a, scores_b, n_boot=n_boot, seed=seed)
     lo, hi = (np.percentile(diffs, [2.5, 97.5]) if n_boot else (math.nan, math.nan))
-    return {"auc_a": float(point[0]), "auc_b": float(point[1]), "delta_auc": float(point[0] - point[1]),
+    return {"auc_a": auc_a, "auc_b": auc_b, "delta_auc": auc_a - auc_b,
             "delta_auc_lo": float(lo), "delta_auc_hi": float(hi),
             "p_le_0": float((diffs <= 0).mean()) if n_boot else math.nan}
 

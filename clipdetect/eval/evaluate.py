@@ -166,6 +166,8 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
         rows, split, note = choose_rows(detector, cache, split, params)
     rows = np.asarray(rows, dtype=np.int64)
     meta = cache.meta.loc[rows].reset_index(drop=True)
+    if "view" not in by and meta["view"].nunique() > 1:  # a cache extracted with --views: AUC per view too
+        by = [*by, "view"]
     y = cache.labels(rows)
     check_both_classes(y, f"split {split!r} of cache {str(cache.root)!r}")
     logits, probs = score_rows(detector, cache, rows)

@@ -77,20 +77,6 @@ def save_table(df: pd.DataFrame, out: str | Path, stem: str, *, columns: Optiona
     return paths
 
 
-def _train_rows(cache, train_rows, val_rows, *, feature_set: str, config, progress: bool = False):
-    """A detector trained on explicit row subsets of ``cache`` (validation picks the epoch)."""
-    from clipdetect.models.detector import Detector
-    from clipdetect.models.train import CacheSource, train
-
-    val = CacheSource(cache, val_rows, feature_set) if len(val_rows) else None
-    result = train(CacheSource(cache, train_rows, feature_set), val_data=val, config=config,
-                   progress=progress)
-    return Detector.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
-                                y_val=None if val is None else val.y,
-                                extra={"cache": str(cache.root), "rows": {"train": len(train_rows),
-                                                                          "val": len(val_rows)}})
-
-
 def _overall(detector, cache, rows, *, n_boot: int, seed: int) -> Dict[str, Any]:
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     x = detector.features(cache, rows)
@@ -113,6 +99,7 @@ def leave_one_generator_out(cache, *, feature_set: str = "image", config=None,
     against the test-split reals. ``in_auc`` is the same detector on the test-split fakes
     of the generators it did see, against the same reals: the gap is the cost of novelty.
     """
+    from clipdetect.models.detector import Detector
     from clipdetect.models.train import TrainConfig
 
     config = config or TrainConfig()
@@ -132,8 +119,8 @@ def leave_one_generator_out(cache, *, feature_set: str = "image", config=None,
     for g in generators:
         keep = lambda r: r[(y[r] == 0) | (gen[r] != g)]  # noqa: E731
         logger.info("leave-one-generator-out: holding out %s", g)
-        det = _train_rows(cache, keep(tr), keep(va), feature_set=feature_set, config=config,
-                          progress=progress)
+        det = Detector.fit_rows(cache, keep(tr), keep(va), feature_set=feature_set, config=config,
+                                progress=progress)
         held = np.concatenate([test_reals, np.flatnonzero((y == 1) & (gen == g))])
         seen = np.concatenate([test_reals, te[(y[te] == 1) & (gen[te] != g)]])
         row = {"held_out": g, "n_train": int(len(keep(tr))), **_overall(det, cache, held, n_boot=n_boot,

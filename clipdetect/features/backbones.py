@@ -334,6 +334,24 @@ def locate_checkpoint(identity: Dict[str, Any], *, override: Optional[str] = Non
 
 
 def identities_match(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
-    """Whether two backbone identities produce interchangeable embeddings."""
+    """Whether two backbone identities produce interchangeable embeddings: the same weights
+    and preprocessing, or one lists the other among its ``alternatives`` (see
+    :func:`alternative_specs`)."""
     keys = ("arch", "weights", "tag", "sha256", "seed", "embed_dim", "preprocess")
-    return all(a.get(k) == b.get(k) for k in keys)
+    return all(a.get(k) == b.get(k) for k in keys) or _listed(a, b) or _listed(b, a)
+
+
+def _listed(have: Dict[str, Any], other: Dict[str, Any]) -> bool:
+    pre_a, pre_b = have.get("preprocess") or {}, other.get("preprocess") or {}
+    same_pre = all(pre_a[k] == pre_b[k] for k in set(pre_a) & set(pre_b))
+    return same_pre and have.get("embed_dim") == other.get("embed_dim") and any(
+        all(other.get(k) == v for k, v in alt.items() if k != "spec") for alt in have.get("alternatives") or ())
+
+
+def alternative_specs(identity: Dict[str, Any]) -> List[str]:
+    """Backbone specs a detector accepts in place of its own checkpoint: an identity may list
+    ``alternatives`` — ``{"spec": "ViT-B-16-quickgelu:openai", "arch": ..., "weights": "pretrained",
+    "tag": "openai"}``, the identity fields a backbone must have — for weights that are the same
+    model from another source (e.g. a checkpoint converted from OpenAI's CLIP, and open_clip's
+    ``openai`` tag of that architecture)."""
+    return [alt["spec"] for alt in identity.get("alternatives") or () if alt.get("spec")]

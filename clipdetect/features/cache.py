@@ -5,8 +5,10 @@ Layout of one cache directory (one backbone per cache)::
     manifest.json                 backbone identity, dims, dtype, runs, shard list (written last)
     img_emb/part-00000.npy        [rows, D] image embeddings (fp16 by default, L2-normalised)
     txt_emb/part-00000.npy        [rows, D] caption embeddings (only when captions were given)
+    layers/part-00000.npy         [rows, T, W] per-block CLS tokens of the image tower and the
+                                  pre-projection token (only with ``extract --layers``)
     meta/part-00000.parquet       row-aligned: key, label, generator, split, path, caption,
-                                  width, height, format, mode
+                                  width, height, format, mode, source, family, group, view
     errors/part-00000.parquet     the error ledger: key, path, reason, detail
 
 Every file is written under a temporary name and renamed, and the manifest lists only
@@ -27,8 +29,11 @@ import pandas as pd
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
 from clipdetect.core.inputs import InputError, check_regular
-from clipdetect.features.manifest import (ERROR_COLUMNS, FEATURE_SETS, META_COLUMNS, NORM_TOLERANCE,
-                                          OPTIONAL_META_COLUMNS, CacheError, read_manifest, shard_file)
+from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError, derived_from,
+                                          feature_parts, fill_meta_defaults, read_manifest, shard_file)
+
+#: where each kind of array lives
+ARRAY_DIRS = {"image": "img_emb", "text": "txt_emb", "layers": "layers"}
 
 
 @dataclass
@@ -37,6 +42,7 @@ class _Shard:
     rows: int
     offset: int
     has_text: bool
+    has_layers: bool = False
 
 
 class FeatureCache:
@@ -52,7 +58,8 @@ class FeatureCache:
         self.shards: List[_Shard] = []
         offset = 0
         for s in self.manifest["shards"]:
-            self.shards.append(_Shard(s["name"], s["rows"], offset, s.get("has_text", False)))
+            self.shards.append(_Shard(s["name"], s["rows"], offset, s.get("has_text", False),
+                                      s.get("has_layers", False)))
             offset += s["rows"]
         self.n_rows = offset
         self._offsets = np.array([s.offset for s in self.shards] + [offset], dtype=np.int64)
@@ -71,6 +78,27 @@ class FeatureCache:
     @property
     def has_text(self) -> bool:
         return bool(self.shards) and all(s.has_text for s in self.shards if s.rows)
+
+    @property
+    def layers(self) -> Optional[Dict[str, Any]]:
+        """The per-block token layout (names, tokens, width) when extracted with ``--layers``."""
+        return self.manifest.get("layers")
+
+    @property
+    def has_layers(self) -> bool:
+        return bool(self.layers) and bool(self.shards) and all(s.has_layers for s in self.shards if s.rows)
+
+    def feature_dim(self, feature_set: str = "image") -> int:
+        """Width of the detector input for ``feature_set`` (see :meth:`features`)."""
+        dim = 0
+        for part in feature_parts(feature_set):
+            if part == "layers":
+                if not self.layers:
+                    raise CacheError(f"cache {str(self.root)!r} has no per-block features; extract with --layers")
+                dim += int(self.layers["tokens"]) * int(self.layers["width"])
+            else:
+                dim += self.embed_dim
+        return dim
 
     def __len__(self) -> int:
         return self.n_rows
@@ -94,12 +122,14 @@ class FeatureCache:
 
     def _read_meta(self, columns: Optional[List[str]]) -> pd.DataFrame:
         """Metadata of every shard (only ``columns`` if given), checked as ``cache verify`` checks
-        it: each shard's row count, unique keys, labels 0/1."""
+        it: each shard's row count, unique (key, view) pairs, labels 0/1."""
+        read = None if columns is None else list(dict.fromkeys(
+            list(columns) + (["view"] if "key" in columns else [])))  # a key repeats once per view
         frames = []
         for s in self.shards:
             path = self._file("meta", s, "parquet")
             try:
-                frame = _read_columns(path, columns) if columns else _with_optional(pd.read_parquet(path))
+                frame = read_meta(path, read)
             except Exception as exc:  # pyarrow raises its own error types
                 raise CacheError(f"{str(path)!r} ({s.name}) is an unreadable parquet file ({type(exc).__name__}); "
                                  f"the cache is damaged (run `clipdetect cache verify {self.root}`)") from None
@@ -107,16 +137,17 @@ class FeatureCache:
                 raise CacheError(f"{str(path)!r} has {len(frame)} rows but the manifest says {s.rows}; the cache "
                                  f"is damaged (run `clipdetect cache verify {self.root}`)")
             frames.append(frame)
-        got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or META_COLUMNS)
-        if "key" in got and len(got) and not got["key"].is_unique:
-            dup = got["key"][got["key"].duplicated()].iloc[0]
-            raise CacheError(f"cache {str(self.root)!r} holds key {dup!r} more than once "
-                             f"({int(got['key'].duplicated().sum())} duplicate rows): the same images were "
-                             f"extracted twice; run `clipdetect cache verify {self.root}`")
+        got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=read or META_COLUMNS)
+        if "key" in got and len(got):
+            dup = got.duplicated(["key", "view"])
+            if dup.any():
+                raise CacheError(f"cache {str(self.root)!r} holds key {got['key'][dup].iloc[0]!r} more than once "
+                                 f"in one view ({int(dup.sum())} duplicate rows): the same images were extracted "
+                                 f"twice; run `clipdetect cache verify {self.root}`")
         if "label" in got and len(got) and not got["label"].isin((0, 1)).all():
             raise CacheError(f"cache {str(self.root)!r} holds labels other than 0/1; run "
                              f"`clipdetect cache verify {self.root}`")
-        return got
+        return got if columns is None else got[list(columns)]
 
     def columns(self, *names: str) -> pd.DataFrame:
         """Only the named metadata columns, row-aligned like :attr:`meta`. Reads just those
@@ -173,22 +204,28 @@ class FeatureCache:
                 f"seed=...) with the detector's split fractions, or clipdetect.evaluate(detector, cache, "
                 f"split={derived[0]!r}), which resolves it as `clipdetect evaluate --split` does")
 
+    def _shape(self, kind: str, rows: int) -> tuple:
+        if kind == "layers":
+            return (rows, int(self.layers["tokens"]), int(self.layers["width"]))
+        return (rows, self.embed_dim)
+
     def _array(self, kind: str, shard: _Shard) -> np.ndarray:
         k = (kind, shard.name)
         if k not in self._mmaps:
-            sub = "img_emb" if kind == "image" else "txt_emb"
+            sub = ARRAY_DIRS[kind]
             if not shard_file(self.root, sub, shard.name, "npy").exists():
+                why = {"text": " (extracted without captions)", "layers": " (extracted without --layers)"}
                 raise CacheError(f"cache {str(self.root)!r} has no {kind} embeddings for {shard.name}"
-                                 + (" (extracted without captions)" if kind == "text" else ""))
+                                 + why.get(kind, ""))
             path = self._file(sub, shard, "npy")
             try:
                 arr = np.load(path, mmap_mode="r")
             except (ValueError, OSError) as exc:
                 raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read, it is truncated or damaged ({exc}; "
                                  f"run `clipdetect cache verify {self.root}`)") from None
-            if arr.ndim != 2 or arr.shape != (shard.rows, self.embed_dim):
+            if arr.shape != self._shape(kind, shard.rows):
                 raise CacheError(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
-                                 f"({shard.rows}, {self.embed_dim}); the cache is damaged "
+                                 f"{self._shape(kind, shard.rows)}; the cache is damaged "
                                  f"(run `clipdetect cache verify {self.root}`)")
             size = os.path.getsize(path)
             if arr.dtype != np.dtype(self.manifest["dtype"]) or size != arr.offset + arr.nbytes:
@@ -199,9 +236,14 @@ class FeatureCache:
         return self._mmaps[k]
 
     def embeddings(self, kind: str = "image", rows: Optional[np.ndarray] = None) -> np.ndarray:
-        """float32 embeddings of ``kind`` ('image' or 'text') for ``rows`` (default: all), in order."""
+        """float32 embeddings of ``kind`` ('image', 'text' [N, D], or 'layers' [N, T, W]) for ``rows``
+        (default: all), in order."""
+        if kind not in ARRAY_DIRS:
+            raise ValueError(f"embedding kind {kind!r} is not one of {sorted(ARRAY_DIRS)}")
+        if kind == "layers":
+            self.feature_dim("layers")  # a clear error when the cache has none
         rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.embed_dim), dtype=np.float32)
+        out = np.empty(self._shape(kind, len(rows)), dtype=np.float32)
         if len(rows) == 0:
             return out
         if rows.min() < 0 or rows.max() >= self.n_rows:
@@ -213,7 +255,7 @@ class FeatureCache:
             order = np.argsort(local, kind="stable")  # sequential reads from the memory map
             out[sel[order]] = self._array(kind, self.shards[si])[local[order]]
         if not np.isfinite(out).all():  # cheap next to the gather; a NaN would only surface in the metrics
-            bad = rows[~np.isfinite(out).all(axis=1)]
+            bad = rows[~np.isfinite(out.reshape(len(out), -1)).all(axis=1)]
             shard_of = np.searchsorted(self._offsets, bad, side="right") - 1
             where = ", ".join(f"{self.shards[s].name} row {r - self._offsets[s]}" for s, r in zip(shard_of[:5], bad))
             raise CacheError(f"cache {str(self.root)!r} holds NaN/inf {kind} embeddings ({where}"
@@ -229,12 +271,11 @@ class FeatureCache:
         return out
 
     def features(self, feature_set: str = "image", rows: Optional[np.ndarray] = None) -> np.ndarray:
-        """The detector input for ``feature_set``: image, text, or image+text (concatenated)."""
-        if feature_set not in FEATURE_SETS:
-            raise ValueError(f"feature set {feature_set!r} is not one of {FEATURE_SETS}")
-        if feature_set == "image+text":
-            return np.concatenate([self.embeddings("image", rows), self.embeddings("text", rows)], axis=1)
-        return self.embeddings(feature_set, rows)
+        """The detector input for ``feature_set``: its parts (image, text, layers — the per-block
+        tokens flattened to [N, T*W]) concatenated in order, e.g. ``image+text``."""
+        arrays = [self.embeddings(part, rows) for part in feature_parts(feature_set)]
+        arrays = [a.reshape(len(a), -1) for a in arrays]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
 
     def labels(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
         y = self.columns("label")["label"].to_numpy().astype(np.int64)
@@ -249,7 +290,8 @@ class FeatureCache:
         errs = self.errors()
         return {"root": str(self.root), "backbone": self.backbone, "rows": self.n_rows,
                 "shards": len(self.shards), "embed_dim": self.embed_dim, "dtype": self.manifest["dtype"],
-                "has_text": self.has_text,
+                "has_text": self.has_text, "layers": self.layers,
+                "views": {str(k): int(v) for k, v in self.columns("view")["view"].value_counts().items()},
                 "labels": {("fake" if int(k) else "real"): int(v) for k, v in m["label"].value_counts().items()},
                 "splits": {str(k): int(v) for k, v in m["split"].value_counts().items()},
                 "generators": {str(k): int(v) for k, v in m["generator"].value_counts().items()},
@@ -258,21 +300,19 @@ class FeatureCache:
                          for k, v in self.manifest["runs"].items()}}
 
 
-def _with_optional(meta: pd.DataFrame) -> pd.DataFrame:
-    """Shard metadata with the columns older caches lack filled with ""."""
-    for col in OPTIONAL_META_COLUMNS:
-        if col not in meta.columns:
-            meta[col] = ""
-    return meta
-
-
-def _read_columns(path: Path, names: List[str]) -> pd.DataFrame:
-    """Columns ``names`` of one shard's metadata; an optional column an older shard lacks reads as ""."""
+def read_meta(path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """One shard's metadata (all columns, or ``columns``), version-1 shards completed with the
+    version-2 defaults (:func:`~clipdetect.features.manifest.fill_meta_defaults`)."""
+    if columns is None:
+        return fill_meta_defaults(pd.read_parquet(path))
     import pyarrow.parquet as pq
 
     have = set(pq.read_schema(path).names)
-    got = pd.read_parquet(path, columns=[n for n in names if n in have])
-    return _with_optional(got)[names] if set(names) - have <= set(OPTIONAL_META_COLUMNS) else got
+    # a derived column's base is read too: empty values of a version-2 shard fall back to it
+    need = list(dict.fromkeys([c for c in columns if c in have]
+                              + [b for c in columns if (b := derived_from(c)) in have]))
+    frame = fill_meta_defaults(pd.read_parquet(path, columns=need))
+    return frame[list(columns)]
 
 
 def open_cache(root: str | os.PathLike) -> FeatureCache:

@@ -44,10 +44,10 @@ class CacheWriter:
     """
 
     def __init__(self, root: str | os.PathLike, *, backbone: Dict[str, Any], dtype: str = "float16",
-                 lock_timeout: float = 0.0):
+                 lock_timeout: float = 0.0, layers: Optional[Dict[str, Any]] = None):
         self.root = Path(root)
         self._keys: Optional[KeyIndex] = None
-        for sub in ("img_emb", "txt_emb", "meta", "errors"):
+        for sub in ("img_emb", "txt_emb", "meta", "errors") + (("layers",) if layers else ()):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = DirLock(self.root / LOCK_NAME, timeout=lock_timeout, what=f"cache {str(self.root)!r}")
         try:
@@ -59,11 +59,13 @@ class CacheWriter:
             self._clean_tmp()
             if (self.root / "manifest.json").exists():
                 self.manifest = read_manifest(self.root)
-                self._check_compatible(backbone, dtype)
+                self._check_compatible(backbone, dtype, layers)
             else:
                 self.manifest = {"format": FORMAT, "version": VERSION, "backbone": backbone,
                                  "embed_dim": backbone["embed_dim"], "dtype": dtype, "normalized": True,
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": {}, "shards": []}
+                if layers:
+                    self.manifest["layers"] = dict(layers)
                 write_json(self.root / "manifest.json", self.manifest)
         except BaseException:
             self.close()
@@ -96,7 +98,7 @@ class CacheWriter:
                 continue
             p.unlink(missing_ok=True)
 
-    def _check_compatible(self, backbone: Dict[str, Any], dtype: str) -> None:
+    def _check_compatible(self, backbone: Dict[str, Any], dtype: str, layers: Optional[Dict[str, Any]]) -> None:
         have = self.manifest["backbone"]
         if not identities_match(have, backbone):
             diff = {k: (have.get(k), backbone.get(k)) for k in set(have) | set(backbone)
@@ -106,6 +108,12 @@ class CacheWriter:
                              f"(cache vs new: {diff}); extract into a new --out directory")
         if self.manifest["dtype"] != dtype:
             raise CacheError(f"cache {str(self.root)!r} stores {self.manifest['dtype']}, not {dtype}")
+        have_layers = self.manifest.get("layers")
+        if (have_layers or None) != (dict(layers) if layers else None):
+            what = "with" if have_layers else "without"
+            raise CacheError(f"cache {str(self.root)!r} was extracted {what} per-block features (--layers); "
+                             f"every run into one cache must match it: {'add' if have_layers else 'drop'} "
+                             "--layers, or extract into a new --out directory")
 
     def begin_run(self, run_id: str, info: Dict[str, Any]) -> Dict[str, Any]:
         runs = self._reload()["runs"]
@@ -115,22 +123,26 @@ class CacheWriter:
         return runs[run_id]
 
     def write_shard(self, run_id: str, *, start: int, stop: int, img: np.ndarray, txt: Optional[np.ndarray],
-                    meta: pd.DataFrame, errors: pd.DataFrame) -> str:
+                    meta: pd.DataFrame, errors: pd.DataFrame, layers: Optional[np.ndarray] = None) -> str:
         """Write one shard covering source positions [start, stop) and record it."""
-        if len(meta) != len(img) or (txt is not None and len(txt) != len(img)):
+        if len(meta) != len(img) or any(a is not None and len(a) != len(img) for a in (txt, layers)):
             raise CacheError(f"shard arrays are not row-aligned: img {len(img)}, meta {len(meta)}, "
-                             f"txt {None if txt is None else len(txt)}")
+                             f"txt {None if txt is None else len(txt)}, "
+                             f"layers {None if layers is None else len(layers)}")
+        if (layers is not None) != bool(self.manifest.get("layers")):
+            raise CacheError(f"cache {str(self.root)!r}: a shard {'with' if layers is not None else 'without'} "
+                             "per-block features does not fit its manifest")
         self._reload()
         if self._keys is None:
             self._keys = KeyIndex(self._stored_keys)
         try:
-            self._keys.check(meta["key"].astype(str), str(self.root))
+            self._keys.check(row_ids(meta), str(self.root))
         except CacheError:
             self._forget_if_empty(run_id)
             raise
         name = shard_name(len(self.manifest["shards"]), run_id)
         dtype = np.dtype(self.manifest["dtype"])
-        for sub, arr in (("img_emb", img), ("txt_emb", txt)):
+        for sub, arr in (("img_emb", img), ("txt_emb", txt), ("layers", layers)):
             if arr is not None:
                 arr = np.asarray(arr).astype(dtype)
                 if self.manifest.get("normalized") and not unit_rows(arr):  # the flag says what the rows are
@@ -142,11 +154,12 @@ class CacheWriter:
                      lambda f: errors.reindex(columns=ERROR_COLUMNS).to_parquet(f, index=False))
         self.manifest["shards"].append({"name": name, "run": run_id, "rows": int(len(img)),
                                         "errors": int(len(errors)), "start": start, "stop": stop,
-                                        "has_text": txt is not None})
+                                        "has_text": txt is not None,
+                                        **({"has_layers": True} if layers is not None else {})})
         run = self.manifest["runs"][run_id]
         run["position"] = stop
         write_json(self.root / "manifest.json", self.manifest)
-        self._keys.add(meta["key"].astype(str))
+        self._keys.add(row_ids(meta))
         return name
 
     def _forget_if_empty(self, run_id: str) -> None:
@@ -158,9 +171,11 @@ class CacheWriter:
             write_json(self.root / "manifest.json", self.manifest)
 
     def _stored_keys(self) -> pd.Series:
-        frames = [pd.read_parquet(shard_file(self.root, "meta", s["name"], "parquet"), columns=["key"])["key"]
+        from clipdetect.features.cache import read_meta
+
+        frames = [row_ids(read_meta(shard_file(self.root, "meta", s["name"], "parquet"), ["key", "view"]))
                   for s in self.manifest["shards"]]
-        return pd.concat(frames, ignore_index=True).astype(str) if frames else pd.Series([], dtype=str)
+        return pd.concat(frames, ignore_index=True) if frames else pd.Series([], dtype=str)
 
     def earlier_run(self, rid: str, source: Dict[str, Any], *, wants_text: Callable[[], bool]) -> Optional[str]:
         """The run that already extracted ``source`` (its ``describe()``) under other options
@@ -207,6 +222,16 @@ def unit_rows(arr: np.ndarray) -> bool:
 
 def _hashes(keys: pd.Series) -> np.ndarray:
     return pd.util.hash_pandas_object(keys, index=False).to_numpy(np.uint64)
+
+
+def row_ids(meta: pd.DataFrame) -> pd.Series:
+    """What must be unique in a cache: the key, and the view when it is not the original
+    (``extract --views`` stores one row per image and view)."""
+    keys = meta["key"].astype(str)
+    if "view" not in meta:
+        return keys
+    view = meta["view"].astype(str)
+    return keys.where(view.isin(("", "orig")), keys + " [" + view + "]")
 
 
 class KeyIndex:

@@ -18,6 +18,11 @@ events), and gives exactly the embeddings of :meth:`Backbone.encode_images` on
 ``SplitPreprocess.finish`` (the same operations in the same order). A backbone with an
 attached ``tower`` (``--runtime onnx|openvino``, :mod:`clipdetect.features.runtime`) runs its
 image tower there instead of in torch; captions still go through torch.
+
+With ``layers=True`` each image's row also carries the per-block tokens of the image tower
+(:mod:`clipdetect.features.layers`), flattened after the embedding: ``[N, D + T*W]`` in one
+buffer (one copy back per batch); :meth:`ImageEncoder.split` cuts a batch into the two. The
+per-block tokens come from the torch model only (a compiled tower has no taps).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 
 from clipdetect.data.imaging import SplitPreprocess
+from clipdetect.features.layers import LayerTaps, layer_names, layer_width
 
 
 class _Pending:
@@ -53,10 +59,18 @@ class ImageEncoder:
     queue logic is the same, every step just completes before the next starts.
     """
 
-    def __init__(self, backbone, pre: Optional[SplitPreprocess] = None, *, depth: int = 2):
+    def __init__(self, backbone, pre: Optional[SplitPreprocess] = None, *, depth: int = 2, layers: bool = False):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.backbone, self.depth = backbone, depth
+        if layers and getattr(backbone, "tower", None) is not None:
+            from clipdetect.features.backbones import BackboneError
+
+            raise BackboneError("per-block features (--layers, or a per-block detector) need the torch runtime: "
+                                "the compiled image tower has no taps; use --runtime torch")
+        self.taps = LayerTaps(backbone) if layers else None
+        #: (token names, width) of the per-block features, or None
+        self.layer_layout = (layer_names(backbone), layer_width(backbone)) if layers else None
         self.pre = pre or SplitPreprocess(backbone.preprocess)
         self.device = torch.device(backbone.device)
         self.cuda = self.device.type == "cuda"
@@ -91,17 +105,34 @@ class ImageEncoder:
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)
         return x.sub_(self.mean).div_(self.std).to(self.backbone.dtype)
 
-    def _empty(self) -> torch.Tensor:
-        return torch.zeros((0, self.backbone.embed_dim), dtype=torch.float32, device=self.device)
+    @property
+    def row_dim(self) -> int:
+        """Columns of one image's output row: the embedding, then the flattened tokens."""
+        extra = len(self.layer_layout[0]) * self.layer_layout[1] if self.layer_layout else 0
+        return self.backbone.embed_dim + extra
+
+    def _empty(self, dim: Optional[int] = None) -> torch.Tensor:
+        return torch.zeros((0, dim or self.backbone.embed_dim), dtype=torch.float32, device=self.device)
 
     def _images(self, arrays: Sequence[np.ndarray]) -> Tuple[torch.Tensor, Tuple]:
         if len(arrays) == 0:
-            return self._empty(), ()
+            return self._empty(self.row_dim), ()
         host = self._host(arrays)
         pixels = self.pixels(self._to_device(host))
         tower = self.backbone.tower  # a compiled CPU runtime (onnx, openvino), else the torch model
         emb = torch.from_numpy(tower(pixels.numpy())) if tower is not None else self.backbone.model.encode_image(pixels)
-        return torch.nn.functional.normalize(emb.float(), dim=-1), (host,)
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        if self.taps is not None:
+            emb = torch.cat([emb, self.taps.collect().flatten(1)], dim=1)
+        return emb, (host,)
+
+    def split(self, rows: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """A batch of output rows → (embeddings [N, D], tokens [N, T, W] or None)."""
+        d = self.backbone.embed_dim
+        if self.layer_layout is None:
+            return rows, None
+        names, width = self.layer_layout
+        return rows[:, :d], rows[:, d:].reshape(len(rows), len(names), width)
 
     def _texts(self, texts: Sequence[str]) -> Tuple[torch.Tensor, Tuple]:
         if not len(texts):
@@ -131,7 +162,8 @@ class ImageEncoder:
         return _Pending(payload, out, done, keep=keep + keep_t, text_out=text_out)
 
     def encode(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        """Embeddings [N, D] (float32) of one batch of worker arrays, synchronously."""
+        """Output rows [N, D] (float32; [N, D + T*W] with layers) of one batch of worker arrays,
+        synchronously."""
         return self.submit(None, arrays).result()[0]
 
     # ------------------------------------------------------------ a stream of batches

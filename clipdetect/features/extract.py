@@ -22,7 +22,7 @@ import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.cache import CacheWriter
-from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS
+from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS, layers_info
 from clipdetect.features.encoder import ImageEncoder, encoder_for
 from clipdetect.features.pipeline import (Decoder, Task, decode_refs, default_batch_size,  # noqa: F401
                                           default_workers, encode_captions, plan_tasks)
@@ -30,6 +30,7 @@ from clipdetect.features import pipeline
 from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
+from clipdetect.data.views import ORIG, ViewRef, parse_views
 
 __all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "plan_tasks",
            "ShardBuilder", "CaptionPlanner", "run_id_for", "default_workers", "check_not_empty"]
@@ -58,10 +59,13 @@ class ExtractConfig:
     seed: int = 0
     lock_timeout: float = 0.0  # seconds to wait for another writer of the same cache
     fast_decode: str = "none"  # "draft": reduced-DCT JPEG decoding of large images (changes pixels)
+    layers: bool = False  # also store the per-block CLS tokens of the image tower (features/layers.py)
+    views: Optional[List[str]] = None  # None: ["orig"]; else one row per image and view (data/views.py)
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
             self.batch_size = default_batch_size(self.device)
+        self.views = parse_views(self.views)
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "text_batch_size"):
@@ -110,13 +114,15 @@ class ShardBuilder:
     """Collects one shard's embeddings, metadata and errors; encodes its captions once each."""
 
     def __init__(self, backbone: Backbone, pre: SplitPreprocess, *, text: str, text_batch_size: int,
-                 encoder: Optional[ImageEncoder] = None):
+                 encoder: Optional[ImageEncoder] = None, views: Optional[List[str]] = None, layers: bool = False):
         self.backbone, self.pre, self.text, self.text_batch_size = backbone, pre, text, text_batch_size
-        self.encoder = encoder
+        self.encoder = encoder or (encoder_for(backbone, pre, layers=True) if layers else None)
+        self.views = views or [ORIG]
         self.reset()
 
     def reset(self) -> None:
         self.emb: List[np.ndarray] = []
+        self.layers: List[np.ndarray] = []
         self.meta: List[Dict[str, Any]] = []
         self.errors: List[Dict[str, Any]] = []
         self.text_table: Dict[str, np.ndarray] = {}
@@ -126,19 +132,25 @@ class ShardBuilder:
         """Add one decode task; ``emb``: its decoded images' embeddings when the pipeline made
         them; ``captions``: caption → embedding for captions the pipeline encoded with them."""
         self.text_table.update(captions or {})
-        arrays, rows = [], []
-        for s, d in zip(samples, decoded):
+        arrays, rows, failed = [], [], set()
+        for (s, view), d in zip(view_items(samples, self.views), decoded):
             if d[0] == "ok":
                 arrays.append(d[1])
                 rows.append({"key": s.key, "label": int(s.label), "generator": s.generator, "split": s.split,
-                             "path": s.path, "caption": s.caption, "source": s.source, **d[2]})
-            else:
-                self.errors.append({"key": s.key, "path": s.path, "reason": d[1], "detail": d[2]})
+                             "path": s.path, "caption": s.caption, **d[2], "source": s.source,
+                             "family": s.family, "group": s.group, "view": view})
+            elif id(s) not in failed:  # an image that cannot be decoded fails in every view: one ledger entry
+                failed.add(id(s))
+                detail = d[2] if view == ORIG else f"view {view}: {d[2]}"
+                self.errors.append({"key": s.key, "path": s.path, "reason": d[1], "detail": detail})
         if arrays:
             if emb is None:
                 self.encoder = self.encoder or encoder_for(self.backbone, self.pre)
                 emb = self.encoder.encode(arrays)
+            emb, layers = self.encoder.split(emb) if self.encoder is not None else (emb, None)
             self.emb.append(emb)
+            if layers is not None:
+                self.layers.append(layers)
             self.meta.extend(rows)
 
     def captions_wanted(self) -> bool:
@@ -162,13 +174,18 @@ class ShardBuilder:
             return np.zeros((0, self.backbone.embed_dim), np.float32)
         return np.stack([self.text_table[c] for c in caps]).astype(np.float32, copy=False)
 
-    def build(self) -> Tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame, pd.DataFrame]:
+    def build(self) -> Tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame, pd.DataFrame, Optional[np.ndarray]]:
+        """(image embeddings, caption embeddings or None, metadata, errors, per-block tokens or None)."""
         d = self.backbone.embed_dim
         img = np.concatenate(self.emb) if self.emb else np.zeros((0, d), dtype=np.float32)
         txt = self.encode_captions() if self.captions_wanted() else None
         meta = pd.DataFrame(self.meta, columns=META_COLUMNS)
         errors = pd.DataFrame(self.errors, columns=ERROR_COLUMNS)
-        return img, txt, meta, errors
+        layers = None
+        if self.encoder is not None and self.encoder.layer_layout is not None:
+            names, width = self.encoder.layer_layout
+            layers = np.concatenate(self.layers) if self.layers else np.zeros((0, len(names), width), np.float32)
+        return img, txt, meta, errors, layers
 
 
 class CaptionPlanner:
@@ -178,23 +195,38 @@ class CaptionPlanner:
     Called in task order, before the results come back, so its memory is its own: one shard's
     captions, forgotten when the next shard's first task arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, views: Optional[List[str]] = None) -> None:
         self.shard: Optional[int] = None
         self.seen: set = set()
+        self.views = views or [ORIG]
 
     def __call__(self, task: Task, decoded: List[Tuple]) -> List[str]:
         if task.shard_start != self.shard:
             self.shard, self.seen = task.shard_start, set()
         new = []
-        for sample, d in zip(task.samples, decoded):
+        for (sample, _), d in zip(view_items(task.samples, self.views), decoded):
             if d[0] == "ok" and sample.caption is not None and sample.caption not in self.seen:
                 self.seen.add(sample.caption)
                 new.append(sample.caption)
         return new
 
 
+def view_items(samples: List[Sample], views: List[str]) -> List[Tuple[Sample, str]]:
+    """(sample, view) for every view of every sample, in that order: one cache row each."""
+    return [(s, v) for s in samples for v in views]
+
+
+def view_refs(samples: List[Sample], views: List[str]) -> List[Any]:
+    """What the decode workers get for ``samples``: their images, or one :class:`ViewRef` per view."""
+    if views == [ORIG]:
+        return [s.image for s in samples]
+    return [ViewRef(s.image, v, s.key) for s, v in view_items(samples, views)]
+
+
 def run_id_for(source: Source, config: ExtractConfig) -> str:
     ident = {"source": source.describe(), "shard_size": config.shard_size, "text": config.text}
+    if config.layers or config.views != [ORIG]:  # the identities of runs before these options stay as they were
+        ident.update(layers=config.layers, views=config.views)
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -221,8 +253,13 @@ def extract(source: Source, config: ExtractConfig, *, backbone: Optional[Backbon
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be embedded; "
                             "use --text no (image embeddings only) or a full CLIP checkpoint")
+    layers = None
+    if config.layers:
+        from clipdetect.features.layers import layer_names, layer_width
+
+        layers = layers_info(layer_names(backbone), layer_width(backbone))
     with CacheWriter(config.out, backbone={**backbone.identity, "spec": config.backbone}, dtype=config.dtype,
-                     lock_timeout=config.lock_timeout) as writer:
+                     lock_timeout=config.lock_timeout, layers=layers) as writer:
         return _extract_locked(source, config, backbone, writer, progress)
 
 
@@ -250,15 +287,16 @@ def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, w
     size = source.size()
     total = None if size is None and end is None else min(x for x in (size, end) if x is not None) - run["position"]
     pre = SplitPreprocess(backbone.preprocess)
-    encoder = encoder_for(backbone, pre)
-    builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size, encoder=encoder)
+    encoder = encoder_for(backbone, pre, layers=config.layers)
+    builder = ShardBuilder(backbone, pre, text=config.text, text_batch_size=config.text_batch_size, encoder=encoder,
+                           views=config.views)
     tasks = plan_tasks(source.iterate(run["position"]), run["position"], end, config.shard_size, config.batch_size)
     decoder = Decoder(pre, workers=config.workers, max_pixels=config.max_pixels, max_aspect=config.max_aspect,
                       fast_decode=config.fast_decode, max_bytes=config.max_bytes, read_timeout=config.read_timeout)
-    planner = CaptionPlanner() if config.text != "no" and backbone.has_text else None
+    planner = CaptionPlanner(config.views) if config.text != "no" and backbone.has_text else None
     t0 = time.perf_counter()
     with progress_bar(total, progress) as bar, contextlib.closing(
-            pipeline.run(((t, [s.image for s in t.samples]) for t in tasks), decoder, encoder,
+            pipeline.run(((t, view_refs(t.samples, config.views)) for t in tasks), decoder, encoder,
                          texts=planner)) as stream:
         for task, decoded, emb, *captions in stream:
             builder.add(task.samples, decoded, emb, *captions)
@@ -278,9 +316,9 @@ def _extract_locked(source: Source, config: ExtractConfig, backbone: Backbone, w
 
 
 def _flush(writer: CacheWriter, rid: str, builder: ShardBuilder, task: Task, summary: ExtractSummary) -> None:
-    img, txt, meta, errors = builder.build()
+    img, txt, meta, errors, layers = builder.build()
     writer.write_shard(rid, start=task.shard_start, stop=task.shard_stop, img=img, txt=txt, meta=meta,
-                       errors=errors)
+                       errors=errors, layers=layers)
     summary.embedded += len(img)
     summary.shards_written += 1
     for reason in errors["reason"]:

@@ -78,7 +78,7 @@ class _Encode:
             builder = ShardBuilder(self.backbone, self.pre, text=self.text,
                                    text_batch_size=self.text_batch_size, encoder=self.encoder)
             builder.add(samples, decoded)
-            img, _, meta, errors = builder.build()
+            img, _, meta, errors, _ = builder.build()
             txt = builder.encode_captions() if self.with_text else None  # also when no caption: "" rows
             out.append({**{k: row[k] for k in ("shard", "task", "start", "stop", "last")},
                         "n": len(samples), "img": np.asarray(img, np.float32).tobytes(),
@@ -144,6 +144,9 @@ def extract_ray(source: Source, config: ExtractConfig, *, address: Optional[str]
     preprocessing; built on CPU when omitted). ``on_shard(name)`` runs after each shard is
     written. Resumes an interrupted run of either engine."""
     config.validate()
+    if config.layers or config.views != ["orig"]:
+        raise ValueError("the ray engine does not store per-block features (--layers) or views (--views) yet; "
+                         "use the local engine (--engine local) for those")
     check_not_empty(source)
     size = source.size()  # None: a stream, read in order by one Ray read task
     backbone = backbone or create_backbone(config.backbone, device="cpu", precision="fp32", seed=config.seed)

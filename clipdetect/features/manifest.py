@@ -8,20 +8,68 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
 
 from clipdetect.core.inputs import contained
 from clipdetect.core.io import read_json
 from clipdetect.core.schema import Field, validate
 
 FORMAT = "clipdetect-cache"
-VERSION = 1
-META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "width", "height", "format", "mode",
-                "source"]
-#: metadata columns that caches written by earlier versions lack; read as "" there
-OPTIONAL_META_COLUMNS = ("source",)
+#: 2 added the ``source``/``family``/``group``/``view`` metadata columns and optional per-block
+#: ``layers`` arrays; version-1 caches read with those columns derived (:func:`fill_meta_defaults`)
+VERSION = 2
+V1_META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "width", "height", "format", "mode"]
+#: columns added in version 2; a version-1 shard gets them from :func:`fill_meta_defaults`
+V2_META_COLUMNS = ["source", "family", "group", "view"]
+META_COLUMNS = V1_META_COLUMNS + V2_META_COLUMNS
+#: metadata columns that caches written by earlier versions may lack (filled by :func:`fill_meta_defaults`)
+OPTIONAL_META_COLUMNS = tuple(V2_META_COLUMNS)
 ERROR_COLUMNS = ["key", "path", "reason", "detail"]
-FEATURE_SETS = ("image", "text", "image+text")
+#: what a detector input is made of: the final image embedding, the caption embedding, and the
+#: per-block CLS tokens of the image tower (``extract --layers``), flattened
+FEATURE_PARTS = ("image", "text", "layers")
+#: the usual detector inputs; any "+"-joined list of parts is one (concatenated in that order)
+FEATURE_SETS = ("image", "text", "image+text", "layers", "image+layers")
+
+
+def feature_parts(feature_set: str) -> List[str]:
+    """The parts of a feature set, e.g. ``"image+layers"`` → ``["image", "layers"]``."""
+    parts = str(feature_set).split("+")
+    if not parts or any(p not in FEATURE_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"feature set {feature_set!r} is not a '+'-joined list of distinct parts from "
+                         f"{FEATURE_PARTS} (e.g. {', '.join(FEATURE_SETS)})")
+    return parts
+
+
+def derived_from(column: str) -> Optional[str]:
+    """The version-1 column a version-2 column defaults to (None: a constant default)."""
+    return {"family": "generator", "group": "key"}.get(column)
+
+
+def fill_meta_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add the version-2 columns a version-1 shard lacks: ``source`` "", ``family`` = generator,
+    ``group`` = key (each image its own content group), ``view`` "orig"; empty values of a
+    version-2 shard (a source that knew no family or group) get the same defaults."""
+    for col in V2_META_COLUMNS:
+        base = derived_from(col)
+        default = frame[base].astype(str) if base and base in frame else ("orig" if col == "view" else "")
+        if col not in frame:
+            frame[col] = default
+        elif base or col == "view":
+            vals = frame[col].astype(object)
+            frame[col] = vals.where(vals.notna() & (vals.astype(str) != ""), default)
+        else:
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), default)
+    return frame
+
+
+def layers_info(names: Sequence[str], width: int) -> Dict[str, Any]:
+    """The manifest's description of the ``layers`` arrays: one token per name, ``width`` wide."""
+    return {"names": list(names), "tokens": len(names), "width": int(width)}
+
+
 #: a shard name is a plain file name (``part-00000-1a2b3c4d``): no folder, no ``..``
 SHARD_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 MAX_ROWS, MAX_SHARDS, MAX_DIM = 2**31 - 1, 1_000_000, 65536
@@ -31,7 +79,8 @@ NORM_TOLERANCE = 0.02
 _COUNT = Field(int, lo=0, hi=MAX_ROWS)
 SHARD_FIELDS = {"name": Field(str, required=True, pattern=SHARD_NAME), "run": Field(str, required=True, max_len=256),
                 "rows": Field(int, required=True, lo=0, hi=MAX_ROWS), "errors": _COUNT, "start": _COUNT,
-                "stop": _COUNT, "has_text": Field(bool)}
+                "stop": _COUNT, "has_text": Field(bool),
+                "has_layers": Field(bool)}
 RUN_FIELDS = {"position": _COUNT, "complete": Field(bool)}  # "source", "config", "summaries": as the run recorded them
 #: manifest.json, field by field; unknown keys are tolerated (as they always were)
 MANIFEST_FIELDS = {
@@ -43,6 +92,9 @@ MANIFEST_FIELDS = {
     "normalized": Field(bool),
     "created": Field(str, nullable=True, max_len=64),
     "runs": Field(dict, required=True, max_len=MAX_SHARDS, items=Field(dict, fields=RUN_FIELDS)),
+    "layers": Field(dict, nullable=True, fields={
+        "names": Field(list, max_len=4096, items=Field(str, max_len=64)),
+        "tokens": Field(int, lo=1, hi=4096), "width": Field(int, lo=1, hi=MAX_DIM)}),
     "shards": Field(list, required=True, max_len=MAX_SHARDS, items=Field(dict, fields=SHARD_FIELDS)),
 }
 

@@ -27,6 +27,7 @@ import numpy as np
 from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, BadImage, SplitPreprocess, decode_image
 from clipdetect.data.sources import Sample, Source
+from clipdetect.data.views import ViewRef, apply_view
 from clipdetect.features.workers import ordered_map
 
 #: --fast-decode choices: exact decoding, or PIL's reduced-DCT JPEG decode (changes pixels)
@@ -94,6 +95,7 @@ def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixe
                 max_aspect: Optional[float] = MAX_ASPECT, draft: Optional[int] = None, *,
                 max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT) -> List[Tuple]:
     """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail).
+    A :class:`~clipdetect.data.views.ViewRef` item is decoded, then turned into its view.
 
     ``draft``: let JPEG decoding reduce the image (DCT scaling) down to no less than
     ``draft`` pixels a side — faster on large photos, slightly different pixels. A file over
@@ -106,8 +108,11 @@ def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixe
     out = []
     for ref in refs:
         try:
-            img, info = decode_image(ref, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft,
-                                     max_bytes=max_bytes, read_timeout=read_timeout)
+            view = ref if isinstance(ref, ViewRef) else None
+            img, info = decode_image(view.image if view else ref, max_pixels=max_pixels, max_aspect=max_aspect,
+                                     draft=draft, max_bytes=max_bytes, read_timeout=read_timeout)
+            if view is not None:
+                img = apply_view(img, view.view, view.key)
             out.append(("ok", pre.worker(img), info))
         except BadImage as exc:
             out.append(("err", exc.reason, exc.detail))

@@ -28,7 +28,7 @@ from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
 from clipdetect.features.pipeline import Task, decode_refs, plan_tasks
 from clipdetect.data.sources import Sample, Source
 
-SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path", "source")
+SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path", "source", "family", "group")
 
 
 def plan_shards(start: int, stop: int, shard_size: int) -> List[Dict[str, int]]:

@@ -1,9 +1,12 @@
 """Deterministic train / validation / test splits for a feature cache.
 
-A split is a pure function of the row's key and a seed: ``blake2b(f"{seed}:{key}")`` is
+A split is a pure function of the row's content group and a seed: ``blake2b(f"{seed}:{group}")`` is
 mapped to a number in [0, 1) and compared with the validation and test fractions. The
 assignment therefore does not depend on row order, process, platform or ``PYTHONHASHSEED``,
-and a key keeps its split when rows are added to or removed from the cache.
+and a key keeps its split when rows are added to or removed from the cache. The group is
+the ``group`` column (one prompt's real image and its fakes, set by the source), which
+defaults to the row's key: every view of an image, and every image of a content group,
+lands in the same split, so no split ever cuts a group.
 
 :func:`resolve_split_rows` is what training and evaluation use: a cache whose ``split``
 column already names held-out data ("val"/"validation"/"test") is used as extracted; a
@@ -62,10 +65,11 @@ def cache_splits(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0)
 
     If the cache's ``split`` column contains validation/test names they are used as is
     (normalised: "validation"/"valid"/"dev" → "val"). Otherwise rows whose split is
-    "train" are re-assigned with :func:`assign_splits` on their keys; rows with any other
-    split value keep it (they belong to no derived split).
+    "train" are re-assigned with :func:`assign_splits` on their content groups (the key when
+    the source gave none); rows with any other split value keep it (they belong to no
+    derived split).
     """
-    meta = cache.columns("split", "key")
+    meta = cache.columns("split", "group")
     split = meta["split"].astype(str).str.lower().to_numpy().astype(object)
     if has_heldout_splits(split):
         out = split.copy()
@@ -73,7 +77,7 @@ def cache_splits(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0)
         return out.astype(str)
     out = split.copy()
     is_train = np.isin(split, TRAIN_NAMES)
-    out[is_train] = assign_splits(meta["key"].to_numpy()[is_train], val=val, test=test, seed=seed)
+    out[is_train] = assign_splits(meta["group"].to_numpy()[is_train], val=val, test=test, seed=seed)
     return out.astype(str)
 
 
@@ -152,3 +156,18 @@ class SplitSpec:
     def all(self, cache) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(train, val, test) row ids (:func:`resolve_all`)."""
         return resolve_all(cache, val=self.val, test=self.test, seed=self.seed)
+
+
+def view_rows(cache, rows: np.ndarray, views: Optional[Iterable[str]]) -> np.ndarray:
+    """The rows of ``rows`` whose ``view`` (``extract --views``) is one of ``views`` (None: all);
+    an unknown view is an error naming the cache's views."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if views is None:
+        return rows
+    have = cache.columns("view")["view"].astype(str).to_numpy()
+    wanted = list(views)
+    missing = sorted(set(wanted) - set(have))
+    if missing:
+        raise ValueError(f"view(s) {missing} are not in cache {str(cache.root)!r}, which holds "
+                         f"{sorted(set(have))}; extract them with --views or choose among those")
+    return rows[np.isin(have[rows], wanted)]

@@ -19,8 +19,8 @@ import numpy as np
 from clipdetect.core.inputs import InputError, check_regular
 
 from clipdetect.features.cache import FeatureCache
-from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, OPTIONAL_META_COLUMNS,
-                                          CacheError, manifest_problems, read_manifest, shard_file)
+from clipdetect.features.manifest import (ERROR_COLUMNS, NORM_TOLERANCE, V1_META_COLUMNS, CacheError,
+                                          manifest_problems, read_manifest, shard_file)
 
 __all__ = ["Problem", "VerifyReport", "verify_cache", "open_verified", "npy_header"]
 
@@ -100,9 +100,12 @@ def _check_npy(root: Path, sub: str, shard: Dict[str, Any], manifest: Dict[str, 
     except (ValueError, OSError, SyntaxError) as exc:
         out.append(Problem(rel, f"unreadable .npy header ({exc})", name))
         return None
-    want = (int(shard["rows"]), int(manifest["embed_dim"]))
+    layers = manifest.get("layers") or {}
+    want = ((int(shard["rows"]), int(layers.get("tokens", 0)), int(layers.get("width", 0))) if sub == "layers"
+            else (int(shard["rows"]), int(manifest["embed_dim"])))
     if tuple(shape) != want:
-        out.append(Problem(rel, f"holds shape {tuple(shape)} but the manifest says {want} (rows, dim)", name))
+        dims = "(rows, tokens, width)" if sub == "layers" else "(rows, dim)"
+        out.append(Problem(rel, f"holds shape {tuple(shape)} but the manifest says {want} {dims}", name))
     if dtype != np.dtype(manifest["dtype"]):
         out.append(Problem(rel, f"dtype {dtype} but the manifest says {manifest['dtype']}", name))
     need = offset + int(np.prod(shape)) * dtype.itemsize
@@ -141,7 +144,7 @@ def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: Li
     arr = np.load(path, mmap_mode="r")
     bad, off = [], []
     for i in range(0, len(arr), _CHUNK):
-        x = np.asarray(arr[i:i + _CHUNK], dtype=np.float32)
+        x = np.asarray(arr[i:i + _CHUNK], dtype=np.float32).reshape(min(_CHUNK, len(arr) - i), -1)
         finite = np.isfinite(x).all(axis=1)
         bad.append(np.flatnonzero(~finite) + i)
         if normalized:
@@ -156,13 +159,16 @@ def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List
     import pandas as pd
 
     meta = pd.read_parquet(path)
-    missing = [c for c in META_COLUMNS if c not in meta.columns and c not in OPTIONAL_META_COLUMNS]
+    missing = [c for c in V1_META_COLUMNS if c not in meta.columns]
     if missing:
         out.append(Problem(rel, f"lacks metadata column(s) {missing}", shard))
         return
-    keys = meta["key"].astype(str).to_numpy()
-    dup = [i for i, k in enumerate(keys) if k in seen or seen.setdefault(k, shard) != shard]
-    _bad_rows(out, rel, shard, "duplicate keys (also earlier in the cache or this shard)", np.array(dup, int))
+    keys = meta["key"].astype(str)
+    if "view" in meta.columns:  # one row per image and view
+        keys = keys + "\x00" + meta["view"].fillna("orig").astype(str).replace("", "orig")
+    dup = [i for i, k in enumerate(keys.to_numpy()) if k in seen or seen.setdefault(k, shard) != shard]
+    _bad_rows(out, rel, shard, "duplicate keys (also earlier in the cache or this shard; per view)",
+              np.array(dup, int))
     labels = pd.to_numeric(meta["label"], errors="coerce").to_numpy()
     _bad_rows(out, rel, shard, "labels other than 0/1", np.flatnonzero(~np.isin(labels, (0, 1))))
 
@@ -195,13 +201,16 @@ def verify_cache(root: str | os.PathLike, *, full: bool = True) -> VerifyReport:
         arrays = [("img_emb", _check_npy(root, "img_emb", s, manifest, out))]
         if s.get("has_text"):
             arrays.append(("txt_emb", _check_npy(root, "txt_emb", s, manifest, out)))
+        if manifest.get("layers") or s.get("has_layers"):
+            arrays.append(("layers", _check_npy(root, "layers", s, manifest, out)))
         meta = _check_parquet(root, "meta", s, int(s["rows"]), out)
         ledger = _check_parquet(root, "errors", s, int(s.get("errors", 0)), out)
         if not full:
             continue
         for sub, path in arrays:
             if path is not None:
-                _scan_embeddings(path, f"{sub}/{path.name}", s["name"], bool(manifest.get("normalized")), out)
+                _scan_embeddings(path, f"{sub}/{path.name}", s["name"],
+                                 bool(manifest.get("normalized")) and sub != "layers", out)
         if meta is not None:
             _scan_meta(meta, f"meta/{meta.name}", s["name"], seen, out)
         if ledger is not None:

@@ -37,7 +37,7 @@ from clipdetect.features.backbones import identities_match
 from clipdetect.models.bundle import FORMAT, DetectorError, bundle_json, read_bundle, save_bundle
 from clipdetect.models.heads import HeadConfig
 from clipdetect.models.calibration import Calibration, choose_threshold, fit_on_validation
-from clipdetect.features.splits import SplitSpec
+from clipdetect.features.splits import SplitSpec, view_rows
 from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -289,25 +289,35 @@ class Detector:
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         config = config or TrainConfig()
         if config.split == "all":
-            tr, va = np.arange(len(cache), dtype=np.int64), np.array([], dtype=np.int64)
-            te = va
+            tr = view_rows(cache, np.arange(len(cache), dtype=np.int64), config.views)
+            va = te = np.array([], dtype=np.int64)
             logger.warning("training on all %d rows of %s: nothing is left for validation or testing (no best-epoch "
                            "selection, no calibration, threshold P(fake) > 0.5); evaluate this detector on "
-                           "another cache", len(cache), cache.root)
+                           "another cache", len(tr), cache.root)
         else:
-            tr, va, te = SplitSpec.of(config).all(cache)
-        if len(tr) == 0:
-            raise ValueError(f"cache {str(cache.root)!r} has no training rows")
-        val = CacheSource(cache, va, feature_set) if len(va) else None
-        result = train(CacheSource(cache, tr, feature_set), val_data=val, config=config, out_dir=out,
-                       progress=progress)
-        extra = {"cache": str(Path(cache.root).resolve()), "cache_created": cache.manifest.get("created"),
-                 "splits": {"train": len(tr), "val": len(va), "test": len(te)}}
-        det = cls.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
-                              y_val=None if val is None else val.y, extra=extra)
+            tr, va, te = (view_rows(cache, r, config.views) for r in SplitSpec.of(config).all(cache))
+        det = cls.fit_rows(cache, tr, va, feature_set=feature_set, config=config, out=out, progress=progress)
+        det.extra["splits"]["test"] = len(te)
         if out is not None:
             det.save(out)
         return det
+
+    @classmethod
+    def fit_rows(cls, cache, train_rows, val_rows, *, feature_set: str = "image", config: TrainConfig | None = None,
+                 out: str | os.PathLike | None = None, progress: bool = False) -> "Detector":
+        """Train on explicit row subsets of ``cache`` (validation rows pick the epoch and fit the
+        calibration and threshold); what :meth:`fit_cache` and the protocols' refits run. With
+        ``out``, ``train_config.json`` and ``train_log.jsonl`` are written there (not the bundle)."""
+        config = config or TrainConfig()
+        if len(train_rows) == 0:
+            raise ValueError(f"cache {str(cache.root)!r} has no training rows")
+        val = CacheSource(cache, val_rows, feature_set) if len(val_rows) else None
+        result = train(CacheSource(cache, train_rows, feature_set), val_data=val, config=config, out_dir=out,
+                       progress=progress)
+        extra = {"cache": str(Path(cache.root).resolve()), "cache_created": cache.manifest.get("created"),
+                 "splits": {"train": len(train_rows), "val": len(val_rows)}}
+        return cls.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
+                               y_val=None if val is None else val.y, extra=extra)
 
     # ---- persistence (:mod:`clipdetect.models.bundle`) -------------------------------------
     def to_json(self) -> Dict[str, Any]:
@@ -319,8 +329,12 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> "Detector":
-        """Load a bundle written by :meth:`save` (safetensors + JSON only; nothing is unpickled)."""
-        return cls(**read_bundle(path, device=device))
+        """Load a bundle written by :meth:`save` (safetensors + JSON only; nothing is unpickled), or a
+        detector shipped with the package by name (:mod:`clipdetect.models.pretrained`, e.g.
+        ``"general-b16"``)."""
+        from clipdetect.models.pretrained import resolve_detector_path
+
+        return cls(**read_bundle(resolve_detector_path(path), device=device))
 
 
 def load_detector(path: str | os.PathLike, *, device: str = "cpu") -> Detector:

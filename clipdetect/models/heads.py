@@ -10,6 +10,11 @@ Two heads are provided:
 
   followed by a final affine map :math:`s = w^\\top h_{depth} + b` giving one logit per sample.
 * :class:`LinearHead` -- a single affine map :math:`s = w^\\top x + b` (linear-probe baseline).
+* :class:`LayerHead` -- for per-block features (``extract --layers``; RINE, Koutlis &
+  Papadopoulos, ECCV 2024): the ``tokens`` CLS tokens of the image tower are normalised
+  (LayerNorm without affine), projected by one shared Linear to ``width``, mixed with learned
+  per-block, per-dimension importance weights (a softmax over blocks, uniform at start), and
+  the mixture goes through the MLP head's blocks to one logit.
 
 Both return logits of shape ``[N]``; :math:`\\sigma(s)` is the probability that the image is fake.
 Heads are built from a :class:`HeadConfig`, which round-trips through JSON via
@@ -22,16 +27,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HEAD_KINDS", "HeadConfig", "MLPHead", "LinearHead", "create_head", "head_from_dict",
+__all__ = ["HEAD_KINDS", "HeadConfig", "MLPHead", "LinearHead", "LayerHead", "create_head", "head_from_dict",
            "count_parameters", "kaiming_bound"]
 
-HEAD_KINDS = ("mlp", "linear")
+HEAD_KINDS = ("mlp", "linear", "layers", "fusion")
 
 
 @dataclass(kw_only=True)
@@ -45,6 +51,11 @@ class HeadConfig:
         depth: number of ``Linear -> BatchNorm1d -> LeakyReLU -> Dropout`` blocks (MLP only).
         dropout: dropout probability in ``[0, 1)`` (MLP only).
         negative_slope: LeakyReLU negative slope, also used as ``a`` in the Kaiming init.
+        tokens: number of per-block tokens in the input (``layers`` heads: ``in_dim = tokens * token
+            width``); ``width`` unset means the token width there.
+        members: ``fusion`` heads only (:mod:`clipdetect.models.fusion`): one dict per member,
+            ``{"head": its HeadConfig as a dict, "columns": [[start, stop], ...]}`` (the input
+            columns it reads).
     """
 
     kind: str = "mlp"
@@ -53,14 +64,18 @@ class HeadConfig:
     depth: int = 3
     dropout: float = 0.335
     negative_slope: float = 0.01
+    tokens: int | None = None
+    members: list | None = None
 
     def __post_init__(self) -> None:
         validate_head_config(self)
 
     @property
     def hidden_width(self) -> int:
-        """The effective hidden width (``width`` or ``in_dim`` when unset)."""
-        return self.in_dim if self.width is None else self.width
+        """The effective hidden width (``width``; unset: ``in_dim``, or the token width of a layers head)."""
+        if self.width is not None:
+            return self.width
+        return self.in_dim // self.tokens if self.kind == "layers" else self.in_dim
 
 
 def validate_head_config(config: HeadConfig) -> None:
@@ -77,6 +92,13 @@ def validate_head_config(config: HeadConfig) -> None:
         raise ValueError(f"dropout must lie in [0, 1), got {config.dropout!r}")
     if config.negative_slope < 0.0:
         raise ValueError(f"negative_slope must be >= 0, got {config.negative_slope!r}")
+    if config.kind == "fusion" and not config.members:
+        raise ValueError("a fusion head needs members (made by clipdetect fuse)")
+    if config.kind == "layers" and (not isinstance(config.tokens, int) or config.tokens < 1
+                                    or config.in_dim % config.tokens):
+        raise ValueError(f"a layers head needs tokens (an integer >= 1 dividing in_dim {config.in_dim}), "
+                         f"got {config.tokens!r}; train it on the 'layers' feature set of a cache extracted "
+                         "with --layers")
 
 
 def _kaiming_init_(linear: nn.Linear, negative_slope: float) -> None:
@@ -115,20 +137,55 @@ class MLPHead(nn.Module):
         config = HeadConfig(kind="mlp", in_dim=in_dim, width=width, depth=depth,
                             dropout=dropout, negative_slope=negative_slope)
         hidden = config.hidden_width
-        layers: list[nn.Module] = []
-        d_in = in_dim
-        for _ in range(depth):
-            linear = nn.Linear(d_in, hidden)
-            _kaiming_init_(linear, negative_slope)
-            layers += [linear, nn.BatchNorm1d(hidden), nn.LeakyReLU(negative_slope), nn.Dropout(dropout)]
-            d_in = hidden
-        self.body = nn.Sequential(*layers)
+        self.body = _blocks(in_dim, hidden, depth, dropout, negative_slope)
         self.out = nn.Linear(hidden, 1)
         _kaiming_init_(self.out, negative_slope)
         self.config = config
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.body(x)).squeeze(-1)
+
+
+def _blocks(d_in: int, hidden: int, depth: int, dropout: float, negative_slope: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        linear = nn.Linear(d_in, hidden)
+        _kaiming_init_(linear, negative_slope)
+        layers += [linear, nn.BatchNorm1d(hidden), nn.LeakyReLU(negative_slope), nn.Dropout(dropout)]
+        d_in = hidden
+    return nn.Sequential(*layers)
+
+
+class LayerHead(nn.Module):
+    """Per-block tokens ``[N, tokens * W]`` → LayerNorm → shared Linear(W, width) → softmax-weighted
+    sum over blocks (weights per block and dimension) → ``depth`` MLP blocks → logit ``[N]``."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokens = int(config.tokens)
+        token_width, hidden = config.in_dim // self.tokens, config.hidden_width
+        self.norm = nn.LayerNorm(token_width, elementwise_affine=False)
+        self.proj = nn.Linear(token_width, hidden)
+        _kaiming_init_(self.proj, config.negative_slope)
+        self.act = nn.LeakyReLU(config.negative_slope)
+        self.importance = nn.Parameter(torch.zeros(self.tokens, hidden))  # softmax over blocks: uniform at start
+        self.body = _blocks(hidden, hidden, config.depth, config.dropout, config.negative_slope)
+        self.out = nn.Linear(hidden, 1)
+        _kaiming_init_(self.out, config.negative_slope)
+
+    #: the importance logits are scaled up so that Adam (steps of about lr per parameter) can move
+    #: the block mixture away from uniform within a normal schedule
+    IMPORTANCE_SCALE = 10.0
+
+    def block_weights(self) -> Tensor:
+        """[tokens, width] mixing weights (each column sums to 1 over the blocks)."""
+        return torch.softmax(self.importance * self.IMPORTANCE_SCALE, dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.act(self.proj(self.norm(x.view(len(x), self.tokens, -1))))
+        mixed = (z * self.block_weights().unsqueeze(0)).sum(dim=1)
+        return self.out(self.body(mixed)).squeeze(-1)
 
 
 class LinearHead(nn.Module):
@@ -148,6 +205,12 @@ def create_head(config: HeadConfig) -> nn.Module:
     validate_head_config(config)
     if config.kind == "linear":
         head: nn.Module = LinearHead(config.in_dim)
+    elif config.kind == "layers":
+        head = LayerHead(config)
+    elif config.kind == "fusion":
+        from clipdetect.models.fusion import FusionHead
+
+        head = FusionHead(config)
     else:
         head = MLPHead(
             config.in_dim,

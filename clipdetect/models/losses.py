@@ -25,7 +25,7 @@ import contextlib
 import contextvars
 import logging
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +152,8 @@ def cvar(losses: Tensor, alpha: float) -> Tensor:
     return total / m
 
 
-def pairwise_auc_loss(logits: Tensor, fake: Tensor, *, margin: float = 0.6, p: float = 2) -> Tensor:
+def pairwise_auc_loss(logits: Tensor, fake: Tensor, *, margin: float = 0.6, p: float = 2,
+                      groups: Optional[Tensor] = None) -> Tensor:
     r"""Pairwise hinge AUC surrogate, averaged over all (fake, real) pairs.
 
     .. math::
@@ -165,7 +166,15 @@ def pairwise_auc_loss(logits: Tensor, fake: Tensor, *, margin: float = 0.6, p: f
     Under ``torch.compile`` the same mean is taken over the full :math:`n \times n` matrix with the
     (fake, real) pairs masked in: selecting the classes by mask has a data-dependent size, which would
     split the compiled graph; the masked form is one fused reduction there.
+
+    ``groups`` (integer content-group ids, one per sample): only (fake, real) pairs of the same
+    group count — a fake is ranked against the real image of its own prompt, so content cannot
+    separate the pair. A batch without such a pair contributes 0.
     """
+    if groups is not None:
+        pairs = fake.unsqueeze(1) & ~fake.unsqueeze(0) & (groups.unsqueeze(1) == groups.unsqueeze(0))
+        hinge = torch.clamp(margin - (logits.unsqueeze(1) - logits.unsqueeze(0)), min=0).pow(p)
+        return torch.where(pairs, hinge, 0.0).sum() / pairs.sum().clamp(min=1)
     if _compiling():
         pairs = fake.unsqueeze(1) & ~fake.unsqueeze(0)
         hinge = torch.clamp(margin - (logits.unsqueeze(1) - logits.unsqueeze(0)), min=0).pow(p)
@@ -178,7 +187,7 @@ def pairwise_auc_loss(logits: Tensor, fake: Tensor, *, margin: float = 0.6, p: f
 class BCELoss(nn.Module):
     r"""Mean binary cross-entropy on logits, :math:`\frac{1}{n}\sum_i \ell_i`."""
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, groups: Optional[Tensor] = None) -> Tensor:
         logits, fake = check_batch(logits, targets)
         return _per_sample_bce(logits, fake).mean()
 
@@ -194,7 +203,7 @@ class CVaRLoss(nn.Module):
         super().__init__()
         self.alpha = _check_alpha(alpha)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, groups: Optional[Tensor] = None) -> Tensor:
         logits, fake = check_batch(logits, targets)
         return cvar(_per_sample_bce(logits, fake), self.alpha)
 
@@ -218,9 +227,9 @@ class AUCLoss(nn.Module):
         self.margin = float(margin)
         self.p = p
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, groups: Optional[Tensor] = None) -> Tensor:
         logits, fake = check_batch(logits, targets, need_both_classes=True)
-        return pairwise_auc_loss(logits, fake, margin=self.margin, p=self.p)
+        return pairwise_auc_loss(logits, fake, margin=self.margin, p=self.p, groups=groups)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, p={self.p}"
@@ -241,14 +250,14 @@ class CombinedLoss(nn.Module):
         self.cvar = CVaRLoss(alpha)
         self.auc = AUCLoss(margin, p)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, groups: Optional[Tensor] = None) -> Tensor:
         flat, fake = check_batch(logits, targets, need_both_classes=self.gamma < 1.0)
         total = flat.new_zeros(())
         if self.gamma > 0.0:
             total = total + self.gamma * cvar(_per_sample_bce(flat, fake), self.cvar.alpha)
         if self.gamma < 1.0:
             total = total + (1.0 - self.gamma) * pairwise_auc_loss(
-                flat, fake, margin=self.auc.margin, p=self.auc.p
+                flat, fake, margin=self.auc.margin, p=self.auc.p, groups=groups
             )
         return total
 

@@ -21,10 +21,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from clipdetect.features.backbones import (Backbone, BackboneError, create_backbone, identities_match,
-                                           locate_checkpoint)
+from clipdetect.features.backbones import (Backbone, BackboneError, alternative_specs, create_backbone,
+                                           identities_match, locate_checkpoint)
 from clipdetect.features import pipeline
 from clipdetect.features.encoder import encoder_for
+from clipdetect.features.manifest import feature_parts
 from clipdetect.features.pipeline import Decoder, default_workers, encode_captions, read_batches
 from clipdetect.core.escape import csv_row
 from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
@@ -100,7 +101,10 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
     """
     want = dict(detector.backbone or {})
     if not spec and want.get("weights") == "checkpoint":
-        spec = f"{want.get('arch')}:{locate_checkpoint(want, override=weights)}"
+        try:
+            spec = f"{want.get('arch')}:{locate_checkpoint(want, override=weights)}"
+        except BackboneError as missing:
+            return _alternative_backbone(want, missing, device=device, precision=precision)
     spec = spec or want.get("spec")
     if not spec:
         raise BackboneError("the detector records no backbone spec; pass one with --backbone ARCH:WEIGHTS")
@@ -120,6 +124,24 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
                                 "or --force")
         logger.warning("%s; continuing because of --force", msg)
     return backbone
+
+
+def _alternative_backbone(want: dict, missing: BackboneError, *, device: str, precision: str) -> Backbone:
+    """The first of the detector's alternative backbones (:func:`alternative_specs`) that loads,
+    when its own checkpoint file is not found; else one error naming every way to fix it."""
+    tried = []
+    for alt in alternative_specs(want):
+        try:
+            backbone = create_backbone(alt, device=device, precision=precision)
+        except BackboneError as exc:
+            tried.append(f"{alt}: {exc}")
+            continue
+        logger.info("the detector's checkpoint %s is not here; using the same model as %s",
+                    want.get("checkpoint"), alt)
+        return backbone
+    if not tried:
+        raise missing
+    raise BackboneError(f"{missing}. Its alternatives did not load either: " + "; ".join(tried))
 
 
 @dataclass
@@ -194,9 +216,19 @@ class _Writer:
             self.file.discard()
 
 
+def reads_text(detector) -> bool:
+    """Whether the detector's input includes caption embeddings."""
+    return "text" in feature_parts(detector.feature_set)
+
+
+def detector_encoder(detector, backbone: Backbone, pre: SplitPreprocess):
+    """The encoder stage for ``detector``: with per-block tokens when its input has them."""
+    return encoder_for(backbone, pre, layers="layers" in feature_parts(detector.feature_set))
+
+
 def check_captions(detector, source: Source) -> None:
-    """An image+text or text detector needs captions: refuse a source whose first item has none."""
-    if detector.feature_set == "image":
+    """A detector on caption features needs captions: refuse a source whose first item has none."""
+    if not reads_text(detector):
         return
     first = next(iter(source.iterate(0)), None)
     if first is not None and not first.caption:
@@ -207,35 +239,36 @@ def check_captions(detector, source: Source) -> None:
 
 def check_text_tower(detector, backbone: Backbone) -> None:
     """Raise :class:`BackboneError` when the detector needs caption features the backbone cannot make."""
-    fs = detector.feature_set
-    if fs != "image" and not backbone.has_text:
-        raise BackboneError(f"the detector uses {fs!r} features but backbone {backbone.spec!r} "
+    if reads_text(detector) and not backbone.has_text:
+        raise BackboneError(f"the detector uses {detector.feature_set!r} features but backbone {backbone.spec!r} "
                             "has no text tower")
 
 
 def scorable(detector, decoded: Sequence[tuple], captions: Sequence[Optional[str]]) -> List[int]:
     """Indices of the items that can be scored: decoded, and captioned when the detector reads text."""
-    fs = detector.feature_set
-    return [i for i, d in enumerate(decoded) if d[0] == "ok" and (fs == "image" or captions[i])]
+    text = reads_text(detector)
+    return [i for i, d in enumerate(decoded) if d[0] == "ok" and (not text or captions[i])]
 
 
 def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions: Sequence[Optional[str]],
                 x: np.ndarray) -> List[Dict[str, Any]]:
-    """One dict per item of a decoded batch, given the image embeddings ``x`` of its
-    :func:`scorable` items: ``logit``, ``probability`` (calibrated P(fake)), ``threshold`` and
-    ``label`` (1 = fake: ``probability > threshold``), or only ``error`` ("reason: detail")."""
-    fs = detector.feature_set
+    """One dict per item of a decoded batch, given the encoder's rows ``x`` of its
+    :func:`scorable` items (image embeddings, then per-block tokens when the encoder taps them):
+    ``logit``, ``probability`` (calibrated P(fake)), ``threshold`` and ``label`` (1 = fake:
+    ``probability > threshold``), or only ``error`` ("reason: detail")."""
     ok = scorable(detector, decoded, captions)
     out: List[Dict[str, Any]] = [{} for _ in decoded]
     for i, d in enumerate(decoded):
         if d[0] != "ok":
             out[i]["error"] = f"{d[1]}: {d[2]}" if d[2] else d[1]
-        elif fs != "image" and not captions[i]:
+        elif reads_text(detector) and not captions[i]:
             out[i]["error"] = "no_caption: the detector needs a caption for text features"
     if ok:
-        if fs != "image":
-            t = encode_captions(backbone, [captions[i] for i in ok])
-            x = t if fs == "text" else np.concatenate([x, t], axis=1)
+        d = backbone.embed_dim
+        parts = {"image": x[:, :d], "layers": x[:, d:]}
+        if reads_text(detector):
+            parts["text"] = encode_captions(backbone, [captions[i] for i in ok])
+        x = np.concatenate([parts[p] for p in feature_parts(detector.feature_set)], axis=1)
         finite = np.isfinite(np.asarray(x, dtype=np.float32)).all(axis=1)
         for j in np.flatnonzero(~finite):  # the backbone overflowed: no score, not a NaN one
             out[ok[j]]["error"] = "non_finite_embedding: the backbone gave NaN/inf features"
@@ -281,7 +314,7 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
                       read_timeout=read_timeout)
     tasks = ((captions[i:i + batch_size], images[i:i + batch_size]) for i in range(0, len(images), batch_size))
     rows: List[Dict[str, Any]] = []
-    for caps, decoded, x in pipeline.run(tasks, decoder, encoder_for(backbone, pre),
+    for caps, decoded, x in pipeline.run(tasks, decoder, detector_encoder(detector, backbone, pre),
                                          lambda caps, decoded: scorable(detector, decoded, caps)):
         rows += score_batch(detector, backbone, decoded, caps, x)
     df = pd.DataFrame(rows, columns=SCORE_COLUMNS)
@@ -323,7 +356,7 @@ def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
     tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
     decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes,
                       read_timeout=read_timeout)
-    encoder = encoder_for(backbone, pre)
+    encoder = detector_encoder(detector, backbone, pre)
 
     def select(batch, decoded):  # text features need a caption
         return scorable(detector, decoded, [s.caption for s in batch])

@@ -26,7 +26,7 @@ SMALL_CACHE = 200
 #: epochs an automatic schedule runs at least (the paper's 32: large caches keep its recipe)
 MIN_EPOCHS = 32
 #: default peak learning rates per head kind (see :func:`plan_schedule`)
-DEFAULT_LR = {"mlp": 1e-3, "linear": 0.1}
+DEFAULT_LR = {"mlp": 1e-3, "linear": 0.1, "layers": 1e-3}
 #: named recipes; "paper" is the robust CLIP detector's fixed schedule, exactly as published
 PRESETS: Dict[str, Dict[str, Any]] = {
     "auto": {},

@@ -49,11 +49,12 @@ def compile_mode(value: Any) -> str:
 
 
 def forward_loss(head: torch.nn.Module, loss_fn: Callable, mode: str = "none") -> Callable:
-    """``(xb, yb) -> loss_fn(head(xb), yb)``, compiled as one graph unless ``mode`` is ``"none"``."""
+    """``(xb, yb[, gb]) -> loss_fn(head(xb), yb[, groups=gb])``, compiled as one graph unless ``mode``
+    is ``"none"``; ``gb``: content-group ids for a loss that pairs within groups."""
     mode = compile_mode(mode)
 
-    def head_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return loss_fn(head(xb), yb)
+    def head_loss(xb: torch.Tensor, yb: torch.Tensor, gb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return loss_fn(head(xb), yb) if gb is None else loss_fn(head(xb), yb, groups=gb)
 
     if mode == "none":
         return head_loss
@@ -61,16 +62,16 @@ def forward_loss(head: torch.nn.Module, loss_fn: Callable, mode: str = "none") -
     if mode == "default":
         return compiled
 
-    def graphed_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def graphed_loss(xb: torch.Tensor, yb: torch.Tensor, gb: Optional[torch.Tensor] = None) -> torch.Tensor:
         # a CUDA graph's outputs are overwritten when the next call starts a new step (SAM's second
         # pass does): keep the loss in memory of its own (clone is differentiable)
-        return compiled(xb, yb).clone()
+        return compiled(xb, yb, gb).clone()
 
     return graphed_loss
 
 
 def sam_step(head, opt, loss_fn, xb, yb, use_sam: bool, *,
-             step_loss: Optional[Callable] = None) -> torch.Tensor:
+             step_loss: Optional[Callable] = None, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One optimisation step; returns the (detached) loss without waiting for the device.
 
     ``step_loss(xb, yb)`` computes the loss (default ``loss_fn(head(xb), yb)``; :func:`forward_loss`
@@ -78,12 +79,12 @@ def sam_step(head, opt, loss_fn, xb, yb, use_sam: bool, *,
     second time with ``head``'s BatchNorm running statistics frozen.
     """
     step_loss = step_loss or forward_loss(head, loss_fn)
-    loss = step_loss(xb, yb)
+    loss = step_loss(xb, yb, groups)
     loss.backward()
     if use_sam:
         opt.first_step(zero_grad=True)
         with frozen_bn_stats(head):
-            step_loss(xb, yb).backward()
+            step_loss(xb, yb, groups).backward()
         opt.second_step(zero_grad=True)
     else:
         opt.step()

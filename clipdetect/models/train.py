@@ -35,8 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clipdetect.features.manifest import feature_parts
 from clipdetect.models.calibration import CALIBRATION_METHODS, THRESHOLD_RULES
 from clipdetect.models.heads import HeadConfig, create_head
+from clipdetect.models.samplers import GroupBatchSampler, StratifiedBatchSampler
 from clipdetect.models.schedule import (DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, Schedule, auto_batch_size,
                                        min_steps, plan_schedule)
 from clipdetect.models.losses import create_loss, trusted_batches
@@ -49,11 +51,12 @@ from clipdetect.core.io import open_new, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainResult", "Schedule", "plan_schedule", "auto_batch_size", "PRESETS", "StratifiedBatchSampler", "ArraySource", "CacheSource",
+__all__ = ["TrainConfig", "TrainResult", "Schedule", "plan_schedule", "auto_batch_size", "PRESETS", "ArraySource", "CacheSource",
            "train", "predict_logits", "build_loss", "sam_step", "COMPILE_MODES"]
 
-FEATURE_SETS = ("image", "text", "image+text")
 TRAIN_SPLITS = ("holdout", "all")
+#: which (fake, real) pairs the AUC loss ranks: all of a batch, or those of one content group
+AUC_PAIRS = ("all", "group")
 LOSS_OPTIONS = {"bce": (), "cvar": ("alpha",), "auc": ("margin", "p"), "cvar+auc": ("gamma", "alpha", "margin", "p")}
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -69,10 +72,12 @@ class TrainConfig:
     scale and offset; "temperature"; "none"; ``calibrate=False`` also means "none"), applied only
     when the validation rows support it (:mod:`clipdetect.models.calibration`). ``threshold_rule``:
     "fpr" (the default: at most ``threshold_fpr`` of the validation reals score above the threshold)
-    or "balanced" (best validation balanced accuracy). ``val_fraction``/``test_fraction``/``split_seed``
-    are used when the held-out sets are derived from a cache's "train" rows
-    (:mod:`clipdetect.features.splits`); ``split="all"`` trains on every row of a cache instead
-    (nothing is held out: no best-epoch selection, no calibration, threshold 0.5).
+    or "balanced" (best validation balanced accuracy). ``views``: the cache views (``extract
+    --views``) to train and validate on (None: all). ``auc_pairs="group"``: batches are made of
+    whole content groups and the AUC term ranks each fake only against the reals of its own group.
+    ``val_fraction``/``test_fraction``/``split_seed`` are used when the held-out sets are derived
+    from a cache's "train" rows (:mod:`clipdetect.features.splits`); ``split="all"`` trains on every
+    row of a cache instead (nothing is held out: no best-epoch selection, no calibration, threshold 0.5).
     ``compile``: "none", "default" (``torch.compile`` of the head and the loss together) or "graphs"
     (the same plus CUDA graphs on a GPU; :mod:`clipdetect.models.step`); True/False mean "default"/"none".
     """
@@ -109,9 +114,17 @@ class TrainConfig:
     threshold_fpr: float = 0.05
     split: str = "holdout"
     compile: str = "none"
+    views: Optional[List[str]] = None  # train and validate on these views only (None: every view)
+    auc_pairs: str = "all"  # "group": the AUC loss pairs fakes and reals of the same content group only
 
     def __post_init__(self) -> None:
         self.compile = compile_mode(self.compile)
+        if self.auc_pairs not in AUC_PAIRS:
+            raise ValueError(f"auc_pairs {self.auc_pairs!r} is not one of {AUC_PAIRS}")
+        if self.views is not None:
+            from clipdetect.data.views import parse_views
+
+            self.views = parse_views(self.views)
         if self.loss not in LOSS_OPTIONS:
             raise ValueError(f"loss {self.loss!r} is not one of {sorted(LOSS_OPTIONS)}")
         if self.schedule not in ("cosine", "constant"):
@@ -153,10 +166,14 @@ class TrainConfig:
         return {"calibration": self.calibration if self.calibrate else "none", "threshold_rule": self.threshold_rule,
                 "target_fpr": self.threshold_fpr}
 
-    def head_config(self, in_dim: int) -> HeadConfig:
+    def head_config(self, in_dim: int, tokens: Optional[int] = None) -> HeadConfig:
+        """The head for ``in_dim`` inputs; ``tokens``: the input is that many per-block tokens
+        (the 'layers' feature set), on which the paper's MLP becomes the per-block ``layers`` head."""
         if self.head == "linear":
             return HeadConfig(kind="linear", in_dim=in_dim)
-        return HeadConfig(kind=self.head, in_dim=in_dim, width=self.width, depth=self.depth, dropout=self.dropout)
+        kind = "layers" if self.head == "mlp" and tokens else self.head
+        return HeadConfig(kind=kind, in_dim=in_dim, width=self.width, depth=self.depth, dropout=self.dropout,
+                          tokens=tokens if kind == "layers" else None)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,6 +193,7 @@ class ArraySource:
     def __init__(self, X: np.ndarray, y: np.ndarray):
         self.X = np.asarray(X)
         self.y = _labels(y)
+        self.tokens: Optional[int] = None  # in-memory arrays are flat features
         if self.X.ndim != 2 or len(self.X) != len(self.y):
             raise ValueError(f"X must be [N, D] with N = len(y); got X {self.X.shape}, y {self.y.shape}")
 
@@ -194,13 +212,21 @@ class CacheSource:
     """Rows ``rows`` of a :class:`~clipdetect.features.cache.FeatureCache`, read batch by batch from its memory maps."""
 
     def __init__(self, cache, rows: np.ndarray, feature_set: str = "image"):
-        if feature_set not in FEATURE_SETS:
-            raise ValueError(f"feature set {feature_set!r} is not one of {FEATURE_SETS}")
+        feature_parts(feature_set)  # a clear error for an unknown one
         self.cache, self.feature_set = cache, feature_set
         self.rows = np.sort(np.asarray(rows, dtype=np.int64))
         self.y = _labels(cache.labels(self.rows))
-        mult = 2 if feature_set == "image+text" else 1
-        self.dim = cache.embed_dim * mult
+        self.dim = cache.feature_dim(feature_set)
+        self.tokens = int(cache.layers["tokens"]) if feature_set == "layers" else None
+        self._groups: Optional[np.ndarray] = None
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Integer content-group ids of the rows (read on first use)."""
+        if self._groups is None:
+            names = self.cache.columns("group")["group"].to_numpy()[self.rows]
+            self._groups = np.unique(names.astype(str), return_inverse=True)[1].astype(np.int64)
+        return self._groups
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -214,42 +240,6 @@ def _labels(y) -> np.ndarray:
     if y.size and not np.isin(y, (0, 1)).all():
         raise ValueError(f"labels must be 0 (real) or 1 (fake); found {np.unique(y)[:5].tolist()}")
     return y.astype(np.int64)
-
-
-class StratifiedBatchSampler:
-    """Batches of indices that keep the class ratio and always hold both classes.
-
-    An epoch has ``ceil(n / batch_size)`` batches; each class's shuffled indices are split
-    evenly across them. A class with fewer samples than batches is cycled (some of its
-    samples appear twice in the epoch) so that every batch still holds at least one of it.
-    Indices within a batch are sorted (sequential reads from the memory maps).
-    """
-
-    def __init__(self, labels: np.ndarray, batch_size: int, *, seed: int = 0):
-        y = np.asarray(labels)
-        self.pos, self.neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        if len(self.pos) == 0 or len(self.neg) == 0:
-            raise ValueError(f"training needs both classes, but the training rows hold {len(self.pos)} fake "
-                             f"and {len(self.neg)} real samples; check the labels / split of the data")
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self.n_batches = max(1, math.ceil(len(y) / self.batch_size))
-        if min(len(self.pos), len(self.neg)) < self.n_batches:
-            logger.warning("minority class has %d samples for %d batches per epoch: cycling it",
-                           min(len(self.pos), len(self.neg)), self.n_batches)
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        parts = []
-        for idx in (self.pos, self.neg):
-            perm = rng.permutation(idx)
-            if len(perm) < self.n_batches:
-                perm = np.resize(perm, self.n_batches)
-            parts.append(np.array_split(perm, self.n_batches))
-        for b in rng.permutation(self.n_batches):
-            yield np.sort(np.concatenate([parts[0][b], parts[1][b]]))
 
 
 @dataclass
@@ -331,7 +321,13 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
                        "undertrained; use a smaller --batch-size, more --epochs or --steps, or the default "
                        "schedule instead of a fixed one", plan.total_steps, len(train_data), plan.batch_size,
                        plan.epochs)
-    sampler = StratifiedBatchSampler(train_data.y, plan.batch_size, seed=config.seed)
+    if config.auc_pairs == "group":
+        if not hasattr(train_data, "groups"):
+            raise ValueError("auc_pairs='group' needs content groups: train on a feature cache (its group column)")
+        sampler = GroupBatchSampler(train_data.y, train_data.groups, plan.batch_size, seed=config.seed)
+        resident = False  # batches carry their group ids from the host
+    else:
+        sampler = StratifiedBatchSampler(train_data.y, plan.batch_size, seed=config.seed)
     log_file = None
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -339,7 +335,7 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
         write_json(out_dir / "train_config.json", config.to_dict())
         log_file = open_new(out_dir / "train_log.jsonl", "w")
     device = torch.device(config.device)
-    head_config = config.head_config(train_data.dim)
+    head_config = config.head_config(train_data.dim, getattr(train_data, "tokens", None))
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(config.seed)
         try:
@@ -354,17 +350,20 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
 
 
 def _batches(train_data, rows, sampler, epoch: int, limit: Optional[int], device) -> Iterator[tuple]:
-    """(features, labels) of one epoch on ``device``: gathered there when ``rows`` are resident,
-    else read from the source (the next batch in a thread) and copied."""
+    """(features, labels, group ids or None) of one epoch on ``device``: gathered there when
+    ``rows`` are resident, else read from the source (the next batch in a thread) and copied."""
     if rows is not None:
-        yield from rows.batches(sampler, epoch, limit)
+        for xb, yb in rows.batches(sampler, epoch, limit):
+            yield xb, yb, None
         return
     batches = sampler.epoch(epoch)
     if limit is not None:
         batches = itertools.islice(batches, max(0, limit))
+    grouped = isinstance(sampler, GroupBatchSampler)
     for idx, x in _prefetched(train_data, batches):
         yield (torch.from_numpy(x).to(device),
-               torch.from_numpy(train_data.y[idx]).to(device=device, dtype=torch.float32))
+               torch.from_numpy(train_data.y[idx]).to(device=device, dtype=torch.float32),
+               torch.from_numpy(train_data.groups[idx]).to(device) if grouped else None)
 
 
 def _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress, *,
@@ -395,11 +394,12 @@ def _run(train_data, val_data, config, plan, head_config, sampler, device, log_f
         # on a GPU the losses skip their host-side label checks (the sampler guarantees both
         # classes, the labels are 0/1): no device -> host read anywhere in the step
         with trusted_batches() if device.type == "cuda" else contextlib.nullcontext():
-            for xb, yb in _batches(train_data, rows, sampler, epoch, limit, device):
+            for xb, yb, gb in _batches(train_data, rows, sampler, epoch, limit, device):
                 lr = _lr_at(config, plan.lr, step, plan.horizon)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                losses.append(sam_step(head, opt, loss_fn, xb, yb, config.sam, step_loss=step_loss))  # no sync
+                losses.append(sam_step(head, opt, loss_fn, xb, yb, config.sam, step_loss=step_loss,
+                                       groups=gb))  # no sync
                 step += 1
                 bar.update(1)
         record: Dict[str, Any] = {"epoch": epoch, "steps": step, "train_loss": float(

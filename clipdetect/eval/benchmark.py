@@ -1,0 +1,242 @@
+"""The generalisation benchmark: leave-one-source-out and leave-one-family-out folds, each
+detector variant against the final-embedding MLP and a logistic probe, with paired CIs.
+
+Folds (rows of the evaluation view only; training rows come from the cache's stored or
+derived train/val splits, restricted as below):
+
+* ``loso`` — for each source S: train on every other source (their train rows; their val
+  rows pick the epoch, calibrate and set the threshold); test on **all** of S's images. A
+  source with one class is completed by the other class from the other sources' *test*
+  rows (never trained on) and the fold says so (``completed``). ``fpr`` is the share of S's
+  real photos the fold's detector calls fake at its own threshold: the false alarms a user
+  of a fresh photo collection would see.
+* ``lofo`` — for each generator family F: train without any F fake; test on all F fakes
+  against the test-split reals.
+
+Variants (:data:`VARIANTS`) switch the generalisation aids on and off: per-block features
+(``layers``), degraded views in training (``views``: every view of the cache, else the
+original only), within-group AUC pairs (``groups``), and fusion of an image-embedding MLP
+with a per-block head (``fusion``). ``baseline`` is the default detector: the paper's MLP on
+the final embedding, original views. ``probe`` (logistic regression on the final embedding)
+is fitted on every fold too. Every comparison is paired (same test images), and the mean
+over folds gets its CI from the same bootstrap draws in every fold.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from clipdetect.core.metrics import binary_metrics, expected_calibration_error
+from clipdetect.eval.compare import paired_auc_draws
+from clipdetect.features.splits import SplitSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VARIANTS", "BenchmarkConfig", "plan_folds", "run_benchmark"]
+
+#: name → (layers, views, groups, fusion)
+VARIANTS: Dict[str, Dict[str, bool]] = {
+    "baseline": dict(layers=False, views=False, groups=False, fusion=False),
+    "layers": dict(layers=True, views=False, groups=False, fusion=False),
+    "views": dict(layers=False, views=True, groups=False, fusion=False),
+    "groups": dict(layers=False, views=False, groups=True, fusion=False),
+    "fusion": dict(layers=True, views=False, groups=False, fusion=True),
+    "layers+views": dict(layers=True, views=True, groups=False, fusion=False),
+    "full": dict(layers=True, views=True, groups=True, fusion=True),
+}
+PROTOCOLS = ("loso", "lofo")
+
+
+@dataclass
+class BenchmarkConfig:
+    """What one benchmark run does; saved as ``benchmark_config.json`` next to its results."""
+
+    cache: str = ""
+    protocols: List[str] = field(default_factory=lambda: list(PROTOCOLS))
+    variants: List[str] = field(default_factory=lambda: ["baseline", "layers+views", "full"])
+    eval_view: Optional[str] = None  # None: norm:256:90 when the cache has it, else orig
+    also_views: List[str] = field(default_factory=list)  # the same held-out images scored in these views too
+    train_view: str = "orig"  # the view variants without 'views' train on
+    min_images: int = 20  # sources / families with fewer test images are not held out
+    only: Optional[List[str]] = None  # hold out just these sources / families
+    layers_width: int = 256  # hidden width of per-block heads
+    n_boot: int = 1000
+    seed: int = 0
+    train: Dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for every variant
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.variants if v not in VARIANTS] + [p for p in self.protocols if p not in PROTOCOLS]
+        if bad:
+            raise ValueError(f"unknown variant(s)/protocol(s) {bad}; variants {sorted(VARIANTS)}, "
+                             f"protocols {PROTOCOLS}")
+
+
+@dataclass
+class Fold:
+    protocol: str
+    held_out: str
+    train: np.ndarray  # rows of every view
+    val: np.ndarray
+    test: np.ndarray  # rows of the evaluation view
+    completed: str = ""  # "reals" / "fakes" added from other sources' test rows
+
+
+def _column(cache, name: str) -> np.ndarray:
+    return cache.columns(name)[name].astype(str).to_numpy()
+
+
+def plan_folds(cache, config: BenchmarkConfig, eval_view: str) -> List[Fold]:
+    """Every fold of the configured protocols (held-out sets below ``min_images`` skipped)."""
+    split = SplitSpec.of(config.train).labels(cache)
+    y, view = cache.labels(), _column(cache, "view")
+    ev = view == eval_view
+    folds: List[Fold] = []
+    if "loso" in config.protocols:
+        source = _column(cache, "source")
+        for s in sorted(set(source[source != ""])):
+            held = source == s
+            test = np.flatnonzero(held & ev)
+            completed = ""
+            if len(set(y[test])) < 2:
+                missing = 1 - int(y[test][0]) if len(test) else 0
+                extra = np.flatnonzero(~held & ev & (split == "test") & (y == missing))
+                completed = "fakes" if missing else "reals"
+                test = np.sort(np.concatenate([test, extra]))
+            folds.append(Fold("loso", s, np.flatnonzero(~held & (split == "train")),
+                              np.flatnonzero(~held & (split == "val")), test, completed))
+    if "lofo" in config.protocols:
+        family = _column(cache, "family")
+        for f in sorted(set(family[y == 1])):
+            held = (family == f) & (y == 1)
+            test = np.flatnonzero(ev & (held | ((y == 0) & (split == "test"))))
+            folds.append(Fold("lofo", f, np.flatnonzero(~held & (split == "train")),
+                              np.flatnonzero(~held & (split == "val")), test))
+    wanted = set(config.only or [])
+    keep = []
+    for fold in folds:
+        n_held = int((_held_mask(cache, fold, y)).sum())
+        if (wanted and fold.held_out not in wanted) or n_held < config.min_images or \
+                len(set(y[fold.test])) < 2 or len(set(y[fold.train])) < 2:
+            logger.info("benchmark: skipping %s fold %r (%d held-out images)", fold.protocol, fold.held_out, n_held)
+            continue
+        keep.append(fold)
+    return keep
+
+
+def _held_mask(cache, fold: Fold, y: np.ndarray) -> np.ndarray:
+    col = _column(cache, "source" if fold.protocol == "loso" else "family")[fold.test]
+    return (col == fold.held_out) & ((y[fold.test] == 1) if fold.protocol == "lofo" else True)
+
+
+def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: np.ndarray):
+    from clipdetect.models.detector import Detector
+    from clipdetect.models.fusion import fuse_detectors
+    from clipdetect.models.train import TrainConfig
+
+    v = VARIANTS[name]
+    keep = (lambda r: r) if v["views"] else (lambda r: r[views[r] == config.train_view])
+    tr, va = keep(fold.train), keep(fold.val)
+    base = {**config.train, "auc_pairs": "group" if v["groups"] else "all", "seed": config.seed}
+
+    def fit(feature_set):
+        extra = {"width": config.layers_width} if feature_set == "layers" else {}
+        return Detector.fit_rows(cache, tr, va, feature_set=feature_set,
+                                 config=TrainConfig(**{**base, **extra}))
+
+    if v["fusion"]:
+        return fuse_detectors([fit("image"), fit("layers")], cache, va, seed=config.seed)
+    return fit("layers" if v["layers"] else "image")
+
+
+def _probe(cache, fold: Fold, config: BenchmarkConfig, views: np.ndarray):
+    from clipdetect.models.baseline import fit_logistic_probe
+
+    tr = fold.train[views[fold.train] == config.train_view]
+    va = fold.val[views[fold.val] == config.train_view]
+    return fit_logistic_probe(cache.features("image", tr), cache.labels(tr), X_val=cache.features("image", va),
+                              y_val=cache.labels(va), backbone=cache.backbone)
+
+
+def _scores(det, cache, rows) -> Dict[str, np.ndarray]:
+    from clipdetect.eval.evaluate import logit_threshold
+
+    logits = np.asarray(det.decision_function(det.features(cache, rows)), dtype=np.float64)
+    return {"logit": logits, "prob": np.asarray(det.probability_of(logits), dtype=np.float64),
+            "threshold": float(det.threshold), "threshold_logit": float(logit_threshold(det))}
+
+
+def _fold_row(fold: Fold, name: str, view: str, y: np.ndarray, s: Dict[str, Any], held: np.ndarray) -> Dict[str, Any]:
+    m = binary_metrics(y, s["logit"], scores_are_probs=False)
+    fake_call = s["prob"] > s["threshold"]
+    reals = held & (y == 0) if fold.protocol == "loso" else (y == 0)
+    return {"protocol": fold.protocol, "held_out": fold.held_out, "variant": name, "view": view,
+            "completed": fold.completed,
+            "n_real": int((y == 0).sum()), "n_fake": int(y.sum()), "auc": m["auc"], "ap": m["ap"],
+            "n_held_real": int(reals.sum()) if fold.protocol == "loso" else 0,
+            "fpr": float(fake_call[reals].mean()) if reals.any() and fold.protocol == "loso" else math.nan,
+            "tpr": float(fake_call[y == 1].mean()),
+            "ece": expected_calibration_error(y, s["prob"]), "threshold": s["threshold"],
+            "threshold_logit": s["threshold_logit"]}
+
+
+def run_benchmark(cache, config: BenchmarkConfig, *, on_fold=None) -> Dict[str, Any]:
+    """Run every fold and variant; returns ``{"folds": DataFrame, "deltas": DataFrame,
+    "summary": DataFrame, "scores": DataFrame, "eval_view": str}`` (see :mod:`benchmark_report`
+    for the tables). ``on_fold(result)`` gets the tables of the folds done so far after each
+    fold (the CLI writes them, so a run cut short keeps what it measured)."""
+    views = _column(cache, "view")
+    eval_view = config.eval_view or ("norm:256:90" if "norm:256:90" in set(views) else "orig")
+    missing = [v for v in [config.train_view, *config.also_views] if v not in set(views)]
+    if missing:
+        raise ValueError(f"view(s) {missing} are not in the cache (views: {sorted(set(views))})")
+    folds = plan_folds(cache, config, eval_view)
+    if not folds:
+        raise ValueError("no fold to run: the cache needs 'source'/'family' columns with held-out sets of at "
+                         f"least {config.min_images} images (--min-images) and both classes to train on")
+    y_all, keys = cache.labels(), _column(cache, "key")
+    row_of = {(k, v): i for i, (k, v) in enumerate(zip(keys, views))}
+    rows, score_frames, draws = [], [], {}
+    for i, fold in enumerate(folds, 1):
+        logger.info("benchmark fold %d/%d: %s holds out %r (%d test images)", i, len(folds), fold.protocol,
+                    fold.held_out, len(fold.test))
+        detectors = {"probe": _probe(cache, fold, config, views)}
+        for name in config.variants:
+            detectors[name] = train_variant(cache, fold, name, config, views)
+        held_all = _held_mask(cache, fold, y_all)
+        for view in [eval_view, *[v for v in config.also_views if v != eval_view]]:
+            found = [(j, row_of.get((keys[r], view))) for j, r in enumerate(fold.test)]
+            pick = np.array([j for j, r in found if r is not None], dtype=np.int64)
+            test = np.array([r for _, r in found if r is not None], dtype=np.int64)
+            y, held = y_all[test], held_all[pick]
+            if len(set(y)) < 2:
+                continue
+            scored = {name: _scores(det, cache, test) for name, det in detectors.items()}
+            frame = pd.DataFrame({"protocol": fold.protocol, "held_out": fold.held_out, "view": view,
+                                  "key": keys[test], "label": y, "held": held})
+            for name, sc in scored.items():
+                rows.append(_fold_row(fold, name, view, y, sc, held))
+                frame[name] = sc["logit"]
+                for ref in ("baseline", "probe"):
+                    if ref in scored and ref != name:
+                        draws[(fold.protocol, fold.held_out, name, ref, view)] = paired_auc_draws(
+                            y, sc["logit"], scored[ref]["logit"], n_boot=config.n_boot, seed=config.seed + i)
+            score_frames.append(frame)
+        if on_fold is not None and i < len(folds):
+            on_fold({**_tables(rows, draws, score_frames, eval_view, config), "partial": f"{i} of {len(folds)} folds"})
+    return _tables(rows, draws, score_frames, eval_view, config)
+
+
+def _tables(rows, draws, score_frames, eval_view: str, config: BenchmarkConfig) -> Dict[str, Any]:
+    from clipdetect.eval.benchmark_report import delta_tables, summary_table
+
+    folds_df = pd.DataFrame(rows)
+    deltas, mean_deltas = delta_tables(draws)
+    return {"folds": folds_df, "deltas": deltas, "summary": summary_table(folds_df, mean_deltas),
+            "scores": pd.concat(score_frames, ignore_index=True), "eval_view": eval_view,
+            "config": dataclasses.asdict(config)}

@@ -1,0 +1,86 @@
+"""Batch samplers of the trainer: class-stratified batches, and batches of whole content groups."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StratifiedBatchSampler", "GroupBatchSampler"]
+
+
+class StratifiedBatchSampler:
+    """Batches of indices that keep the class ratio and always hold both classes.
+
+    An epoch has ``ceil(n / batch_size)`` batches; each class's shuffled indices are split
+    evenly across them. A class with fewer samples than batches is cycled (some of its
+    samples appear twice in the epoch) so that every batch still holds at least one of it.
+    Indices within a batch are sorted (sequential reads from the memory maps).
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, *, seed: int = 0):
+        y = np.asarray(labels)
+        self.pos, self.neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        if len(self.pos) == 0 or len(self.neg) == 0:
+            raise ValueError(f"training needs both classes, but the training rows hold {len(self.pos)} fake "
+                             f"and {len(self.neg)} real samples; check the labels / split of the data")
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.n_batches = max(1, math.ceil(len(y) / self.batch_size))
+        if min(len(self.pos), len(self.neg)) < self.n_batches:
+            logger.warning("minority class has %d samples for %d batches per epoch: cycling it",
+                           min(len(self.pos), len(self.neg)), self.n_batches)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        parts = []
+        for idx in (self.pos, self.neg):
+            perm = rng.permutation(idx)
+            if len(perm) < self.n_batches:
+                perm = np.resize(perm, self.n_batches)
+            parts.append(np.array_split(perm, self.n_batches))
+        for b in rng.permutation(self.n_batches):
+            yield np.sort(np.concatenate([parts[0][b], parts[1][b]]))
+
+
+class GroupBatchSampler:
+    """Batches of whole content groups (for ``auc_pairs="group"``): each epoch shuffles the
+    groups and fills batches of about ``batch_size`` rows with them, so a fake and the reals of
+    its prompt are ranked in the same batch. A batch that would hold one class only is carried
+    into the next; the last, short batch joins the one before."""
+
+    def __init__(self, labels: np.ndarray, groups: np.ndarray, batch_size: int, *, seed: int = 0):
+        y = np.asarray(labels)
+        StratifiedBatchSampler(y, batch_size)  # the same both-classes check
+        order = np.argsort(groups, kind="stable")
+        cuts = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
+        self.members = np.split(order, cuts)
+        self.y, self.batch_size, self.seed = y, int(batch_size), int(seed)
+        self.n_batches = max(1, math.ceil(len(y) / self.batch_size))
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        batches, current = [], []
+        for g in rng.permutation(len(self.members)):
+            current.append(self.members[g])
+            if sum(len(m) for m in current) >= self.batch_size:
+                idx = np.concatenate(current)
+                if 0 < self.y[idx].sum() < len(idx):
+                    batches.append(idx)
+                    current = []
+        if current:
+            rest = np.concatenate(current)
+            if batches:
+                batches[-1] = np.concatenate([batches[-1], rest])
+            else:
+                batches.append(rest)
+        for idx in batches:
+            yield np.sort(idx)

@@ -1,0 +1,83 @@
+"""The generalisation benchmark: folds never train on what they hold out; tables and files."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _synthetic import write_layered_cache
+from clipdetect.cli.main import main
+from clipdetect.eval import benchmark
+from clipdetect.eval.benchmark import BenchmarkConfig, plan_folds, run_benchmark
+from clipdetect.models.detector import Detector
+
+TRAIN = {"batch_size": 32, "epochs": 4, "lr": 1e-2, "width": 8, "patience": 0}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: no thread stalls
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return write_layered_cache(tmp_path_factory.mktemp("bench") / "c", n=240, views=("orig", "norm:256:90"),
+                               sources=4, families=2)
+
+
+def test_folds_hold_out_what_they_name(cache):
+    cfg = BenchmarkConfig(train=TRAIN, min_images=10)
+    folds = plan_folds(cache, cfg, "norm:256:90")
+    meta = cache.meta
+    assert {(f.protocol, f.held_out) for f in folds} == {("loso", f"s{i}") for i in range(4)} | {
+        ("lofo", "fam0"), ("lofo", "fam1")}
+    for f in folds:
+        col = "source" if f.protocol == "loso" else "family"
+        trained = meta.loc[np.concatenate([f.train, f.val]), col]
+        assert f.held_out not in set(trained)
+        assert set(meta.loc[f.test, "view"]) == {"norm:256:90"}
+        if f.protocol == "loso":
+            assert (meta.loc[f.test, "source"] == f.held_out).all()
+
+
+def test_benchmark_tables_and_cli_files(cache, tmp_path, monkeypatch):
+    trained = []
+    real_fit = Detector.fit_rows.__func__
+
+    def spy(cls, c, tr, va, **kw):
+        trained.append(kw.get("feature_set"))
+        return real_fit(cls, c, tr, va, **kw)
+
+    monkeypatch.setattr(Detector, "fit_rows", classmethod(spy))
+    cfg = BenchmarkConfig(train=TRAIN, min_images=10, variants=["baseline", "layers"], n_boot=50,
+                          protocols=["loso"], only=["s0", "s1"], also_views=["orig"])
+    result = run_benchmark(cache, cfg)
+    folds = result["folds"]
+    assert set(folds.variant) == {"baseline", "layers", "probe"} and set(folds.held_out) == {"s0", "s1"}
+    assert set(folds.view) == {"norm:256:90", "orig"} and len(folds) == 2 * 3 * 2  # scored in both views
+    assert trained == ["image", "layers"] * 2
+    assert folds.fpr.between(0, 1).all() and (folds.n_held_real > 0).all()
+    s = result["summary"][result["summary"].view == "norm:256:90"].set_index("variant")
+    assert s.loc["layers", "mean_auc"] > s.loc["baseline", "mean_auc"]  # the signal is in the blocks
+    assert s.loc["layers", "vs_baseline_lo"] <= s.loc["layers", "vs_baseline"] <= s.loc["layers", "vs_baseline_hi"]
+    assert np.isnan(s.loc["baseline"].get("vs_baseline", np.nan))
+    out = tmp_path / "b"
+    assert main(["benchmark", str(cache.root), "--out", str(out), "--variants", "baseline", "--protocols", "lofo",
+                 "--n-boot", "20", "--min-images", "10", "--set", "epochs=2", "--set", "batch_size=32"]) == 0
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert doc["provenance"]["version"] and doc["config"]["train"] == {"epochs": 2, "batch_size": 32}
+    assert "# Generalisation benchmark" in (out / "benchmark.md").read_text()
+    scores = pd.read_csv(out / "scores.csv")
+    assert {"baseline", "probe", "key", "label"} <= set(scores.columns)
+
+
+def test_one_class_source_is_completed_and_said(tmp_path):
+    c = write_layered_cache(tmp_path / "c", n=200, sources=4, fakes_only_source=True)
+    y, src = c.labels(), c.columns("source")["source"].to_numpy()
+    assert set(y[src == "s3"]) == {1}
+    folds = {f.held_out: f for f in plan_folds(c, BenchmarkConfig(train=TRAIN, min_images=5, protocols=["loso"]),
+                                               "orig")}
+    s3 = folds["s3"]
+    assert s3.completed == "reals" and set(y[s3.test]) == {0, 1}
+    added = s3.test[src[s3.test] != "s3"]
+    assert (y[added] == 0).all() and set(benchmark.SplitSpec().labels(c)[added]) == {"test"}
+    assert folds["s0"].completed == ""
+    with pytest.raises(ValueError, match="unknown variant"):
+        BenchmarkConfig(variants=["nope"])
