@@ -123,8 +123,8 @@ class FeatureCache:
     def _read_meta(self, columns: Optional[List[str]]) -> pd.DataFrame:
         """Metadata of every shard (only ``columns`` if given), checked as ``cache verify`` checks
         it: each shard's row count, unique (key, view) pairs, labels 0/1."""
-        read = None if columns is None else list(dict.fromkeys(
-            list(columns) + (["view"] if "key" in columns else [])))  # a key repeats once per view
+        # key and view are always read: a (key, view) pair must be unique (a key repeats once per view)
+        read = None if columns is None else list(dict.fromkeys(list(columns) + ["key", "view"]))
         frames = []
         for s in self.shards:
             path = self._file("meta", s, "parquet")

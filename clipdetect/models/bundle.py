@@ -83,7 +83,14 @@ HEAD_FIELDS = {  # HeadConfig: no unknown keys (a typo must not pass)
     "depth": Field(int, lo=1, hi=MAX_DEPTH),
     "dropout": Field(float, lo=0.0, hi=1.0, hi_open=True),
     "negative_slope": Field(float, lo=0.0, hi=100.0),
+    "tokens": Field(int, nullable=True, lo=1, hi=4096),  # per-block ("layers") heads
 }
+#: a fusion head's members: each a plain head reading some input columns
+MEMBER_FIELDS = {"head": Field(dict, required=True, extra=False, fields={
+                     **HEAD_FIELDS, "members": Field(list, nullable=True, max_len=0)}),  # no nesting
+                 "columns": Field(list, required=True, max_len=64,
+                                  items=Field(list, max_len=2, items=Field(int, lo=0, hi=MAX_DIM)))}
+HEAD_FIELDS["members"] = Field(list, nullable=True, max_len=16, items=Field(dict, fields=MEMBER_FIELDS, extra=False))
 BACKBONE_FIELDS = {"spec": _TEXT, "arch": _TEXT, "weights": _TEXT, "tag": _TEXT, "sha256": _TEXT,
                    "seed": Field(int, nullable=True, lo=0, hi=2**63 - 1),
                    "embed_dim": Field(int, nullable=True, lo=1, hi=MAX_DIM),
@@ -112,9 +119,15 @@ DETECTOR_FIELDS = {
 
 def head_parameters(head: Dict[str, Any]) -> int:
     """Parameters (and buffers) the head described by a validated ``head_config`` holds."""
+    if head["kind"] == "fusion":  # members, one weight each, a bias
+        return sum(head_parameters(m["head"]) for m in head.get("members") or []) + len(head.get("members") or []) + 1
     d, w, depth = head["in_dim"], head.get("width") or head["in_dim"], head.get("depth", 3)
     if head["kind"] == "linear":
         return d + 1
+    if head["kind"] == "layers":  # shared projection, per-block importance, then the MLP body on it
+        tokens = head.get("tokens") or 1
+        w = head.get("width") or d // tokens
+        return (d // tokens) * w + w + tokens * w + depth * (w * w + 5 * w) + w + 1
     return d * w + (depth - 1) * w * w + depth * 5 * w + w + 1  # Linear, BatchNorm (4 per unit), out
 
 
