@@ -161,9 +161,12 @@ def main(argv=None) -> int:
 
     rule = loso_shift(bench_dir, variant, args.target_fpr)
     own = logit_threshold(det)
-    z = (own + rule["shift_logit"]) / det.temperature
-    det.threshold = float(1.0 / (1.0 + math.exp(-z)))
+    det.threshold = float(det.calibration.probability(own + rule["shift_logit"]))
     rule.update(own_threshold_logit=own, threshold=det.threshold)
+    det.threshold_target = {"metric": "fpr", "value": float(args.target_fpr),
+                            "on": "real photos of held-out sources (mean over leave-one-source-out folds)",
+                            "n_reals": int(sum(rule["n_reals"].values())),
+                            "achieved_fpr": float(rule["mean_fpr_after"]), "resolved": True}
     det.backbone = {**det.backbone, "spec": f"{det.backbone['arch']}:{det.backbone.get('checkpoint', 'clip_b16.pt')}",
                     "checkpoint_path": None, "alternatives": ALTERNATIVES}
     y = cache.labels(np.flatnonzero(keep))
