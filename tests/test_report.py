@@ -106,7 +106,7 @@ def test_html_report_is_one_self_contained_file(trained, tmp_path, capsys):
 
     out = tmp_path / "rep"
     assert main(["report", str(trained / "det"), str(trained / "cache"), "--out", str(out), "--n-boot", "20",
-                 "--no-logo", "--format", "html"]) == 0
+                 "--no-logo", "--format", "html", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["report"].endswith("report.html")
     page = (out / "report.html").read_text()
     md = (out / "report.md").read_text()

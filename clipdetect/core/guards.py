@@ -90,7 +90,7 @@ def few(counts: Mapping[str, Any]) -> Optional[str]:
 def ci_note(lo: Any, hi: Any, counts: Optional[Mapping[str, Any]] = None) -> str:
     """``" (wide: ±0.18)"`` for a CI wider than :data:`WIDE_CI`, ``" (only 1 fake: CI unreliable)"``
     when ``counts`` show a class with fewer than :data:`FEW_PER_CLASS` samples, else ``""``."""
-    handful = few(counts or {})
+    handful = few({} if counts is None else counts)
     if handful:
         return f" (only {handful}: CI unreliable)"
     try:
