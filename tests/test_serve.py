@@ -56,7 +56,7 @@ def test_scores_are_score_images_and_a_bad_image_is_reported_in_place(server, de
     assert body["threshold"] == det.threshold and body["threshold_target"] == {"kind": "default", "value": 0.5}
     for res, (_, row) in zip(body["results"], want.iterrows()):
         assert res["probability"] == pytest.approx(row.probability, abs=1e-5)
-        assert res["score"] == pytest.approx(row.score, abs=1e-5)
+        assert res["logit"] == pytest.approx(row.logit, abs=1e-5) and res["threshold"] == pytest.approx(row.threshold)
         assert res["verdict"] == ("fake" if res["probability"] > det.threshold else "real")
     bad = body["results"][3]
     assert bad["name"] == "bad.png" and bad["error"]["code"] == "corrupt" and "probability" not in bad

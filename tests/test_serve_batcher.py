@@ -16,7 +16,7 @@ def fake_scores(per_image: float, seen: list):
     def score(images):
         seen.append(list(images))
         time.sleep(per_image * len(images))
-        return pd.DataFrame({"score": [float(len(b)) for b in images], "probability": 0.5, "label": 0,
+        return pd.DataFrame({"logit": [float(len(b)) for b in images], "probability": 0.5, "label": 0,
                              "error": None})
     return score
 
@@ -31,7 +31,7 @@ def test_concurrent_images_share_a_batch_in_order():
         out = asyncio.run(main())
     finally:
         batcher.stop()
-    assert [[s.row["score"] for s in r] for r in out] == [[1.0], [2.0], [3.0], [2.0, 4.0]]
+    assert [[s.row["logit"] for s in r] for r in out] == [[1.0], [2.0], [3.0], [2.0, 4.0]]
     assert len(seen) == 1 and out[0][0].batch_size == 5  # one encoder call for all four requests
 
 

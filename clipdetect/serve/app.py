@@ -102,7 +102,7 @@ def image_result(index: int, upload: Upload, scored: Scored, config: ServeConfig
             err.update(limit=limit, limit_value=value, message=f"{row['error']} ({limit} = {value})")
         out["error"] = err
     else:
-        out.update(probability=row["probability"], score=row["score"], label=row["label"],
+        out.update(probability=row["probability"], logit=row["logit"], threshold=row["threshold"], label=row["label"],
                    verdict="fake" if row["label"] == 1 else "real")
     out["timing"] = {"queue_ms": round(scored.queue_ms, 3), "batch_ms": round(scored.batch_ms, 3),
                      "batch_size": scored.batch_size}

@@ -76,7 +76,7 @@ def clean_row(row: Dict[str, Any]) -> Dict[str, Any]:
             out[key] = None
         elif key == "label":
             out[key] = int(value)
-        elif key in ("score", "probability"):
+        elif key in ("logit", "probability", "threshold"):
             out[key] = float(value)
         else:
             out[key] = value
