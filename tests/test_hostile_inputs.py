@@ -103,7 +103,7 @@ def test_predict_gives_hostile_files_an_error_row(hostile_folder, det_dir, tmp_p
     assert r.peak_rss_mb < 1500 and not r.leftover
     df = pd.read_csv(out).set_index("key")
     assert {k: df.loc[k, "error"].split(":")[0] for k in EXPECTED} == EXPECTED
-    assert df["score"].notna().sum() == 4
+    assert df["logit"].notna().sum() == 4
 
 
 def test_max_bytes_and_read_timeout_options(det_dir, tmp_path, capsys):
@@ -116,11 +116,11 @@ def test_max_bytes_and_read_timeout_options(det_dir, tmp_path, capsys):
                  "--max-bytes", str(size - 1)]) == 0  # refused by a limit the user set: a recorded skip
     assert pd.read_csv(out)["error"].str.startswith("too_large").all()
     assert main(["predict", str(det_dir), str(folder), "--out", str(out), "--workers", "0", "--no-progress",
-                 "--max-bytes", "1K", "--read-timeout", "5"]) == 0
+                 "--max-bytes", "1K", "--read-timeout", "5", "--force"]) == 0
     (tmp_path / "zero" / "real").mkdir(parents=True)  # nothing readable at all: exit 1, the file still written
     (tmp_path / "zero" / "real" / "b.png").symlink_to("/dev/zero")
     assert main(["predict", str(det_dir), str(tmp_path / "zero"), "--out", str(out), "--workers", "0",
-                 "--no-progress"]) == 1
+                 "--no-progress", "--force"]) == 1
     assert "not one of the 1 images could be read (unreadable: 1)" in capsys.readouterr().err
     assert pd.read_csv(out)["error"].str.startswith("unreadable").all()
     with pytest.raises(SystemExit):

@@ -94,13 +94,14 @@ def test_figures_and_tables_are_written_without_following_links(tmp_path, victim
     out.mkdir()
     for name in ("metrics.csv", "metrics.md", "scores.csv"):
         (out / name).symlink_to(victim)
-    (tmp_path / "plot_roc.png").symlink_to(victim)
+    (tmp_path / "plot").mkdir()
+    (tmp_path / "plot" / "roc.png").symlink_to(victim)
     assert main(["evaluate", str(tmp_path / "det"), str(tmp_path / "cache"), "--n-boot", "0", "--baseline", "none",
-                 "--out", str(out), "--save-scores"]) == 0
+                 "--out", str(out), "--save-scores", "--force"]) == 0
     assert main(["plot", str(tmp_path / "det"), str(tmp_path / "cache"), "--out", str(tmp_path / "plot"),
-                 "--formats", "png"]) == 0
+                 "--formats", "png", "--force"]) == 0
     assert victim.read_text() == "precious\n"
-    assert not any(p.is_symlink() for p in [*out.iterdir(), tmp_path / "plot_roc.png"])
+    assert not any(p.is_symlink() for p in [*out.iterdir(), *(tmp_path / "plot").iterdir()])
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +128,12 @@ def test_predict_in_a_shared_folder_with_the_old_predictable_name_planted(det_an
              "os.execv(sys.executable, [sys.executable, '-m', 'clipdetect'] + sys.argv[3:])")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     r = subprocess.run([sys.executable, "-c", plant, str(shared), str(victim), "predict", str(det), str(imgs),
-                        "--out", str(shared / "p.csv"), "--workers", "0", "--no-progress"], env=env, cwd=ROOT,
+                        "--out", str(shared / "p.csv"), "--workers", "0", "--no-progress", "--force"], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stderr
     assert victim.read_text() == "precious\n"
     out = shared / "p.csv"
-    assert out.read_text().startswith("key,path,score") and not out.is_symlink()
+    assert out.read_text().startswith("key,path,logit") and not out.is_symlink()
 
 
 def test_predict_never_overwrites_its_own_manifest(det_and_images, tmp_path, capsys):
@@ -144,7 +145,8 @@ def test_predict_never_overwrites_its_own_manifest(det_and_images, tmp_path, cap
     alias.symlink_to(manifest)
     before = manifest.read_text()
     for out in (manifest, alias):
-        assert main(["predict", str(det), str(manifest), "--out", str(out), "--workers", "0", "--no-progress"]) == 2
+        assert main(["predict", str(det), str(manifest), "--out", str(out), "--workers", "0", "--no-progress",
+                     "--force"]) == 2  # not even with --force
         assert "is the input" in capsys.readouterr().err
     assert manifest.read_text() == before and alias.is_symlink()
 

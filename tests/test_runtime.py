@@ -161,9 +161,9 @@ def test_extract_and_predict_on_onnx(tmp_path, image_folder, cache_dir, one_torc
         assert main(["predict", str(tmp_path / "det"), str(image_folder), "--out", str(tmp_path / f"{rt}.csv"),
                      "--workers", "0", "--no-progress", "--runtime", rt]) == 0
     a, b = pd.read_csv(tmp_path / "torch.csv"), pd.read_csv(tmp_path / "onnx.csv")
-    assert np.allclose(a["score"], b["score"], atol=1e-3)
+    assert np.allclose(a["logit"], b["logit"], atol=1e-3)
     s = det.score_images([make_image(3), make_image(60, fake=True)], runtime="onnx")
-    assert np.allclose(s["score"], det.score_images([make_image(3), make_image(60, fake=True)])["score"], atol=1e-3)
+    assert np.allclose(s["logit"], det.score_images([make_image(3), make_image(60, fake=True)])["logit"], atol=1e-3)
 
 
 def _tiny_train():

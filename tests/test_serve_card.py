@@ -12,17 +12,20 @@ def test_card_reads_what_the_bundle_has_and_falls_back_for_the_rest(tiny_backbon
     det = tiny_detector(tiny_backbone)
     card = model_card(det, path=str(tmp_path / "det"), limits={"max_images": 4})
     assert card["name"] == "det" and card["threshold"] == det.threshold and card["temperature"] == 2.0
-    assert card["threshold_target"] == {"kind": "default", "value": 0.5}  # no validation data, not calibrated
+    assert card["threshold_target"] == det.threshold_target and card["threshold_target"]["metric"] == "fixed"
+    assert card["threshold_chosen_for"].startswith("fixed at 0.5") and "temperature" in card["probability"]
+    det.threshold_target = None  # a bundle written before targets were recorded: the fallbacks
+    assert threshold_target(det) == {"metric": "fixed", "value": 0.5, "reason": "none recorded"}
     assert card["backbone"]["spec"] == "clipdetect-tiny-vit:random" and card["limits"] == {"max_images": 4}
     assert "card" not in card and json.loads(json.dumps(card, allow_nan=False)) == card
 
     det.metrics["val"] = {"auc": 0.9, "eer": math.nan}
-    assert threshold_target(det) == {"kind": "max_balanced_accuracy", "split": "val"}
+    assert threshold_target(det) == {"metric": "balanced_accuracy", "on": "val"}
     assert model_card(det)["measured"]["val"] == {"auc": 0.9, "eer": None}  # JSON-safe
     det.extra["calibration"] = {"target_fpr": 0.01, "split": "val", "val_fpr": 0.008, "val_tpr": 0.7}
-    assert threshold_target(det) == {"kind": "fpr", "value": 0.01, "split": "val", "achieved_fpr": 0.008,
-                                     "achieved_tpr": 0.7}
-    det.extra["threshold_target"] = {"kind": "fpr", "value": 0.05, "on": "fresh reals"}  # a newer bundle field
+    assert threshold_target(det) == {"metric": "fpr", "value": 0.01, "on": "val reals", "achieved_fpr": 0.008,
+                                     "tpr": 0.7}
+    det.threshold_target = {"metric": "fpr", "value": 0.05, "on": "fresh reals"}  # the detector's own record
     det.extra["card"] = {"intended_use": "triage"}
     card = model_card(det)
     assert card["threshold_target"]["on"] == "fresh reals" and card["card"] == {"intended_use": "triage"}

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from clipdetect.models.calibration import describe_target
+
 
 def _plain(value: Any) -> Any:
     """JSON-safe: NaN/inf → None, numpy scalars → Python, containers recursively."""
@@ -28,8 +30,9 @@ def _plain(value: Any) -> Any:
 
 
 def threshold_target(detector) -> Dict[str, Any]:
-    """How the decision threshold was chosen: an explicit target, a target FPR from
-    ``clipdetect calibrate``, validation balanced accuracy, or the 0.5 default."""
+    """How the decision threshold was chosen: the detector's ``threshold_target`` record (see
+    :func:`~clipdetect.models.calibration.describe_target`), else, for bundles written before it,
+    a target FPR from ``clipdetect calibrate``, validation balanced accuracy, or the 0.5 default."""
     extra = getattr(detector, "extra", None) or {}
     metrics = getattr(detector, "metrics", None) or {}
     explicit = getattr(detector, "threshold_target", None) or extra.get("threshold_target")
@@ -37,11 +40,11 @@ def threshold_target(detector) -> Dict[str, Any]:
         return explicit if isinstance(explicit, dict) else {"kind": "target", "value": explicit}
     cal = extra.get("calibration") or {}
     if cal.get("target_fpr") is not None:
-        return {"kind": "fpr", "value": cal.get("target_fpr"), "split": cal.get("split"),
-                "achieved_fpr": cal.get("val_fpr"), "achieved_tpr": cal.get("val_tpr")}
+        return {"metric": "fpr", "value": cal.get("target_fpr"), "on": f"{cal.get('split')} reals",
+                "achieved_fpr": cal.get("val_fpr"), "tpr": cal.get("val_tpr")}
     if metrics.get("val"):
-        return {"kind": "max_balanced_accuracy", "split": "val"}
-    return {"kind": "default", "value": 0.5}
+        return {"metric": "balanced_accuracy", "on": "val"}
+    return {"metric": "fixed", "value": 0.5, "reason": "none recorded"}
 
 
 def _backbone(detector) -> Dict[str, Any]:
@@ -83,6 +86,7 @@ def model_card(detector, *, path: Optional[str] = None, limits: Optional[Dict[st
     training data, measured numbers, any card the bundle ships, and the service's limits."""
     head = getattr(detector, "head_config", None)
     extra = getattr(detector, "extra", None) or {}
+    calibration = getattr(detector, "calibration", None)
     card: Dict[str, Any] = {
         "name": Path(path).name if path else None,
         "path": str(Path(path).resolve()) if path else None,
@@ -91,8 +95,11 @@ def model_card(detector, *, path: Optional[str] = None, limits: Optional[Dict[st
         "head": {"kind": getattr(head, "kind", None), "in_dim": getattr(head, "in_dim", None)},
         "threshold": getattr(detector, "threshold", None),
         "threshold_target": threshold_target(detector),
+        "threshold_chosen_for": describe_target(threshold_target(detector)),
+        "calibration": calibration.to_json() if calibration is not None else None,
         "temperature": getattr(detector, "temperature", None),
-        "probability": "P(fake) = sigmoid(logit / temperature); verdict fake when P(fake) > threshold",
+        "probability": (f"{calibration.describe() if calibration is not None else 'P(fake) = sigmoid(logit)'}; "
+                        "verdict fake when P(fake) > threshold"),
         "training": _training(detector),
         "measured": _measured(detector),
     }

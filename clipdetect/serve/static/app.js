@@ -29,7 +29,7 @@ function showCard(card) {
     ["features", card.feature_set],
     ["head", card.head ? `${card.head.kind} on ${card.head.in_dim}-d` : null],
     ["threshold", card.threshold === null ? null : `P(fake) > ${Number(card.threshold).toFixed(4)}`],
-    ["threshold chosen by", [target.kind, target.value].filter((v) => v !== undefined && v !== null).join(" ")],
+    ["threshold chosen for", card.threshold_chosen_for || [target.metric, target.value].filter((v) => v !== undefined && v !== null).join(" ")],
     ["validation AUC", val.auc === undefined || val.auc === null ? null : Number(val.auc).toFixed(4)],
     ["training rows", ((card.training || {}).rows || {}).train],
     ["limits", `${limits.max_images} images, ${Math.round(limits.max_body_bytes / 1048576)} MiB per request`],
