@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 from clipdetect.features.cache import FeatureCache
 from clipdetect.models.detector import Detector

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipdetect.core import compat  # noqa: F401  (torchvision guard first)
 from clipdetect.features.backbones import create_backbone
 from clipdetect.features.cache import FeatureCache
 from clipdetect.distill.compress_report import score_refs

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipdetect.data.d3 import MODELS  # D3's model_gen0..3 strings, IF first
+from clipdetect.data.d3_layout import MODELS  # D3's model_gen0..3 strings, IF first
 from clipdetect.features.cache import FeatureCache
 
 CIFAKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.cli.main import COMMANDS, config_override, emit
-from clipdetect.cli.options import csv_list
+from clipdetect.cli.options import add_threads_arg, csv_list, set_threads
 
 EXAMPLES = """examples:
   # a cache with source/family columns (a manifest's own), extracted with --layers --views default
@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="training and bootstrap seed (default 0)")
     p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
                    help="a training config field for every variant, e.g. --set epochs=8 (repeatable)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -58,10 +58,7 @@ def run(args) -> int:
     from clipdetect.eval.benchmark import BenchmarkConfig, run_benchmark
     from clipdetect.eval.benchmark_report import save_benchmark
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     cache = open_cache(args.cache)
     config = BenchmarkConfig(cache=str(args.cache), protocols=args.protocols, variants=args.variants,
                              eval_view=args.eval_view, also_views=args.also_views, train_view=args.train_view, min_images=args.min_images,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, load_detector, open_cache
+from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, open_cache
 
 CALIBRATE_EXAMPLES = """examples:
   clipdetect calibrate runs/det features/cifake-b16 --target-fpr 0.01            # re-saved in place
@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
 
 def run_calibrate(args) -> int:
     from clipdetect.eval.calibrate import calibrate_detector
+    from clipdetect.models.detector import load_detector
 
     if args.calibration == "keep" and args.keep_threshold:
         raise CLIError("nothing to do: --keep-threshold without --calibration platt|temperature")

@@ -5,8 +5,8 @@ import argparse
 import logging
 
 from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_runtime_args
-from clipdetect.core.device import DEVICE_HELP, check_device
+from clipdetect.cli.options import add_device_arg, add_runtime_args
+from clipdetect.core.device import check_device
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def add_parser(sub) -> None:
     g.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on CUDA, 64 on CPU)")
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
-    g.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
+    add_device_arg(g)
     add_runtime_args(g)
     g.add_argument("--fast-decode", default="none", choices=list(FAST_DECODE),
                    help="draft: decode large JPEGs at a reduced DCT scale (>= 2x the model input; faster, "

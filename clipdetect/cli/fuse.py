@@ -32,9 +32,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from clipdetect.cli.options import load_detector, open_cache
+    from clipdetect.cli.options import open_cache
     from clipdetect.core.io import staged_output
     from clipdetect.features.splits import SplitSpec, view_rows
+    from clipdetect.models.detector import load_detector
     from clipdetect.models.fusion import fuse_detectors
 
     dets = [load_detector(d) for d in args.detectors]

@@ -148,7 +148,8 @@ def _keys_source(args):
 def run_robustness(args) -> int:
     from clipdetect.eval.plot_scores import plot_metric_curves
     from clipdetect.eval.plots import save_figure
-    from clipdetect.eval.protocols import SUMMARY_METRICS, save_table, robustness_sweep, sweep_curves
+    from clipdetect.eval.image_protocols import robustness_sweep, sweep_curves
+    from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 
     dets, source, backbone, config, _ = _keys_source(args)
     perturbations = dict(args.perturb) if args.perturb else None
@@ -173,7 +174,8 @@ def run_robustness(args) -> int:
 
 
 def run_format_bias(args) -> int:
-    from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, format_bias_control, save_table
+    from clipdetect.eval.image_protocols import format_bias_control
+    from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, save_table
 
     dets, source, backbone, config, cache = _keys_source(args)
     res = format_bias_control(dets, source, args.work or Path(args.out) / "caches", size=args.size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.cli.main import COMMANDS, CLIError
+from clipdetect.cli.options import add_device_arg
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
     b = p.add_argument_group("backbone (as for predict)")
     b.add_argument("--backbone", help="backbone spec overriding the detector's (e.g. a new path to its weights)")
     b.add_argument("--weights", metavar="PATH", help="the detector's checkpoint file when it moved (sha256-checked)")
-    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    add_device_arg(b)
     b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="backbone precision")
     g = p.add_argument_group("limits (each refusal is a JSON error naming the limit)")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
@@ -89,8 +90,8 @@ def run_serve(args) -> int:
         require_extra()
     except MissingExtra as exc:
         raise CLIError(str(exc)) from None
-    from clipdetect.cli.options import load_detector
     from clipdetect.core.device import check_device
+    from clipdetect.models.detector import load_detector
     from clipdetect.models.predict import check_text_tower, resolve_backbone
     from clipdetect.serve.server import serve
 

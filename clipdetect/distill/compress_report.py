@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
+from clipdetect.models.detector import load_detector
 from clipdetect.core.escape import md_code
 from clipdetect.core.io import write_json, write_text
+from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +57,6 @@ class CompressConfig:
             raise ValueError(f"--prune-scope must be one of {PRUNE_SCOPES}, got {self.prune_scope!r}")
         if self.svd_rank is None and self.svd_energy is None and self.prune == 0:
             raise ValueError("nothing to do: give --svd-rank R, --svd-energy E and/or --prune FRACTION")
-
-
-# ------------------------------------------------------------------ loading
-def load_detector(path: str | Path, *, device: str = "cpu"):
-    """A saved detector bundle, plain or compressed (:meth:`Detector.load` rebuilds SVD heads)."""
-    from clipdetect.models.detector import Detector
-
-    return Detector.load(path, device=device)
 
 
 # ------------------------------------------------------------------ measuring
@@ -102,7 +96,6 @@ def test_split_refs(source_spec: str, *, val: float, test: float, seed: int, lim
     """(image refs, labels, keys) of up to ``limit`` samples of ``source_spec`` whose key falls in
     the hashed test split (:func:`splits.assign_splits` with the same fractions and seed)."""
     from clipdetect.data.registry import open_source
-    from clipdetect.features.splits import SplitSpec
 
     spec = SplitSpec(val, test, seed)
     refs, labels, keys = [], [], []
@@ -172,7 +165,6 @@ def compress(config: CompressConfig) -> Dict[str, Any]:
 
 def _compress_detector(config: CompressConfig, target: Path) -> Dict[str, Any]:
     from clipdetect.features.cache import FeatureCache
-    from clipdetect.features.splits import SplitSpec
 
     det = load_detector(target)
     x_eval = y_eval = None
@@ -211,9 +203,8 @@ def _compress_student(config: CompressConfig, target: Path) -> Dict[str, Any]:
     out = Path(config.out)
     refs = labels = None
     if config.eval_source:
-        d = doc.get("distill", {})
-        refs, labels, _ = test_split_refs(config.eval_source, val=d.get("val_fraction", 0.15),
-                                          test=d.get("test_fraction", 0.15), seed=d.get("split_seed", 0),
+        s = SplitSpec.of(doc.get("distill", {}))
+        refs, labels, _ = test_split_refs(config.eval_source, val=s.val, test=s.test, seed=s.seed,
                                           limit=config.eval_limit, options=config.source_options)
     elif config.eval_cache:
         logger.warning("a student's encoder changes under compression: evaluate it on images "
