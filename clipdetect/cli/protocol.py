@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from clipdetect.cli.main import COMMANDS, config_override, emit
-from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
+from clipdetect.cli.main import config_override, emit
+from clipdetect.cli.options import add_command, add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
 
 PROTOCOL_EXAMPLES = """examples:
   clipdetect protocol logo features/d3 --out runs/logo --set epochs=8
@@ -44,8 +44,7 @@ def _train_args(p) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("protocol", help=COMMANDS["protocol"][1],
-                       epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "protocol", epilog=PROTOCOL_EXAMPLES)
     ps = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     _add_cache_protocols(ps)
     _add_image_protocols(ps)

@@ -1,10 +1,8 @@
 """``clipdetect serve DETECTOR``: the scoring service (HTTP JSON API and a web page)."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import COMMANDS, CLIError
-from clipdetect.cli.options import add_device_arg
+from clipdetect.cli.main import CLIError
+from clipdetect.cli.options import add_command, add_device_arg
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
@@ -28,9 +26,8 @@ def add_parser(sub) -> None:
     from clipdetect.serve.config import ServeConfig
 
     d = ServeConfig()
-    p = sub.add_parser("serve", help=COMMANDS["serve"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Serve a detector over HTTP on this machine: a JSON API and a page to drop images on.")
+    p = add_command(sub, "serve", epilog=EXAMPLES,
+                    description="Serve a detector over HTTP on this machine: a JSON API and a page to drop images on.")
     p.add_argument("detector", help="detector bundle directory (clipdetect train --out)")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port}; 0 picks a free one)")

@@ -1,11 +1,10 @@
 """``clipdetect train``: a detector on a feature cache."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
-from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_device_arg, add_force_arg, add_threads_arg, check_new_output, metrics_text, set_threads
+from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.options import add_command, add_device_arg, add_force_arg, add_threads_arg, check_new_output, metrics_text, set_threads
 
 EXAMPLES = """examples:
   # the paper's detector (CVaR+AUC loss, SAM, MLP head), schedule planned from the cache size
@@ -50,9 +49,8 @@ def add_parser(sub) -> None:
     from clipdetect.models.train import AUC_PAIRS, LOSS_OPTIONS, TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help=COMMANDS["train"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a detector head on cached CLIP embeddings and save the bundle.")
+    p = add_command(sub, "train", epilog=EXAMPLES,
+                    description="Train a detector head on cached CLIP embeddings and save the bundle.")
     p.add_argument("cache", help="feature cache directory (made by `clipdetect extract`)")
     p.add_argument("--out", required=True, metavar="DETECTOR_DIR", help="directory for the detector bundle")
     add_force_arg(p)

@@ -5,8 +5,6 @@ import math
 
 import numpy as np
 
-__all__ = ["sigmoid", "logit", "logistic_loss"]
-
 
 def sigmoid(a) -> np.ndarray:
     """``1 / (1 + exp(-a))``; ``exp(-a) = inf`` for ``a << 0`` gives exactly 0, as it should."""

@@ -21,6 +21,7 @@ import torch
 
 from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
 from clipdetect.models.detector import load_detector
+from clipdetect.models.heads import count_parameters
 from clipdetect.core.escape import md_code
 from clipdetect.core.io import write_json, write_text
 from clipdetect.features.splits import SplitSpec
@@ -71,9 +72,8 @@ def file_sizes(paths: List[Path]) -> Dict[str, int]:
 
 
 def count_params(*modules: torch.nn.Module) -> Dict[str, int]:
-    params = [p for m in modules for p in m.parameters()]
-    return {"parameters": int(sum(p.numel() for p in params)),
-            "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in params))}
+    return {"parameters": count_parameters(*modules),
+            "nonzero_parameters": count_parameters(*modules, nonzero=True)}
 
 
 @torch.inference_mode()

@@ -288,12 +288,6 @@ def _create_student_backbone(spec: BackboneSpec, seed: int) -> Backbone:
                     identity=student_identity(path, config, doc), has_text=False, embed_dim=config.embed_dim)
 
 
-def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
-    if nonzero:
-        return int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 register_backbone("student", _create_student_backbone)
 
 __all__: List[str] = ["StudentConfig", "StudentEncoder", "TinyCNN", "create_student",

@@ -255,7 +255,7 @@ def head_from_dict(d: Mapping[str, Any]) -> HeadConfig:
     return from_dict(HeadConfig, d)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Total number of parameters (trainable or not) of ``module``."""
-    return sum(p.numel() for p in module.parameters())
+def count_parameters(*modules: nn.Module, nonzero: bool = False) -> int:
+    """Parameters (trainable or not) of ``modules`` together; with ``nonzero``, those not zero."""
+    return int(sum(int(torch.count_nonzero(p)) if nonzero else p.numel() for m in modules for p in m.parameters()))
 
