@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 from clipdetect.features.cache import FeatureCache
 from clipdetect.models.detector import Detector
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.features.splits import resolve_all
 from clipdetect.models.train import TrainConfig
+from common import save_json, save_text
 
 LOSSES = ("bce", "cvar", "auc", "cvar+auc")
 METRICS = (("auc", "test AUC"), ("ap", "test AP"), ("acc@0.5", "acc@0.5"), ("acc@thr", "acc@val-thr"))
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     if args.render_only:
         doc = json.loads(Path(f"{args.out_prefix}.json").read_text())
         md = render_markdown(doc, json.loads(Path(f"{args.out_prefix}_config.json").read_text()))
-        Path(f"{args.out_prefix}.md").write_text(md)
+        save_text(f"{args.out_prefix}.md", md)
         print(md)
         return 0
     if args.threads:
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     config_doc = {**data, "seeds": list(range(args.seeds)), "losses": losses, "sam": [False, True],
                   "train_config": dataclasses.asdict(base), "torch_threads": torch.get_num_threads(),
                   "n_boot": args.n_boot, "command": " ".join(sys.argv)}
-    Path(f"{prefix}_config.json").write_text(json.dumps(config_doc, indent=2))
+    save_json(f"{prefix}_config.json", config_doc)
     print(json.dumps(data["splits"]), flush=True)
 
     runs, scores = [], {}
@@ -171,9 +171,9 @@ def main(argv=None) -> int:
         summary.append(entry)
     doc = {**data, "baseline": baseline, "n_boot": args.n_boot, "seconds": round(time.perf_counter() - t_all, 1),
            "torch_threads": torch.get_num_threads(), "summary": summary, "runs": runs}
-    Path(f"{prefix}.json").write_text(json.dumps(doc, indent=2, default=float))
+    save_json(f"{prefix}.json", doc)
     md = render_markdown(doc, config_doc)
-    Path(f"{prefix}.md").write_text(md)
+    save_text(f"{prefix}.md", md)
     print(md)
     return 0
 

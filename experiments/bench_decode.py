@@ -8,8 +8,7 @@ stage (decode + open_clip's PIL preprocessing, one process) runs exactly and in 
 interleaved in rounds; then both outputs go through the model and the cosine between the
 exact and the draft embedding of each image is reported.
 
-    pip install onnx && python /work/shared/tools/clip_b16_from_onnx.py /work/data/weights10/clip_b16.pt
-    python experiments/bench_decode.py --backbone ViT-B-16-quickgelu:/work/data/weights10/clip_b16.pt
+    python experiments/bench_decode.py    # $CLIPDETECT_DATA/cifake_dev.parquet, $CLIPDETECT_DATA/weights/clip_b16.pt
 
 Writes experiments/results/bench_decode.{json,md}.
 """
@@ -26,8 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifake_dev.parquet")
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, b16_backbone, cifake_parquet, save_json
 
 
 def make_jpegs(data: str, n: int, lo: int, hi: int, seed: int = 0) -> list:
@@ -59,8 +57,8 @@ def timed_decode(refs, pre, draft) -> tuple:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="ViT-B-16-quickgelu:/work/data/weights10/clip_b16.pt")
-    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--backbone", help="default: the ViT-B/16 weights in $CLIPDETECT_DATA/weights")
+    ap.add_argument("--data", help="CIFAKE parquet (default $CLIPDETECT_DATA/cifake_dev.parquet)")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--min-side", type=int, default=600)
     ap.add_argument("--max-side", type=int, default=1600)
@@ -68,8 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=str(RESULTS / "bench_decode"), help="output path without suffix")
     args = ap.parse_args(argv)
+    args.backbone, args.data = args.backbone or b16_backbone(), args.data or cifake_parquet()
 
-    import clipdetect  # noqa: F401
     import torch
 
     from clipdetect.data.imaging import SplitPreprocess
@@ -110,9 +108,7 @@ def main(argv=None) -> int:
               if reduced else None,
               "mean_abs_pixel_diff_after_preprocess": round(float(pix.mean()), 3)}
     print(json.dumps(report, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    save_json(Path(args.out).with_suffix(".json"), report)
     return 0
 
 

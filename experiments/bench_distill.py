@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipdetect.core import compat  # noqa: F401  (torchvision guard first)
 from clipdetect.features.backbones import create_backbone
 from clipdetect.features.cache import FeatureCache
 from clipdetect.distill.compress_report import score_refs
@@ -38,6 +37,7 @@ from clipdetect.core.metrics import binary_metrics
 from clipdetect.data.registry import open_source
 from clipdetect.features.splits import resolve_split_rows
 from clipdetect.models.train import TrainConfig
+from common import cifake_parquet, save_json, save_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -113,7 +113,7 @@ def student_dir(args, cache_path: str) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=str(ROOT / "features" / "cifake-b16"))
-    ap.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "cifake_dev.parquet"))
+    ap.add_argument("--source", help="images (default $CLIPDETECT_DATA/cifake_dev.parquet)")
     ap.add_argument("--teacher-spec", help="teacher backbone spec (default: the cache's, repo-relative)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-distill"), help="teacher detector + student")
     ap.add_argument("--heldout", type=int, default=200, help="held-out test images for the side-by-side run")
@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compress", action="store_true", help="also measure a pruned / SVD student")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
+    args.source = args.source or cifake_parquet()
     for name in ("cache", "source", "work", "results"):
         setattr(args, name, os.path.abspath(getattr(args, name)))
     torch.set_num_threads(args.threads)
@@ -210,8 +211,8 @@ def main(argv=None) -> int:
         doc["compress_teacher_head"] = compress_teacher_head(args, args.cache)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "distill.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
-    (out / "distill.md").write_text(markdown(doc))
+    save_json(out / "distill.json", doc)
+    save_text(out / "distill.md", markdown(doc))
     print(markdown(doc))
     return 0
 
@@ -227,8 +228,7 @@ def compress_student(args, sdir: Path) -> dict:
                              batch_size=args.batch_size, **kw)
         r = compress(cfg)
         reports[name] = {"before": r["before"], "after": r["after"]}
-        (Path(args.results) / f"distill_compress_{name}.md").write_text(
-            (Path(cfg.out) / "compress_report.md").read_text())
+        save_text(Path(args.results) / f"distill_compress_{name}.md", (Path(cfg.out) / "compress_report.md").read_text())
     return reports
 
 

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from clipdetect.features.backbones import create_backbone
-from clipdetect.features.extract import ExtractConfig, default_workers, extract
+from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.pipeline import default_workers
 from clipdetect.data.hf import HFSource
 from clipdetect.data.imaging import SplitPreprocess, decode_image
+from common import cifake_parquet
 
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifake_dev.parquet")
 
 
 def bench_pipeline(source, backbone, args) -> float:
@@ -59,7 +60,7 @@ def bench_ceiling(source, backbone, n, batch_size) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=DEFAULT_DATA, help="parquet with an image column (default: CIFAKE dev)")
+    ap.add_argument("--data", help="parquet with an image column (default $CLIPDETECT_DATA/cifake_dev.parquet)")
     ap.add_argument("--backbone", default="ViT-B-32:random")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
                     help="model precision for all three measurements (bf16: lossy, faster on CPUs with bf16 units)")
     ap.add_argument("--repeats", type=int, default=2, help="alternate the three measurements this many times")
     args = ap.parse_args(argv)
+    args.data = args.data or cifake_parquet()
     source = HFSource(args.data)
     backbone = create_backbone(args.backbone, device=args.device, precision=args.precision)
     bench_ceiling(source, backbone, args.batch_size, args.batch_size)  # warm-up

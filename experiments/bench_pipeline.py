@@ -12,11 +12,9 @@ import contextlib
 import io
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_extract  # noqa: E402
+import bench_extract
+from common import RESULTS, save_json
 
 
 def main(argv=None) -> int:
@@ -25,9 +23,8 @@ def main(argv=None) -> int:
         rc = bench_extract.main(argv)
     text = buf.getvalue()
     print(text, end="")
-    out = Path(__file__).parent / "results" / "bench_pipeline.json"
-    out.write_text(json.dumps({"command": "python experiments/bench_pipeline.py " + " ".join(argv or sys.argv[1:]),
-                               **json.loads(text)}, indent=2) + "\n")
+    save_json(RESULTS / "bench_pipeline.json", {"command": "python experiments/bench_pipeline.py "
+                                                + " ".join(argv or sys.argv[1:]), **json.loads(text)})
     return rc
 
 

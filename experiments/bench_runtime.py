@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common import b16_backbone, cifake_parquet, save_json, save_text
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = "/work/shared/data/cifake_dev.parquet"
-DEFAULT_BACKBONE = "ViT-B-16-quickgelu:/work/data/weights/clip_b16.pt"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "stereo_motorcycle", "retina",
           "immunohistochemistry", "camera", "coins", "moon", "clock", "grass", "gravel", "brick")
 
@@ -136,8 +136,8 @@ def fixed_detector(seed: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--backbone", help="default: the ViT-B/16 weights in $CLIPDETECT_DATA/weights")
+    ap.add_argument("--data", help="CIFAKE parquet (default $CLIPDETECT_DATA/cifake_dev.parquet)")
     ap.add_argument("--runtimes", default="torch:fp32,onnx:fp32,openvino:fp32,openvino:int8")
     ap.add_argument("--images", type=int, default=256, help="CIFAKE rows evaluated (from --eval-start)")
     ap.add_argument("--eval-start", type=int, default=2048, help="first evaluated row (the detector trained on 0-2047)")
@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", help="runtime export cache (default: the user's, $CLIPDETECT_RUNTIME_CACHE)")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_runtime"))
     args = ap.parse_args(argv)
+    args.backbone, args.data = args.backbone or b16_backbone(), args.data or cifake_parquet()
 
     import torch
 
@@ -191,8 +192,8 @@ def main(argv=None) -> int:
                        "n_real": int((y[:n] == 0).sum()), "n_fake": int((y[:n] == 1).sum()),
                        "wall_seconds": round(time.perf_counter() - t0, 1), "runtimes": rows})
         result["machine"]["loadavg_end"] = os.getloadavg()
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-        out.with_suffix(".md").write_text(markdown(result))
+        save_json(out.with_suffix(".json"), result)
+        save_text(out.with_suffix(".md"), markdown(result))
 
     result = {"config": vars(args), "photo_sources": sorted(set(photo_names)),
               "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),

@@ -34,13 +34,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipdetect.core import compat  # noqa: F401  (before torch-adjacent imports: installs the torchvision guard)
 import torch
-from clipdetect.features.cache import ERROR_COLUMNS, CacheWriter, FeatureCache
+from clipdetect.features.cache import FeatureCache
+from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.manifest import ERROR_COLUMNS
 from clipdetect.models.heads import create_head
 from clipdetect.models.sam import SAM
 from clipdetect.models.samplers import StratifiedBatchSampler
-from clipdetect.models.train import CacheSource, TrainConfig, build_loss, sam_step, train
+from clipdetect.models.step import sam_step
+from clipdetect.models.train import CacheSource, TrainConfig, build_loss, train
 
 
 def build_cache(root: Path, rows: int, dim: int, *, shard: int = 50_000, seed: int = 0) -> FeatureCache:

@@ -1,6 +1,6 @@
 """Check that a cache reproduces independently computed CLIP embeddings.
 
-    python experiments/check_reference.py features/cifake-b16-check ../shared/data/cifake_dev_ref_b16.npz
+    python experiments/check_reference.py features/cifake-b16-check $CLIPDETECT_DATA/cifake_dev_ref_b16.npz
 
 Rows are matched by key; prints the per-row cosine similarity (min / mean / max) and exits
 non-zero when any row is below --min-cosine (default 0.999) or a reference key is missing.

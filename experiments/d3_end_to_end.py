@@ -38,10 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipdetect.data.d3 import MODELS  # D3's model_gen0..3 strings, IF first
+from clipdetect.data.d3_layout import MODELS  # D3's model_gen0..3 strings, IF first
 from clipdetect.features.cache import FeatureCache
-
-CIFAKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from common import in_data, save_json
 
 
 def route(i: int) -> str:
@@ -53,7 +52,7 @@ def build(rows: int, out: Path, base_url: str, served: dict):
     image bytes) and returns the parquet path and {D3 key: CIFAKE key}."""
     import datasets
 
-    cif = pd.read_parquet(CIFAKE / "cifake_dev.parquet").head(512)
+    cif = pd.read_parquet(in_data("cifake_dev.parquet")).head(512)
     reals, fakes = cif[cif.label == 0].reset_index(drop=True), cif[cif.label == 1].reset_index(drop=True)
     if rows > min(len(reals), len(fakes) // 4):
         raise SystemExit(f"--rows {rows}: the first 512 CIFAKE rows give at most {len(fakes) // 4}")
@@ -171,12 +170,12 @@ def main(argv=None) -> int:
     report["ray_killed_after_s"] = round(killed_ray_run(ray_cmd, tmp / "ray"), 1)
     report["ray_shards_before_resume"] = len(FeatureCache(tmp / "ray").manifest["shards"])
     report["ray_resumed"] = cli(*ray_cmd)
-    report["compare"] = compare(tmp / "local", tmp / "ray", mapping, CIFAKE / "cifake_dev_ref_b16.npz")
+    report["compare"] = compare(tmp / "local", tmp / "ray", mapping, in_data("cifake_dev_ref_b16.npz"))
     srv.shutdown()
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        save_json(args.json, report)
     c = report["compare"]
     ok = (c["same_keys_and_order"] and c["same_shards"] and c["same_ledger"]
           and report["local"]["errors"].get("real_missing") == report["dead_or_html_urls"]

@@ -11,10 +11,8 @@ Prints a markdown table: optimiser steps, held-out AUC with its 95% bootstrap CI
 AUC difference to the probe (positive = better than the probe) and the held-out ECE.
 """
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +23,7 @@ from clipdetect.models.baseline import fit_probe_on_cache
 from clipdetect.models.detector import Detector
 from clipdetect.models.train import TrainConfig
 from clipdetect.core.resources import SAMPLE_CACHE
+from common import save_json
 
 SAMPLE = SAMPLE_CACHE
 RUNS = {
@@ -76,8 +75,7 @@ def main(argv=None) -> int:
         print(f"| {r['training']} | {steps} | {r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}] | {delta} | "
               f"{r['ece']:.4f} ({', '.join(f'{k} {v:.3g}' if isinstance(v, float) else str(v) for k, v in r['calibration'].items())}) |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"heldout": args.heldout, "rows": int(rows.size), "results": results},
-                                             indent=2) + "\n")
+        save_json(args.out, {"heldout": args.heldout, "rows": int(rows.size), "results": results})
     return 0
 
 

@@ -46,13 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import clipdetect  # noqa: E402,F401
-from clipdetect.data.sources import Sample, Source  # noqa: E402
-from gpu_bench_record import OUT, RESULT, SKIPPED, free, guarded, ok, save, say, section, sync  # noqa: E402
-from gpu_bench_train import bench_train  # noqa: E402
+from clipdetect.data.sources import Sample, Source
+from gpu_bench_record import OUT, RESULT, SKIPPED, free, guarded, ok, save, say, section, sync
+from gpu_bench_train import bench_train
 
 #: the tests' tiny open_clip architecture (random weights), used for the models on the CPU
 TINY = "clipdetect-tiny-vit:random"
@@ -248,7 +244,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: decode,extract,train")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_bench.json")
+    ap.add_argument("--out", default=".", help="folder for gpu_bench.json")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if cuda:

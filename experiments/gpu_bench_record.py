@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 import traceback
+
+from clipdetect.core.io import write_text
+from common import stamped
 
 #: dense datasheet peaks of one H200 SXM, TFLOP/s
 PEAK = {"fp32": 67.0, "tf32": 494.0, "bf16": 989.0}
@@ -17,9 +19,7 @@ OUT: list = [None]  # the JSON file, set by main()
 def save() -> None:
     if OUT[0] is None:
         return
-    tmp = OUT[0].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(RESULT, indent=2) + "\n")
-    os.replace(tmp, OUT[0])
+    write_text(OUT[0], json.dumps(stamped(RESULT), indent=2) + "\n")  # sections in the order they ran
 
 
 def say(key, value):

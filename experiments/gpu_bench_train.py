@@ -52,7 +52,7 @@ def reference_rate(X, y, cfg, n_steps, lr):
     from bench_train import PerSampleDataset, reference_loss
     from clipdetect.models.heads import create_head
     from clipdetect.models.sam import SAM
-    from clipdetect.models.train import sam_step
+    from clipdetect.models.step import sam_step
 
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", X)
@@ -76,7 +76,8 @@ def step_ceiling(X, y, cfg, precision, steps, lr, flops, cuda):
     import torch
     from clipdetect.models.heads import create_head
     from clipdetect.models.sam import SAM
-    from clipdetect.models.train import build_loss, sam_step
+    from clipdetect.models.step import sam_step
+    from clipdetect.models.train import build_loss
 
     dev = cfg.device
     xb = torch.from_numpy(X[:cfg.batch_size].astype(np.float32)).to(dev)

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common import save_json
+
 TINY = "clipdetect-tiny-vit:random"
 FAST = ["--no-progress"]
 
@@ -458,7 +460,7 @@ def main() -> int:
             except Exception as exc:  # an attack that breaks the harness is a result too
                 results[name] = {"harness_error": f"{type(exc).__name__}: {exc}"}
             print(f"{name}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
-            Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+            save_json(args.out, results)
     print(json.dumps(results, indent=2, default=str))
     return 0
 

@@ -19,13 +19,14 @@ Each static recipe takes minutes (3–20 on a loaded 2-core machine) to calibrat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import b16_backbone, cifake_parquet, save_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -70,14 +71,15 @@ def build(name: str, onnx_path: Path, work: Path, cal: np.ndarray, threads: int)
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="ViT-B-16-quickgelu:/work/data/weights/clip_b16.pt")
-    ap.add_argument("--data", default="/work/shared/data/cifake_dev.parquet")
+    ap.add_argument("--backbone", help="default: the ViT-B/16 weights in $CLIPDETECT_DATA/weights")
+    ap.add_argument("--data", help="CIFAKE parquet (default $CLIPDETECT_DATA/cifake_dev.parquet)")
     ap.add_argument("--recipes", default="ort-dynamic,ov-weights,ov-static")
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--calibration", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results" / "int8_recipes.json"))
     args = ap.parse_args(argv)
+    args.backbone, args.data = args.backbone or b16_backbone(), args.data or cifake_parquet()
 
     import torch
 
@@ -105,10 +107,9 @@ def main(argv=None) -> int:
             results[name] = {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
                              "build_seconds": round(time.perf_counter() - t0, 1)}
             print(name, results[name], flush=True)
-    Path(args.out).write_text(json.dumps({"config": vars(args), "recipes": results}, indent=2))
+    save_json(args.out, {"config": vars(args), "recipes": results})
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     sys.exit(main())

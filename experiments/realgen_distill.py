@@ -28,21 +28,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from bench_distill import image_tower, n_params, timed_scores  # noqa: E402
-from realgen_experiments import CACHES, DATA, MANIFEST, N_BOOT, RESULTS, det_dir, dump  # noqa: E402
-
-from clipdetect import Detector, FeatureCache, open_source  # noqa: E402
-from clipdetect.core.metrics import evaluate_scores  # noqa: E402
-from clipdetect.data.imaging import SplitPreprocess, decode_image  # noqa: E402
-from clipdetect.distill.compress_report import score_refs  # noqa: E402
-from clipdetect.distill.images import collect_images  # noqa: E402
-from clipdetect.eval.compare import paired_auc_difference  # noqa: E402
-from clipdetect.features.backbones import create_backbone  # noqa: E402
-from clipdetect.features.splits import resolve_split_rows  # noqa: E402
-
+import realgen_experiments as rx
+from bench_distill import image_tower, n_params, timed_scores
+from clipdetect import Detector, FeatureCache, open_source
+from clipdetect.core.metrics import evaluate_scores
+from clipdetect.core.numerics import logit
+from clipdetect.data.imaging import SplitPreprocess, decode_image
+from clipdetect.distill.compress_report import score_refs
+from clipdetect.distill.images import collect_images
+from clipdetect.eval.compare import paired_auc_difference
+from clipdetect.features.backbones import create_backbone
+from clipdetect.features.splits import resolve_split_rows
+from common import ROOT, add_data_arg, save_json, save_text
 
 
 def main(argv=None) -> int:
@@ -54,16 +51,18 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-n", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default=str(DATA / "work"))
+    add_data_arg(ap)
+    ap.add_argument("--work", help="detectors and students (default: work/ in the data folder)")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args(argv)
+    rx.use_data(args.data)
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    cache_m = FeatureCache(CACHES["asis"])
+    work = Path(args.work or rx.use_data(args.data) / "work")
+    cache_m = FeatureCache(rx.CACHES["asis"])
     sdir = work / "students" / f"realgen-lite0-{args.image_size}"
     t_distill = None
     if not args.skip_train and not (sdir / "detector" / "detector.json").is_file():
-        cmd = [sys.executable, "-m", "clipdetect", "distill", str(MANIFEST), "--teacher-cache", str(CACHES["asis"]),
+        cmd = [sys.executable, "-m", "clipdetect", "distill", str(rx.MANIFEST), "--teacher-cache", str(rx.CACHES["asis"]),
                "--out", str(sdir), "--arch", "tf_efficientnet_lite0", "--pretrained", "efficientnet-lite0",
                "--image-size", str(args.image_size), "--epochs", str(args.epochs),
                "--batch-size", str(args.batch_size_train), "--augment", "flip", "--workers", "1",
@@ -75,13 +74,13 @@ def main(argv=None) -> int:
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
         t_distill = time.time() - t0
 
-    teacher_det = Detector.load(det_dir(work, "asis", "paper"))
+    teacher_det = Detector.load(rx.det_dir(work, "asis", "paper"))
     student_det = Detector.load(sdir / "detector")
     test_rows = np.sort(resolve_split_rows(cache_m, "test"))
     keys = cache_m.meta["key"].astype(str).to_numpy()
     y = cache_m.labels(test_rows)
     gen = cache_m.meta.loc[test_rows, "generator"].astype(str).to_numpy()
-    images = collect_images(open_source(str(MANIFEST)), keys[test_rows])
+    images = collect_images(open_source(str(rx.MANIFEST)), keys[test_rows])
     refs = [images[k] for k in keys[test_rows]]
 
     student_bb = create_backbone(f"student:{sdir}")
@@ -89,15 +88,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     s_probs = score_refs(student_bb, student_det, refs, batch_size=args.batch_size)
     s_seconds_all = time.perf_counter() - t0
-    s_logits = np.log(np.clip(s_probs, 1e-12, 1)) - np.log(np.clip(1 - s_probs, 1e-12, 1))
+    s_logits = logit(np.clip(s_probs, 1e-12, 1 - 1e-12))
 
     # per-generator AUC, both models on the same rows, plus paired AUC difference
     rows = []
     groups = [("overall", np.ones_like(y, dtype=bool))] + [(g, (y == 0) | (gen == g)) for g in sorted(set(gen[y == 1]))]
     for name, m in groups:
-        tt = evaluate_scores(y[m], t_logits[m], threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
-        ss = evaluate_scores(y[m], s_logits[m], threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
-        d = paired_auc_difference(y[m], t_logits[m], s_logits[m], n_boot=N_BOOT, seed=0)
+        tt = evaluate_scores(y[m], t_logits[m], threshold=0.0, n_boot=rx.N_BOOT, seed=0, scores_are_probs=False).iloc[0]
+        ss = evaluate_scores(y[m], s_logits[m], threshold=0.0, n_boot=rx.N_BOOT, seed=0, scores_are_probs=False).iloc[0]
+        d = paired_auc_difference(y[m], t_logits[m], s_logits[m], n_boot=rx.N_BOOT, seed=0)
         rows.append({"generator": name, "n_real": int(tt["n_real"]), "n_fake": int(tt["n_fake"]),
                      "teacher_auc": tt["auc"], "teacher_auc_lo": tt["auc_lo"], "teacher_auc_hi": tt["auc_hi"],
                      "student_auc": ss["auc"], "student_auc_lo": ss["auc_lo"], "student_auc_hi": ss["auc_hi"],
@@ -133,12 +132,12 @@ def main(argv=None) -> int:
            "decode_preprocess_images_per_second": decode_ips,
            "student_test_split_seconds": s_seconds_all}
     tag = f"distill_{args.image_size}"
-    dump(doc, RESULTS / "asis" / f"{tag}.json")
+    save_json(rx.RESULTS / "asis" / f"{tag}.json", doc)
     t, s = speed["teacher"], speed["student"]
     md = [f"# Distilled student ({args.image_size} px EfficientNet-Lite0) vs ViT-B/16 teacher detector, realgen as-is",
           "", f"Student: `clipdetect distill` on the train split, {args.epochs} epochs, batch {args.batch_size_train}, "
           f"best epoch by val AUC. Teacher: paper head on cached ViT-B/16 embeddings. Same {len(test_rows)} test rows "
-          f"for both; 95% bootstrap CIs ({N_BOOT}); gap = teacher AUC - student AUC with paired-bootstrap CI.", "",
+          f"for both; 95% bootstrap CIs ({rx.N_BOOT}); gap = teacher AUC - student AUC with paired-bootstrap CI.", "",
           "| generator | n_real | n_fake | teacher AUC | student AUC | gap [95% CI] |", "|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r.get("paired_delta_auc_lo"), r.get("paired_delta_auc_hi")
@@ -153,7 +152,7 @@ def main(argv=None) -> int:
            f"| student + head | {s['input_px']} | {s['parameters']:,} | {s['images_per_second']:.2f} |", "",
            f"Speed-up {doc['speedup']:.1f}x. Decode + preprocess alone: {decode_ips:.1f} images/s "
            "(the floor both share: these are 512-1024 px PNGs and JPEGs).", ""]
-    (RESULTS / "asis" / f"{tag}.md").write_text("\n".join(md))
+    save_text(rx.RESULTS / "asis" / f"{tag}.md", "\n".join(md))
     print("\n".join(md))
     return 0
 

@@ -4,8 +4,9 @@ Every stage runs on two caches of the same 1,376 images: ``asis`` (files as publ
 ``norm`` (every image re-encoded identically by the toolkit's NormalizedSource: 256x256
 bicubic, JPEG q90, see realgen_extract_normalized.py). Outputs go to
 experiments/results/realgen/<cache>/... (JSON + Markdown + PNG); detectors and derived
-caches go under --work (outside the repository). Detectors use the toolkit's default
-training schedule (no tuning to these sets).
+caches go under --work (default: work/ in the data folder, ``--data`` or $CLIPDETECT_DATA,
+which holds realgen/manifest.csv and the two caches under caches/). Detectors use the
+toolkit's default training schedule (no tuning to these sets).
 
     python experiments/realgen_experiments.py train      # paper head (clipdetect train, defaults)
     python experiments/realgen_experiments.py evaluate   # clipdetect evaluate + plot, per generator
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -35,24 +35,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+from clipdetect import Detector, FeatureCache, open_source
+from clipdetect.core.metrics import binary_metrics, evaluate_scores, to_markdown
+from clipdetect.data.perturb import NormalizedSource
+from clipdetect.eval.evaluate import group_values
+from clipdetect.eval.format_bias import format_only_baseline, source_format_table
+from clipdetect.eval.plots import roc_figure, save_figure
+from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.splits import resolve_split_rows
+from common import RESULTS as ALL_RESULTS, ROOT, add_data_arg, data_root, save_json, save_text
 
-from clipdetect import Detector, FeatureCache, open_source  # noqa: E402
-from clipdetect.core.metrics import binary_metrics, evaluate_scores, to_markdown  # noqa: E402
-from clipdetect.data.perturb import NormalizedSource  # noqa: E402
-from clipdetect.eval.evaluate import group_values  # noqa: E402
-from clipdetect.eval.format_bias import format_only_baseline, source_format_table  # noqa: E402
-from clipdetect.eval.plots import roc_figure, save_figure  # noqa: E402
-from clipdetect.features.cache import CacheWriter  # noqa: E402
-from clipdetect.features.splits import resolve_split_rows  # noqa: E402
-
-RESULTS = HERE / "results" / "realgen"
-DATA = Path(os.environ.get("REALGEN_DATA", "/work/data"))
-MANIFEST = DATA / "realgen" / "manifest.csv"
-CACHES = {"asis": DATA / "caches" / "realgen-asis-b16",
-          "norm": DATA / "caches" / "realgen-norm-jpeg90-256-b16"}
+RESULTS = ALL_RESULTS / "realgen"
+#: set by :func:`use_data` from --data / $CLIPDETECT_DATA
+MANIFEST, CACHES = Path("realgen/manifest.csv"), {}
 NORMALISED = {"norm"}
 NORM = dict(size=256, fmt="JPEG", quality=90)
 CIFAKE = ROOT / "clipdetect" / "sample_data" / "cifake-b16-sample"
@@ -66,19 +61,34 @@ def cli(*args) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
 
 
-def dump(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
+def use_data(data=None) -> Path:
+    """Point :data:`MANIFEST` and :data:`CACHES` at the data folder (``--data``, else $CLIPDETECT_DATA)."""
+    global MANIFEST, CACHES
+    root = data_root(data)
+    MANIFEST = root / "realgen" / "manifest.csv"
+    CACHES = {"asis": root / "caches" / "realgen-asis-b16", "norm": root / "caches" / "realgen-norm-jpeg90-256-b16"}
+    return root
 
 
-def _default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+def save_probe(model, path: Path) -> None:
+    """A StandardScaler + LogisticRegression pipeline as plain JSON (what :func:`load_probe` reads)."""
+    scaler, lr = model[0], model[-1]
+    save_json(path, {"mean": scaler.mean_, "scale": scaler.scale_, "coef": lr.coef_[0], "intercept": lr.intercept_[0]})
+
+
+class LinearProbe:
+    """The decision function of a probe saved by :func:`save_probe`."""
+
+    def __init__(self, path: Path):
+        d = json.loads(Path(path).read_text())
+        self.mean, self.scale, self.coef = (np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "coef"))
+        self.intercept = float(d["intercept"])
+
+    def decision_function(self, X) -> np.ndarray:
+        x = np.array(X, copy=True)
+        x -= self.mean  # in the input's dtype, as StandardScaler.transform does
+        x /= self.scale
+        return x @ self.coef + self.intercept
 
 
 def det_dir(work: Path, cache: str, head: str = "paper") -> Path:
@@ -101,9 +111,9 @@ TABLE_COLS = ["group", "value", "n_real", "n_fake", "auc", "ap", "tpr@fpr=1%", "
 
 
 def save_table(df: pd.DataFrame, stem: Path, title: str, config: dict) -> None:
-    dump({"config": config, "rows": json.loads(df.to_json(orient="records"))}, stem.with_suffix(".json"))
+    save_json(stem.with_suffix(".json"), {"config": config, "rows": json.loads(df.to_json(orient="records"))})
     cols = [c for c in TABLE_COLS if c in df.columns]
-    stem.with_suffix(".md").write_text(f"# {title}\n\n" + to_markdown(df, columns=cols) + "\n")
+    save_text(stem.with_suffix(".md"), f"# {title}\n\n" + to_markdown(df, columns=cols))
 
 
 # ------------------------------------------------------------------ 1. train + evaluate (toolkit CLI)
@@ -175,8 +185,7 @@ def stage_probe(args):
                     "n_test": len(r["test"]), "threshold": "decision_function > 0", "n_boot": N_BOOT})
         roc_per_generator(cache, r["test"], s_test, f"scikit-learn probe, realgen {c}, test split",
                           RESULTS / c / "roc_probe_sklearn")
-        with open(args.work / f"probe-{c}.pkl", "wb") as f:  # local artefact (outside the repository)
-            pickle.dump(model, f)
+        save_probe(model, args.work / f"probe-{c}.json")  # local artefact (outside the repository)
 
 
 # ------------------------------------------------------------------ format-only baselines
@@ -216,15 +225,14 @@ def stage_format(args):
                                                    jpeg_quality_median=("jpeg_quality", "median"),
                                                    bytes_per_pixel_median=("bytes_per_pixel", "median"))
                    .reset_index())
-        dump({"config": {"cache": c, "manifest": str(MANIFEST), "normalisation": NORM if c in NORMALISED else None,
+        save_json(RESULTS / c / "format_only.json", {"config": {"cache": c, "manifest": str(MANIFEST), "normalisation": NORM if c in NORMALISED else None,
                          "model": "DecisionTree(max_depth=4, min_samples_leaf=2) on container metadata"},
               "rows": json.loads(df.to_json(orient="records")),
-              "format_summary": json.loads(summary.to_json(orient="records"))}, RESULTS / c / "format_only.json")
+              "format_summary": json.loads(summary.to_json(orient="records"))})
         cols = [k for k in ("features", "protocol", "generator", "n_real", "n_fake", "auc", "acc@0.5")
                 if k in df.columns]
-        (RESULTS / c / "format_only.md").write_text(
-            f"# Format-only baseline, realgen {c}\n\n" + to_markdown(df, columns=cols)
-            + "\n\n## Container metadata per class\n\n" + to_markdown(summary) + "\n")
+        save_text(RESULTS / c / "format_only.md", f"# Format-only baseline, realgen {c}\n\n"
+                  + to_markdown(df, columns=cols) + "\n\n## Container metadata per class\n\n" + to_markdown(summary))
 
 
 # ------------------------------------------------------------------ leave one generator family out
@@ -280,11 +288,11 @@ def logo_probe(c: str, fc: Path) -> None:
                      "ap": th["ap"], "tpr@fpr=1%": th["tpr@fpr=1%"], "in_auc": ts["auc"], "in_auc_lo": ts["auc_lo"],
                      "in_auc_hi": ts["auc_hi"], "auc_drop": ts["auc"] - th["auc"]})
     df = pd.DataFrame(rows)
-    dump({"config": {"cache": str(fc), "protocol": "train on train-split reals + other families' train fakes "
+    save_json(RESULTS / c / "logo_probe_sklearn.json", {"config": {"cache": str(fc), "protocol": "train on train-split reals + other families' train fakes "
                      "(C chosen on val likewise); test on all held-out fakes vs test-split reals"},
-          "rows": json.loads(df.to_json(orient="records"))}, RESULTS / c / "logo_probe_sklearn.json")
-    (RESULTS / c / "logo_probe_sklearn.md").write_text(
-        f"# Leave one generator family out, scikit-learn probe, realgen {c}\n\n" + to_markdown(df) + "\n")
+          "rows": json.loads(df.to_json(orient="records"))})
+    save_text(RESULTS / c / "logo_probe_sklearn.md",
+              f"# Leave one generator family out, scikit-learn probe, realgen {c}\n\n" + to_markdown(df))
 
 
 # ------------------------------------------------------------------ cross-dataset
@@ -320,15 +328,13 @@ def stage_cross(args):
         r = rows_of(cache)
         for part, rows in (("test", r["test"]), ("all", np.arange(len(cache)))):
             both("cifake->realgen", "cifake-sample", f"realgen-{c} {part}", cache, rows, paper, cif_probe)
-        with open(args.work / f"probe-{c}.pkl", "rb") as f:
-            rg_probe = pickle.load(f)
+        rg_probe = LinearProbe(args.work / f"probe-{c}.json")
         for part, rows in (("test", rc["test"]), ("all", np.arange(len(cif)))):
             both("realgen->cifake", f"realgen-{c}", f"cifake-sample {part}", cif, rows,
                  Detector.load(det_dir(args.work, c)), rg_probe, by=None)
     df = pd.DataFrame(out_rows)
-    dump({"config": config, "rows": json.loads(df.to_json(orient="records"))}, RESULTS / "cross_dataset.json")
-    (RESULTS / "cross_dataset.md").write_text("# Cross-dataset: CIFAKE sample cache <-> realgen\n\n"
-                                              + to_markdown(df) + "\n")
+    save_json(RESULTS / "cross_dataset.json", {"config": config, "rows": json.loads(df.to_json(orient="records"))})
+    save_text(RESULTS / "cross_dataset.md", "# Cross-dataset: CIFAKE sample cache <-> realgen\n\n" + to_markdown(df))
 
 
 STAGES = {"train": stage_train, "evaluate": stage_evaluate, "probe": stage_probe, "format": stage_format,
@@ -339,12 +345,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stages", nargs="+", choices=[*STAGES, "all"])
     ap.add_argument("--caches", default="asis,norm")
-    ap.add_argument("--work", default=str(DATA / "work"))
+    add_data_arg(ap)
+    ap.add_argument("--work", help="detectors and derived caches (default: work/ in the data folder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     args.caches = [c for c in args.caches.split(",") if c]
-    args.work = Path(args.work)
+    root = use_data(args.data)
+    args.work = Path(args.work or root / "work")
     args.work.mkdir(parents=True, exist_ok=True)
     for s in (list(STAGES) if "all" in args.stages else args.stages):
         t0 = time.time()

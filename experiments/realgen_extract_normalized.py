@@ -3,7 +3,7 @@ decoded and re-encoded identically by the toolkit's ``NormalizedSource`` (square
 SIZE px, bicubic; JPEG at QUALITY), then embedded with the same backbone as the as-is cache.
 
     python experiments/realgen_extract_normalized.py MANIFEST.csv --out CACHE \
-        --backbone ViT-B-16-quickgelu:/work/data/weights/clip_b16.pt [--size 256 --quality 90]
+        --backbone ViT-B-16-quickgelu:$CLIPDETECT_DATA/weights/clip_b16.pt [--size 256 --quality 90]
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+from common import save_text
+
 RES = Path(__file__).resolve().parent / "results" / "realgen"
 CACHES = ("asis", "norm")  # the same 1,376 images, as published and format-normalised
 FORMAT_CACHES = CACHES
@@ -128,7 +130,7 @@ def main() -> int:
             fn(lines)
         except Exception as exc:  # noqa: BLE001
             lines += [f"({fn.__name__}: not available: {exc})", ""]
-    (RES / "tables.md").write_text("\n".join(lines) + "\n")
+    save_text(RES / "tables.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 

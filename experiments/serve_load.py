@@ -42,9 +42,8 @@ from typing import Any, Dict, List
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import serve_attacks  # noqa: E402
+import serve_attacks
+from common import cifake_parquet, save_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -246,7 +245,7 @@ def sigterm_phase(proc: subprocess.Popen, port: int, blobs: List[bytes], clients
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("detector")
-    ap.add_argument("--images", default="/work/shared/data/cifake_dev.parquet", help="parquet with an image column")
+    ap.add_argument("--images", help="parquet with an image column (default $CLIPDETECT_DATA/cifake_dev.parquet)")
     ap.add_argument("--n", type=int, default=256, help="images per phase")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--max-concurrent", type=int, default=16)
@@ -259,6 +258,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of both predict and the server (default: unset)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra clipdetect serve option (repeat)")
     args = ap.parse_args(argv)
+    args.images = args.images or cifake_parquet()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
@@ -313,8 +313,7 @@ def main(argv=None) -> int:
     out["recovery_vs_load"] = round(out["recovery"]["images_per_second"] / out["load"]["images_per_second"], 3)
     text = json.dumps(out, indent=2)
     print(text)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"serve_load_{args.tag}.json").write_text(text + "\n")
+    save_json(HERE / "results" / f"serve_load_{args.tag}.json", out)
     return 0
 
 

@@ -11,7 +11,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clipdetect.core import compat  # noqa: E402,F401  (torchvision guard first)
 
 TINY = "clipdetect-tiny-vit:random"
 

@@ -35,9 +35,9 @@ def test_guard_defines_missing_schemas_when_extension_fails(monkeypatch):
         def define(self, schema):
             defined.append(schema)
 
+    monkeypatch.setattr(_compat, "_GUARD_LIBRARY", None)  # first: reading it may run the real guard
     monkeypatch.setattr(_compat, "_has_op", lambda name: False)
     monkeypatch.setattr(torch.library, "Library", FakeLibrary)
-    monkeypatch.setattr(_compat, "_GUARD_LIBRARY", None)
     assert _compat.install_torchvision_guard(probe=lambda: False) is True
     assert [s.split("(")[0] for s in defined] == ["nms", "qnms"]
     assert all("float iou_threshold" in s for s in defined)

@@ -11,7 +11,8 @@ from torch import nn
 
 from clipdetect.models.compress import (LowRankConv1x1, LowRankLinear, apply_structure, choose_rank, magnitude_prune,
                                  prunable_weights, svd_factorize)
-from clipdetect.distill.compress_report import CompressConfig, compress, load_detector
+from clipdetect.distill.compress_report import CompressConfig, compress
+from clipdetect.models.detector import load_detector
 from clipdetect.models.detector import Detector
 from clipdetect.models.heads import HeadConfig, create_head
 

@@ -12,7 +12,8 @@ from PIL import Image
 from clipdetect.features.cache import FeatureCache
 from clipdetect.data.d3 import D3Source
 from clipdetect.data.d3_reals import MissingImage
-from clipdetect.features.extract import ExtractConfig, decode_refs, extract
+from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.pipeline import decode_refs
 from clipdetect.data.imaging import SplitPreprocess
 from clipdetect.data.registry import open_source
 from conftest import TINY
@@ -200,7 +201,7 @@ def test_fakes_decode_in_all_five_formats_and_missing_fakes_are_marked(d3):
 
 
 def test_split_files_follow_the_hub_layout(server, tmp_path, caplog):
-    from clipdetect.data.d3 import split_files
+    from clipdetect.data.d3_layout import split_files
 
     ids = make_d3_folder(tmp_path, server.base_url)
     data = tmp_path / "data"

@@ -4,7 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from clipdetect.models.detector import Detector, DetectorError, fit_detector
+from clipdetect.models.bundle import DetectorError
+from clipdetect.models.detector import Detector, fit_detector
 from clipdetect.models.calibration import choose_threshold
 from clipdetect.models.train import TrainConfig
 

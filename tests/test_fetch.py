@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from clipdetect.core import compat  # noqa: F401
 from clipdetect.cli.main import main
 from clipdetect.data.fetch import FetchStore, fetch_many, fetch_one, url_key
 

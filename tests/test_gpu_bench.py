@@ -11,6 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gpu_bench.py"
 
 @pytest.fixture
 def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as ``python experiments/gpu_bench.py`` has it
     spec = importlib.util.spec_from_file_location("gpu_bench_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # its image maker is pickled for a process pool

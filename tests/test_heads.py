@@ -3,7 +3,6 @@ import json
 
 import pytest
 
-from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 from torch import nn
 

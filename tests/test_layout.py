@@ -100,3 +100,62 @@ def test_no_import_cycles_between_modules():
             visit(v)
     cycles = [sorted(c) for c in sccs if len(c) > 1]
     assert cycles == [], f"import cycles: {cycles}"
+
+
+ROOT = PKG.parent
+#: the trees whose imports of clipdetect names must name the module that defines them
+IMPORTERS = [PKG, ROOT / "tests", ROOT / "experiments"]
+
+
+def _names_used(tree: ast.AST) -> set:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+def _module_names(path: Path):
+    """(names the module defines at top level, names it imports at top level, its ``__all__``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    defined, imported, exported = set(), set(), []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                defined |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+                if isinstance(t, ast.Name) and t.id == "__all__" and isinstance(node.value, (ast.List, ast.Tuple)):
+                    exported = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported |= {a.asname or a.name.split(".")[0] for a in node.names}
+    return defined, imported - defined, exported
+
+
+def test_no_module_imports_a_name_only_to_expose_it_or_for_its_side_effects():
+    """Every clipdetect name a module imports is used there: no re-exports (import from the
+    defining module instead) and no imports run for their side effects (call a function)."""
+    bad = []
+    for module, path in _modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        used = _names_used(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clipdetect"):
+                bad += [f"{module}: from {node.module} import {a.name}" for a in node.names
+                        if (a.asname or a.name) not in used]
+            elif isinstance(node, ast.Import):
+                bad += [f"{module}: import {a.name}" for a in node.names
+                        if a.name.startswith("clipdetect") and (a.asname or a.name.split(".")[0]) not in used]
+        defined, _, exported = _module_names(path)
+        bad += [f"{module}: __all__ lists {n!r}, which it does not define" for n in exported if n not in defined]
+    assert bad == [], "\n".join(bad)
+
+
+def test_names_are_imported_from_the_module_that_defines_them():
+    modules = dict(_modules())
+    imported = {m: _module_names(p)[1] for m, p in modules.items()}
+    bad = []
+    for tree_root in IMPORTERS:
+        for path in sorted(tree_root.rglob("*.py")):
+            for target, names in _imports(path):
+                if target in imported and target != "clipdetect":
+                    bad += [f"{path.relative_to(ROOT)}: from {target} import {n}" for n in names
+                            if n in imported[target] and f"{target}.{n}" not in modules]
+    assert bad == [], "import these from the module that defines them:\n" + "\n".join(bad)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 import torch.nn.functional as F
 

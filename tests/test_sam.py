@@ -1,6 +1,5 @@
 import pytest
 
-from clipdetect.core import compat  # noqa: F401  (installs the torchvision guard first)
 import torch
 from torch import nn
 

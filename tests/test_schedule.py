@@ -19,7 +19,8 @@ from clipdetect.features.extract import SampledSource, check_limit_prefix
 from clipdetect.models.baseline import fit_probe_on_cache
 from clipdetect.models.detector import Detector
 from clipdetect.models.predict import resolve_backbone
-from clipdetect.models.train import ArraySource, TrainConfig, auto_batch_size, plan_schedule, train
+from clipdetect.models.schedule import auto_batch_size, plan_schedule
+from clipdetect.models.train import ArraySource, TrainConfig, train
 from clipdetect.core.resources import SAMPLE_CACHE
 
 SAMPLE = SAMPLE_CACHE

@@ -1,10 +1,8 @@
 """``clipdetect benchmark``: leave-one-source-out and leave-one-family-out, with ablations."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import COMMANDS, config_override, emit
-from clipdetect.cli.options import csv_list
+from clipdetect.cli.main import config_override, emit
+from clipdetect.cli.options import add_command, add_threads_arg, csv_list, set_threads
 
 EXAMPLES = """examples:
   # a cache with source/family columns (a manifest's own), extracted with --layers --views default
@@ -27,9 +25,8 @@ def add_parser(sub) -> None:
     from clipdetect.eval.benchmark import PROTOCOLS, VARIANTS, BenchmarkConfig
 
     d = BenchmarkConfig()
-    p = sub.add_parser("benchmark", help=COMMANDS["benchmark"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Generalisation to unseen sources and generator families, with paired CIs.")
+    p = add_command(sub, "benchmark", epilog=EXAMPLES,
+                    description="Generalisation to unseen sources and generator families, with paired CIs.")
     p.add_argument("cache", help="feature cache with 'source' and 'family' columns")
     p.add_argument("--out", required=True, help="folder for benchmark.md/.json, folds.csv, scores.csv")
     p.add_argument("--protocols", type=csv_list, default=d.protocols, help=f"of {', '.join(PROTOCOLS)} (default both)")
@@ -48,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="training and bootstrap seed (default 0)")
     p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
                    help="a training config field for every variant, e.g. --set epochs=8 (repeatable)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -58,10 +55,7 @@ def run(args) -> int:
     from clipdetect.eval.benchmark import BenchmarkConfig, run_benchmark
     from clipdetect.eval.benchmark_report import save_benchmark
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     cache = open_cache(args.cache)
     config = BenchmarkConfig(cache=str(args.cache), protocols=args.protocols, variants=args.variants,
                              eval_view=args.eval_view, also_views=args.also_views, train_view=args.train_view, min_images=args.min_images,

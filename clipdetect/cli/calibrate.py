@@ -2,10 +2,8 @@
 temperature, refitted on validation rows."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, load_detector, open_cache
+from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.options import add_command, add_force_arg, add_split_args, check_new_output, open_cache
 
 CALIBRATE_EXAMPLES = """examples:
   clipdetect calibrate runs/det features/cifake-b16 --target-fpr 0.01            # re-saved in place
@@ -16,8 +14,7 @@ a worse ECE) is not applied: the detector keeps its calibration, and a warning s
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("calibrate", help=COMMANDS["calibrate"][1],
-                       epilog=CALIBRATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "calibrate", epilog=CALIBRATE_EXAMPLES)
     p.add_argument("detector", help="detector bundle directory (re-saved in place unless --out)")
     p.add_argument("cache", help="the feature cache it was trained on (its validation split is used)")
     p.add_argument("--target-fpr", type=float, default=0.01,
@@ -38,6 +35,7 @@ def add_parser(sub) -> None:
 
 def run_calibrate(args) -> int:
     from clipdetect.eval.calibrate import calibrate_detector
+    from clipdetect.models.detector import load_detector
 
     if args.calibration == "keep" and args.keep_threshold:
         raise CLIError("nothing to do: --keep-threshold without --calibration platt|temperature")

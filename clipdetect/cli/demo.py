@@ -10,12 +10,11 @@ probe) and the ROC figure.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from clipdetect.cli.main import COMMANDS, emit
-from clipdetect.cli.options import add_force_arg, check_new_output, metrics_text
+from clipdetect.cli.main import emit
+from clipdetect.cli.options import add_command, add_force_arg, check_new_output, metrics_text
 from clipdetect.core.resources import SAMPLE_CACHE
 
 logger = logging.getLogger(__name__)
@@ -30,8 +29,7 @@ metrics tables and a summary (--json: the summary as JSON)."""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help=COMMANDS["demo"][1],
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "demo", description=__doc__, epilog=EXAMPLES)
     p.add_argument("--cache", default=str(SAMPLE_CACHE), help="feature cache (default: the bundled sample)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     add_force_arg(p)

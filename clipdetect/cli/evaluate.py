@@ -1,12 +1,11 @@
 """``clipdetect evaluate | plot``: metrics and figures of trained detectors on a feature cache."""
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
+from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.options import add_command, add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +22,14 @@ diagram with its ECE (shown from 100 rows) and a key to the marker sizes."""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], epilog=EVAL_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="ROC-AUC, AP, accuracy (0.5 and calibrated threshold), EER, TPR at 1% "
-                                   "and 0.1% FPR with 95% bootstrap CIs, ECE and Brier; overall, per generator "
-                                   "(its fakes vs all reals) and per metadata column; and the paired AUC "
-                                   "difference to a logistic-regression probe fitted on the same train rows "
-                                   "(positive = better than the probe). A metric is shown only when its rows "
-                                   "suffice (TPR at 1% FPR needs 100 reals, at 0.1% 1,000; ECE 100 rows), else "
-                                   "n/a with the reason; a CI wider than 0.1 is marked wide.")
+    p = add_command(sub, "evaluate", epilog=EVAL_EXAMPLES,
+                    description="ROC-AUC, AP, accuracy (0.5 and calibrated threshold), EER, TPR at 1% "
+                                "and 0.1% FPR with 95% bootstrap CIs, ECE and Brier; overall, per generator "
+                                "(its fakes vs all reals) and per metadata column; and the paired AUC "
+                                "difference to a logistic-regression probe fitted on the same train rows "
+                                "(positive = better than the probe). A metric is shown only when its rows "
+                                "suffice (TPR at 1% FPR needs 100 reals, at 0.1% 1,000; ECE 100 rows), else "
+                                "n/a with the reason; a CI wider than 0.1 is marked wide.")
     p.add_argument("detector", help="detector bundle directory; several as NAME=DIR,NAME=DIR also writes "
                                     "comparison.md with paired-bootstrap AUC differences to the first")
     p.add_argument("cache", help="feature cache directory (same backbone as the detector)")
@@ -55,8 +53,7 @@ def add_parser(sub) -> None:
     add_split_args(p)
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("plot", help=COMMANDS["plot"][1], epilog=PLOT_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "plot", epilog=PLOT_EXAMPLES)
     p.add_argument("detectors", type=csv_list, help="DIR[,DIR...] or NAME=DIR[,NAME=DIR...]")
     p.add_argument("cache", help="feature cache directory")
     p.add_argument("--out", required=True, help="output folder: writes roc, hist and reliability figures there")

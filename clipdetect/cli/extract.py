@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_runtime_args
-from clipdetect.core.device import DEVICE_HELP, check_device
+from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args
+from clipdetect.core.device import check_device
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,8 @@ def add_limit_args(p) -> None:
 def add_parser(sub) -> None:
     from clipdetect.features.pipeline import FAST_DECODE, default_workers
 
-    p = sub.add_parser("extract", help=COMMANDS["extract"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Embed images (and their captions) with a CLIP backbone into a sharded cache.")
+    p = add_command(sub, "extract", epilog=EXAMPLES,
+                    description="Embed images (and their captions) with a CLIP backbone into a sharded cache.")
     p.add_argument("source", help="image folder, .csv/.parquet manifest, HF parquet, hf:NAME or d3:NAME_OR_PATH")
     p.add_argument("--out", required=True, help="cache directory (created, or resumed / appended to)")
     p.add_argument("--backbone", required=True,
@@ -124,7 +123,7 @@ def add_parser(sub) -> None:
     g.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on CUDA, 64 on CPU)")
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
-    g.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
+    add_device_arg(g)
     add_runtime_args(g)
     g.add_argument("--fast-decode", default="none", choices=list(FAST_DECODE),
                    help="draft: decode large JPEGs at a reduced DCT scale (>= 2x the model input; faster, "
@@ -185,8 +184,7 @@ def add_parser(sub) -> None:
                    help="CPUs (= torch threads) each encode actor reserves; raise it for --device cpu (default 1)")
     p.set_defaults(func=run_extract)
 
-    c = sub.add_parser("cache", help=COMMANDS["cache"][1], epilog=CACHE_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = add_command(sub, "cache", epilog=CACHE_EXAMPLES)
     c.set_defaults(help_parser=c)
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION")
     info = csub.add_parser("info", help="backbone, rows, splits, generators, error counts", epilog=CACHE_EXAMPLES,

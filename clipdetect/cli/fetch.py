@@ -5,7 +5,8 @@ import argparse
 import itertools
 from typing import Tuple
 
-from clipdetect.cli.main import COMMANDS, emit
+from clipdetect.cli.main import emit
+from clipdetect.cli.options import add_command
 
 EXAMPLES = """examples:
   # the LAION reals of D3's train split, 64 downloads at a time, into a shared store
@@ -27,10 +28,9 @@ def _part(text: str) -> Tuple[int, int]:
 def add_parser(sub) -> None:
     from clipdetect.data.fetch import DEFAULT_MAX_BYTES, default_store_root
 
-    p = sub.add_parser("fetch", help=COMMANDS["fetch"][1],
-                       description="Download images into a content-addressed store, with retries and a "
-                                   "failure ledger; re-running skips what is stored or known to fail.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "fetch", epilog=EXAMPLES,
+                    description="Download images into a content-addressed store, with retries and a "
+                                "failure ledger; re-running skips what is stored or known to fail.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--urls", help="text file with one URL per line")
     src.add_argument("--d3", help="D3 dataset name or local parquet file/glob/folder (reads its url column)")

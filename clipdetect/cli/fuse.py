@@ -1,9 +1,8 @@
 """``clipdetect fuse``: one detector from several, combined on validation rows."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import COMMANDS, emit
+from clipdetect.cli.main import emit
+from clipdetect.cli.options import add_command
 
 EXAMPLES = """examples:
   # an image-embedding MLP and a per-block head on the same cache, fused
@@ -20,9 +19,8 @@ there like any other and scores images with `clipdetect predict`."""
 def add_parser(sub) -> None:
     from clipdetect.models.fusion import FUSION_METHODS
 
-    p = sub.add_parser("fuse", help=COMMANDS["fuse"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Fuse detectors trained on the same cache (same backbone) into one.")
+    p = add_command(sub, "fuse", epilog=EXAMPLES,
+                    description="Fuse detectors trained on the same cache (same backbone) into one.")
     p.add_argument("detectors", nargs="+", metavar="DETECTOR", help="two or more detector bundles")
     p.add_argument("--cache", required=True, help="the cache they were trained on (its validation rows)")
     p.add_argument("--out", required=True, help="folder for the fused detector bundle")
@@ -32,9 +30,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from clipdetect.cli.options import load_detector, open_cache
+    from clipdetect.cli.options import open_cache
     from clipdetect.core.io import staged_output
     from clipdetect.features.splits import SplitSpec, view_rows
+    from clipdetect.models.detector import load_detector
     from clipdetect.models.fusion import fuse_detectors
 
     dets = [load_detector(d) for d in args.detectors]

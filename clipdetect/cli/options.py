@@ -3,6 +3,16 @@ from __future__ import annotations
 
 import argparse
 
+from clipdetect.core.device import DEVICE_HELP
+
+
+def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """The parser of command ``name``: its one-line help from ``cli.main.COMMANDS``, the epilog as written."""
+    from clipdetect.cli.main import COMMANDS
+
+    return sub.add_parser(name, help=COMMANDS[name][1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                          **kwargs)
+
 
 def csv_list(text: str) -> list:
     return [t for t in (text or "").split(",") if t]
@@ -31,17 +41,28 @@ def add_runtime_args(g) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help=PRECISION_HELP)
 
 
+def add_device_arg(g, default: str = "cpu") -> None:
+    """``--device`` (checked by ``core.device.check_device`` when the command runs)."""
+    g.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default {default})")
+
+
+def add_threads_arg(g) -> None:
+    """``--threads``, applied by :func:`set_threads`."""
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def set_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def add_split_args(p) -> None:
     g = p.add_argument_group("splits (default: the fractions and seed the detector was trained with)")
     g.add_argument("--val-fraction", type=float, help="validation fraction when the cache has no val rows")
     g.add_argument("--test-fraction", type=float, help="test fraction when the cache has no test rows")
     g.add_argument("--split-seed", type=int, help="seed of the key-hash split")
-
-
-def load_detector(path: str):
-    from clipdetect.models.detector import Detector
-
-    return Detector.load(path)
 
 
 def open_cache(path: str):

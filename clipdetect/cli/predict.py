@@ -1,12 +1,11 @@
 """``clipdetect predict``: score images end to end (decode → backbone → detector)."""
 from __future__ import annotations
 
-import argparse
 import logging
 
 from clipdetect.cli.extract import add_limit_args
-from clipdetect.cli.main import COMMANDS, emit
-from clipdetect.cli.options import add_runtime_args, check_new_output, load_detector
+from clipdetect.cli.main import emit
+from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, check_new_output
 
 PREDICT_EXAMPLES = """examples:
   clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
@@ -39,8 +38,7 @@ is still written)."""
 def add_parser(sub) -> None:
     from clipdetect.features.pipeline import default_workers
 
-    p = sub.add_parser("predict", help=COMMANDS["predict"][1],
-                       epilog=PREDICT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "predict", epilog=PREDICT_EXAMPLES)
     p.add_argument("detector", help="detector bundle directory")
     p.add_argument("source", help="image file, folder, manifest, parquet or hf:NAME")
     p.add_argument("--out", required=True, help="predictions file: .csv or .jsonl, or - for stdout")
@@ -57,7 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (GPU number N) or mps (default cpu)")
+    add_device_arg(p)
     add_runtime_args(p)
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--caption-template", help="captions for text features, e.g. 'a photo of a {cifar_class}'")
@@ -73,6 +71,7 @@ def run_predict(args) -> int:
 
     from clipdetect.core.device import check_device
     from clipdetect.models.calibration import describe_target
+    from clipdetect.models.detector import load_detector
     from clipdetect.models.predict import check_captions, open_predict_source, predict_source, resolve_backbone
 
     from clipdetect.features.runtime import check_runtime

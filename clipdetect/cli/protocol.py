@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from clipdetect.cli.main import COMMANDS, config_override, emit
-from clipdetect.cli.options import add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
+from clipdetect.cli.main import config_override, emit
+from clipdetect.cli.options import add_command, add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
 
 PROTOCOL_EXAMPLES = """examples:
   clipdetect protocol logo features/d3 --out runs/logo --set epochs=8
@@ -44,8 +44,7 @@ def _train_args(p) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("protocol", help=COMMANDS["protocol"][1],
-                       epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "protocol", epilog=PROTOCOL_EXAMPLES)
     ps = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     _add_cache_protocols(ps)
     _add_image_protocols(ps)
@@ -148,7 +147,8 @@ def _keys_source(args):
 def run_robustness(args) -> int:
     from clipdetect.eval.plot_scores import plot_metric_curves
     from clipdetect.eval.plots import save_figure
-    from clipdetect.eval.protocols import SUMMARY_METRICS, save_table, robustness_sweep, sweep_curves
+    from clipdetect.eval.image_protocols import robustness_sweep, sweep_curves
+    from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 
     dets, source, backbone, config, _ = _keys_source(args)
     perturbations = dict(args.perturb) if args.perturb else None
@@ -173,7 +173,8 @@ def run_robustness(args) -> int:
 
 
 def run_format_bias(args) -> int:
-    from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, format_bias_control, save_table
+    from clipdetect.eval.image_protocols import format_bias_control
+    from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, save_table
 
     dets, source, backbone, config, cache = _keys_source(args)
     res = format_bias_control(dets, source, args.work or Path(args.out) / "caches", size=args.size,

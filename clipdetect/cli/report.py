@@ -1,10 +1,8 @@
 """``clipdetect report DETECTOR CACHE --out DIR``: the whole honest report in one command."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import COMMANDS, config_override, emit
-from clipdetect.cli.options import add_force_arg, check_new_output
+from clipdetect.cli.main import config_override, emit
+from clipdetect.cli.options import add_command, add_force_arg, check_new_output
 
 EXAMPLES = """example:
   clipdetect report runs/det features/d3-val --out runs/det/report --n-boot 2000
@@ -16,16 +14,15 @@ EXAMPLES = """example:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help=COMMANDS["report"][1],
-                       description="Runs on a cache: the per-generator table (AUC / AP / TPR@1% FPR with "
-                                   "bootstrap CIs, each shown only when its rows suffice), per photo source when "
-                                   "the cache has a source column, ROC with bootstrap bands and the threshold, the "
-                                   "paired AUC difference to a logistic-regression probe fitted on the detector's "
-                                   "train rows, leave one generator out (the detector's training config, retrained "
-                                   "per fold), the format-only baseline (cache metadata) and the calibration as it "
-                                   "is (its fit, the threshold and its target, ECE, Brier, reliability), and "
-                                   "writes report.md with its figures and report.json.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "report", epilog=EXAMPLES,
+                    description="Runs on a cache: the per-generator table (AUC / AP / TPR@1% FPR with "
+                                "bootstrap CIs, each shown only when its rows suffice), per photo source when "
+                                "the cache has a source column, ROC with bootstrap bands and the threshold, the "
+                                "paired AUC difference to a logistic-regression probe fitted on the detector's "
+                                "train rows, leave one generator out (the detector's training config, retrained "
+                                "per fold), the format-only baseline (cache metadata) and the calibration as it "
+                                "is (its fit, the threshold and its target, ECE, Brier, reliability), and "
+                                "writes report.md with its figures and report.json.")
     p.add_argument("detector", help="detector bundle folder (clipdetect train --out)")
     p.add_argument("cache", help="feature cache with the detector's backbone")
     p.add_argument("--out", required=True, help="output folder")

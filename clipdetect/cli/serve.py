@@ -1,9 +1,8 @@
 """``clipdetect serve DETECTOR``: the scoring service (HTTP JSON API and a web page)."""
 from __future__ import annotations
 
-import argparse
-
-from clipdetect.cli.main import COMMANDS, CLIError
+from clipdetect.cli.main import CLIError
+from clipdetect.cli.options import add_command, add_device_arg
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
@@ -27,9 +26,8 @@ def add_parser(sub) -> None:
     from clipdetect.serve.config import ServeConfig
 
     d = ServeConfig()
-    p = sub.add_parser("serve", help=COMMANDS["serve"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Serve a detector over HTTP on this machine: a JSON API and a page to drop images on.")
+    p = add_command(sub, "serve", epilog=EXAMPLES,
+                    description="Serve a detector over HTTP on this machine: a JSON API and a page to drop images on.")
     p.add_argument("detector", help="detector bundle directory (clipdetect train --out)")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port}; 0 picks a free one)")
@@ -38,7 +36,7 @@ def add_parser(sub) -> None:
     b = p.add_argument_group("backbone (as for predict)")
     b.add_argument("--backbone", help="backbone spec overriding the detector's (e.g. a new path to its weights)")
     b.add_argument("--weights", metavar="PATH", help="the detector's checkpoint file when it moved (sha256-checked)")
-    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    add_device_arg(b)
     b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="backbone precision")
     g = p.add_argument_group("limits (each refusal is a JSON error naming the limit)")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
@@ -89,8 +87,8 @@ def run_serve(args) -> int:
         require_extra()
     except MissingExtra as exc:
         raise CLIError(str(exc)) from None
-    from clipdetect.cli.options import load_detector
     from clipdetect.core.device import check_device
+    from clipdetect.models.detector import load_detector
     from clipdetect.models.predict import check_text_tower, resolve_backbone
     from clipdetect.serve.server import serve
 

@@ -1,11 +1,10 @@
 """``clipdetect train``: a detector on a feature cache."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
-from clipdetect.cli.main import CLIError, COMMANDS, emit
-from clipdetect.cli.options import add_force_arg, check_new_output, metrics_text
+from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.options import add_command, add_device_arg, add_force_arg, add_threads_arg, check_new_output, metrics_text, set_threads
 
 EXAMPLES = """examples:
   # the paper's detector (CVaR+AUC loss, SAM, MLP head), schedule planned from the cache size
@@ -45,12 +44,13 @@ metrics, and test metrics when test rows exist, each shown only when its rows su
 def add_parser(sub) -> None:
     from clipdetect.features.manifest import FEATURE_SETS
     from clipdetect.models.heads import HEAD_KINDS
-    from clipdetect.models.train import AUC_PAIRS, COMPILE_MODES, LOSS_OPTIONS, PRESETS, TrainConfig
+    from clipdetect.models.schedule import PRESETS
+    from clipdetect.models.step import COMPILE_MODES
+    from clipdetect.models.train import AUC_PAIRS, LOSS_OPTIONS, TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help=COMMANDS["train"][1], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a detector head on cached CLIP embeddings and save the bundle.")
+    p = add_command(sub, "train", epilog=EXAMPLES,
+                    description="Train a detector head on cached CLIP embeddings and save the bundle.")
     p.add_argument("cache", help="feature cache directory (made by `clipdetect extract`)")
     p.add_argument("--out", required=True, metavar="DETECTOR_DIR", help="directory for the detector bundle")
     add_force_arg(p)
@@ -115,8 +115,8 @@ def add_parser(sub) -> None:
                    help=f"test share of 'train' rows when the cache has no test split ({d.test_fraction})")
     r.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the key-hash split (default 0)")
     r.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, batches and dropout")
-    r.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or mps (default cpu)")
-    r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_device_arg(r, d.device)
+    add_threads_arg(r)
     r.add_argument("--compile", default=d.compile, choices=list(COMPILE_MODES),
                    help="torch.compile the head and the loss as one graph: none (default, eager), default "
                         "(fused kernels), graphs (also CUDA graphs: each pass replayed with one launch; as "
@@ -134,8 +134,6 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    import torch
-
     from clipdetect.core.device import check_device
     from clipdetect.core.io import staged_output
     from clipdetect.features.verify import open_verified
@@ -144,8 +142,7 @@ def run(args) -> int:
     from clipdetect.features.manifest import feature_parts
     from clipdetect.features.splits import SplitSpec
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     args.device = check_device(args.device)
     config = config_from_args(args)
     check_new_output(args.out, args.force)

@@ -12,9 +12,10 @@ torchvision works, it does nothing. The detection ops themselves stay unavailabl
 broken case (calling them raises), which clipdetect never needs: it uses torchvision's
 image transforms only.
 
-The guard runs once, when this module is first imported: every module that imports
-torchvision, open_clip or timm imports this one first. ``import clipdetect`` alone does
-not run it, so that the package stays light (no torch) until a backbone is needed.
+``import clipdetect`` arranges for the guard to run on the first import of torchvision,
+open_clip or timm (:func:`install_lazy_guard`), so the package stays light (no torch) until a
+backbone is needed. The functions that import one of them call :func:`ensure_torchvision_ops`
+just before, so they do not depend on that hook having been installed first.
 """
 from __future__ import annotations
 
@@ -127,6 +128,13 @@ def install_lazy_guard() -> None:
         install_torchvision_guard()
     elif _HOOK not in sys.meta_path:
         sys.meta_path.insert(0, _HOOK)
+
+
+def ensure_torchvision_ops() -> None:
+    """Make ``import torchvision`` (and open_clip, timm) work: run the guard now, before importing them
+    (cheap once torchvision is imported)."""
+    remove_lazy_guard()
+    install_torchvision_guard()
 
 
 def __getattr__(name: str):

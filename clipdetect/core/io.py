@@ -252,9 +252,7 @@ def write_json(path: str | os.PathLike, obj: Any, *, allow_nan: bool = True) -> 
 
 
 def _default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)

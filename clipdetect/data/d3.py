@@ -49,7 +49,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from clipdetect.data.d3_layout import ALIASES, MODELS, N_GEN, split_files  # noqa: F401 (re-export)
+from clipdetect.data.d3_layout import ALIASES, N_GEN, split_files
 from clipdetect.data.d3_reals import D3RealImages, MissingImage
 from clipdetect.data.hf import load_hf_dataset, parquet_files
 from clipdetect.data.sources import Sample, Source, optional_str

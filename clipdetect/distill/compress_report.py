@@ -20,8 +20,11 @@ import numpy as np
 import torch
 
 from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
+from clipdetect.models.detector import load_detector
+from clipdetect.models.heads import count_parameters
 from clipdetect.core.escape import md_code
 from clipdetect.core.io import write_json, write_text
+from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +60,6 @@ class CompressConfig:
             raise ValueError("nothing to do: give --svd-rank R, --svd-energy E and/or --prune FRACTION")
 
 
-# ------------------------------------------------------------------ loading
-def load_detector(path: str | Path, *, device: str = "cpu"):
-    """A saved detector bundle, plain or compressed (:meth:`Detector.load` rebuilds SVD heads)."""
-    from clipdetect.models.detector import Detector
-
-    return Detector.load(path, device=device)
-
-
 # ------------------------------------------------------------------ measuring
 def file_sizes(paths: List[Path]) -> Dict[str, int]:
     """Raw bytes and zlib-deflated bytes (level 6) of the weight files together."""
@@ -77,9 +72,8 @@ def file_sizes(paths: List[Path]) -> Dict[str, int]:
 
 
 def count_params(*modules: torch.nn.Module) -> Dict[str, int]:
-    params = [p for m in modules for p in m.parameters()]
-    return {"parameters": int(sum(p.numel() for p in params)),
-            "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in params))}
+    return {"parameters": count_parameters(*modules),
+            "nonzero_parameters": count_parameters(*modules, nonzero=True)}
 
 
 @torch.inference_mode()
@@ -102,7 +96,6 @@ def test_split_refs(source_spec: str, *, val: float, test: float, seed: int, lim
     """(image refs, labels, keys) of up to ``limit`` samples of ``source_spec`` whose key falls in
     the hashed test split (:func:`splits.assign_splits` with the same fractions and seed)."""
     from clipdetect.data.registry import open_source
-    from clipdetect.features.splits import SplitSpec
 
     spec = SplitSpec(val, test, seed)
     refs, labels, keys = [], [], []
@@ -172,7 +165,6 @@ def compress(config: CompressConfig) -> Dict[str, Any]:
 
 def _compress_detector(config: CompressConfig, target: Path) -> Dict[str, Any]:
     from clipdetect.features.cache import FeatureCache
-    from clipdetect.features.splits import SplitSpec
 
     det = load_detector(target)
     x_eval = y_eval = None
@@ -211,9 +203,8 @@ def _compress_student(config: CompressConfig, target: Path) -> Dict[str, Any]:
     out = Path(config.out)
     refs = labels = None
     if config.eval_source:
-        d = doc.get("distill", {})
-        refs, labels, _ = test_split_refs(config.eval_source, val=d.get("val_fraction", 0.15),
-                                          test=d.get("test_fraction", 0.15), seed=d.get("split_seed", 0),
+        s = SplitSpec.of(doc.get("distill", {}))
+        refs, labels, _ = test_split_refs(config.eval_source, val=s.val, test=s.test, seed=s.seed,
                                           limit=config.eval_limit, options=config.source_options)
     elif config.eval_cache:
         logger.warning("a student's encoder changes under compression: evaluate it on images "

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.data.imaging import decode_image
 from clipdetect.distill.student import StudentConfig, student_preprocess
 
@@ -38,7 +39,7 @@ class RandomJPEG:
 
 def train_transform(config: StudentConfig, augment: Sequence[str]):
     """The inference preprocessing with training augmentations in front (PIL stage)."""
-    from clipdetect.core import compat  # noqa: F401
+    ensure_torchvision_ops()
     from torchvision import transforms as T
 
     base = student_preprocess(config).transforms

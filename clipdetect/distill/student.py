@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.features.backbones import Backbone, BackboneError, BackboneSpec, file_sha256, register_backbone
 from clipdetect.core.config import from_dict
 
@@ -113,7 +114,7 @@ class StudentEncoder(nn.Module):
 
 
 def _timm():
-    from clipdetect.core import compat  # noqa: F401  (torchvision guard before timm)
+    ensure_torchvision_ops()
     import timm
 
     return timm
@@ -208,7 +209,7 @@ def student_preprocess(config: StudentConfig):
 
     The last two steps are what :class:`~clipdetect.data.imaging.SplitPreprocess` splits off.
     """
-    from clipdetect.core import compat  # noqa: F401
+    ensure_torchvision_ops()
     from torchvision import transforms as T
 
     interp = getattr(T.InterpolationMode, config.interpolation.upper())
@@ -285,12 +286,6 @@ def _create_student_backbone(spec: BackboneSpec, seed: int) -> Backbone:
     model, config, doc = load_student(path)
     return Backbone(spec=str(spec), model=model, preprocess=student_preprocess(config), tokenizer=None,
                     identity=student_identity(path, config, doc), has_text=False, embed_dim=config.embed_dim)
-
-
-def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
-    if nonzero:
-        return int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 register_backbone("student", _create_student_backbone)

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from clipdetect.core.guards import guard
-from clipdetect.eval.plots import curve_colors, new_ax, plt
+from clipdetect.eval.plots import curve_colors, new_ax, subplots
 
 __all__ = ["plot_score_histograms", "plot_reliability", "plot_metric_curves", "reliability_sizes"]
 
@@ -119,7 +119,7 @@ def plot_metric_curves(df: pd.DataFrame, *, x: str = "severity", y: str = "auc",
     kinds = list(dict.fromkeys(df[hue]))
     ncols = max(1, min(ncols, len(kinds)))
     nrows = max(1, math.ceil(len(kinds) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows),
+    fig, axes = subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows),
                              sharey=True, squeeze=False)
     for ax, kind in zip(axes.flat, kinds):
         _plot_sweep(ax, df[df[hue] == kind], x=x, y=y, style=style)

@@ -40,6 +40,11 @@ Curves = Mapping[str, tuple[Sequence, Sequence]]
 Thresholds = float | Mapping[str, float] | None
 
 
+def subplots(*args, **kwargs):
+    """``pyplot.subplots`` on the backend this module selected."""
+    return plt.subplots(*args, **kwargs)
+
+
 def new_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> Axes:
     if ax is not None:
         return ax

@@ -18,7 +18,6 @@ import pandas as pd
 from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_table
 from clipdetect.core.metrics import to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
-from clipdetect.eval.image_protocols import format_bias_control, robustness_sweep, sweep_curves  # noqa: F401 (re-export)
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.features.splits import SplitSpec
 

@@ -32,7 +32,7 @@ import itertools
 import numpy as np
 import torch
 
-from clipdetect.core import compat  # noqa: F401  (runs the torchvision guard before open_clip)
+from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.core.tensorfile import load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class BackboneError(ValueError):
 
 
 def _open_clip():
+    ensure_torchvision_ops()
     import open_clip
 
     if not getattr(_open_clip, "_registered", False):

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.core.errors import MissingKeyError
-from clipdetect.features.cache_writer import CacheWriter  # noqa: F401 (re-export)
 from clipdetect.core.inputs import InputError, check_regular
 from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError, derived_from,
                                           feature_parts, fill_meta_defaults, read_manifest, shard_file)

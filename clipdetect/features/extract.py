@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
-from clipdetect.features.cache import CacheWriter
+from clipdetect.features.cache_writer import CacheWriter
 from clipdetect.features.manifest import ERROR_COLUMNS, META_COLUMNS, layers_info
 from clipdetect.features.encoder import ImageEncoder, encoder_for
-from clipdetect.features.pipeline import (Decoder, Task, decode_refs, default_batch_size,  # noqa: F401
+from clipdetect.features.pipeline import (Decoder, Task, default_batch_size,
                                           default_workers, encode_captions, plan_tasks)
 from clipdetect.features import pipeline
 from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
@@ -32,8 +32,8 @@ from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
 from clipdetect.data.views import ORIG, ViewRef, parse_views
 
-__all__ = ["ExtractConfig", "ExtractSummary", "extract", "decode_refs", "plan_tasks",
-           "ShardBuilder", "CaptionPlanner", "run_id_for", "default_workers", "check_not_empty"]
+__all__ = ["ExtractConfig", "ExtractSummary", "extract",
+           "ShardBuilder", "CaptionPlanner", "run_id_for", "check_not_empty"]
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,6 @@ class _Encode:
 
     def __init__(self, spec: str, device: str, precision: str, seed: int, text: str, text_batch_size: int,
                  threads: int, runtime: str = "torch"):
-        from clipdetect.core import compat  # noqa: F401  (torchvision guard)
         import torch
 
         torch.set_num_threads(threads)  # the CPUs this actor reserved

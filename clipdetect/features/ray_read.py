@@ -59,7 +59,6 @@ def stream_datasource(source: Source, start: int, end: Optional[int], shard_size
 def stream_blocks(source: Source, start: int, end: Optional[int], shard_size: int, batch_size: int
                   ) -> Iterator[pd.DataFrame]:
     """The read task's body (see :func:`stream_datasource`); shards are numbered from 0."""
-    from clipdetect.core import compat  # noqa: F401  (torchvision guard on a fresh worker)
 
     shard, task, current = -1, 0, None
     for t in plan_tasks(source.iterate(start), start, end, shard_size, batch_size):
@@ -77,7 +76,6 @@ class Decode:
     def __init__(self, source_blob: Optional[bytes], pre_blob: bytes, batch_size: int, max_pixels: int,
                  max_aspect: Optional[float] = None, draft: Optional[int] = None,
                  max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT):
-        from clipdetect.core import compat  # noqa: F401  (torchvision guard before unpickling transforms)
         import cloudpickle
 
         self.source = None if source_blob is None else cloudpickle.loads(source_blob)

@@ -25,6 +25,9 @@ SPLITS = ("train", "val", "test")
 VAL_NAMES = ("val", "validation", "valid", "dev")
 TEST_NAMES = ("test",)
 TRAIN_NAMES = ("train",)
+#: the default shares of derived validation and test rows and seed of the key hash, for every
+#: config that cuts splits (:class:`SplitSpec`, training, distillation, probes, protocols)
+VAL_FRACTION, TEST_FRACTION, SPLIT_SEED = 0.15, 0.15, 0
 
 
 def _check_fractions(val: float, test: float) -> None:
@@ -39,7 +42,7 @@ def key_unit(key: object, seed: int = 0) -> float:
     return int.from_bytes(digest, "big") / 2.0 ** 64
 
 
-def assign_splits(keys: Iterable[object], *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> np.ndarray:
+def assign_splits(keys: Iterable[object], *, val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> np.ndarray:
     """Assign each key to "train", "val" or "test" from a stable hash of ``f"{seed}:{key}"``.
 
     A key lands in "test" when its hash value u < ``test``, in "val" when
@@ -60,7 +63,7 @@ def has_heldout_splits(split_column: Iterable[object]) -> bool:
     return bool(names & set(VAL_NAMES + TEST_NAMES))
 
 
-def cache_splits(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> np.ndarray:
+def cache_splits(cache, *, val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> np.ndarray:
     """The effective split ("train"/"val"/"test"/other) of every row of ``cache``.
 
     If the cache's ``split`` column contains validation/test names they are used as is
@@ -81,7 +84,7 @@ def cache_splits(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0)
     return out.astype(str)
 
 
-def resolve_split_rows(cache, split: str, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> np.ndarray:
+def resolve_split_rows(cache, split: str, *, val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> np.ndarray:
     """Global row ids of ``split`` ("train", "val"/"validation" or "test") in ``cache``.
 
     Uses the cache's own validation/test rows when it has any; otherwise derives
@@ -97,7 +100,7 @@ def resolve_split_rows(cache, split: str, *, val: float = 0.15, test: float = 0.
     return np.flatnonzero(cache_splits(cache, val=val, test=test, seed=seed) == name).astype(np.int64)
 
 
-def resolve_all(cache, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resolve_all(cache, *, val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) row ids of ``cache`` in one pass (see :func:`resolve_split_rows`)."""
     _check_fractions(val, test)
     s = cache_splits(cache, val=val, test=test, seed=seed)
@@ -114,9 +117,9 @@ class SplitSpec:
     config (or a detector's recorded one), so every command resolves the same rows.
     """
 
-    val: float = 0.15
-    test: float = 0.15
-    seed: int = 0
+    val: float = VAL_FRACTION
+    test: float = TEST_FRACTION
+    seed: int = SPLIT_SEED
 
     def __post_init__(self) -> None:
         _check_fractions(self.val, self.test)
@@ -139,8 +142,8 @@ class SplitSpec:
         def pick(given, name, default):
             return given if given is not None else (recorded.get(name) if recorded.get(name) is not None else default)
 
-        return cls(val=float(pick(val, "val_fraction", 0.15)), test=float(pick(test, "test_fraction", 0.15)),
-                   seed=int(pick(seed, "split_seed", 0)))
+        return cls(val=float(pick(val, "val_fraction", VAL_FRACTION)),
+                   test=float(pick(test, "test_fraction", TEST_FRACTION)), seed=int(pick(seed, "split_seed", SPLIT_SEED)))
 
     def assign(self, keys: Iterable[object]) -> np.ndarray:
         return assign_splits(keys, val=self.val, test=self.test, seed=self.seed)

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
 from clipdetect.models.detector import Detector
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.train import TrainConfig, TrainResult
@@ -84,12 +85,10 @@ def fit_logistic_probe(X, y, *, X_val=None, y_val=None, Cs: Sequence[float] = PR
                                 extra={**(extra or {}), "probe": probe})
 
 
-def fit_probe_on_cache(cache, *, feature_set: str = "image", val_fraction: float = 0.15,
-                       test_fraction: float = 0.15, split_seed: int = 0, **kwargs) -> Detector:
+def fit_probe_on_cache(cache, *, feature_set: str = "image", val_fraction: float = VAL_FRACTION,
+                       test_fraction: float = TEST_FRACTION, split_seed: int = SPLIT_SEED, **kwargs) -> Detector:
     """:func:`fit_logistic_probe` on the train rows of ``cache`` (validation rows choose ``C``),
     with the same key-hash split as :meth:`Detector.fit_cache`."""
-    from clipdetect.features.splits import SplitSpec
-
     tr, va, _ = SplitSpec(val_fraction, test_fraction, split_seed).all(cache)
     if len(tr) == 0:
         raise ValueError(f"cache {str(cache.root)!r} has no training rows for the logistic-regression probe")

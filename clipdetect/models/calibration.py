@@ -29,6 +29,7 @@ import numpy as np
 
 from clipdetect.core.guards import MIN_ECE_ROWS
 from clipdetect.core.metrics import binary_metrics, expected_calibration_error, threshold_at_fpr
+from clipdetect.core.numerics import logistic_loss, logit, sigmoid
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ THRESHOLD_RULES = ("fpr", "balanced")
 MIN_ROWS, MIN_PER_CLASS = MIN_ECE_ROWS, 10
 #: search bounds: Platt's scale and |offset|, the temperature (a fit on a bound is not applied)
 SCALE_BOUNDS, OFFSET_BOUND, TEMPERATURE_BOUNDS = (1e-2, 1e2), 50.0, (1e-2, 1e2)
-
-
-def _sigmoid(a: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp(-a) = inf for a << 0 gives exactly 0, as it should
-        return 1.0 / (1.0 + np.exp(-a))
 
 
 @dataclass(frozen=True)
@@ -85,16 +81,11 @@ class Calibration:
 
     def probability(self, logits) -> np.ndarray:
         """P(fake) of raw head logits."""
-        return _sigmoid(self.calibrated_logit(logits))
+        return sigmoid(self.calibrated_logit(logits))
 
     def logit_of(self, probability: float) -> float:
         """The raw logit whose P(fake) is ``probability`` (±inf at 0 and 1)."""
-        p = float(probability)
-        if p <= 0.0:
-            return -math.inf
-        if p >= 1.0:
-            return math.inf
-        a = math.log(p / (1.0 - p))
+        a = logit(probability)
         if self.method == "platt":
             return (a - self.offset) / self.scale
         if self.method == "temperature":
@@ -137,7 +128,7 @@ def fit_temperature(logits, y_true, *, bounds: Tuple[float, float] = TEMPERATURE
 
     def nll(log_t: float) -> float:
         a = z / math.exp(log_t)
-        return float(np.mean(np.logaddexp(0.0, a) - y * a))
+        return logistic_loss(a, y)
 
     res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])),
                           method="bounded", options={"xatol": 1e-6})
@@ -162,8 +153,8 @@ def fit_platt(logits, y_true, *, scale_bounds: Tuple[float, float] = SCALE_BOUND
     def nll(params: np.ndarray) -> Tuple[float, np.ndarray]:
         a, b = math.exp(params[0]), params[1]
         s = a * z + b
-        d = _sigmoid(s) - t  # dNLL/ds per sample
-        return float(np.mean(np.logaddexp(0.0, s) - t * s)), np.array([np.mean(d * a * z), np.mean(d)])
+        d = sigmoid(s) - t  # dNLL/ds per sample
+        return logistic_loss(s, t), np.array([np.mean(d * a * z), np.mean(d)])
 
     res = minimize(nll, np.zeros(2), jac=True, method="L-BFGS-B",
                    bounds=[(math.log(scale_bounds[0]), math.log(scale_bounds[1])), (-offset_bound, offset_bound)])
@@ -207,7 +198,7 @@ def fit_calibration(logits, y, method: str = "platt") -> Tuple[Calibration, Dict
         record.update(temperature=t)
         bound = _on_bound(t, *TEMPERATURE_BOUNDS)
         params = f"T {t:.4g}"
-    before = expected_calibration_error(y, _sigmoid(z))
+    before = expected_calibration_error(y, sigmoid(z))
     after = expected_calibration_error(y, cal.probability(z))
     record.update(ece_before=before, ece_after=after)
     if bound:

@@ -34,15 +34,15 @@ import torch
 from torch import nn
 
 from clipdetect.features.backbones import identities_match
-from clipdetect.models.bundle import FORMAT, DetectorError, bundle_json, read_bundle, save_bundle
+from clipdetect.models.bundle import DetectorError, bundle_json, read_bundle, save_bundle
 from clipdetect.models.heads import HeadConfig
-from clipdetect.models.calibration import Calibration, choose_threshold, fit_on_validation
+from clipdetect.models.calibration import Calibration, fit_on_validation
 from clipdetect.features.splits import SplitSpec, view_rows
 from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Detector", "DetectorError", "fit_detector", "choose_threshold", "FORMAT"]
+__all__ = ["Detector", "fit_detector", "load_detector"]
 
 
 class _hybridmethod:

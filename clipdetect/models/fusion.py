@@ -21,41 +21,15 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from clipdetect.features.manifest import feature_parts
+from clipdetect.models.heads import FusionHead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FusionHead", "FUSION_METHODS", "fuse_detectors", "fused_feature_set"]
+__all__ = ["FUSION_METHODS", "fuse_detectors", "fused_feature_set"]
 
 FUSION_METHODS = ("auto", "mean", "stack")
-
-
-class FusionHead(nn.Module):
-    """Member heads on column subsets of the input, combined as ``sum_i w_i s_i + b``."""
-
-    def __init__(self, config) -> None:
-        from clipdetect.models.heads import create_head, head_from_dict
-
-        super().__init__()
-        self.config = config
-        self.members = nn.ModuleList(create_head(head_from_dict(m["head"])) for m in config.members)
-        for i, m in enumerate(config.members):
-            cols = np.concatenate([np.arange(a, b) for a, b in m["columns"]])
-            if cols.size == 0 or cols.max() >= config.in_dim:
-                raise ValueError(f"fusion member {i} reads columns outside the input ({config.in_dim} wide)")
-            self.register_buffer(f"columns_{i}", torch.from_numpy(cols.astype(np.int64)), persistent=False)
-        self.register_buffer("weights", torch.ones(len(self.members)) / len(self.members))
-        self.register_buffer("bias", torch.zeros(()))
-
-    def member_logits(self, x: Tensor) -> Tensor:
-        """[N, members] raw logits of each member head."""
-        return torch.stack([h(x.index_select(1, getattr(self, f"columns_{i}")))
-                            for i, h in enumerate(self.members)], dim=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.member_logits(x) @ self.weights.to(x.dtype) + self.bias.to(x.dtype)
 
 
 def fused_feature_set(feature_sets: Sequence[str]) -> str:

@@ -15,6 +15,7 @@ Two heads are provided:
   (LayerNorm without affine), projected by one shared Linear to ``width``, mixed with learned
   per-block, per-dimension importance weights (a softmax over blocks, uniform at start), and
   the mixture goes through the MLP head's blocks to one logit.
+* :class:`FusionHead` -- member heads on column subsets, combined linearly (:mod:`clipdetect.models.fusion`).
 
 Both return logits of shape ``[N]``; :math:`\\sigma(s)` is the probability that the image is fake.
 Heads are built from a :class:`HeadConfig`, which round-trips through JSON via
@@ -27,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,7 +36,7 @@ from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HEAD_KINDS", "HeadConfig", "MLPHead", "LinearHead", "LayerHead", "create_head", "head_from_dict",
+__all__ = ["HEAD_KINDS", "HeadConfig", "MLPHead", "LinearHead", "LayerHead", "FusionHead", "create_head", "head_from_dict",
            "count_parameters", "kaiming_bound"]
 
 HEAD_KINDS = ("mlp", "linear", "layers", "fusion")
@@ -200,6 +202,30 @@ class LinearHead(nn.Module):
         return self.linear(x).squeeze(-1)
 
 
+class FusionHead(nn.Module):
+    """Member heads on column subsets of the input, combined as ``sum_i w_i s_i + b``."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList(create_head(head_from_dict(m["head"])) for m in config.members)
+        for i, m in enumerate(config.members):
+            cols = np.concatenate([np.arange(a, b) for a, b in m["columns"]])
+            if cols.size == 0 or cols.max() >= config.in_dim:
+                raise ValueError(f"fusion member {i} reads columns outside the input ({config.in_dim} wide)")
+            self.register_buffer(f"columns_{i}", torch.from_numpy(cols.astype(np.int64)), persistent=False)
+        self.register_buffer("weights", torch.ones(len(self.members)) / len(self.members))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def member_logits(self, x: Tensor) -> Tensor:
+        """[N, members] raw logits of each member head."""
+        return torch.stack([h(x.index_select(1, getattr(self, f"columns_{i}")))
+                            for i, h in enumerate(self.members)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.member_logits(x) @ self.weights.to(x.dtype) + self.bias.to(x.dtype)
+
+
 def create_head(config: HeadConfig) -> nn.Module:
     """Build the head described by ``config``."""
     validate_head_config(config)
@@ -208,8 +234,6 @@ def create_head(config: HeadConfig) -> nn.Module:
     elif config.kind == "layers":
         head = LayerHead(config)
     elif config.kind == "fusion":
-        from clipdetect.models.fusion import FusionHead
-
         head = FusionHead(config)
     else:
         head = MLPHead(
@@ -231,7 +255,7 @@ def head_from_dict(d: Mapping[str, Any]) -> HeadConfig:
     return from_dict(HeadConfig, d)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Total number of parameters (trainable or not) of ``module``."""
-    return sum(p.numel() for p in module.parameters())
+def count_parameters(*modules: nn.Module, nonzero: bool = False) -> int:
+    """Parameters (trainable or not) of ``modules`` together; with ``nonzero``, those not zero."""
+    return int(sum(int(torch.count_nonzero(p)) if nonzero else p.numel() for m in modules for p in m.parameters()))
 

@@ -39,20 +39,18 @@ from clipdetect.features.manifest import feature_parts
 from clipdetect.models.calibration import CALIBRATION_METHODS, THRESHOLD_RULES
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.samplers import GroupBatchSampler, StratifiedBatchSampler
-from clipdetect.models.schedule import (DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, Schedule, auto_batch_size,
-                                       min_steps, plan_schedule)
+from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, min_steps, plan_schedule
 from clipdetect.models.losses import create_loss, trusted_batches
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.sam import SAM
-from clipdetect.models.step import COMPILE_MODES, compile_mode, forward_loss, sam_step
+from clipdetect.models.step import compile_mode, forward_loss, sam_step
 from clipdetect.models import resident as resident_rows
 from clipdetect.core.config import from_dict
 from clipdetect.core.io import open_new, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainResult", "Schedule", "plan_schedule", "auto_batch_size", "PRESETS", "ArraySource", "CacheSource",
-           "train", "predict_logits", "build_loss", "sam_step", "COMPILE_MODES"]
+__all__ = ["TrainConfig", "TrainResult", "ArraySource", "CacheSource", "train", "predict_logits", "build_loss"]
 
 TRAIN_SPLITS = ("holdout", "all")
 #: which (fake, real) pairs the AUC loss ranks: all of a batch, or those of one content group

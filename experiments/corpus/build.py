@@ -1,7 +1,7 @@
 """Build the training corpus: export images from bare git mirrors of public repositories and write
 ``manifest.csv`` (read directly by ``clipdetect extract``), ``summary.json`` and ``STATUS.md``.
 
-    python -m experiments.corpus.build --mirrors /work/.mirror --out /work/data/corpus [--only avt,bingo]
+    python -m experiments.corpus.build --mirrors MIRRORS [--out DIR] [--only avt,bingo]
 
 Each source is one small adapter (``sources_*.py``) that lists image files with label, generator,
 family, content group and content; this module does everything else the same way for all of them:
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import logging
 import sys
 import zipfile
@@ -26,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from experiments.common import in_data
 from experiments.corpus.gitrepo import GitRepo
 from experiments.corpus.registry import all_sources
 from experiments.corpus.report import write_outputs
@@ -35,7 +35,7 @@ log = logging.getLogger("corpus")
 
 
 def mirror_dir(mirrors: Path, repo: str) -> Path:
-    """``/work/.mirror/owner+name/repo`` (the layout of the mirrors), or ``mirrors/owner+name``."""
+    """``mirrors/owner+name/repo`` (the layout of the mirrors), or ``mirrors/owner+name``."""
     base = mirrors / repo.replace("/", "+")
     return base / "repo" if (base / "repo").is_dir() else base
 
@@ -121,8 +121,8 @@ def export_source(src: Source, repo: GitRepo, out: Path, args, seen: Dict[str, s
 def parse_args(argv: Optional[Sequence[str]]):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--mirrors", default="/work/.mirror", help="folder of bare mirrors named owner+name[/repo]")
-    ap.add_argument("--out", default="/work/data/corpus", help="export folder: images/, manifest.csv, summary.json")
+    ap.add_argument("--mirrors", required=True, help="folder of bare mirrors named owner+name[/repo]")
+    ap.add_argument("--out", help="export folder: images/, manifest.csv, summary.json (default $CLIPDETECT_DATA/corpus)")
     ap.add_argument("--only", default="", help="comma-separated source names (default: all)")
     ap.add_argument("--cap-generator", type=int, default=300, help="most images per generator of a source")
     ap.add_argument("--cap-real", type=int, default=400, help="most real photos per source")
@@ -135,7 +135,7 @@ def parse_args(argv: Optional[Sequence[str]]):
 def main(argv: Optional[Sequence[str]] = None, sources: Optional[List[Source]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    out, mirrors = Path(args.out), Path(args.mirrors)
+    out, mirrors = Path(args.out) if args.out else in_data("corpus"), Path(args.mirrors)
     sources = sources if sources is not None else all_sources()
     wanted = {s for s in args.only.split(",") if s}
     unknown = wanted - {s.name for s in sources}
