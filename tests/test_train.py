@@ -126,7 +126,7 @@ def test_layers_head_reads_per_block_tokens(tmp_path):
     det = Detector.fit_cache(cache, feature_set="layers", config=config)
     assert det.head_config.kind == "layers" and det.head_config.tokens == 4
     test = cache.select()  # every row: the signal sits in block 2 only
-    auc = binary_metrics(cache.labels(test), det.decision_function(det.features(cache, test)),
+    auc = binary_metrics(cache.labels(test), det.logits(det.features(cache, test)),
                          scores_are_probs=False)["auc"]
     assert auc > 0.95
     weights = det.head.block_weights().detach().mean(dim=1)

@@ -159,7 +159,7 @@ def run(args) -> int:
     test = SplitSpec.of(config).rows(cache, "test") if config.split != "all" else []
     test_metrics = None
     if len(test):
-        prob = det.fake_probability(det.features(cache, test))
+        prob = det.probability(det.features(cache, test))
         test_metrics = binary_metrics(cache.labels(test), prob, threshold=det.threshold)
     summary = train_summary(det, args.out, test_metrics)
     emit(args, summary, summary_text(summary))

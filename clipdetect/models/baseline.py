@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from clipdetect.models.detector import Detector
+from clipdetect.models.fitting import from_result
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.train import TrainConfig, TrainResult
 
@@ -79,7 +80,7 @@ def fit_logistic_probe(X, y, *, X_val=None, y_val=None, Cs: Sequence[float] = PR
                          schedule=None)
     probe = {"kind": "logistic-regression", "solver": "lbfgs", "C": C, "Cs": list(Cs), "max_iter": max_iter,
              "n_iter": int(np.max(model.n_iter_)), "val_auc": val_auc, "standardised": True}
-    return Detector.from_result(result, feature_set=feature_set, backbone=backbone or {}, config=config,
+    return from_result(result, feature_set=feature_set, backbone=backbone or {}, config=config,
                                 y_val=np.asarray(y_val) if has_val else None,
                                 extra={**(extra or {}), "probe": probe})
 

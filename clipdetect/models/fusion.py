@@ -98,7 +98,7 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
                    seed: int = 0):
     """One detector combining ``detectors`` (same backbone, trained on ``cache``'s feature sets),
     the combination chosen on ``val_rows`` of ``cache`` (see the module docstring)."""
-    from clipdetect.models.detector import Detector
+    from clipdetect.models.fitting import from_result
     from clipdetect.models.heads import HeadConfig
     from clipdetect.models.train import TrainConfig, TrainResult
 
@@ -113,7 +113,7 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
     if not 0 < y.sum() < len(y) or min(np.bincount(y, minlength=2)) < 2:
         raise ValueError(f"fusion is chosen on validation rows, which need >= 2 of each class; got "
                          f"{int((y == 0).sum())} real and {int(y.sum())} fake")
-    Z = np.stack([d.decision_function(d.features(cache, val_rows)) for d in detectors], 1).astype(np.float64)
+    Z = np.stack([d.logits(d.features(cache, val_rows)) for d in detectors], 1).astype(np.float64)
     cv = {m: _cv_auc(Z, y, m, seed) for m in ("mean", "stack")} if method == "auto" else {}
     chosen = max(cv, key=cv.get) if method == "auto" else method
     w, b = _combiner(Z, y, chosen)
@@ -136,5 +136,5 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
                                      "val_auc": (d.metrics.get("val") or {}).get("auc")} for d in detectors]},
              "cache": str(cache.root), "splits": {"val": int(len(val_rows))}}
     logger.info("fused %d detectors (%s) by %s on %d validation rows", len(detectors), fused, chosen, len(val_rows))
-    return Detector.from_result(result, feature_set=fused, backbone=cache.backbone,
+    return from_result(result, feature_set=fused, backbone=cache.backbone,
                                 config=TrainConfig.from_dict(detectors[0].train_config), y_val=y, extra=extra)

@@ -290,7 +290,7 @@ def _lr_at(config: TrainConfig, peak: float, step: int, total: int) -> float:
 def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, out_dir: str | Path | None = None,
           progress: bool = True, resident: Optional[bool] = None,
           device_budget: float = resident_rows.DEFAULT_BUDGET,
-          compile: str | bool | None = None) -> TrainResult:
+          compile: str | bool | None = None, checkpoints=None, resume: bool = False) -> TrainResult:
     """Train a head on ``train_data`` (an :class:`ArraySource` or :class:`CacheSource`).
 
     With ``val_data``, selects the epoch of best validation AUC and stops early after
