@@ -50,18 +50,18 @@ def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(folder: str | Path, name: str, *, modules: Mapping[str, torch.nn.Module],
+def save_checkpoint(folder: str | Path, name: str, *, weights: Mapping[str, Mapping[str, torch.Tensor]],
                     opt: Optional[torch.optim.Optimizer] = None, info: Dict[str, Any],
                     tensors: Optional[Mapping[str, torch.Tensor]] = None,
                     device: Optional[torch.device] = None) -> None:
-    """``folder/NAME.safetensors`` (+ ``NAME.json``): the modules' weights, the optimiser's state,
-    extra ``tensors`` and, with ``device``, the random-number generators' state."""
+    """``folder/NAME.safetensors`` (+ ``NAME.json``): ``weights`` (state dicts by module name), the
+    optimiser's state, extra ``tensors`` and, with ``device``, the random-number generators' state."""
     from clipdetect.core.io import write_json
     from clipdetect.core.tensorfile import save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    flat = {f"{m}.{k}": v.detach().cpu().contiguous() for m, mod in modules.items() for k, v in mod.state_dict().items()}
+    flat = {f"{m}.{k}": v.detach().cpu().contiguous() for m, sd in weights.items() for k, v in sd.items()}
     flat.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (tensors or {}).items()})
     if device is not None:
         flat.update(_rng_state(device))
@@ -70,19 +70,19 @@ def save_checkpoint(folder: str | Path, name: str, *, modules: Mapping[str, torc
     write_json(folder / f"{name}.json", {**info, "optimizer": skeleton})
 
 
-def load_checkpoint(folder: str | Path, name: str, *, modules: Mapping[str, torch.nn.Module],
+def load_checkpoint(folder: str | Path, name: str, *, modules: Sequence[str],
                     opt: Optional[torch.optim.Optimizer] = None,
                     device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """Load what :func:`save_checkpoint` wrote into ``modules`` (and ``opt``; with ``device``, the
-    random-number generators); returns its JSON record, with the extra tensors under ``"tensors"``."""
+    """Read what :func:`save_checkpoint` wrote: the JSON record, with the state dicts of ``modules``
+    under ``"weights"`` and the extra tensors under ``"tensors"``; the optimiser's state goes into
+    ``opt`` and, with ``device``, the random-number generators are restored."""
     from clipdetect.core.io import read_json
     from clipdetect.core.tensorfile import read_safetensors
 
     folder = Path(folder)
     flat = read_safetensors(folder / f"{name}.safetensors")
     info = read_json(folder / f"{name}.json", what="training checkpoint")
-    for m, mod in modules.items():
-        mod.load_state_dict({k[len(m) + 1:]: v for k, v in flat.items() if k.startswith(f"{m}.")})
+    info["weights"] = {m: {k[len(m) + 1:]: v for k, v in flat.items() if k.startswith(f"{m}.")} for m in modules}
     if opt is not None and info.get("optimizer"):
         opt.load_state_dict(_join(info["optimizer"], flat))
     if device is not None and "rng.cpu" in flat:

@@ -188,40 +188,27 @@ def _select(fit: Fit, state: _State, record: Dict[str, Any]) -> None:
 
 def _save(fit: Fit, state: _State, folder, run_info) -> None:
     if state.best_new:
-        best = {n: _Weights(w) for n, w in state.best_weights.items()}
-        save_checkpoint(folder, BEST, modules=best, info={"epoch": state.best["epoch"]},
+        save_checkpoint(folder, BEST, weights=state.best_weights, info={"epoch": state.best["epoch"]},
                         tensors={"val_logits": torch.from_numpy(np.asarray(state.best_logits))})
         state.best_new = False
     info = {"epoch": state.epoch, "step": state.step, "stale": state.stale, "history": state.history,
             "best": state.best, **(run_info or {})}
-    save_checkpoint(folder, LAST, modules=fit.modules, opt=fit.optimizer, info=info, device=fit.device)
+    save_checkpoint(folder, LAST, weights={n: m.state_dict() for n, m in fit.modules.items()}, opt=fit.optimizer,
+                    info=info, device=fit.device)
 
 
 def _restore(fit: Fit, folder) -> _State:
-    info = load_checkpoint(folder, LAST, modules=fit.modules, opt=fit.optimizer, device=fit.device)
+    info = load_checkpoint(folder, LAST, modules=list(fit.modules), opt=fit.optimizer, device=fit.device)
+    for n, m in fit.modules.items():
+        m.load_state_dict(info["weights"][n])
     state = _State(epoch=info["epoch"], step=info["step"], stale=info["stale"], history=info["history"],
                    best=info["best"])
     if state.best["epoch"]:
-        holders = {n: _Weights({}) for n in fit.modules}
-        best = load_checkpoint(folder, BEST, modules=holders)
-        state.best_weights = {n: h.weights for n, h in holders.items()}
+        best = load_checkpoint(folder, BEST, modules=list(fit.modules))
+        state.best_weights = best["weights"]
         state.best_logits = best["tensors"]["val_logits"].numpy()
     logger.info("resuming %s after epoch %d", folder, state.epoch)
     return state
-
-
-class _Weights(torch.nn.Module):
-    """A state dict standing in for a module when saving or loading the best weights."""
-
-    def __init__(self, weights: Dict[str, torch.Tensor]):
-        super().__init__()
-        self.weights = weights
-
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
-        return self.weights
-
-    def load_state_dict(self, state_dict, *args, **kwargs):  # type: ignore[override]
-        self.weights = dict(state_dict)
 
 
 def _write(log, record: Dict[str, Any]) -> None:
