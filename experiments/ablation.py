@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             for seed in range(args.seeds):
                 cfg = dataclasses.replace(base, loss=loss, sam=sam, seed=seed)
                 det = Detector.fit_cache(cache, feature_set=args.feature_set, config=cfg)
-                p = det.fake_probability(det.features(cache, te))
+                p = det.probability(det.features(cache, te))
                 m = binary_metrics(y_te, p, threshold=det.threshold)
                 probs.append(p)
                 runs.append({"config": name, "loss": loss, "sam": sam, "seed": seed, "threshold": det.threshold,

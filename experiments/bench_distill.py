@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     # whole test split: the teacher from its cached embeddings, the student end to end
     all_refs = [images[k] for k in keys[test_rows]]
     rows["teacher"]["auc_test_split"] = float(binary_metrics(
-        y_all[test_rows], teacher_det.fake_probability(teacher_det.features(cache, test_rows)))["auc"])
+        y_all[test_rows], teacher_det.probability(teacher_det.features(cache, test_rows)))["auc"])
     rows["student"]["auc_test_split"] = float(binary_metrics(
         y_all[test_rows], score_refs(student_bb, student_det, all_refs, batch_size=args.batch_size))["auc"])
     with torch.inference_mode():

@@ -172,11 +172,11 @@ def main(argv=None) -> int:
 
     def write(emb, times, done):
         n = min(done, n_all)
-        ref_scores = np.asarray(det.decision_function(emb["torch:fp32"][:n])).ravel()
+        ref_scores = np.asarray(det.logits(emb["torch:fp32"][:n])).ravel()
         rows = {}
         for k in specs:
             ratios = times["torch:fp32"] / times[k]
-            scores = np.asarray(det.decision_function(emb[k][:n])).ravel()
+            scores = np.asarray(det.logits(emb[k][:n])).ravel()
             rows[k] = {
                 "img_per_s": done / times[k].sum(),
                 "speedup_vs_torch_fp32": float(times["torch:fp32"].sum() / times[k].sum()),

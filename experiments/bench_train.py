@@ -42,7 +42,8 @@ from clipdetect.models.heads import create_head
 from clipdetect.models.sam import SAM
 from clipdetect.models.samplers import StratifiedBatchSampler
 from clipdetect.models.step import sam_step
-from clipdetect.models.train import CacheSource, TrainConfig, build_loss, train
+from clipdetect.models.sources import CacheSource
+from clipdetect.models.train import TrainConfig, build_loss, train
 
 
 def build_cache(root: Path, rows: int, dim: int, *, shard: int = 50_000, seed: int = 0) -> FeatureCache:

@@ -52,11 +52,11 @@ def main(argv=None) -> int:
     for name, config in RUNS.items():
         t0 = time.perf_counter()
         dets[name] = (Detector.fit_cache(train_cache, config=config), time.perf_counter() - t0)
-    base = probe.decision_function(held.features("image", rows))
+    base = probe.logits(held.features("image", rows))
     results = []
     for name, (det, seconds) in dets.items():
         x = held.features("image", rows)
-        z, p = det.decision_function(x), det.fake_probability(x)
+        z, p = det.logits(x), det.probability(x)
         d = paired_auc_difference(y, z, base, n_boot=args.n_boot)
         lo, hi = bootstrap_ci(y, z, "auc", n_boot=args.n_boot, scores_are_probs=False)
         results.append({"training": name, "steps": det.metrics.get("steps"),

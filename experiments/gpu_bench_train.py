@@ -30,7 +30,8 @@ def throughput(rows_per_s, flops, precision, cuda):
 def trainer_rate(X, y, cfg, mode, warm_steps, flops, cuda):
     """The trainer with ``compile=mode``: a short warm-up run (compiles), then the timed run."""
     import torch
-    from clipdetect.models.train import ArraySource, train
+    from clipdetect.models.sources import ArraySource
+    from clipdetect.models.train import train
 
     torch._dynamo.reset()  # each mode compiles afresh (and gets its own recompile budget)
     t0 = time.perf_counter()

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     refs = [images[k] for k in keys[test_rows]]
 
     student_bb = create_backbone(f"student:{sdir}")
-    t_logits = np.asarray(teacher_det.decision_function(teacher_det.features(cache_m, test_rows)), dtype=np.float64)
+    t_logits = np.asarray(teacher_det.logits(teacher_det.features(cache_m, test_rows)), dtype=np.float64)
     t0 = time.perf_counter()
     s_probs = score_refs(student_bb, student_det, refs, batch_size=args.batch_size)
     s_seconds_all = time.perf_counter() - t0

@@ -318,7 +318,7 @@ def stage_cross(args):
 
     def both(direction, train_on, test_on, cache, rows, det, probe, by="generator"):
         add(direction, train_on, test_on, "paper",
-            per_generator_table(cache, rows, det.decision_function(det.features(cache, rows)), by=by))
+            per_generator_table(cache, rows, det.logits(det.features(cache, rows)), by=by))
         add(direction, train_on, test_on, "probe",
             per_generator_table(cache, rows, probe.decision_function(cache.features("image", rows)), by=by))
 

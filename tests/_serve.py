@@ -39,7 +39,7 @@ def tiny_detector(backbone, *, temperature: float = 2.0):
     det = Detector.fit(X, y, config=TrainConfig(epochs=2, batch_size=16, head="linear", loss="bce", sam=False,
                                                 patience=0, val_fraction=0.0, test_fraction=0.0),
                        backbone={**backbone.identity, "spec": TINY})
-    det.temperature = temperature
+    det = det.replace(temperature=temperature)
     return det
 
 

@@ -53,7 +53,7 @@ def scored(tmp_path_factory, one_torch_thread):
     cache = clipdetect.extract(str(imgs), root / "cache", TINY, workers=0, batch_size=8, dtype="float32")
     det = clipdetect.Detector.fit_cache(cache, config=clipdetect.TrainConfig(
         epochs=3, batch_size=8, width=16, depth=1, patience=0, val_fraction=0.25, test_fraction=0.25))
-    det.temperature = 1.5
+    det = det.replace(temperature=1.5)
     det.save(root / "det")
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     paths = sorted((imgs / "fake").glob("*.png"))[:3] + sorted((imgs / "real").glob("*.png"))[:3]

@@ -115,10 +115,10 @@ def test_old_bundle_with_a_temperature_scores_exactly_as_before(tmp_path):
     path = _bundle_json(tmp_path / "old", det, temperature=1.7)
     old = Detector.load(path)
     X = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
-    z = old.decision_function(X).astype(np.float64)
-    np.testing.assert_array_equal(old.fake_probability(X), 1.0 / (1.0 + np.exp(-(z / 1.7))))  # the old formula
+    z = old.logits(X).astype(np.float64)
+    np.testing.assert_array_equal(old.probability(X), 1.0 / (1.0 + np.exp(-(z / 1.7))))  # the old formula
     assert old.temperature == 1.7 and old.calibration.method == "temperature"
-    assert np.array_equal(old.predict(X), (old.fake_probability(X) > 0.4).astype(int))
+    assert np.array_equal(old.predict(X), (old.probability(X) > 0.4).astype(int))
     again = json.loads((old.save(tmp_path / "resaved") / "detector.json").read_text())
     assert again["version"] == 1 and again["temperature"] == 1.7  # still readable by older versions
 
@@ -135,6 +135,6 @@ def test_platt_bundle_round_trip_is_version_2(tmp_path):
     assert cfg["calibration"] == {"method": "platt", "scale": 0.5, "offset": -0.25}
     back = Detector.load(tmp_path)
     X = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)
-    np.testing.assert_array_equal(back.fake_probability(X), det.fake_probability(X))
+    np.testing.assert_array_equal(back.probability(X), det.probability(X))
     assert back.threshold_target == target and back.temperature is None
     assert back.logit_threshold == pytest.approx((math.log(0.3 / 0.7) + 0.25) / 0.5)

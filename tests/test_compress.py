@@ -124,7 +124,7 @@ def test_compress_detector_report_and_bundle(tmp_path):
     assert "| parameters |" in md and "dense with zeros" in md
     assert json.loads((tmp_path / "small" / "compress_report.json").read_text())["kind"] == "detector"
     small = load_detector(tmp_path / "small")
-    assert small.extra["compression"]["svd"] and small.fake_probability(x).shape == (120,)
+    assert small.extra["compression"]["svd"] and small.probability(x).shape == (120,)
 
 
 def test_compress_student_report(tmp_path):
@@ -161,4 +161,4 @@ def test_plain_detector_load_opens_svd_compressed_heads(tmp_path):
     compress(CompressConfig(target=str(tmp_path / "det"), out=str(tmp_path / "small"), svd_rank=4,
                             eval_cache=str(tmp_path / "cache"), timing_seconds=0.01))
     small = Detector.load(tmp_path / "small")  # what `clipdetect predict/evaluate` use
-    assert np.allclose(small.fake_probability(x), load_detector(tmp_path / "small").fake_probability(x))
+    assert np.allclose(small.probability(x), load_detector(tmp_path / "small").probability(x))

@@ -40,20 +40,20 @@ def test_fit_cache_uses_derived_splits_and_threshold(trained):
     assert det.backbone == cache.backbone and det.feature_set == "image"
     assert 0 < det.threshold < 1 and det.threshold != 0.5
     X = det.features(cache, np.arange(20))
-    proba = det.predict_proba(X)
-    assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1)
-    assert np.array_equal(det.predict(X), (proba[:, 1] > det.threshold).astype(int))
-    z = det.decision_function(X)
+    proba = det.probability(X)
+    assert proba.shape == (20,) and ((proba >= 0) & (proba <= 1)).all()
+    assert np.array_equal(det.predict(X), (proba > det.threshold).astype(int))
+    z = det.logits(X)
     cal = det.metrics["calibration"]  # 40 validation rows: too few for a Platt fit, said and not applied
     assert cal["method"] == "platt" and not cal["applied"] and "too few validation rows" in cal["reason"]
     assert det.calibration.method == "none" and det.temperature == 1.0
-    assert np.allclose(det.fake_probability(X), 1 / (1 + np.exp(-z)), atol=1e-6)
+    assert np.allclose(det.probability(X), 1 / (1 + np.exp(-z)), atol=1e-6)
     target = det.threshold_target  # the threshold lets at most 5 % of the validation reals through
     assert target["metric"] == "fpr" and target["value"] == 0.05 and target["n_reals"] == cal["n_real"]
     assert target["achieved_fpr"] <= 0.05
     det2 = Detector(head=det.head, head_config=det.head_config, feature_set="image", backbone=det.backbone,
                     threshold=det.threshold, temperature=det.temperature).with_temperature(2.5)
-    assert np.allclose(det2.fake_probability(X), 1 / (1 + np.exp(-z / 2.5)), atol=1e-6)
+    assert np.allclose(det2.probability(X), 1 / (1 + np.exp(-z / 2.5)), atol=1e-6)
     assert np.array_equal(det2.predict(X), det.predict(X))
 
 
@@ -69,7 +69,7 @@ def test_save_load_round_trip(trained, tmp_path):
     assert cfg["feature_set"] == "image" and cfg["train_config"]["loss"] == "cvar+auc"
     back = Detector.load(out)
     X = det.features(cache, np.arange(len(cache)))
-    assert np.array_equal(back.decision_function(X), det.decision_function(X))
+    assert np.array_equal(back.logits(X), det.logits(X))
     assert back.threshold == det.threshold and back.backbone == det.backbone
     assert back.metrics == json.loads(json.dumps(cfg["metrics"]))
 
@@ -92,19 +92,22 @@ def test_backbone_mismatch_is_refused(trained, tmp_path):
     with pytest.raises(DetectorError, match="trained on embeddings of backbone 'synthetic:random'.*other-arch"):
         det.features(other, np.arange(5))
     with pytest.raises(DetectorError, match=r"expects \[N, 16\]"):
-        det.decision_function(np.zeros((3, 8), np.float32))
+        det.logits(np.zeros((3, 8), np.float32))
 
 
-def test_sklearn_style_fit_on_class_and_instance():
+def test_fit_makes_new_detectors_and_never_changes_one():
     X, y = separable_features(400, 16, shift=3.0, seed=0)
     Xv, yv = separable_features(200, 16, shift=3.0, seed=1)
     det = Detector.fit(X, y, X_val=Xv, y_val=yv, config=FAST)
     assert isinstance(det, Detector) and det.metrics["val"]["auc"] > 0.95
-    assert np.array_equal(fit_detector(X, y, X_val=Xv, y_val=yv, config=FAST).decision_function(Xv),
-                          det.decision_function(Xv))
-    before = det.decision_function(Xv)
-    assert det.fit(X[:200], y[:200]) is det  # instance form: retrain in place with its own config
-    assert det.threshold == 0.5 and not np.array_equal(det.decision_function(Xv), before)
+    assert np.array_equal(fit_detector(X, y, X_val=Xv, y_val=yv, config=FAST).logits(Xv),
+                          det.logits(Xv))
+    before = det.logits(Xv)
+    again = Detector.fit(X[:200], y[:200], config=TrainConfig.from_dict(det.train_config))  # retrain: a new one
+    assert again is not det and again.threshold == 0.5 and not np.array_equal(again.logits(Xv), before)
+    assert np.array_equal(det.logits(Xv), before)
+    hot = det.with_temperature(2.0)
+    assert hot is not det and det.calibration.method == "platt" and np.array_equal(hot.predict(Xv), det.predict(Xv))
 
 
 def test_cli_train_on_tiny_cache(tmp_path, capsys):

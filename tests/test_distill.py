@@ -154,7 +154,7 @@ def test_student_spec_works_with_create_backbone_and_extract(material):
     assert summary.embedded == 24 and summary.complete
     cache = FeatureCache(root / "scache")
     det = Detector.load(root / "student" / "detector")
-    p = det.fake_probability(det.features(cache))  # identity check passes: same student
+    p = det.probability(det.features(cache))  # identity check passes: same student
     assert p.shape == (24,) and np.all((p >= 0) & (p <= 1))
 
 

@@ -19,24 +19,12 @@ SAMPLE = SAMPLE_CACHE
 #: small and quick, but still learns the checks' toy problems (accuracy > 0.83 on blobs)
 FAST = dict(epochs=3, batch_size=64, width=8, depth=1, lr=3e-2)
 
-EXPECTED_FAILED = {
-    "check_classifiers_train": (
-        "with threshold=None, predict uses the threshold chosen on the held-out rows (balanced "
-        "accuracy), so argmax(predict_proba) differs from predict near the boundary; the check "
-        "passes with threshold=0.5 (test_check_classifiers_train_with_fixed_threshold)"),
-    "check_methods_subset_invariance": (
-        "the head runs in float32: CPU matrix products of different batch sizes differ by ~1e-7, "
-        "above the check's 1e-7 tolerance; kept so that scores equal the saved bundle's and "
-        "`clipdetect predict`'s exactly"),
-}
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_torch_thread):
     yield
 
 
-@parametrize_with_checks([DetectorClassifier(**FAST)], expected_failed_checks=lambda est: EXPECTED_FAILED)
+@parametrize_with_checks([DetectorClassifier(**FAST)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -74,7 +62,7 @@ def test_none_parameters_take_the_train_config_defaults():
 def test_any_two_labels_map_to_classes(sample):
     X, y = sample
     names = np.where(y == 1, "fake", "real")
-    est = DetectorClassifier(**FAST).fit(X, names)
+    est = DetectorClassifier(**FAST, threshold="validation").fit(X, names)
     assert list(est.classes_) == ["fake", "real"]  # sorted: "real" plays label 1 of the bundle
     assert est.predict_proba(X).shape == (len(X), 2)
     assert set(est.predict(X)) <= {"fake", "real"}
@@ -85,7 +73,7 @@ def test_any_two_labels_map_to_classes(sample):
 
 def test_decision_function_is_the_margin_to_the_threshold(sample):
     X, y = sample
-    est = DetectorClassifier(**FAST).fit(X, y)
+    est = DetectorClassifier(**FAST, threshold="validation").fit(X, y)
     d, p = est.decision_function(X), est.predict_proba(X)[:, 1]
     assert est.threshold_ != 0.5 and est.threshold_ == est.detector_.threshold
     np.testing.assert_array_equal(est.predict(X), (d > 0).astype(int))
@@ -131,3 +119,11 @@ def test_holdout_split_is_stratified_and_falls_back_to_none():
     assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 30
     tr, va = holdout_split(np.array([0, 0, 1, 1]), 0.2, seed=0)
     assert len(va) == 0 and len(tr) == 4
+
+
+def test_parameters_are_every_train_config_field():
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+    assert set(DetectorClassifier().get_params()) == fields | {"random_state", "threshold"}
+    assert DetectorClassifier(auc_pairs="group", calibration="none").train_config().calibration == "none"

@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     # a second generator column value for half of the fakes, and a "format" column with both classes
     det = Detector.fit_cache(cache, config=TrainConfig(**FAST))
     det.threshold = 0.6  # a non-trivial validation threshold
-    det.temperature = 1.7
+    det = det.replace(temperature=1.7)
     det.save(root / "det")
     return root, cache, det
 
@@ -45,7 +45,7 @@ def test_metrics_match_sklearn_per_generator(trained):
     rep = evaluate_detector(det, cache, split="test", by=["generator", "format"], n_boot=200)
     rows = resolve_split_rows(cache, "test")
     y = cache.labels(rows)
-    z = det.decision_function(cache.features("image", rows)).astype(np.float64)
+    z = det.logits(cache.features("image", rows)).astype(np.float64)
     p = 1 / (1 + np.exp(-z / det.temperature))
     t = rep.table.set_index(["group", "value"])
     o = t.loc[("overall", "all")]
@@ -74,7 +74,7 @@ def test_metrics_match_sklearn_per_generator(trained):
 def test_logit_threshold_matches_probability_threshold(trained):
     _, cache, det = trained
     x = cache.features("image")
-    z = det.decision_function(x)
+    z = det.logits(x)
     np.testing.assert_array_equal(z > logit_threshold(det), det.predict(x).astype(bool))
 
 

@@ -32,16 +32,16 @@ def test_fused_detector_reads_both_feature_sets_and_round_trips(members, tmp_pat
     test = SplitSpec().rows(cache, "test")
     x = fused.features(cache, test)
     z = fused.head.member_logits(__import__("torch").from_numpy(x)).detach().numpy()
-    assert np.allclose(z[:, 0], image.decision_function(image.features(cache, test)), atol=1e-5)
-    assert np.allclose(z[:, 1], layers.decision_function(layers.features(cache, test)), atol=1e-5)
+    assert np.allclose(z[:, 0], image.logits(image.features(cache, test)), atol=1e-5)
+    assert np.allclose(z[:, 1], layers.logits(layers.features(cache, test)), atol=1e-5)
     # the image MLP sees no signal here: stacking leans on the per-block head
     w = fused.extra["fusion"]["weights"]
     assert abs(w[1]) > abs(w[0])
-    auc = binary_metrics(cache.labels(test), fused.decision_function(x), scores_are_probs=False)["auc"]
+    auc = binary_metrics(cache.labels(test), fused.logits(x), scores_are_probs=False)["auc"]
     assert auc > 0.9
     fused.save(tmp_path / "f")
     again = Detector.load(tmp_path / "f")
-    assert np.array_equal(again.decision_function(x), fused.decision_function(x))
+    assert np.array_equal(again.logits(x), fused.logits(x))
 
 
 def test_auto_choice_and_refusals(members):

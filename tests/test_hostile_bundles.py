@@ -38,7 +38,7 @@ def test_every_hostile_bundle_is_refused_naming_the_problem(good, tmp_path, name
 
 def test_the_sound_bundle_loads_and_scores(good):
     det = Detector.load(good)
-    assert np.isfinite(det.decision_function(separable_features(8, 16)[0])).all()
+    assert np.isfinite(det.logits(separable_features(8, 16)[0])).all()
 
 
 @pytest.mark.slow
@@ -68,7 +68,7 @@ def test_weights_that_overflow_on_features_are_refused_when_scoring(good, tmp_pa
                for k, v in t.items()}, str(d / "model.safetensors"))
     det = Detector.load(d)  # finite: it loads
     with pytest.raises(DetectorError, match="no finite score"):
-        det.decision_function(separable_features(8, 16)[0])
+        det.logits(separable_features(8, 16)[0])
     from _synthetic import write_synthetic_cache
 
     write_synthetic_cache(tmp_path / "cache", n=40, dim=16)

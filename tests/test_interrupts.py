@@ -119,3 +119,36 @@ def test_ctrl_c_during_training_leaves_no_output_folder(tmp_path):
                           "--patience", "0", "--batch-size", "16", "--no-progress"], logged)
     _check_clean_exit(rc, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_a_killed_training_resumes_to_the_uninterrupted_detector(tmp_path):
+    import numpy as np
+
+    from clipdetect.core.tensorfile import read_safetensors
+
+    write_synthetic_cache(tmp_path / "cache", n=3000, dim=16)
+    det, ckpt = tmp_path / "det", tmp_path / ".det.checkpoints"
+    train = ["train", str(tmp_path / "cache"), "--epochs", "6", "--patience", "0", "--batch-size", "16",
+             "--width", "16", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "clipdetect", *train, "--out", str(det)], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (ckpt / "last.json").exists():
+            assert proc.poll() is None, "finished before it could be killed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not det.exists() and json.loads((ckpt / "last.json").read_text())["epoch"] < 6
+    assert main([*train, "--out", str(det)]) == 2  # an unfinished run is not overwritten silently
+    assert main([*train, "--out", str(det), "--resume"]) == 0
+    assert main([*train, "--out", str(tmp_path / "whole")]) == 0
+    assert not ckpt.exists() and not (tmp_path / ".whole.checkpoints").exists()
+    a, b = (read_safetensors(d / "model.safetensors") for d in (det, tmp_path / "whole"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    da, db = (json.loads((d / "detector.json").read_text()) for d in (det, tmp_path / "whole"))
+    assert (da["threshold"], da["calibration"], da["metrics"]["best_epoch"]) == \
+        (db["threshold"], db["calibration"], db["metrics"]["best_epoch"])
+    logs = [(d / "train_log.jsonl").read_text().splitlines() for d in (det, tmp_path / "whole")]
+    assert [json.loads(r)["train_loss"] for r in logs[0]] == [json.loads(r)["train_loss"] for r in logs[1]]

@@ -30,7 +30,7 @@ def setup(tmp_path_factory, tiny_backbone):
     det = Detector.fit_cache(cache, config=TrainConfig(epochs=2, batch_size=8, head="linear", loss="bce",
                                                        sam=False,
                                                        patience=0, val_fraction=0.0, test_fraction=0.0))
-    det.temperature = 2.0
+    det = det.replace(temperature=2.0)
     det.save(root / "det")
     return root, cache, det
 
@@ -47,7 +47,7 @@ def test_scores_match_cache_features_and_errors_are_rows(setup, tiny_backbone):
     assert list(bad.key) == ["real/broken.png"] and bad.logit.isna().all()
     good = df[df.error.isna()].set_index("key")
     keys = cache.meta.key.to_numpy()
-    want = det.decision_function(cache.features("image"))
+    want = det.logits(cache.features("image"))
     np.testing.assert_allclose(good.loc[keys, "logit"].to_numpy(), want, atol=1e-4)
     p = 1 / (1 + np.exp(-good.loc[keys, "logit"].to_numpy() / 2.0))
     np.testing.assert_allclose(good.loc[keys, "probability"], p, atol=1e-6)
@@ -143,7 +143,7 @@ def test_layers_and_fused_detectors_score_images_as_their_cache_rows(tmp_path, t
     keys = cache.meta.key.to_numpy()
     for det in (lay, fused):
         got = det.score_images([str(imgs / k) for k in keys], backbone=tiny_backbone)
-        np.testing.assert_allclose(got["logit"], det.decision_function(det.features(cache)), atol=1e-4)
+        np.testing.assert_allclose(got["logit"], det.logits(det.features(cache)), atol=1e-4)
     out = tmp_path / "p.csv"
     fused.save(tmp_path / "fused")
     assert main(["predict", str(tmp_path / "fused"), str(imgs), "--out", str(out), "--workers", "0",

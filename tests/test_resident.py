@@ -4,7 +4,8 @@ import torch
 
 from clipdetect.models.resident import DeviceRows, fits
 from clipdetect.models.samplers import StratifiedBatchSampler
-from clipdetect.models.train import ArraySource, TrainConfig, train
+from clipdetect.models.sources import ArraySource
+from clipdetect.models.train import TrainConfig, train
 
 
 def test_resident_rows_give_the_same_weights_as_streamed_rows():

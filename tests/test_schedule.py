@@ -20,7 +20,8 @@ from clipdetect.models.baseline import fit_probe_on_cache
 from clipdetect.models.detector import Detector
 from clipdetect.models.predict import resolve_backbone
 from clipdetect.models.schedule import auto_batch_size, plan_schedule
-from clipdetect.models.train import ArraySource, TrainConfig, train
+from clipdetect.models.sources import ArraySource
+from clipdetect.models.train import TrainConfig, train
 from clipdetect.core.resources import SAMPLE_CACHE
 
 SAMPLE = SAMPLE_CACHE

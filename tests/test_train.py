@@ -6,8 +6,8 @@ import torch
 
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.samplers import StratifiedBatchSampler
-from clipdetect.models.train import (ArraySource, CacheSource, TrainConfig, predict_logits,
-                              train)
+from clipdetect.models.sources import ArraySource, CacheSource, predict_logits
+from clipdetect.models.train import TrainConfig, train
 
 from _synthetic import separable_features, write_synthetic_cache
 
@@ -126,7 +126,7 @@ def test_layers_head_reads_per_block_tokens(tmp_path):
     det = Detector.fit_cache(cache, feature_set="layers", config=config)
     assert det.head_config.kind == "layers" and det.head_config.tokens == 4
     test = cache.select()  # every row: the signal sits in block 2 only
-    auc = binary_metrics(cache.labels(test), det.decision_function(det.features(cache, test)),
+    auc = binary_metrics(cache.labels(test), det.logits(det.features(cache, test)),
                          scores_are_probs=False)["auc"]
     assert auc > 0.95
     weights = det.head.block_weights().detach().mean(dim=1)
@@ -162,3 +162,35 @@ def test_group_sampler_keeps_groups_whole_and_views_filter_rows(tmp_path):
     det = Detector.fit_cache(cache, feature_set="layers", config=TrainConfig(**FAST, auc_pairs="group",
                                                                              views=["orig"]))
     assert det.train_config["auc_pairs"] == "group" and det.train_config["views"] == ["orig"]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import clipdetect.models.train as train_mod
+
+    X, y = separable_features(300, 16, seed=0)
+    Xv, yv = separable_features(100, 16, seed=1)
+    cfg = TrainConfig(**{**FAST, "epochs": 4, "patience": 0})
+    straight = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False)
+    real, calls = train_mod.predict_logits, {"n": 0}
+
+    def crash_in_third_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "predict_logits", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False, checkpoints=tmp_path)
+    monkeypatch.setattr(train_mod, "predict_logits", real)
+    assert json.loads((tmp_path / "last.json").read_text())["epoch"] == 2
+    with pytest.raises(ValueError, match="other settings"):
+        train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=TrainConfig(**{**FAST, "epochs": 5}),
+              progress=False, checkpoints=tmp_path, resume=True)
+    resumed = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False,
+                    checkpoints=tmp_path, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4] and resumed.best_epoch == straight.best_epoch
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    a, b = straight.head.state_dict(), resumed.head.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(resumed.val_logits, straight.val_logits)

@@ -11,7 +11,8 @@ from clipdetect.models import losses
 from clipdetect.models.heads import create_head
 from clipdetect.models.step import compile_mode, forward_loss
 from clipdetect.models.step import COMPILE_MODES
-from clipdetect.models.train import ArraySource, TrainConfig, build_loss, train
+from clipdetect.models.sources import ArraySource
+from clipdetect.models.train import TrainConfig, build_loss, train
 
 
 @pytest.fixture(autouse=True)

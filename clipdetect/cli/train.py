@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 
 from clipdetect.cli.main import CLIError, emit
 from clipdetect.cli.options import add_command, add_device_arg, add_force_arg, add_threads_arg, check_new_output, metrics_text, set_threads
@@ -54,6 +56,9 @@ def add_parser(sub) -> None:
     p.add_argument("cache", help="feature cache directory (made by `clipdetect extract`)")
     p.add_argument("--out", required=True, metavar="DETECTOR_DIR", help="directory for the detector bundle")
     add_force_arg(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was killed (its checkpoints are kept next to DETECTOR_DIR until "
+                        "it ends; Ctrl-C removes them) after its last completed epoch, with the same options")
     p.add_argument("--feature-set", default="image", choices=list(FEATURE_SETS),
                    help="detector input: image embedding, caption embedding, both concatenated, the per-block "
                         "tokens of a cache extracted with --layers (a per-block head), or image+layers "
@@ -125,6 +130,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def checkpoint_dir(out) -> Path:
+    """Where ``train --out OUT`` keeps its per-epoch checkpoints while it runs: ``.OUT.checkpoints``
+    next to OUT (a killed run leaves them for ``--resume``)."""
+    out = Path(out)
+    return out.parent / f".{out.name}.checkpoints"
+
+
 def config_from_args(args):
     from clipdetect.models.train import TrainConfig
 
@@ -145,18 +157,29 @@ def run(args) -> int:
     set_threads(args)
     args.device = check_device(args.device)
     config = config_from_args(args)
+    ckpt = checkpoint_dir(args.out)
+    if ckpt.exists() and not (args.resume or args.force):
+        raise CLIError(f"{args.out!r} has the checkpoints of an unfinished run; pass --resume to continue it "
+                       "(same options) or --force to start over")
     check_new_output(args.out, args.force)
+    if args.force and not args.resume:
+        shutil.rmtree(ckpt, ignore_errors=True)
     cache = open_verified(args.cache)
     if "text" in feature_parts(args.feature_set) and not cache.has_text:
         raise CLIError(f"--feature-set {args.feature_set} needs caption embeddings, but cache {args.cache!r} has "
                        "none; use --feature-set image or extract with captions (--caption-template/--text yes)")
-    with staged_output(args.out) as tmp:
-        det = Detector.fit_cache(cache, feature_set=args.feature_set, config=config, out=tmp,
-                                 progress=not args.no_progress)
+    try:
+        with staged_output(args.out) as tmp:
+            det = Detector.fit_cache(cache, feature_set=args.feature_set, config=config, out=tmp,
+                                     progress=not args.no_progress, checkpoints=ckpt, resume=args.resume)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: a cancelled run leaves nothing behind
+        shutil.rmtree(ckpt, ignore_errors=True)
+        raise
+    shutil.rmtree(ckpt, ignore_errors=True)
     test = SplitSpec.of(config).rows(cache, "test") if config.split != "all" else []
     test_metrics = None
     if len(test):
-        prob = det.fake_probability(det.features(cache, test))
+        prob = det.probability(det.features(cache, test))
         test_metrics = binary_metrics(cache.labels(test), prob, threshold=det.threshold)
     summary = train_summary(det, args.out, test_metrics)
     emit(args, summary, summary_text(summary))

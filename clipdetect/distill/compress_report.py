@@ -179,7 +179,7 @@ def _compress_detector(config: CompressConfig, target: Path) -> Dict[str, Any]:
         rate = throughput(lambda: d.head.eval()(probe), len(probe), min_seconds=config.timing_seconds)
         m = {**count_params(d.head), **file_sizes(files), "rows_per_second": rate}
         if x_eval is not None:
-            m["auc"] = _auc(y_eval, d.fake_probability(x_eval))
+            m["auc"] = _auc(y_eval, d.probability(x_eval))
             m["eval_rows"] = int(len(y_eval))
         return m
 

@@ -1,14 +1,12 @@
-"""Distillation I/O: images matched to teacher embeddings, loaders, and checkpoint files.
+"""Distillation I/O: images matched to teacher embeddings and their loaders.
 
-Checkpoints are ``checkpoints/NAME.safetensors`` (student, head and AdamW state tensors,
-keys ``student.*``, ``head.*``, ``optim.<param index>.<name>``) with a JSON sidecar
-``NAME.json`` (epoch, history, best epoch, config, optimizer param groups): no pickle.
+A run's checkpoints live in ``OUT/checkpoints`` (:data:`CKPT_DIR`; the format is
+:mod:`clipdetect.models.checkpoint`'s).
 """
 from __future__ import annotations
 
 import io
-from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -104,53 +102,3 @@ def make_loader(ds: ImageRows, *, batches=None, batch_size: int = 256, workers: 
 
 def _seed_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
-
-
-# ------------------------------------------------------------------ checkpoints
-def optimizer_tensors(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Split an optimizer state dict into flat tensors (safetensors) and JSON (param groups)."""
-    sd = opt.state_dict()
-    tensors = {f"optim.{i}.{name}": v.detach().cpu().contiguous().reshape(v.shape)
-               for i, st in sd["state"].items() for name, v in st.items() if torch.is_tensor(v)}
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor],
-                   groups: Dict[str, Any]) -> None:
-    state: Dict[int, Dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
-
-
-def save_checkpoint(out: Path, name: str, *, student, head, opt=None, info: Dict[str, Any]) -> None:
-    """``out/checkpoints/NAME.safetensors`` (+ ``NAME.json``), written atomically."""
-    from clipdetect.core.io import write_json
-    from clipdetect.core.tensorfile import save_safetensors
-
-    d = out / CKPT_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    tensors = {f"student.{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
-    extra: Dict[str, Any] = {}
-    if opt is not None:
-        ot, extra = optimizer_tensors(opt)
-        tensors.update(ot)
-    save_safetensors(tensors, d / f"{name}.safetensors")
-    write_json(d / f"{name}.json", {**info, "optimizer": extra})
-
-
-def load_checkpoint(out: Path, name: str, *, student, head, opt=None) -> Dict[str, Any]:
-    from clipdetect.core.io import read_json
-    from clipdetect.core.tensorfile import read_safetensors
-
-    d = Path(out) / CKPT_DIR
-    tensors = read_safetensors(d / f"{name}.safetensors")
-    info = read_json(d / f"{name}.json", what="distillation checkpoint")
-    student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
-    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-    if opt is not None and info.get("optimizer"):
-        load_optimizer(opt, tensors, info["optimizer"])
-    return info

@@ -13,9 +13,11 @@ embedding, summed over dimensions, so it also pins the norm) or ``both`` (their 
 Images come from the source the cache was extracted from; rows are matched by ``key``.
 Train / validation / test rows are the cache's splits (:func:`splits.cache_splits`: hashed
 on keys when the cache has no held-out split), so the test rows stay untouched here. The
-epoch with the best validation AUC is kept. A checkpoint (weights + AdamW state, all as
-safetensors, and a JSON sidecar) is written after every epoch; ``resume=True`` continues
-after the last completed epoch with the same batches the uninterrupted run would use.
+student and its head plug their step and their batches into the one training loop of
+:mod:`clipdetect.models.trainer` (warm-up + cosine learning rate, best epoch on validation,
+a checkpoint after every epoch in ``OUT/checkpoints``; ``resume=True`` continues after the
+last completed epoch with the same batches the uninterrupted run would use), and the head
+gets the calibration and threshold of every detector (:func:`clipdetect.models.fitting.from_result`).
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, make_loader, collect_images, load_checkpoint,
-                         save_checkpoint, train_transform)
+from clipdetect.distill.images import AUGMENTATIONS, CKPT_DIR, ImageRows, make_loader, collect_images, train_transform
+from clipdetect.models.checkpoint import check_resumable
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.losses import create_loss
+from clipdetect.models.schedule import Schedule
+from clipdetect.models.trainer import LAST, Fit, TrainResult, run_fit
 from clipdetect.distill.student import StudentConfig, create_student, save_student, student_preprocess
 from clipdetect.core.config import from_dict
 
@@ -96,10 +100,17 @@ class DistillConfig:
                              pretrained=self.pretrained)
 
     def head_config(self, embed_dim: int) -> HeadConfig:
-        if self.head == "linear":
-            return HeadConfig(kind="linear", in_dim=embed_dim)
-        return HeadConfig(kind=self.head, in_dim=embed_dim, width=self.head_width, depth=self.head_depth,
-                          dropout=self.dropout)
+        """The head on the student's embedding: what :class:`TrainConfig` makes of the same options."""
+        from clipdetect.models.train import TrainConfig
+
+        return TrainConfig(head=self.head, depth=self.head_depth, width=self.head_width,
+                           dropout=self.dropout).head_config(embed_dim)
+
+    def calibration_options(self) -> Dict[str, Any]:
+        """The student's head is calibrated and thresholded as a trained head is by default."""
+        from clipdetect.models.train import TrainConfig
+
+        return TrainConfig().calibration_options()
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -135,14 +146,6 @@ class DistillResult:
     seconds: float
     n_train: int
     n_val: int
-
-
-def _lr_at(config: DistillConfig, step: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero over ``total`` steps."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    frac = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(frac, 1.0)))
 
 
 @torch.no_grad()
@@ -190,119 +193,94 @@ def _prepare(config: DistillConfig):
 
 def distill(config: DistillConfig, *, resume: bool = False, progress: bool = True) -> DistillResult:
     """Train a student encoder + detection head; write the student directory ``config.out``."""
-    from tqdm.auto import tqdm
-
-    from clipdetect.core.io import write_json
-    from clipdetect.core.metrics import binary_metrics
-    from clipdetect.models.samplers import StratifiedBatchSampler
+    from clipdetect.core.io import read_json, write_json
 
     t0 = time.perf_counter()
     out = Path(config.out)
-    last = out / CKPT_DIR / "last.json"
+    last = out / CKPT_DIR / f"{LAST}.json"
     if last.exists() and not resume:
         raise ValueError(f"{str(out)!r} already holds a distillation run; pass --resume to continue it "
                          "or choose a new --out")
+    if last.exists():
+        _check_resumable(read_json(last, what="distillation checkpoint").get("config", {}), config)
     cache, scfg, train_ds, val_ds = _prepare(config)
+    fit, plan = _student_fit(config, scfg, train_ds, val_ds)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "distill_config.json", config.to_dict())
+    result = run_fit(fit, plan, checkpoints=out / CKPT_DIR, resume=resume, run_info={"config": config.to_dict()},
+                     progress=progress, desc="distill", announce=True)
+    finish_student(out, fit.modules["student"], result, scfg, config, cache, val_labels=fit.y_val)
+    best = result.history[result.best_epoch - 1] if result.history else {}
+    return DistillResult(out=str(out), best_epoch=result.best_epoch,
+                         best_val_auc=float(best.get("val_auc", math.nan)), epochs_run=result.epochs_run,
+                         history=result.history, seconds=time.perf_counter() - t0, n_train=len(train_ds),
+                         n_val=len(val_ds))
+
+
+def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -> Tuple[Fit, Schedule]:
+    """The student and its head, AdamW over both, the distillation step and the image batches."""
+    from clipdetect.models.samplers import StratifiedBatchSampler
+
     student = create_student(scfg, seed=config.seed)
     torch.manual_seed(config.seed)
-    head = create_head(config.head_config(scfg.embed_dim))
+    head_config = config.head_config(scfg.embed_dim)
+    head = create_head(head_config)
     loss_fn = create_loss(config.loss)
     opt = torch.optim.AdamW(list(student.parameters()) + list(head.parameters()), lr=config.lr,
                             weight_decay=config.weight_decay)
-    history: List[Dict[str, Any]] = []
-    best = {"epoch": 0, "val_auc": -math.inf}
-    start = 1
-    if resume and last.exists():
-        info = load_checkpoint(out, "last", student=student, head=head, opt=opt)
-        _check_resumable(info["config"], config)
-        start, history, best = info["epoch"] + 1, info["history"], info["best"]
-        logger.info("resuming %s after epoch %d", out, info["epoch"])
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "distill_config.json", config.to_dict())
-    y_train = train_ds.labels.numpy().astype(np.int64)
-    sampler = StratifiedBatchSampler(y_train, config.batch_size, seed=config.seed)
-    total = config.epochs * len(sampler)
+    sampler = StratifiedBatchSampler(train_ds.labels.numpy().astype(np.int64), config.batch_size, seed=config.seed)
     val_loader = make_loader(val_ds, batch_size=config.eval_batch_size, workers=config.workers)
-    for epoch in range(start, config.epochs + 1):
-        e0, step = time.perf_counter(), (epoch - 1) * len(sampler)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; workers get seeds from the loader
-        loader = make_loader(train_ds, batches=list(sampler.epoch(epoch)), workers=config.workers,
-                         seed=config.seed * 100_003 + epoch)
-        student.train()
-        head.train()
-        sums = {"loss": 0.0, "det": 0.0, "distill": 0.0}
-        n = 0
-        bar = tqdm(loader, desc=f"distill {epoch}/{config.epochs}", unit="batch", disable=None if progress else True,
-                   leave=False)
-        for x, yb, tb in bar:
-            lr = _lr_at(config, step, total)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            emb = student(x)
-            l_det = loss_fn(head(F.normalize(emb, dim=-1)), yb)
-            l_dist = distillation_loss(emb, tb, config.distill_loss)
-            loss = l_det + config.lam * l_dist if config.lam > 0 else l_det
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            n += 1
-            for k, v in (("loss", loss), ("det", l_det), ("distill", l_dist)):
-                sums[k] += float(v.detach())
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", distill=f"{sums['distill'] / n:.4f}")
-        bar.close()
+
+    def step(batch):
+        x, yb, tb = batch
+        emb = student(x)
+        l_det = loss_fn(head(F.normalize(emb, dim=-1)), yb)
+        l_dist = distillation_loss(emb, tb, config.distill_loss)
+        loss = l_det + config.lam * l_dist if config.lam > 0 else l_det
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "det": l_det.detach(), "distill": l_dist.detach()}
+
+    def batches(epoch: int, limit):
+        return make_loader(train_ds, batches=list(sampler.epoch(epoch)), workers=config.workers,
+                           seed=config.seed * 100_003 + epoch)
+
+    def validate():
         emb, logits = score_images(student, head, val_loader)
-        m = binary_metrics(val_ds.labels.numpy().astype(np.int64), logits, scores_are_probs=False)
-        cos = float(np.mean(np.sum(emb * val_ds.targets.numpy(), axis=1)))
-        record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()},
-                  "val_auc": float(m["auc"]), "val_acc": float(m["acc@0.5"]), "val_cosine": cos,
-                  "seconds": round(time.perf_counter() - e0, 2)}
-        history.append(record)
-        logger.info("epoch %d: %s", epoch,
-                    {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
-        if math.isfinite(m["auc"]) and m["auc"] > best["val_auc"]:
-            best = {"epoch": epoch, "val_auc": float(m["auc"]), "val_cosine": cos}
-            save_checkpoint(out, "best", student=student, head=head, info={"epoch": epoch, **best})
-        save_checkpoint(out, "last", student=student, head=head, opt=opt,
-                        info={"epoch": epoch, "history": history, "best": best, "config": config.to_dict()})
-    if best["epoch"]:
-        load_checkpoint(out, "best", student=student, head=head)
-    _, val_logits = score_images(student, head, val_loader)
-    finish_student(out, student, head, scfg, config, cache, best=best, history=history,
-                   val_logits=val_logits, val_labels=val_ds.labels.numpy().astype(np.int64))
-    return DistillResult(out=str(out), best_epoch=int(best["epoch"]), best_val_auc=float(best["val_auc"]),
-                         epochs_run=len(history), history=history, seconds=time.perf_counter() - t0,
-                         n_train=len(train_ds), n_val=len(val_ds))
+        return logits, {"val_cosine": float(np.mean(np.sum(emb * val_ds.targets.numpy(), axis=1)))}
+
+    def reseed(epoch: int) -> None:
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; workers get seeds from the loader
+
+    total = config.epochs * len(sampler)
+    plan = Schedule(batch_size=config.batch_size, steps_per_epoch=len(sampler), epochs=config.epochs,
+                    total_steps=total, horizon=total, patience=0, lr=config.lr, warmup_steps=config.warmup_steps)
+    fit = Fit(modules={"student": student, "head": head}, head_config=head_config, optimizer=opt, step=step,
+              batches=batches, validate=validate, y_val=val_ds.labels.numpy().astype(np.int64), begin_epoch=reseed)
+    return fit, plan
 
 
 def _check_resumable(saved: Dict[str, Any], config: DistillConfig) -> None:
-    now = config.to_dict()
-    diff = {k: (saved.get(k), now[k]) for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]}
-    if diff:
-        raise ValueError(f"cannot resume {config.out!r}: the run was started with other settings "
-                         f"(saved vs now: {diff}); use the same options or a new --out")
+    check_resumable(saved, config.to_dict(), where=config.out, free=_RESUME_FREE)
     if saved.get("epochs") != config.epochs:
         logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from here on",
                        saved.get("epochs"), config.epochs)
 
 
-def finish_student(out: Path, student, head, scfg: StudentConfig, config: DistillConfig, cache, *,
-                   best: Dict[str, Any], history: List[Dict[str, Any]], val_logits: np.ndarray,
+def finish_student(out: Path, student, result: TrainResult, scfg: StudentConfig, config: DistillConfig, cache, *,
                    val_labels: np.ndarray) -> None:
-    """Write the final student (``encoder.safetensors`` + ``student.json``) and its detector bundle."""
+    """Write the final student (``encoder.safetensors`` + ``student.json``), its detector bundle
+    (calibrated and thresholded on the validation rows) and ``history.json``."""
     from clipdetect.core.io import write_json
     from clipdetect.models.detector import Detector
-    from clipdetect.models.calibration import fit_on_validation
     from clipdetect.distill.student import read_student_doc, student_identity
 
-    summary = {**config.to_dict(), "best_epoch": best["epoch"], "best_val_auc": best["val_auc"]}
+    best_auc = result.history[result.best_epoch - 1].get("val_auc") if result.history else None
+    summary = {**config.to_dict(), "best_epoch": result.best_epoch, "best_val_auc": best_auc}
     save_student(out, student.eval(), scfg, teacher=cache.backbone, distill=summary)
     identity = {**student_identity(out, scfg, read_student_doc(out)), "spec": f"student:{out.resolve()}"}
-    calibration, threshold, target, fitted = fit_on_validation(val_logits, val_labels)  # as `train` does
-    metrics = {"best_epoch": best["epoch"], "epochs_run": len(history), **fitted}
-    det = Detector(head=head.eval(), head_config=config.head_config(scfg.embed_dim), feature_set="image",
-                   backbone=identity, train_config=config.to_dict(), metrics=metrics, threshold=threshold,
-                   calibration=calibration, threshold_target=target,
-                   extra={"teacher": cache.backbone, "distill": summary, "student_dir": str(out.resolve())})
+    det = Detector.from_result(result, feature_set="image", backbone=identity, config=config, y_val=val_labels,
+                      extra={"teacher": cache.backbone, "distill": summary, "student_dir": str(out.resolve())})
     det.save(out / "detector")
-    write_json(out / "history.json", history)
+    write_json(out / "history.json", result.history)

@@ -166,8 +166,8 @@ def _probe(cache, fold: Fold, config: BenchmarkConfig, views: np.ndarray):
 def _scores(det, cache, rows) -> Dict[str, np.ndarray]:
     from clipdetect.eval.evaluate import logit_threshold
 
-    logits = np.asarray(det.decision_function(det.features(cache, rows)), dtype=np.float64)
-    return {"logit": logits, "prob": np.asarray(det.probability_of(logits), dtype=np.float64),
+    logits = np.asarray(det.logits(det.features(cache, rows)), dtype=np.float64)
+    return {"logit": logits, "prob": np.asarray(det.calibration.probability(logits), dtype=np.float64),
             "threshold": float(det.threshold), "threshold_logit": float(logit_threshold(det))}
 
 

@@ -108,7 +108,7 @@ def calibrate_detector(detector, cache, *, target_fpr: Optional[float] = 0.01, m
     params = split_params(detector, val=val, test=test, seed=split_seed)
     rows = split_rows(cache, split, params)
     x = detector.features(cache, rows)
-    logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
+    logits = np.asarray(detector.logits(x), dtype=np.float64).ravel()
     result = calibrate_scores(logits, cache.labels(rows), target_fpr=target_fpr, method=method,
                               old=detector.calibration, old_threshold=float(detector.threshold))
     result.split = split

@@ -4,7 +4,7 @@ Scores are the detector's logits (rank metrics are computed on logits, which nev
 saturate the way float probabilities do); ``acc@0.5`` thresholds the raw logit at 0 and
 ``acc@thr``, ``fpr@thr`` and ``tpr@thr`` use the detector's validation-chosen threshold,
 mapped to the logit scale through its calibration. ECE and Brier use the calibrated
-probability, i.e. :meth:`Detector.fake_probability`. Metrics computed from fewer samples
+probability, i.e. :meth:`Detector.probability`. Metrics computed from fewer samples
 than their guard allows (:mod:`clipdetect.core.guards`) are NaN and print as ``n/a``.
 
 Per-generator rows are D3-style: the fakes of one generator against **all** reals of the
@@ -144,8 +144,8 @@ class EvalReport:
 def score_rows(detector, cache, rows: np.ndarray) -> tuple:
     """(logits, probabilities) of ``rows``; the cache must match the detector's backbone."""
     x = detector.features(cache, rows)
-    logits = np.asarray(detector.decision_function(x), dtype=np.float64).ravel()
-    probs = np.asarray(detector.fake_probability(x), dtype=np.float64).ravel()
+    logits = np.asarray(detector.logits(x), dtype=np.float64).ravel()
+    probs = np.asarray(detector.probability(x), dtype=np.float64).ravel()
     return logits, probs
 
 

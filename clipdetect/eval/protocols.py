@@ -79,8 +79,8 @@ def save_table(df: pd.DataFrame, out: str | Path, stem: str, *, columns: Optiona
 def _overall(detector, cache, rows, *, n_boot: int, seed: int) -> Dict[str, Any]:
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     x = detector.features(cache, rows)
-    logits = np.asarray(detector.decision_function(x), dtype=np.float64)
-    probs = np.asarray(detector.fake_probability(x), dtype=np.float64)
+    logits = np.asarray(detector.logits(x), dtype=np.float64)
+    probs = np.asarray(detector.probability(x), dtype=np.float64)
     t = score_table(cache.labels(rows), logits, probs, threshold=logit_threshold(detector), n_boot=n_boot,
                     seed=seed)
     return {k: v for k, v in t.iloc[0].to_dict().items() if k not in ("group", "value", "vs")}

@@ -20,7 +20,8 @@ import torch
 from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
 from clipdetect.models.detector import Detector
 from clipdetect.models.heads import HeadConfig, create_head
-from clipdetect.models.train import TrainConfig, TrainResult
+from clipdetect.models.train import TrainConfig
+from clipdetect.models.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 

@@ -11,21 +11,20 @@ Saved as a directory (:mod:`clipdetect.models.bundle`): ``model.safetensors`` (t
 tensors) and ``detector.json`` (everything else, plain JSON). Loading reads only those two
 files and never unpickles.
 
-Training entry points (the sklearn-style ones take arrays of embeddings):
+Scoring: :meth:`Detector.logits` (the head's raw output), :meth:`Detector.probability`
+(calibrated P(fake)) and :meth:`Detector.predict` (``probability > threshold``). A detector is
+never changed in place: :meth:`Detector.replace`, :meth:`Detector.with_calibration` and
+:meth:`Detector.with_temperature` return new ones.
 
-* ``Detector.fit(X, y, X_val=..., y_val=..., config=TrainConfig(...))`` on the class →
-  a new detector; on an instance, ``det.fit(X, y)`` retrains that detector in place with
-  its own ``train_config`` (sklearn style) and returns it. :func:`fit_detector` is the
-  same as the class form.
-* ``Detector.fit_cache(cache, feature_set="image", config=...)`` trains on a feature cache
-  with the train/val split of :mod:`clipdetect.features.splits`.
+Training (:mod:`clipdetect.models.fitting`): ``Detector.fit(X, y, X_val=..., y_val=...,
+config=TrainConfig(...))`` on embedding arrays, ``Detector.fit_cache(cache, ...)`` on a feature
+cache with the train/val split of :mod:`clipdetect.features.splits`, ``Detector.fit_rows``
+on explicit rows of a cache (the protocols' refits).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import types
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -36,24 +35,15 @@ from torch import nn
 from clipdetect.features.backbones import identities_match
 from clipdetect.models.bundle import DetectorError, bundle_json, read_bundle, save_bundle
 from clipdetect.models.heads import HeadConfig
-from clipdetect.models.calibration import Calibration, fit_on_validation
-from clipdetect.features.splits import SplitSpec, view_rows
-from clipdetect.models.train import ArraySource, CacheSource, TrainConfig, TrainResult, train
+from clipdetect.models.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Detector", "fit_detector", "load_detector"]
+__all__ = ["Detector", "fit_detector", "load_detector", "SCORE_BLOCK"]
 
-
-class _hybridmethod:
-    """Bound to the class when called on the class, to the instance when called on one."""
-
-    def __init__(self, func):
-        self.func = func
-        functools.update_wrapper(self, func)
-
-    def __get__(self, obj, cls):
-        return types.MethodType(self.func, cls if obj is None else obj)
+#: rows per forward pass when scoring; a shorter last block is padded, so every row goes through
+#: the same matrix shapes and its score does not depend on how many rows are scored with it
+SCORE_BLOCK = 256
 
 
 class Detector:
@@ -92,15 +82,11 @@ class Detector:
     @property
     def temperature(self) -> float | None:
         """The temperature of a temperature-scaled detector (1.0 when uncalibrated, None for
-        Platt scaling with an offset); setting it replaces the calibration by that temperature."""
+        Platt scaling with an offset)."""
         cal = self.calibration
         if cal.method == "platt":
             return 1.0 / cal.scale if cal.offset == 0 else None
         return cal.temperature if cal.method == "temperature" else 1.0
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.calibration = Calibration.of_temperature(value)
 
     @property
     def logit_threshold(self) -> float:
@@ -113,9 +99,10 @@ class Detector:
 
     # ---- scoring -------------------------------------------------------------------------
     @torch.no_grad()
-    def decision_function(self, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
-        """Logits [N] (eval mode, batched; temperature not applied). Non-finite features or
-        logits raise :class:`DetectorError`: a NaN score would otherwise read as "real"."""
+    def logits(self, X: np.ndarray, *, batch_size: int = SCORE_BLOCK) -> np.ndarray:
+        """The head's raw logits [N] (eval mode, in padded blocks of ``batch_size`` rows; no
+        calibration). Non-finite features or logits raise :class:`DetectorError`: a NaN score
+        would otherwise read as "real"."""
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.in_dim:
             raise DetectorError(f"features of shape {X.shape} do not fit this detector, which expects "
@@ -123,9 +110,12 @@ class Detector:
         self.head.eval()
         device = next(self.head.parameters()).device
         out = np.empty(len(X), dtype=np.float32)
+        block = np.zeros((batch_size, X.shape[1]), dtype=np.float32)
         for i in range(0, len(X), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], dtype=np.float32)).to(device)
-            out[i:i + batch_size] = self.head(xb).float().cpu().numpy()
+            n = min(batch_size, len(X) - i)
+            block[:n] = X[i:i + n]
+            block[n:] = 0.0
+            out[i:i + n] = self.head(torch.from_numpy(block).to(device)).float().cpu().numpy()[:n]
         bad = np.flatnonzero(~np.isfinite(out))
         if bad.size:
             cause = ("the features hold NaN/inf" if not np.isfinite(X[bad[:100]]).all() else
@@ -134,30 +124,28 @@ class Detector:
                                 f"{bad[0]}): {cause}; refusing to score")
         return out
 
-    def fake_probability(self, X: np.ndarray) -> np.ndarray:
-        """P(fake) [N]: the calibrated probability of the logits (:attr:`calibration`)."""
-        return self.probability_of(self.decision_function(X))
-
-    def probability_of(self, logits: np.ndarray) -> np.ndarray:
-        """P(fake) of logits already computed by :meth:`decision_function`."""
-        return self.calibration.probability(logits)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """[N, 2] probabilities, columns (real, fake), as in scikit-learn."""
-        p = self.fake_probability(X)
-        return np.stack([1.0 - p, p], axis=1)
+    def probability(self, X: np.ndarray) -> np.ndarray:
+        """P(fake) [N]: the calibrated probability (:attr:`calibration`) of the logits. For logits
+        already computed, ``detector.calibration.probability(logits)``."""
+        return self.calibration.probability(self.logits(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Labels [N] (1 = fake): fake probability above :attr:`threshold`."""
-        return (self.fake_probability(X) > self.threshold).astype(np.int64)
+        return (self.probability(X) > self.threshold).astype(np.int64)
+
+    def replace(self, **changes: Any) -> "Detector":
+        """A new detector with ``changes`` (constructor arguments) applied; ``temperature=T``
+        replaces the calibration. The head module is shared."""
+        fields = {k: getattr(self, k) for k in ("head", "head_config", "feature_set", "backbone", "train_config",
+                                                "metrics", "threshold", "calibration", "threshold_target", "extra")}
+        if "temperature" in changes:
+            fields.pop("calibration")
+        return Detector(**{**fields, **changes})
 
     def with_calibration(self, calibration: Calibration) -> "Detector":
-        """Set the calibration, moving :attr:`threshold` so that :meth:`predict` is unchanged."""
-        t = float(np.clip(self.threshold, 1e-12, 1 - 1e-12))
-        logit = self.calibration.logit_of(t)
-        self.calibration = calibration
-        self.threshold = float(calibration.probability(logit))
-        return self
+        """A new detector with ``calibration``, its threshold moved so that :meth:`predict` is unchanged."""
+        logit = self.calibration.logit_of(float(np.clip(self.threshold, 1e-12, 1 - 1e-12)))
+        return self.replace(calibration=calibration, threshold=float(calibration.probability(logit)))
 
     def with_temperature(self, temperature: float) -> "Detector":
         """:meth:`with_calibration` with a temperature."""
@@ -227,97 +215,37 @@ class Detector:
         self.check_backbone(cache.backbone)
         return cache.features(self.feature_set, rows)
 
-    # ---- training ----------------------------------------------------------------------------
+    # ---- training (:mod:`clipdetect.models.fitting`) -----------------------------------------
     @classmethod
-    def from_result(cls, result: TrainResult, *, feature_set: str, backbone: dict, config: TrainConfig,
-                    y_val: Optional[np.ndarray], extra: Optional[dict] = None) -> "Detector":
-        """A detector from a training result: with validation logits, the calibration is fitted
-        on them and the threshold chosen there (:func:`~clipdetect.models.calibration.fit_on_validation`
-        with the config's ``calibration``, ``threshold`` rule and ``threshold_fpr``); without
-        them, no calibration and a threshold of 0.5, said in ``threshold_target``."""
-        metrics: Dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                                   "stopped_early": result.stopped_early, "steps": result.steps,
-                                   "train_seconds": round(result.seconds, 3), "schedule": result.schedule}
-        if result.val_logits is not None and y_val is not None and len(y_val):
-            calibration, threshold, target, val_metrics = fit_on_validation(
-                result.val_logits, y_val, **config.calibration_options())
-            metrics.update(val_metrics)
-        else:
-            calibration, threshold = Calibration(), 0.5
-            target = {"metric": "fixed", "value": 0.5, "reason": "no validation rows"}
-        return cls(head=result.head, head_config=result.head_config, feature_set=feature_set, backbone=backbone,
-                   train_config=config.to_dict(), metrics=metrics, threshold=threshold, calibration=calibration,
-                   threshold_target=target, extra=extra)
+    def fit(cls, X, y, **kwargs) -> "Detector":
+        """A new detector trained on embeddings ``X`` [N, D] with labels ``y`` (1 = fake); see
+        :func:`clipdetect.models.fitting.fit_arrays` for the keyword arguments."""
+        from clipdetect.models.fitting import fit_arrays
 
-    @_hybridmethod
-    def fit(self_or_cls, X, y, *, X_val=None, y_val=None, config: TrainConfig | None = None,
-            feature_set: str | None = None, backbone: dict | None = None, out_dir=None,
-            progress: bool = False) -> "Detector":
-        """Train on embeddings ``X`` [N, D] with labels ``y`` (1 = fake).
-
-        On the class: returns a new detector (``feature_set`` default "image", ``backbone``
-        default unknown). On an instance: retrains it in place with its own train config,
-        feature set and backbone unless given, and returns it.
-        """
-        inst = self_or_cls if isinstance(self_or_cls, Detector) else None
-        if config is None:
-            config = TrainConfig.from_dict(inst.train_config) if inst and inst.train_config else TrainConfig()
-        feature_set = feature_set or (inst.feature_set if inst else "image")
-        backbone = backbone if backbone is not None else (inst.backbone if inst else {})
-        val = ArraySource(X_val, y_val) if X_val is not None else None
-        result = train(ArraySource(X, y), val_data=val, config=config, out_dir=out_dir, progress=progress)
-        new = Detector.from_result(result, feature_set=feature_set, backbone=backbone, config=config,
-                                   y_val=None if val is None else val.y, extra=inst.extra if inst else None)
-        if inst is None:
-            return new
-        inst.__dict__.update(new.__dict__)
-        return inst
+        return fit_arrays(cls, X, y, **kwargs)
 
     @classmethod
-    def fit_cache(cls, cache, *, feature_set: str = "image", config: TrainConfig | None = None,
-                  out: str | os.PathLike | None = None, progress: bool = False) -> "Detector":
-        """Train on a feature cache (a :class:`~clipdetect.features.cache.FeatureCache` or its path).
+    def fit_cache(cls, cache, **kwargs) -> "Detector":
+        """A new detector trained on a feature cache (or its path); see
+        :func:`clipdetect.models.fitting.fit_cache`."""
+        from clipdetect.models.fitting import fit_cache
 
-        Train/val rows come from :func:`clipdetect.features.splits.resolve_all` with the config's
-        ``val_fraction``, ``test_fraction`` and ``split_seed`` (test rows are never seen); with
-        ``config.split == "all"`` every row trains and nothing is held out.
-        With ``out``, the bundle is saved there together with ``train_config.json`` and
-        the per-epoch ``train_log.jsonl``.
-        """
-        from clipdetect.features.cache import FeatureCache
-
-        cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-        config = config or TrainConfig()
-        if config.split == "all":
-            tr = view_rows(cache, np.arange(len(cache), dtype=np.int64), config.views)
-            va = te = np.array([], dtype=np.int64)
-            logger.warning("training on all %d rows of %s: nothing is left for validation or testing (no best-epoch "
-                           "selection, no calibration, threshold P(fake) > 0.5); evaluate this detector on "
-                           "another cache", len(tr), cache.root)
-        else:
-            tr, va, te = (view_rows(cache, r, config.views) for r in SplitSpec.of(config).all(cache))
-        det = cls.fit_rows(cache, tr, va, feature_set=feature_set, config=config, out=out, progress=progress)
-        det.extra["splits"]["test"] = len(te)
-        if out is not None:
-            det.save(out)
-        return det
+        return fit_cache(cls, cache, **kwargs)
 
     @classmethod
-    def fit_rows(cls, cache, train_rows, val_rows, *, feature_set: str = "image", config: TrainConfig | None = None,
-                 out: str | os.PathLike | None = None, progress: bool = False) -> "Detector":
-        """Train on explicit row subsets of ``cache`` (validation rows pick the epoch and fit the
-        calibration and threshold); what :meth:`fit_cache` and the protocols' refits run. With
-        ``out``, ``train_config.json`` and ``train_log.jsonl`` are written there (not the bundle)."""
-        config = config or TrainConfig()
-        if len(train_rows) == 0:
-            raise ValueError(f"cache {str(cache.root)!r} has no training rows")
-        val = CacheSource(cache, val_rows, feature_set) if len(val_rows) else None
-        result = train(CacheSource(cache, train_rows, feature_set), val_data=val, config=config, out_dir=out,
-                       progress=progress)
-        extra = {"cache": str(Path(cache.root).resolve()), "cache_created": cache.manifest.get("created"),
-                 "splits": {"train": len(train_rows), "val": len(val_rows)}}
-        return cls.from_result(result, feature_set=feature_set, backbone=cache.backbone, config=config,
-                               y_val=None if val is None else val.y, extra=extra)
+    def fit_rows(cls, cache, train_rows, val_rows, **kwargs) -> "Detector":
+        """A new detector trained on explicit rows of ``cache``; see :func:`clipdetect.models.fitting.fit_rows`."""
+        from clipdetect.models.fitting import fit_rows
+
+        return fit_rows(cls, cache, train_rows, val_rows, **kwargs)
+
+    @classmethod
+    def from_result(cls, result, **kwargs) -> "Detector":
+        """A new detector from a training result (calibration and threshold fitted on its
+        validation logits); see :func:`clipdetect.models.fitting.from_result`."""
+        from clipdetect.models.fitting import from_result
+
+        return from_result(cls, result, **kwargs)
 
     # ---- persistence (:mod:`clipdetect.models.bundle`) -------------------------------------
     def to_json(self) -> Dict[str, Any]:

@@ -1,15 +1,19 @@
 """A scikit-learn classifier that trains the detector head on embedding arrays.
 
-:class:`DetectorClassifier` takes the training hyperparameters in ``__init__`` (each
-``None`` means "the :class:`~clipdetect.models.train.TrainConfig` default", so defaults
-changed there flow through), learns in :meth:`~DetectorClassifier.fit` and exposes the
-trained :class:`~clipdetect.models.detector.Detector` bundle as ``detector_``. It works in
-``cross_val_score``, ``GridSearchCV`` and ``Pipeline``; ``clone`` and pickling of an
-unfitted estimator copy only its parameters. Persistence is the bundle's safetensors +
-JSON (:meth:`~DetectorClassifier.save` / :meth:`~DetectorClassifier.load`), never pickle.
+:class:`DetectorClassifier` takes the training hyperparameters in ``__init__``: one parameter
+per :class:`~clipdetect.models.train.TrainConfig` field (``seed`` is ``random_state``), each
+``None`` meaning "the TrainConfig default", so fields and defaults changed there flow through.
+It learns in :meth:`~DetectorClassifier.fit` and exposes the trained
+:class:`~clipdetect.models.detector.Detector` bundle as ``detector_``. It works in
+``cross_val_score``, ``GridSearchCV``, ``Pipeline`` and scikit-learn's threshold tuners
+(``TunedThresholdClassifierCV``, ``FixedThresholdClassifier``); ``clone`` and pickling of an
+unfitted estimator copy only its parameters. Persistence is the bundle's safetensors + JSON
+(:meth:`~DetectorClassifier.save` / :meth:`~DetectorClassifier.load`), never pickle.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import math
 import numbers
@@ -27,12 +31,15 @@ from clipdetect.models.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectorClassifier", "holdout_split"]
+__all__ = ["DetectorClassifier", "holdout_split", "TRAIN_PARAMS"]
 
-#: hyperparameters passed to TrainConfig under the same name (``random_state`` becomes ``seed``)
-TRAIN_PARAMS = ("head", "loss", "gamma", "alpha", "margin", "p", "sam", "rho", "lr", "weight_decay",
-                "batch_size", "epochs", "max_steps", "patience", "width", "depth", "dropout", "val_fraction",
-                "threshold_fpr", "device")
+#: hyperparameters passed to TrainConfig under the same name: all of its fields but ``seed``
+#: (the estimator's ``random_state``)
+TRAIN_PARAMS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed")
+#: the estimator's own parameters and their defaults (every TrainConfig one defaults to None)
+OWN_PARAMS = {"random_state": None, "threshold": 0.5}
+#: ``threshold="validation"``: the threshold ``clipdetect train`` chooses on the held-out rows
+VALIDATION = "validation"
 
 
 def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple:
@@ -60,49 +67,35 @@ def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple:
 class DetectorClassifier(ClassifierMixin, BaseEstimator):
     """The robust CLIP detector as a binary scikit-learn classifier on embeddings ``X`` [N, D].
 
-    Parameters mirror :class:`~clipdetect.models.train.TrainConfig` (``head``, ``loss``,
-    ``gamma``, ``alpha``, ``margin``, ``p``, ``sam``, ``rho``, ``lr``, ``weight_decay``,
-    ``batch_size``, ``epochs``, ``max_steps``, ``patience``, ``width``, ``depth``,
-    ``dropout``, ``threshold_fpr``, ``device``); ``None`` takes TrainConfig's default (the paper's recipe).
-    ``val_fraction`` of each class is held out of ``fit``'s data to select the best epoch
-    and the threshold. ``random_state`` (an int) seeds the head, the batches and the
-    hold-out (``None``: TrainConfig's seed, 0, so fits are repeatable).
-    ``threshold``: ``None`` picks it on the held-out rows as ``clipdetect train`` does (at most
-    ``threshold_fpr`` of the held-out ``classes_[0]`` rows above it; 0.5 without held-out rows);
-    a float in [0, 1] fixes it.
+    Parameters: every :class:`~clipdetect.models.train.TrainConfig` field (``head``, ``loss``,
+    ``gamma``, ``sam``, ``lr``, ``epochs``, ``width``, ``depth``, ``val_fraction``,
+    ``calibration``, ``threshold_fpr``, ``device`` ...; :data:`TRAIN_PARAMS`); ``None`` takes
+    TrainConfig's default (the paper's recipe). ``val_fraction`` of each class is held out of
+    ``fit``'s data to select the best epoch and fit the calibration. ``random_state`` (an int)
+    seeds the head, the batches and the hold-out (``None``: TrainConfig's seed, 0, so fits are
+    repeatable). ``threshold`` on P(``classes_[1]``): 0.5 (the default, so that ``predict`` is
+    ``classes_[argmax(predict_proba)]``), another probability, or ``"validation"``: the one
+    ``clipdetect train`` picks on the held-out rows (at most ``threshold_fpr`` of the held-out
+    ``classes_[0]`` rows above it; 0.5 without held-out rows). scikit-learn's
+    ``TunedThresholdClassifierCV`` tunes it by cross-validation.
 
     Labels may be any two values; ``classes_[1]`` plays "fake" (label 1 of the bundle).
     Fitted attributes: ``classes_``, ``n_features_in_``, ``head_`` (the torch module),
     ``threshold_`` (on P(classes_[1])), ``detector_`` (the
-    :class:`~clipdetect.models.detector.Detector` bundle).
+    :class:`~clipdetect.models.detector.Detector` bundle, with that threshold).
     """
 
-    def __init__(self, *, head=None, loss=None, gamma=None, alpha=None, margin=None, p=None, sam=None,
-                 rho=None, lr=None, weight_decay=None, batch_size=None, epochs=None, max_steps=None,
-                 patience=None, width=None, depth=None, dropout=None, val_fraction=None, threshold=None,
-                 threshold_fpr=None, random_state=None, device=None):
-        self.head = head
-        self.loss = loss
-        self.gamma = gamma
-        self.alpha = alpha
-        self.margin = margin
-        self.p = p
-        self.sam = sam
-        self.rho = rho
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.max_steps = max_steps
-        self.patience = patience
-        self.width = width
-        self.depth = depth
-        self.dropout = dropout
-        self.val_fraction = val_fraction
-        self.threshold = threshold
-        self.threshold_fpr = threshold_fpr
-        self.random_state = random_state
-        self.device = device
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(self._get_param_names()))
+        if unknown:
+            raise TypeError(f"DetectorClassifier got unexpected parameter(s) {unknown}")
+        for name in self._get_param_names():
+            setattr(self, name, params.get(name, OWN_PARAMS.get(name)))
+
+    __init__.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=OWN_PARAMS.get(n))
+           for n in sorted(TRAIN_PARAMS + tuple(OWN_PARAMS))])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -124,8 +117,9 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
         ``feature_set`` and ``backbone`` (a cache's ``backbone`` identity) are recorded in
         ``detector_`` so that a saved bundle can be used by ``clipdetect predict``.
         """
-        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold={self.threshold!r} must be None or a probability in [0, 1]")
+        fixed = self.threshold != VALIDATION
+        if fixed and not (isinstance(self.threshold, numbers.Real) and 0.0 <= float(self.threshold) <= 1.0):
+            raise ValueError(f"threshold={self.threshold!r} must be a probability in [0, 1] or {VALIDATION!r}")
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         classes, y01 = np.unique(y, return_inverse=True)
@@ -139,16 +133,16 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
         held = len(va) > 0
         det = Detector.fit(X[tr], y01[tr], X_val=X[va] if held else None, y_val=y01[va] if held else None,
                            config=config, feature_set=feature_set, backbone=backbone)
-        if self.threshold is not None:
-            det.threshold = float(self.threshold)
-            if held:
-                prob = det.fake_probability(X[va])
-                det.metrics["val"] = binary_metrics(y01[va], prob, threshold=det.threshold)
-        det.extra["estimator"] = {"classes": classes.tolist(), "params": self.get_params(deep=False)}
+        if fixed:
+            t = float(self.threshold)
+            val = {"val": binary_metrics(y01[va], det.probability(X[va]), threshold=t)} if held else {}
+            det = det.replace(threshold=t, metrics={**det.metrics, **val},
+                              threshold_target={"metric": "fixed", "value": t, "reason": "estimator parameter"})
+        info = {"classes": classes.tolist(), "params": self.get_params(deep=False)}
         if hasattr(self, "feature_names_in_"):
-            det.extra["estimator"]["feature_names_in"] = [str(n) for n in self.feature_names_in_]
+            info["feature_names_in"] = [str(n) for n in self.feature_names_in_]
         self.classes_ = classes
-        self._set_fitted(det)
+        self._set_fitted(det.replace(extra={**det.extra, "estimator": info}))
         return self
 
     def _set_fitted(self, det: Detector) -> None:
@@ -161,14 +155,16 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """[N, 2] probabilities of ``classes_[0]`` and ``classes_[1]`` (calibrated)."""
         X = self._checked(X)
-        return self.detector_.predict_proba(X)
+        p = self.detector_.probability(X)
+        return np.stack([1.0 - p, p], axis=1)
 
     def decision_function(self, X) -> np.ndarray:
         """[N] margins ``logit(P(classes_[1])) − logit(threshold_)`` on the calibrated scale: > 0
-        exactly where :meth:`predict` answers ``classes_[1]``. Same ranking as
-        ``predict_proba[:, 1]``; the raw logits are ``detector_.decision_function(X)``."""
+        exactly where :meth:`predict` answers ``classes_[1]`` (with the default threshold 0.5: the
+        log-odds of ``classes_[1]``). Same ranking as ``predict_proba[:, 1]``; the head's raw
+        logits are ``detector_.logits(X)``."""
         X = self._checked(X)
-        z = self.detector_.calibration.calibrated_logit(self.detector_.decision_function(X))
+        z = self.detector_.calibration.calibrated_logit(self.detector_.logits(X))
         t = self.threshold_
         offset = -math.inf if t <= 0.0 else math.inf if t >= 1.0 else math.log(t / (1.0 - t))
         return z - offset
@@ -196,11 +192,12 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
         names = cls._get_param_names()
         if "params" in info:
             params = {k: v for k, v in info["params"].items() if k in names}
-        else:
+        else:  # a bundle of `clipdetect train`: its threshold was chosen on validation rows
             tc = det.train_config or {}
             params = {k: tc[k] for k in TRAIN_PARAMS if tc.get(k) is not None}
-            if tc.get("seed") is not None:
-                params["random_state"] = tc["seed"]
+            params.update(random_state=tc.get("seed"), threshold=VALIDATION)
+        if params.get("threshold", VALIDATION) is None:  # recorded before thresholds defaulted to 0.5
+            params["threshold"] = VALIDATION
         est = cls(**params)
         est.classes_ = np.asarray(info.get("classes", [0, 1]))
         est.n_features_in_ = det.in_dim

@@ -74,7 +74,8 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
     the combination chosen on ``val_rows`` of ``cache`` (see the module docstring)."""
     from clipdetect.models.detector import Detector
     from clipdetect.models.heads import HeadConfig
-    from clipdetect.models.train import TrainConfig, TrainResult
+    from clipdetect.models.train import TrainConfig
+    from clipdetect.models.trainer import TrainResult
 
     if method not in FUSION_METHODS:
         raise ValueError(f"fusion method {method!r} is not one of {FUSION_METHODS}")
@@ -87,7 +88,7 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
     if not 0 < y.sum() < len(y) or min(np.bincount(y, minlength=2)) < 2:
         raise ValueError(f"fusion is chosen on validation rows, which need >= 2 of each class; got "
                          f"{int((y == 0).sum())} real and {int(y.sum())} fake")
-    Z = np.stack([d.decision_function(d.features(cache, val_rows)) for d in detectors], 1).astype(np.float64)
+    Z = np.stack([d.logits(d.features(cache, val_rows)) for d in detectors], 1).astype(np.float64)
     cv = {m: _cv_auc(Z, y, m, seed) for m in ("mean", "stack")} if method == "auto" else {}
     chosen = max(cv, key=cv.get) if method == "auto" else method
     w, b = _combiner(Z, y, chosen)

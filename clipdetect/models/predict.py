@@ -274,9 +274,9 @@ def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions
             out[ok[j]]["error"] = "non_finite_embedding: the backbone gave NaN/inf features"
         ok, x = [i for i, f in zip(ok, finite) if f], np.asarray(x)[finite]
     if ok:
-        raw = detector.decision_function(x)  # the head runs once: logits and probabilities from it
+        raw = detector.logits(x)  # the head runs once: logits and probabilities from it
         logits = np.asarray(raw, dtype=np.float64).ravel()
-        probs = np.asarray(detector.probability_of(raw), dtype=np.float64).ravel()
+        probs = np.asarray(detector.calibration.probability(raw), dtype=np.float64).ravel()
         threshold = float(detector.threshold)
         for j, i in enumerate(ok):
             out[i] = {"logit": float(logits[j]), "probability": float(probs[j]), "threshold": threshold,

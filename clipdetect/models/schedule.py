@@ -63,9 +63,21 @@ class Schedule:
     horizon: int           # steps of the learning-rate schedule
     patience: int
     lr: float
+    shape: str = "cosine"  # of the learning rate after warm-up: "cosine" (decays to 0) or "constant"
+    warmup_steps: int = 0  # of linear warm-up
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimisation step ``step`` (0-based): linear warm-up over
+        ``warmup_steps``, then cosine decay to zero at ``horizon`` (or constant)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        span = self.horizon - self.warmup_steps
+        if self.shape == "constant" or span <= 1:
+            return self.lr
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(step - self.warmup_steps, span) / span))
 
 
 def plan_schedule(config: Any, n_train: int) -> Schedule:  # config: a TrainConfig (train.py imports this module)
@@ -97,4 +109,4 @@ def plan_schedule(config: Any, n_train: int) -> Schedule:  # config: a TrainConf
     patience = config.patience if config.patience is not None else max(8, math.ceil(epochs / 4))
     lr = float(config.lr if config.lr is not None else DEFAULT_LR.get(config.head, DEFAULT_LR["mlp"]))
     return Schedule(batch_size=batch, steps_per_epoch=per_epoch, epochs=epochs, total_steps=total,
-                    horizon=horizon, patience=int(patience), lr=lr)
+                    horizon=horizon, patience=int(patience), lr=lr, shape=config.schedule)

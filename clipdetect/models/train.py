@@ -14,43 +14,40 @@ epochs without improvement. A run planned for fewer than :data:`FEW_STEPS` steps
 than a tiny cache's automatic floor) logs a warning: such a head is usually undertrained. ``TrainConfig.compile`` runs the head and the loss
 as one ``torch.compile`` graph, optionally replayed as CUDA graphs (:mod:`clipdetect.models.step`).
 
-Memory does not grow with the cache: only the row ids and labels of the training rows and
-one batch of features are held at a time (batches are read with ``cache.features``).
+The head plugs its step and its batches (:mod:`clipdetect.models.sources`) into the one
+training loop of :mod:`clipdetect.models.trainer`, which owns the schedule, the best-epoch
+selection, the log and the checkpoints (``train(..., checkpoints=DIR, resume=True)``).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
-import contextlib
-import math
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from clipdetect.features.manifest import feature_parts
 from clipdetect.models.calibration import CALIBRATION_METHODS, THRESHOLD_RULES
+from clipdetect.models.checkpoint import check_resumable
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.samplers import GroupBatchSampler, StratifiedBatchSampler
-from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, min_steps, plan_schedule
-from clipdetect.models.losses import create_loss, trusted_batches
-from clipdetect.core.metrics import binary_metrics
+from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, Schedule, min_steps, plan_schedule
+from clipdetect.models.losses import create_loss
 from clipdetect.models.sam import SAM
+from clipdetect.models.sources import predict_logits, prefetched
 from clipdetect.models.step import compile_mode, forward_loss, sam_step
+from clipdetect.models.trainer import LAST, Fit, TrainResult, run_fit
 from clipdetect.models import resident as resident_rows
 from clipdetect.core.config import from_dict
-from clipdetect.core.io import open_new, write_json
+from clipdetect.core.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainResult", "ArraySource", "CacheSource", "train", "predict_logits", "build_loss"]
+__all__ = ["TrainConfig", "train", "build_loss"]
+#: TrainConfig fields a resumed run may change (they do not change the weights)
+RESUME_FREE = ("eval_batch_size",)
 
 TRAIN_SPLITS = ("holdout", "all")
 #: which (fake, real) pairs the AUC loss ranks: all of a batch, or those of one content group
@@ -185,116 +182,21 @@ def build_loss(config: TrainConfig) -> torch.nn.Module:
     return create_loss(config.loss, **{k: getattr(config, k) for k in LOSS_OPTIONS[config.loss]})
 
 
-class ArraySource:
-    """Features held in memory (``X`` [N, D], labels ``y`` [N])."""
-
-    def __init__(self, X: np.ndarray, y: np.ndarray):
-        self.X = np.asarray(X)
-        self.y = _labels(y)
-        self.tokens: Optional[int] = None  # in-memory arrays are flat features
-        if self.X.ndim != 2 or len(self.X) != len(self.y):
-            raise ValueError(f"X must be [N, D] with N = len(y); got X {self.X.shape}, y {self.y.shape}")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def dim(self) -> int:
-        return int(self.X.shape[1])
-
-    def batch(self, idx: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.X[idx], dtype=np.float32)
-
-
-class CacheSource:
-    """Rows ``rows`` of a :class:`~clipdetect.features.cache.FeatureCache`, read batch by batch from its memory maps."""
-
-    def __init__(self, cache, rows: np.ndarray, feature_set: str = "image"):
-        feature_parts(feature_set)  # a clear error for an unknown one
-        self.cache, self.feature_set = cache, feature_set
-        self.rows = np.sort(np.asarray(rows, dtype=np.int64))
-        self.y = _labels(cache.labels(self.rows))
-        self.dim = cache.feature_dim(feature_set)
-        self.tokens = int(cache.layers["tokens"]) if feature_set == "layers" else None
-        self._groups: Optional[np.ndarray] = None
-
-    @property
-    def groups(self) -> np.ndarray:
-        """Integer content-group ids of the rows (read on first use)."""
-        if self._groups is None:
-            names = self.cache.columns("group")["group"].to_numpy()[self.rows]
-            self._groups = np.unique(names.astype(str), return_inverse=True)[1].astype(np.int64)
-        return self._groups
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, idx: np.ndarray) -> np.ndarray:
-        return self.cache.features(self.feature_set, self.rows[idx])
-
-
-def _labels(y) -> np.ndarray:
-    y = np.asarray(y).reshape(-1)
-    if y.size and not np.isin(y, (0, 1)).all():
-        raise ValueError(f"labels must be 0 (real) or 1 (fake); found {np.unique(y)[:5].tolist()}")
-    return y.astype(np.int64)
-
-
-@dataclass
-class TrainResult:
-    head: torch.nn.Module
-    head_config: HeadConfig
-    history: List[Dict[str, Any]]
-    best_epoch: int                 # 1-based; the last epoch when there is no validation AUC
-    epochs_run: int
-    stopped_early: bool
-    steps: int
-    val_logits: Optional[np.ndarray] = None   # of the selected head, in the order of the val source
-    seconds: float = 0.0
-    schedule: Optional[Dict[str, Any]] = None  # the resolved plan (Schedule.to_dict())
-
-
-@torch.no_grad()
-def predict_logits(head: torch.nn.Module, source, *, batch_size: int = 8192, device: str = "cpu") -> np.ndarray:
-    """Eval-mode logits for every row of ``source``, batched."""
-    was_training = head.training
-    head.eval()
-    out = np.empty(len(source), dtype=np.float32)
-    for i in range(0, len(source), batch_size):
-        idx = np.arange(i, min(i + batch_size, len(source)))
-        out[idx] = head(torch.from_numpy(source.batch(idx)).to(device)).float().cpu().numpy()
-    head.train(was_training)
-    return out
-
-
-def _prefetched(source, batches: Iterator[np.ndarray]) -> Iterator[tuple]:
-    """(indices, features) pairs; the next batch is gathered in a thread while the current one trains."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipdetect-batch") as pool:
-        nxt = next(batches, None)
-        pending = pool.submit(source.batch, nxt) if nxt is not None else None
-        while pending is not None:
-            idx, x = nxt, pending.result()
-            nxt = next(batches, None)
-            pending = pool.submit(source.batch, nxt) if nxt is not None else None
-            yield idx, x
-
-
-def _lr_at(config: TrainConfig, peak: float, step: int, total: int) -> float:
-    if config.schedule == "constant" or total <= 1:
-        return peak
-    return 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-
 def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, out_dir: str | Path | None = None,
           progress: bool = True, resident: Optional[bool] = None,
           device_budget: float = resident_rows.DEFAULT_BUDGET,
-          compile: str | bool | None = None) -> TrainResult:
-    """Train a head on ``train_data`` (an :class:`ArraySource` or :class:`CacheSource`).
+          compile: str | bool | None = None, checkpoints: str | Path | None = None,
+          resume: bool = False) -> TrainResult:
+    """Train a head on ``train_data`` (an :class:`ArraySource` or :class:`CacheSource`) with the
+    one training loop (:func:`~clipdetect.models.trainer.run_fit`).
 
     With ``val_data``, selects the epoch of best validation AUC and stops early after
     ``config.patience`` epochs without improvement. With ``out_dir``, writes
     ``train_config.json`` and a JSON-lines log ``train_log.jsonl`` (one record per epoch:
     train loss, val auc/ap/acc, lr, seconds) there. Same seed and data → identical weights.
+    With ``checkpoints`` (a folder), a checkpoint is written there after every epoch;
+    ``resume=True`` continues the run saved there (refused if it was started with other
+    settings) and ends with the weights the uninterrupted run would have.
 
     ``resident``: hold the training rows on the device and gather batches there (None: when
     the device is a GPU and the rows fit ``device_budget`` × its free memory); the batches
@@ -307,18 +209,7 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
     if compile is not None:
         config = dataclasses.replace(config, compile=compile_mode(compile))
     plan = plan_schedule(config, len(train_data))
-    logger.info("schedule: %d training rows, batch %d, %d steps (%d epochs of %d), patience %d epochs, lr %g",
-                len(train_data), plan.batch_size, plan.total_steps, plan.epochs, plan.steps_per_epoch,
-                plan.patience, plan.lr)
-    if len(train_data) < SMALL_CACHE:
-        logger.warning("only %d training rows: the head trains in seconds, but every metric measured on this "
-                       "little data has wide confidence intervals (read them, not the point values)",
-                       len(train_data))
-    if plan.total_steps < min(FEW_STEPS, min_steps(len(train_data))) and config.max_steps is None:
-        logger.warning("only %d optimiser steps (%d training rows, batch %d, %d epochs): the head is likely "
-                       "undertrained; use a smaller --batch-size, more --epochs or --steps, or the default "
-                       "schedule instead of a fixed one", plan.total_steps, len(train_data), plan.batch_size,
-                       plan.epochs)
+    _announce(plan, config, len(train_data))
     if config.auc_pairs == "group":
         if not hasattr(train_data, "groups"):
             raise ValueError("auc_pairs='group' needs content groups: train on a feature cache (its group column)")
@@ -326,25 +217,63 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
         resident = False  # batches carry their group ids from the host
     else:
         sampler = StratifiedBatchSampler(train_data.y, plan.batch_size, seed=config.seed)
-    log_file = None
+    if checkpoints is not None and resume and (Path(checkpoints) / f"{LAST}.json").exists():
+        check_resumable(read_json(Path(checkpoints) / f"{LAST}.json", what="training checkpoint").get("config", {}),
+                        config.to_dict(), where=str(checkpoints), free=RESUME_FREE)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "train_config.json", config.to_dict())
-        log_file = open_new(out_dir / "train_log.jsonl", "w")
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out_dir) / "train_config.json", config.to_dict())
     device = torch.device(config.device)
-    head_config = config.head_config(train_data.dim, getattr(train_data, "tokens", None))
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(config.seed)
-        try:
-            if resident is None:
-                resident = resident_rows.fits(train_data, device, device_budget)
-            rows = resident_rows.DeviceRows(train_data, device) if resident else None
-            return _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress,
-                        rows=rows)
-        finally:
-            if log_file is not None:
-                log_file.close()
+        if resident is None:
+            resident = resident_rows.fits(train_data, device, device_budget)
+        rows = resident_rows.DeviceRows(train_data, device) if resident else None
+        fit = _head_fit(train_data, val_data, config, sampler, device, rows, plan.lr)
+        return run_fit(fit, plan, checkpoints=checkpoints, resume=resume, progress=progress,
+                       log_path=None if out_dir is None else Path(out_dir) / "train_log.jsonl",
+                       run_info={"config": config.to_dict()})
+
+
+def _announce(plan: Schedule, config: TrainConfig, n_train: int) -> None:
+    logger.info("schedule: %d training rows, batch %d, %d steps (%d epochs of %d), patience %d epochs, lr %g",
+                n_train, plan.batch_size, plan.total_steps, plan.epochs, plan.steps_per_epoch, plan.patience, plan.lr)
+    if n_train < SMALL_CACHE:
+        logger.warning("only %d training rows: the head trains in seconds, but every metric measured on this "
+                       "little data has wide confidence intervals (read them, not the point values)", n_train)
+    if plan.total_steps < min(FEW_STEPS, min_steps(n_train)) and config.max_steps is None:
+        logger.warning("only %d optimiser steps (%d training rows, batch %d, %d epochs): the head is likely "
+                       "undertrained; use a smaller --batch-size, more --epochs or --steps, or the default "
+                       "schedule instead of a fixed one", plan.total_steps, n_train, plan.batch_size, plan.epochs)
+
+
+def _head_fit(train_data, val_data, config: TrainConfig, sampler, device, rows, lr: float) -> Fit:
+    """A head, its SAM/AdamW optimiser, its step (:func:`sam_step`) and its batches, for :func:`run_fit`."""
+    head_config = config.head_config(train_data.dim, getattr(train_data, "tokens", None))
+    head = create_head(head_config).to(device)
+    loss_fn = build_loss(config)
+    step_loss = forward_loss(head, loss_fn, config.compile)
+    if config.compile != "none":
+        logger.info("compiling the head and the loss together (mode %s): the first steps take longer",
+                    config.compile)
+    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per parameter group
+    if config.sam:
+        opt = SAM(head.parameters(), torch.optim.AdamW, rho=config.rho, adaptive=config.adaptive,
+                  lr=lr, weight_decay=config.weight_decay, **fused)
+    else:
+        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=config.weight_decay, **fused)
+
+    def step(batch):
+        xb, yb, gb = batch
+        return sam_step(head, opt, loss_fn, xb, yb, config.sam, step_loss=step_loss, groups=gb)  # no sync
+
+    def validate():
+        return predict_logits(head, val_data, batch_size=config.eval_batch_size, device=device), {}
+
+    has_val = val_data is not None and len(val_data) > 0
+    return Fit(modules={"head": head}, head_config=head_config, optimizer=opt, step=step, device=device,
+               batches=lambda epoch, limit: _batches(train_data, rows, sampler, epoch, limit, device),
+               validate=validate if has_val else None, y_val=val_data.y if has_val else None)
 
 
 def _batches(train_data, rows, sampler, epoch: int, limit: Optional[int], device) -> Iterator[tuple]:
@@ -358,87 +287,7 @@ def _batches(train_data, rows, sampler, epoch: int, limit: Optional[int], device
     if limit is not None:
         batches = itertools.islice(batches, max(0, limit))
     grouped = isinstance(sampler, GroupBatchSampler)
-    for idx, x in _prefetched(train_data, batches):
+    for idx, x in prefetched(train_data, batches):
         yield (torch.from_numpy(x).to(device),
                torch.from_numpy(train_data.y[idx]).to(device=device, dtype=torch.float32),
                torch.from_numpy(train_data.groups[idx]).to(device) if grouped else None)
-
-
-def _run(train_data, val_data, config, plan, head_config, sampler, device, log_file, progress, *,
-         rows=None) -> TrainResult:
-    t0 = time.perf_counter()
-    head = create_head(head_config).to(device)
-    loss_fn = build_loss(config)
-    step_loss = forward_loss(head, loss_fn, config.compile)
-    if config.compile != "none":
-        logger.info("compiling the head and the loss together (mode %s): the first steps take longer",
-                    config.compile)
-    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per parameter group
-    if config.sam:
-        opt = SAM(head.parameters(), torch.optim.AdamW, rho=config.rho, adaptive=config.adaptive,
-                  lr=plan.lr, weight_decay=config.weight_decay, **fused)
-    else:
-        opt = torch.optim.AdamW(head.parameters(), lr=plan.lr, weight_decay=config.weight_decay, **fused)
-    total = plan.total_steps
-    history: List[Dict[str, Any]] = []
-    best = ((-math.inf, -math.inf), 0, None, None)  # (auc, -val loss), epoch, state, val logits
-    step, stale, stopped = 0, 0, False
-    bar = tqdm(total=total, desc="train", unit="step", disable=None if progress else True, leave=False)
-    epoch = 0
-    for epoch in range(1, plan.epochs + 1):
-        e0, losses, lr = time.perf_counter(), [], plan.lr
-        head.train()
-        limit = None if total >= plan.epochs * len(sampler) else total - step
-        # on a GPU the losses skip their host-side label checks (the sampler guarantees both
-        # classes, the labels are 0/1): no device -> host read anywhere in the step
-        with trusted_batches() if device.type == "cuda" else contextlib.nullcontext():
-            for xb, yb, gb in _batches(train_data, rows, sampler, epoch, limit, device):
-                lr = _lr_at(config, plan.lr, step, plan.horizon)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                losses.append(sam_step(head, opt, loss_fn, xb, yb, config.sam, step_loss=step_loss,
-                                       groups=gb))  # no sync
-                step += 1
-                bar.update(1)
-        record: Dict[str, Any] = {"epoch": epoch, "steps": step, "train_loss": float(
-            torch.stack(losses).double().mean()) if losses else math.nan, "lr": lr}
-        if val_data is not None and len(val_data):
-            logits = predict_logits(head, val_data, batch_size=config.eval_batch_size, device=device)
-            m = binary_metrics(val_data.y, logits, scores_are_probs=False)
-            z = logits.astype(np.float64)
-            val_loss = float(np.mean(np.logaddexp(0.0, z) - val_data.y * z))  # BCE: breaks ties of the AUC
-            record.update(val_auc=m["auc"], val_ap=m["ap"], val_acc=m["acc@0.5"], val_loss=val_loss)
-            if not math.isfinite(m["auc"]):
-                pass  # one-class validation: no ranking signal, no early stopping
-            elif (m["auc"], -val_loss) > best[0]:  # a small validation set saturates at AUC 1: then the loss decides
-                state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                best, stale = ((m["auc"], -val_loss), epoch, state, logits), 0
-            else:
-                stale += 1
-        record["seconds"] = round(time.perf_counter() - e0, 4)
-        history.append(record)
-        bar.set_postfix({k: f"{record[k]:.4f}" for k in ("train_loss", "val_auc") if k in record})
-        if log_file is not None:
-            log_file.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                       for k, v in record.items()}) + "\n")
-            log_file.flush()
-        if step >= total:
-            break
-        if plan.patience and stale >= plan.patience:
-            stopped = True
-            logger.info("early stop after epoch %d: no better validation AUC since epoch %d", epoch, best[1])
-            break
-    bar.close()
-    val_logits = None
-    if best[2] is not None:
-        head.load_state_dict(best[2])
-        best_epoch, val_logits = best[1], best[3]
-    else:
-        best_epoch = epoch
-        if val_data is not None and len(val_data):
-            logger.warning("validation AUC undefined (one class?): keeping the last epoch")
-            val_logits = predict_logits(head, val_data, batch_size=config.eval_batch_size, device=device)
-    head.eval().cpu()
-    return TrainResult(head=head, head_config=head_config, history=history, best_epoch=best_epoch,
-                       epochs_run=epoch, stopped_early=stopped, steps=step, val_logits=val_logits,
-                       seconds=time.perf_counter() - t0, schedule=plan.to_dict())
