@@ -80,6 +80,15 @@ def mmpose_items(repo: GitRepo) -> Iterator[Item]:
                    content=content, group=f"mmpose/{ds}")
 
 
+#: face-detector test photos: a 3D-rendered advert (imgs/22) and, among the masked-face photos, an
+#: icon drawing (img1) and two collages of cut-out portraits (img2, img4)
+_LINZAER_SKIP = {"imgs/22", "masked_face/imgs/img1", "masked_face/imgs/img2", "masked_face/imgs/img4"}
+
+
+def _mmocr_content(m: re.Match) -> str:
+    return "object" if "kie" in m.group("id") else "scene"
+
+
 SOURCES = [
     Source("dpst", "luanfujun/deep-photo-styletransfer", "no licence file; README: academic and "
            "non-commercial use only; photos from the web", False,
@@ -123,4 +132,20 @@ SOURCES = [
            photos("faceapi", r"examples/images/(?P<id>[^/]+)\.jpg",
                   lambda m: "people" if m.group("id").startswith("bbt") else "faces"),
            cap=CAP, note="TV-series stills of a cast and facial-expression photos; the 150 px grey face crops left out."),
+    Source("linzaer", "Linzaer/Ultra-Light-Fast-Generic-Face-Detector-1MB", "MIT (LICENSE) for the "
+           "repository; web photos, their own terms", True,
+           photos("linzaer", r"(?P<id>imgs/\d+|masked_face/imgs/img\d+)\.(jpe?g|webp)", "people", skip=_LINZAER_SKIP),
+           cap=CAP, note="face-detector test photos: group photos, crowds, people in face masks; a rendered "
+                         "advert, an icon drawing and two portrait collages left out."),
+    Source("mmdet3d", "open-mmlab/mmdetection3d", "Apache-2.0 (LICENSE) for the repository; nuScenes, KITTI, "
+           "Waymo and SUN RGB-D frames, their own (non-commercial) terms", True,
+           photos("mmdet3d", r"(?P<id>(demo|tests)/data/(kitti|nuscenes|sunrgbd|waymo)/.+)\.(jpg|png)", "scene"),
+           cap=CAP, note="camera frames of the 3D-detection demos and tests: six nuScenes cameras and one more "
+                         "nuScenes frame, KITTI and Waymo street scenes, SUN RGB-D rooms."),
+    Source("mmocr", "open-mmlab/mmocr", "Apache-2.0 (LICENSE) for the repository; ICDAR 2015 and WildReceipt "
+           "photos, their own terms", True,
+           photos("mmocr", r"(?P<id>tests/data/det_toy_dataset/imgs/test/img_\d+|tests/data/kie_toy_dataset/"
+                           r"wildreceipt/1|demo/demo_(densetext_det|kie|text_det|text_ocr))\.jpe?g", _mmocr_content),
+           cap=CAP, note="scene-text photos (ICDAR 2015 street captures, signs) and photographed receipts; "
+                         "word crops and visualisations left out."),
 ]
