@@ -35,9 +35,13 @@ log = logging.getLogger("corpus")
 
 
 def mirror_dir(mirrors: Path, repo: str) -> Path:
-    """``/work/.mirror/owner+name/repo`` (the layout of the mirrors), or ``mirrors/owner+name``."""
+    """``/work/.mirror/owner+name/repo`` (the layout of the mirrors; ``repo/.git`` when the snapshot is a
+    clone with a work tree), or ``mirrors/owner+name``."""
     base = mirrors / repo.replace("/", "+")
-    return base / "repo" if (base / "repo").is_dir() else base
+    for where in (base / "repo" / ".git", base / "repo"):
+        if where.is_dir():
+            return where
+    return base
 
 
 def apply_caps(items: List[Item], src: Source, cap_generator: int, cap_real: int) -> List[Item]:
