@@ -148,4 +148,10 @@ SOURCES = [
                            r"wildreceipt/1|demo/demo_(densetext_det|kie|text_det|text_ocr))\.jpe?g", _mmocr_content),
            cap=CAP, note="scene-text photos (ICDAR 2015 street captures, signs) and photographed receipts; "
                          "word crops and visualisations left out."),
+    Source("barbershop", "ZPdesu/Barbershop", "MIT (LICENSE) for the repository; FFHQ (CC BY-NC-SA 4.0 as a "
+           "dataset) and AFHQ photos, their own terms", True,
+           photos("barbershop", r"input/(?P<id>(face|cat|dog|wild)/[^/]+)\.(png|jpg)",
+                  lambda m: "faces" if m.group("id").startswith("face") else "object"),
+           cap=CAP, note="FFHQ-aligned real faces at 1024 px (the hairstyle-transfer inputs) and AFHQ cat, dog "
+                         "and wildlife photos at 512 px; the MetFaces painting left out."),
 ]
