@@ -26,9 +26,10 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from clipdetect.core.io import write_json
 from experiments.corpus.gitrepo import GitRepo
 from experiments.corpus.registry import all_sources
-from experiments.corpus.report import write_outputs
+from experiments.corpus.report import compare_with, write_outputs
 from experiments.corpus.schema import Item, Source, split_of, unit
 
 log = logging.getLogger("corpus")
@@ -133,6 +134,8 @@ def parse_args(argv: Optional[Sequence[str]]):
     ap.add_argument("--min-side", type=int, default=128, help="skip images whose shorter side is smaller")
     ap.add_argument("--val", type=float, default=0.10, help="share of content groups in val")
     ap.add_argument("--test", type=float, default=0.20, help="share of content groups in test")
+    ap.add_argument("--since", default="", help="an earlier manifest.csv: also write manifest_new.csv (rows whose "
+                                                 "key it lacks) and since.json (its keys missing or changed here)")
     return ap.parse_args(argv)
 
 
@@ -162,6 +165,11 @@ def main(argv: Optional[Sequence[str]] = None, sources: Optional[List[Source]] =
         rows += got
         used.append((src, repo.commit()))
     write_outputs(out, rows, used, drops, vars(args))
+    if args.since:
+        diff = compare_with(Path(args.since), rows, out)
+        write_json(out / "since.json", diff)
+        log.info("since %s: %d new rows, %d shared keys, %d missing, %d changed", args.since, diff["new_rows"],
+                 diff["shared_keys"], len(diff["missing_keys"]), len(diff["changed_keys"]))
     for line in drops:
         log.info("dropped: %s", line)
     log.info("wrote %s: %d rows (%d real, %d generated)", out / "manifest.csv", len(rows),
