@@ -2,6 +2,7 @@
 ``manifest.csv`` (read directly by ``clipdetect extract``), ``summary.json`` and ``STATUS.md``.
 
     python -m experiments.corpus.build --mirrors /work/.mirror --out /work/data/corpus [--only avt,bingo]
+        [--since earlier/manifest.csv]   # also manifest_new.csv: the rows that manifest lacks
 
 Each source is one small adapter (``sources_*.py``) that lists image files with label, generator,
 family, content group and content; this module does everything else the same way for all of them:

@@ -87,11 +87,13 @@ _SPF_LICENCE = ("no licence file; the README offers the generated faces for free
 SOURCES = [
     Source("katatech", "KataTech/stylegan3", "NVIDIA Source Code Licence, non-commercial (LICENSE.txt of "
            "the StyleGAN3 fork)", False, seeds("katatech", r"out/(?P<id>seed\d{4})\.png", _katatech_generator),
-           cap=CAP, note="StyleGAN3 samples: 24 FFHQ faces at 256 px and one AFHQ cat at 512 px (out/seedNNNN.png)."),
+           cap=CAP,
+           note="StyleGAN3 samples: 24 FFHQ faces at 256 px and one AFHQ cat at 512 px (out/seedNNNN.png)."),
     Source("nicobly", "nico-bly/stylegan-face-edit", "NVIDIA Source Code Licence, non-commercial (LICENSE.txt "
            "of the StyleGAN2-ADA fork)", False,
            seeds("nicobly", r"out/(?P<id>seed\d{4})\.png", lambda m: "stylegan2-ada-ffhq"),
-           cap=CAP, note="four StyleGAN2-ADA FFHQ faces at 1024 px (the README's seeds 85, 265, 297, 849)."),
+           cap=CAP,
+           note="four StyleGAN2-ADA FFHQ faces at 1024 px (the README's seeds 85, 265, 297, 849)."),
     *[Source(f"spf-{model}", f"a312863063/seeprettyface-generator-{repo}", _SPF_LICENCE, False,
              seeprettyface_items(f"spf-{model}", model), cap=CAP,
              note=f"StyleGAN (v1) {what} faces: full-size 1024 px examples and latent-edit strips cut into "

@@ -93,24 +93,28 @@ SOURCES = [
     Source("dpst", "luanfujun/deep-photo-styletransfer", "no licence file; README: academic and "
            "non-commercial use only; photos from the web", False,
            photos("dpst", r"examples/(input|style)/(?P<id>(in|tar)\d+)\.png", _dpst_content, skip=_DPST_SKIP),
-           cap=CAP, note="input and reference photographs of the style-transfer examples (cities, landscapes, "
+           cap=CAP,
+           note="input and reference photographs of the style-transfer examples (cities, landscapes, "
                 "interiors, night scenes, still lifes, two portraits), 700 px; a render, a painting, a "
                 "composite, a CG wallpaper and second copies left out; some are strongly edited (HDR, infrared)."),
     Source("kodak", "cszn/FFDNet", "no licence file; Kodak PhotoCD images (free for research use) and "
            "McMaster images, their own terms", False,
            photos("kodak", r"testsets/(?P<id>(Kodak24|McMaster)/[^/]+)\.(png|tif)",
                   lambda m: "scene" if m.group("id").startswith("Kodak") else "object"),
-           cap=CAP, note="Kodak24 (768x512 film scans) and McMaster18 (500x500 crops of film-scanned photos), "
+           cap=CAP,
+           note="Kodak24 (768x512 film scans) and McMaster18 (500x500 crops of film-scanned photos), "
                 "the clean colour denoising test sets."),
     Source("zerodce", "Li-Chongyi/Zero-DCE", "README: non-commercial use only (CC BY-NC 4.0 for the code); "
            "DICM and LIME test photos, their own terms", False,
            photos("zerodce", r"Zero-DCE_code/data/test_data/(?P<id>(DICM|LIME)/[^/]+)\.(jpg|bmp)", "scene"),
-           cap=CAP, note="DICM and LIME low-light test photos: real under-exposed camera captures (not synthetically "
+           cap=CAP,
+           note="DICM and LIME low-light test photos: real under-exposed camera captures (not synthetically "
                 "darkened), 640-960 px."),
     Source("mmpose", "open-mmlab/mmpose", "Apache-2.0 (LICENSE) for the repository; the test images come "
            "from COCO, MPII, AIC, CrowdPose, OCHuman, AP-10K, 300W, WFLW and other datasets, their own terms",
            True, mmpose_items,
-           cap=CAP, note="pose and landmark test images from about 35 datasets (people, crowds, faces, hands, animals); "
+           cap=CAP,
+           note="pose and landmark test images from about 35 datasets (people, crowds, faces, hands, animals); "
                 "renders, composites, masks, drawn humans and near-black frames left out; one content group "
                 "per dataset (frames of one video stay together)."),
     Source("u2net", "xuebinqin/U-2-Net", "Apache-2.0 (LICENSE) for the repository; web photos, their "
@@ -118,40 +122,49 @@ SOURCES = [
            photos("u2net", r"test_data/(?P<id>(?P<set>test_images|test_human_images|"
                            r"test_portrait_images/your_portrait_im)/[^/]+)\.(jpe?g|png)",
                   _u2net_content, skip=_U2NET_SKIP),
-           cap=CAP, note="salient-object, human-segmentation and portrait test photos (objects, animals, athletes, "
+           cap=CAP,
+           note="salient-object, human-segmentation and portrait test photos (objects, animals, athletes, "
                 "groups, studio portraits); a calligraphy scroll left out."),
     Source("dlib", "davisking/dlib", "Boost Software Licence 1.0 (dlib/LICENSE.txt, LICENSE.txt) for the "
            "library; PASCAL VOC and web photos, their own terms", True,
            photos("dlib", r"examples/(?P<id>faces/[^/]+|mmod_cars_test_image2?)\.jpg",
                   lambda m: "object" if "dogs" in m.group("id") else
                   ("scene" if "cars" in m.group("id") else "people")),
-           cap=CAP, note="face-detection example photos (PASCAL VOC people, a portrait, a group, dogs) and two "
+           cap=CAP,
+           note="face-detection example photos (PASCAL VOC people, a portrait, a group, dogs) and two "
                 "street scenes with cars; the 150 px LFW crops and video frames are not used."),
     Source("faceapi", "justadudewhohacks/face-api.js", "MIT (LICENSE) for the repository; TV stills and "
            "web photos, their own terms", True,
            photos("faceapi", r"examples/images/(?P<id>[^/]+)\.jpg",
                   lambda m: "people" if m.group("id").startswith("bbt") else "faces"),
-           cap=CAP, note="TV-series stills of a cast and facial-expression photos; the 150 px grey face crops left out."),
+           cap=CAP,
+           note="TV-series stills of a cast and facial-expression photos; the 150 px grey face crops left out."),
     Source("linzaer", "Linzaer/Ultra-Light-Fast-Generic-Face-Detector-1MB", "MIT (LICENSE) for the "
            "repository; web photos, their own terms", True,
-           photos("linzaer", r"(?P<id>imgs/\d+|masked_face/imgs/img\d+)\.(jpe?g|webp)", "people", skip=_LINZAER_SKIP),
-           cap=CAP, note="face-detector test photos: group photos, crowds, people in face masks; a rendered "
-                         "advert, an icon drawing and two portrait collages left out."),
+           photos("linzaer", r"(?P<id>imgs/\d+|masked_face/imgs/img\d+)\.(jpe?g|webp)", "people",
+                  skip=_LINZAER_SKIP),
+           cap=CAP,
+           note="face-detector test photos: group photos, crowds, people in face masks; a rendered "
+                "advert, an icon drawing and two portrait collages left out."),
     Source("mmdet3d", "open-mmlab/mmdetection3d", "Apache-2.0 (LICENSE) for the repository; nuScenes, KITTI, "
-           "Waymo and SUN RGB-D frames, their own (non-commercial) terms", True,
+           "Waymo and SUN RGB-D frames under their datasets' non-commercial terms", False,
            photos("mmdet3d", r"(?P<id>(demo|tests)/data/(kitti|nuscenes|sunrgbd|waymo)/.+)\.(jpg|png)", "scene"),
-           cap=CAP, note="camera frames of the 3D-detection demos and tests: six nuScenes cameras and one more "
-                         "nuScenes frame, KITTI and Waymo street scenes, SUN RGB-D rooms."),
+           cap=CAP,
+           note="camera frames of the 3D-detection demos and tests: six nuScenes cameras and one more "
+                "nuScenes frame, KITTI and Waymo street scenes, SUN RGB-D rooms."),
     Source("mmocr", "open-mmlab/mmocr", "Apache-2.0 (LICENSE) for the repository; ICDAR 2015 and WildReceipt "
            "photos, their own terms", True,
            photos("mmocr", r"(?P<id>tests/data/det_toy_dataset/imgs/test/img_\d+|tests/data/kie_toy_dataset/"
-                           r"wildreceipt/1|demo/demo_(densetext_det|kie|text_det|text_ocr))\.jpe?g", _mmocr_content),
-           cap=CAP, note="scene-text photos (ICDAR 2015 street captures, signs) and photographed receipts; "
-                         "word crops and visualisations left out."),
+                           r"wildreceipt/1|demo/demo_(densetext_det|kie|text_det|text_ocr))\.jpe?g",
+                  _mmocr_content),
+           cap=CAP,
+           note="scene-text photos (ICDAR 2015 street captures, signs) and photographed receipts; "
+                "word crops and visualisations left out."),
     Source("barbershop", "ZPdesu/Barbershop", "MIT (LICENSE) for the repository; FFHQ (CC BY-NC-SA 4.0 as a "
-           "dataset) and AFHQ photos, their own terms", True,
+           "dataset) and AFHQ (CC BY-NC 4.0) photos", False,
            photos("barbershop", r"input/(?P<id>(face|cat|dog|wild)/[^/]+)\.(png|jpg)",
                   lambda m: "faces" if m.group("id").startswith("face") else "object"),
-           cap=CAP, note="FFHQ-aligned real faces at 1024 px (the hairstyle-transfer inputs) and AFHQ cat, dog "
-                         "and wildlife photos at 512 px; the MetFaces painting left out."),
+           cap=CAP,
+           note="FFHQ-aligned real faces at 1024 px (the hairstyle-transfer inputs) and AFHQ cat, dog "
+                "and wildlife photos at 512 px; the MetFaces painting left out."),
 ]
