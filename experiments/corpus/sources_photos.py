@@ -89,6 +89,11 @@ def _mmocr_content(m: re.Match) -> str:
     return "object" if "kie" in m.group("id") else "scene"
 
 
+def _dlib_content(m: re.Match) -> str:
+    i = m.group("id")
+    return "object" if "dogs" in i else ("scene" if "cars" in i else ("faces" if m.group("who") else "people"))
+
+
 SOURCES = [
     Source("dpst", "luanfujun/deep-photo-styletransfer", "no licence file; README: academic and "
            "non-commercial use only; photos from the web", False,
@@ -127,12 +132,12 @@ SOURCES = [
                 "groups, studio portraits); a calligraphy scroll left out."),
     Source("dlib", "davisking/dlib", "Boost Software Licence 1.0 (dlib/LICENSE.txt, LICENSE.txt) for the "
            "library; PASCAL VOC and web photos, their own terms", True,
-           photos("dlib", r"examples/(?P<id>faces/[^/]+|mmod_cars_test_image2?)\.jpg",
-                  lambda m: "object" if "dogs" in m.group("id") else
-                  ("scene" if "cars" in m.group("id") else "people")),
+           photos("dlib", r"examples/(?P<id>faces/[^/]+|johns/(?P<who>[^/]+)/[^/]+|mmod_cars_test_image2?)\.jpg",
+                  _dlib_content, group=lambda m: m.group("who") or m.group("id")),
            cap=CAP,
-           note="face-detection example photos (PASCAL VOC people, a portrait, a group, dogs) and two "
-                "street scenes with cars; the 150 px LFW crops and video frames are not used."),
+           note="face-detection example photos (PASCAL VOC people, a portrait, a group, dogs), 150 px LFW "
+                "face crops of five people (one content group per person) and two street scenes with cars; "
+                "the video frames are not used."),
     Source("faceapi", "justadudewhohacks/face-api.js", "MIT (LICENSE) for the repository; TV stills and "
            "web photos, their own terms", True,
            photos("faceapi", r"examples/images/(?P<id>[^/]+)\.jpg",
@@ -167,4 +172,16 @@ SOURCES = [
            cap=CAP,
            note="FFHQ-aligned real faces at 1024 px (the hairstyle-transfer inputs) and AFHQ cat, dog "
                 "and wildlife photos at 512 px; the MetFaces painting left out."),
+    Source("openface", "cmusatyalab/openface", "Apache-2.0 (LICENSE) for the repository; press photos of "
+           "public figures, their own terms", True,
+           photos("openface", r"images/examples/(?P<id>[^/]+)\.jpg", "faces"),
+           cap=CAP,
+           note="face-recognition example photos of public figures (two of the same person twice)."),
+    Source("facenet", "timesler/facenet-pytorch", "MIT (LICENSE.md) for the repository; press photos of "
+           "public figures, their own terms", True,
+           photos("facenet", r"data/(?P<id>test_images/[^/]+/1|multiface)\.jpg",
+                  lambda m: "people" if m.group("id") == "multiface" else "faces"),
+           cap=CAP,
+           note="full-size test portraits of actors (up to 2048 px) and a group photo; aligned and cropped "
+                "copies and the detector output left out."),
 ]
