@@ -119,7 +119,7 @@ SOURCES = [
            "from COCO, MPII, AIC, CrowdPose, OCHuman, AP-10K, 300W, WFLW and other datasets, their own terms",
            True, mmpose_items,
            cap=CAP,
-           note="pose and landmark test images from about 35 datasets (people, crowds, faces, hands, animals); "
+           note="pose and landmark test images from 32 datasets (people, crowds, faces, hands, animals); "
                 "renders, composites, masks, drawn humans and near-black frames left out; one content group "
                 "per dataset (frames of one video stay together)."),
     Source("u2net", "xuebinqin/U-2-Net", "Apache-2.0 (LICENSE) for the repository; web photos, their "
