@@ -135,3 +135,31 @@ def test_caps_keep_a_deterministic_subset():
     src = Source("s", "o/s", "MIT", True, lambda repo: items)
     kept = build.apply_caps(items, src, cap_generator=10, cap_real=5)
     assert len(kept) == 10 and kept == build.apply_caps(list(reversed(items)), src, cap_generator=10, cap_real=5)
+
+
+def test_since_writes_only_new_rows_and_names_changed_keys(corpus):
+    from experiments.corpus.report import compare_with
+    from experiments.corpus.schema import COLUMNS
+
+    out, rows, _ = corpus
+    old = {k: dict(r) for k, r in rows.items() if k != "a/1"}
+    old["a/2"]["split"] = "val" if rows["a/2"]["split"] != "val" else "test"
+    old["gone/x"] = {**rows["a/0"], "key": "gone/x"}
+    prev = out.parent / "previous.csv"
+    with open(prev, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(old.values())
+    diff = compare_with(prev, list(rows.values()), out)
+    with open(out / "manifest_new.csv", newline="") as f:
+        assert [r["key"] for r in csv.DictReader(f)] == ["a/1"]
+    assert diff["changed_keys"] == {"a/2": ["split"]} and diff["missing_keys"] == ["gone/x"]
+    assert (diff["new_rows"], diff["shared_keys"]) == (1, len(rows) - 1)
+
+
+def test_mirror_dir_reads_a_clone_through_its_git_folder(tmp_path):
+    (tmp_path / "o+clone" / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "o+bare" / "repo").mkdir(parents=True)
+    assert build.mirror_dir(tmp_path, "o/clone") == tmp_path / "o+clone" / "repo" / ".git"
+    assert build.mirror_dir(tmp_path, "o/bare") == tmp_path / "o+bare" / "repo"
+    assert build.mirror_dir(tmp_path, "o/none") == tmp_path / "o+none"

@@ -2,6 +2,7 @@
 ``manifest.csv`` (read directly by ``clipdetect extract``), ``summary.json`` and ``STATUS.md``.
 
     python -m experiments.corpus.build --mirrors MIRRORS [--out DIR] [--only avt,bingo]
+        [--since earlier/manifest.csv]   # also manifest_new.csv: the rows that manifest lacks
 
 Each source is one small adapter (``sources_*.py``) that lists image files with label, generator,
 family, content group and content; this module does everything else the same way for all of them:
@@ -25,19 +26,24 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from clipdetect.core.io import write_json
 from experiments.common import in_data
 from experiments.corpus.gitrepo import GitRepo
 from experiments.corpus.registry import all_sources
-from experiments.corpus.report import write_outputs
+from experiments.corpus.report import compare_with, write_outputs
 from experiments.corpus.schema import Item, Source, split_of, unit
 
 log = logging.getLogger("corpus")
 
 
 def mirror_dir(mirrors: Path, repo: str) -> Path:
-    """``mirrors/owner+name/repo`` (the layout of the mirrors), or ``mirrors/owner+name``."""
+    """``mirrors/owner+name/repo`` (the layout of the mirrors; ``repo/.git`` when the snapshot is a
+    clone with a work tree), or ``mirrors/owner+name``."""
     base = mirrors / repo.replace("/", "+")
-    return base / "repo" if (base / "repo").is_dir() else base
+    for where in (base / "repo" / ".git", base / "repo"):
+        if where.is_dir():
+            return where
+    return base
 
 
 def apply_caps(items: List[Item], src: Source, cap_generator: int, cap_real: int) -> List[Item]:
@@ -129,6 +135,8 @@ def parse_args(argv: Optional[Sequence[str]]):
     ap.add_argument("--min-side", type=int, default=128, help="skip images whose shorter side is smaller")
     ap.add_argument("--val", type=float, default=0.10, help="share of content groups in val")
     ap.add_argument("--test", type=float, default=0.20, help="share of content groups in test")
+    ap.add_argument("--since", default="", help="an earlier manifest.csv: also write manifest_new.csv (rows whose "
+                                                 "key it lacks) and since.json (its keys missing or changed here)")
     return ap.parse_args(argv)
 
 
@@ -158,6 +166,11 @@ def main(argv: Optional[Sequence[str]] = None, sources: Optional[List[Source]] =
         rows += got
         used.append((src, repo.commit()))
     write_outputs(out, rows, used, drops, vars(args))
+    if args.since:
+        diff = compare_with(Path(args.since), rows, out)
+        write_json(out / "since.json", diff)
+        log.info("since %s: %d new rows, %d shared keys, %d missing, %d changed", args.since, diff["new_rows"],
+                 diff["shared_keys"], len(diff["missing_keys"]), len(diff["changed_keys"]))
     for line in drops:
         log.info("dropped: %s", line)
     log.info("wrote %s: %d rows (%d real, %d generated)", out / "manifest.csv", len(rows),

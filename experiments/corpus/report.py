@@ -20,6 +20,20 @@ def write_manifest(path: Path, rows: List[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def compare_with(previous: Path, rows: List[dict], out: Path) -> Dict[str, object]:
+    """Write ``manifest_new.csv`` (the rows whose key is not in the ``previous`` manifest) and say which
+    shared keys changed, column by column (path excepted: the export folder differs)."""
+    with open(previous, newline="", encoding="utf-8") as f:
+        old = {r["key"]: r for r in csv.DictReader(f)}
+    new = [r for r in rows if r["key"] not in old]
+    write_manifest(out / "manifest_new.csv", new)
+    changed = {r["key"]: [c for c in COLUMNS if c != "path" and str(r.get(c, "")) != old[r["key"]].get(c, "")]
+               for r in rows if r["key"] in old}
+    changed = {k: v for k, v in changed.items() if v}
+    return {"previous": str(previous), "new_rows": len(new), "shared_keys": len(rows) - len(new),
+            "missing_keys": sorted(set(old) - {r["key"] for r in rows}), "changed_keys": changed}
+
+
 def tables(rows: List[dict]) -> Dict[str, Dict[str, Dict[str, int]]]:
     """count tables keyed by what they count, each {row label: {column: n}}."""
     def table(key, cols="split"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Iterator, Tuple
 
 from experiments.corpus.gitrepo import GitRepo
-from experiments.corpus.schema import Item, Source, guess_content
+from experiments.corpus.schema import Item, Source
 
 #: (path, generator, family, content, group suffix or "")
 Row = Tuple[str, str, str, str, str]

@@ -16,7 +16,7 @@ def _size(repo: GitRepo, path: str):
     return Image.open(io.BytesIO(data)).size if data else None
 
 
-def _tiles(repo: GitRepo, path: str, tile: int, pad: int, **item) -> Iterator[Item]:
+def tiles(repo: GitRepo, path: str, tile: int, pad: int, **item) -> Iterator[Item]:
     """One Item per tile; a file that is absent yields one Item so the builder logs why."""
     size = _size(repo, path)
     if size is None:
@@ -35,7 +35,7 @@ def lucidrains_items(repo: GitRepo) -> Iterator[Item]:
     """Samples of StyleGAN2 models the author trained (celebrity faces at 128 px, hands at 256 px)."""
     for path, (tile, content) in LUCIDRAINS.items():
         stem = path.rsplit("/", 1)[1].split(".")[0]
-        yield from _tiles(repo, path, tile, 2, key=f"lucidrains/{stem}", label=1, generator="lucidrains/stylegan2",
+        yield from tiles(repo, path, tile, 2, key=f"lucidrains/{stem}", label=1, generator="lucidrains/stylegan2",
                           family="stylegan", content=content)  # unconditional samples: each tile its own group
 
 
@@ -45,7 +45,7 @@ def mindalle_items(repo: GitRepo) -> Iterator[Item]:
         if re.fullmatch(r"examples/[^/]+\.jpg", path):
             stem = path.rsplit("/", 1)[1][:-4]
             prompt = stem.replace("_", " ")
-            yield from _tiles(repo, path, 256, 0, key=f"mindalle/{stem}", label=1, generator="mindalle/dalle-mega",
+            yield from tiles(repo, path, 256, 0, key=f"mindalle/{stem}", label=1, generator="mindalle/dalle-mega",
                               family="dalle-mini", content="art", group=f"mindalle/{stem}", prompt=prompt)
 
 
@@ -58,7 +58,7 @@ def karlo_items(repo: GitRepo) -> Iterator[Item]:
         prompt = m.group(2).rstrip(".")
         slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40]
         content = "faces" if "portrait" in prompt or "Photo of" in prompt else "art"
-        yield from _tiles(repo, path, 256, 0, key=f"karlo/{'var-' if m.group(1) else ''}{slug}", label=1,
+        yield from tiles(repo, path, 256, 0, key=f"karlo/{'var-' if m.group(1) else ''}{slug}", label=1,
                           generator="karlo/unclip", family="karlo", content=content, group=f"karlo/{slug}",
                           prompt=prompt)
 
