@@ -37,6 +37,28 @@ def test_folds_hold_out_what_they_name(cache):
             assert (meta.loc[f.test, "source"] == f.held_out).all()
 
 
+def test_a_set_of_sources_is_held_out_together(cache, tmp_path, capsys):
+    cfg = BenchmarkConfig(train=TRAIN, min_images=10, protocols=["sets"], hold_out_sets={"new": ["s1", "s3"]})
+    (fold,) = plan_folds(cache, cfg, "norm:256:90")
+    meta = cache.meta
+    assert (fold.protocol, fold.held_out) == ("sets", "new")
+    assert not {"s1", "s3"} & set(meta.loc[np.concatenate([fold.train, fold.val]), "source"])
+    assert set(meta.loc[fold.test, "source"]) == {"s1", "s3"}
+    with pytest.raises(ValueError, match="go together"):
+        BenchmarkConfig(protocols=["sets"])
+    assert main(["benchmark", str(cache.root), "--out", str(tmp_path / "b"), "--protocols", "loso", "--only", "s0",
+                 "--hold-out", "new=s1,s3", "--variants", "baseline", "--n-boot", "20", "--min-images", "10",
+                 "--set", "epochs=2", "--set", "width=8", "--json"]) == 0
+    folds = pd.read_csv(tmp_path / "b" / "folds.csv")
+    assert set(zip(folds.protocol, folds.held_out)) == {("loso", "s0"), ("sets", "new")}
+    sets = folds[folds.protocol == "sets"]
+    assert (sets.n_held_real > 0).all() and sets.fpr.between(0, 1).all()
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", str(cache.root), "--out", str(tmp_path / "c"), "--hold-out", "new"])
+    assert exc.value.code == 2
+    assert "NAME=SOURCE" in capsys.readouterr().err
+
+
 def test_benchmark_tables_and_cli_files(cache, tmp_path, monkeypatch):
     trained = []
     real_fit = Detector.fit_rows.__func__

@@ -12,6 +12,8 @@ EXAMPLES = """examples:
       --variants baseline,layers,views,groups,fusion,layers+views,full
   # quicker: fewer bootstrap draws, shorter training, two held-out sources
   clipdetect benchmark features/corpus --out /tmp/b --n-boot 200 --set epochs=8 --only imagenet,srsets
+  # one more fold: the sources added last, held out together (train on the others)
+  clipdetect benchmark features/corpus --out reports/new --protocols sets --hold-out new=kodak,dlib,spf2
 
 Every fold trains each variant (and a logistic probe) without the held-out source or family,
 picks epochs, calibration and threshold on the other sources' validation rows, and scores the
@@ -19,6 +21,15 @@ held-out images of the evaluation view (default norm:256:90 when extracted, else
 summary gives mean AUC over folds, the mean paired AUC difference to the final-embedding MLP
 (variant baseline) and to the probe with 95% CIs, and the false-positive rate on each held-out
 source's real photos at the fold detector's own threshold."""
+
+
+def hold_out_set(text: str):
+    """``NAME=SOURCE,SOURCE,...`` → ``(NAME, [SOURCE, ...])``."""
+    name, _, members = text.partition("=")
+    sources = [m for m in members.split(",") if m]
+    if not name or not sources:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=SOURCE,SOURCE,... (e.g. new=kodak,dlib)")
+    return name, sources
 
 
 def add_parser(sub) -> None:
@@ -40,6 +51,9 @@ def add_parser(sub) -> None:
     p.add_argument("--min-images", type=int, default=d.min_images,
                    help=f"hold out sources/families with at least this many images (default {d.min_images})")
     p.add_argument("--only", type=csv_list, help="hold out only these sources/families")
+    p.add_argument("--hold-out", action="append", type=hold_out_set, metavar="NAME=SOURCE,SOURCE,...",
+                   help="protocol 'sets': hold out these sources together as one fold named NAME (repeatable; "
+                        "adds 'sets' to --protocols)")
     p.add_argument("--layers-width", type=int, default=d.layers_width, help="per-block heads' width (default 256)")
     p.add_argument("--n-boot", type=int, default=d.n_boot, help="paired bootstrap draws per fold (default 1000)")
     p.add_argument("--seed", type=int, default=d.seed, help="training and bootstrap seed (default 0)")
@@ -57,9 +71,11 @@ def run(args) -> int:
 
     set_threads(args)
     cache = open_cache(args.cache)
-    config = BenchmarkConfig(cache=str(args.cache), protocols=args.protocols, variants=args.variants,
+    sets = dict(args.hold_out or [])
+    protocols = list(args.protocols) + (["sets"] if sets and "sets" not in args.protocols else [])
+    config = BenchmarkConfig(cache=str(args.cache), protocols=protocols, variants=args.variants,
                              eval_view=args.eval_view, also_views=args.also_views, train_view=args.train_view, min_images=args.min_images,
-                             only=args.only, layers_width=args.layers_width, n_boot=args.n_boot, seed=args.seed,
+                             only=args.only, hold_out_sets=sets, layers_width=args.layers_width, n_boot=args.n_boot, seed=args.seed,
                              train=dict(args.set or []))
     prov = provenance()
     result = run_benchmark(cache, config, on_fold=lambda partial: save_benchmark(partial, args.out, prov))

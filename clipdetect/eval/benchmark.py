@@ -12,6 +12,10 @@ derived train/val splits, restricted as below):
   of a fresh photo collection would see.
 * ``lofo`` — for each generator family F: train without any F fake; test on all F fakes
   against the test-split reals.
+* ``sets`` — for each named set of sources (``hold_out_sets``, e.g. the sources added to a
+  corpus last): train on every other source, test on all images of the set together, with
+  the set's ``fpr`` as in ``loso``. One fold per set: an out-of-source test of a whole new
+  batch of collections and generators.
 
 Variants (:data:`VARIANTS`) switch the generalisation aids on and off: per-block features
 (``layers``), degraded views in training (``views``: every view of the cache, else the
@@ -50,7 +54,9 @@ VARIANTS: Dict[str, Dict[str, bool]] = {
     "layers+views": dict(layers=True, views=True, groups=False, fusion=False),
     "full": dict(layers=True, views=True, groups=True, fusion=True),
 }
-PROTOCOLS = ("loso", "lofo")
+PROTOCOLS = ("loso", "lofo", "sets")
+#: protocols whose held-out images are whole sources (their reals give ``fpr``)
+SOURCE_PROTOCOLS = ("loso", "sets")
 
 
 @dataclass
@@ -58,13 +64,14 @@ class BenchmarkConfig:
     """What one benchmark run does; saved as ``benchmark_config.json`` next to its results."""
 
     cache: str = ""
-    protocols: List[str] = field(default_factory=lambda: list(PROTOCOLS))
+    protocols: List[str] = field(default_factory=lambda: ["loso", "lofo"])
     variants: List[str] = field(default_factory=lambda: ["baseline", "layers+views", "full"])
     eval_view: Optional[str] = None  # None: norm:256:90 when the cache has it, else orig
     also_views: List[str] = field(default_factory=list)  # the same held-out images scored in these views too
     train_view: str = "orig"  # the view variants without 'views' train on
     min_images: int = 20  # sources / families with fewer test images are not held out
-    only: Optional[List[str]] = None  # hold out just these sources / families
+    only: Optional[List[str]] = None  # hold out just these sources / families (loso, lofo)
+    hold_out_sets: Dict[str, List[str]] = field(default_factory=dict)  # protocol "sets": name → sources
     layers_width: int = 256  # hidden width of per-block heads
     n_boot: int = 1000
     seed: int = 0
@@ -75,6 +82,8 @@ class BenchmarkConfig:
         if bad:
             raise ValueError(f"unknown variant(s)/protocol(s) {bad}; variants {sorted(VARIANTS)}, "
                              f"protocols {PROTOCOLS}")
+        if ("sets" in self.protocols) != bool(self.hold_out_sets):
+            raise ValueError("protocol 'sets' and hold_out_sets (--hold-out NAME=SOURCE,...) go together")
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Fold:
     val: np.ndarray
     test: np.ndarray  # rows of the evaluation view
     completed: str = ""  # "reals" / "fakes" added from other sources' test rows
+    members: tuple = ()  # the held-out sources of a "sets" fold
 
 
 def _column(cache, name: str) -> np.ndarray:
@@ -97,10 +107,12 @@ def plan_folds(cache, config: BenchmarkConfig, eval_view: str) -> List[Fold]:
     y, view = cache.labels(), _column(cache, "view")
     ev = view == eval_view
     folds: List[Fold] = []
-    if "loso" in config.protocols:
-        source = _column(cache, "source")
-        for s in sorted(set(source[source != ""])):
-            held = source == s
+    source = _column(cache, "source") if set(config.protocols) & set(SOURCE_PROTOCOLS) else None
+    held_sets = {s: (s,) for s in sorted(set(source[source != ""]))} if "loso" in config.protocols else {}
+    sets = {name: tuple(members) for name, members in config.hold_out_sets.items()}
+    for protocol, named in (("loso", held_sets), ("sets", sets)):
+        for name, members in named.items():
+            held = np.isin(source, members)
             test = np.flatnonzero(held & ev)
             completed = ""
             if len(set(y[test])) < 2:
@@ -108,8 +120,8 @@ def plan_folds(cache, config: BenchmarkConfig, eval_view: str) -> List[Fold]:
                 extra = np.flatnonzero(~held & ev & (split == "test") & (y == missing))
                 completed = "fakes" if missing else "reals"
                 test = np.sort(np.concatenate([test, extra]))
-            folds.append(Fold("loso", s, np.flatnonzero(~held & (split == "train")),
-                              np.flatnonzero(~held & (split == "val")), test, completed))
+            folds.append(Fold(protocol, name, np.flatnonzero(~held & (split == "train")),
+                              np.flatnonzero(~held & (split == "val")), test, completed, members))
     if "lofo" in config.protocols:
         family = _column(cache, "family")
         for f in sorted(set(family[y == 1])):
@@ -121,7 +133,7 @@ def plan_folds(cache, config: BenchmarkConfig, eval_view: str) -> List[Fold]:
     keep = []
     for fold in folds:
         n_held = int((_held_mask(cache, fold, y)).sum())
-        if (wanted and fold.held_out not in wanted) or n_held < config.min_images or \
+        if (wanted and fold.protocol != "sets" and fold.held_out not in wanted) or n_held < config.min_images or \
                 len(set(y[fold.test])) < 2 or len(set(y[fold.train])) < 2:
             logger.info("benchmark: skipping %s fold %r (%d held-out images)", fold.protocol, fold.held_out, n_held)
             continue
@@ -130,8 +142,9 @@ def plan_folds(cache, config: BenchmarkConfig, eval_view: str) -> List[Fold]:
 
 
 def _held_mask(cache, fold: Fold, y: np.ndarray) -> np.ndarray:
-    col = _column(cache, "source" if fold.protocol == "loso" else "family")[fold.test]
-    return (col == fold.held_out) & ((y[fold.test] == 1) if fold.protocol == "lofo" else True)
+    if fold.protocol in SOURCE_PROTOCOLS:
+        return np.isin(_column(cache, "source")[fold.test], fold.members)
+    return (_column(cache, "family")[fold.test] == fold.held_out) & (y[fold.test] == 1)
 
 
 def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: np.ndarray):
@@ -174,12 +187,13 @@ def _scores(det, cache, rows) -> Dict[str, np.ndarray]:
 def _fold_row(fold: Fold, name: str, view: str, y: np.ndarray, s: Dict[str, Any], held: np.ndarray) -> Dict[str, Any]:
     m = binary_metrics(y, s["logit"], scores_are_probs=False)
     fake_call = s["prob"] > s["threshold"]
-    reals = held & (y == 0) if fold.protocol == "loso" else (y == 0)
+    by_source = fold.protocol in SOURCE_PROTOCOLS
+    reals = held & (y == 0) if by_source else (y == 0)
     return {"protocol": fold.protocol, "held_out": fold.held_out, "variant": name, "view": view,
             "completed": fold.completed,
             "n_real": int((y == 0).sum()), "n_fake": int(y.sum()), "auc": m["auc"], "ap": m["ap"],
-            "n_held_real": int(reals.sum()) if fold.protocol == "loso" else 0,
-            "fpr": float(fake_call[reals].mean()) if reals.any() and fold.protocol == "loso" else math.nan,
+            "n_held_real": int(reals.sum()) if by_source else 0,
+            "fpr": float(fake_call[reals].mean()) if reals.any() and by_source else math.nan,
             "tpr": float(fake_call[y == 1].mean()),
             "ece": expected_calibration_error(y, s["prob"]), "threshold": s["threshold"],
             "threshold_logit": s["threshold_logit"]}

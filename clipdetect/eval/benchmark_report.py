@@ -88,7 +88,7 @@ def to_markdown_report(result: Dict[str, Any], provenance: Dict[str, Any]) -> st
         to_markdown(result["deltas"], columns=["protocol", "held_out", "view", "variant", "vs", "delta_auc", "lo",
                                                 "hi"]),
         "", "`fpr`: share of the held-out source's real photos called fake at the fold detector's own threshold "
-        "(leave-one-source-out only). `completed`: the held-out source had one class; the other came from the "
+        "(held-out sources only: loso and sets). `completed`: the held-out source had one class; the other came from the "
         "other sources' test rows."]
     return "\n".join(lines) + "\n"
 
