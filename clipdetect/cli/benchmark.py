@@ -1,6 +1,8 @@
 """``clipdetect benchmark``: leave-one-source-out and leave-one-family-out, with ablations."""
 from __future__ import annotations
 
+import argparse
+
 from clipdetect.cli.main import config_override, emit
 from clipdetect.cli.options import add_command, add_threads_arg, csv_list, set_threads
 
