@@ -1,13 +1,9 @@
 """Extraction on this machine: source → decode (worker processes) → encode (batched) → cache shards.
 
-:func:`extract` runs the local engine under the extraction runner
-(:mod:`clipdetect.features.runner`, which owns the cache run: lock, run id, resume, shard
-writes, summary): the tasks the reader plans are decoded by ``config.workers`` processes and
-encoded on ``config.device`` by the streaming pipeline (:mod:`clipdetect.features.pipeline`),
-one :class:`~clipdetect.features.shards.TaskResult` per task. Bad images are dropped from
-their batch and written to the shard's error ledger. A run that is killed and re-run produces
-the same cache, bit for bit, as an uninterrupted one (and the same as the Ray engine,
-:mod:`clipdetect.features.extract_ray`).
+:func:`extract` runs the local engine (:func:`local_results`: the streaming pipeline of
+:mod:`clipdetect.features.pipeline`) under the extraction runner
+(:mod:`clipdetect.features.runner`), which owns the cache run. Bad images are dropped from
+their batch and written to the shard's error ledger.
 """
 from __future__ import annotations
 

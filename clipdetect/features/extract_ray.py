@@ -1,29 +1,23 @@
-"""The Ray Data extraction engine: the same cache as :func:`clipdetect.features.extract.extract`,
-with decoding and encoding spread over a Ray cluster.
+"""The Ray Data extraction engine: the local engine's cache, with decoding and encoding spread
+over a Ray cluster.
 
 Pipeline (one Ray Data dataset; rows are shards, then decode tasks)::
 
-    from_items(shard descriptors)                       driver: positions only, no data
-      or one streaming read task (sources of unknown size, see :mod:`.ray_read`)
-      → map_batches(Decode, CPU actor pool)             read and plan the shard from the source,
-                                                        decode + PIL-preprocess each task
-      → map_batches(Encode, GPU or CPU actor pool)      image embeddings of each task and the
-                                                        captions planned with it
-      → driver: task results in order → the runner (:mod:`.runner`) assembles and writes shards
+    from_items(shard descriptors)                  driver: positions only, no data
+      or one streaming read task                   sources of unknown size (:mod:`.ray_read`)
+      → map_batches(Decode, CPU actor pool)        read and plan a shard, decode each task
+      → map_batches(Encode, GPU or CPU actors)     each task's images and planned captions
+      → driver: TaskResults in order               → :func:`~.runner.run_extraction`
 
-The engine only turns the planned tasks into :class:`~clipdetect.features.shards.TaskResult`
-objects and decides where the work runs; the run itself (lock, run id, resume, shard writes,
-summary) is :func:`~clipdetect.features.runner.run_extraction`'s, as for the local engine.
-Tasks are planned by the same reader, decoded by the same :class:`Decoder` and encoded by the
-same :class:`~clipdetect.features.encoder.ImageEncoder` calls with the same captions, so a
-shard's files have the same bytes as the local engine's (on the same device), and a run
-killed at any moment resumes with either engine.
+The engine only turns planned tasks into :class:`~clipdetect.features.shards.TaskResult`
+objects and decides where the work runs; the run (lock, run id, resume, shard writes, summary)
+is the runner's, as for the local engine. The same reader, :class:`Decoder` and
+:class:`~clipdetect.features.encoder.ImageEncoder` calls make the same batches, so a shard has
+the local engine's bytes (on the same device) and a killed run resumes with either engine.
 
-A random-access source (``size()`` known) is read by the decode actors themselves, each
-its own shards through ``source.iterate(start)``; a streamed one by a single sequential
-read task. A source object is pickled to the actors; a D3 source reopens its dataset
-there instead (so on a multi-node cluster its parquet files and ``HF_DATASETS_CACHE``
-must be on storage every node sees).
+A source object is pickled to the actors; a D3 source reopens its dataset there instead (so
+on a multi-node cluster its parquet files and ``HF_DATASETS_CACHE`` must be on storage every
+node sees).
 """
 from __future__ import annotations
 

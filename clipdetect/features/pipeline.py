@@ -113,14 +113,15 @@ def view_refs(samples: List[Sample], views: Sequence[str] = (ORIG,)) -> List[Any
 _WORKER: Dict[str, Any] = {}
 
 
-def init_decode_worker(pre: SplitPreprocess, max_pixels: int, max_aspect: Optional[float] = MAX_ASPECT,
-                       draft: Optional[int] = None, max_bytes: int = MAX_IMAGE_BYTES,
-                       read_timeout: Optional[float] = READ_TIMEOUT) -> None:
-    _WORKER.update(pre=pre, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft, max_bytes=max_bytes,
-                   read_timeout=read_timeout)
+def init_decode_worker(decoder: "Decoder") -> None:
+    _WORKER["decoder"] = decoder
 
 
-def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None,
+def decode_task(item):
+    return _WORKER["decoder"].decode(item[1])
+
+
+def decode_refs(refs: List[Any], pre: SplitPreprocess, max_pixels: Optional[int] = None,
                 max_aspect: Optional[float] = MAX_ASPECT, draft: Optional[int] = None, *,
                 max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT) -> List[Tuple]:
     """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail).
@@ -129,10 +130,6 @@ def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixe
     ``draft``: let JPEG decoding reduce the image (DCT scaling) down to no less than
     ``draft`` pixels a side — faster on large photos, slightly different pixels. A file over
     ``max_bytes``, not read within ``read_timeout`` s or not a regular file is an "err" item."""
-    if pre is None:  # in a decode worker: its initializer's settings
-        pre, max_pixels = _WORKER["pre"], max_pixels or _WORKER["max_pixels"]
-        max_aspect, draft = _WORKER.get("max_aspect"), _WORKER.get("draft")
-        max_bytes, read_timeout = _WORKER.get("max_bytes", max_bytes), _WORKER.get("read_timeout", read_timeout)
     max_pixels = max_pixels or MAX_PIXELS
     out = []
     for ref in refs:
@@ -148,10 +145,6 @@ def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixe
         except Exception as exc:  # a decoder bug must not stop a long run
             out.append(("err", "decode_failed", f"{type(exc).__name__}: {exc}"))
     return out
-
-
-def decode_task(item):
-    return decode_refs(item[1])
 
 
 def input_size(pre: SplitPreprocess) -> Optional[int]:
@@ -193,9 +186,7 @@ class Decoder:
 
     def __call__(self, tasks: Iterable[Tuple[Any, Sequence[Any]]]) -> Iterator[Tuple[Any, List[Tuple]]]:
         results = ordered_map(decode_task, tasks, workers=self.workers, window=2 * self.workers + 2,
-                              initializer=init_decode_worker,
-                              initargs=(self.pre, self.max_pixels, self.max_aspect, self.draft, self.max_bytes,
-                                        self.read_timeout))
+                              initializer=init_decode_worker, initargs=(self,))
         with contextlib.closing(results):  # closing this generator stops the decode workers
             for (payload, _), decoded in results:
                 yield payload, decoded

@@ -1,22 +1,15 @@
-"""The read side of the Ray engine: how work enters the pipeline, and the decode actors.
+"""The read side of the Ray engine: how planned tasks enter the pipeline, and the decode actors.
 
-Two ways in, both planned by the reader every engine uses
-(:func:`~clipdetect.features.pipeline.plan_tasks`: shards of ``shard_size`` source positions
-from the run's position, decode tasks of ``batch_size`` samples, each with its captions):
-
-* **random access** (``source.size()`` known: local parquet, folders, manifests): the
-  driver plans shard descriptors (positions only, no data) and each decode actor reads its
-  own shards through ``source.iterate(start)`` — reading is spread over the cluster.
+* **random access** (``source.size()`` known: parquet, folders, manifests): the driver plans
+  shard descriptors (positions only) and each decode actor reads and plans its own shards
+  with the shared reader (:func:`~clipdetect.features.pipeline.plan_tasks`).
 * **streaming** (size unknown: a hub dataset with ``--streaming``): one Ray read task walks
-  the stream in order (a stream cannot be entered in the middle) and emits one block per
-  decode task, holding that task; Ray's streaming executor applies back-pressure, so memory
-  stays bounded however long the stream is. Reading is then one sequential reader; decoding
-  and encoding are still spread.
+  the stream in order with the same reader and emits one block per decode task; Ray's
+  back-pressure keeps memory bounded. Decoding and encoding are still spread.
 
-Either way a decode actor emits one row per task: ``{shard, task, payload}``, the payload
-being the pickled task (its samples without their images) and its decode outcomes with the
-preprocessed pixels, for the encode actors of :mod:`clipdetect.features.extract_ray`. Every
-payload is pickled by this engine's own tasks, never read from outside.
+A decode actor emits one row per task, ``{shard, task, payload}``: the task (its samples
+without their images) and its decode outcomes with the pixels, pickled by this engine's own
+actors (never read from outside), for the encode actors of :mod:`.extract_ray`.
 """
 from __future__ import annotations
 

@@ -1,20 +1,18 @@
 """The extraction runner, the one owner of a cache run: reader → mapper → writer → runner.
 
-* **reader** — :func:`~clipdetect.features.pipeline.plan_tasks`: from the run's position, the
-  source is cut into shards of ``shard_size`` positions and decode tasks of ``batch_size``
-  samples, each with the captions it encodes;
-* **mapper** — decode (worker processes or Ray actors) → encode (the backbone): one
-  :class:`~clipdetect.features.shards.TaskResult` per task. This is an engine's whole job, and
-  where the work runs its only decision: :mod:`clipdetect.features.extract` (local processes),
-  :mod:`clipdetect.features.extract_ray` (a Ray cluster);
-* **writer** — :class:`~clipdetect.features.shards.ShardBuilder` assembles each shard and
+* **reader** — :func:`~clipdetect.features.pipeline.plan_tasks`: shards of ``shard_size``
+  source positions from the run's position, decode tasks of ``batch_size`` samples, each with
+  the captions it encodes;
+* **mapper** — decode → encode, one :class:`~clipdetect.features.shards.TaskResult` per task:
+  an engine's whole job, where the work runs its only decision (:mod:`.extract`: local
+  processes; :mod:`.extract_ray`: a Ray cluster);
+* **writer** — :class:`~clipdetect.features.shards.ShardBuilder` assembles each shard,
   :class:`~clipdetect.features.cache_writer.CacheWriter` writes it atomically;
-* **runner** — :func:`run_extraction`: the writer lock, the run id, the resume and end
-  positions, the shard writes, the error tally, the summary and the run's finish.
+* **runner** — :func:`run_extraction`: lock, run id, resume and end positions, shard writes,
+  error tally, summary and finish.
 
-Shard boundaries, batch composition and caption batches depend only on the source order and
-the config, so a run that is killed and re-run, with either engine, produces the same cache,
-bit for bit, as an uninterrupted one.
+Shards, batches and caption batches depend only on the source order and the config, so a run
+killed and re-run, with either engine, gives the same cache, bit for bit, as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -32,6 +30,7 @@ from clipdetect.data.sources import Source
 from clipdetect.data.views import ORIG, parse_views
 from clipdetect.features.backbones import Backbone, BackboneError
 from clipdetect.features.cache_writer import CacheWriter
+from clipdetect.features.layers import layer_layout
 from clipdetect.features.manifest import layers_info
 from clipdetect.features.pipeline import FAST_DECODE, Decoder, default_batch_size, default_workers
 from clipdetect.features.shards import ShardBuilder, ShardResult, TaskResult
@@ -144,15 +143,6 @@ def with_text(config: ExtractConfig, backbone: Backbone) -> bool:
     return config.text != "no" and backbone.has_text
 
 
-def layer_layout(config: ExtractConfig, backbone: Backbone) -> Optional[Tuple[List[str], int]]:
-    """(token names, width) of the per-block features ``config`` stores, or None."""
-    if not config.layers:
-        return None
-    from clipdetect.features.layers import layer_names, layer_width
-
-    return layer_names(backbone), layer_width(backbone)
-
-
 def progress_bar(total: Optional[int], enabled: bool):
     from tqdm.auto import tqdm
 
@@ -169,43 +159,52 @@ def run_extraction(source: Source, config: ExtractConfig, backbone: Backbone, en
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be embedded; "
                             "use --text no (image embeddings only) or a full CLIP checkpoint")
-    layout = layer_layout(config, backbone)
+    layout = layer_layout(backbone) if config.layers else None
     with CacheWriter(config.out, backbone={**backbone.identity, "spec": config.backbone}, dtype=config.dtype,
                      lock_timeout=config.lock_timeout, layers=layers_info(*layout) if layout else None) as writer:
-        rid = run_id_for(source, config)
-        done = repeated_run(writer, rid, source, config, backbone)
-        if done is not None:
-            return ExtractSummary(out=config.out, run=done, complete=True)
-        run = writer.begin_run(rid, {"source": source.describe(), "config": asdict(config)})
-        summary = ExtractSummary(out=config.out, run=rid, resumed_from=run["position"])
-        size = source.size()
-        end = min((x for x in (size, config.limit) if x is not None), default=None)
-        if run["complete"] or (end is not None and run["position"] >= end):
-            logger.info("run %s in %s is already complete (%d source positions); nothing to do",
-                        rid, config.out, run["position"])
-            summary.complete = True
-            if not run["complete"] and size is not None and run["position"] >= size:  # killed before its finish
-                writer.finish_run(rid, summary.record(), complete=True)
+        summary, end = start_run(writer, source, config, backbone)
+        if summary.complete:
             return summary
         builder = ShardBuilder(backbone.embed_dim, views=config.views, with_text=with_text(config, backbone),
-                               layers=(len(layout[0]), layout[1]) if layout else None)
+                               layers=layout)
         t0 = time.perf_counter()
-        with progress_bar(None if end is None else end - run["position"], progress) as bar, \
-                contextlib.closing(engine(run["position"], end)) as results:
+        with progress_bar(None if end is None else end - summary.resumed_from, progress) as bar, \
+                contextlib.closing(engine(summary.resumed_from, end)) as results:
             for result in results:
                 builder.add(result)
                 summary.seen += len(result.task.samples)
                 bar.update(len(result.task.samples))
                 if result.task.last:
-                    write_shard(writer, rid, builder.build(), summary, on_shard)
+                    write_shard(writer, builder.build(), summary, on_shard)
                     builder.reset()
         summary.seconds = time.perf_counter() - t0
-        finish(writer, summary, config, size)
+        finish(writer, summary, config, source.size())
     if summary.seen == 0 and summary.resumed_from == 0:
         logger.warning("source %s yielded no images: the cache %s is empty", source.describe(), config.out)
     logger.info("extracted %d images (%d errors) at %.1f img/s into %s%s", summary.embedded,
                 sum(summary.errors.values()), summary.images_per_second, config.out, label)
     return summary
+
+
+def start_run(writer: CacheWriter, source: Source, config: ExtractConfig, backbone: Backbone
+              ) -> Tuple[ExtractSummary, Optional[int]]:
+    """The run's summary so far (``complete`` when there is nothing to do) and its end position
+    (None: the source's end, its size unknown)."""
+    rid = run_id_for(source, config)
+    done = repeated_run(writer, rid, source, config, backbone)
+    if done is not None:
+        return ExtractSummary(out=config.out, run=done, complete=True), None
+    run = writer.begin_run(rid, {"source": source.describe(), "config": asdict(config)})
+    summary = ExtractSummary(out=config.out, run=rid, resumed_from=run["position"])
+    size = source.size()
+    end = min((x for x in (size, config.limit) if x is not None), default=None)
+    if run["complete"] or (end is not None and run["position"] >= end):
+        logger.info("run %s in %s is already complete (%d source positions); nothing to do",
+                    rid, config.out, run["position"])
+        summary.complete = True
+        if not run["complete"] and size is not None and run["position"] >= size:  # killed before its finish
+            writer.finish_run(rid, summary.record(), complete=True)
+    return summary, end
 
 
 def repeated_run(writer: CacheWriter, rid: str, source: Source, config: ExtractConfig,
@@ -227,11 +226,11 @@ def repeated_run(writer: CacheWriter, rid: str, source: Source, config: ExtractC
     return done
 
 
-def write_shard(writer: CacheWriter, rid: str, shard: ShardResult, summary: ExtractSummary,
+def write_shard(writer: CacheWriter, shard: ShardResult, summary: ExtractSummary,
                 on_shard: Optional[Callable[[str], None]]) -> None:
     if not shard.seen:
         return  # the source ended before its announced size: nothing to record
-    name = writer.write_shard(rid, start=shard.start, stop=shard.stop, img=shard.img, txt=shard.txt,
+    name = writer.write_shard(summary.run, start=shard.start, stop=shard.stop, img=shard.img, txt=shard.txt,
                               meta=shard.meta, errors=shard.errors, layers=shard.layers)
     summary.embedded += len(shard.img)
     summary.shards_written += 1

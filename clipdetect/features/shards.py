@@ -47,7 +47,6 @@ class TaskResult:
         return cls(task, outcomes, emb, layers, dict(captions or {}))
 
 
-
 @dataclass
 class ShardResult:
     """One shard as the cache stores it, covering source positions [start, stop) (``seen`` items)."""
@@ -71,12 +70,12 @@ class ShardBuilder:
     """Collects one shard's task results, in task order, and builds the shard.
 
     ``dim``: the embedding width; ``with_text``: whether captions are embedded (a shard gets
-    caption embeddings when one of its rows has a caption); ``layers``: the (tokens, width) of
-    per-block features, or None."""
+    caption embeddings when one of its rows has a caption); ``layers``: the (token names, width)
+    of per-block features, or None."""
 
     def __init__(self, dim: int, *, views: Optional[Sequence[str]] = None, with_text: bool = False,
-                 layers: Optional[Tuple[int, int]] = None):
-        self.dim, self.views, self.with_text, self.layer_shape = dim, list(views or [ORIG]), with_text, layers
+                 layers: Optional[Tuple[List[str], int]] = None):
+        self.dim, self.views, self.with_text, self.layout = dim, list(views or [ORIG]), with_text, layers
         self.reset()
 
     def reset(self) -> None:
@@ -113,8 +112,9 @@ class ShardBuilder:
     def build(self) -> ShardResult:
         img = np.concatenate(self.emb) if self.emb else np.zeros((0, self.dim), dtype=np.float32)
         layers = None
-        if self.layer_shape is not None:
-            layers = np.concatenate(self.layers) if self.layers else np.zeros((0, *self.layer_shape), np.float32)
+        if self.layout is not None:
+            names, width = self.layout
+            layers = np.concatenate(self.layers) if self.layers else np.zeros((0, len(names), width), np.float32)
         return ShardResult(self.start, self.stop, self.seen, img, self.captions(),
                            pd.DataFrame(self.meta, columns=META_COLUMNS),
                            pd.DataFrame(self.errors, columns=ERROR_COLUMNS), layers)

@@ -284,10 +284,12 @@ def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions
     return out
 
 
-def score_tasks(detector, backbone: Backbone, decoder: Decoder, tasks: Iterable[Task]
-                ) -> Iterator[Tuple[Task, List[Dict[str, Any]]]]:
-    """Each task with one :func:`score_batch` dict per sample: the samples decoded and encoded by
-    the extraction mapper (:func:`clipdetect.features.pipeline.run`), then scored."""
+def score_tasks(detector, backbone: Backbone, tasks: Iterable[Task], *, workers: int = 0,
+                **limits) -> Iterator[Tuple[Task, List[Dict[str, Any]]]]:
+    """Each task with one :func:`score_batch` dict per sample: the samples decoded (on ``workers``
+    processes, with the :class:`Decoder` ``limits``) and encoded by the extraction mapper
+    (:func:`clipdetect.features.pipeline.run`), then scored."""
+    decoder = Decoder(SplitPreprocess(backbone.preprocess), workers=workers, **limits)
     encoder = detector_encoder(detector, backbone, decoder.pre)
 
     def select(task, decoded):  # text features need a caption
@@ -322,11 +324,10 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
     if len(captions) != len(images):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images")
     check_text_tower(detector, backbone)
-    decoder = Decoder(SplitPreprocess(backbone.preprocess), workers=0, max_pixels=max_pixels, max_aspect=max_aspect,
-                      max_bytes=max_bytes, read_timeout=read_timeout)
     samples = (Sample(key=str(i), image=im, label=-1, caption=c) for i, (im, c) in enumerate(zip(images, captions)))
-    tasks = plan_tasks(samples, 0, None, batch_size, batch_size)
-    rows = [res for _, results in score_tasks(detector, backbone, decoder, tasks) for res in results]
+    scored = score_tasks(detector, backbone, plan_tasks(samples, 0, None, batch_size, batch_size),
+                         max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes, read_timeout=read_timeout)
+    rows = [res for _, results in scored for res in results]
     df = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     df[["logit", "probability", "threshold"]] = df[["logit", "probability", "threshold"]].astype(np.float64)
     df["label"] = df["label"].astype("Int64")
@@ -363,14 +364,13 @@ def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
     summary = PredictSummary(out=str(out) if isinstance(out, (str, os.PathLike)) else "-")
     hits = labelled = 0
     tasks = plan_tasks(source.iterate(0), 0, limit, batch_size, batch_size)
-    decoder = Decoder(SplitPreprocess(backbone.preprocess), workers=workers, max_pixels=max_pixels,
-                      max_aspect=max_aspect, max_bytes=max_bytes, read_timeout=read_timeout)
+    limits = {"max_pixels": max_pixels, "max_aspect": max_aspect, "max_bytes": max_bytes, "read_timeout": read_timeout}
     total = source.size() if limit is None else min(limit, source.size() or limit)
     writer, t0 = None, time.perf_counter()
     try:  # any exit but success removes the partial file
         writer = _Writer(out, fmt)
         with tqdm(total=total, unit="img", desc="predict", disable=None if progress else True, dynamic_ncols=True) as bar, \
-                contextlib.closing(score_tasks(detector, backbone, decoder, tasks)) as scored:
+                contextlib.closing(score_tasks(detector, backbone, tasks, workers=workers, **limits)) as scored:
             for task, results in scored:
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
                          "true_label": s.label if s.label in (0, 1) else None, **res}
