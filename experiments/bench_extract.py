@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from clipdetect.features.backbones import create_backbone
-from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.runner import ExtractConfig
+from clipdetect.features.extract import extract
 from clipdetect.features.pipeline import default_workers
 from clipdetect.data.hf import HFSource
 from clipdetect.data.imaging import SplitPreprocess, decode_image

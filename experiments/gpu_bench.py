@@ -157,27 +157,28 @@ def forward_ceiling(backbone, enc, batch, side, text: bool, iters):
 
 
 def pipeline_rate(source, spec, backbone, workers, fast, text, batch, shard):
-    from clipdetect.features.extract import ExtractConfig, extract
-    import clipdetect.features.extract as ex
+    from clipdetect.features.cache_writer import CacheWriter
+    from clipdetect.features.runner import ExtractConfig
+    from clipdetect.features.extract import extract
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = ExtractConfig(backbone=spec, out=tmp, batch_size=batch, workers=workers,
                             device=str(backbone.device), precision=backbone_precision(backbone),
                             shard_size=shard, text=text, fast_decode=fast)
         stamps = []
-        orig = ex.CacheWriter.write_shard
+        orig = CacheWriter.write_shard
 
         def stamped(self, *a, **k):
             out = orig(self, *a, **k)
             stamps.append((time.perf_counter(), k["stop"] - k["start"]))
             return out
-        ex.CacheWriter.write_shard = stamped
+        CacheWriter.write_shard = stamped
         try:
             t0 = time.perf_counter()
             s = extract(source, cfg, backbone=backbone, progress=False)
             wall = time.perf_counter() - t0
         finally:
-            ex.CacheWriter.write_shard = orig
+            CacheWriter.write_shard = orig
     steady = (sum(n for _, n in stamps[1:]) / (stamps[-1][0] - stamps[0][0])) if len(stamps) > 2 else None
     return {"wall": round(s.seen / wall, 1), "steady": round(steady, 1) if steady else None,
             "startup_s": round(stamps[0][0] - t0, 2) if stamps else None}

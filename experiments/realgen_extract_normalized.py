@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from clipdetect.data.perturb import NormalizedSource
     from clipdetect.data.registry import open_source
-    from clipdetect.features.extract import ExtractConfig, extract
+    from clipdetect.features.runner import ExtractConfig
+    from clipdetect.features.extract import extract
 
     src = NormalizedSource(open_source(args.manifest), size=args.size, fmt=args.format, quality=args.quality)
     cfg = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size,

@@ -12,7 +12,8 @@ from PIL import Image
 from clipdetect.features.cache import FeatureCache
 from clipdetect.data.d3 import D3Source
 from clipdetect.data.d3_reals import MissingImage
-from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.runner import ExtractConfig
+from clipdetect.features.extract import extract
 from clipdetect.features.pipeline import decode_refs
 from clipdetect.data.imaging import SplitPreprocess
 from clipdetect.data.registry import open_source

@@ -130,7 +130,8 @@ def test_resume_continues_from_the_last_epoch(tmp_path, monkeypatch):
 
 def test_student_spec_works_with_create_backbone_and_extract(material):
     from clipdetect.models.detector import Detector
-    from clipdetect.features.extract import ExtractConfig, extract
+    from clipdetect.features.runner import ExtractConfig
+    from clipdetect.features.extract import extract
     from clipdetect.data.imaging import SplitPreprocess
     from clipdetect.data.registry import open_source
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from clipdetect.features.backbones import BackboneError
 from clipdetect.features.cache import FeatureCache
-from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.runner import ExtractConfig
+from clipdetect.features.extract import extract
 from clipdetect.data.sources import ImageFolderSource, ManifestSource
 from conftest import TINY, make_image
 
@@ -180,9 +181,9 @@ def test_captions_are_encoded_with_the_images_of_their_first_task(tmp_path, imag
     calls, flushed = [], []
     orig = tiny_backbone.tokenizer
     monkeypatch.setattr(tiny_backbone, "tokenizer", lambda texts: calls.append(list(texts)) or orig(texts))
-    import clipdetect.features.extract as ex
-    orig_flush = ex._flush
-    monkeypatch.setattr(ex, "_flush", lambda *a: flushed.append(len(calls)) or orig_flush(*a))
+    from clipdetect.features.cache_writer import CacheWriter
+    orig_write = CacheWriter.write_shard
+    monkeypatch.setattr(CacheWriter, "write_shard", lambda *a, **k: flushed.append(len(calls)) or orig_write(*a, **k))
     rows = [{"path": p, "label": int("fake" in p), "caption": f"cap {i % 3}"}
             for i, p in enumerate(sorted(str(q.relative_to(image_folder)) for q in image_folder.rglob("*.*")))]
     pd.DataFrame(rows).to_csv(image_folder / "m.csv", index=False)

@@ -11,7 +11,8 @@ pytest.importorskip("ray.data", reason="the Ray engine needs ray[data] (pip inst
 
 from clipdetect.features.cache import FeatureCache  # noqa: E402
 from clipdetect.data.d3 import D3Source  # noqa: E402
-from clipdetect.features.extract import ExtractConfig, extract  # noqa: E402
+from clipdetect.features.runner import ExtractConfig  # noqa: E402
+from clipdetect.features.extract import extract  # noqa: E402
 from clipdetect.features.extract_ray import extract_ray  # noqa: E402
 from conftest import TINY  # noqa: E402
 
@@ -56,6 +57,20 @@ def _assert_same_cache(a_dir, b_dir):
     for kind in ("image", "text"):
         np.testing.assert_allclose(a.embeddings(kind), b.embeddings(kind), atol=2e-3)  # fp16 storage
     assert a.errors().equals(b.errors())
+    _assert_same_bytes(a_dir, b_dir)
+
+
+def _assert_same_bytes(a_dir, b_dir):
+    """Every shard file of the two caches, byte for byte (same run, so the same shard names)."""
+    names = [s["name"] for s in FeatureCache(a_dir).manifest["shards"]]
+    assert names == [s["name"] for s in FeatureCache(b_dir).manifest["shards"]]
+    files = [f"{sub}/{n}.{ext}" for n in names for sub, ext in
+             (("img_emb", "npy"), ("txt_emb", "npy"), ("layers", "npy"), ("meta", "parquet"), ("errors", "parquet"))]
+    for f in files:
+        assert (a_dir / f).exists() == (b_dir / f).exists(), f
+        if (a_dir / f).exists():
+            assert (a_dir / f).read_bytes() == (b_dir / f).read_bytes(), f
+    assert any((a_dir / f).exists() for f in files if f.startswith("txt_emb"))
 
 
 def test_ray_engine_matches_local_and_resumes_after_a_kill(cluster, source, tmp_path, tiny_backbone):
@@ -110,3 +125,32 @@ def test_pool_sizes_fill_the_cluster_and_refuse_what_cannot_be_scheduled():
         _pool_sizes(gpu, {"CPU": 8}, False, None, None, 1)
     with pytest.raises(ValueError, match="need 5 CPUs but the Ray cluster has 2"):
         _pool_sizes(cpu, {"CPU": 2}, False, 1, 1, 4)
+
+
+def test_ray_engine_writes_views_layers_and_mixed_captions_byte_for_byte(cluster, tmp_path, tiny_backbone):
+    """Per-block tokens, two views, a caption-less row among captioned ones and a missing file:
+    the Ray engine's shards have the local engine's bytes."""
+    import pandas as pd
+
+    from clipdetect.data.sources import ManifestSource
+    from conftest import make_image
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(7):
+        make_image(i, size=(64, 48), fake=bool(i % 2)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"path": f"img/{i}.png", "label": i % 2, "key": f"k{i}", "caption": "" if i == 4 else f"c{i % 3}"})
+    rows.insert(2, {"path": "img/gone.png", "label": 1, "key": "gone", "caption": "c9"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    src = ManifestSource(tmp_path / "m.csv")
+
+    def cfg(out):
+        return ExtractConfig(backbone=TINY, out=str(out), batch_size=3, shard_size=5, workers=0, layers=True,
+                             views=["orig", "jpeg:60"])
+
+    local = extract(src, cfg(tmp_path / "local"), backbone=tiny_backbone, progress=False)
+    ray_run = extract_ray(src, cfg(tmp_path / "ray"), backbone=tiny_backbone, progress=False)
+    assert local.errors == ray_run.errors == {"missing": 1} and local.embedded == ray_run.embedded == 14
+    c = FeatureCache(tmp_path / "ray")
+    assert c.has_layers and c.meta.caption.isna().sum() == 2  # k4 in both views
+    _assert_same_bytes(tmp_path / "local", tmp_path / "ray")

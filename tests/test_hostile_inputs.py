@@ -83,7 +83,8 @@ def test_extract_records_hostile_files_in_the_ledger(hostile_folder, tmp_path, w
     interrupted by the test's deadline."""
     from clipdetect.data.sources import ImageFolderSource
     from clipdetect.features.cache import FeatureCache
-    from clipdetect.features.extract import ExtractConfig, extract
+    from clipdetect.features.runner import ExtractConfig
+    from clipdetect.features.extract import extract
 
     extract(ImageFolderSource(hostile_folder), ExtractConfig(backbone=TINY, out=str(tmp_path / "cache"),
                                                              workers=workers), backbone=tiny_backbone,

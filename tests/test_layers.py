@@ -9,7 +9,8 @@ from clipdetect.data.sources import ManifestSource
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.cache_writer import CacheWriter
 from clipdetect.features.encoder import ImageEncoder
-from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.runner import ExtractConfig
+from clipdetect.features.extract import extract
 from clipdetect.features.layers import layer_names
 from clipdetect.features.manifest import CacheError
 from clipdetect.features.verify import verify_cache

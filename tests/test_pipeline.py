@@ -10,7 +10,8 @@ from clipdetect.data.sources import ImageFolderSource
 from clipdetect.features import pipeline
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.encoder import ImageEncoder
-from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.runner import ExtractConfig
+from clipdetect.features.extract import extract
 from conftest import TINY, make_image
 
 

@@ -9,7 +9,8 @@ from clipdetect.features.backbones import BackboneError
 from clipdetect.features.cache import FeatureCache
 from clipdetect.cli.main import main
 from clipdetect.models.detector import Detector
-from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.runner import ExtractConfig
+from clipdetect.features.extract import extract
 from clipdetect.models.predict import FileListSource, open_predict_source, predict_source, resolve_backbone
 from clipdetect.data.sources import ImageFolderSource
 from clipdetect.models.train import TrainConfig

@@ -12,7 +12,8 @@ from clipdetect.features.cache_writer import CacheWriter
 from clipdetect.features.manifest import ERROR_COLUMNS
 from clipdetect.cli.main import main
 from clipdetect.models.detector import Detector
-from clipdetect.features.extract import ExtractConfig, extract
+from clipdetect.features.runner import ExtractConfig
+from clipdetect.features.extract import extract
 from clipdetect.eval.format_bias import estimate_jpeg_quality, format_only_baseline, format_record
 from clipdetect.data.sources import ImageFolderSource
 from clipdetect.features.splits import resolve_split_rows

@@ -232,7 +232,8 @@ def _check_options(args) -> None:
 
 
 def run_extract(args) -> int:
-    from clipdetect.features.extract import ExtractConfig, extract
+    from clipdetect.features.runner import ExtractConfig
+    from clipdetect.features.extract import extract
     from clipdetect.data.registry import open_source
 
     from clipdetect.features.runtime import check_runtime

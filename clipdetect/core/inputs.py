@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Iterable, Optional
 
 __all__ = ["InputError", "read_input", "check_regular", "contained", "parse_bytes", "format_bytes",
            "MAX_IMAGE_BYTES", "MAX_JSON_BYTES", "READ_TIMEOUT", "READ_FAILURES", "none_readable"]
@@ -147,3 +147,10 @@ def none_readable(seen: int, usable: int, errors) -> bool:
     """Whether a run of ``seen`` images could read not a single one: nothing ``usable`` and
     every error a read failure (a wrong path or folder, not a limit the user set)."""
     return bool(seen) and not usable and bool(errors) and all(r in READ_FAILURES for r in errors)
+
+
+def count_reasons(counts: Dict[str, int], reasons: Iterable[str]) -> Dict[str, int]:
+    """Add one to ``counts[reason]`` for each of ``reasons`` (the tally of a run's errors); returns ``counts``."""
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts

@@ -31,7 +31,8 @@ def extract(source, out: str | os.PathLike, backbone: str, *, source_options: Op
     from clipdetect.data.registry import open_source
     from clipdetect.data.sources import Source
     from clipdetect.features.cache import FeatureCache
-    from clipdetect.features.extract import ExtractConfig, extract as run_extract
+    from clipdetect.features.runner import ExtractConfig
+    from clipdetect.features.extract import extract as run_extract
 
     check_fields(ExtractConfig, config, what="extract option")
     if {"backbone", "out"} & set(config):

@@ -50,7 +50,8 @@ def shared_backbone(detectors: Mapping[str, Any], backbone: Optional[Backbone] =
 def extract_condition(source: Source, out: Path, backbone: Backbone, *, batch_size: int = 32,
                       workers: int = 1, progress: bool = True) -> FeatureCache:
     """Extract ``source`` into ``out`` with ``backbone`` (resumes / skips a finished run)."""
-    from clipdetect.features.extract import ExtractConfig, extract
+    from clipdetect.features.runner import ExtractConfig
+    from clipdetect.features.extract import extract
 
     config = ExtractConfig(backbone=backbone.identity.get("spec") or backbone.spec, out=str(out),
                            batch_size=batch_size, workers=workers, shard_size=4096)

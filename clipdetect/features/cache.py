@@ -28,8 +28,8 @@ import pandas as pd
 
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.core.inputs import InputError, check_regular
-from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError, derived_from,
-                                          feature_parts, fill_meta_defaults, read_manifest, shard_file)
+from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError, feature_parts,
+                                          read_manifest, read_meta, shard_file)
 
 #: where each kind of array lives
 ARRAY_DIRS = {"image": "img_emb", "text": "txt_emb", "layers": "layers"}
@@ -297,21 +297,6 @@ class FeatureCache:
                 "errors": {str(k): int(v) for k, v in errs["reason"].value_counts().items()} if len(errs) else {},
                 "runs": {k: {kk: v.get(kk) for kk in ("source", "position", "complete")}
                          for k, v in self.manifest["runs"].items()}}
-
-
-def read_meta(path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """One shard's metadata (all columns, or ``columns``), version-1 shards completed with the
-    version-2 defaults (:func:`~clipdetect.features.manifest.fill_meta_defaults`)."""
-    if columns is None:
-        return fill_meta_defaults(pd.read_parquet(path))
-    import pyarrow.parquet as pq
-
-    have = set(pq.read_schema(path).names)
-    # a derived column's base is read too: empty values of a version-2 shard fall back to it
-    need = list(dict.fromkeys([c for c in columns if c in have]
-                              + [b for c in columns if (b := derived_from(c)) in have]))
-    frame = fill_meta_defaults(pd.read_parquet(path, columns=need))
-    return frame[list(columns)]
 
 
 def open_cache(root: str | os.PathLike) -> FeatureCache:

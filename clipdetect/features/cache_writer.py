@@ -31,7 +31,7 @@ from clipdetect.core.io import TMP_GLOB, atomic_write, tmp_owner_pid, write_json
 from clipdetect.core.lock import DirLock, LockedError, pid_alive
 from clipdetect.features.backbones import identities_match
 from clipdetect.features.manifest import (ERROR_COLUMNS, FORMAT, NORM_TOLERANCE, VERSION, CacheError, read_manifest,
-                                          shard_file)
+                                          read_meta, shard_file)
 
 LOCK_NAME = ".writer.lock"
 
@@ -171,8 +171,6 @@ class CacheWriter:
             write_json(self.root / "manifest.json", self.manifest)
 
     def _stored_keys(self) -> pd.Series:
-        from clipdetect.features.cache import read_meta
-
         frames = [row_ids(read_meta(shard_file(self.root, "meta", s["name"], "parquet"), ["key", "view"]))
                   for s in self.manifest["shards"]]
         return pd.concat(frames, ignore_index=True) if frames else pd.Series([], dtype=str)

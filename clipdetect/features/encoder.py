@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from clipdetect.data.imaging import SplitPreprocess
-from clipdetect.features.layers import LayerTaps, layer_names, layer_width
+from clipdetect.features.layers import LayerTaps, layer_layout
 
 
 class _Pending:
@@ -70,7 +70,7 @@ class ImageEncoder:
                                 "the compiled image tower has no taps; use --runtime torch")
         self.taps = LayerTaps(backbone) if layers else None
         #: (token names, width) of the per-block features, or None
-        self.layer_layout = (layer_names(backbone), layer_width(backbone)) if layers else None
+        self.layer_layout = layer_layout(backbone) if layers else None
         self.pre = pre or SplitPreprocess(backbone.preprocess)
         self.device = torch.device(backbone.device)
         self.cuda = self.device.type == "cuda"

@@ -9,7 +9,7 @@ them (:class:`~clipdetect.models.heads.LayerHead`).
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -35,6 +35,11 @@ def layer_names(backbone) -> List[str]:
 def layer_width(backbone) -> int:
     visual, _ = _tower(backbone)
     return int(visual.transformer.width)
+
+
+def layer_layout(backbone) -> Tuple[List[str], int]:
+    """(token names, width) of ``backbone``'s per-block features."""
+    return layer_names(backbone), layer_width(backbone)
 
 
 class LayerTaps:

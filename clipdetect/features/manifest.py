@@ -24,6 +24,9 @@ V1_META_COLUMNS = ["key", "label", "generator", "split", "path", "caption", "wid
 #: columns added in version 2; a version-1 shard gets them from :func:`fill_meta_defaults`
 V2_META_COLUMNS = ["source", "family", "group", "view"]
 META_COLUMNS = V1_META_COLUMNS + V2_META_COLUMNS
+#: the columns that describe the decoded image (the decoder's ``info``), and the image's view;
+#: the others are the source sample's fields of the same names
+IMAGE_COLUMNS = ("width", "height", "format", "mode", "view")
 #: metadata columns that caches written by earlier versions may lack (filled by :func:`fill_meta_defaults`)
 OPTIONAL_META_COLUMNS = tuple(V2_META_COLUMNS)
 ERROR_COLUMNS = ["key", "path", "reason", "detail"]
@@ -63,6 +66,21 @@ def fill_meta_defaults(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             frame[col] = frame[col].astype(object).where(frame[col].notna(), default)
     return frame
+
+
+def read_meta(path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """One shard's metadata (all columns, or ``columns``), version-1 shards completed with the
+    version-2 defaults (:func:`~clipdetect.features.manifest.fill_meta_defaults`)."""
+    if columns is None:
+        return fill_meta_defaults(pd.read_parquet(path))
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    # a derived column's base is read too: empty values of a version-2 shard fall back to it
+    need = list(dict.fromkeys([c for c in columns if c in have]
+                              + [b for c in columns if (b := derived_from(c)) in have]))
+    frame = fill_meta_defaults(pd.read_parquet(path, columns=need))
+    return frame[list(columns)]
 
 
 def layers_info(names: Sequence[str], width: int) -> Dict[str, Any]:

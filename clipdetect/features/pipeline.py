@@ -1,14 +1,16 @@
 """The streaming engine: reader → decoder → encoder → writer, each a small replaceable stage.
 
 * **reader** — :func:`read_batches` / :func:`plan_tasks`: source samples in order, from a
-  position (a resumed run starts where its cache ends), cut into decode tasks.
+  position (a resumed run starts where its cache ends), cut into decode tasks, each with the
+  captions to encode along with its images (:func:`plan_captions`).
 * **decoder** — :class:`Decoder`: worker processes decode and run the PIL stage of the
   preprocessing (:class:`~clipdetect.data.imaging.SplitPreprocess`), returning compact
   uint8 HWC arrays in task order; a bad image becomes an ``("err", reason, detail)`` item.
 * **encoder** — :class:`~clipdetect.features.encoder.ImageEncoder`: uint8 batch → device →
   float → normalise → model → L2-normalised embeddings (overlapped on CUDA);
   :func:`encode_captions` embeds each unique caption once.
-* **writer** — the caller's: the cache's ``ShardBuilder``/``CacheWriter``, a CSV of scores.
+* **writer** — the caller's: the cache's ``ShardBuilder``/``CacheWriter``
+  (:mod:`~clipdetect.features.runner`), a CSV of scores.
 
 :func:`run` chains decoder and encoder over any iterable of ``(payload, refs)`` tasks and
 yields ``(payload, decoded, embeddings)`` in task order, so extraction, prediction and the
@@ -19,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,7 +29,7 @@ import numpy as np
 from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, BadImage, SplitPreprocess, decode_image
 from clipdetect.data.sources import Sample, Source
-from clipdetect.data.views import ViewRef, apply_view
+from clipdetect.data.views import ORIG, ViewRef, apply_view
 from clipdetect.features.workers import ordered_map
 
 #: --fast-decode choices: exact decoding, or PIL's reduced-DCT JPEG decode (changes pixels)
@@ -47,14 +49,9 @@ def default_batch_size(device: str) -> int:
 def read_batches(source: Source, batch_size: int, *, start: int = 0, limit: Optional[int] = None
                  ) -> Iterator[List[Sample]]:
     """Consecutive lists of ``batch_size`` samples from position ``start`` (up to ``limit`` in all)."""
-    it = source.iterate(start)
-    if limit is not None:
-        it = itertools.islice(it, limit)
-    while True:
-        batch = list(itertools.islice(it, batch_size))
-        if not batch:
-            return
-        yield batch
+    for task in plan_tasks(source.iterate(start), start, None if limit is None else start + limit, batch_size,
+                           batch_size):
+        yield task.samples
 
 
 @dataclass
@@ -63,6 +60,11 @@ class Task:
     shard_stop: int
     samples: List[Sample]
     last: bool  # last task of its shard
+    captions: List[str] = field(default_factory=list)  # to encode with this task's images
+
+    def without_images(self) -> "Task":
+        """The same task with its samples' images dropped (what goes back from a decode worker)."""
+        return replace(self, samples=[replace(s, image="") for s in self.samples])
 
 
 def plan_tasks(samples: Iterator[Sample], start: int, end: Optional[int], shard_size: int,
@@ -75,23 +77,51 @@ def plan_tasks(samples: Iterator[Sample], start: int, end: Optional[int], shard_
             return
         stop = pos + len(shard)
         chunks = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-        for j, chunk in enumerate(chunks):
-            yield Task(pos, stop, chunk, last=j == len(chunks) - 1)
+        for j, (chunk, captions) in enumerate(zip(chunks, plan_captions(chunks))):
+            yield Task(pos, stop, chunk, last=j == len(chunks) - 1, captions=captions)
         pos = stop
+
+
+def plan_captions(chunks: List[List[Sample]]) -> List[List[str]]:
+    """The captions to encode with each task of one shard: every caption of the shard once, with
+    the first task that holds it, and "" (what an item without a caption stores) likewise, in a
+    shard that has captions at all. Planned from the samples alone, so that every engine encodes
+    the same captions in the same batches, wherever the tasks are decoded."""
+    if all(s.caption is None for chunk in chunks for s in chunk):
+        return [[] for _ in chunks]
+    seen: set = set()
+    plan = []
+    for chunk in chunks:
+        plan.append([c for c in dict.fromkeys(s.caption or "" for s in chunk) if c not in seen])
+        seen.update(plan[-1])
+    return plan
+
+
+def view_items(samples: List[Sample], views: List[str]) -> List[Tuple[Sample, str]]:
+    """(sample, view) for every view of every sample, in that order: one cache row each."""
+    return [(s, v) for s in samples for v in views]
+
+
+def view_refs(samples: List[Sample], views: Sequence[str] = (ORIG,)) -> List[Any]:
+    """What the decoder gets for ``samples``: their images, or one :class:`ViewRef` per view."""
+    if list(views) == [ORIG]:
+        return [s.image for s in samples]
+    return [ViewRef(s.image, v, s.key) for s, v in view_items(samples, list(views))]
 
 
 # ---------------------------------------------------------------- decoder (worker side)
 _WORKER: Dict[str, Any] = {}
 
 
-def init_decode_worker(pre: SplitPreprocess, max_pixels: int, max_aspect: Optional[float] = MAX_ASPECT,
-                       draft: Optional[int] = None, max_bytes: int = MAX_IMAGE_BYTES,
-                       read_timeout: Optional[float] = READ_TIMEOUT) -> None:
-    _WORKER.update(pre=pre, max_pixels=max_pixels, max_aspect=max_aspect, draft=draft, max_bytes=max_bytes,
-                   read_timeout=read_timeout)
+def init_decode_worker(decoder: "Decoder") -> None:
+    _WORKER["decoder"] = decoder
 
 
-def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixels: Optional[int] = None,
+def decode_task(item):
+    return _WORKER["decoder"].decode(item[1])
+
+
+def decode_refs(refs: List[Any], pre: SplitPreprocess, max_pixels: Optional[int] = None,
                 max_aspect: Optional[float] = MAX_ASPECT, draft: Optional[int] = None, *,
                 max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT) -> List[Tuple]:
     """Decode and PIL-preprocess a batch: each item → ("ok", uint8 array, info) or ("err", reason, detail).
@@ -100,10 +130,6 @@ def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixe
     ``draft``: let JPEG decoding reduce the image (DCT scaling) down to no less than
     ``draft`` pixels a side — faster on large photos, slightly different pixels. A file over
     ``max_bytes``, not read within ``read_timeout`` s or not a regular file is an "err" item."""
-    if pre is None:  # in a decode worker: its initializer's settings
-        pre, max_pixels = _WORKER["pre"], max_pixels or _WORKER["max_pixels"]
-        max_aspect, draft = _WORKER.get("max_aspect"), _WORKER.get("draft")
-        max_bytes, read_timeout = _WORKER.get("max_bytes", max_bytes), _WORKER.get("read_timeout", read_timeout)
     max_pixels = max_pixels or MAX_PIXELS
     out = []
     for ref in refs:
@@ -119,10 +145,6 @@ def decode_refs(refs: List[Any], pre: Optional[SplitPreprocess] = None, max_pixe
         except Exception as exc:  # a decoder bug must not stop a long run
             out.append(("err", "decode_failed", f"{type(exc).__name__}: {exc}"))
     return out
-
-
-def decode_task(item):
-    return decode_refs(item[1])
 
 
 def input_size(pre: SplitPreprocess) -> Optional[int]:
@@ -157,11 +179,14 @@ class Decoder:
         size = input_size(pre) if fast_decode == "draft" else None
         self.draft = 2 * size if size else None
 
+    def decode(self, refs: List[Any]) -> List[Tuple]:
+        """One batch, in this process (:func:`decode_refs` with this decoder's settings)."""
+        return decode_refs(refs, self.pre, self.max_pixels, self.max_aspect, self.draft, max_bytes=self.max_bytes,
+                           read_timeout=self.read_timeout)
+
     def __call__(self, tasks: Iterable[Tuple[Any, Sequence[Any]]]) -> Iterator[Tuple[Any, List[Tuple]]]:
         results = ordered_map(decode_task, tasks, workers=self.workers, window=2 * self.workers + 2,
-                              initializer=init_decode_worker,
-                              initargs=(self.pre, self.max_pixels, self.max_aspect, self.draft, self.max_bytes,
-                                        self.read_timeout))
+                              initializer=init_decode_worker, initargs=(self,))
         with contextlib.closing(results):  # closing this generator stops the decode workers
             for (payload, _), decoded in results:
                 yield payload, decoded

@@ -1,34 +1,25 @@
-"""The read side of the Ray engine: how work enters the pipeline, and the decode actors.
+"""The read side of the Ray engine: how planned tasks enter the pipeline, and the decode actors.
 
-Two ways in, both cut exactly as the local engine cuts (shards of ``shard_size`` source
-positions from the run's position, decode tasks of ``batch_size`` samples):
-
-* **random access** (``source.size()`` known: local parquet, folders, manifests): the
-  driver plans shard descriptors (positions only, no data) and each decode actor reads its
-  own shards through ``source.iterate(start)`` — reading is spread over the cluster.
+* **random access** (``source.size()`` known: parquet, folders, manifests): the driver plans
+  shard descriptors (positions only) and each decode actor reads and plans its own shards
+  with the shared reader (:func:`~clipdetect.features.pipeline.plan_tasks`).
 * **streaming** (size unknown: a hub dataset with ``--streaming``): one Ray read task walks
-  the stream in order (a stream cannot be entered in the middle) and emits one block per
-  decode task, holding that task's samples; Ray's streaming executor applies
-  back-pressure, so memory stays bounded however long the stream is. Reading is then one
-  sequential reader; decoding and encoding are still spread.
+  the stream in order with the same reader and emits one block per decode task; Ray's
+  back-pressure keeps memory bounded. Decoding and encoding are still spread.
 
-Either way a decode actor emits one row per task: the samples' metadata, the decode
-outcomes and the preprocessed pixels, for the encode actors of :mod:`.extract_ray`.
+A decode actor emits one row per task, ``{shard, task, payload}``: the task (its samples
+without their images) and its decode outcomes with the pixels, pickled by this engine's own
+actors (never read from outside), for the encode actors of :mod:`.extract_ray`.
 """
 from __future__ import annotations
 
-import json
 import pickle
 from typing import Any, Dict, Iterator, List, Optional
 
-import numpy as np
 import pandas as pd
 
-from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
-from clipdetect.features.pipeline import Task, decode_refs, plan_tasks
-from clipdetect.data.sources import Sample, Source
-
-SAMPLE_FIELDS = ("key", "label", "caption", "generator", "split", "path", "source", "family", "group")
+from clipdetect.data.sources import Source
+from clipdetect.features.pipeline import Task, plan_tasks, view_refs
 
 
 def plan_shards(start: int, stop: int, shard_size: int) -> List[Dict[str, int]]:
@@ -40,7 +31,7 @@ def plan_shards(start: int, stop: int, shard_size: int) -> List[Dict[str, int]]:
 def stream_datasource(source: Source, start: int, end: Optional[int], shard_size: int, batch_size: int):
     """A Ray :class:`~ray.data.Datasource` with one read task that walks ``source`` from
     position ``start`` (to ``end``, or its end) and yields one block per decode task:
-    ``{shard, task, start, stop, last, payload}`` with the pickled samples in ``payload``."""
+    ``{shard, task, payload}`` with the pickled :class:`~clipdetect.features.pipeline.Task`."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
@@ -64,46 +55,34 @@ def stream_blocks(source: Source, start: int, end: Optional[int], shard_size: in
     for t in plan_tasks(source.iterate(start), start, end, shard_size, batch_size):
         if t.shard_start != current:
             shard, task, current = shard + 1, 0, t.shard_start
-        yield pd.DataFrame([{"shard": shard, "task": task, "start": t.shard_start, "stop": t.shard_stop,
-                             "last": t.last, "payload": pickle.dumps(t.samples, protocol=5)}])
+        yield pd.DataFrame([{"shard": shard, "task": task, "payload": pickle.dumps(t, protocol=5)}])
         task += 1
 
 
 class Decode:
-    """CPU actor: decodes and PIL-preprocesses each task of its input rows — a streamed
-    task (``payload``) as it is, a shard descriptor after reading it from the source."""
+    """CPU actor: decodes and PIL-preprocesses each task of its input rows — a streamed task
+    (``payload``) as it is, a shard descriptor after reading and planning it from the source —
+    with ``decoder`` (a pickled :class:`~clipdetect.features.pipeline.Decoder`)."""
 
-    def __init__(self, source_blob: Optional[bytes], pre_blob: bytes, batch_size: int, max_pixels: int,
-                 max_aspect: Optional[float] = None, draft: Optional[int] = None,
-                 max_bytes: int = MAX_IMAGE_BYTES, read_timeout: Optional[float] = READ_TIMEOUT):
+    def __init__(self, source_blob: Optional[bytes], decoder_blob: bytes, batch_size: int, views: List[str]):
         import cloudpickle
 
         self.source = None if source_blob is None else cloudpickle.loads(source_blob)
-        self.pre = cloudpickle.loads(pre_blob)
-        self.batch_size, self.max_pixels, self.max_aspect, self.draft = batch_size, max_pixels, max_aspect, draft
-        self.limits = {"max_bytes": max_bytes, "read_timeout": read_timeout}
+        self.decoder = cloudpickle.loads(decoder_blob)
+        self.batch_size, self.views = batch_size, views
 
     def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
         for rec in batch.to_dict("records"):
-            if "payload" in rec:  # pickled by our own read task, never from outside
-                yield self._task(rec, int(rec["task"]), int(rec["stop"]), bool(rec["last"]),
-                                 pickle.loads(rec["payload"]))
+            if "payload" in rec:
+                yield self.decode(int(rec["shard"]), int(rec["task"]), pickle.loads(rec["payload"]))
                 continue
             start, stop = int(rec["start"]), int(rec["stop"])
             tasks = list(plan_tasks(self.source.iterate(start), start, stop, stop - start, self.batch_size))
             # a source that ended early still answers for its shard (0 samples), so the driver moves on
             for j, t in enumerate(tasks or [Task(start, start, [], last=True)]):
-                yield self._task(rec, j, t.shard_stop, t.last, t.samples)
+                yield self.decode(int(rec["shard"]), j, t)
 
-    def _task(self, rec: Dict[str, Any], task: int, stop: int, last: bool, chunk: List[Sample]
-              ) -> pd.DataFrame:
-        decoded = decode_refs([s.image for s in chunk], self.pre, self.max_pixels, self.max_aspect, self.draft,
-                              **self.limits)
-        ok = [d[1] for d in decoded if d[0] == "ok"]
-        arr = np.stack(ok) if ok else np.zeros((0,), dtype=np.uint8)
-        fields = [{k: getattr(s, k) for k in SAMPLE_FIELDS} for s in chunk]
-        return pd.DataFrame([{
-            "shard": int(rec["shard"]), "task": task, "start": int(rec["start"]), "stop": stop, "last": last,
-            "samples": json.dumps(fields),
-            "decoded": json.dumps([list(d[:1]) + [None, d[2]] if d[0] == "ok" else list(d) for d in decoded]),
-            "pixels": arr.tobytes(), "shape": json.dumps(arr.shape), "dtype": str(arr.dtype)}])
+    def decode(self, shard: int, index: int, task: Task) -> pd.DataFrame:
+        decoded = self.decoder.decode(view_refs(task.samples, self.views))
+        payload = pickle.dumps((task.without_images(), decoded), protocol=5)
+        return pd.DataFrame([{"shard": shard, "task": index, "payload": payload}])

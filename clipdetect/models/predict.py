@@ -1,8 +1,8 @@
 """End-to-end scoring: images → decode (worker processes) → backbone → detector head → file.
 
-Runs on the extraction engine (:mod:`clipdetect.features.pipeline`: the same decoder and
-encoder stages), so images are decoded and preprocessed exactly as they were when the
-detector's training cache was built. Output
+Runs on the extraction engine (:mod:`clipdetect.features.pipeline`: the same reader and the
+same mapper, decoder then encoder), so images are decoded and preprocessed exactly as they were
+when the detector's training cache was built. Output
 rows keep the source order; an image that cannot be decoded gets a row with its
 ``error`` reason and no score, and never stops the run.
 """
@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,9 +26,9 @@ from clipdetect.features.backbones import (Backbone, BackboneError, alternative_
 from clipdetect.features import pipeline
 from clipdetect.features.encoder import encoder_for
 from clipdetect.features.manifest import feature_parts
-from clipdetect.features.pipeline import Decoder, default_workers, encode_captions, read_batches
+from clipdetect.features.pipeline import Decoder, Task, default_workers, encode_captions, plan_tasks, view_refs
 from clipdetect.core.escape import csv_row
-from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT
+from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT, count_reasons
 from clipdetect.core.io import AtomicFile, not_an_input
 from clipdetect.data.imaging import IMAGE_REF_TYPES, MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.registry import open_source
@@ -284,6 +284,22 @@ def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions
     return out
 
 
+def score_tasks(detector, backbone: Backbone, tasks: Iterable[Task], *, workers: int = 0,
+                **limits) -> Iterator[Tuple[Task, List[Dict[str, Any]]]]:
+    """Each task with one :func:`score_batch` dict per sample: the samples decoded (on ``workers``
+    processes, with the :class:`Decoder` ``limits``) and encoded by the extraction mapper
+    (:func:`clipdetect.features.pipeline.run`), then scored."""
+    decoder = Decoder(SplitPreprocess(backbone.preprocess), workers=workers, **limits)
+    encoder = detector_encoder(detector, backbone, decoder.pre)
+
+    def select(task, decoded):  # text features need a caption
+        return scorable(detector, decoded, [s.caption for s in task.samples])
+    stream = pipeline.run(((t, view_refs(t.samples)) for t in tasks), decoder, encoder, select)
+    with contextlib.closing(stream):  # stops the decode workers when the caller stops
+        for task, decoded, x in stream:
+            yield task, score_batch(detector, backbone, decoded, [s.caption for s in task.samples], x)
+
+
 def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_size: int = 64,
                  captions: Optional[Sequence[Optional[str]]] = None, max_pixels: int = MAX_PIXELS,
                  max_aspect: Optional[float] = MAX_ASPECT, max_bytes: int = MAX_IMAGE_BYTES,
@@ -291,10 +307,9 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
     """Score images held in memory (PIL images, paths or bytes) in this process, writing no file.
 
     Decoding, preprocessing, encoding and scoring run on the engine :func:`predict_source` uses
-    (:mod:`clipdetect.features.pipeline`, then :func:`score_batch`), so the scores equal
-    ``clipdetect predict``'s. Returns a DataFrame with one row per image, in order, with the
-    columns :data:`SCORE_COLUMNS`: ``logit``, ``probability``, ``threshold``, ``label`` (nullable)
-    and ``error``.
+    (:func:`score_tasks`), so the scores equal ``clipdetect predict``'s. Returns a DataFrame with
+    one row per image, in order, with the columns :data:`SCORE_COLUMNS`: ``logit``,
+    ``probability``, ``threshold``, ``label`` (nullable) and ``error``.
     """
     import pandas as pd
 
@@ -309,14 +324,10 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
     if len(captions) != len(images):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images")
     check_text_tower(detector, backbone)
-    pre = SplitPreprocess(backbone.preprocess)
-    decoder = Decoder(pre, workers=0, max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes,
-                      read_timeout=read_timeout)
-    tasks = ((captions[i:i + batch_size], images[i:i + batch_size]) for i in range(0, len(images), batch_size))
-    rows: List[Dict[str, Any]] = []
-    for caps, decoded, x in pipeline.run(tasks, decoder, detector_encoder(detector, backbone, pre),
-                                         lambda caps, decoded: scorable(detector, decoded, caps)):
-        rows += score_batch(detector, backbone, decoded, caps, x)
+    samples = (Sample(key=str(i), image=im, label=-1, caption=c) for i, (im, c) in enumerate(zip(images, captions)))
+    scored = score_tasks(detector, backbone, plan_tasks(samples, 0, None, batch_size, batch_size),
+                         max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes, read_timeout=read_timeout)
+    rows = [res for _, results in scored for res in results]
     df = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     df[["logit", "probability", "threshold"]] = df[["logit", "probability", "threshold"]].astype(np.float64)
     df["label"] = df["label"].astype("Int64")
@@ -350,41 +361,32 @@ def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
     workers = default_workers() if workers is None else workers
     backbone = backbone or resolve_backbone(detector)
     check_text_tower(detector, backbone)
-    pre = SplitPreprocess(backbone.preprocess)
     summary = PredictSummary(out=str(out) if isinstance(out, (str, os.PathLike)) else "-")
     hits = labelled = 0
-    tasks = ((batch, [s.image for s in batch]) for batch in read_batches(source, batch_size, limit=limit))
-    decoder = Decoder(pre, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, max_bytes=max_bytes,
-                      read_timeout=read_timeout)
-    encoder = detector_encoder(detector, backbone, pre)
-
-    def select(batch, decoded):  # text features need a caption
-        return scorable(detector, decoded, [s.caption for s in batch])
+    tasks = plan_tasks(source.iterate(0), 0, limit, batch_size, batch_size)
+    limits = {"max_pixels": max_pixels, "max_aspect": max_aspect, "max_bytes": max_bytes, "read_timeout": read_timeout}
     total = source.size() if limit is None else min(limit, source.size() or limit)
     writer, t0 = None, time.perf_counter()
     try:  # any exit but success removes the partial file
         writer = _Writer(out, fmt)
         with tqdm(total=total, unit="img", desc="predict", disable=None if progress else True, dynamic_ncols=True) as bar, \
-                contextlib.closing(pipeline.run(tasks, decoder, encoder, select)) as stream:
-            for batch, decoded, x in stream:
+                contextlib.closing(score_tasks(detector, backbone, tasks, workers=workers, **limits)) as scored:
+            for task, results in scored:
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),
-                         "true_label": s.label if s.label in (0, 1) else None} for s in batch]
-                for row, res in zip(rows, score_batch(detector, backbone, decoded, [s.caption for s in batch], x)):
-                    row.update(res)
-                    if "label" not in res:
+                         "true_label": s.label if s.label in (0, 1) else None, **res}
+                        for s, res in zip(task.samples, results)]
+                for row in rows:
+                    writer.write(row)
+                    if "label" not in row:
                         continue
                     summary.scored += 1
-                    summary.predicted_fake += res["label"]
+                    summary.predicted_fake += row["label"]
                     if row["true_label"] is not None:
                         labelled += 1
-                        hits += int(res["label"] == row["true_label"])
-                for row in rows:
-                    if row.get("error"):
-                        reason = row["error"].split(":", 1)[0]
-                        summary.errors[reason] = summary.errors.get(reason, 0) + 1
-                    writer.write(row)
-                summary.n += len(batch)
-                bar.update(len(batch))
+                        hits += int(row["label"] == row["true_label"])
+                count_reasons(summary.errors, [r["error"].split(":", 1)[0] for r in rows if r.get("error")])
+                summary.n += len(rows)
+                bar.update(len(rows))
     except BaseException:
         if writer is not None:
             writer.abort()
