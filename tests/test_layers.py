@@ -64,6 +64,7 @@ def test_layers_and_views_rows_columns_and_verify(tmp_path, tiny_backbone):
     extract(src, _cfg(tmp_path / "c"), backbone=tiny_backbone, progress=False)
     c = FeatureCache(tmp_path / "c")
     assert len(c) == 30 and c.has_layers and c.manifest["version"] == 2
+    assert c.manifest["normalized"]  # says what the embeddings are; per-block tokens are not unit vectors
     m = c.meta
     assert list(m.view[:3]) == ["orig", "jpeg:60", "aug"] and list(m.key[:3]) == ["k0"] * 3
     assert list(m.source[:3]) == ["src0"] * 3 and m.group.iloc[4] == "grp0" and m.family.iloc[0] == "real"

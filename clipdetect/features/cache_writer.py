@@ -145,7 +145,7 @@ class CacheWriter:
         for sub, arr in (("img_emb", img), ("txt_emb", txt), ("layers", layers)):
             if arr is not None:
                 arr = np.asarray(arr).astype(dtype)
-                if self.manifest.get("normalized") and not unit_rows(arr):  # the flag says what the rows are
+                if sub != "layers" and self.manifest.get("normalized") and not unit_rows(arr):  # the embeddings' flag
                     self.manifest["normalized"] = False
                 atomic_write(self.root / sub / f"{name}.npy", lambda f, a=arr: np.save(f, a),
                              nbytes=arr.nbytes + 128)  # + the .npy header
