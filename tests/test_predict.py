@@ -11,7 +11,8 @@ from clipdetect.cli.main import main
 from clipdetect.models.detector import Detector
 from clipdetect.features.runner import ExtractConfig
 from clipdetect.features.extract import extract
-from clipdetect.models.predict import FileListSource, open_predict_source, predict_source, resolve_backbone
+from clipdetect.data.filelist import FileListSource, open_predict_source
+from clipdetect.models.predict import predict_source, resolve_backbone
 from clipdetect.data.sources import ImageFolderSource
 from clipdetect.models.train import TrainConfig
 from conftest import TINY

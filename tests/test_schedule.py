@@ -15,7 +15,7 @@ from clipdetect.eval.compare import compare_reports
 from clipdetect.eval.evaluate import evaluate_detector
 from clipdetect.features.backbones import BackboneError, create_backbone
 from clipdetect.features.cache import FeatureCache
-from clipdetect.features.extract import SampledSource, check_limit_prefix
+from clipdetect.data.sampling import SampledSource, check_limit_prefix
 from clipdetect.models.baseline import fit_probe_on_cache
 from clipdetect.models.detector import Detector
 from clipdetect.models.predict import resolve_backbone

@@ -246,11 +246,11 @@ def run_extract(args) -> int:
     if args.stratify and args.shuffle_seed is None:
         raise CLIError("--stratify draws a random sample: give --shuffle-seed S too")
     if args.shuffle_seed is not None:
-        from clipdetect.features.extract import SampledSource
+        from clipdetect.data.sampling import SampledSource
 
         source, limit = SampledSource(source, args.limit, seed=args.shuffle_seed, stratify=args.stratify), None
     else:
-        from clipdetect.features.extract import check_limit_prefix
+        from clipdetect.data.sampling import check_limit_prefix
 
         check_limit_prefix(source, limit)
     config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,

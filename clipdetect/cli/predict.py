@@ -72,7 +72,8 @@ def run_predict(args) -> int:
     from clipdetect.core.device import check_device
     from clipdetect.models.calibration import describe_target
     from clipdetect.models.detector import load_detector
-    from clipdetect.models.predict import check_captions, open_predict_source, predict_source, resolve_backbone
+    from clipdetect.data.filelist import open_predict_source
+    from clipdetect.models.predict import check_captions, predict_source, resolve_backbone
 
     from clipdetect.features.runtime import check_runtime
 

@@ -9,14 +9,10 @@ rows keep the source order; an image that cannot be decoded gets a row with its
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,64 +23,15 @@ from clipdetect.features import pipeline
 from clipdetect.features.encoder import encoder_for
 from clipdetect.features.manifest import feature_parts
 from clipdetect.features.pipeline import Decoder, Task, default_workers, encode_captions, plan_tasks, view_refs
-from clipdetect.core.escape import csv_row
 from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT, count_reasons
-from clipdetect.core.io import AtomicFile, not_an_input
+from clipdetect.core.io import not_an_input
 from clipdetect.data.imaging import IMAGE_REF_TYPES, MAX_ASPECT, MAX_PIXELS, SplitPreprocess
-from clipdetect.data.registry import open_source
-from clipdetect.data.sources import IMAGE_EXTENSIONS, Sample, Source
+from clipdetect.data.sources import Sample, Source
+from clipdetect.models.predictions import PredictionWriter, PredictSummary, SCORE_COLUMNS, output_format
 
 logger = logging.getLogger(__name__)
 
-#: the columns of a predictions file, in order; ``logit`` is the head's raw output, ``probability``
-#: the calibrated P(fake), ``threshold`` the detector's threshold on that same probability, and
-#: ``label`` = 1 (fake) exactly when ``probability > threshold``; ``true_label`` comes from a
-#: labelled source, ``error`` names why an image has no score
-COLUMNS = ["key", "path", "logit", "probability", "threshold", "label", "true_label", "error"]
-#: the columns of :func:`score_images` (in-memory scoring), same meaning
-SCORE_COLUMNS = ["logit", "probability", "threshold", "label", "error"]
 
-
-class FileListSource(Source):
-    """Unlabelled images: one file, or every image under a folder (sorted, recursive)."""
-
-    kind = "files"
-
-    def __init__(self, path: str | os.PathLike):
-        self.root = Path(path)
-        if self.root.is_file():
-            self.files = [self.root]
-            self.base = self.root.parent
-        elif self.root.is_dir():
-            self.files = sorted(p for p in self.root.rglob("*") if p.is_file()
-                                and p.suffix.lower() in IMAGE_EXTENSIONS)
-            self.base = self.root
-        else:
-            raise FileNotFoundError(f"{str(path)!r} is neither an image file nor a folder")
-
-    def size(self) -> int:
-        return len(self.files)
-
-    def iterate(self, start: int = 0) -> Iterator[Sample]:
-        for p in self.files[start:]:
-            yield Sample(key=str(p.relative_to(self.base)), image=str(p), label=-1, path=str(p))
-
-    def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "root": str(self.root.resolve())}
-
-
-def open_predict_source(spec: str, **options) -> Source:
-    """A labelled source when ``spec`` is one (real/fake folders, manifest, HF parquet, hf:),
-    otherwise the image file or every image under the folder, unlabelled."""
-    p = Path(spec)
-    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-        return FileListSource(p)
-    try:
-        return open_source(spec, **options)
-    except ValueError:
-        if p.is_dir():
-            return FileListSource(p)
-        raise
 
 
 def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = False, device: str = "cpu",
@@ -142,78 +89,6 @@ def _alternative_backbone(want: dict, missing: BackboneError, *, device: str, pr
     if not tried:
         raise missing
     raise BackboneError(f"{missing}. Its alternatives did not load either: " + "; ".join(tried))
-
-
-@dataclass
-class PredictSummary:
-    out: str
-    n: int = 0
-    scored: int = 0
-    predicted_fake: int = 0
-    errors: Dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    accuracy: Optional[float] = None  # when the source carries labels
-
-    @property
-    def images_per_second(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {**asdict(self), "images_per_second": round(self.images_per_second, 2)}
-
-
-def output_format(out, fmt: Optional[str] = None) -> str:
-    """"csv" or "jsonl": ``fmt``, else the suffix of the path ``out`` (a stream: csv)."""
-    if fmt is not None:
-        if fmt not in ("csv", "jsonl"):
-            raise ValueError(f"format {fmt!r} is not csv or jsonl")
-        return fmt
-    if not isinstance(out, (str, os.PathLike)):
-        return "csv"
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".csv", ".jsonl"):
-        raise ValueError(f"--out {str(out)!r} must end in .csv or .jsonl (or pass --format)")
-    return suffix[1:]
-
-
-class _Writer:
-    """Streams prediction rows as CSV or JSONL to a file, via a temporary file created
-    exclusively (:class:`~clipdetect.core.io.AtomicFile`), or to an open text stream (stdout)
-    as they come; CSV cells are formula-safe."""
-
-    def __init__(self, out, fmt: str):
-        self.stream = None if isinstance(out, (str, os.PathLike)) else out
-        self.file = None
-        if self.stream is None:
-            self.path = Path(out)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = AtomicFile(self.path, "w", newline="")
-        try:
-            self.f = self.stream or self.file.stream
-            self.csv = csv.DictWriter(self.f, fieldnames=COLUMNS) if fmt == "csv" else None
-            if self.csv:
-                self.csv.writeheader()
-        except BaseException:  # Ctrl-C or a full disk while starting: leave nothing behind
-            if self.file is not None:
-                self.file.discard()
-            raise
-
-    def write(self, row: Dict[str, Any]) -> None:
-        if self.csv:
-            self.csv.writerow(csv_row({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS}))
-        else:
-            self.f.write(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n")
-        if self.stream is not None:
-            self.f.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.commit()
-
-    def abort(self) -> None:
-        """A failed or interrupted run leaves no partial predictions file."""
-        if self.file is not None:
-            self.file.discard()
 
 
 def reads_text(detector) -> bool:
@@ -368,7 +243,7 @@ def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
     total = source.size() if limit is None else min(limit, source.size() or limit)
     writer, t0 = None, time.perf_counter()
     try:  # any exit but success removes the partial file
-        writer = _Writer(out, fmt)
+        writer = PredictionWriter(out, fmt)
         with tqdm(total=total, unit="img", desc="predict", disable=None if progress else True, dynamic_ncols=True) as bar, \
                 contextlib.closing(score_tasks(detector, backbone, tasks, workers=workers, **limits)) as scored:
             for task, results in scored:
