@@ -29,7 +29,7 @@ import pandas as pd
 from clipdetect.core.errors import MissingKeyError
 from clipdetect.core.inputs import InputError, check_regular
 from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError, feature_parts,
-                                          read_manifest, read_meta, shard_file)
+                                          read_manifest, read_meta, row_ids, shard_file)
 
 #: where each kind of array lives
 ARRAY_DIRS = {"image": "img_emb", "text": "txt_emb", "layers": "layers"}
@@ -138,7 +138,7 @@ class FeatureCache:
             frames.append(frame)
         got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=read or META_COLUMNS)
         if "key" in got and len(got):
-            dup = got.duplicated(["key", "view"])
+            dup = row_ids(got).duplicated()
             if dup.any():
                 raise CacheError(f"cache {str(self.root)!r} holds key {got['key'][dup].iloc[0]!r} more than once "
                                  f"in one view ({int(dup.sum())} duplicate rows): the same images were extracted "

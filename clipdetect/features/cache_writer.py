@@ -31,7 +31,7 @@ from clipdetect.core.io import TMP_GLOB, atomic_write, tmp_owner_pid, write_json
 from clipdetect.core.lock import DirLock, LockedError, pid_alive
 from clipdetect.features.backbones import identities_match
 from clipdetect.features.manifest import (ERROR_COLUMNS, FORMAT, NORM_TOLERANCE, VERSION, CacheError, read_manifest,
-                                          read_meta, shard_file)
+                                          read_meta, row_ids, shard_file)
 
 LOCK_NAME = ".writer.lock"
 
@@ -220,16 +220,6 @@ def unit_rows(arr: np.ndarray) -> bool:
 
 def _hashes(keys: pd.Series) -> np.ndarray:
     return pd.util.hash_pandas_object(keys, index=False).to_numpy(np.uint64)
-
-
-def row_ids(meta: pd.DataFrame) -> pd.Series:
-    """What must be unique in a cache: the key, and the view when it is not the original
-    (``extract --views`` stores one row per image and view)."""
-    keys = meta["key"].astype(str)
-    if "view" not in meta:
-        return keys
-    view = meta["view"].astype(str)
-    return keys.where(view.isin(("", "orig")), keys + " [" + view + "]")
 
 
 class KeyIndex:

@@ -83,6 +83,16 @@ def read_meta(path: str | os.PathLike, columns: Optional[Sequence[str]] = None) 
     return frame[list(columns)]
 
 
+def row_ids(meta: pd.DataFrame) -> pd.Series:
+    """What must be unique in a cache: the key, and with it the view when that is not the
+    original (``extract --views`` stores one row per image and view; no view means "orig")."""
+    keys = meta["key"].astype(str)
+    if "view" not in meta:
+        return keys
+    view = meta["view"].fillna("orig").astype(str)
+    return keys.where(view.isin(("", "orig")), keys + "\x00" + view)
+
+
 def layers_info(names: Sequence[str], width: int) -> Dict[str, Any]:
     """The manifest's description of the ``layers`` arrays: one token per name, ``width`` wide."""
     return {"names": list(names), "tokens": len(names), "width": int(width)}

@@ -20,7 +20,7 @@ from clipdetect.core.inputs import InputError, check_regular
 
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.manifest import (ERROR_COLUMNS, NORM_TOLERANCE, V1_META_COLUMNS, CacheError,
-                                          manifest_problems, read_manifest, shard_file)
+                                          manifest_problems, read_manifest, row_ids, shard_file)
 
 __all__ = ["Problem", "VerifyReport", "verify_cache", "open_verified", "npy_header"]
 
@@ -163,9 +163,7 @@ def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List
     if missing:
         out.append(Problem(rel, f"lacks metadata column(s) {missing}", shard))
         return
-    keys = meta["key"].astype(str)
-    if "view" in meta.columns:  # one row per image and view
-        keys = keys + "\x00" + meta["view"].fillna("orig").astype(str).replace("", "orig")
+    keys = row_ids(meta)  # one row per image and view
     dup = [i for i, k in enumerate(keys.to_numpy()) if k in seen or seen.setdefault(k, shard) != shard]
     _bad_rows(out, rel, shard, "duplicate keys (also earlier in the cache or this shard; per view)",
               np.array(dup, int))
