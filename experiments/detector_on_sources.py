@@ -13,35 +13,26 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
 import pandas as pd
 
 from clipdetect.core.io import write_json
-from clipdetect.core.metrics import binary_metrics
+from clipdetect.core.metrics import binary_metrics, bootstrap_ci
 from clipdetect.core.provenance import provenance
 from clipdetect.features.cache import FeatureCache
 from clipdetect.models.detector import Detector
 
 
-def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int = 0) -> List[float]:
-    rng = np.random.default_rng(seed)
-    real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
-    draws = []
-    for _ in range(n_boot):  # stratified: both classes in every resample
-        idx = np.concatenate([rng.choice(real, real.size), rng.choice(fake, fake.size)])
-        draws.append(binary_metrics(y[idx], s[idx], scores_are_probs=False)["auc"])
-    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
-
-
 def per_view(det: Detector, cache: FeatureCache, rows: np.ndarray, meta: pd.DataFrame, n_boot: int) -> Dict[str, Any]:
     y = cache.labels(rows)
     logits = np.asarray(det.logits(det.features(cache, rows)), dtype=np.float64)
-    called = np.asarray(det.probability(det.features(cache, rows))) > det.threshold
+    called = det.calibration.probability(logits) > det.threshold
     out: Dict[str, Any] = {"n_real": int((y == 0).sum()), "n_fake": int(y.sum())}
     if 0 < y.sum() < len(y):
-        out.update(auc=binary_metrics(y, logits, scores_are_probs=False)["auc"], auc_ci=auc_ci(y, logits, n_boot))
+        out.update(auc=binary_metrics(y, logits, scores_are_probs=False)["auc"],
+                   auc_ci=list(bootstrap_ci(y, logits, "auc", n_boot=n_boot, scores_are_probs=False)))
     out["fpr"] = float(called[y == 0].mean()) if (y == 0).any() else None
     out["tpr"] = float(called[y == 1].mean()) if (y == 1).any() else None
     src = meta["source"].to_numpy()

@@ -87,6 +87,7 @@ def model_card(detector, *, path: Optional[str] = None, limits: Optional[Dict[st
     head = getattr(detector, "head_config", None)
     extra = getattr(detector, "extra", None) or {}
     calibration = getattr(detector, "calibration", None)
+    target = threshold_target(detector)
     card: Dict[str, Any] = {
         "name": Path(path).name if path else None,
         "path": str(Path(path).resolve()) if path else None,
@@ -94,8 +95,8 @@ def model_card(detector, *, path: Optional[str] = None, limits: Optional[Dict[st
         "backbone": _backbone(detector),
         "head": {"kind": getattr(head, "kind", None), "in_dim": getattr(head, "in_dim", None)},
         "threshold": getattr(detector, "threshold", None),
-        "threshold_target": threshold_target(detector),
-        "threshold_chosen_for": describe_target(threshold_target(detector)),
+        "threshold_target": target,
+        "threshold_chosen_for": describe_target(target),
         "calibration": calibration.to_json() if calibration is not None else None,
         "temperature": getattr(detector, "temperature", None),
         "probability": (f"{calibration.describe() if calibration is not None else 'P(fake) = sigmoid(logit)'}; "
