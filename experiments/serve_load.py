@@ -66,7 +66,7 @@ def child_env() -> Dict[str, str]:
 
 def run_predict(detector: str, folder: Path, out: Path, batch_size: int) -> Dict[str, Any]:
     cmd = [sys.executable, "-m", "clipdetect", "predict", detector, str(folder), "--out", str(out),
-           "--no-progress", "--batch-size", str(batch_size)]
+           "--no-progress", "--json", "--force", "--batch-size", str(batch_size)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if res.returncode:
