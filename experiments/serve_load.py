@@ -18,6 +18,11 @@ Phases, all on 127.0.0.1, each bounded in requests or seconds:
    the limit and the service must stay healthy.
 6. ``sigterm``: SIGTERM while clients are sending; the exit code and the time to drain.
 
+Before phase 2, ``http_ceiling``: the same clients send ``GET /healthz`` on keep-alive
+connections (no body, no image, no encoder) for ``--ceiling-seconds``: the requests per second
+this server and these clients manage at all on this machine, an upper bound on the images per
+second of one-image requests whatever the model.
+
 The server's resident memory is sampled every 0.5 s throughout. Prints one JSON document and
 writes it to experiments/results/serve_load_TAG.json.
 
@@ -203,6 +208,29 @@ def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, secon
             "_results": results}
 
 
+def http_ceiling(port: int, clients: int, seconds: float) -> Dict[str, Any]:
+    """Requests/s of ``GET /healthz`` from ``clients`` keep-alive clients for ``seconds``."""
+    counts, stop_at = [0] * clients, time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.perf_counter() < stop_at:
+            conn.request("GET", "/healthz")
+            resp = conn.getresponse()
+            resp.read()
+            counts[i] += resp.status == 200
+        conn.close()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests_ok": sum(counts), "seconds": round(wall, 3),
+            "requests_per_second": round(sum(counts) / wall, 1)}
+
+
 def wait_idle(port: int, limit: float = 600.0) -> float:
     """Seconds until the server has no request in flight and no image queued."""
     t0 = time.perf_counter()
@@ -250,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--max-concurrent", type=int, default=16)
     ap.add_argument("--overload-seconds", type=float, default=15.0)
+    ap.add_argument("--ceiling-seconds", type=float, default=5.0,
+                    help="length of the GET /healthz phase (0: skip it)")
     ap.add_argument("--phase-seconds", type=float, default=900.0, help="bound of the load and recovery phases")
     ap.add_argument("--batch-size", type=int, default=32, help="predict's --batch-size and the server's --max-batch")
     ap.add_argument("--tag", default="tiny")
@@ -276,6 +306,9 @@ def main(argv=None) -> int:
     rss.start()
     try:
         phase(port, blobs[: args.clients], args.clients, rss, honour=True)  # warm-up
+        if args.ceiling_seconds > 0:
+            out["http_ceiling"] = http_ceiling(port, args.clients, args.ceiling_seconds)
+            print("http_ceiling", json.dumps(out["http_ceiling"]), flush=True)
         k = {"per_request": args.per_request, "honour": True, "seconds": args.phase_seconds}
         for name, kw in (("load", k), ("overload", {"seconds": args.overload_seconds, "retry_503": True,
                                                     "cycle": True}), ("recovery", k)):
@@ -309,6 +342,8 @@ def main(argv=None) -> int:
     out["predict_again"] = run_predict(args.detector, tmp / "images", tmp / "pred.csv", args.batch_size)
     p = max(out["predict"]["images_per_second"], out["predict_again"]["images_per_second"])  # the faster one
     out["throughput_vs_predict"] = {k: round(out[k]["images_per_second"] / p, 3) for k in ("load", "recovery")}
+    if "http_ceiling" in out:  # requests/s with no image work at all, over predict's images/s
+        out["http_ceiling"]["vs_predict"] = round(out["http_ceiling"]["requests_per_second"] / p, 3)
     out["loadavg_end"] = os.getloadavg()
     out["recovery_vs_load"] = round(out["recovery"]["images_per_second"] / out["load"]["images_per_second"], 3)
     text = json.dumps(out, indent=2)

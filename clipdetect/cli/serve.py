@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from clipdetect.cli.main import CLIError
-from clipdetect.cli.options import add_command, add_device_arg
+from clipdetect.cli.options import add_command, add_device_arg, add_threads_arg, set_threads
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
     b.add_argument("--weights", metavar="PATH", help="the detector's checkpoint file when it moved (sha256-checked)")
     add_device_arg(b)
     b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="backbone precision")
+    add_threads_arg(b)
     g = p.add_argument_group("limits (each refusal is a JSON error naming the limit)")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
                    help=f"bytes per request body (413; default {d.max_body_bytes:,})")
@@ -93,6 +94,7 @@ def run_serve(args) -> int:
     from clipdetect.serve.server import serve
 
     config = config_from_args(args)
+    set_threads(args)
     if config.report and not Path(config.report).is_file():
         raise CLIError(f"--report {config.report!r} is not a file (write one with clipdetect report ... "
                        "--format html)")
