@@ -174,3 +174,24 @@ def test_a_missing_checkpoint_falls_back_to_a_listed_alternative(setup, tmp_path
     det2.backbone["alternatives"][0]["spec"] = "clipdetect-tiny-vit:nosuchtag"
     with pytest.raises(BackboneError, match="alternatives did not load"):
         resolve_backbone(det2)
+
+
+def test_image_scorer_in_two_steps_scores_as_score_images(setup, tiny_backbone):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clipdetect.models.predict import ImageScorer
+
+    root, _, det = setup
+    blobs = [p.read_bytes() for p in sorted((root / "imgs").rglob("*.png"))]
+    scorer = ImageScorer(det, tiny_backbone)
+    with ThreadPoolExecutor(2) as pool:  # decoding is thread-safe: the service decodes on a pool
+        decoded = list(pool.map(scorer.decode, blobs))
+    rows = scorer.score(decoded)
+    want = det.score_images(blobs, backbone=tiny_backbone)
+    assert len(rows) == len(want) == 17
+    bad = [i for i, r in enumerate(rows) if "error" in r]
+    assert bad == list(np.flatnonzero(want.error.notna())) and rows[bad[0]]["error"].startswith("corrupt")
+    good = [i for i in range(len(rows)) if i not in bad]
+    np.testing.assert_allclose([rows[i]["probability"] for i in good], want.probability[good], atol=1e-6)
+    assert [rows[i]["label"] for i in good] == list(want.label[good])
+    assert scorer.score([]) == []

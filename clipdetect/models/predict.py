@@ -210,6 +210,35 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
     return df
 
 
+class ImageScorer:
+    """:func:`score_images` in two steps that a service runs on different threads: ``decode``
+    one encoded image (thread-safe; PIL releases the GIL while it decodes) and ``score`` a batch
+    of decoded images, with one decoder and one encoder built once. The steps are those of
+    ``clipdetect predict``, so the scores are the same; images only (no captions)."""
+
+    def __init__(self, detector, backbone: Backbone, *, max_pixels: int = MAX_PIXELS,
+                 max_aspect: Optional[float] = MAX_ASPECT, max_bytes: int = MAX_IMAGE_BYTES,
+                 read_timeout: Optional[float] = READ_TIMEOUT):
+        check_text_tower(detector, backbone)
+        if reads_text(detector):
+            raise ValueError(f"the detector uses {detector.feature_set!r} features, which need captions")
+        self.detector, self.backbone = detector, backbone
+        self.decoder = Decoder(SplitPreprocess(backbone.preprocess), max_pixels=max_pixels, max_aspect=max_aspect,
+                               max_bytes=max_bytes, read_timeout=read_timeout)
+        self.encoder = detector_encoder(detector, backbone, self.decoder.pre)
+
+    def decode(self, image: Any) -> tuple:
+        """("ok", array, info) or ("err", reason, detail), as the decode workers of predict give it."""
+        return self.decoder.decode([image])[0]
+
+    def score(self, decoded: Sequence[tuple]) -> List[Dict[str, Any]]:
+        """One :func:`score_batch` dict per decoded image, in order."""
+        none = [None] * len(decoded)
+        ok = scorable(self.detector, decoded, none)
+        x = self.encoder.encode([decoded[i][1] for i in ok]) if ok else None
+        return score_batch(self.detector, self.backbone, decoded, none, x)
+
+
 def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
                    backbone: Optional[Backbone] = None, batch_size: int = 64, workers: Optional[int] = None,
                    limit: Optional[int] = None, max_pixels: int = MAX_PIXELS,

@@ -1,12 +1,13 @@
 """Dynamic batching: images of concurrent requests share one encoder batch.
 
-Requests put their images on one queue; a single worker thread takes the first waiting
-image, gathers more for at most ``max_wait_ms`` (or until ``max_batch``), and scores the
-lot with :meth:`~clipdetect.models.detector.Detector.score_images` on the service's one
-backbone — the package's decode → preprocess → encode → head path, with the decoder's
-``max_pixels`` / ``max_aspect`` limits — so a served score equals ``clipdetect predict``'s.
-While a batch runs, new images queue up and form the next batch, so under load the
-batches fill without waiting. The queue holds at most what the admitted requests carry
+Requests put their images on one queue; each image is decoded and preprocessed as it arrives,
+on a pool of ``decode_workers`` threads, while a single worker thread takes the first waiting
+image, gathers more for at most ``max_wait_ms`` (or until ``max_batch``), and encodes and scores
+the lot on the service's one backbone (:class:`~clipdetect.models.predict.ImageScorer`: the
+package's decode → preprocess → encode → head path, with the decoder's ``max_pixels`` /
+``max_aspect`` limits) — so a served score equals ``clipdetect predict``'s. While a batch runs,
+new images are decoded and queue up to form the next batch, so under load the batches fill
+without waiting and decoding overlaps encoding. The queue holds at most what the admitted requests carry
 (``max_concurrent`` × ``max_images``): admission control bounds it, and
 :meth:`Batcher.estimated_wait` (recent seconds per image × images ahead) lets it refuse a
 request that could not be scored in time. An image whose request's deadline would pass
@@ -17,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import math
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
+
+from clipdetect.models.predictions import SCORE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,17 @@ def _settle(future: asyncio.Future, value: Any) -> None:
         future.set_result(value)
 
 
+def _prepared(data: Any) -> Any:
+    """What the score function gets for a queued image: its decoding's result when it was
+    decoded on the pool (an "err" item if that was cancelled meanwhile), else the image."""
+    if not isinstance(data, concurrent.futures.Future):
+        return data
+    try:
+        return data.result()
+    except concurrent.futures.CancelledError:
+        return ("err", "cancelled", "its request went away")
+
+
 def clean_row(row: Dict[str, Any]) -> Dict[str, Any]:
     """A score row with NaN / pandas NA turned into None and numbers into plain Python."""
     out = {}
@@ -86,33 +102,43 @@ def clean_row(row: Dict[str, Any]) -> Dict[str, Any]:
 class Batcher:
     """Scores images from many coroutines in shared batches on one worker thread.
 
-    ``score_fn(images) -> DataFrame`` defaults to ``detector.score_images(images, backbone=...)``
-    with the decoder limits ``max_pixels`` / ``max_aspect`` (encoded bytes only: never a path);
-    ``on_batch(size, seconds)`` is told about every batch (metrics).
+    By default each image (encoded bytes only: never a path) is decoded on arrival on
+    ``decode_workers`` threads (default: the CPU count) by an
+    :class:`~clipdetect.models.predict.ImageScorer` with the decoder limits ``max_pixels`` /
+    ``max_aspect``, and the worker encodes and scores the decoded batch. ``score_fn(images)``,
+    when given, replaces both: it gets a batch of the images as queued and returns their score
+    rows (a list of dicts or a DataFrame). ``on_batch(size, seconds)`` is told about every batch
+    (metrics).
     """
 
     def __init__(self, detector, backbone, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                  max_pixels: Optional[int] = None, max_aspect: Optional[float] = None,
                  on_batch: Optional[Callable[[int, float], None]] = None,
-                 score_fn: Optional[Callable[[List[bytes]], Any]] = None):
-        self.detector, self.backbone = detector, backbone
+                 score_fn: Optional[Callable[[List[Any]], Any]] = None, decode_workers: Optional[int] = None):
         self.max_batch, self.max_wait = int(max_batch), max_wait_ms / 1000.0
-        self.limits = {"max_pixels": max_pixels, "max_aspect": max_aspect}
         self.on_batch = on_batch
-        self.score_fn = score_fn or self._score
+        self.prepare: Optional[Callable[[bytes], Any]] = None
+        if score_fn is None:
+            from clipdetect.models.predict import ImageScorer
+
+            limits = {k: v for k, v in (("max_pixels", max_pixels), ("max_aspect", max_aspect)) if v is not None}
+            scorer = ImageScorer(detector, backbone, **limits)
+            self.prepare, score_fn = scorer.decode, scorer.score
+        self.score_fn = score_fn
+        self.decode_workers = max(1, decode_workers or os.cpu_count() or 1)
+        self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self.queue: "queue.Queue[Optional[_Item]]" = queue.Queue()
         self.carry: "collections.deque[_Item]" = collections.deque()  # deferred to the next batch
         self.thread: Optional[threading.Thread] = None
         self.sec_per_image: Optional[float] = None  # moving average over recent batches
         self.running = 0  # images in the batch being scored
 
-    def _score(self, images: List[bytes]):
-        return self.detector.score_images([bytes(b) for b in images], backbone=self.backbone,
-                                          batch_size=len(images), **self.limits)
-
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "Batcher":
         if self.thread is None:
+            if self.prepare is not None:
+                self.pool = concurrent.futures.ThreadPoolExecutor(self.decode_workers,
+                                                                  thread_name_prefix="clipdetect-decode")
             self.thread = threading.Thread(target=self._run, name="clipdetect-batcher", daemon=True)
             self.thread.start()
         return self
@@ -123,6 +149,9 @@ class Batcher:
             self.queue.put(None)
             self.thread.join(timeout)
             self.thread = None
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
     @property
     def depth(self) -> int:
@@ -144,6 +173,8 @@ class Batcher:
         if self.thread is None:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
+        if self.pool is not None:  # decoding starts now, on the pool, while earlier batches encode
+            images = [self.pool.submit(self.prepare, bytes(data)) for data in images]
         items = [_Item(data, loop.create_future(), loop, deadline) for data in images]
         for item in items:
             self.queue.put(item)
@@ -153,6 +184,8 @@ class Batcher:
             for item in items:
                 item.abandoned = True
                 item.future.cancel()
+                if isinstance(item.data, concurrent.futures.Future):
+                    item.data.cancel()  # not decoded yet: never will be
             raise
 
     # ---------------------------------------------------------------- worker side
@@ -209,8 +242,10 @@ class Batcher:
     def _score_batch(self, batch: List[_Item]) -> None:
         start = time.perf_counter()
         try:
-            rows = [clean_row(r) for r in self.score_fn([item.data for item in batch]).to_dict("records")]
-            results: List[Any] = rows
+            inputs = [_prepared(item.data) for item in batch]
+            out = self.score_fn(inputs)
+            records = out.to_dict("records") if hasattr(out, "to_dict") else out
+            results: List[Any] = [clean_row({c: r.get(c) for c in SCORE_COLUMNS}) for r in records]
         except Exception as exc:  # a bug, not a bad image (those come back as rows): every waiter hears of it
             logger.exception("scoring a batch of %d images failed", len(batch))
             results = [exc] * len(batch)
