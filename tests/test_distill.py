@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import clipdetect.distill.trainer as distill_mod
-from clipdetect.features.backbones import create_backbone, file_sha256
+from clipdetect.features.backbones import create_backbone
+from clipdetect.core.tensorfile import file_sha256
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.cache_writer import CacheWriter
 from clipdetect.features.manifest import ERROR_COLUMNS

@@ -35,7 +35,7 @@ logger = logging.getLogger("clipdetect")
 COMMANDS = {
     "fetch": ("clipdetect.cli.fetch", "download images from URLs (D3's real images) into a store"),
     "extract": ("clipdetect.cli.extract", "images → a feature cache of CLIP embeddings"),
-    "cache": ("clipdetect.cli.extract", "inspect or verify a feature cache"),
+    "cache": ("clipdetect.cli.cache", "inspect or verify a feature cache"),
     "train": ("clipdetect.cli.train", "train a detector on a feature cache"),
     "evaluate": ("clipdetect.cli.evaluate", "metrics per generator with bootstrap CIs"),
     "plot": ("clipdetect.cli.evaluate", "ROC curves with bootstrap bands, P(fake) histograms, reliability diagram"),

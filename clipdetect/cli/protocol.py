@@ -243,6 +243,6 @@ def run_text_leakage(args) -> int:
 
 
 def _md(table, columns) -> str:
-    from clipdetect.core.metrics import to_markdown
+    from clipdetect.core.tables import to_markdown
 
     return to_markdown(table, columns=[c for c in columns if c in table.columns])

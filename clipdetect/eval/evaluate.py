@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.core.guards import guard
-from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
+from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error
+from clipdetect.core.tables import to_markdown
 from clipdetect.core.escape import md_code, md_text
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
-from clipdetect.models.calibration import describe_target
+from clipdetect.models.thresholds import describe_target
 
 logger = logging.getLogger(__name__)
 

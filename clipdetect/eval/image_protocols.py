@@ -15,7 +15,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from clipdetect.features.backbones import Backbone, identities_match
+from clipdetect.features.backbones import Backbone
+from clipdetect.features.identity import identities_match
 from clipdetect.features.cache import FeatureCache
 from clipdetect.eval.evaluate import evaluate_detector
 from clipdetect.data.perturb import DEFAULT_SEVERITIES, PERTURBATIONS, NormalizedSource, PerturbedSource

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_table
-from clipdetect.core.metrics import to_markdown
+from clipdetect.core.tables import to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.features.splits import SplitSpec

@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from clipdetect.features.backbones import (Backbone, BackboneError, alternative_specs, create_backbone,
-                                           identities_match, locate_checkpoint)
+from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
+from clipdetect.features.identity import alternative_specs, identities_match, locate_checkpoint
 from clipdetect.features import pipeline
 from clipdetect.features.encoder import encoder_for
 from clipdetect.features.manifest import feature_parts
@@ -41,7 +41,7 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
     A backbone whose identity (architecture, weights hash, preprocessing ...) differs from
     the detector's is refused unless ``force``: its embeddings mean nothing to the head.
     Without ``spec``, a checkpoint backbone is found again by its sha256
-    (:func:`~clipdetect.features.backbones.locate_checkpoint`: ``weights`` or
+    (:func:`~clipdetect.features.identity.locate_checkpoint`: ``weights`` or
     ``$CLIPDETECT_WEIGHTS``, the recorded absolute path, the path as written), so a bundle
     trained on ``ARCH:relative/path`` works from any directory. ``runtime`` (``onnx``,
     ``openvino``) runs the image tower there at ``precision`` (:mod:`clipdetect.features.runtime`).

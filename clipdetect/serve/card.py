@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from clipdetect.models.calibration import describe_target
+from clipdetect.models.thresholds import describe_target
 
 
 def _plain(value: Any) -> Any:
@@ -31,7 +31,7 @@ def _plain(value: Any) -> Any:
 
 def threshold_target(detector) -> Dict[str, Any]:
     """How the decision threshold was chosen: the detector's ``threshold_target`` record (see
-    :func:`~clipdetect.models.calibration.describe_target`), else, for bundles written before it,
+    :func:`~clipdetect.models.thresholds.describe_target`), else, for bundles written before it,
     a target FPR from ``clipdetect calibrate``, validation balanced accuracy, or the 0.5 default."""
     extra = getattr(detector, "extra", None) or {}
     metrics = getattr(detector, "metrics", None) or {}
