@@ -1,6 +1,8 @@
 """``clipdetect distill`` (a lightweight student encoder) and ``clipdetect compress`` (SVD / pruning)."""
 from __future__ import annotations
 
+import argparse
+
 from clipdetect.cli.main import CLIError, emit
 from clipdetect.cli.options import add_command, add_force_arg, add_threads_arg, check_new_output, set_threads
 
@@ -54,8 +56,10 @@ def add_parser(sub) -> None:
     p.add_argument("--loss", default=d.loss, choices=sorted(set(LOSS_NAMES)),
                    help=f"detection loss ({d.loss})")
     p.add_argument("--head", default=d.head, choices=["mlp", "linear"], help="detection head")
-    p.add_argument("--head-depth", type=int, default=d.head_depth, help="MLP blocks")
-    p.add_argument("--head-width", type=int, help="MLP width (default: embedding dim)")
+    p.add_argument("--depth", type=int, default=d.depth, help="MLP blocks")
+    p.add_argument("--width", type=int, help="MLP width (default: embedding dim)")
+    p.add_argument("--head-depth", dest="depth", type=int, help=argparse.SUPPRESS)  # the names before --depth
+    p.add_argument("--head-width", dest="width", type=int, help=argparse.SUPPRESS)
     p.add_argument("--dropout", type=float, default=d.dropout, help=f"head dropout ({d.dropout})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step ({d.batch_size})")
@@ -104,7 +108,7 @@ def run_distill(args) -> int:
     config = DistillConfig(
         source=args.source, teacher_cache=args.teacher_cache, out=args.out, arch=args.arch,
         pretrained=args.pretrained, image_size=args.image_size, lam=args.lam, distill_loss=args.distill_loss,
-        loss=args.loss, head=args.head, head_depth=args.head_depth, head_width=args.head_width,
+        loss=args.loss, head=args.head, depth=args.depth, width=args.width,
         dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()), workers=args.workers,
