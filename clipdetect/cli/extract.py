@@ -5,7 +5,7 @@ import argparse
 import logging
 
 from clipdetect.cli.main import CLIError, emit
-from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args
+from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, config_of
 from clipdetect.core.device import check_device
 
 logger = logging.getLogger(__name__)
@@ -232,12 +232,7 @@ def run_extract(args) -> int:
         from clipdetect.data.sampling import check_limit_prefix
 
         check_limit_prefix(source, limit)
-    config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
-                           device=device, precision=args.precision, runtime=args.runtime, limit=limit,
-                           shard_size=args.shard_size, dtype=args.dtype, text=args.text,
-                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, max_bytes=args.max_bytes,
-                           read_timeout=args.read_timeout, lock_timeout=args.lock_timeout,
-                           fast_decode=args.fast_decode, layers=args.layers, views=args.views)
+    config = config_of(ExtractConfig, args, device=device, limit=limit)
     if args.engine == "ray":
         from clipdetect.features.extract_ray import extract_ray
 

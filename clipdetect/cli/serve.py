@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from clipdetect.cli.main import CLIError
-from clipdetect.cli.options import add_command, add_device_arg
+from clipdetect.cli.options import add_command, add_device_arg, config_of
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
@@ -70,12 +70,7 @@ def add_parser(sub) -> None:
 def config_from_args(args):
     from clipdetect.serve.config import ServeConfig
 
-    keys = ("host", "port", "max_body_bytes", "max_images", "max_pixels", "max_aspect", "read_timeout",
-            "request_timeout", "max_concurrent", "max_connections", "max_batch", "max_wait_ms",
-            "retry_after", "report")
-    values = {k: getattr(args, k) for k in keys}
-    values["max_aspect"] = values["max_aspect"] or None
-    return ServeConfig(**values)
+    return config_of(ServeConfig, args, max_aspect=args.max_aspect or None)
 
 
 def run_serve(args) -> int:
