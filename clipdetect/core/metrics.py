@@ -114,8 +114,7 @@ def binary_metrics(y_true, scores, *, threshold: float | None = None,
     return {k: (int(res[k][0]) if k in COUNTS else float(res[k][0])) for k in (*METRICS, *COUNTS)}
 
 
-def _resample_chunks(y: np.ndarray, n_boot: int, seed: int,
-                     stratified: bool) -> Iterator[np.ndarray]:
+def _resample_chunks(y: np.ndarray, n_boot: int, seed: int, stratified: bool) -> Iterator[np.ndarray]:
     """Bootstrap index matrices of shape (resamples, n), a memory-bounded chunk at a time.
 
     The chunk size depends on ``n`` only, so a seed gives the same resamples on every path.
@@ -169,8 +168,7 @@ def bootstrap_ci(y_true, scores, metric_fn: str | Callable[[np.ndarray, np.ndarr
             raise ValueError(f"unknown metric {name!r}; choose from {METRICS}")
         acc_t = _acc_thresholds(metric_kw.get("threshold"), metric_kw.get("prob_threshold", 0.5),
                                 metric_kw.get("scores_are_probs", True))
-        vals = _bootstrap_all(y, s, n_boot=n_boot, seed=seed, stratified=stratified,
-                              acc_t=acc_t)[name]
+        vals = _bootstrap_all(y, s, n_boot=n_boot, seed=seed, stratified=stratified, acc_t=acc_t)[name]
         return _percentile_ci(vals, ci)
     vals = []
     for idx in _resample_chunks(y, n_boot, seed, stratified):
@@ -182,8 +180,7 @@ def bootstrap_ci(y_true, scores, metric_fn: str | Callable[[np.ndarray, np.ndarr
 
 
 def _row(y, s, *, threshold, n_boot, seed, scores_are_probs) -> dict[str, float]:
-    row: dict[str, float] = binary_metrics(y, s, threshold=threshold,
-                                           scores_are_probs=scores_are_probs)
+    row: dict[str, float] = binary_metrics(y, s, threshold=threshold, scores_are_probs=scores_are_probs)
     if n_boot > 0 and y.size:
         acc_t = _acc_thresholds(threshold, 0.5, scores_are_probs)
         boot = _bootstrap_all(y, s, n_boot=n_boot, seed=seed, stratified=True, acc_t=acc_t)

@@ -31,8 +31,7 @@ def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
     return md_text(v)
 
 
-def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None,
-                digits: int = 3) -> str:
+def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None, digits: int = 3) -> str:
     """Markdown table of ``df``; a metric with ``_lo``/``_hi`` columns shows ``0.953 [0.941, 0.962]``.
 
     A metric its small-sample guard refuses (:func:`clipdetect.core.guards.guard`: e.g. a TPR
