@@ -203,7 +203,7 @@ def config_override(text: str):
 
 
 def print_json(obj) -> None:
-    from clipdetect.core.io import plain_json
+    from clipdetect.core.escape import plain_json
 
     sys.stdout.write(json.dumps(plain_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 

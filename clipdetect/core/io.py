@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import re
 import secrets
@@ -36,7 +35,7 @@ from clipdetect.core.inputs import MAX_JSON_BYTES, InputError, read_input
 
 __all__ = ["WriteError", "AtomicFile", "atomic_write", "atomic_open", "write_bytes", "write_text", "write_json",
            "write_csv", "read_json", "tmp_name", "tmp_owner_pid", "TMP_GLOB", "staged_output", "open_new",
-           "open_fd", "not_an_input", "plain_json"]
+           "open_fd", "not_an_input"]
 
 #: glob matching every temporary file :func:`atomic_write` creates
 TMP_GLOB = ".*.tmp-*"
@@ -251,19 +250,6 @@ def write_json(path: str | os.PathLike, obj: Any, *, allow_nan: bool = True) -> 
     """Pretty, key-sorted JSON written atomically; ``allow_nan=False`` refuses NaN/inf (strict JSON)."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=allow_nan, default=_default) + "\n")
 
-
-def plain_json(obj: Any) -> Any:
-    """Strict JSON values: NaN and infinities become null, numpy (and torch) scalars and arrays
-    Python numbers and lists, tuples lists, keys strings."""
-    if isinstance(obj, dict):
-        return {str(k): plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain_json(v) for v in obj]
-    if hasattr(obj, "tolist") and callable(obj.tolist):
-        return plain_json(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 def _default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays

@@ -63,7 +63,6 @@ def has_heldout_splits(split_column: Iterable[object]) -> bool:
     return bool(names & set(VAL_NAMES + TEST_NAMES))
 
 
-
 def check_stored_split(root, split: str | Sequence[str], stored: Iterable[object]) -> None:
     """Refuse to filter the *stored* ``split`` column of the cache at ``root`` for validation or
     test rows when it names none: they are derived from the keys (:func:`resolve_split_rows`)."""

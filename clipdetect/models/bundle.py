@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from clipdetect import __version__
-from clipdetect.core.io import plain_json, read_json, write_json
+from clipdetect.core.escape import plain_json
+from clipdetect.core.io import read_json, write_json
 from clipdetect.core.tensorfile import read_safetensors, safetensors_header, save_safetensors
 from clipdetect.core.schema import Field, validate
 from clipdetect.features.manifest import FEATURE_SETS

@@ -2,9 +2,8 @@
 
 Runs on the extraction engine (:mod:`clipdetect.features.pipeline`: the same reader and the
 same mapper, decoder then encoder), so images are decoded and preprocessed exactly as they were
-when the detector's training cache was built. Output
-rows keep the source order; an image that cannot be decoded gets a row with its
-``error`` reason and no score, and never stops the run.
+when the detector's training cache was built. Output rows keep the source order; an image that
+cannot be decoded gets a row with its ``error`` reason and no score, and never stops the run.
 """
 from __future__ import annotations
 
@@ -30,8 +29,6 @@ from clipdetect.data.sources import Sample, Source
 from clipdetect.models.predictions import PredictionWriter, PredictSummary, SCORE_COLUMNS, output_format
 
 logger = logging.getLogger(__name__)
-
-
 
 
 def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = False, device: str = "cpu",

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clipdetect.core.io import open_new, plain_json
+from clipdetect.core.escape import plain_json
+from clipdetect.core.io import open_new
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.checkpoint import load_checkpoint, save_checkpoint
 from clipdetect.models.heads import HeadConfig

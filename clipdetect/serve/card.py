@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from clipdetect.core.io import plain_json
+from clipdetect.core.escape import plain_json
 from clipdetect.models.thresholds import describe_target
 
 
