@@ -215,21 +215,25 @@ def evaluate_scores(y_true, scores, *, groups: Mapping[str, Sequence] | None = N
     if reference not in ("real", "group"):
         raise ValueError(f"reference must be 'real' or 'group', got {reference!r}")
     kw = dict(threshold=threshold, n_boot=n_boot, seed=seed, scores_are_probs=scores_are_probs)
-    rows = [{"group": "overall", "value": "all", "vs": "group", **_row(y, s, **kw)}]
+    return pd.DataFrame([{"group": group, "value": value, "vs": vs, **_row(y[mask], s[mask], **kw)}
+                         for group, value, vs, mask in group_masks(y, groups, reference)])
+
+
+def group_masks(y: np.ndarray, groups: Mapping[str, Sequence] | None = None, reference: str = "real"):
+    """``(group, value, vs, mask)`` of every row of :func:`evaluate_scores`, in its order: the
+    ``overall`` row, then one per (group column, value); ``reference`` and ``vs`` as there."""
+    yield "overall", "all", "group", np.ones(y.size, dtype=bool)
     for column, values in (groups or {}).items():
         col = pd.Series(np.asarray(values, dtype=object))
         if len(col) != y.size:
             raise ValueError(f"groups[{column!r}] has {len(col)} entries, expected {y.size}")
         for value in sorted(col[col.notna()].unique(), key=str):
-            mask = (col == value).to_numpy()
-            vs = "group"
+            mask, vs = (col == value).to_numpy(), "group"
             if reference == "real" and (y[mask] == 1).all():
                 mask, vs = mask | (y == 0), "all_real"
             elif reference == "real" and (y[mask] == 0).all():
                 mask, vs = mask | (y == 1), "all_fake"
-            rows.append({"group": column, "value": value, "vs": vs,
-                         **_row(y[mask], s[mask], **kw)})
-    return pd.DataFrame(rows)
+            yield column, value, vs, mask
 
 
 def threshold_at_fpr(real_scores, target_fpr: float) -> float:
