@@ -95,6 +95,11 @@ def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
     return table
 
 
+def overall_row(table: pd.DataFrame) -> Dict[str, Any]:
+    """The ``overall`` row of a metric table (:func:`score_table`), without its group columns."""
+    return {k: v for k, v in table.iloc[0].to_dict().items() if k not in ("group", "value", "vs")}
+
+
 @dataclass
 class EvalReport:
     table: pd.DataFrame
