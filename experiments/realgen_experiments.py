@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from clipdetect import Detector, FeatureCache, open_source
-from clipdetect.core.metrics import binary_metrics, evaluate_scores, to_markdown
+from clipdetect.core.metrics import binary_metrics, evaluate_scores
+from clipdetect.core.tables import to_markdown
 from clipdetect.data.perturb import NormalizedSource
 from clipdetect.eval.evaluate import group_values
 from clipdetect.eval.format_bias import format_only_baseline, source_format_table

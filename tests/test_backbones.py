@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipdetect.features.backbones import BackboneError, BackboneSpec, create_backbone, identities_match
+from clipdetect.features.backbones import BackboneError, BackboneSpec, create_backbone
+from clipdetect.features.identity import identities_match
 from conftest import TINY
 
 

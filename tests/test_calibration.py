@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from clipdetect.core.metrics import expected_calibration_error
-from clipdetect.models.calibration import (MIN_ROWS, Calibration, fit_calibration, fit_on_validation, fit_platt,
-                                           fit_temperature, describe_target)
+from clipdetect.models.calibration import MIN_ROWS, Calibration, fit_calibration, fit_platt, fit_temperature
+from clipdetect.models.thresholds import fit_on_validation, describe_target
 from clipdetect.models.detector import Detector
 from clipdetect.models.heads import HeadConfig, create_head
 

@@ -6,7 +6,7 @@ import pytest
 
 from clipdetect.models.bundle import DetectorError
 from clipdetect.models.detector import Detector, fit_detector
-from clipdetect.models.calibration import choose_threshold
+from clipdetect.models.thresholds import choose_threshold
 from clipdetect.models.train import TrainConfig
 
 from _synthetic import separable_features, synthetic_identity, write_synthetic_cache

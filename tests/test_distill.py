@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import clipdetect.distill.trainer as distill_mod
-from clipdetect.features.backbones import create_backbone, file_sha256
+from clipdetect.features.backbones import create_backbone
+from clipdetect.core.tensorfile import file_sha256
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.cache_writer import CacheWriter
 from clipdetect.features.manifest import ERROR_COLUMNS
@@ -186,6 +187,29 @@ def test_bad_options_are_refused(tmp_path):
         create_student(StudentConfig(arch="no-such-net"))
     with pytest.raises(ValueError, match="does not fit"):
         map_lite0_state_dict({"a": torch.zeros(2)}, {"b": torch.zeros(3)})
+
+
+def test_head_options_are_named_as_in_train_config_and_old_names_still_work(tmp_path):
+    import json
+
+    from clipdetect.cli.main import build_parser
+
+    saved = DistillConfig(source="s", teacher_cache="c", out="o").to_dict()
+    saved.update(head_depth=2, head_width=48)  # a distill_config.json written before the rename
+    del saved["depth"], saved["width"]
+    (tmp_path / "distill_config.json").write_text(json.dumps(saved))
+    config = DistillConfig.from_dict(json.loads((tmp_path / "distill_config.json").read_text()))
+    assert (config.depth, config.width) == (2, 48)
+    assert config.head_config(16) == DistillConfig(source="s", teacher_cache="c", out="o", depth=2,
+                                                   width=48).head_config(16)
+    base = ["distill", "imgs", "--teacher-cache", "c", "--out", "o"]
+    for flags in (["--depth", "2", "--width", "48"], ["--head-depth", "2", "--head-width", "48"]):
+        args = build_parser(base).parse_args(base + flags)
+        assert (args.depth, args.width) == (2, 48)
+    args = build_parser(base).parse_args(base)
+    assert (args.depth, args.width) == (3, None)
+    text = build_parser(base)._subparsers._group_actions[0].choices["distill"].format_help()
+    assert "--depth" in text and "--head-depth" not in text
 
 
 def test_efficientnet_lite0_package_weights_map_onto_timm():

@@ -2,7 +2,8 @@
 import numpy as np
 
 from clipdetect.core.guards import ci_note, guard, guarded
-from clipdetect.core.metrics import evaluate_scores, to_markdown
+from clipdetect.core.metrics import evaluate_scores
+from clipdetect.core.tables import to_markdown
 
 
 def test_each_metric_has_its_own_guard():

@@ -13,7 +13,7 @@ import pytest
 from _hostile import deadline_fixture
 from clipdetect.cli.main import main
 from clipdetect.core.escape import FORMULA_STARTS, csv_cell, csv_safe, md_code, md_text
-from clipdetect.core.metrics import to_markdown
+from clipdetect.core.tables import to_markdown
 from conftest import TINY, make_image
 
 _deadline = deadline_fixture(300)

@@ -7,8 +7,8 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
                              roc_auc_score, roc_curve)
 
 from clipdetect.core.metrics import (binary_metrics, bootstrap_ci, brier_score, evaluate_scores,
-                                expected_calibration_error, threshold_at_fpr,
-                                to_markdown)
+                                     expected_calibration_error, threshold_at_fpr)
+from clipdetect.core.tables import to_markdown
 
 
 def _data(n=2000, sep=1.0, seed=0, decimals=None):

@@ -8,7 +8,7 @@ import pytest
 
 from _synthetic import write_synthetic_cache
 
-from clipdetect.core.metrics import to_markdown
+from clipdetect.core.tables import to_markdown
 from clipdetect.data.perturb import ListSource
 from clipdetect.data.sources import Sample
 from clipdetect.eval.compare import compare_reports

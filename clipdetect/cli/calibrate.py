@@ -47,7 +47,7 @@ def run_calibrate(args) -> int:
                                 split=args.split, val=args.val_fraction, test=args.test_fraction,
                                 split_seed=args.split_seed)
     path = det.save(args.out or args.detector)
-    from clipdetect.models.calibration import describe_target
+    from clipdetect.models.thresholds import describe_target
 
     from clipdetect.core.guards import guard
 

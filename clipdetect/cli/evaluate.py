@@ -121,7 +121,7 @@ def _comparison(reports, args, specs, reference):
     import json
 
     from clipdetect.core.escape import md_code
-    from clipdetect.core.metrics import to_markdown
+    from clipdetect.core.tables import to_markdown
     from clipdetect.eval.compare import compare_reports
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 

@@ -1,11 +1,11 @@
-"""``clipdetect extract``, ``clipdetect cache info`` and ``clipdetect cache verify``."""
+"""``clipdetect extract`` (``clipdetect cache info`` / ``verify``: :mod:`clipdetect.cli.cache`)."""
 from __future__ import annotations
 
 import argparse
 import logging
 
 from clipdetect.cli.main import CLIError, emit
-from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args
+from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, config_of
 from clipdetect.core.device import check_device
 
 logger = logging.getLogger(__name__)
@@ -46,13 +46,6 @@ Re-running with another --shard-size or --text on a cache that already holds the
 a no-op (or a refusal, when it cannot be honoured), never a second copy of the rows.
 One writer per cache: a second `extract` into the same --out refuses (naming the running
 one's pid and command) unless --lock-timeout gives it time to wait."""
-
-CACHE_EXAMPLES = """examples:
-  clipdetect cache info features/my-cache          # backbone, rows, splits, generators, errors
-  clipdetect cache verify features/my-cache        # every shard: shapes, dtype, NaN/inf, norms, keys
-  clipdetect cache verify features/my-cache --quick   # counts, shapes and file sizes only
-verify exits 0 when the cache is sound and 1 when it is damaged, listing shard, file and rows."""
-
 
 def _label_map(text: str):
     out = {}
@@ -184,20 +177,6 @@ def add_parser(sub) -> None:
                    help="CPUs (= torch threads) each encode actor reserves; raise it for --device cpu (default 1)")
     p.set_defaults(func=run_extract)
 
-    c = add_command(sub, "cache", epilog=CACHE_EXAMPLES)
-    c.set_defaults(help_parser=c)
-    csub = c.add_subparsers(dest="cache_command", metavar="ACTION")
-    info = csub.add_parser("info", help="backbone, rows, splits, generators, error counts", epilog=CACHE_EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    info.add_argument("cache", help="feature cache directory")
-    info.set_defaults(func=run_cache_info)
-    ver = csub.add_parser("verify", help="check every shard against the manifest; exit 1 if damaged",
-                          epilog=CACHE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ver.add_argument("cache", help="feature cache directory")
-    ver.add_argument("--quick", action="store_true",
-                     help="counts, shapes, dtypes and file sizes only (what train/evaluate check on open)")
-    ver.set_defaults(func=run_cache_verify)
-
 
 def source_options(args) -> dict:
     return {"split": args.split, "caption_template": args.caption_template, "caption_column": args.caption_column,
@@ -253,12 +232,7 @@ def run_extract(args) -> int:
         from clipdetect.data.sampling import check_limit_prefix
 
         check_limit_prefix(source, limit)
-    config = ExtractConfig(backbone=args.backbone, out=args.out, batch_size=args.batch_size, workers=args.workers,
-                           device=device, precision=args.precision, runtime=args.runtime, limit=limit,
-                           shard_size=args.shard_size, dtype=args.dtype, text=args.text,
-                           max_pixels=args.max_pixels, max_aspect=args.max_aspect, max_bytes=args.max_bytes,
-                           read_timeout=args.read_timeout, lock_timeout=args.lock_timeout,
-                           fast_decode=args.fast_decode, layers=args.layers, views=args.views)
+    config = config_of(ExtractConfig, args, device=device, limit=limit)
     if args.engine == "ray":
         from clipdetect.features.extract_ray import extract_ray
 
@@ -286,24 +260,3 @@ def run_extract(args) -> int:
                      ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors.items())))
         return 1
     return 0
-
-
-def run_cache_info(args) -> int:
-    from clipdetect.features.cache import FeatureCache
-
-    info = FeatureCache(args.cache).summary()
-    emit(args, info)
-    return 0
-
-
-def run_cache_verify(args) -> int:
-    from clipdetect.features.verify import verify_cache
-
-    report = verify_cache(args.cache, full=not args.quick)
-    state = "sound" if report.ok else f"DAMAGED ({len(report.problems)} problem(s))"
-    lines = [f"DAMAGED {problem}" for problem in report.problems]
-    lines.append(f"cache {args.cache}: {report.shards} shards, {report.rows} rows, "
-                 f"{'full' if report.full else 'quick'} check: {state}")
-    emit(args, {"cache": args.cache, "ok": report.ok, "shards": report.shards, "rows": report.rows,
-                "full": report.full, "problems": [str(p) for p in report.problems]}, "\n".join(lines))
-    return 0 if report.ok else 1

@@ -35,7 +35,7 @@ logger = logging.getLogger("clipdetect")
 COMMANDS = {
     "fetch": ("clipdetect.cli.fetch", "download images from URLs (D3's real images) into a store"),
     "extract": ("clipdetect.cli.extract", "images → a feature cache of CLIP embeddings"),
-    "cache": ("clipdetect.cli.extract", "inspect or verify a feature cache"),
+    "cache": ("clipdetect.cli.cache", "inspect or verify a feature cache"),
     "train": ("clipdetect.cli.train", "train a detector on a feature cache"),
     "evaluate": ("clipdetect.cli.evaluate", "metrics per generator with bootstrap CIs"),
     "plot": ("clipdetect.cli.evaluate", "ROC curves with bootstrap bands, P(fake) histograms, reliability diagram"),
@@ -202,21 +202,10 @@ def config_override(text: str):
         return key, value
 
 
-def _plain(obj):
-    """Strict JSON values: NaN and infinities become null, numpy scalars Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalars and arrays
-        return _plain(obj.tolist())
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    return obj
-
-
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(_plain(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
+    from clipdetect.core.escape import plain_json
+
+    sys.stdout.write(json.dumps(plain_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from clipdetect.core.device import DEVICE_HELP
 
@@ -56,6 +57,13 @@ def set_threads(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def config_of(cls, args, **overrides):
+    """Dataclass ``cls`` from the same-named options in ``args`` (``overrides`` win); fields that
+    have no option keep their defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
 
 
 def add_split_args(p) -> None:

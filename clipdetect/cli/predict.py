@@ -70,7 +70,7 @@ def run_predict(args) -> int:
     import sys
 
     from clipdetect.core.device import check_device
-    from clipdetect.models.calibration import describe_target
+    from clipdetect.models.thresholds import describe_target
     from clipdetect.models.detector import load_detector
     from clipdetect.data.filelist import open_predict_source
     from clipdetect.models.predict import check_captions, predict_source, resolve_backbone

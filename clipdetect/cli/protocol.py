@@ -52,26 +52,25 @@ def add_parser(sub) -> None:
 
 def _add_cache_protocols(ps) -> None:
     """``logo`` and ``text-leakage``: detectors trained and tested on a cache."""
-    q = ps.add_parser("logo", help="leave one generator out: train without it, test on it", epilog=PROTOCOL_EXAMPLES,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("cache", help="feature cache with a generator column")
-    q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
-    add_force_arg(q)
-    q.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"],
-                   help="features the detectors are trained on (default image)")
-    q.add_argument("--generators", type=csv_list, help="held-out generators (default: every fake generator)")
-    q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
-    _train_args(q)
-    q.set_defaults(func=run_logo)
-
-    q = ps.add_parser("text-leakage", help="text-only vs image-only vs image+text detectors",
-                      epilog=PROTOCOL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("cache", help="feature cache with image and caption embeddings")
-    q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
-    add_force_arg(q)
-    q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
-    _train_args(q)
-    q.set_defaults(func=run_text_leakage)
+    for name, helptext, cache_help in (
+            ("logo", "leave one generator out: train without it, test on it",
+             "feature cache with a generator column"),
+            ("text-leakage", "text-only vs image-only vs image+text detectors",
+             "feature cache with image and caption embeddings")):
+        q = ps.add_parser(name, help=helptext, epilog=PROTOCOL_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.add_argument("cache", help=cache_help)
+        q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
+        add_force_arg(q)
+        if name == "logo":
+            q.add_argument("--feature-set", default="image", choices=["image", "text", "image+text"],
+                           help="features the detectors are trained on (default image)")
+            q.add_argument("--generators", type=csv_list,
+                           help="held-out generators (default: every fake generator)")
+        q.add_argument("--n-boot", type=int, default=1000,
+                       help="bootstrap resamples for the CIs (default 1000)")
+        _train_args(q)
+        q.set_defaults(func=run_logo if name == "logo" else run_text_leakage)
 
 
 def _add_image_protocols(ps) -> None:
@@ -178,10 +177,9 @@ def run_format_bias(args) -> int:
 
     dets, source, backbone, config, cache = _keys_source(args)
     res = format_bias_control(dets, source, args.work or Path(args.out) / "caches", size=args.size,
-                              fmt=args.format,
-                              quality=args.quality, seed=args.seed, n_boot=args.n_boot, folds=args.folds,
-                              batch_size=args.batch_size, workers=args.workers, backbone=backbone,
-                              progress=not args.no_progress)
+                              fmt=args.format, quality=args.quality, seed=args.seed, n_boot=args.n_boot,
+                              folds=args.folds, batch_size=args.batch_size, workers=args.workers,
+                              backbone=backbone, progress=not args.no_progress)
     config.update(format=args.format, quality=args.quality, size=args.size)
     save_table(res["detectors"], args.out, "format_bias", config=config,
                columns=["detector", "encoding", "n", *SUMMARY_METRICS, "delta_auc"],
@@ -208,8 +206,7 @@ def run_logo(args) -> int:
     cache = open_cache(args.cache)
     config = _train_config(args)
     table = leave_one_generator_out(cache, feature_set=args.feature_set, config=config,
-                                    generators=args.generators,
-                                    n_boot=args.n_boot)
+                                    generators=args.generators, n_boot=args.n_boot)
     save_table(table, args.out, "logo", config={"cache": args.cache, "feature_set": args.feature_set,
                                                 "train_config": config.to_dict()},
                columns=["held_out", "n_train", "n_real", "n_fake", *SUMMARY_METRICS, "in_auc", "auc_drop"],
@@ -234,15 +231,14 @@ def run_text_leakage(args) -> int:
                title="Text-leakage audit: what the captions alone give away",
                notes=f"Test captions: {caps['unique_real_captions']} distinct among reals, "
                      f"{caps['unique_fake_captions']} among fakes; "
-                     f"{caps['fakes_with_a_real_caption']:.1%} of "
-                     f"fakes share a caption with some real. A text-only AUC well above 0.5 means the "
-                     f"caption channel leaks the label.")
+                     f"{caps['fakes_with_a_real_caption']:.1%} of fakes share a caption with some real. A "
+                     "text-only AUC well above 0.5 means the caption channel leaks the label.")
     emit(args, {"rows": json.loads(res["table"].to_json(orient="records")), "captions": caps},
          _md(res["table"], ["features", "n_real", "n_fake", "auc", "ap"]))
     return 0
 
 
 def _md(table, columns) -> str:
-    from clipdetect.core.metrics import to_markdown
+    from clipdetect.core.tables import to_markdown
 
     return to_markdown(table, columns=[c for c in columns if c in table.columns])

@@ -12,7 +12,6 @@ EXAMPLES = """example:
   # cheapen it with --set epochs=5, or skip it with --no-logo"""
 
 
-
 def add_parser(sub) -> None:
     p = add_command(sub, "report", epilog=EXAMPLES,
                     description="Runs on a cache: the per-generator table (AUC / AP / TPR@1% FPR with "

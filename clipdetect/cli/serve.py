@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from clipdetect.cli.main import CLIError
-from clipdetect.cli.options import add_command, add_device_arg, add_threads_arg, set_threads
+from clipdetect.cli.options import add_command, add_device_arg, add_threads_arg, config_of, set_threads
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
@@ -71,12 +71,7 @@ def add_parser(sub) -> None:
 def config_from_args(args):
     from clipdetect.serve.config import ServeConfig
 
-    keys = ("host", "port", "max_body_bytes", "max_images", "max_pixels", "max_aspect", "read_timeout",
-            "request_timeout", "max_concurrent", "max_connections", "max_batch", "max_wait_ms",
-            "retry_after", "report")
-    values = {k: getattr(args, k) for k in keys}
-    values["max_aspect"] = values["max_aspect"] or None
-    return ServeConfig(**values)
+    return config_of(ServeConfig, args, max_aspect=args.max_aspect or None)
 
 
 def run_serve(args) -> int:

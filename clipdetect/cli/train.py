@@ -202,7 +202,8 @@ def train_summary(det, out, test_metrics=None) -> dict:
 
 
 def summary_text(s: dict) -> str:
-    from clipdetect.models.calibration import Calibration, describe_target
+    from clipdetect.models.calibration import Calibration
+    from clipdetect.models.thresholds import describe_target
 
     t, sched, sp = s["train"], s["train"].get("schedule") or {}, s.get("splits") or {}
     lines = [f"detector saved to {s['out']} ({s['feature_set']} features of {s['backbone']})",

@@ -10,13 +10,16 @@ for the files the toolkit writes: the one helper every CSV and Markdown writer u
   would undo an escape) and turns ``<``, ``>`` and ``&`` into HTML entities, so no raw HTML
   survives; line breaks become spaces. Emphasis characters are left alone (cosmetic only).
   :func:`md_code` shows a value as inline code (names and paths), with a fence it cannot close.
+* JSON: :func:`plain_json` turns NaN and infinities into null (strict JSON), numpy values into
+  Python ones.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Dict, Mapping
 
-__all__ = ["csv_cell", "csv_row", "csv_safe", "md_text", "md_code", "FORMULA_STARTS"]
+__all__ = ["csv_cell", "csv_row", "csv_safe", "md_text", "md_code", "plain_json", "FORMULA_STARTS"]
 
 #: first characters that make a spreadsheet evaluate a cell (ASCII and full-width forms)
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
@@ -63,3 +66,17 @@ def md_code(value: Any) -> str:
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def plain_json(obj: Any) -> Any:
+    """Strict JSON values: NaN and infinities become null, numpy (and torch) scalars and arrays
+    Python numbers and lists, tuples lists, keys strings."""
+    if isinstance(obj, dict):
+        return {str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_json(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return plain_json(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

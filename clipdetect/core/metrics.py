@@ -1,4 +1,5 @@
-"""Detection metrics, bootstrap confidence intervals, calibration and report tables.
+"""Detection metrics, bootstrap confidence intervals and calibration metrics (the tables that
+show them: :mod:`clipdetect.core.tables`).
 
 Conventions: label 1 = fake (generated, the positive class), 0 = real; higher score = more
 likely fake. A sample is predicted fake when its score is *strictly above* the threshold.
@@ -15,11 +16,9 @@ from typing import Callable, Iterator, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy.special import logit
-
-from clipdetect.core.escape import md_text
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from clipdetect.core.guards import FPR_TARGETS, ci_note, guard
+from clipdetect.core.guards import FPR_TARGETS, guard
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +114,7 @@ def binary_metrics(y_true, scores, *, threshold: float | None = None,
     return {k: (int(res[k][0]) if k in COUNTS else float(res[k][0])) for k in (*METRICS, *COUNTS)}
 
 
-def _resample_chunks(y: np.ndarray, n_boot: int, seed: int,
-                     stratified: bool) -> Iterator[np.ndarray]:
+def _resample_chunks(y: np.ndarray, n_boot: int, seed: int, stratified: bool) -> Iterator[np.ndarray]:
     """Bootstrap index matrices of shape (resamples, n), a memory-bounded chunk at a time.
 
     The chunk size depends on ``n`` only, so a seed gives the same resamples on every path.
@@ -170,8 +168,7 @@ def bootstrap_ci(y_true, scores, metric_fn: str | Callable[[np.ndarray, np.ndarr
             raise ValueError(f"unknown metric {name!r}; choose from {METRICS}")
         acc_t = _acc_thresholds(metric_kw.get("threshold"), metric_kw.get("prob_threshold", 0.5),
                                 metric_kw.get("scores_are_probs", True))
-        vals = _bootstrap_all(y, s, n_boot=n_boot, seed=seed, stratified=stratified,
-                              acc_t=acc_t)[name]
+        vals = _bootstrap_all(y, s, n_boot=n_boot, seed=seed, stratified=stratified, acc_t=acc_t)[name]
         return _percentile_ci(vals, ci)
     vals = []
     for idx in _resample_chunks(y, n_boot, seed, stratified):
@@ -183,8 +180,7 @@ def bootstrap_ci(y_true, scores, metric_fn: str | Callable[[np.ndarray, np.ndarr
 
 
 def _row(y, s, *, threshold, n_boot, seed, scores_are_probs) -> dict[str, float]:
-    row: dict[str, float] = binary_metrics(y, s, threshold=threshold,
-                                           scores_are_probs=scores_are_probs)
+    row: dict[str, float] = binary_metrics(y, s, threshold=threshold, scores_are_probs=scores_are_probs)
     if n_boot > 0 and y.size:
         acc_t = _acc_thresholds(threshold, 0.5, scores_are_probs)
         boot = _bootstrap_all(y, s, n_boot=n_boot, seed=seed, stratified=True, acc_t=acc_t)
@@ -219,21 +215,25 @@ def evaluate_scores(y_true, scores, *, groups: Mapping[str, Sequence] | None = N
     if reference not in ("real", "group"):
         raise ValueError(f"reference must be 'real' or 'group', got {reference!r}")
     kw = dict(threshold=threshold, n_boot=n_boot, seed=seed, scores_are_probs=scores_are_probs)
-    rows = [{"group": "overall", "value": "all", "vs": "group", **_row(y, s, **kw)}]
+    return pd.DataFrame([{"group": group, "value": value, "vs": vs, **_row(y[mask], s[mask], **kw)}
+                         for group, value, vs, mask in group_masks(y, groups, reference)])
+
+
+def group_masks(y: np.ndarray, groups: Mapping[str, Sequence] | None = None, reference: str = "real"):
+    """``(group, value, vs, mask)`` of every row of :func:`evaluate_scores`, in its order: the
+    ``overall`` row, then one per (group column, value); ``reference`` and ``vs`` as there."""
+    yield "overall", "all", "group", np.ones(y.size, dtype=bool)
     for column, values in (groups or {}).items():
         col = pd.Series(np.asarray(values, dtype=object))
         if len(col) != y.size:
             raise ValueError(f"groups[{column!r}] has {len(col)} entries, expected {y.size}")
         for value in sorted(col[col.notna()].unique(), key=str):
-            mask = (col == value).to_numpy()
-            vs = "group"
+            mask, vs = (col == value).to_numpy(), "group"
             if reference == "real" and (y[mask] == 1).all():
                 mask, vs = mask | (y == 0), "all_real"
             elif reference == "real" and (y[mask] == 0).all():
                 mask, vs = mask | (y == 1), "all_fake"
-            rows.append({"group": column, "value": value, "vs": vs,
-                         **_row(y[mask], s[mask], **kw)})
-    return pd.DataFrame(rows)
+            yield column, value, vs, mask
 
 
 def threshold_at_fpr(real_scores, target_fpr: float) -> float:
@@ -284,40 +284,3 @@ def brier_score(y_true, probs) -> float:
     """Mean squared difference between the predicted fake probability and the label."""
     y, p = _check(y_true, probs)
     return float(np.mean((p - y) ** 2))
-
-
-def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
-    v = df[col].iloc[i]
-    why = guard(col, {k: df[k].iloc[i] for k in COUNTS if k in df})
-    if why:  # e.g. the smallest non-zero FPR, 1 / n_real, is coarser than the target
-        return f"n/a ({why})"
-    if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
-        if math.isnan(v):
-            return "nan"
-        if col in COUNTS:
-            return str(int(v))
-        text = f"{v:.{digits}f}"
-        if f"{col}_lo" in df and f"{col}_hi" in df:
-            lo, hi = df[f"{col}_lo"].iloc[i], df[f"{col}_hi"].iloc[i]
-            counts = {k: df[k].iloc[i] for k in COUNTS if k in df}
-            text += f" [{lo:.{digits}f}, {hi:.{digits}f}]{ci_note(lo, hi, counts)}"
-        return text
-    return md_text(v)
-
-
-def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None,
-                digits: int = 3) -> str:
-    """Markdown table of ``df``; a metric with ``_lo``/``_hi`` columns shows ``0.953 [0.941, 0.962]``.
-
-    A metric its small-sample guard refuses (:func:`clipdetect.core.guards.guard`: e.g. a TPR
-    at an FPR finer than 1 / ``n_real`` of its row) reads ``n/a (needs ≥ N reals)``, and a CI
-    wider than :data:`~clipdetect.core.guards.WIDE_CI` says so.
-
-    ``columns`` picks and orders the shown columns (default: all but the CI bound columns).
-    """
-    bounds = {f"{c}{sfx}" for c in df.columns for sfx in ("_lo", "_hi")}
-    cols = list(columns) if columns is not None else [c for c in df.columns if c not in bounds]
-    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for i in range(len(df)):
-        lines.append("| " + " | ".join(_cell(df, i, c, digits) for c in cols) + " |")
-    return "\n".join(lines)

@@ -6,9 +6,11 @@ checkpoints (``.safetensors`` / ``.pt`` / ``.bin``) loaded with ``weights_only``
 * :func:`safetensors_header` — names, dtypes and shapes from the header alone (capped), so a
   reader can check a file against what it expects before any tensor is allocated.
 * :func:`load_state_dict` — a state dict from a checkpoint file, ``module.`` prefixes dropped.
+* :func:`file_sha256` — the hex digest of a file (a checkpoint's identity).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -18,7 +20,7 @@ from typing import Any, Dict, Optional, Type
 from clipdetect.core.inputs import InputError, check_regular
 from clipdetect.core.io import write_bytes
 
-__all__ = ["save_safetensors", "read_safetensors", "safetensors_header", "load_state_dict",
+__all__ = ["save_safetensors", "read_safetensors", "safetensors_header", "load_state_dict", "file_sha256",
            "MAX_SAFETENSORS_HEADER"]
 
 #: bytes of a safetensors header (names, dtypes, shapes) read before anything else
@@ -93,3 +95,11 @@ def load_state_dict(path: str | os.PathLike, *, error: Type[Exception] = ValueEr
     if not isinstance(sd, dict):
         raise error(f"checkpoint {path!r} does not hold a state dict")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -241,13 +241,7 @@ def subset_source(source: Source, keys, *, name: str = "subset") -> ListSource:
     """The samples of ``source`` whose key is in ``keys``, in ``keys`` order (one pass over
     ``source``, stopping early once all are found). Missing keys raise ``KeyError``."""
     wanted = list(dict.fromkeys(str(k) for k in keys))
-    need = set(wanted)
-    found: Dict[str, Sample] = {}
-    for s in source.iterate(0):
-        if s.key in need and s.key not in found:
-            found[s.key] = s
-            if len(found) == len(need):
-                break
+    found = source.find(wanted)
     missing = [k for k in wanted if k not in found]
     if missing:
         raise MissingKeyError(f"{len(missing)} key(s) not in source {source.describe().get('kind')}: {missing[:3]}")

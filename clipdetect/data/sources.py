@@ -87,6 +87,17 @@ class Source:
     def describe(self) -> Dict[str, Any]:
         raise NotImplementedError
 
+    def find(self, keys) -> Dict[str, Sample]:
+        """key → the first sample with that key, for those of ``keys`` the source holds (one pass,
+        stopping once all are found)."""
+        need, found = set(keys), {}
+        for s in self.iterate(0):
+            if s.key in need and s.key not in found:
+                found[s.key] = s
+                if len(found) == len(need):
+                    break
+        return found
+
 
 class ImageFolderSource(Source):
     """A folder of images, labelled by subfolder.

@@ -74,14 +74,8 @@ class ImageRows(torch.utils.data.Dataset):
 
 def collect_images(source, keys: Sequence[str]) -> Dict[str, Any]:
     """key → encoded image (bytes or path) for ``keys``, reading ``source`` until all are found."""
-    wanted = set(keys)
-    found: Dict[str, Any] = {}
-    for sample in source.iterate(0):
-        if sample.key in wanted and sample.key not in found:
-            found[sample.key] = sample.image
-            if len(found) == len(wanted):
-                break
-    missing = wanted - set(found)
+    found = {key: sample.image for key, sample in source.find(keys).items()}
+    missing = set(keys) - set(found)
     if missing:
         raise ValueError(f"{len(missing)} cache keys (e.g. {sorted(missing)[:3]}) are not in the source; "
                          "pass the source the teacher cache was extracted from")

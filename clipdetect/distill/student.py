@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from clipdetect.core.compat import ensure_torchvision_ops
-from clipdetect.features.backbones import Backbone, BackboneError, BackboneSpec, file_sha256, register_backbone
+from clipdetect.features.backbones import Backbone, BackboneError, BackboneSpec, register_backbone
+from clipdetect.core.tensorfile import file_sha256
 from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)

@@ -60,8 +60,8 @@ class DistillConfig:
     distill_loss: str = "cosine"
     loss: str = "bce"
     head: str = "mlp"
-    head_depth: int = 3
-    head_width: Optional[int] = None
+    depth: int = 3  # the head's MLP blocks and width, named as in TrainConfig
+    width: Optional[int] = None
     dropout: float = 0.335
     epochs: int = 10
     batch_size: int = 64
@@ -103,7 +103,7 @@ class DistillConfig:
         """The head on the student's embedding: what :class:`TrainConfig` makes of the same options."""
         from clipdetect.models.train import TrainConfig
 
-        return TrainConfig(head=self.head, depth=self.head_depth, width=self.head_width,
+        return TrainConfig(head=self.head, depth=self.depth, width=self.width,
                            dropout=self.dropout).head_config(embed_dim)
 
     def calibration_options(self) -> Dict[str, Any]:
@@ -119,7 +119,16 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DistillConfig":
-        return from_dict(cls, d)
+        return from_dict(cls, renamed_keys(d))
+
+
+#: keys of configs saved before the head options were named as in TrainConfig
+_OLD_KEYS = {"head_depth": "depth", "head_width": "width"}
+
+
+def renamed_keys(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved distillation config (``distill_config.json``, a checkpoint's) with today's key names."""
+    return {_OLD_KEYS.get(k, k): v for k, v in d.items()}
 
 
 # ------------------------------------------------------------------ losses
@@ -262,7 +271,7 @@ def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -
 
 
 def _check_resumable(saved: Dict[str, Any], config: DistillConfig) -> None:
-    check_resumable(saved, config.to_dict(), where=config.out, free=_RESUME_FREE)
+    check_resumable(renamed_keys(saved), config.to_dict(), where=config.out, free=_RESUME_FREE)
     if saved.get("epochs") != config.epochs:
         logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from here on",
                        saved.get("epochs"), config.epochs)

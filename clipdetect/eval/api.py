@@ -21,7 +21,7 @@ def extract(source, out: str | os.PathLike, backbone: str, *, source_options: Op
     :func:`~clipdetect.data.registry.open_source` (a folder with ``real/`` and ``fake/``, a
     CSV/parquet manifest, ``hf:NAME``, ``d3:...``), opened with ``source_options``.
     ``backbone`` is ``ARCH:TAG``, ``ARCH:/path/to/checkpoint`` or ``ARCH:random``.
-    ``config`` sets other :class:`~clipdetect.features.extract.ExtractConfig` fields
+    ``config`` sets other :class:`~clipdetect.features.runner.ExtractConfig` fields
     (``batch_size``, ``workers``, ``limit``, ``dtype``, ``device`` ...). Like
     ``clipdetect extract``, an interrupted run resumes where it stopped.
 

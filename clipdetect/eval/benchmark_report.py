@@ -11,7 +11,7 @@ import pandas as pd
 
 from clipdetect.core.escape import md_code, md_text
 from clipdetect.core.io import write_csv, write_json, write_text
-from clipdetect.core.metrics import to_markdown
+from clipdetect.core.tables import to_markdown
 
 
 def _ci(draws: np.ndarray) -> Tuple[float, float]:

@@ -1,7 +1,7 @@
 """Post-hoc calibration on the validation split (``clipdetect calibrate``): no test label is looked at.
 
 * **Threshold for a target false-positive rate**: chosen on the validation *real* images
-  alone (:func:`clipdetect.models.calibration.fpr_threshold`): at most ``target_fpr`` of them
+  alone (:func:`clipdetect.models.thresholds.fpr_threshold`): at most ``target_fpr`` of them
   score above it. It is found on logits and stored on P(fake), the scale ``predict`` writes.
 * **Probability calibration** (optional): Platt scaling or a temperature, refitted on the
   validation split with the guards training uses (:func:`clipdetect.models.calibration.fit_calibration`);
@@ -23,7 +23,8 @@ import numpy as np
 
 from clipdetect.core.metrics import brier_score, expected_calibration_error
 from clipdetect.eval.selection import split_params, split_rows
-from clipdetect.models.calibration import Calibration, fit_calibration, fpr_threshold
+from clipdetect.models.calibration import Calibration, fit_calibration
+from clipdetect.models.thresholds import fpr_threshold
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import pandas as pd
 
+from clipdetect.eval.evaluate import overall_row
 from clipdetect.eval.selection import split_params
 
 
@@ -95,8 +96,7 @@ def compare_reports(reports: Dict[str, Any], *, n_boot: int = 1000, seed: int = 
         if not np.array_equal(rep.scores["row"].to_numpy(), base["row"].to_numpy()):
             raise ValueError(f"detector {name!r} was evaluated on other rows than {reference!r}; "
                              "compare detectors that share the split fractions and seed")
-        overall = rep.table.iloc[0].to_dict()
-        row = {"detector": name, **{k: v for k, v in overall.items() if k not in ("group", "value", "vs")}}
+        row = {"detector": name, **overall_row(rep.table)}
         if name != reference:
             d = paired_auc_difference(base["label"], rep.scores["logit"], base["logit"], n_boot=n_boot,
                                       seed=seed)

@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.core.guards import guard
-from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, to_markdown
+from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, group_masks
+from clipdetect.core.tables import to_markdown
 from clipdetect.core.escape import md_code, md_text
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
-from clipdetect.models.calibration import describe_target
+from clipdetect.models.thresholds import describe_target
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +73,6 @@ def group_values(meta: pd.DataFrame, columns: Sequence[str], y: np.ndarray) -> D
     return out
 
 
-def group_masks(y: np.ndarray, groups: Dict[str, np.ndarray]):
-    """(group, value, mask) in the order :func:`metrics.evaluate_scores` emits rows."""
-    yield "overall", "all", np.ones(y.size, dtype=bool)
-    for col, values in groups.items():
-        s = pd.Series(values)
-        for value in sorted(s[s.notna()].unique(), key=str):
-            mask = (s == value).to_numpy()
-            if (y[mask] == 1).all():
-                mask = mask | (y == 0)
-            elif (y[mask] == 0).all():
-                mask = mask | (y == 1)
-            yield col, value, mask
-
-
 def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
                 groups: Optional[Dict[str, np.ndarray]] = None, threshold: Optional[float] = None,
                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -96,7 +83,7 @@ def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
     table = evaluate_scores(y, logits, groups=groups, threshold=threshold, n_boot=n_boot, seed=seed,
                             scores_are_probs=False, reference="real")
     extra = {"fpr@thr": [], "tpr@thr": [], "ece": [], "brier": []}
-    for _, _, mask in group_masks(y, groups):
+    for *_, mask in group_masks(y, groups):
         ym, above = y[mask], logits[mask] > (math.inf if threshold is None else threshold)
         extra["fpr@thr"].append(float(above[ym == 0].mean()) if (ym == 0).any() else math.nan)
         extra["tpr@thr"].append(float(above[ym == 1].mean()) if (ym == 1).any() else math.nan)
@@ -106,6 +93,11 @@ def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
     for key, values in extra.items():
         table[key] = values
     return table
+
+
+def overall_row(table: pd.DataFrame) -> Dict[str, Any]:
+    """The ``overall`` row of a metric table (:func:`score_table`), without its group columns."""
+    return {k: v for k, v in table.iloc[0].to_dict().items() if k not in ("group", "value", "vs")}
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from clipdetect.eval.evaluate import group_masks, group_values, score_rows
+from clipdetect.core.metrics import group_masks
+from clipdetect.eval.evaluate import group_values, score_rows
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
 
 #: the figures :func:`plot_detectors` writes, by file name (after the prefix)
@@ -25,7 +26,7 @@ def roc_curves(detector, cache, rows: np.ndarray, *, by: Optional[str] = "genera
     curves = {"overall": (y, logits)}
     if by:
         values = group_values(cache.meta.loc[rows].reset_index(drop=True), [by], y)[by]
-        for value, mask in ((v, m) for c, v, m in group_masks(y, {by: values}) if c == by):
+        for value, mask in ((v, m) for c, v, _, m in group_masks(y, {by: values}) if c == by):
             if value is not None and 0 < y[mask].sum() < mask.sum() and not mask.all():
                 curves[str(value)] = (y[mask], logits[mask])  # a group of every row would repeat "overall"
     return curves

@@ -15,9 +15,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from clipdetect.features.backbones import Backbone, identities_match
+from clipdetect.features.backbones import Backbone
+from clipdetect.features.identity import identities_match
 from clipdetect.features.cache import FeatureCache
-from clipdetect.eval.evaluate import evaluate_detector
+from clipdetect.eval.evaluate import evaluate_detector, overall_row
 from clipdetect.data.perturb import DEFAULT_SEVERITIES, PERTURBATIONS, NormalizedSource, PerturbedSource
 from clipdetect.eval.format_bias import format_only_baseline, source_format_table
 from clipdetect.data.sources import Source
@@ -67,9 +68,7 @@ def _evaluate_all(detectors: Mapping[str, Any], cache: FeatureCache, *, n_boot: 
     rows = []
     for name, det in detectors.items():
         rep = evaluate_detector(det, cache, split="all", by=(), n_boot=n_boot, seed=seed)
-        overall = rep.table.iloc[0].to_dict()
-        rows.append({"detector": name, **extra, **{k: v for k, v in overall.items()
-                                                   if k not in ("group", "value", "vs")}})
+        rows.append({"detector": name, **extra, **overall_row(rep.table)})
     return rows
 
 

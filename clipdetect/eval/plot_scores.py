@@ -103,8 +103,7 @@ def _plot_sweep(ax: Axes, sub: pd.DataFrame, *, x: str, y: str, style: str | Non
         part = part.sort_values(x)
         line, = ax.plot(part[x], part[y], marker="o", label=None if label is None else str(label))
         if f"{y}_lo" in part and f"{y}_hi" in part:
-            ax.fill_between(part[x], part[f"{y}_lo"], part[f"{y}_hi"],
-                            color=line.get_color(), alpha=0.2)
+            ax.fill_between(part[x], part[f"{y}_lo"], part[f"{y}_hi"], color=line.get_color(), alpha=0.2)
 
 
 def plot_metric_curves(df: pd.DataFrame, *, x: str = "severity", y: str = "auc",
@@ -119,8 +118,7 @@ def plot_metric_curves(df: pd.DataFrame, *, x: str = "severity", y: str = "auc",
     kinds = list(dict.fromkeys(df[hue]))
     ncols = max(1, min(ncols, len(kinds)))
     nrows = max(1, math.ceil(len(kinds) / ncols))
-    fig, axes = subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows),
-                             sharey=True, squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), sharey=True, squeeze=False)
     for ax, kind in zip(axes.flat, kinds):
         _plot_sweep(ax, df[df[hue] == kind], x=x, y=y, style=style)
         ax.set_title(str(kind))

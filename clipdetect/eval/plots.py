@@ -30,8 +30,6 @@ from clipdetect.core.io import atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-#: kept for callers that pass an explicit floor; by default a log-FPR axis starts at 1 / n_real
-FPR_FLOOR = 1e-4
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 #: bootstrap resamples behind the 95 % bands of ROC curves
 ROC_BAND_BOOT = 200

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_table
-from clipdetect.core.metrics import to_markdown
+from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, overall_row, score_rows, score_table
+from clipdetect.core.tables import to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.features.splits import SplitSpec
@@ -78,12 +78,9 @@ def save_table(df: pd.DataFrame, out: str | Path, stem: str, *, columns: Optiona
 
 def _overall(detector, cache, rows, *, n_boot: int, seed: int) -> Dict[str, Any]:
     rows = np.sort(np.asarray(rows, dtype=np.int64))
-    x = detector.features(cache, rows)
-    logits = np.asarray(detector.logits(x), dtype=np.float64)
-    probs = np.asarray(detector.probability(x), dtype=np.float64)
-    t = score_table(cache.labels(rows), logits, probs, threshold=logit_threshold(detector), n_boot=n_boot,
-                    seed=seed)
-    return {k: v for k, v in t.iloc[0].to_dict().items() if k not in ("group", "value", "vs")}
+    logits, probs = score_rows(detector, cache, rows)
+    return overall_row(score_table(cache.labels(rows), logits, probs, threshold=logit_threshold(detector),
+                                    n_boot=n_boot, seed=seed))
 
 
 # ------------------------------------------------------------------ leave one generator out
@@ -122,8 +119,8 @@ def leave_one_generator_out(cache, *, feature_set: str = "image", config=None,
                                 progress=progress)
         held = np.concatenate([test_reals, np.flatnonzero((y == 1) & (gen == g))])
         seen = np.concatenate([test_reals, te[(y[te] == 1) & (gen[te] != g)]])
-        row = {"held_out": g, "n_train": int(len(keep(tr))), **_overall(det, cache, held, n_boot=n_boot,
-                                                                        seed=seed)}
+        row = {"held_out": g, "n_train": int(len(keep(tr))),
+               **_overall(det, cache, held, n_boot=n_boot, seed=seed)}
         ins = _overall(det, cache, seen, n_boot=n_boot, seed=seed)
         row.update({"in_auc": ins["auc"], "in_auc_lo": ins.get("auc_lo"), "in_auc_hi": ins.get("auc_hi")})
         row["auc_drop"] = row["in_auc"] - row["auc"]
@@ -164,9 +161,7 @@ def text_leakage_audit(cache, *, config=None, feature_sets: Sequence[str] = ("te
         logger.info("text-leakage audit: training on %s features", fs)
         det = Detector.fit_cache(cache, feature_set=fs, config=config, progress=progress)
         rep = evaluate_detector(det, cache, split="test", by=(), n_boot=n_boot, seed=seed)
-        overall = rep.table.iloc[0].to_dict()
-        rows.append({"features": fs, **{k: v for k, v in overall.items() if k not in ("group", "value",
-                                                                                      "vs")}})
+        rows.append({"features": fs, **overall_row(rep.table)})
     test_rows = SplitSpec.of(config).rows(cache, "test")
     return {"table": pd.DataFrame(rows), "captions": caption_overlap(cache, test_rows)}
 

@@ -28,12 +28,13 @@ import pandas as pd
 from clipdetect.core.guards import ci_note, guard
 from clipdetect.core.io import write_json, write_text
 from clipdetect.core.escape import md_code
-from clipdetect.core.metrics import reliability_table, to_markdown
+from clipdetect.core.metrics import reliability_table
+from clipdetect.core.tables import to_markdown
 from clipdetect.eval.compare import baseline_probe, compare_reports
 from clipdetect.eval.evaluate import EvalReport, evaluate_detector
 from clipdetect.eval.figures import plot_detectors
 from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, leave_one_generator_out
-from clipdetect.models.calibration import describe_target
+from clipdetect.models.thresholds import describe_target
 
 logger = logging.getLogger(__name__)
 

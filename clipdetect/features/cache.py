@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from clipdetect.core.errors import MissingKeyError
 from clipdetect.core.inputs import InputError, check_regular
 from clipdetect.features.manifest import (ERROR_COLUMNS, META_COLUMNS, NORM_TOLERANCE, CacheError, feature_parts,
                                           read_manifest, read_meta, row_ids, shard_file)
+from clipdetect.features.splits import check_stored_split
 
 #: where each kind of array lives
 ARRAY_DIRS = {"image": "img_emb", "text": "txt_emb", "layers": "layers"}
@@ -185,23 +186,10 @@ class FeatureCache:
                 vals = [val] if isinstance(val, str) else list(val)
                 mask &= m[col].isin(vals).to_numpy()
         if split is not None:
-            self._check_stored_split(split, m["split"])
+            check_stored_split(self.root, split, m["split"])
         if label is not None:
             mask &= (m["label"].to_numpy() == int(label))
         return np.flatnonzero(mask)
-
-    def _check_stored_split(self, split: str | Sequence[str], stored: pd.Series) -> None:
-        from clipdetect.features.splits import TEST_NAMES, VAL_NAMES, has_heldout_splits
-
-        wanted = [split] if isinstance(split, str) else list(split)
-        derived = [s for s in wanted if str(s).lower() in VAL_NAMES + TEST_NAMES]
-        if derived and len(stored) and not has_heldout_splits(stored):
-            raise ValueError(
-                f"cache {str(self.root)!r} stores no {derived[0]!r} rows: all its rows say 'train', and "
-                "validation/test rows are derived from their keys when training and evaluating. Use "
-                f"clipdetect.features.splits.resolve_split_rows(cache, {derived[0]!r}, val=..., test=..., "
-                f"seed=...) with the detector's split fractions, or clipdetect.evaluate(detector, cache, "
-                f"split={derived[0]!r}), which resolves it as `clipdetect evaluate --split` does")
 
     def _shape(self, kind: str, rows: int) -> tuple:
         if kind == "layers":
@@ -280,10 +268,6 @@ class FeatureCache:
         y = self.columns("label")["label"].to_numpy().astype(np.int64)
         return y if rows is None else y[np.asarray(rows)]
 
-    def iter_batches(self, rows: np.ndarray, batch_size: int, feature_set: str = "image") -> Iterator[np.ndarray]:
-        for i in range(0, len(rows), batch_size):
-            yield self.features(feature_set, rows[i:i + batch_size])
-
     def summary(self) -> Dict[str, Any]:
         m = self.columns("label", "split", "generator")
         errs = self.errors()
@@ -297,7 +281,3 @@ class FeatureCache:
                 "errors": {str(k): int(v) for k, v in errs["reason"].value_counts().items()} if len(errs) else {},
                 "runs": {k: {kk: v.get(kk) for kk in ("source", "position", "complete")}
                          for k, v in self.manifest["runs"].items()}}
-
-
-def open_cache(root: str | os.PathLike) -> FeatureCache:
-    return FeatureCache(root)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from clipdetect.core.io import TMP_GLOB, atomic_write, tmp_owner_pid, write_json
 from clipdetect.core.lock import DirLock, LockedError, pid_alive
-from clipdetect.features.backbones import identities_match
+from clipdetect.features.identity import identities_match
 from clipdetect.features.manifest import (ERROR_COLUMNS, FORMAT, NORM_TOLERANCE, VERSION, CacheError, read_manifest,
                                           read_meta, row_ids, shard_file)
 

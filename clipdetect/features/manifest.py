@@ -27,8 +27,6 @@ META_COLUMNS = V1_META_COLUMNS + V2_META_COLUMNS
 #: the columns that describe the decoded image (the decoder's ``info``), and the image's view;
 #: the others are the source sample's fields of the same names
 IMAGE_COLUMNS = ("width", "height", "format", "mode", "view")
-#: metadata columns that caches written by earlier versions may lack (filled by :func:`fill_meta_defaults`)
-OPTIONAL_META_COLUMNS = tuple(V2_META_COLUMNS)
 ERROR_COLUMNS = ["key", "path", "reason", "detail"]
 #: what a detector input is made of: the final image embedding, the caption embedding, and the
 #: per-block CLS tokens of the image tower (``extract --layers``), flattened

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Tuple
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -62,6 +62,19 @@ def has_heldout_splits(split_column: Iterable[object]) -> bool:
     names = {str(s).lower() for s in split_column}
     return bool(names & set(VAL_NAMES + TEST_NAMES))
 
+
+def check_stored_split(root, split: str | Sequence[str], stored: Iterable[object]) -> None:
+    """Refuse to filter the *stored* ``split`` column of the cache at ``root`` for validation or
+    test rows when it names none: they are derived from the keys (:func:`resolve_split_rows`)."""
+    wanted = [split] if isinstance(split, str) else list(split)
+    derived = [s for s in wanted if str(s).lower() in VAL_NAMES + TEST_NAMES]
+    if derived and len(stored) and not has_heldout_splits(stored):
+        raise ValueError(
+            f"cache {str(root)!r} stores no {derived[0]!r} rows: all its rows say 'train', and "
+            "validation/test rows are derived from their keys when training and evaluating. Use "
+            f"clipdetect.features.splits.resolve_split_rows(cache, {derived[0]!r}, val=..., test=..., "
+            f"seed=...) with the detector's split fractions, or clipdetect.evaluate(detector, cache, "
+            f"split={derived[0]!r}), which resolves it as `clipdetect evaluate --split` does")
 
 def cache_splits(cache, *, val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> np.ndarray:
     """The effective split ("train"/"val"/"test"/other) of every row of ``cache``.

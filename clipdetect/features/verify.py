@@ -66,11 +66,9 @@ class VerifyReport:
 def npy_header(path: Path):
     """(shape, dtype, data offset) of a ``.npy`` file, reading only its header."""
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        fmt = np.lib.format
+        read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
         return shape, dtype, f.tell()
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Dict
 
-import numpy as np
-
 from clipdetect import __version__
+from clipdetect.core.escape import plain_json
 from clipdetect.core.io import read_json, write_json
 from clipdetect.core.tensorfile import read_safetensors, safetensors_header, save_safetensors
 from clipdetect.core.schema import Field, validate
@@ -32,19 +30,6 @@ class DetectorError(ValueError):
     """A bundle that cannot be loaded, or features that do not fit the detector."""
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: numpy scalars → Python, NaN/inf → None, tuples → lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def bundle_json(det) -> Dict[str, Any]:
     """``detector.json`` of detector ``det`` (plain JSON: NaN/inf become null).
 
@@ -52,12 +37,12 @@ def bundle_json(det) -> Dict[str, Any]:
     version 1's ``temperature`` field, so older readers score them exactly as before."""
     cal = det.calibration
     legacy = cal.method != "platt"
-    return _jsonable({"format": FORMAT, "version": 1 if legacy else VERSION, "clipdetect_version": __version__,
-                      "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "feature_set": det.feature_set,
-                      "backbone": det.backbone, "head_config": dataclasses.asdict(det.head_config),
-                      "threshold": det.threshold, **({"temperature": det.temperature} if legacy else {}),
-                      "calibration": cal.to_json(), "threshold_target": det.threshold_target,
-                      "train_config": det.train_config, "metrics": det.metrics, "extra": det.extra})
+    return plain_json({"format": FORMAT, "version": 1 if legacy else VERSION, "clipdetect_version": __version__,
+                       "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "feature_set": det.feature_set,
+                       "backbone": det.backbone, "head_config": dataclasses.asdict(det.head_config),
+                       "threshold": det.threshold, **({"temperature": det.temperature} if legacy else {}),
+                       "calibration": cal.to_json(), "threshold_target": det.threshold_target,
+                       "train_config": det.train_config, "metrics": det.metrics, "extra": det.extra})
 
 
 def save_bundle(det, path: str | os.PathLike) -> Path:

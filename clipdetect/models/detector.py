@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipdetect.features.backbones import identities_match
+from clipdetect.features.identity import identities_match
 from clipdetect.models.bundle import DetectorError, bundle_json, read_bundle, save_bundle
 from clipdetect.models.heads import HeadConfig
 from clipdetect.models.calibration import Calibration

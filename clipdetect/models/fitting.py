@@ -1,7 +1,7 @@
 """Every fit ends here: a training result becomes a :class:`~clipdetect.models.detector.Detector`.
 
 :func:`from_result` fits the calibration and chooses the threshold on the validation logits of
-the selected epoch (:func:`~clipdetect.models.calibration.fit_on_validation`), the same for a
+the selected epoch (:func:`~clipdetect.models.thresholds.fit_on_validation`), the same for a
 head trained on embeddings, a distilled student's head, a fused detector and a logistic probe.
 :func:`fit_arrays`, :func:`fit_cache` and :func:`fit_rows` train a head (:func:`~clipdetect.models.train.train`)
 on arrays, on a feature cache's train/val split and on explicit rows of a cache.
@@ -16,7 +16,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from clipdetect.features.splits import SplitSpec, view_rows
-from clipdetect.models.calibration import Calibration, fit_on_validation
+from clipdetect.models.calibration import Calibration
+from clipdetect.models.thresholds import fit_on_validation
 from clipdetect.models.sources import ArraySource, CacheSource
 from clipdetect.models.train import TrainConfig, train
 from clipdetect.models.trainer import TrainResult

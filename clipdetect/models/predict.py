@@ -2,9 +2,8 @@
 
 Runs on the extraction engine (:mod:`clipdetect.features.pipeline`: the same reader and the
 same mapper, decoder then encoder), so images are decoded and preprocessed exactly as they were
-when the detector's training cache was built. Output
-rows keep the source order; an image that cannot be decoded gets a row with its
-``error`` reason and no score, and never stops the run.
+when the detector's training cache was built. Output rows keep the source order; an image that
+cannot be decoded gets a row with its ``error`` reason and no score, and never stops the run.
 """
 from __future__ import annotations
 
@@ -17,8 +16,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from clipdetect.features.backbones import (Backbone, BackboneError, alternative_specs, create_backbone,
-                                           identities_match, locate_checkpoint)
+from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
+from clipdetect.features.identity import alternative_specs, identities_match, locate_checkpoint
 from clipdetect.features import pipeline
 from clipdetect.features.encoder import encoder_for
 from clipdetect.features.manifest import feature_parts
@@ -32,8 +31,6 @@ from clipdetect.models.predictions import PredictionWriter, PredictSummary, SCOR
 logger = logging.getLogger(__name__)
 
 
-
-
 def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = False, device: str = "cpu",
                      precision: str = "fp32", weights: Optional[str] = None, runtime: str = "torch") -> Backbone:
     """The backbone that made the detector's training features (or ``spec``), checked.
@@ -41,7 +38,7 @@ def resolve_backbone(detector, spec: Optional[str] = None, *, force: bool = Fals
     A backbone whose identity (architecture, weights hash, preprocessing ...) differs from
     the detector's is refused unless ``force``: its embeddings mean nothing to the head.
     Without ``spec``, a checkpoint backbone is found again by its sha256
-    (:func:`~clipdetect.features.backbones.locate_checkpoint`: ``weights`` or
+    (:func:`~clipdetect.features.identity.locate_checkpoint`: ``weights`` or
     ``$CLIPDETECT_WEIGHTS``, the recorded absolute path, the path as written), so a bundle
     trained on ``ARCH:relative/path`` works from any directory. ``runtime`` (``onnx``,
     ``openvino``) runs the image tower there at ``precision`` (:mod:`clipdetect.features.runtime`).

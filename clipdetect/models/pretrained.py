@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 
@@ -21,10 +21,6 @@ def shipped() -> Dict[str, Path]:
     if not SHIPPED_DIR.is_dir():
         return {}
     return {p.name: p for p in sorted(SHIPPED_DIR.iterdir()) if (p / "detector.json").is_file()}
-
-
-def shipped_names() -> List[str]:
-    return list(shipped())
 
 
 def resolve_detector_path(path: str | os.PathLike) -> Path:

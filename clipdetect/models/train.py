@@ -29,7 +29,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
-from clipdetect.models.calibration import CALIBRATION_METHODS, THRESHOLD_RULES
+from clipdetect.models.calibration import CALIBRATION_METHODS
+from clipdetect.models.thresholds import THRESHOLD_RULES
 from clipdetect.models.checkpoint import check_resumable
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.samplers import GroupBatchSampler, StratifiedBatchSampler
@@ -157,7 +158,7 @@ class TrainConfig:
         return cls(**{**base, **overrides})
 
     def calibration_options(self) -> Dict[str, Any]:
-        """Keyword arguments of :func:`~clipdetect.models.calibration.fit_on_validation`."""
+        """Keyword arguments of :func:`~clipdetect.models.thresholds.fit_on_validation`."""
         return {"calibration": self.calibration if self.calibrate else "none", "threshold_rule": self.threshold_rule,
                 "target_fpr": self.threshold_fpr}
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clipdetect.core.escape import plain_json
 from clipdetect.core.io import open_new
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.checkpoint import load_checkpoint, save_checkpoint
@@ -212,8 +213,7 @@ def _restore(fit: Fit, folder) -> _State:
 
 
 def _write(log, record: Dict[str, Any]) -> None:
-    log.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                          for k, v in record.items()}) + "\n")
+    log.write(json.dumps(plain_json(record)) + "\n")
     log.flush()
 
 

@@ -6,32 +6,16 @@ card shipped with the detector) is read with a fallback, so any bundle gives a c
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from clipdetect.models.calibration import describe_target
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: NaN/inf → None, numpy scalars → Python, containers recursively."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from clipdetect.core.escape import plain_json
+from clipdetect.models.thresholds import describe_target
 
 
 def threshold_target(detector) -> Dict[str, Any]:
     """How the decision threshold was chosen: the detector's ``threshold_target`` record (see
-    :func:`~clipdetect.models.calibration.describe_target`), else, for bundles written before it,
+    :func:`~clipdetect.models.thresholds.describe_target`), else, for bundles written before it,
     a target FPR from ``clipdetect calibrate``, validation balanced accuracy, or the 0.5 default."""
     extra = getattr(detector, "extra", None) or {}
     metrics = getattr(detector, "metrics", None) or {}
@@ -109,4 +93,4 @@ def model_card(detector, *, path: Optional[str] = None, limits: Optional[Dict[st
         card["card"] = shipped
     if limits is not None:
         card["limits"] = limits
-    return _plain(card)
+    return plain_json(card)
