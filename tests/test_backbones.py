@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clipdetect.features.backbones import BackboneError, BackboneSpec, create_backbone, identities_match
-from conftest import TINY
+from helpers.images import TINY
 
 
 def test_spec_parsing():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from _synthetic import write_synthetic_cache
+from helpers.synthetic import write_synthetic_cache
 
 from clipdetect.eval.calibrate import calibrate_detector, calibrate_scores
 from clipdetect.cli.main import main

@@ -16,7 +16,7 @@ import pytest
 from clipdetect.cli.main import main
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.cache_writer import LOCK_NAME, CacheWriter
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 ROOT = Path(__file__).resolve().parent.parent  # children import this checkout's package
 HOLD = ("import sys; from clipdetect.core.lock import DirLock; lock = DirLock(sys.argv[1]).acquire(); "

@@ -9,9 +9,8 @@ from clipdetect.models.detector import Detector, fit_detector
 from clipdetect.models.calibration import choose_threshold
 from clipdetect.models.train import TrainConfig
 
-from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
-
-FAST = TrainConfig(batch_size=64, epochs=4, lr=1e-2, width=32, patience=0)
+from helpers.synthetic import separable_features, synthetic_identity, write_synthetic_cache
+from helpers.training import FAST
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -19,7 +19,7 @@ from clipdetect.features.cache import FeatureCache
 from clipdetect.features.runner import ExtractConfig
 from clipdetect.features.extract import extract
 from clipdetect.data.sources import ImageFolderSource, ManifestSource
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 
 def _cfg(out, **kw):

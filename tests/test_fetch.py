@@ -8,7 +8,7 @@ import pytest
 from clipdetect.cli.main import main
 from clipdetect.data.fetch import FetchStore, fetch_many, fetch_one, url_key
 
-from _d3_fixture import ROUTES, real_bytes, real_url, serve_reals
+from helpers.d3 import ROUTES, real_bytes, real_url, serve_reals
 
 FAST = dict(timeout=(1.0, 0.6), retries=1, backoff=0.01, progress=False)
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from clipdetect.cli.main import main
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = (ROOT / "README.md").read_text().split("## Your own images, start to finish")[1].split("\n## ")[0]

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _hostile import deadline_fixture, run_cli
+from helpers.hostile import deadline_fixture, run_cli
 from clipdetect.cli.main import main
 from clipdetect.core.inputs import InputError, check_regular, read_input
 from clipdetect.data.imaging import BadImage, decode_image
 from clipdetect.models.detector import Detector
 from clipdetect.models.train import TrainConfig
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 _deadline = deadline_fixture(300)
 

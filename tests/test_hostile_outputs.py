@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import clipdetect.core.io as cio
-from _hostile import ROOT, deadline_fixture
+from helpers.hostile import ROOT, deadline_fixture
 from clipdetect.cli.main import main
 from clipdetect.core.io import WriteError, atomic_write, open_new, staged_output, write_text
 from clipdetect.models.detector import Detector
 from clipdetect.models.train import TrainConfig
-from conftest import TINY, write_image_folder
+from helpers.images import TINY, write_image_folder
 
 _deadline = deadline_fixture(300)
 
@@ -85,7 +85,7 @@ def test_a_planted_lock_link_is_refused(tmp_path, victim):
 
 
 def test_figures_and_tables_are_written_without_following_links(tmp_path, victim):
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
 
     write_synthetic_cache(tmp_path / "cache", n=80, dim=8)
     assert main(["train", str(tmp_path / "cache"), "--out", str(tmp_path / "det"), "--epochs", "1",

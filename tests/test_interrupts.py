@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from clipdetect.cli.main import main
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
-from _synthetic import write_synthetic_cache
+from helpers.synthetic import write_synthetic_cache
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import clipdetect
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 from clipdetect.features import runtime
 from clipdetect.features.backbones import create_backbone

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from _synthetic import write_synthetic_cache
+from helpers.synthetic import write_synthetic_cache
 
 from clipdetect.core.metrics import to_markdown
 from clipdetect.data.perturb import ListSource

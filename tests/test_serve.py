@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from _serve import get, get_json, load_experiment, png, running_server, tiny_detector
+from helpers.serve import get, get_json, load_experiment, png, running_server
+from helpers.training import tiny_detector
 from clipdetect.cli.main import main
 from clipdetect.serve.batcher import Batcher
 from clipdetect.serve.config import ServeConfig

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from _hostile import ROOT, deadline_fixture, run_cli, session_members, temporaries
-from _synthetic import write_synthetic_cache
+from helpers.hostile import ROOT, deadline_fixture, run_cli, session_members, temporaries
+from helpers.synthetic import write_synthetic_cache
 from clipdetect.cli.main import main
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 pytestmark = pytest.mark.slow
 _deadline = deadline_fixture(400)

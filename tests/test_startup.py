@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import torch
 
-from conftest import TINY
+from helpers.images import TINY
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pandas", "sklearn", "open_clip", "torchvision")

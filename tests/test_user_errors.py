@@ -14,9 +14,9 @@ from PIL import Image
 
 from clipdetect.cli.main import build_parser, main
 from clipdetect.features.cache import FeatureCache
-from conftest import TINY
+from helpers.images import TINY
 
-from _synthetic import write_synthetic_cache
+from helpers.synthetic import write_synthetic_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 

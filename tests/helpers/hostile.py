@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent  # children import this checkout's package
+ROOT = Path(__file__).resolve().parents[2]  # children import this checkout's package
 
 
 @contextlib.contextmanager
