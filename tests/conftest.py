@@ -41,3 +41,19 @@ def shared_image_folder(tmp_path_factory):
 def image_folder(shared_image_folder, tmp_path):
     """A copy of ``shared_image_folder`` of the test's own, which it may change."""
     return copy_folder(shared_image_folder, tmp_path / "imgs")
+
+
+@pytest.fixture(scope="session")
+def images_60(tmp_path_factory):
+    """60 real and 60 fake 32-px PNGs (15 shards of 8), made once: read it, never write into it."""
+    return write_image_folder(tmp_path_factory.mktemp("images60") / "imgs", n=60, fake_offset=500, size=(32, 32),
+                              name="{i:03d}")
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_dir(tmp_path_factory, tiny_backbone):
+    """A saved detector on the tiny backbone's features (trained on random arrays: its scores only
+    need to exist); read it, never write into it."""
+    from helpers.training import tiny_detector
+
+    return tiny_detector(tiny_backbone).save(tmp_path_factory.mktemp("tinydet") / "det")

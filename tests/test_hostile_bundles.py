@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers.hostile import HOSTILE_BUNDLES, deadline_fixture, hostile_bundle, run_cli
+from helpers.hostile import HOSTILE_BUNDLES, deadline_fixture, hostile_bundle
+from helpers.procs import run_cli
 from helpers.synthetic import separable_features
 from clipdetect.cli.main import main
 from clipdetect.models.bundle import DetectorError

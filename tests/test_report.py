@@ -14,7 +14,6 @@ from clipdetect.cli.main import main
 from clipdetect.core.metrics import expected_calibration_error, reliability_table
 from clipdetect.eval.report import ReportConfig, build_report
 from clipdetect.models.detector import Detector
-from clipdetect.models.train import TrainConfig
 from helpers.training import FAST_LINEAR
 
 PROBE = replace(FAST_LINEAR, epochs=6)

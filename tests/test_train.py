@@ -8,7 +8,7 @@ import torch
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.samplers import StratifiedBatchSampler
 from clipdetect.models.sources import ArraySource, CacheSource, predict_logits
-from clipdetect.models.train import TrainConfig, train
+from clipdetect.models.train import train
 
 from helpers.synthetic import separable_features, write_synthetic_cache
 from helpers.training import FAST
