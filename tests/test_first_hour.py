@@ -3,20 +3,18 @@ nested generator and source folders (the tiny random model stands in for the CLI
 from __future__ import annotations
 
 import json
-import re
 import shlex
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from clipdetect.cli.main import main
 from helpers.images import TINY, make_image
+from helpers.readme import code_blocks, section as readme_section
 
-ROOT = Path(__file__).resolve().parent.parent
-SECTION = (ROOT / "README.md").read_text().split("## Your own images, start to finish")[1].split("\n## ")[0]
-COMMANDS = [shlex.split(line.split("#")[0])[1:] for line in re.findall(r"```bash\n(.*?)```", SECTION, re.S)[0]
-            .splitlines() if line.startswith("clipdetect ")]
+SECTION = readme_section("Your own images, start to finish")
+COMMANDS = [shlex.split(line.split("#")[0])[1:] for line in code_blocks("bash", SECTION)[0].splitlines()
+            if line.startswith("clipdetect ")]
 FOLDERS = {"fake/midjourney": True, "fake/dalle": True, "real/camera": False, "real/scans": False}
 
 

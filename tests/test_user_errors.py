@@ -6,7 +6,6 @@ import argparse
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,9 @@ from PIL import Image
 from clipdetect.cli.main import build_parser, main
 from clipdetect.features.cache import FeatureCache
 from helpers.images import TINY
+from helpers.readme import README, ROOT
 
 from helpers.synthetic import write_synthetic_cache
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _one_error(capsys) -> str:
@@ -106,8 +104,7 @@ def test_every_command_has_examples_and_limits_are_documented():
     for name in ("extract", "predict"):
         text = commands[name].format_help()
         assert "--max-pixels" in text and "--max-aspect" in text and "64,000,000" in text
-    readme = (ROOT / "README.md").read_text()
-    assert "--max-aspect" in readme and "--max-pixels" in readme and "cache verify" in readme
+    assert "--max-aspect" in README and "--max-pixels" in README and "cache verify" in README
 
 
 def test_cache_alone_prints_the_cache_help(capsys):
