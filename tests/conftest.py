@@ -57,3 +57,19 @@ def tiny_detector_dir(tmp_path_factory, tiny_backbone):
     from helpers.training import tiny_detector
 
     return tiny_detector(tiny_backbone).save(tmp_path_factory.mktemp("tinydet") / "det")
+
+
+@pytest.fixture(scope="session")
+def synthetic_detector(tmp_path_factory):
+    """A 300-row synthetic cache whose classes separate well and a detector fit on it with FAST:
+    (cache, detector), made once; do not change either (save copies with ``detector.save``)."""
+    import torch
+
+    from helpers.training import fit_on_synthetic
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread avoids oversubscription stalls
+    try:
+        return fit_on_synthetic(tmp_path_factory.mktemp("synthetic") / "c", n=300, shift=3.0)
+    finally:
+        torch.set_num_threads(threads)

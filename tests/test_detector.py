@@ -16,10 +16,9 @@ from helpers.training import FAST
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_torch_thread):
-    cache = write_synthetic_cache(tmp_path_factory.mktemp("cache") / "c", n=300, shift=3.0)
-    return cache, Detector.fit_cache(cache, config=FAST)
+@pytest.fixture
+def trained(synthetic_detector):
+    return synthetic_detector
 
 
 def test_choose_threshold_maximises_balanced_accuracy():

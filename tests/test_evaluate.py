@@ -7,15 +7,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, roc_auc_score
 
-from helpers.synthetic import write_synthetic_cache
 
 from clipdetect.cli.main import main
-from clipdetect.models.detector import Detector
 from clipdetect.eval.compare import paired_auc_difference
 from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_table
 from clipdetect.eval.figures import plot_detectors, roc_curves
 from clipdetect.features.splits import resolve_split_rows
-from helpers.training import FAST_LINEAR
+from helpers.training import FAST_LINEAR, fit_on_synthetic
 
 PROBE = replace(FAST_LINEAR, epochs=3, lr=None)
 
@@ -23,9 +21,8 @@ PROBE = replace(FAST_LINEAR, epochs=3, lr=None)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    cache = write_synthetic_cache(root / "cache", n=400, dim=16, shift=0.8)
     # a second generator column value for half of the fakes, and a "format" column with both classes
-    det = Detector.fit_cache(cache, config=PROBE)
+    cache, det = fit_on_synthetic(root / "cache", PROBE, n=400, dim=16, shift=0.8)
     det.threshold = 0.6  # a non-trivial validation threshold
     det = det.replace(temperature=1.7)
     det.save(root / "det")

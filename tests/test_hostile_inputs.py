@@ -16,7 +16,7 @@ from clipdetect.cli.main import main
 from clipdetect.core.inputs import InputError, check_regular, read_input
 from clipdetect.data.imaging import BadImage, decode_image
 from clipdetect.models.detector import Detector
-from helpers.images import TINY, make_image
+from helpers.images import TINY, make_image, write_image_folder
 
 _deadline = deadline_fixture(300)
 
@@ -32,10 +32,7 @@ def hostile_folder(tmp_path):
     """real/ and fake/ with two good images each, plus a FIFO, a link to /dev/zero, a 2 GiB
     sparse file and a folder, all named like images."""
     root = tmp_path / "imgs"
-    for label in ("real", "fake"):
-        (root / label).mkdir(parents=True)
-        for i in range(2):
-            make_image(i + 10 * (label == "fake"), size=(32, 32), fake=label == "fake").save(root / label / f"{i}.png")
+    write_image_folder(root, n=2, fake_offset=10, size=(32, 32), name="{i}")
     os.mkfifo(root / "real" / "x.jpg")
     (root / "real" / "zero.jpg").symlink_to("/dev/zero")
     with open(root / "fake" / "huge.png", "wb") as f:

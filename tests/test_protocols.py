@@ -20,7 +20,7 @@ from clipdetect.data.sources import ImageFolderSource
 from clipdetect.features.splits import resolve_split_rows
 from clipdetect.models.train import TrainConfig
 from helpers.training import FAST_LINEAR
-from helpers.images import TINY, make_image
+from helpers.images import TINY, make_image, write_image_folder
 
 PROBE = replace(FAST_LINEAR, epochs=8)
 
@@ -132,11 +132,7 @@ def image_setup(tmp_path_factory, tiny_backbone):
     """Reals as PNG, fakes as JPEG (a format leak), a cache and a detector trained on it."""
     root = tmp_path_factory.mktemp("imgproto")
     imgs = root / "imgs"
-    for label, ext in (("real", "png"), ("fake", "jpg")):
-        (imgs / label).mkdir(parents=True)
-        for i in range(6):
-            make_image(i + (100 if label == "fake" else 0), size=(40, 40), fake=label == "fake").save(
-                imgs / label / f"{i}.{ext}")
+    write_image_folder(imgs, n=6, fake_offset=100, size=(40, 40), exts=("png", "jpg"), name="{i}")
     extract(ImageFolderSource(imgs), ExtractConfig(backbone=TINY, out=str(root / "cache"), workers=0,
                                                    batch_size=12),
             backbone=tiny_backbone, progress=False)

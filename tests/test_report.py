@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.synthetic import write_multi_generator_cache, write_synthetic_cache
+from helpers.synthetic import write_multi_generator_cache
 
 from clipdetect.cli.main import main
 from clipdetect.core.metrics import expected_calibration_error, reliability_table
 from clipdetect.eval.report import ReportConfig, build_report
 from clipdetect.models.detector import Detector
-from helpers.training import FAST_LINEAR
+from helpers.training import FAST_LINEAR, fit_on_synthetic
 
 PROBE = replace(FAST_LINEAR, epochs=6)
 
@@ -75,8 +75,8 @@ def test_sections_that_cannot_run_say_why(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Not run: the cache's metadata lacks" in md and "Not run: turned off" in md
 
-    one = write_synthetic_cache(tmp_path / "one", n=200, dim=12)
-    rep = build_report(Detector.fit_cache(one, config=PROBE), one, ReportConfig(out=str(tmp_path / "r1"), n_boot=10))
+    one, det = fit_on_synthetic(tmp_path / "one", PROBE, n=200, dim=12)
+    rep = build_report(det, one, ReportConfig(out=str(tmp_path / "r1"), n_boot=10))
     assert rep["logo"]["skipped"] == "needs fakes of at least 2 generators; the cache has ['gen']"
     assert len(rep["per_generator"]) == 2 and "result" in rep["format_baseline"]
 

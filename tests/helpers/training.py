@@ -34,3 +34,14 @@ def tiny_detector(backbone, *, temperature: float = 2.0):
     config = replace(FAST_LINEAR, epochs=2, batch_size=16, lr=None, val_fraction=0.0, test_fraction=0.0)
     det = Detector.fit(X, y, config=config, backbone={**backbone.identity, "spec": TINY})
     return det.replace(temperature=temperature)
+
+
+def fit_on_synthetic(root, config: TrainConfig = FAST, *, feature_set: str = "image", **cache_options):
+    """A synthetic cache written at ``root`` (:func:`helpers.synthetic.write_synthetic_cache` with
+    ``cache_options``) and a detector fit on it with ``config``: (cache, detector)."""
+    from clipdetect.models.detector import Detector
+
+    from helpers.synthetic import write_synthetic_cache
+
+    cache = write_synthetic_cache(root, **cache_options)
+    return cache, Detector.fit_cache(cache, feature_set=feature_set, config=config)
