@@ -124,6 +124,7 @@ def test_json_and_text_outputs(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["ok"] is True
 
 
+@pytest.mark.slow  # the whole demo: three detectors, figures, bootstrap
 def test_demo_on_a_small_cache_says_what_it_cannot_measure(tmp_path, capsys):
     import json
 

@@ -39,6 +39,7 @@ def sample():
     return cache.features("image", rows), cache.labels(rows)
 
 
+@pytest.mark.slow  # fifteen fits on the sample cache
 def test_cross_val_score_and_grid_search_on_the_sample_cache(sample):
     X, y = sample
     est = DetectorClassifier(epochs=8, batch_size=128, width=32, depth=1, lr=1e-2)

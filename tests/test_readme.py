@@ -36,6 +36,7 @@ def sample_run(workdir):
     return first, second
 
 
+@pytest.mark.slow  # trains and evaluates on the whole sample cache
 def test_training_and_evaluating_on_the_sample(sample_run, workdir):
     ns, _ = sample_run
     overall = ns["report"].table.loc[0]
@@ -49,6 +50,7 @@ def test_training_and_evaluating_on_the_sample(sample_run, workdir):
         ns["cache"].select(split="test")  # what the text under the snippet says
 
 
+@pytest.mark.slow  # trains and evaluates on the whole sample cache
 def test_estimator_and_roc_display(sample_run, workdir):
     _, ns = sample_run
     assert ns["aucs"].shape == (3,) and (ns["aucs"] > 0.9).all()

@@ -199,6 +199,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a real server process, stopped by a signal
 def test_cli_server_drains_a_request_in_flight_on_sigterm(det, tmp_path):
     det.save(tmp_path / "det")
     port = _free_port()

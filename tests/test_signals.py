@@ -17,7 +17,6 @@ from helpers.procs import run_cli, session_members, shard_count, start_cli, temp
 from helpers.synthetic import write_synthetic_cache
 from clipdetect.cli.main import main
 
-pytestmark = pytest.mark.slow
 _deadline = deadline_fixture(400)
 EXTRACT = ["--backbone", TINY, "--shard-size", "8", "--batch-size", "4", "--no-progress"]
 
@@ -34,6 +33,7 @@ def _stopped_cleanly(r, status: int, name: str) -> None:
     assert not r.leftover, f"processes left running: {r.leftover}"
 
 
+@pytest.mark.slow  # a real process, stopped part-way
 def test_sigterm_during_extraction_with_workers_then_resume(folder, tmp_path):
     cache = tmp_path / "cache"
     r = run_cli(["extract", folder, "--out", cache, "--workers", "2", *EXTRACT],
@@ -44,6 +44,7 @@ def test_sigterm_during_extraction_with_workers_then_resume(folder, tmp_path):
     assert shard_count(cache) == 15 and main(["cache", "verify", str(cache)]) == 0
 
 
+@pytest.mark.slow  # a real process, stopped part-way
 def test_sigterm_to_the_process_group_during_prediction(folder, tmp_path, tiny_detector_dir):
     det = tiny_detector_dir
     out = tmp_path / "preds.csv"
@@ -54,6 +55,7 @@ def test_sigterm_to_the_process_group_during_prediction(folder, tmp_path, tiny_d
     assert not out.exists() and not temporaries(tmp_path)
 
 
+@pytest.mark.slow  # a real process, stopped part-way
 def test_sighup_during_training_leaves_no_output_folder(tmp_path):
     write_synthetic_cache(tmp_path / "cache", n=3000, dim=16)
     r = run_cli(["train", tmp_path / "cache", "--out", tmp_path / "det", "--epochs", "500", "--patience", "0",
@@ -62,6 +64,7 @@ def test_sighup_during_training_leaves_no_output_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
+@pytest.mark.slow  # a real process, stopped part-way
 def test_workers_of_a_killed_parent_exit_by_themselves(folder, tmp_path):
     """SIGKILL cannot be caught: the parent cleans nothing, but its decode workers notice and
     exit within seconds instead of living on (as they did, ~400 MB each)."""

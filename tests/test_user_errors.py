@@ -134,6 +134,7 @@ def test_sample_cache_is_package_data():
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # builds a wheel in a pip process
 def test_wheel_contains_the_sample_cache(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
                         "-w", str(tmp_path), "-q"], capture_output=True, text=True)
