@@ -45,12 +45,14 @@ def test_the_readme_path_is_the_one_walked():
     assert "ViT-B-16-quickgelu:/path/to/clip_b16.pt" in SECTION
 
 
+@pytest.mark.slow  # the five README commands, end to end
 def test_nested_folders_become_generator_and_source_columns(walked):
     meta = pd.read_parquet(next((walked / "features" / "mine" / "meta").glob("*.parquet")))
     fakes, reals = meta[meta.label == 1], meta[meta.label == 0]
     assert set(fakes.generator) == {"midjourney", "dalle"} and set(reals.source) == {"camera", "scans"}
 
 
+@pytest.mark.slow  # the five README commands, end to end
 def test_per_generator_metrics_and_report(walked):
     metrics = json.loads((walked / "reports" / "mine" / "metrics.json").read_text())["metrics"]
     assert {(r["group"], r["value"]) for r in metrics} >= {("generator", "midjourney"), ("generator", "dalle")}
@@ -65,6 +67,7 @@ def test_per_generator_metrics_and_report(walked):
         assert (walked / "reports" / "mine-full" / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # the five README commands, end to end
 def test_predictions_are_on_one_scale(walked):
     scores = pd.read_csv(walked / "scores.csv")
     assert len(scores) == 3 and scores.error.isna().all()

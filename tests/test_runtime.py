@@ -113,6 +113,7 @@ def test_onnx_tower_matches_torch_and_is_exported_once(cache_dir, tiny_backbone,
 
 
 @needs_ov
+@pytest.mark.slow  # an OpenVINO conversion and an int8 quantisation
 def test_openvino_fp32_and_int8(cache_dir, tiny_backbone, one_torch_thread):
     import openvino as ov
 
