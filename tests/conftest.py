@@ -7,12 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
 
-
-TINY = "clipdetect-tiny-vit:random"
+from helpers.images import TINY, copy_folder, write_image_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,34 +30,46 @@ def tiny_backbone():
     return create_backbone(TINY)
 
 
-def make_image(seed: int, size=(48, 40), fake: bool = False) -> Image.Image:
-    """A deterministic RGB image; 'fake' ones are smooth gradients, 'real' ones noisy."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    if fake:
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), rng.integers(0, 255))], -1)
-        arr = base + rng.normal(0, 4, base.shape)
-    else:
-        arr = rng.integers(0, 255, (h, w, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-
-
-def write_image_folder(root, n: int = 8, fake_offset: int = 50):
-    """root/real/NN.png and root/fake/NN.png, ``n`` of each (fakes from seeds offset by ``fake_offset``)."""
-    for label in ("real", "fake"):
-        (root / label).mkdir(parents=True)
-        for i in range(n):
-            make_image(i + (fake_offset if label == "fake" else 0), fake=label == "fake").save(root / label / f"{i:02d}.png")
-    return root
+@pytest.fixture(scope="session")
+def shared_image_folder(tmp_path_factory):
+    """root/real/*.png and root/fake/*.jpg, 6 of each, made once: read it, never write into it."""
+    return write_image_folder(tmp_path_factory.mktemp("shared") / "imgs", n=6, fake_offset=100,
+                              exts=("png", "jpg"), name="{i:03d}")
 
 
 @pytest.fixture
-def image_folder(tmp_path):
-    """root/real/*.png and root/fake/*.jpg, 6 of each."""
-    root = tmp_path / "imgs"
-    for label, ext in (("real", "png"), ("fake", "jpg")):
-        (root / label).mkdir(parents=True)
-        for i in range(6):
-            make_image(i + (100 if label == "fake" else 0), fake=label == "fake").save(root / label / f"{i:03d}.{ext}")
-    return root
+def image_folder(shared_image_folder, tmp_path):
+    """A copy of ``shared_image_folder`` of the test's own, which it may change."""
+    return copy_folder(shared_image_folder, tmp_path / "imgs")
+
+
+@pytest.fixture(scope="session")
+def images_60(tmp_path_factory):
+    """60 real and 60 fake 32-px PNGs (15 shards of 8), made once: read it, never write into it."""
+    return write_image_folder(tmp_path_factory.mktemp("images60") / "imgs", n=60, fake_offset=500, size=(32, 32),
+                              name="{i:03d}")
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_dir(tmp_path_factory, tiny_backbone):
+    """A saved detector on the tiny backbone's features (trained on random arrays: its scores only
+    need to exist); read it, never write into it."""
+    from helpers.training import tiny_detector
+
+    return tiny_detector(tiny_backbone).save(tmp_path_factory.mktemp("tinydet") / "det")
+
+
+@pytest.fixture(scope="session")
+def synthetic_detector(tmp_path_factory):
+    """A 300-row synthetic cache whose classes separate well and a detector fit on it with FAST:
+    (cache, detector), made once; do not change either (save copies with ``detector.save``)."""
+    import torch
+
+    from helpers.training import fit_on_synthetic
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread avoids oversubscription stalls
+    try:
+        return fit_on_synthetic(tmp_path_factory.mktemp("synthetic") / "c", n=300, shift=3.0)
+    finally:
+        torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ from PIL import Image
 import clipdetect
 from clipdetect.cli.main import main
 from clipdetect.core.resources import SAMPLE_CACHE
-from conftest import TINY, write_image_folder
+from helpers.images import TINY, write_image_folder
 
 SAMPLE = SAMPLE_CACHE
 

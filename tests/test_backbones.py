@@ -7,7 +7,7 @@ import torch
 
 from clipdetect.features.backbones import BackboneError, BackboneSpec, create_backbone
 from clipdetect.features.identity import identities_match
-from conftest import TINY
+from helpers.images import TINY
 
 
 def test_spec_parsing():

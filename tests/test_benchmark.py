@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _synthetic import write_layered_cache
+from helpers.synthetic import write_layered_cache
 from clipdetect.cli.main import main
 from clipdetect.eval import benchmark
 from clipdetect.eval.benchmark import BenchmarkConfig, plan_folds, run_benchmark

@@ -126,7 +126,7 @@ def test_misaligned_shard_refused(tmp_path):
 
 
 def test_caches_written_before_the_source_column_still_read(tmp_path):
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
     from clipdetect.features.verify import verify_cache
 
     cache = write_synthetic_cache(tmp_path / "old", n=20, dim=8)  # shards without a "source" column

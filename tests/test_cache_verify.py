@@ -9,7 +9,7 @@ import pytest
 from clipdetect.cli.main import main
 from clipdetect.features.cache import FeatureCache
 
-from _synthetic import write_synthetic_cache
+from helpers.synthetic import write_synthetic_cache
 
 TRAIN = ["--epochs", "1", "--batch-size", "32", "--no-progress", "--no-sam", "--head", "linear"]
 

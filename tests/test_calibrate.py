@@ -1,10 +1,11 @@
 import json
+from dataclasses import replace
 import math
 
 import numpy as np
 import pytest
 
-from _synthetic import write_synthetic_cache
+from helpers.training import FAST_LINEAR, fit_on_synthetic
 
 from clipdetect.eval.calibrate import calibrate_detector, calibrate_scores
 from clipdetect.cli.main import main
@@ -12,7 +13,6 @@ from clipdetect.models.calibration import Calibration
 from clipdetect.models.detector import Detector
 from clipdetect.core.metrics import expected_calibration_error
 from clipdetect.features.splits import resolve_split_rows
-from clipdetect.models.train import TrainConfig
 
 
 def _overconfident(n=4000, seed=0):
@@ -62,9 +62,8 @@ def test_no_validation_reals_is_an_error():
 
 @pytest.fixture
 def bundle(tmp_path):
-    cache = write_synthetic_cache(tmp_path / "cache", n=400, dim=16, shift=0.8)
-    det = Detector.fit_cache(cache, config=TrainConfig(epochs=2, batch_size=64, head="linear", loss="bce",
-                                                       sam=False, patience=0))
+    cache, det = fit_on_synthetic(tmp_path / "cache", replace(FAST_LINEAR, epochs=2, lr=None), n=400, dim=16,
+                                  shift=0.8)
     det.save(tmp_path / "det")
     return tmp_path, cache, det
 

@@ -59,7 +59,7 @@ def test_a_programming_error_keeps_its_traceback(monkeypatch):
 
 
 def test_a_missing_column_is_a_user_error(tmp_path, capsys):
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
 
     cache = write_synthetic_cache(tmp_path / "c", n=40)
     with pytest.raises(ValueError, match="no metadata column"):
@@ -112,7 +112,7 @@ def test_library_warnings_are_printed_once(capsys):
 def test_json_and_text_outputs(tmp_path, capsys):
     import json
 
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
 
     write_synthetic_cache(tmp_path / "c", n=60, dim=8)
     assert cli_main.main(["cache", "info", str(tmp_path / "c")]) == 0
@@ -124,10 +124,11 @@ def test_json_and_text_outputs(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["ok"] is True
 
 
+@pytest.mark.slow  # the whole demo: three detectors, figures, bootstrap
 def test_demo_on_a_small_cache_says_what_it_cannot_measure(tmp_path, capsys):
     import json
 
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
 
     write_synthetic_cache(tmp_path / "c", n=300, dim=8, shift=2.0)
     args = ["demo", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "d"), "--epochs", "2", "--n-boot", "20"]

@@ -2,11 +2,13 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from clipdetect.core import compat as _compat
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_package_import_makes_torchvision_and_open_clip_importable():
     # fresh interpreter: the guard acts exactly when the extension does not load
     code = ("import clipdetect; from clipdetect.core import compat as c; "

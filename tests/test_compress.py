@@ -104,7 +104,7 @@ def test_pruning_zeroes_the_requested_fraction_of_smallest_weights(scope):
 
 
 def test_compress_detector_report_and_bundle(tmp_path):
-    from _synthetic import synthetic_identity, write_synthetic_cache
+    from helpers.synthetic import synthetic_identity, write_synthetic_cache
 
     cache = write_synthetic_cache(tmp_path / "cache", n=120, dim=32, shards=1, text=False)
     x = cache.features("image")
@@ -151,7 +151,7 @@ def test_compress_student_report(tmp_path):
 
 
 def test_plain_detector_load_opens_svd_compressed_heads(tmp_path):
-    from _synthetic import synthetic_identity, write_synthetic_cache
+    from helpers.synthetic import synthetic_identity, write_synthetic_cache
 
     cache = write_synthetic_cache(tmp_path / "cache", n=60, dim=32, shards=1, text=False)
     x = cache.features("image")

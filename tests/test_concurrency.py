@@ -16,7 +16,7 @@ import pytest
 from clipdetect.cli.main import main
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.cache_writer import LOCK_NAME, CacheWriter
-from conftest import TINY, make_image
+from helpers.images import TINY, write_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent  # children import this checkout's package
 HOLD = ("import sys; from clipdetect.core.lock import DirLock; lock = DirLock(sys.argv[1]).acquire(); "
@@ -30,12 +30,7 @@ def _env():
 
 
 def _folder(root: Path, prefix: str, n: int = 4) -> Path:
-    for label in ("real", "fake"):
-        (root / label).mkdir(parents=True)
-        for i in range(n):
-            make_image(i + (50 if label == "fake" else 0) + hash(prefix) % 1000,
-                       fake=label == "fake").save(root / label / f"{prefix}{i}.png")
-    return root
+    return write_image_folder(root, n=n, fake_offset=50, seed=hash(prefix) % 1000, name=prefix + "{i}")
 
 
 @pytest.fixture

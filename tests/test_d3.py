@@ -17,9 +17,9 @@ from clipdetect.features.extract import extract
 from clipdetect.features.pipeline import decode_refs
 from clipdetect.data.imaging import SplitPreprocess
 from clipdetect.data.registry import open_source
-from conftest import TINY
+from helpers.images import TINY
 
-from _d3_fixture import (FORMATS, MISSING, MODELS, ROUTES, SIZES, fake_format, make_d3_folder, make_d3_parquet,
+from helpers.d3 import (FORMATS, MISSING, MODELS, ROUTES, SIZES, fake_format, make_d3_folder, make_d3_parquet,
                          real_bytes, row_id, serve_reals, write_reals_dir)
 
 FETCH = dict(fetch_timeout=(1.0, 0.6), fetch_retries=1, fetch_backoff=0.01, fetch_workers=4)

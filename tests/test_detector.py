@@ -9,18 +9,16 @@ from clipdetect.models.detector import Detector, fit_detector
 from clipdetect.models.thresholds import choose_threshold
 from clipdetect.models.train import TrainConfig
 
-from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
-
-FAST = TrainConfig(batch_size=64, epochs=4, lr=1e-2, width=32, patience=0)
+from helpers.synthetic import separable_features, synthetic_identity, write_synthetic_cache
+from helpers.training import FAST
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_torch_thread):
-    cache = write_synthetic_cache(tmp_path_factory.mktemp("cache") / "c", n=300, shift=3.0)
-    return cache, Detector.fit_cache(cache, config=FAST)
+@pytest.fixture
+def trained(synthetic_detector):
+    return synthetic_detector
 
 
 def test_choose_threshold_maximises_balanced_accuracy():

@@ -18,7 +18,7 @@ from clipdetect.features.cache_writer import CacheWriter
 from clipdetect.features.manifest import ERROR_COLUMNS
 from clipdetect.distill.trainer import DistillConfig, distill, distillation_loss
 from clipdetect.distill.student import TINY_ARCH, StudentConfig, create_student, load_student, map_lite0_state_dict
-from conftest import make_image
+from helpers.images import make_image
 
 TEACHER_DIM = 16
 

@@ -14,23 +14,22 @@ from clipdetect.models.detector import Detector
 from clipdetect.models.estimator import DetectorClassifier, holdout_split
 from clipdetect.models.train import TrainConfig
 from clipdetect.core.resources import SAMPLE_CACHE
+from helpers.training import FAST_ESTIMATOR
 
 SAMPLE = SAMPLE_CACHE
-#: small and quick, but still learns the checks' toy problems (accuracy > 0.83 on blobs)
-FAST = dict(epochs=3, batch_size=64, width=8, depth=1, lr=3e-2)
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_torch_thread):
     yield
 
 
-@parametrize_with_checks([DetectorClassifier(**FAST)])
+@parametrize_with_checks([DetectorClassifier(**FAST_ESTIMATOR)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
 def test_check_classifiers_train_with_fixed_threshold():
-    check_classifiers_train("DetectorClassifier", DetectorClassifier(**FAST, threshold=0.5))
+    check_classifiers_train("DetectorClassifier", DetectorClassifier(**FAST_ESTIMATOR, threshold=0.5))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +39,7 @@ def sample():
     return cache.features("image", rows), cache.labels(rows)
 
 
+@pytest.mark.slow  # fifteen fits on the sample cache
 def test_cross_val_score_and_grid_search_on_the_sample_cache(sample):
     X, y = sample
     est = DetectorClassifier(epochs=8, batch_size=128, width=32, depth=1, lr=1e-2)
@@ -62,31 +62,31 @@ def test_none_parameters_take_the_train_config_defaults():
 def test_any_two_labels_map_to_classes(sample):
     X, y = sample
     names = np.where(y == 1, "fake", "real")
-    est = DetectorClassifier(**FAST, threshold="validation").fit(X, names)
+    est = DetectorClassifier(**FAST_ESTIMATOR, threshold="validation").fit(X, names)
     assert list(est.classes_) == ["fake", "real"]  # sorted: "real" plays label 1 of the bundle
     assert est.predict_proba(X).shape == (len(X), 2)
     assert set(est.predict(X)) <= {"fake", "real"}
     assert est.score(X, names) > 0.7
     with pytest.raises(ValueError, match="Only binary classification is supported"):
-        DetectorClassifier(**FAST).fit(X[:9], np.arange(9) % 3)
+        DetectorClassifier(**FAST_ESTIMATOR).fit(X[:9], np.arange(9) % 3)
 
 
 def test_decision_function_is_the_margin_to_the_threshold(sample):
     X, y = sample
-    est = DetectorClassifier(**FAST, threshold="validation").fit(X, y)
+    est = DetectorClassifier(**FAST_ESTIMATOR, threshold="validation").fit(X, y)
     d, p = est.decision_function(X), est.predict_proba(X)[:, 1]
     assert est.threshold_ != 0.5 and est.threshold_ == est.detector_.threshold
     np.testing.assert_array_equal(est.predict(X), (d > 0).astype(int))
     np.testing.assert_array_equal(est.predict(X), est.detector_.predict(X))
     assert np.all(np.diff(p[np.argsort(d)]) >= 0)  # same ranking
-    fixed = DetectorClassifier(**FAST, threshold=0.5).fit(X, y)
+    fixed = DetectorClassifier(**FAST_ESTIMATOR, threshold=0.5).fit(X, y)
     np.testing.assert_array_equal(fixed.predict(X), fixed.predict_proba(X).argmax(1))
 
 
 def test_save_and_load_use_the_bundle_not_pickle(sample, tmp_path):
     X, y = sample
     names = np.where(y == 1, "ai", "photo")
-    est = DetectorClassifier(**FAST, gamma=0.3).fit(X, names)
+    est = DetectorClassifier(**FAST_ESTIMATOR, gamma=0.3).fit(X, names)
     est.save(tmp_path / "det")
     assert sorted(p.name for p in (tmp_path / "det").iterdir()) == ["detector.json", "model.safetensors"]
     back = DetectorClassifier.load(tmp_path / "det")

@@ -1,3 +1,4 @@
+from dataclasses import replace
 import json
 import math
 
@@ -6,25 +7,22 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, roc_auc_score
 
-from _synthetic import write_synthetic_cache
 
 from clipdetect.cli.main import main
-from clipdetect.models.detector import Detector
 from clipdetect.eval.compare import paired_auc_difference
 from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, score_table
 from clipdetect.eval.figures import plot_detectors, roc_curves
 from clipdetect.features.splits import resolve_split_rows
-from clipdetect.models.train import TrainConfig
+from helpers.training import FAST_LINEAR, fit_on_synthetic
 
-FAST = dict(epochs=3, batch_size=64, head="linear", loss="bce", sam=False, patience=0)
+PROBE = replace(FAST_LINEAR, epochs=3, lr=None)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    cache = write_synthetic_cache(root / "cache", n=400, dim=16, shift=0.8)
     # a second generator column value for half of the fakes, and a "format" column with both classes
-    det = Detector.fit_cache(cache, config=TrainConfig(**FAST))
+    cache, det = fit_on_synthetic(root / "cache", PROBE, n=400, dim=16, shift=0.8)
     det.threshold = 0.6  # a non-trivial validation threshold
     det = det.replace(temperature=1.7)
     det.save(root / "det")

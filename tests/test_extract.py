@@ -19,7 +19,7 @@ from clipdetect.features.cache import FeatureCache
 from clipdetect.features.runner import ExtractConfig
 from clipdetect.features.extract import extract
 from clipdetect.data.sources import ImageFolderSource, ManifestSource
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image, write_image_folder
 
 
 def _cfg(out, **kw):
@@ -134,11 +134,7 @@ def _run_cli(src, out, **popen):
 @pytest.mark.slow
 def test_sigkill_at_random_moment_then_rerun_equals_uninterrupted(tmp_path):
     src = tmp_path / "imgs"
-    for label in ("real", "fake"):
-        (src / label).mkdir(parents=True)
-        for i in range(60):
-            make_image(i + 1000 * (label == "fake"), size=(400, 300), fake=label == "fake").save(
-                src / label / f"{i:03d}.png")
+    write_image_folder(src, n=60, fake_offset=1000, size=(400, 300), name="{i:03d}")
     ref = _run_cli(src, tmp_path / "ref")
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
     rng = random.Random(20240)  # seeded: the same kill points on every run

@@ -14,9 +14,9 @@ from clipdetect.data.d3 import D3Source  # noqa: E402
 from clipdetect.features.runner import ExtractConfig  # noqa: E402
 from clipdetect.features.extract import extract  # noqa: E402
 from clipdetect.features.extract_ray import extract_ray  # noqa: E402
-from conftest import TINY  # noqa: E402
+from helpers.images import TINY  # noqa: E402
 
-from _d3_fixture import make_d3_parquet, write_reals_dir  # noqa: E402
+from helpers.d3 import make_d3_parquet, write_reals_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_ray_engine_writes_views_layers_and_mixed_captions_byte_for_byte(cluster
     import pandas as pd
 
     from clipdetect.data.sources import ManifestSource
-    from conftest import make_image
+    from helpers.images import make_image
 
     (tmp_path / "img").mkdir()
     rows = []

@@ -8,9 +8,9 @@ import pytest
 from clipdetect.cli.main import main
 from clipdetect.data.fetch import FetchStore, fetch_many, fetch_one, url_key
 
-from _d3_fixture import ROUTES, real_bytes, real_url, serve_reals
+from helpers.d3 import ROUTES, real_bytes, real_url, serve_reals
 
-FAST = dict(timeout=(1.0, 0.6), retries=1, backoff=0.01, progress=False)
+QUICK_RETRIES = dict(timeout=(1.0, 0.6), retries=1, backoff=0.01, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def _urls(srv):
 def test_fetch_many_store_ledger_and_no_refetch(server, tmp_path):
     urls = _urls(server)
     store = FetchStore(tmp_path / "store")
-    stats = fetch_many(urls + urls[:2], store=store, workers=4, **FAST)  # duplicates fetched once
+    stats = fetch_many(urls + urls[:2], store=store, workers=4, **QUICK_RETRIES)  # duplicates fetched once
     assert (stats.requested, stats.unique, stats.fetched, stats.failed) == (8, 6, 3, 3)
     assert stats.reasons == {"not_found": 1, "timeout": 1, "not_an_image": 1}
     for i, route in enumerate(ROUTES):
@@ -47,18 +47,18 @@ def test_fetch_many_store_ledger_and_no_refetch(server, tmp_path):
     assert server.hits[flaky] == 2  # one 500, then the image
 
     before = dict(server.hits)
-    again = fetch_many(urls, store=FetchStore(tmp_path / "store"), workers=4, **FAST)
+    again = fetch_many(urls, store=FetchStore(tmp_path / "store"), workers=4, **QUICK_RETRIES)
     assert dict(server.hits) == before, "a second run must not touch the network"
     assert (again.cached, again.skipped_failed, again.fetched, again.failed) == (3, 3, 0, 0)
 
-    retried = fetch_many(urls, store=store, workers=4, retry_failed=True, **FAST)
+    retried = fetch_many(urls, store=store, workers=4, retry_failed=True, **QUICK_RETRIES)
     assert retried.failed == 3 and retried.cached == 3
     assert server.hits[f"/dead/{urls[2].rsplit('/', 1)[1]}"] == 2
 
 
 def test_limits_and_bad_urls(server):
     url = real_url(server.base_url, 0)
-    res = fetch_one(url, max_bytes=100, **{k: v for k, v in FAST.items() if k != "progress"})
+    res = fetch_one(url, max_bytes=100, **{k: v for k, v in QUICK_RETRIES.items() if k != "progress"})
     assert not res.ok and res.reason == "too_large" and res.attempts == 1
     assert fetch_one("ftp://example.invalid/x.jpg").reason == "bad_url"
     dead_port = fetch_one("http://127.0.0.1:9/x.jpg", timeout=(0.3, 0.3), retries=1, backoff=0.01)

@@ -2,21 +2,20 @@
 import numpy as np
 import pytest
 
-from _synthetic import write_multi_generator_cache
+from helpers.synthetic import write_multi_generator_cache
 
 from clipdetect.eval.figures import detector_figures
 from clipdetect.features.splits import resolve_split_rows
 from clipdetect.models.detector import Detector
-from clipdetect.models.train import TrainConfig
+from helpers.training import FAST_LINEAR
 
 plt = pytest.importorskip("matplotlib.pyplot")
-FAST = TrainConfig(epochs=4, batch_size=64, lr=0.05, head="linear", loss="bce", sam=False, patience=0)
 
 
 @pytest.fixture(scope="module", params=[120, 3000], ids=["small", "large"])
 def figures(request, tmp_path_factory):
     cache = write_multi_generator_cache(tmp_path_factory.mktemp("fig") / "c", n=request.param)
-    det = Detector.fit_cache(cache, config=FAST)
+    det = Detector.fit_cache(cache, config=FAST_LINEAR)
     figs = detector_figures({"det": det}, cache, split="test")
     rows = resolve_split_rows(cache, "test")
     yield cache, det, figs, cache.labels(rows)

@@ -3,20 +3,18 @@ nested generator and source folders (the tiny random model stands in for the CLI
 from __future__ import annotations
 
 import json
-import re
 import shlex
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from clipdetect.cli.main import main
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
+from helpers.readme import code_blocks, section as readme_section
 
-ROOT = Path(__file__).resolve().parent.parent
-SECTION = (ROOT / "README.md").read_text().split("## Your own images, start to finish")[1].split("\n## ")[0]
-COMMANDS = [shlex.split(line.split("#")[0])[1:] for line in re.findall(r"```bash\n(.*?)```", SECTION, re.S)[0]
-            .splitlines() if line.startswith("clipdetect ")]
+SECTION = readme_section("Your own images, start to finish")
+COMMANDS = [shlex.split(line.split("#")[0])[1:] for line in code_blocks("bash", SECTION)[0].splitlines()
+            if line.startswith("clipdetect ")]
 FOLDERS = {"fake/midjourney": True, "fake/dalle": True, "real/camera": False, "real/scans": False}
 
 
@@ -47,12 +45,14 @@ def test_the_readme_path_is_the_one_walked():
     assert "ViT-B-16-quickgelu:/path/to/clip_b16.pt" in SECTION
 
 
+@pytest.mark.slow  # the five README commands, end to end
 def test_nested_folders_become_generator_and_source_columns(walked):
     meta = pd.read_parquet(next((walked / "features" / "mine" / "meta").glob("*.parquet")))
     fakes, reals = meta[meta.label == 1], meta[meta.label == 0]
     assert set(fakes.generator) == {"midjourney", "dalle"} and set(reals.source) == {"camera", "scans"}
 
 
+@pytest.mark.slow  # the five README commands, end to end
 def test_per_generator_metrics_and_report(walked):
     metrics = json.loads((walked / "reports" / "mine" / "metrics.json").read_text())["metrics"]
     assert {(r["group"], r["value"]) for r in metrics} >= {("generator", "midjourney"), ("generator", "dalle")}
@@ -67,6 +67,7 @@ def test_per_generator_metrics_and_report(walked):
         assert (walked / "reports" / "mine-full" / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # the five README commands, end to end
 def test_predictions_are_on_one_scale(walked):
     scores = pd.read_csv(walked / "scores.csv")
     assert len(scores) == 3 and scores.error.isna().all()

@@ -11,7 +11,7 @@ import pytest
 
 import clipdetect.core.io as cio
 from clipdetect.cli.main import main
-from conftest import TINY
+from helpers.images import TINY
 
 ARGS = ["--backbone", TINY, "--workers", "0", "--shard-size", "4", "--batch-size", "2", "--no-progress"]
 

@@ -1,15 +1,16 @@
 """Fusion: member heads on their own columns, combined on validation rows; saved like any bundle."""
+from dataclasses import replace
 import numpy as np
 import pytest
 
-from _synthetic import write_layered_cache
+from helpers.synthetic import write_layered_cache
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.features.splits import SplitSpec
 from clipdetect.models.detector import Detector
 from clipdetect.models.fusion import fuse_detectors, fused_feature_set
-from clipdetect.models.train import TrainConfig
+from helpers.training import FAST
 
-FAST = dict(batch_size=32, epochs=12, lr=1e-2, width=16, patience=0, dropout=0.0)
+MEMBER = replace(FAST, batch_size=32, epochs=12, width=16, dropout=0.0)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: no thread stalls
 
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: no thr
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     cache = write_layered_cache(tmp_path_factory.mktemp("fuse") / "c", n=240)
-    image = Detector.fit_cache(cache, feature_set="image", config=TrainConfig(**FAST))
-    layers = Detector.fit_cache(cache, feature_set="layers", config=TrainConfig(**FAST))
+    image = Detector.fit_cache(cache, feature_set="image", config=MEMBER)
+    layers = Detector.fit_cache(cache, feature_set="layers", config=MEMBER)
     return cache, image, layers
 
 

@@ -20,6 +20,7 @@ def bench(monkeypatch):
     return module
 
 
+@pytest.mark.slow  # runs the benchmark script end to end
 def test_failures_are_recorded_and_earlier_numbers_kept(bench, tmp_path, monkeypatch):
     seen_before_train = {}
 
@@ -54,6 +55,7 @@ def test_failures_are_recorded_and_earlier_numbers_kept(bench, tmp_path, monkeyp
     assert "error" in seen_before_train["decode-only img/s, all cores"]
 
 
+@pytest.mark.slow  # runs the benchmark script end to end
 def test_cuda_only_pieces_are_skipped_on_the_cpu(bench, tmp_path):
     bench.main(["--device", "cpu", "--images", "4", "--skip", "extract,train", "--out", str(tmp_path)])
     decode = json.loads((tmp_path / "gpu_bench.json").read_text())["decode-only img/s, all cores"]

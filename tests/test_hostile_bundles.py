@@ -1,4 +1,4 @@
-"""Hostile detector bundles: every mutation from the generator in ``_hostile.py`` (damaged or
+"""Hostile detector bundles: every mutation from the generator in ``helpers/hostile.py`` (damaged or
 extreme weights, wrong JSON types, out-of-range values, sizes that would allocate without end,
 special files) is refused at load with one line naming the field, before anything large is
 allocated; a head that still overflows on real features is refused when it scores."""
@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _hostile import HOSTILE_BUNDLES, deadline_fixture, hostile_bundle, run_cli
-from _synthetic import separable_features
+from helpers.hostile import HOSTILE_BUNDLES, deadline_fixture, hostile_bundle
+from helpers.procs import run_cli
+from helpers.synthetic import separable_features
 from clipdetect.cli.main import main
 from clipdetect.models.bundle import DetectorError
 from clipdetect.models.detector import Detector
@@ -47,7 +48,7 @@ def test_the_command_line_refuses_in_one_line_with_bounded_memory(good, tmp_path
     """A real process under a 3 GiB address-space limit: exit 2, one ERROR line, no traceback,
     no hang, and the peak RSS of a process that never built the hostile head."""
     d = hostile_bundle(good, tmp_path, name)
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
 
     write_synthetic_cache(tmp_path / "cache", n=40, dim=16)
     r = run_cli(["evaluate", d, tmp_path / "cache", "--n-boot", "0", "--baseline", "none"], timeout=250,
@@ -69,7 +70,7 @@ def test_weights_that_overflow_on_features_are_refused_when_scoring(good, tmp_pa
     det = Detector.load(d)  # finite: it loads
     with pytest.raises(DetectorError, match="no finite score"):
         det.logits(separable_features(8, 16)[0])
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
 
     write_synthetic_cache(tmp_path / "cache", n=40, dim=16)
     assert main(["evaluate", str(d), str(tmp_path / "cache"), "--n-boot", "0", "--baseline", "none"]) == 2

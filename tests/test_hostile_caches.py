@@ -1,5 +1,5 @@
 """Hostile feature caches and repeated extractions: every mutation from the generator in
-``_hostile.py`` (paths that climb out, links that lead out, wrong JSON types, duplicate keys,
+``helpers/hostile.py`` (paths that climb out, links that lead out, wrong JSON types, duplicate keys,
 damaged arrays, special files) makes ``cache verify`` say DAMAGED and every reader refuse with
 one line; a file outside the cache is never opened (those lead to FIFOs, which would hang); and
 extracting a source a cache already holds is a no-op or a refusal, never a second copy."""
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _hostile import HOSTILE_CACHES, deadline_fixture, hostile_cache
-from _synthetic import write_synthetic_cache
+from helpers.hostile import HOSTILE_CACHES, deadline_fixture, hostile_cache
+from helpers.synthetic import write_synthetic_cache
 from clipdetect.cli.main import main
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.manifest import CacheError
 from clipdetect.features.verify import open_verified, verify_cache
-from conftest import TINY, write_image_folder
+from helpers.images import TINY, write_image_folder
 
 _deadline = deadline_fixture(300)
 

@@ -7,31 +7,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from _hostile import deadline_fixture, run_cli
+from helpers.hostile import deadline_fixture
+from helpers.procs import run_cli
 from clipdetect.cli.main import main
 from clipdetect.core.inputs import InputError, check_regular, read_input
 from clipdetect.data.imaging import BadImage, decode_image
 from clipdetect.models.detector import Detector
-from clipdetect.models.train import TrainConfig
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image, write_image_folder
 
 _deadline = deadline_fixture(300)
 
 
 @pytest.fixture(scope="module")
-def det_dir(tmp_path_factory, tiny_backbone):
+def det_dir(tiny_detector_dir):
     """A detector on the tiny backbone's features (trained on random arrays: scores only need to exist)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, tiny_backbone.embed_dim)).astype(np.float32)
-    y = np.arange(64) % 2
-    det = Detector.fit(x, y, backbone={**tiny_backbone.identity, "spec": TINY},
-                       config=TrainConfig(epochs=1, batch_size=32, head="linear", loss="bce", sam=False, patience=0,
-                                          val_fraction=0.0, test_fraction=0.0))
-    return det.save(tmp_path_factory.mktemp("det") / "det")
+    return tiny_detector_dir
 
 
 @pytest.fixture
@@ -39,10 +32,7 @@ def hostile_folder(tmp_path):
     """real/ and fake/ with two good images each, plus a FIFO, a link to /dev/zero, a 2 GiB
     sparse file and a folder, all named like images."""
     root = tmp_path / "imgs"
-    for label in ("real", "fake"):
-        (root / label).mkdir(parents=True)
-        for i in range(2):
-            make_image(i + 10 * (label == "fake"), size=(32, 32), fake=label == "fake").save(root / label / f"{i}.png")
+    write_image_folder(root, n=2, fake_offset=10, size=(32, 32), name="{i}")
     os.mkfifo(root / "real" / "x.jpg")
     (root / "real" / "zero.jpg").symlink_to("/dev/zero")
     with open(root / "fake" / "huge.png", "wb") as f:

@@ -7,16 +7,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import clipdetect.core.io as cio
-from _hostile import ROOT, deadline_fixture
+from helpers.hostile import deadline_fixture
+from helpers.procs import ROOT
 from clipdetect.cli.main import main
 from clipdetect.core.io import WriteError, atomic_write, open_new, staged_output, write_text
-from clipdetect.models.detector import Detector
-from clipdetect.models.train import TrainConfig
-from conftest import TINY, write_image_folder
+from helpers.images import write_image_folder
 
 _deadline = deadline_fixture(300)
 
@@ -85,7 +83,7 @@ def test_a_planted_lock_link_is_refused(tmp_path, victim):
 
 
 def test_figures_and_tables_are_written_without_following_links(tmp_path, victim):
-    from _synthetic import write_synthetic_cache
+    from helpers.synthetic import write_synthetic_cache
 
     write_synthetic_cache(tmp_path / "cache", n=80, dim=8)
     assert main(["train", str(tmp_path / "cache"), "--out", str(tmp_path / "det"), "--epochs", "1",
@@ -105,13 +103,8 @@ def test_figures_and_tables_are_written_without_following_links(tmp_path, victim
 
 
 @pytest.fixture(scope="module")
-def det_and_images(tmp_path_factory, tiny_backbone):
-    root = tmp_path_factory.mktemp("pred")
-    x = np.random.default_rng(0).normal(size=(32, tiny_backbone.embed_dim)).astype(np.float32)
-    det = Detector.fit(x, np.arange(32) % 2, backbone={**tiny_backbone.identity, "spec": TINY},
-                       config=TrainConfig(epochs=1, batch_size=16, head="linear", sam=False,
-                                          val_fraction=0.0, test_fraction=0.0)).save(root / "det")
-    return det, write_image_folder(root / "imgs", n=3)
+def det_and_images(tmp_path_factory, tiny_detector_dir):
+    return tiny_detector_dir, write_image_folder(tmp_path_factory.mktemp("pred") / "imgs", n=3)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from clipdetect.data.imaging import BadImage, SplitPreprocess, decode_image
-from conftest import make_image
+from helpers.images import make_image
 
 
 def _bytes(img, fmt, **kw):

@@ -10,11 +10,11 @@ import re
 import pandas as pd
 import pytest
 
-from _hostile import deadline_fixture
+from helpers.hostile import deadline_fixture
 from clipdetect.cli.main import main
 from clipdetect.core.escape import FORMULA_STARTS, csv_cell, csv_safe, md_code, md_text
 from clipdetect.core.tables import to_markdown
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 _deadline = deadline_fixture(300)
 FORMULAS = ['=HYPERLINK("https:evil","x")', "+1+2", "-3+cmd|' /C calc'!A0", "@SUM(1)", "\t=1", "\r=1",
@@ -119,7 +119,7 @@ def test_save_table_escapes_titles_cells_and_csv(tmp_path):
 
 def test_a_multi_generator_report_has_no_markup(tmp_path):
     """Generator names that attack Markdown, through the whole report."""
-    from _synthetic import write_multi_generator_cache
+    from helpers.synthetic import write_multi_generator_cache
 
     cache = write_multi_generator_cache(tmp_path / "cache", generators=("<b>a</b>", "[l](javascript:x)", "=c|d"))
     assert main(["train", str(cache.root), "--out", str(tmp_path / "det"), "--epochs", "2", "--head", "linear",

@@ -6,48 +6,25 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from clipdetect.cli.main import main
-from conftest import TINY, make_image
-
-from _synthetic import write_synthetic_cache
+from helpers.images import TINY
+from helpers.procs import run_cli, shard_count, start_cli, training_logged, wait_until
+from helpers.synthetic import write_synthetic_cache
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent  # children import this checkout's package
 EXTRACT = ["--backbone", TINY, "--shard-size", "8", "--batch-size", "4", "--no-progress"]
 
 
 def _interrupt(args, ready, timeout=300):
-    """Start ``clipdetect ARGS`` in its own process group, wait until ``ready()`` (progress on
-    disk, not wall time), send SIGINT to the group; returns (exit code, stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "clipdetect", *args], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, f"finished before it could be interrupted: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no progress to interrupt"
-            time.sleep(0.02)
-    except BaseException:  # a failed wait must not leave the child running
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        raise
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=float(os.environ.get("CLIPDETECT_TEST_INTERRUPT_TIMEOUT", 120)))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("did not stop after Ctrl-C (hung)")
-    return proc.returncode, err
+    """``clipdetect ARGS`` in its own process group; when ``ready()`` (progress on disk, not wall
+    time), SIGINT goes to the whole group as a terminal sends it. Returns (exit code, stderr)."""
+    wait = float(os.environ.get("CLIPDETECT_TEST_INTERRUPT_TIMEOUT", 120))
+    r = run_cli(args, ready=ready, send=signal.SIGINT, group=True, timeout=timeout + wait)
+    return r.rc, r.err
 
 
 def _check_clean_exit(rc, err):
@@ -57,31 +34,18 @@ def _check_clean_exit(rc, err):
         "ERROR clipdetect: interrupted; re-run the same command to resume"]
 
 
-def _shards(cache: Path):
-    try:
-        return json.loads((cache / "manifest.json").read_text())["shards"]
-    except (OSError, ValueError, KeyError):
-        return []
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    for label in ("real", "fake"):
-        (root / label).mkdir()
-        for i in range(60):
-            make_image(i + (500 if label == "fake" else 0), size=(32, 32), fake=label == "fake").save(
-                root / label / f"{i:03d}.png")
-    return root
+@pytest.fixture
+def folder(images_60):
+    return images_60
 
 
 def test_ctrl_c_during_extraction_with_workers_then_resume_identically(folder, tmp_path):
     cache = tmp_path / "cut"
     rc, err = _interrupt(["extract", str(folder), "--out", str(cache), "--workers", "2", *EXTRACT],
-                         lambda: len(_shards(cache)) >= 1)
+                         lambda: shard_count(cache) >= 1)
     _check_clean_exit(rc, err)
     assert not list(cache.rglob(".*.tmp-*"))
-    done = len(_shards(cache))
+    done = shard_count(cache)
     assert 1 <= done < 15  # stopped part-way
     assert main(["extract", str(folder), "--out", str(cache), "--workers", "2", *EXTRACT]) == 0
     assert main(["extract", str(folder), "--out", str(tmp_path / "whole"), "--workers", "0", *EXTRACT]) == 0
@@ -109,14 +73,8 @@ def test_ctrl_c_during_predict_leaves_no_partial_file(folder, tmp_path):
 
 def test_ctrl_c_during_training_leaves_no_output_folder(tmp_path):
     write_synthetic_cache(tmp_path / "cache", n=3000, dim=16)
-    det = tmp_path / "det"
-
-    def logged():
-        return any(p.name.startswith(".det.tmp-") and (p / "train_log.jsonl").exists()
-                   and (p / "train_log.jsonl").stat().st_size > 0 for p in tmp_path.iterdir())
-
-    rc, err = _interrupt(["train", str(tmp_path / "cache"), "--out", str(det), "--epochs", "500",
-                          "--patience", "0", "--batch-size", "16", "--no-progress"], logged)
+    rc, err = _interrupt(["train", str(tmp_path / "cache"), "--out", str(tmp_path / "det"), "--epochs", "500",
+                          "--patience", "0", "--batch-size", "16", "--no-progress"], training_logged(tmp_path))
     _check_clean_exit(rc, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
@@ -130,13 +88,9 @@ def test_a_killed_training_resumes_to_the_uninterrupted_detector(tmp_path):
     det, ckpt = tmp_path / "det", tmp_path / ".det.checkpoints"
     train = ["train", str(tmp_path / "cache"), "--epochs", "6", "--patience", "0", "--batch-size", "16",
              "--width", "16", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "clipdetect", *train, "--out", str(det)], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli([*train, "--out", det])
     try:
-        while not (ckpt / "last.json").exists():
-            assert proc.poll() is None, "finished before it could be killed"
-            time.sleep(0.02)
+        wait_until(proc, (ckpt / "last.json").exists)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -15,7 +15,7 @@ from clipdetect.features.layers import layer_names
 from clipdetect.features.manifest import CacheError
 from clipdetect.features.verify import verify_cache
 from clipdetect.data.imaging import SplitPreprocess
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 
 def _arrays(backbone, n=3):
@@ -117,7 +117,7 @@ def test_layer_setting_is_fixed_per_cache(tmp_path, tiny_backbone):
 
 
 def test_version_1_shards_read_with_derived_columns(tmp_path):
-    from _synthetic import synthetic_identity
+    from helpers.synthetic import synthetic_identity
 
     w = CacheWriter(tmp_path / "v1", backbone=synthetic_identity(4))
     w.begin_run("r", {})
@@ -142,7 +142,7 @@ def test_empty_group_and_family_fall_back_to_key_and_generator(tmp_path, image_f
 
 
 def test_evaluate_reports_every_view(tmp_path):
-    from _synthetic import write_layered_cache
+    from helpers.synthetic import write_layered_cache
     from clipdetect.eval.evaluate import evaluate_detector
     from clipdetect.models.detector import Detector
     from clipdetect.models.train import TrainConfig

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "clipdetect"
@@ -18,9 +19,15 @@ def _modules():
         yield ".".join(parts), path
 
 
+@functools.lru_cache(maxsize=None)
+def _parse(path: Path) -> ast.Module:
+    """The syntax tree of ``path``, parsed once for every test of this module (never changed)."""
+    return ast.parse(path.read_text(), filename=str(path))
+
+
 def _imports(path: Path):
     """(imported module, imported names) for every import statement, at any depth."""
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.module, [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level:
@@ -113,7 +120,7 @@ def _names_used(tree: ast.AST) -> set:
 
 def _module_names(path: Path):
     """(names the module defines at top level, names it imports at top level, its ``__all__``)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _parse(path)
     defined, imported, exported = set(), set(), []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -134,7 +141,7 @@ def test_no_module_imports_a_name_only_to_expose_it_or_for_its_side_effects():
     defining module instead) and no imports run for their side effects (call a function)."""
     bad = []
     for module, path in _modules():
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = _parse(path)
         used = _names_used(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clipdetect"):

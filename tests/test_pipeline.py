@@ -12,7 +12,7 @@ from clipdetect.features.cache import FeatureCache
 from clipdetect.features.encoder import ImageEncoder
 from clipdetect.features.runner import ExtractConfig
 from clipdetect.features.extract import extract
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 
 def _jpeg(img, quality=90):

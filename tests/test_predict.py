@@ -15,12 +15,12 @@ from clipdetect.data.filelist import FileListSource, open_predict_source
 from clipdetect.models.predict import predict_source, resolve_backbone
 from clipdetect.data.sources import ImageFolderSource
 from clipdetect.models.train import TrainConfig
-from conftest import TINY
+from helpers.images import TINY
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_backbone):
-    from conftest import write_image_folder
+    from helpers.images import write_image_folder
 
     root = tmp_path_factory.mktemp("pred")
     imgs = write_image_folder(root / "imgs")
@@ -129,7 +129,7 @@ def test_predict_streams_to_stdout(setup, capsys):
 def test_layers_and_fused_detectors_score_images_as_their_cache_rows(tmp_path, tiny_backbone):
     """A per-block detector (and a fusion with an image head) scores files end to end exactly as
     it scores the cache rows extracted from them: the encoder taps the same tokens."""
-    from conftest import write_image_folder
+    from helpers.images import write_image_folder
     from clipdetect.features.splits import SplitSpec
     from clipdetect.models.fusion import fuse_detectors
 

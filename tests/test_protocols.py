@@ -1,10 +1,11 @@
+from dataclasses import replace
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from _synthetic import separable_features, synthetic_identity, write_synthetic_cache
+from helpers.synthetic import separable_features, synthetic_identity, write_synthetic_cache
 
 from clipdetect.eval import protocols
 from clipdetect.features.cache import FeatureCache
@@ -18,9 +19,10 @@ from clipdetect.eval.format_bias import estimate_jpeg_quality, format_only_basel
 from clipdetect.data.sources import ImageFolderSource
 from clipdetect.features.splits import resolve_split_rows
 from clipdetect.models.train import TrainConfig
-from conftest import TINY, make_image
+from helpers.training import FAST_LINEAR
+from helpers.images import TINY, make_image, write_image_folder
 
-FAST = TrainConfig(epochs=8, batch_size=64, lr=0.05, head="linear", loss="bce", sam=False, patience=0)
+PROBE = replace(FAST_LINEAR, epochs=8)
 
 
 def _multi_generator_cache(root, n=360, dim=12):
@@ -50,7 +52,7 @@ def test_logo_never_trains_on_the_held_out_generator(tmp_path, monkeypatch):
         return real_train(cls, cache, train_rows, val_rows, **kw)
 
     monkeypatch.setattr(Detector, "fit_rows", classmethod(spy))
-    table = protocols.leave_one_generator_out(cache, config=FAST, n_boot=20)
+    table = protocols.leave_one_generator_out(cache, config=PROBE, n_boot=20)
     assert list(table.held_out) == ["a", "b", "c"]
     assert [sorted(seen[i]) for i in range(3)] == [["b", "c", "real"], ["a", "c", "real"], ["a", "b", "real"]]
     test_reals = resolve_split_rows(cache, "test")
@@ -62,18 +64,18 @@ def test_logo_never_trains_on_the_held_out_generator(tmp_path, monkeypatch):
     # 'c' fakes look unlike 'a'/'b' fakes: holding it out costs more than holding out 'a'
     assert table.set_index("held_out").loc["c", "auc"] < table.set_index("held_out").loc["a", "auc"]
     with pytest.raises(ValueError, match="no fakes"):
-        protocols.leave_one_generator_out(cache, config=FAST, generators=["zz"])
+        protocols.leave_one_generator_out(cache, config=PROBE, generators=["zz"])
 
 
 def test_logo_needs_two_generators(tmp_path):
     cache = write_synthetic_cache(tmp_path / "c", n=100)
     with pytest.raises(ValueError, match=">= 2 generators"):
-        protocols.leave_one_generator_out(cache, config=FAST)
+        protocols.leave_one_generator_out(cache, config=PROBE)
 
 
 def test_text_leakage_audit_and_cli(tmp_path, capsys):
     cache = write_synthetic_cache(tmp_path / "c", n=300, dim=12, shift=2.0)
-    res = protocols.text_leakage_audit(cache, config=FAST, n_boot=20)
+    res = protocols.text_leakage_audit(cache, config=PROBE, n_boot=20)
     t = res["table"].set_index("features")
     assert list(t.index) == ["text", "image", "image+text"]
     assert t.loc["text", "auc"] > 0.8  # the synthetic captions carry the label
@@ -87,7 +89,7 @@ def test_text_leakage_audit_and_cli(tmp_path, capsys):
     assert data["config"]["train_config"]["epochs"] == 1 and len(data["rows"]) == 3
     no_text = write_synthetic_cache(tmp_path / "n", n=60, text=False)
     with pytest.raises(ValueError, match="no text embeddings"):
-        protocols.text_leakage_audit(no_text, config=FAST)
+        protocols.text_leakage_audit(no_text, config=PROBE)
 
 
 def test_logo_cli(tmp_path):
@@ -130,11 +132,7 @@ def image_setup(tmp_path_factory, tiny_backbone):
     """Reals as PNG, fakes as JPEG (a format leak), a cache and a detector trained on it."""
     root = tmp_path_factory.mktemp("imgproto")
     imgs = root / "imgs"
-    for label, ext in (("real", "png"), ("fake", "jpg")):
-        (imgs / label).mkdir(parents=True)
-        for i in range(6):
-            make_image(i + (100 if label == "fake" else 0), size=(40, 40), fake=label == "fake").save(
-                imgs / label / f"{i}.{ext}")
+    write_image_folder(imgs, n=6, fake_offset=100, size=(40, 40), exts=("png", "jpg"), name="{i}")
     extract(ImageFolderSource(imgs), ExtractConfig(backbone=TINY, out=str(root / "cache"), workers=0,
                                                    batch_size=12),
             backbone=tiny_backbone, progress=False)

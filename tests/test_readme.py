@@ -1,17 +1,14 @@
 """Every Python snippet of README.md runs, and returns what the README says it returns."""
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import clipdetect
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image, write_image_folder
+from helpers.readme import README, ROOT, code_blocks
 
-ROOT = Path(__file__).resolve().parent.parent
-BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+BLOCKS = code_blocks("python")
 
 
 def run(block: int, **names) -> dict:
@@ -39,6 +36,7 @@ def sample_run(workdir):
     return first, second
 
 
+@pytest.mark.slow  # trains and evaluates on the whole sample cache
 def test_training_and_evaluating_on_the_sample(sample_run, workdir):
     ns, _ = sample_run
     overall = ns["report"].table.loc[0]
@@ -52,6 +50,7 @@ def test_training_and_evaluating_on_the_sample(sample_run, workdir):
         ns["cache"].select(split="test")  # what the text under the snippet says
 
 
+@pytest.mark.slow  # trains and evaluates on the whole sample cache
 def test_estimator_and_roc_display(sample_run, workdir):
     _, ns = sample_run
     assert ns["aucs"].shape == (3,) and (ns["aucs"] > 0.9).all()
@@ -61,11 +60,7 @@ def test_estimator_and_roc_display(sample_run, workdir):
 def test_own_images_snippet(tmp_path, monkeypatch, one_torch_thread):
     # run with the tiny random backbone in place of ViT-B-16:openai (no weights offline)
     monkeypatch.chdir(tmp_path)
-    for label in ("real", "fake"):
-        (tmp_path / "photos" / label).mkdir(parents=True)
-        for i in range(10):
-            make_image(i + (40 if label == "fake" else 0), fake=label == "fake").save(
-                tmp_path / "photos" / label / f"{i}.png")
+    write_image_folder(tmp_path / "photos", n=10, fake_offset=40, name="{i}")
     make_image(90).save("new.jpg")
     make_image(91, fake=True).save("other.png")
     make_image(92).save("third.webp")
@@ -79,3 +74,17 @@ def test_own_images_snippet(tmp_path, monkeypatch, one_torch_thread):
     assert list(scores.columns) == ["logit", "probability", "threshold", "label", "error"] and len(scores) == 3
     assert scores.error.isna().all() and scores.probability.between(0, 1).all()
     assert len(ns["cache"]) == 20
+
+
+def test_ci_runs_the_readme_test_command_then_the_slow_tests():
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    ci = (ROOT / ".ci" / "run").read_text()
+    lines = README.splitlines()
+    test_line = next(line for line in lines if line.startswith("pip install") and "pytest" in line)
+    assert test_line.endswith("python -m pytest -q")
+    assert "grep -m1 -E '^pip install .*pytest' README.md" in ci and 'bash -c "$cmd"' in ci
+    assert ci.rstrip().endswith("python -m pytest -q -m slow")  # after the README's command
+    assert "`.ci/run` also runs the tests marked slow: `python -m pytest -q -m slow`." in lines
+    options = read_configuration(ROOT / "pyproject.toml")["tool"]["pytest"]["ini_options"]
+    assert "-m 'not slow'" in options["addopts"] and any(m.startswith("slow:") for m in options["markers"])

@@ -1,28 +1,29 @@
 """``clipdetect report``: one Markdown report with per-generator metrics, LOGO, format baseline, calibration."""
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from _synthetic import write_multi_generator_cache, write_synthetic_cache
+from helpers.synthetic import write_multi_generator_cache
 
 from clipdetect.cli.main import main
 from clipdetect.core.metrics import expected_calibration_error, reliability_table
 from clipdetect.eval.report import ReportConfig, build_report
 from clipdetect.models.detector import Detector
-from clipdetect.models.train import TrainConfig
+from helpers.training import FAST_LINEAR, fit_on_synthetic
 
-FAST = TrainConfig(epochs=6, batch_size=64, lr=0.05, head="linear", loss="bce", sam=False, patience=0)
+PROBE = replace(FAST_LINEAR, epochs=6)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     cache = write_multi_generator_cache(root / "cache")
-    Detector.fit_cache(cache, config=FAST).save(root / "det")
+    Detector.fit_cache(cache, config=PROBE).save(root / "det")
     return root
 
 
@@ -67,15 +68,15 @@ def test_report_command_writes_every_section(trained, tmp_path, capsys):
 
 def test_sections_that_cannot_run_say_why(tmp_path):
     cache = write_multi_generator_cache(tmp_path / "c", format_columns=False)
-    det = Detector.fit_cache(cache, config=FAST)
+    det = Detector.fit_cache(cache, config=PROBE)
     rep = build_report(det, cache, ReportConfig(out=str(tmp_path / "r"), n_boot=10, logo=False))
     assert "lacks ['width', 'height', 'format', 'mode']" in rep["format_baseline"]["skipped"]
     assert rep["logo"] == {"skipped": "turned off (--no-logo)"}
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Not run: the cache's metadata lacks" in md and "Not run: turned off" in md
 
-    one = write_synthetic_cache(tmp_path / "one", n=200, dim=12)
-    rep = build_report(Detector.fit_cache(one, config=FAST), one, ReportConfig(out=str(tmp_path / "r1"), n_boot=10))
+    one, det = fit_on_synthetic(tmp_path / "one", PROBE, n=200, dim=12)
+    rep = build_report(det, one, ReportConfig(out=str(tmp_path / "r1"), n_boot=10))
     assert rep["logo"]["skipped"] == "needs fakes of at least 2 generators; the cache has ['gen']"
     assert len(rep["per_generator"]) == 2 and "result" in rep["format_baseline"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_image
+from helpers.images import TINY, make_image
 
 from clipdetect.features import runtime
 from clipdetect.features.backbones import create_backbone
@@ -113,6 +113,7 @@ def test_onnx_tower_matches_torch_and_is_exported_once(cache_dir, tiny_backbone,
 
 
 @needs_ov
+@pytest.mark.slow  # an OpenVINO conversion and an int8 quantisation
 def test_openvino_fp32_and_int8(cache_dir, tiny_backbone, one_torch_thread):
     import openvino as ov
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from _synthetic import write_synthetic_cache
+from helpers.synthetic import write_synthetic_cache
+from helpers.training import fit_on_synthetic
 
 from clipdetect.core.tables import to_markdown
 from clipdetect.data.perturb import ListSource
@@ -83,8 +84,8 @@ def test_new_defaults_beat_logistic_regression_on_the_sample_cache():
 
 
 def test_evaluation_refuses_one_class_and_scores_foreign_train_caches_whole(tmp_path, caplog):
-    cache = write_synthetic_cache(tmp_path / "c", n=300, dim=8, shift=2.0)
-    det = Detector.fit_cache(cache, config=TrainConfig(head="linear", loss="bce", sam=False, epochs=5))
+    cache, det = fit_on_synthetic(tmp_path / "c", TrainConfig(head="linear", loss="bce", sam=False, epochs=5),
+                                  n=300, dim=8, shift=2.0)
     assert evaluate_detector(det, cache, split="auto", n_boot=0).config["n_rows"] < 100  # its own test rows
     other = write_synthetic_cache(tmp_path / "held", n=120, dim=8, shift=2.0, seed=5)
     rep = evaluate_detector(det, other, split="auto", n_boot=0)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from _serve import get, get_json, load_experiment, png, running_server, tiny_detector
+from helpers.serve import get, get_json, load_experiment, png, running_server
+from helpers.training import tiny_detector
 from clipdetect.cli.main import main
 from clipdetect.serve.batcher import Batcher
 from clipdetect.serve.config import ServeConfig
@@ -198,6 +199,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a real server process, stopped by a signal
 def test_cli_server_drains_a_request_in_flight_on_sigterm(det, tmp_path):
     det.save(tmp_path / "det")
     port = _free_port()

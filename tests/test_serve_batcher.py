@@ -58,7 +58,7 @@ def test_images_that_would_miss_their_deadline_are_not_encoded():
 
 
 def test_admission_refuses_when_the_queue_needs_more_than_the_timeout(tiny_backbone):
-    from _serve import tiny_detector
+    from helpers.training import tiny_detector
     from clipdetect.serve.app import Service
 
     service = Service(tiny_detector(tiny_backbone), tiny_backbone, ServeConfig(request_timeout=5, retry_after=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 
-from _serve import tiny_detector
+from helpers.training import tiny_detector
 from clipdetect.serve.card import model_card, threshold_target
 
 

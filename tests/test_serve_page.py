@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from _serve import png, running_server, tiny_detector
+from helpers.serve import png, running_server
+from helpers.training import tiny_detector
 from clipdetect.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,42 +5,25 @@ stopped, an extraction that resumes; and decode workers whose parent is SIGKILLe
 linger as orphans."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from _hostile import ROOT, deadline_fixture, run_cli, session_members, temporaries
-from _synthetic import write_synthetic_cache
+from helpers.hostile import deadline_fixture
+from helpers.images import TINY
+from helpers.procs import run_cli, session_members, shard_count, start_cli, temporaries, training_logged, wait_until
+from helpers.synthetic import write_synthetic_cache
 from clipdetect.cli.main import main
-from conftest import TINY, make_image
 
-pytestmark = pytest.mark.slow
 _deadline = deadline_fixture(400)
 EXTRACT = ["--backbone", TINY, "--shard-size", "8", "--batch-size", "4", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    for label in ("real", "fake"):
-        (root / label).mkdir()
-        for i in range(60):
-            make_image(i + 500 * (label == "fake"), size=(32, 32), fake=label == "fake").save(
-                root / label / f"{i:03d}.png")
-    return root
-
-
-def _shards(cache: Path) -> int:
-    try:
-        return len(json.loads((cache / "manifest.json").read_text())["shards"])
-    except (OSError, ValueError, KeyError):
-        return 0
+@pytest.fixture
+def folder(images_60):
+    return images_60
 
 
 def _stopped_cleanly(r, status: int, name: str) -> None:
@@ -50,26 +33,20 @@ def _stopped_cleanly(r, status: int, name: str) -> None:
     assert not r.leftover, f"processes left running: {r.leftover}"
 
 
+@pytest.mark.slow  # a real process, stopped part-way
 def test_sigterm_during_extraction_with_workers_then_resume(folder, tmp_path):
     cache = tmp_path / "cache"
     r = run_cli(["extract", folder, "--out", cache, "--workers", "2", *EXTRACT],
-                ready=lambda: _shards(cache) >= 1, send=signal.SIGTERM)
+                ready=lambda: shard_count(cache) >= 1, send=signal.SIGTERM)
     _stopped_cleanly(r, 143, "SIGTERM")
-    assert not temporaries(cache) and 1 <= _shards(cache) < 15
+    assert not temporaries(cache) and 1 <= shard_count(cache) < 15
     assert main(["extract", str(folder), "--out", str(cache), "--workers", "0", *EXTRACT]) == 0
-    assert _shards(cache) == 15 and main(["cache", "verify", str(cache)]) == 0
+    assert shard_count(cache) == 15 and main(["cache", "verify", str(cache)]) == 0
 
 
-def test_sigterm_to_the_process_group_during_prediction(folder, tmp_path, tiny_backbone):
-    import numpy as np
-
-    from clipdetect.models.detector import Detector
-    from clipdetect.models.train import TrainConfig
-
-    x = np.random.default_rng(0).normal(size=(32, tiny_backbone.embed_dim)).astype(np.float32)
-    det = Detector.fit(x, np.arange(32) % 2, backbone={**tiny_backbone.identity, "spec": TINY},
-                       config=TrainConfig(epochs=1, batch_size=16, head="linear", sam=False,
-                                          val_fraction=0.0, test_fraction=0.0)).save(tmp_path / "det")
+@pytest.mark.slow  # a real process, stopped part-way
+def test_sigterm_to_the_process_group_during_prediction(folder, tmp_path, tiny_detector_dir):
+    det = tiny_detector_dir
     out = tmp_path / "preds.csv"
     r = run_cli(["predict", det, folder, "--out", out, "--workers", "2", "--batch-size", "2", "--no-progress"],
                 ready=lambda: any(p.name.startswith(".preds.csv.tmp-") for p in tmp_path.iterdir()),
@@ -78,31 +55,23 @@ def test_sigterm_to_the_process_group_during_prediction(folder, tmp_path, tiny_b
     assert not out.exists() and not temporaries(tmp_path)
 
 
+@pytest.mark.slow  # a real process, stopped part-way
 def test_sighup_during_training_leaves_no_output_folder(tmp_path):
     write_synthetic_cache(tmp_path / "cache", n=3000, dim=16)
-    det = tmp_path / "det"
-
-    def logged():
-        return any(p.name.startswith(".det.tmp-") and (p / "train_log.jsonl").exists()
-                   and (p / "train_log.jsonl").stat().st_size > 0 for p in tmp_path.iterdir())
-    r = run_cli(["train", tmp_path / "cache", "--out", det, "--epochs", "500", "--patience", "0",
-                 "--batch-size", "16", "--no-progress"], ready=logged, send=signal.SIGHUP)
+    r = run_cli(["train", tmp_path / "cache", "--out", tmp_path / "det", "--epochs", "500", "--patience", "0",
+                 "--batch-size", "16", "--no-progress"], ready=training_logged(tmp_path), send=signal.SIGHUP)
     _stopped_cleanly(r, 129, "SIGHUP")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
+@pytest.mark.slow  # a real process, stopped part-way
 def test_workers_of_a_killed_parent_exit_by_themselves(folder, tmp_path):
     """SIGKILL cannot be caught: the parent cleans nothing, but its decode workers notice and
     exit within seconds instead of living on (as they did, ~400 MB each)."""
     cache = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "clipdetect", "extract", str(folder), "--out", str(cache),
-                             "--workers", "2", *EXTRACT], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(["extract", folder, "--out", cache, "--workers", "2", *EXTRACT])
     try:
-        while _shards(cache) < 1:
-            assert proc.poll() is None, "finished before it could be killed"
-            time.sleep(0.02)
+        wait_until(proc, lambda: shard_count(cache) >= 1)
         assert len(session_members(proc.pid)) == 3  # the command and its two decode workers
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)

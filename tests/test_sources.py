@@ -7,7 +7,7 @@ import pytest
 from clipdetect.data.hf import HFSource
 from clipdetect.data.registry import open_source
 from clipdetect.data.sources import ImageFolderSource, ManifestSource, parse_label
-from conftest import make_image
+from helpers.images import make_image
 
 
 def test_label_parsing():

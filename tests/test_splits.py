@@ -9,7 +9,7 @@ import pytest
 from clipdetect.features import splits as splits_module
 from clipdetect.features.splits import assign_splits, resolve_all, resolve_split_rows
 
-from _synthetic import write_synthetic_cache
+from helpers.synthetic import write_synthetic_cache
 
 
 def test_assign_splits_fractions_and_stability():

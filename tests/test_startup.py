@@ -3,9 +3,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
-from conftest import TINY
+from helpers.images import TINY
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pandas", "sklearn", "open_clip", "torchvision")
@@ -27,6 +28,7 @@ def test_import_and_help_do_not_import_torch():
     assert _loaded_after(help_code.replace("'--help'", "'extract', '--help'")) == []
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_guard_runs_when_torchvision_is_imported():
     assert _loaded_after("import clipdetect, torchvision\nfrom clipdetect.core import compat\n"
                          "assert compat._HOOK not in sys.meta_path") == ["torch", "torchvision"]

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,11 +8,12 @@ import torch
 from clipdetect.core.metrics import binary_metrics
 from clipdetect.models.samplers import StratifiedBatchSampler
 from clipdetect.models.sources import ArraySource, CacheSource, predict_logits
-from clipdetect.models.train import TrainConfig, train
+from clipdetect.models.train import train
 
-from _synthetic import separable_features, write_synthetic_cache
+from helpers.synthetic import separable_features, write_synthetic_cache
+from helpers.training import FAST
 
-FAST = dict(batch_size=64, epochs=6, lr=1e-2, width=32, patience=0)
+SIX = replace(FAST, epochs=6)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +52,7 @@ def test_sampler_refuses_one_class():
 def test_train_separable_reaches_high_auc_and_logs(tmp_path):
     X, y = separable_features(800, 16, shift=3.0, seed=0)
     Xv, yv = separable_features(300, 16, shift=3.0, seed=1)
-    r = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=TrainConfig(**FAST), out_dir=tmp_path,
+    r = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=SIX, out_dir=tmp_path,
               progress=False)
     Xt, yt = separable_features(300, 16, shift=3.0, seed=2)
     assert binary_metrics(yt, predict_logits(r.head, ArraySource(Xt, yt)), scores_are_probs=False)["auc"] > 0.95
@@ -63,9 +65,9 @@ def test_train_separable_reaches_high_auc_and_logs(tmp_path):
 
 def test_same_seed_same_weights_other_seed_differs():
     X, y = separable_features(300, 16, seed=0)
-    cfg = TrainConfig(**{**FAST, "epochs": 2})
+    cfg = replace(FAST, epochs=2)
     a, b = (train(ArraySource(X, y), config=cfg, progress=False).head.state_dict() for _ in range(2))
-    c = train(ArraySource(X, y), config=TrainConfig(**{**FAST, "epochs": 2, "seed": 1}), progress=False).head
+    c = train(ArraySource(X, y), config=replace(FAST, epochs=2, seed=1), progress=False).head
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["out.weight"], c.state_dict()["out.weight"])
 
@@ -75,7 +77,7 @@ def test_early_stopping_keeps_best_epoch():
     # proceeds, so the best epoch is the first and training stops after `patience` worse epochs
     X, y = separable_features(400, 16, shift=3.0, seed=0)
     Xv, yv = separable_features(200, 16, shift=3.0, seed=1)
-    cfg = TrainConfig(**{**FAST, "epochs": 20, "patience": 3})
+    cfg = replace(FAST, epochs=20, patience=3)
     r = train(ArraySource(X, y), val_data=ArraySource(Xv, 1 - yv), config=cfg, progress=False)
     aucs = [h["val_auc"] for h in r.history]
     assert r.stopped_early and r.epochs_run == r.best_epoch + 3 < 20
@@ -90,7 +92,7 @@ def test_a_saturated_validation_auc_is_broken_by_the_loss():
     # but the one with the lowest validation loss among those at AUC 1
     X, y = separable_features(200, 16, shift=3.0, seed=0)
     Xv, yv = separable_features(12, 16, shift=6.0, seed=1)
-    cfg = TrainConfig(**{**FAST, "epochs": 12, "patience": 3})
+    cfg = replace(FAST, epochs=12, patience=3)
     r = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False)
     assert all(h["val_auc"] == 1.0 for h in r.history)
     losses = [h["val_loss"] for h in r.history]
@@ -99,7 +101,7 @@ def test_a_saturated_validation_auc_is_broken_by_the_loss():
 
 def test_sam_second_pass_leaves_batchnorm_stats_to_the_first():
     X, y = separable_features(64, 16, seed=0)
-    cfgs = [TrainConfig(**{**FAST, "epochs": 1, "batch_size": 64, "sam": s, "dropout": 0.0}) for s in (True, False)]
+    cfgs = [replace(FAST, epochs=1, batch_size=64, sam=s, dropout=0.0) for s in (True, False)]
     heads = [train(ArraySource(X, y), config=c, progress=False).head for c in cfgs]
     # one step from the same init, same batch: running stats are those of one forward pass at w in both
     for name in ("body.1.running_mean", "body.1.running_var", "body.1.num_batches_tracked"):
@@ -113,16 +115,16 @@ def test_train_from_cache_feature_sets(tmp_path, feature_set, dim):
     src = CacheSource(cache, rows, feature_set)
     assert src.dim == dim and np.array_equal(src.y, cache.labels(rows))
     assert np.allclose(src.batch(np.array([0, 5])), cache.features(feature_set, rows[[0, 5]]))
-    r = train(src, config=TrainConfig(**{**FAST, "epochs": 4}), progress=False)
+    r = train(src, config=replace(FAST, epochs=4), progress=False)
     assert binary_metrics(src.y, predict_logits(r.head, src), scores_are_probs=False)["auc"] > 0.9
 
 
 def test_layers_head_reads_per_block_tokens(tmp_path):
-    from _synthetic import write_layered_cache
+    from helpers.synthetic import write_layered_cache
     from clipdetect.models.detector import Detector
 
     cache = write_layered_cache(tmp_path / "c", n=240)
-    config = TrainConfig(**{**FAST, "batch_size": 32, "epochs": 20, "dropout": 0.0})
+    config = replace(FAST, batch_size=32, epochs=20, dropout=0.0)
     det = Detector.fit_cache(cache, feature_set="layers", config=config)
     assert det.head_config.kind == "layers" and det.head_config.tokens == 4
     test = cache.select()  # every row: the signal sits in block 2 only
@@ -134,7 +136,7 @@ def test_layers_head_reads_per_block_tokens(tmp_path):
 
 
 def test_group_sampler_keeps_groups_whole_and_views_filter_rows(tmp_path):
-    from _synthetic import write_layered_cache
+    from helpers.synthetic import write_layered_cache
     from clipdetect.features.splits import SplitSpec, view_rows
     from clipdetect.models.samplers import GroupBatchSampler
 
@@ -159,8 +161,8 @@ def test_group_sampler_keeps_groups_whole_and_views_filter_rows(tmp_path):
         view_rows(cache, tr, ["jpeg:50"])
     from clipdetect.models.detector import Detector
 
-    det = Detector.fit_cache(cache, feature_set="layers", config=TrainConfig(**FAST, auc_pairs="group",
-                                                                             views=["orig"]))
+    det = Detector.fit_cache(cache, feature_set="layers", config=replace(SIX, auc_pairs="group",
+                                                                            views=["orig"]))
     assert det.train_config["auc_pairs"] == "group" and det.train_config["views"] == ["orig"]
 
 
@@ -169,7 +171,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     X, y = separable_features(300, 16, seed=0)
     Xv, yv = separable_features(100, 16, seed=1)
-    cfg = TrainConfig(**{**FAST, "epochs": 4, "patience": 0})
+    cfg = replace(FAST, epochs=4, patience=0)
     straight = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False)
     real, calls = train_mod.predict_logits, {"n": 0}
 
@@ -185,7 +187,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "predict_logits", real)
     assert json.loads((tmp_path / "last.json").read_text())["epoch"] == 2
     with pytest.raises(ValueError, match="other settings"):
-        train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=TrainConfig(**{**FAST, "epochs": 5}),
+        train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=replace(FAST, epochs=5),
               progress=False, checkpoints=tmp_path, resume=True)
     resumed = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False,
                     checkpoints=tmp_path, resume=True)

@@ -6,7 +6,6 @@ import argparse
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +13,10 @@ from PIL import Image
 
 from clipdetect.cli.main import build_parser, main
 from clipdetect.features.cache import FeatureCache
-from conftest import TINY
+from helpers.images import TINY
+from helpers.readme import README, ROOT
 
-from _synthetic import write_synthetic_cache
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers.synthetic import write_synthetic_cache
 
 
 def _one_error(capsys) -> str:
@@ -106,8 +104,7 @@ def test_every_command_has_examples_and_limits_are_documented():
     for name in ("extract", "predict"):
         text = commands[name].format_help()
         assert "--max-pixels" in text and "--max-aspect" in text and "64,000,000" in text
-    readme = (ROOT / "README.md").read_text()
-    assert "--max-aspect" in readme and "--max-pixels" in readme and "cache verify" in readme
+    assert "--max-aspect" in README and "--max-pixels" in README and "cache verify" in README
 
 
 def test_cache_alone_prints_the_cache_help(capsys):
@@ -137,6 +134,7 @@ def test_sample_cache_is_package_data():
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # builds a wheel in a pip process
 def test_wheel_contains_the_sample_cache(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
                         "-w", str(tmp_path), "-q"], capture_output=True, text=True)

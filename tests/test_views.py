@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from clipdetect.data.views import DEFAULT_VIEWS, ViewError, apply_view, parse_views
-from conftest import make_image
+from helpers.images import make_image
 
 
 def test_parse_views_canonical_default_and_errors():

@@ -12,11 +12,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
+from helpers.images import make_image
 
-from conftest import TINY, make_image
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def load_experiment(name: str):
@@ -26,21 +24,6 @@ def load_experiment(name: str):
     sys.modules[name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
-
-
-def tiny_detector(backbone, *, temperature: float = 2.0):
-    """A linear head on the tiny backbone's 32-d embeddings, fit on random features in a second."""
-    from clipdetect.models.detector import Detector
-    from clipdetect.models.train import TrainConfig
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(64, backbone.embed_dim)).astype(np.float32)
-    y = (X[:, 0] > 0).astype(np.int64)
-    det = Detector.fit(X, y, config=TrainConfig(epochs=2, batch_size=16, head="linear", loss="bce", sam=False,
-                                                patience=0, val_fraction=0.0, test_fraction=0.0),
-                       backbone={**backbone.identity, "spec": TINY})
-    det = det.replace(temperature=temperature)
-    return det
 
 
 def png(seed: int, size=(48, 40), fake: bool = False) -> bytes:
