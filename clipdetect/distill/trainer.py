@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clipdetect.distill.images import AUGMENTATIONS, CKPT_DIR, ImageRows, make_loader, collect_images, train_transform
+from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from clipdetect.models.checkpoint import check_resumable
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.losses import create_loss
@@ -70,9 +71,9 @@ class DistillConfig:
     warmup_steps: int = 50
     augment: Tuple[str, ...] = ("flip",)
     workers: int = 2
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 0
+    val_fraction: float = VAL_FRACTION
+    test_fraction: float = TEST_FRACTION
+    split_seed: int = SPLIT_SEED
     seed: int = 0
     limit: Optional[int] = None  # at most this many training rows (quick runs)
     eval_batch_size: int = 256

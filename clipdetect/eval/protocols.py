@@ -19,7 +19,7 @@ from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, overall
 from clipdetect.core.tables import to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.core.io import write_csv, write_json, write_text
-from clipdetect.features.splits import SplitSpec
+from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def load_detectors(specs: Sequence[str]) -> Dict[str, Any]:
 
 
 def heldout_keys(cache, *, n_real: int, n_fake: int, split: str = "test", seed: int = 0,
-                 val: float = 0.15, test: float = 0.15, split_seed: int = 0) -> List[str]:
+                 val: float = VAL_FRACTION, test: float = TEST_FRACTION, split_seed: int = SPLIT_SEED) -> List[str]:
     """A seeded random sample of ``n_real`` real and ``n_fake`` fake keys of ``split`` (in row order)."""
     from clipdetect.eval.selection import split_rows
 

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from clipdetect.models.calibration import CALIBRATION_METHODS
 from clipdetect.models.thresholds import THRESHOLD_RULES
 from clipdetect.models.checkpoint import check_resumable
@@ -101,9 +102,9 @@ class TrainConfig:
     max_steps: Optional[int] = None
     eval_batch_size: int = 8192
     device: str = "cpu"
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 0
+    val_fraction: float = VAL_FRACTION
+    test_fraction: float = TEST_FRACTION
+    split_seed: int = SPLIT_SEED
     calibrate: bool = True
     calibration: str = "platt"
     threshold_rule: str = "fpr"
