@@ -208,15 +208,13 @@ def score_images(detector, images: Sequence[Any], *, backbone: Backbone, batch_s
 
 
 class ImageScorer:
-    """:func:`score_images` in two steps that a service runs on different threads: ``decode``
-    one encoded image (thread-safe; PIL releases the GIL while it decodes) and ``score`` a batch
-    of decoded images, with one decoder and one encoder built once. The steps are those of
-    ``clipdetect predict``, so the scores are the same; images only (no captions)."""
+    """:func:`score_images` in two steps that a service runs on different threads: ``decode`` one
+    encoded image (thread-safe) and ``score`` a batch of decoded ones, with one decoder and one
+    encoder built once; ``predict``'s steps, so the same scores. Images only (no captions)."""
 
     def __init__(self, detector, backbone: Backbone, *, max_pixels: int = MAX_PIXELS,
                  max_aspect: Optional[float] = MAX_ASPECT, max_bytes: int = MAX_IMAGE_BYTES,
                  read_timeout: Optional[float] = READ_TIMEOUT):
-        check_text_tower(detector, backbone)
         if reads_text(detector):
             raise ValueError(f"the detector uses {detector.feature_set!r} features, which need captions")
         self.detector, self.backbone = detector, backbone
