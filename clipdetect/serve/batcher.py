@@ -7,8 +7,8 @@ the lot on the service's one backbone (:class:`~clipdetect.models.predict.ImageS
 package's decode → preprocess → encode → head path, with the decoder's ``max_pixels`` /
 ``max_aspect`` limits) — so a served score equals ``clipdetect predict``'s. While a batch runs,
 new images are decoded and queue up to form the next batch, so under load the batches fill
-without waiting and decoding overlaps encoding. The queue holds at most what the admitted requests carry
-(``max_concurrent`` × ``max_images``): admission control bounds it, and
+without waiting and decoding overlaps encoding. The queue holds at most what the admitted
+requests carry (``max_concurrent`` × ``max_images``): admission control bounds it, and
 :meth:`Batcher.estimated_wait` (recent seconds per image × images ahead) lets it refuse a
 request that could not be scored in time. An image whose request's deadline would pass
 before its batch ends is not encoded (its request hears :class:`Overdue`): under overload the
