@@ -135,10 +135,9 @@ class EvalReport:
 
 def score_rows(detector, cache, rows: np.ndarray) -> tuple:
     """(logits, probabilities) of ``rows``; the cache must match the detector's backbone."""
-    x = detector.features(cache, rows)
-    logits = np.asarray(detector.logits(x), dtype=np.float64).ravel()
-    probs = np.asarray(detector.probability(x), dtype=np.float64).ravel()
-    return logits, probs
+    raw = detector.logits(detector.features(cache, rows))  # the head runs once for both
+    logits = np.asarray(raw, dtype=np.float64).ravel()
+    return logits, np.asarray(detector.calibration.probability(raw), dtype=np.float64).ravel()
 
 
 def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str] = ("generator",),
