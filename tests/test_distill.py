@@ -19,6 +19,7 @@ from clipdetect.features.manifest import ERROR_COLUMNS
 from clipdetect.distill.trainer import DistillConfig, distill, distillation_loss
 from clipdetect.distill.student import TINY_ARCH, StudentConfig, create_student, load_student, map_lite0_state_dict
 from helpers.images import make_image
+from helpers.training import interrupt_on_call
 
 TEACHER_DIM = 16
 
@@ -101,16 +102,8 @@ def test_resume_continues_from_the_last_epoch(tmp_path, monkeypatch):
     imgs, cache = make_material(tmp_path)
     straight = distill(tiny_config(tmp_path, imgs, cache, "a"), progress=False)
 
-    calls = {"n": 0}
     real = distill_mod.score_images
-
-    def crash_in_third_epoch(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(distill_mod, "score_images", crash_in_third_epoch)
+    monkeypatch.setattr(distill_mod, "score_images", interrupt_on_call(real, 3))  # in the third epoch
     with pytest.raises(KeyboardInterrupt):
         distill(tiny_config(tmp_path, imgs, cache, "b"), progress=False)
     monkeypatch.setattr(distill_mod, "score_images", real)

@@ -16,6 +16,7 @@ from clipdetect.features.manifest import CacheError
 from clipdetect.features.verify import verify_cache
 from clipdetect.data.imaging import SplitPreprocess
 from helpers.images import TINY, make_image
+from helpers.training import interrupt_on_call
 
 
 def _arrays(backbone, n=3):
@@ -81,15 +82,7 @@ def test_killed_layers_views_run_resumes_bit_for_bit(tmp_path, tiny_backbone, mo
     src = _manifest(tmp_path)
     extract(src, _cfg(tmp_path / "ref"), backbone=tiny_backbone, progress=False)
     real_write = CacheWriter.write_shard
-    calls = []
-
-    def dies_on_second(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # stopped between shards
-        return real_write(self, *a, **kw)
-
-    monkeypatch.setattr(CacheWriter, "write_shard", dies_on_second)
+    monkeypatch.setattr(CacheWriter, "write_shard", interrupt_on_call(real_write, 2))  # stopped between shards
     with pytest.raises(KeyboardInterrupt):
         extract(src, _cfg(tmp_path / "cut"), backbone=tiny_backbone, progress=False)
     monkeypatch.setattr(CacheWriter, "write_shard", real_write)

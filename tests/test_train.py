@@ -11,7 +11,7 @@ from clipdetect.models.sources import ArraySource, CacheSource, predict_logits
 from clipdetect.models.train import train
 
 from helpers.synthetic import separable_features, write_synthetic_cache
-from helpers.training import FAST
+from helpers.training import FAST, interrupt_on_call
 
 SIX = replace(FAST, epochs=6)
 
@@ -173,15 +173,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     Xv, yv = separable_features(100, 16, seed=1)
     cfg = replace(FAST, epochs=4, patience=0)
     straight = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False)
-    real, calls = train_mod.predict_logits, {"n": 0}
-
-    def crash_in_third_epoch(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(train_mod, "predict_logits", crash_in_third_epoch)
+    real = train_mod.predict_logits
+    monkeypatch.setattr(train_mod, "predict_logits", interrupt_on_call(real, 3))  # in the third epoch
     with pytest.raises(KeyboardInterrupt):
         train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False, checkpoints=tmp_path)
     monkeypatch.setattr(train_mod, "predict_logits", real)

@@ -43,10 +43,11 @@ def deadline_fixture(seconds: int):
 
 
 # ------------------------------------------------------------------------ hostile bundles
-def _edit_json(edit):
+def _edit_json(edit, name: str = "detector.json"):
+    """An attack rewriting the JSON file ``name`` of a folder (a bundle, a cache) through ``edit``."""
     def apply(d: Path):
-        cfg = json.loads((d / "detector.json").read_text())
-        (d / "detector.json").write_text(json.dumps(edit(cfg)))
+        doc = json.loads((d / name).read_text())
+        (d / name).write_text(json.dumps(edit(doc)))
     return apply
 
 
@@ -145,10 +146,7 @@ def hostile_bundle(good: Path, out: Path, name: str) -> Path:
 
 # ------------------------------------------------------------------------ hostile caches
 def _manifest(edit):
-    def apply(c: Path):
-        m = json.loads((c / "manifest.json").read_text())
-        (c / "manifest.json").write_text(json.dumps(edit(m)))
-    return apply
+    return _edit_json(edit, "manifest.json")
 
 
 def _first_shard(**fields):

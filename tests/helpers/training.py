@@ -45,3 +45,15 @@ def fit_on_synthetic(root, config: TrainConfig = FAST, *, feature_set: str = "im
 
     cache = write_synthetic_cache(root, **cache_options)
     return cache, Detector.fit_cache(cache, feature_set=feature_set, config=config)
+
+
+def interrupt_on_call(real, n: int = 3):
+    """``real`` wrapped to raise KeyboardInterrupt on its ``n``-th call (a Ctrl-C mid-run)."""
+    calls = {"n": 0}
+
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    return wrapped
