@@ -189,16 +189,10 @@ def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, An
     state = read_safetensors(w_path, error=DetectorError)
     check_weights(head, state, w_path)
     head.load_state_dict(state, strict=True)
+    # bundles written before the calibration record: their temperature, applied as it always was
+    calibration = (Calibration.from_json(cfg["calibration"]) if cfg.get("calibration")
+                   else Calibration.of_temperature(float(cfg.get("temperature") or 1.0)))
     return dict(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
                 backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
                 metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
-                calibration=read_calibration(cfg), threshold_target=cfg.get("threshold_target"),
-                extra=cfg.get("extra"))
-
-
-def read_calibration(cfg: Dict[str, Any]) -> Calibration:
-    """The calibration a ``detector.json`` describes: its ``calibration`` record, else (bundles
-    written before it) its ``temperature``, applied as it always was (``sigmoid(logit / T)``)."""
-    if cfg.get("calibration"):
-        return Calibration.from_json(cfg["calibration"])
-    return Calibration.of_temperature(float(cfg.get("temperature") or 1.0))
+                calibration=calibration, threshold_target=cfg.get("threshold_target"), extra=cfg.get("extra"))

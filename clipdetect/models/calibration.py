@@ -123,8 +123,7 @@ def fit_temperature(logits, y_true, *, bounds: Tuple[float, float] = TEMPERATURE
     z, y = _logits_labels(logits, y_true)
 
     def nll(log_t: float) -> float:
-        a = z / math.exp(log_t)
-        return logistic_loss(a, y)
+        return logistic_loss(z / math.exp(log_t), y)
 
     res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])),
                           method="bounded", options={"xatol": 1e-6})

@@ -43,13 +43,6 @@ def _join(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
-    state = {"rng.cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["rng.cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
 def save_checkpoint(folder: str | Path, name: str, *, weights: Mapping[str, Mapping[str, torch.Tensor]],
                     opt: Optional[torch.optim.Optimizer] = None, info: Dict[str, Any],
                     tensors: Optional[Mapping[str, torch.Tensor]] = None,
@@ -64,7 +57,9 @@ def save_checkpoint(folder: str | Path, name: str, *, weights: Mapping[str, Mapp
     flat = {f"{m}.{k}": v.detach().cpu().contiguous() for m, sd in weights.items() for k, v in sd.items()}
     flat.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (tensors or {}).items()})
     if device is not None:
-        flat.update(_rng_state(device))
+        flat["rng.cpu"] = torch.get_rng_state()
+        if device.type == "cuda":
+            flat["rng.cuda"] = torch.cuda.get_rng_state(device)
     skeleton = _split(opt.state_dict(), "optim", flat) if opt is not None else None
     save_safetensors(flat, folder / f"{name}.safetensors")
     write_json(folder / f"{name}.json", {**info, "optimizer": skeleton})
