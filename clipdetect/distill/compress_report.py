@@ -63,12 +63,9 @@ class CompressConfig:
 # ------------------------------------------------------------------ measuring
 def file_sizes(paths: List[Path]) -> Dict[str, int]:
     """Raw bytes and zlib-deflated bytes (level 6) of the weight files together."""
-    raw = deflated = 0
-    for p in paths:
-        data = Path(p).read_bytes()
-        raw += len(data)
-        deflated += len(zlib.compress(data, 6))
-    return {"file_bytes": raw, "deflated_bytes": deflated}
+    blobs = [Path(p).read_bytes() for p in paths]
+    return {"file_bytes": sum(map(len, blobs)),
+            "deflated_bytes": sum(len(zlib.compress(b, 6)) for b in blobs)}
 
 
 def count_params(*modules: torch.nn.Module) -> Dict[str, int]:

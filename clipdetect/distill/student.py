@@ -114,13 +114,6 @@ class StudentEncoder(nn.Module):
         return self.forward(x)
 
 
-def _timm():
-    ensure_torchvision_ops()
-    import timm
-
-    return timm
-
-
 def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: bool = True) -> StudentEncoder:
     """Build the encoder of ``config`` (random init under ``seed``, then pretrained weights if asked)."""
     torch.manual_seed(seed)
@@ -128,7 +121,9 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
         body: nn.Module = TinyCNN()
         num_features = body.num_features
     else:
-        timm = _timm()
+        ensure_torchvision_ops()
+        import timm
+
         if not timm.is_model(config.arch):
             raise ValueError(f"unknown student architecture {config.arch!r}; use {TINY_ARCH!r} or a timm "
                              "model name such as tf_efficientnet_lite0, efficientnet_lite0, "
@@ -218,12 +213,6 @@ def student_preprocess(config: StudentConfig):
                       T.ToTensor(), T.Normalize(config.mean, config.std)])
 
 
-def preprocess_identity(config: StudentConfig) -> Dict[str, Any]:
-    return {"size": [config.image_size, config.image_size], "mean": list(config.mean),
-            "std": list(config.std), "interpolation": config.interpolation, "resize_mode": "shortest",
-            "mode": "RGB"}
-
-
 # ------------------------------------------------------------------ saving / loading
 def save_student(out: str | os.PathLike, model: StudentEncoder, config: StudentConfig, *,
                  teacher: Optional[Dict[str, Any]] = None, distill: Optional[Dict[str, Any]] = None,
@@ -269,12 +258,14 @@ def load_student(path: str | os.PathLike) -> Tuple[StudentEncoder, StudentConfig
 
 def student_identity(path: str | os.PathLike, config: StudentConfig, doc: Dict[str, Any]) -> Dict[str, Any]:
     """The backbone identity of a student: what caches and detectors compare."""
-    sha = file_sha256(Path(path) / ENCODER_FILE)
+    size = config.image_size
     return {"arch": "student", "encoder": config.arch, "weights": "checkpoint", "checkpoint": ENCODER_FILE,
-            "sha256": sha, "embed_dim": config.embed_dim, "has_text": False, "image_size": config.image_size,
-            "preprocess": preprocess_identity(config), "pretrained": config.pretrained,
-            "compression": config.compression, "teacher": doc.get("teacher", {}),
-            "distill": doc.get("distill", {})}
+            "sha256": file_sha256(Path(path) / ENCODER_FILE), "embed_dim": config.embed_dim,
+            "has_text": False, "image_size": size,
+            "preprocess": {"size": [size, size], "mean": list(config.mean), "std": list(config.std),
+                           "interpolation": config.interpolation, "resize_mode": "shortest", "mode": "RGB"},
+            "pretrained": config.pretrained, "compression": config.compression,
+            "teacher": doc.get("teacher", {}), "distill": doc.get("distill", {})}
 
 
 def _create_student_backbone(spec: BackboneSpec, seed: int) -> Backbone:

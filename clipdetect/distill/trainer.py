@@ -96,10 +96,6 @@ class DistillConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
-    def student_config(self, embed_dim: int) -> StudentConfig:
-        return StudentConfig(arch=self.arch, embed_dim=embed_dim, image_size=self.image_size,
-                             pretrained=self.pretrained)
-
     def head_config(self, embed_dim: int) -> HeadConfig:
         """The head on the student's embedding: what :class:`TrainConfig` makes of the same options."""
         from clipdetect.models.train import TrainConfig
@@ -192,7 +188,8 @@ def _prepare(config: DistillConfig):
                          f"{config.teacher_cache!r}")
     source = open_source(config.source, **config.source_options)
     images = collect_images(source, keys[np.concatenate([tr, va])])
-    scfg = config.student_config(cache.embed_dim)
+    scfg = StudentConfig(arch=config.arch, embed_dim=cache.embed_dim, image_size=config.image_size,
+                         pretrained=config.pretrained)
     y = cache.labels()
     train_ds = ImageRows([images[k] for k in keys[tr]], y[tr], cache.embeddings("image", tr),
                          train_transform(scfg, config.augment))
@@ -212,7 +209,11 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
         raise ValueError(f"{str(out)!r} already holds a distillation run; pass --resume to continue it "
                          "or choose a new --out")
     if last.exists():
-        _check_resumable(read_json(last, what="distillation checkpoint").get("config", {}), config)
+        saved = read_json(last, what="distillation checkpoint").get("config", {})
+        check_resumable(renamed_keys(saved), config.to_dict(), where=config.out, free=_RESUME_FREE)
+        if saved.get("epochs") != config.epochs:
+            logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from here on",
+                           saved.get("epochs"), config.epochs)
     cache, scfg, train_ds, val_ds = _prepare(config)
     fit, plan = _student_fit(config, scfg, train_ds, val_ds)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,13 +270,6 @@ def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -
     fit = Fit(modules={"student": student, "head": head}, head_config=head_config, optimizer=opt, step=step,
               batches=batches, validate=validate, y_val=val_ds.labels.numpy().astype(np.int64), begin_epoch=reseed)
     return fit, plan
-
-
-def _check_resumable(saved: Dict[str, Any], config: DistillConfig) -> None:
-    check_resumable(renamed_keys(saved), config.to_dict(), where=config.out, free=_RESUME_FREE)
-    if saved.get("epochs") != config.epochs:
-        logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from here on",
-                       saved.get("epochs"), config.epochs)
 
 
 def finish_student(out: Path, student, result: TrainResult, scfg: StudentConfig, config: DistillConfig, cache, *,
