@@ -12,7 +12,7 @@ import copy
 import logging
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -222,8 +222,7 @@ def _compress_student(config: CompressConfig, target: Path) -> Dict[str, Any]:
 
     before = measure(target, det)
     enc_structure = _compress_module(model, config, scfg.compression)
-    scfg = copy.deepcopy(scfg)
-    scfg.compression = {"svd": enc_structure["svd"]}
+    scfg = replace(scfg, compression={"svd": enc_structure["svd"]})
     save_student(out, model, scfg, teacher=doc.get("teacher"), distill=doc.get("distill"),
                  extra={"compressed_from": str(target.resolve()), "compression_report": enc_structure})
     head = copy.deepcopy(det)

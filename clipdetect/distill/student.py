@@ -110,8 +110,7 @@ class StudentEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x))
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
+    encode_image = forward
 
 
 def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: bool = True) -> StudentEncoder:
@@ -129,7 +128,10 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
                              "model name such as tf_efficientnet_lite0, efficientnet_lite0, "
                              "mobilenetv3_small_100, resnet18")
         body = timm.create_model(config.arch, pretrained=False, num_classes=0)
-        num_features = _pooled_width(body, config.image_size)
+        with torch.no_grad():  # the pooled width: ``num_features`` is not always what forward returns
+            pooled = body.eval()(torch.zeros(1, 3, config.image_size, config.image_size))
+        num_features = int(pooled.shape[-1])
+        body.train()
     if load_pretrained and config.pretrained:
         load_pretrained_weights(body, config.pretrained, arch=config.arch)
     model = StudentEncoder(body, num_features, config.embed_dim)
@@ -138,16 +140,6 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
 
         apply_structure(model, config.compression)
     return model
-
-
-def _pooled_width(body: nn.Module, image_size: int) -> int:
-    """Width of the pooled features (``num_features`` is not always what ``forward`` returns)."""
-    was_training = body.training
-    body.eval()
-    with torch.no_grad():
-        width = int(body(torch.zeros(1, 3, image_size, image_size)).shape[-1])
-    body.train(was_training)
-    return width
 
 
 def package_weights_path() -> str:
