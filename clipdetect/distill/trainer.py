@@ -110,9 +110,7 @@ class DistillConfig:
         return TrainConfig().calibration_options()
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["augment"] = list(self.augment)
-        return d
+        return {**asdict(self), "augment": list(self.augment)}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DistillConfig":

@@ -103,9 +103,8 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
     head.weights.copy_(torch.from_numpy(w.astype(np.float32)))
     head.bias.fill_(b)
     head.eval()
-    logits = Z @ w + b
     result = TrainResult(head=head, head_config=config, history=[], best_epoch=0, epochs_run=0,
-                         stopped_early=False, steps=0, val_logits=logits.astype(np.float32))
+                         stopped_early=False, steps=0, val_logits=(Z @ w + b).astype(np.float32))
     extra = {"fusion": {"method": chosen, "cv_auc": cv, "weights": w.tolist(), "bias": b,
                         "members": [{"feature_set": d.feature_set, "head": d.head_config.kind,
                                      "val_auc": (d.metrics.get("val") or {}).get("auc")} for d in detectors]},
