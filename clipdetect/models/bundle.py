@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
+import torch
+
 from clipdetect import __version__
 from clipdetect.core.escape import plain_json
 from clipdetect.core.io import read_json, write_json
@@ -147,8 +149,6 @@ def check_weights(head, state: Dict[str, Any], path: Path) -> None:
 def _build_head(head_config, structure, cfg_path: Path, *, meta: bool = False):
     """The head ``detector.json`` describes (low-rank layers replayed); on the meta device
     (shapes only, nothing allocated) with ``meta``."""
-    import torch
-
     with torch.device("meta") if meta else contextlib.nullcontext():
         head = create_head(head_config)
         if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)

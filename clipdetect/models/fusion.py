@@ -23,7 +23,10 @@ import numpy as np
 import torch
 
 from clipdetect.features.manifest import feature_parts
-from clipdetect.models.heads import FusionHead
+from clipdetect.models.detector import Detector
+from clipdetect.models.heads import FusionHead, HeadConfig
+from clipdetect.models.train import TrainConfig
+from clipdetect.models.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +75,6 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
                    seed: int = 0):
     """One detector combining ``detectors`` (same backbone, trained on ``cache``'s feature sets),
     the combination chosen on ``val_rows`` of ``cache`` (see the module docstring)."""
-    from clipdetect.models.detector import Detector
-    from clipdetect.models.heads import HeadConfig
-    from clipdetect.models.train import TrainConfig
-    from clipdetect.models.trainer import TrainResult
-
     if method not in FUSION_METHODS:
         raise ValueError(f"fusion method {method!r} is not one of {FUSION_METHODS}")
     if len(detectors) < 2:
