@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from clipdetect.distill.student import load_student, read_student_doc, save_student, student_identity
+from clipdetect.distill.student import (load_student, read_student_doc, save_student,
+                                        student_identity)
 from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
 from clipdetect.models.detector import load_detector
 from clipdetect.models.heads import count_parameters

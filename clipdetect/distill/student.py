@@ -33,7 +33,8 @@ from torch import nn
 from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.features.backbones import Backbone, BackboneError, BackboneSpec, register_backbone
 from clipdetect.core.io import read_json, write_json
-from clipdetect.core.tensorfile import file_sha256, load_state_dict, read_safetensors, save_safetensors
+from clipdetect.core.tensorfile import (file_sha256, load_state_dict, read_safetensors,
+                                        save_safetensors)
 from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
                              "model name such as tf_efficientnet_lite0, efficientnet_lite0, "
                              "mobilenetv3_small_100, resnet18")
         body = timm.create_model(config.arch, pretrained=False, num_classes=0)
-        with torch.no_grad():  # the pooled width: ``num_features`` is not always what forward returns
+        with torch.no_grad():  # the pooled width (``num_features`` is not always forward's)
             pooled = body.eval()(torch.zeros(1, 3, config.image_size, config.image_size))
         num_features = int(pooled.shape[-1])
         body.train()
@@ -247,7 +248,8 @@ def student_identity(path: str | os.PathLike, config: StudentConfig, doc: Dict[s
             "sha256": file_sha256(Path(path) / ENCODER_FILE), "embed_dim": config.embed_dim,
             "has_text": False, "image_size": size,
             "preprocess": {"size": [size, size], "mean": list(config.mean), "std": list(config.std),
-                           "interpolation": config.interpolation, "resize_mode": "shortest", "mode": "RGB"},
+                           "interpolation": config.interpolation, "resize_mode": "shortest",
+                           "mode": "RGB"},
             "pretrained": config.pretrained, "compression": config.compression,
             "teacher": doc.get("teacher", {}), "distill": doc.get("distill", {})}
 

@@ -42,8 +42,8 @@ from clipdetect.models.samplers import StratifiedBatchSampler
 from clipdetect.models.schedule import Schedule
 from clipdetect.models.train import TrainConfig
 from clipdetect.models.trainer import LAST, Fit, TrainResult, run_fit
-from clipdetect.distill.student import (StudentConfig, create_student, read_student_doc, save_student,
-                                        student_identity, student_preprocess)
+from clipdetect.distill.student import (StudentConfig, create_student, read_student_doc,
+                                        save_student, student_identity, student_preprocess)
 from clipdetect.core.config import from_dict
 from clipdetect.core.io import read_json, write_json
 
@@ -208,8 +208,8 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
         saved = read_json(last, what="distillation checkpoint").get("config", {})
         check_resumable(renamed_keys(saved), config.to_dict(), where=config.out, free=_RESUME_FREE)
         if saved.get("epochs") != config.epochs:
-            logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from here on",
-                           saved.get("epochs"), config.epochs)
+            logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from "
+                           "here on", saved.get("epochs"), config.epochs)
     cache, scfg, train_ds, val_ds = _prepare(config)
     fit, plan = _student_fit(config, scfg, train_ds, val_ds)
     out.mkdir(parents=True, exist_ok=True)

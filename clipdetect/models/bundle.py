@@ -195,4 +195,5 @@ def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, An
     return dict(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
                 backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
                 metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
-                calibration=calibration, threshold_target=cfg.get("threshold_target"), extra=cfg.get("extra"))
+                calibration=calibration, threshold_target=cfg.get("threshold_target"),
+                extra=cfg.get("extra"))

@@ -59,8 +59,9 @@ class LowRankConv1x1(nn.Module):
 
 def _factorizable(m: nn.Module, include_conv: bool = True) -> bool:
     """A plain Linear layer, or (with ``include_conv``) a 1×1 convolution with ``groups=1``."""
-    return type(m) is nn.Linear or (include_conv and type(m) is nn.Conv2d and m.kernel_size == (1, 1)
-                                    and m.groups == 1 and m.padding in ((0, 0), 0) and m.dilation == (1, 1))
+    return type(m) is nn.Linear or (include_conv and type(m) is nn.Conv2d and m.groups == 1
+                                    and m.kernel_size == (1, 1) and m.padding in ((0, 0), 0)
+                                    and m.dilation == (1, 1))
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:

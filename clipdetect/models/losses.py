@@ -178,8 +178,8 @@ def pairwise_auc_loss(logits: Tensor, fake: Tensor, *, margin: float = 0.6, p: f
     if groups is not None:
         pairs = pairs & (groups.unsqueeze(1) == groups.unsqueeze(0))
     hinge = torch.clamp(margin - (logits.unsqueeze(1) - logits.unsqueeze(0)), min=0).pow(p)
-    n_pairs = pairs.sum()
-    return torch.where(pairs, hinge, 0.0).sum() / (n_pairs if groups is None else n_pairs.clamp(min=1))
+    n_pairs = pairs.sum() if groups is None else pairs.sum().clamp(min=1)
+    return torch.where(pairs, hinge, 0.0).sum() / n_pairs
 
 
 class BCELoss(nn.Module):

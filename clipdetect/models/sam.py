@@ -109,7 +109,7 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to :math:`w + \\hat\\epsilon(w)` using the current gradients; remember the offset."""
-        buckets = [self._buckets((p, p.grad) for p in group["params"]) for group in self.param_groups]
+        buckets = [self._buckets((p, p.grad) for p in g["params"]) for g in self.param_groups]
         grad_norm = self._grad_norm(buckets)
         for group, group_buckets in zip(self.param_groups, buckets):
             scale = group["rho"] / (grad_norm + _EPS)

@@ -55,7 +55,7 @@ class GroupBatchSampler(StratifiedBatchSampler):
     into the next; the last, short batch joins the one before."""
 
     def __init__(self, labels: np.ndarray, groups: np.ndarray, batch_size: int, *, seed: int = 0):
-        super().__init__(labels, batch_size, seed=seed)  # the same both-classes check and batch count
+        super().__init__(labels, batch_size, seed=seed)  # the both-classes check, the batch count
         order = np.argsort(groups, kind="stable")
         cuts = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
         self.members, self.y = np.split(order, cuts), np.asarray(labels)

@@ -111,5 +111,5 @@ def fit_on_validation(val_logits, y_val, *, calibration: str = "platt", threshol
     y = np.asarray(y_val).ravel().astype(np.int64)
     cal, record = fit_calibration(z, y, calibration)
     threshold, target = _threshold(z, y, cal, threshold_rule, target_fpr)
-    return cal, threshold, target, {"calibration": record,
-                                    "val": binary_metrics(y, cal.probability(z), threshold=threshold)}
+    val = binary_metrics(y, cal.probability(z), threshold=threshold)
+    return cal, threshold, target, {"calibration": record, "val": val}

@@ -117,7 +117,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.compile = compile_mode(self.compile)
         for name, choices in (("auc_pairs", AUC_PAIRS), ("loss", sorted(LOSS_OPTIONS)),
-                              ("calibration", CALIBRATION_METHODS), ("threshold_rule", THRESHOLD_RULES)):
+                              ("calibration", CALIBRATION_METHODS),
+                              ("threshold_rule", THRESHOLD_RULES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {choices}")
         if self.views is not None:
