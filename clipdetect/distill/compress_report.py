@@ -12,18 +12,22 @@ import copy
 import logging
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from clipdetect.distill.student import (load_student, read_student_doc, save_student,
+                                        student_identity)
 from clipdetect.models.compress import PRUNE_SCOPES, magnitude_prune, svd_factorize
 from clipdetect.models.detector import load_detector
 from clipdetect.models.heads import count_parameters
 from clipdetect.core.escape import md_code
 from clipdetect.core.io import write_json, write_text
+from clipdetect.core.metrics import binary_metrics
+from clipdetect.features.backbones import create_backbone
 from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -63,12 +67,9 @@ class CompressConfig:
 # ------------------------------------------------------------------ measuring
 def file_sizes(paths: List[Path]) -> Dict[str, int]:
     """Raw bytes and zlib-deflated bytes (level 6) of the weight files together."""
-    raw = deflated = 0
-    for p in paths:
-        data = Path(p).read_bytes()
-        raw += len(data)
-        deflated += len(zlib.compress(data, 6))
-    return {"file_bytes": raw, "deflated_bytes": deflated}
+    blobs = [Path(p).read_bytes() for p in paths]
+    return {"file_bytes": sum(map(len, blobs)),
+            "deflated_bytes": sum(len(zlib.compress(b, 6)) for b in blobs)}
 
 
 def count_params(*modules: torch.nn.Module) -> Dict[str, int]:
@@ -126,8 +127,6 @@ def score_refs(backbone, detector, refs: List[Any], *, batch_size: int = 64) -> 
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> Optional[float]:
-    from clipdetect.core.metrics import binary_metrics
-
     return float(binary_metrics(y, p)["auc"]) if len(np.unique(y)) == 2 else None
 
 
@@ -195,9 +194,6 @@ def _compress_detector(config: CompressConfig, target: Path) -> Dict[str, Any]:
 
 
 def _compress_student(config: CompressConfig, target: Path) -> Dict[str, Any]:
-    from clipdetect.features.backbones import create_backbone
-    from clipdetect.distill.student import load_student, read_student_doc, save_student, student_identity
-
     model, scfg, doc = load_student(target)
     det = load_detector(target / "detector")
     out = Path(config.out)
@@ -225,8 +221,7 @@ def _compress_student(config: CompressConfig, target: Path) -> Dict[str, Any]:
 
     before = measure(target, det)
     enc_structure = _compress_module(model, config, scfg.compression)
-    scfg = copy.deepcopy(scfg)
-    scfg.compression = {"svd": enc_structure["svd"]}
+    scfg = replace(scfg, compression={"svd": enc_structure["svd"]})
     save_student(out, model, scfg, teacher=doc.get("teacher"), distill=doc.get("distill"),
                  extra={"compressed_from": str(target.resolve()), "compression_report": enc_structure})
     head = copy.deepcopy(det)

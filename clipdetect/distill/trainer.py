@@ -33,14 +33,19 @@ import torch
 import torch.nn.functional as F
 
 from clipdetect.distill.images import AUGMENTATIONS, CKPT_DIR, ImageRows, make_loader, collect_images, train_transform
-from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
+from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
 from clipdetect.models.checkpoint import check_resumable
+from clipdetect.models.detector import Detector
 from clipdetect.models.heads import HeadConfig, create_head
 from clipdetect.models.losses import create_loss
+from clipdetect.models.samplers import StratifiedBatchSampler
 from clipdetect.models.schedule import Schedule
+from clipdetect.models.train import TrainConfig
 from clipdetect.models.trainer import LAST, Fit, TrainResult, run_fit
-from clipdetect.distill.student import StudentConfig, create_student, save_student, student_preprocess
+from clipdetect.distill.student import (StudentConfig, create_student, read_student_doc,
+                                        save_student, student_identity, student_preprocess)
 from clipdetect.core.config import from_dict
+from clipdetect.core.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -96,27 +101,17 @@ class DistillConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
-    def student_config(self, embed_dim: int) -> StudentConfig:
-        return StudentConfig(arch=self.arch, embed_dim=embed_dim, image_size=self.image_size,
-                             pretrained=self.pretrained)
-
     def head_config(self, embed_dim: int) -> HeadConfig:
         """The head on the student's embedding: what :class:`TrainConfig` makes of the same options."""
-        from clipdetect.models.train import TrainConfig
-
         return TrainConfig(head=self.head, depth=self.depth, width=self.width,
                            dropout=self.dropout).head_config(embed_dim)
 
     def calibration_options(self) -> Dict[str, Any]:
         """The student's head is calibrated and thresholded as a trained head is by default."""
-        from clipdetect.models.train import TrainConfig
-
         return TrainConfig().calibration_options()
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["augment"] = list(self.augment)
-        return d
+        return {**asdict(self), "augment": list(self.augment)}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DistillConfig":
@@ -177,7 +172,6 @@ _RESUME_FREE = ("epochs", "workers", "out", "eval_batch_size", "source", "source
 def _prepare(config: DistillConfig):
     from clipdetect.features.cache import FeatureCache
     from clipdetect.data.registry import open_source
-    from clipdetect.features.splits import SplitSpec
 
     cache = FeatureCache(config.teacher_cache)
     if len(cache) == 0:
@@ -192,7 +186,8 @@ def _prepare(config: DistillConfig):
                          f"{config.teacher_cache!r}")
     source = open_source(config.source, **config.source_options)
     images = collect_images(source, keys[np.concatenate([tr, va])])
-    scfg = config.student_config(cache.embed_dim)
+    scfg = StudentConfig(arch=config.arch, embed_dim=cache.embed_dim, image_size=config.image_size,
+                         pretrained=config.pretrained)
     y = cache.labels()
     train_ds = ImageRows([images[k] for k in keys[tr]], y[tr], cache.embeddings("image", tr),
                          train_transform(scfg, config.augment))
@@ -203,8 +198,6 @@ def _prepare(config: DistillConfig):
 
 def distill(config: DistillConfig, *, resume: bool = False, progress: bool = True) -> DistillResult:
     """Train a student encoder + detection head; write the student directory ``config.out``."""
-    from clipdetect.core.io import read_json, write_json
-
     t0 = time.perf_counter()
     out = Path(config.out)
     last = out / CKPT_DIR / f"{LAST}.json"
@@ -212,7 +205,11 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
         raise ValueError(f"{str(out)!r} already holds a distillation run; pass --resume to continue it "
                          "or choose a new --out")
     if last.exists():
-        _check_resumable(read_json(last, what="distillation checkpoint").get("config", {}), config)
+        saved = read_json(last, what="distillation checkpoint").get("config", {})
+        check_resumable(renamed_keys(saved), config.to_dict(), where=config.out, free=_RESUME_FREE)
+        if saved.get("epochs") != config.epochs:
+            logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from "
+                           "here on", saved.get("epochs"), config.epochs)
     cache, scfg, train_ds, val_ds = _prepare(config)
     fit, plan = _student_fit(config, scfg, train_ds, val_ds)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,8 +226,6 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
 
 def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -> Tuple[Fit, Schedule]:
     """The student and its head, AdamW over both, the distillation step and the image batches."""
-    from clipdetect.models.samplers import StratifiedBatchSampler
-
     student = create_student(scfg, seed=config.seed)
     torch.manual_seed(config.seed)
     head_config = config.head_config(scfg.embed_dim)
@@ -271,21 +266,10 @@ def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -
     return fit, plan
 
 
-def _check_resumable(saved: Dict[str, Any], config: DistillConfig) -> None:
-    check_resumable(renamed_keys(saved), config.to_dict(), where=config.out, free=_RESUME_FREE)
-    if saved.get("epochs") != config.epochs:
-        logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from here on",
-                       saved.get("epochs"), config.epochs)
-
-
 def finish_student(out: Path, student, result: TrainResult, scfg: StudentConfig, config: DistillConfig, cache, *,
                    val_labels: np.ndarray) -> None:
     """Write the final student (``encoder.safetensors`` + ``student.json``), its detector bundle
     (calibrated and thresholded on the validation rows) and ``history.json``."""
-    from clipdetect.core.io import write_json
-    from clipdetect.models.detector import Detector
-    from clipdetect.distill.student import read_student_doc, student_identity
-
     best_auc = result.history[result.best_epoch - 1].get("val_auc") if result.history else None
     summary = {**config.to_dict(), "best_epoch": result.best_epoch, "best_val_auc": best_auc}
     save_student(out, student.eval(), scfg, teacher=cache.backbone, distill=summary)

@@ -31,12 +31,6 @@ __all__ = ["fit_logistic_probe", "fit_probe_on_cache", "PROBE_CS"]
 PROBE_CS = (0.01, 0.1, 1.0)
 
 
-def _auc(y, s) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, s)) if 0 < np.sum(y) < len(y) else math.nan
-
-
 def fit_logistic_probe(X, y, *, X_val=None, y_val=None, Cs: Sequence[float] = PROBE_CS, max_iter: int = 10000,
                        feature_set: str = "image", backbone: Optional[dict] = None,
                        split: Optional[dict] = None, extra: Optional[dict] = None) -> Detector:
@@ -47,6 +41,7 @@ def fit_logistic_probe(X, y, *, X_val=None, y_val=None, Cs: Sequence[float] = PR
     that evaluation finds the same held-out rows.
     """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(np.int64)
@@ -59,7 +54,7 @@ def fit_logistic_probe(X, y, *, X_val=None, y_val=None, Cs: Sequence[float] = PR
         model = LogisticRegression(C=C, max_iter=max_iter, tol=1e-6).fit(Xs, y)
         if int(np.max(model.n_iter_)) >= max_iter:
             logger.warning("logistic probe (C=%g) did not converge in %d iterations", C, max_iter)
-        score = _auc(y_val, model.decision_function(Xv)) if has_val else math.nan
+        score = float(roc_auc_score(y_val, model.decision_function(Xv))) if has_val else math.nan
         if best is None or score > best[0]:
             best = (score, C, model)
     val_auc, C, model = best

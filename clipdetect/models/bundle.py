@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
+import torch
+
 from clipdetect import __version__
 from clipdetect.core.escape import plain_json
 from clipdetect.core.io import read_json, write_json
@@ -147,8 +149,6 @@ def check_weights(head, state: Dict[str, Any], path: Path) -> None:
 def _build_head(head_config, structure, cfg_path: Path, *, meta: bool = False):
     """The head ``detector.json`` describes (low-rank layers replayed); on the meta device
     (shapes only, nothing allocated) with ``meta``."""
-    import torch
-
     with torch.device("meta") if meta else contextlib.nullcontext():
         head = create_head(head_config)
         if structure and structure.get("svd"):  # low-rank factorised layers (clipdetect compress)
@@ -189,16 +189,11 @@ def read_bundle(path: str | os.PathLike, *, device: str = "cpu") -> Dict[str, An
     state = read_safetensors(w_path, error=DetectorError)
     check_weights(head, state, w_path)
     head.load_state_dict(state, strict=True)
+    # bundles written before the calibration record: their temperature, applied as it always was
+    calibration = (Calibration.from_json(cfg["calibration"]) if cfg.get("calibration")
+                   else Calibration.of_temperature(float(cfg.get("temperature") or 1.0)))
     return dict(head=head.to(device), head_config=head_config, feature_set=cfg["feature_set"],
                 backbone=cfg.get("backbone") or {}, train_config=cfg.get("train_config"),
                 metrics=cfg.get("metrics"), threshold=cfg.get("threshold", 0.5),
-                calibration=read_calibration(cfg), threshold_target=cfg.get("threshold_target"),
+                calibration=calibration, threshold_target=cfg.get("threshold_target"),
                 extra=cfg.get("extra"))
-
-
-def read_calibration(cfg: Dict[str, Any]) -> Calibration:
-    """The calibration a ``detector.json`` describes: its ``calibration`` record, else (bundles
-    written before it) its ``temperature``, applied as it always was (``sigmoid(logit / T)``)."""
-    if cfg.get("calibration"):
-        return Calibration.from_json(cfg["calibration"])
-    return Calibration.of_temperature(float(cfg.get("temperature") or 1.0))

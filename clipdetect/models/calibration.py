@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["Calibration", "CALIBRATION_METHODS", "MIN_ROWS", "MIN_PER_CLASS", "fit_temperature", "fit_platt",
            "fit_calibration"]
 
-CALIBRATION_METHODS = ("platt", "temperature", "none")
+#: each method and the parameters it uses (what its record holds)
+_PARAMETERS = {"platt": ("scale", "offset"), "temperature": ("temperature",), "none": ()}
+CALIBRATION_METHODS = tuple(_PARAMETERS)
 #: a calibration is fitted only on at least this many validation rows (the rows an ECE needs to be
 #: shown at all: whether a fit helps is judged by it), and this many of each class
 MIN_ROWS, MIN_PER_CLASS = MIN_ECE_ROWS, 10
@@ -89,11 +91,7 @@ class Calibration:
         return a
 
     def to_json(self) -> Dict[str, Any]:
-        if self.method == "platt":
-            return {"method": "platt", "scale": self.scale, "offset": self.offset}
-        if self.method == "temperature":
-            return {"method": "temperature", "temperature": self.temperature}
-        return {"method": "none"}
+        return {"method": self.method, **{k: getattr(self, k) for k in _PARAMETERS[self.method]}}
 
     @classmethod
     def from_json(cls, d: Optional[Dict[str, Any]]) -> "Calibration":
@@ -123,8 +121,7 @@ def fit_temperature(logits, y_true, *, bounds: Tuple[float, float] = TEMPERATURE
     z, y = _logits_labels(logits, y_true)
 
     def nll(log_t: float) -> float:
-        a = z / math.exp(log_t)
-        return logistic_loss(a, y)
+        return logistic_loss(z / math.exp(log_t), y)
 
     res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])),
                           method="bounded", options={"xatol": 1e-6})

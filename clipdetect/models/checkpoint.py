@@ -13,6 +13,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
+from clipdetect.core.io import read_json, write_json
+from clipdetect.core.tensorfile import read_safetensors, save_safetensors
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable"]
@@ -43,28 +46,20 @@ def _join(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
-    state = {"rng.cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["rng.cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
 def save_checkpoint(folder: str | Path, name: str, *, weights: Mapping[str, Mapping[str, torch.Tensor]],
                     opt: Optional[torch.optim.Optimizer] = None, info: Dict[str, Any],
                     tensors: Optional[Mapping[str, torch.Tensor]] = None,
                     device: Optional[torch.device] = None) -> None:
     """``folder/NAME.safetensors`` (+ ``NAME.json``): ``weights`` (state dicts by module name), the
     optimiser's state, extra ``tensors`` and, with ``device``, the random-number generators' state."""
-    from clipdetect.core.io import write_json
-    from clipdetect.core.tensorfile import save_safetensors
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     flat = {f"{m}.{k}": v.detach().cpu().contiguous() for m, sd in weights.items() for k, v in sd.items()}
     flat.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (tensors or {}).items()})
     if device is not None:
-        flat.update(_rng_state(device))
+        flat["rng.cpu"] = torch.get_rng_state()
+        if device.type == "cuda":
+            flat["rng.cuda"] = torch.cuda.get_rng_state(device)
     skeleton = _split(opt.state_dict(), "optim", flat) if opt is not None else None
     save_safetensors(flat, folder / f"{name}.safetensors")
     write_json(folder / f"{name}.json", {**info, "optimizer": skeleton})
@@ -76,9 +71,6 @@ def load_checkpoint(folder: str | Path, name: str, *, modules: Sequence[str],
     """Read what :func:`save_checkpoint` wrote: the JSON record, with the state dicts of ``modules``
     under ``"weights"`` and the extra tensors under ``"tensors"``; the optimiser's state goes into
     ``opt`` and, with ``device``, the random-number generators are restored."""
-    from clipdetect.core.io import read_json
-    from clipdetect.core.tensorfile import read_safetensors
-
     folder = Path(folder)
     flat = read_safetensors(folder / f"{name}.safetensors")
     info = read_json(folder / f"{name}.json", what="training checkpoint")

@@ -57,15 +57,11 @@ class LowRankConv1x1(nn.Module):
         return self.second(self.first(x))
 
 
-def _is_pointwise(m: nn.Module) -> bool:
-    return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.groups == 1 and m.padding in ((0, 0), 0)
-            and m.dilation == (1, 1))
-
-
-def factorizable_layers(model: nn.Module, *, include_conv: bool = True) -> List[Tuple[str, nn.Module]]:
-    """(name, module) of every plain Linear (and 1×1 conv) layer, in module order."""
-    return [(n, m) for n, m in model.named_modules()
-            if type(m) is nn.Linear or (include_conv and _is_pointwise(m))]
+def _factorizable(m: nn.Module, include_conv: bool = True) -> bool:
+    """A plain Linear layer, or (with ``include_conv``) a 1×1 convolution with ``groups=1``."""
+    return type(m) is nn.Linear or (include_conv and type(m) is nn.Conv2d and m.groups == 1
+                                    and m.kernel_size == (1, 1) and m.padding in ((0, 0), 0)
+                                    and m.dilation == (1, 1))
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -106,8 +102,8 @@ def svd_factorize(model: nn.Module, *, rank: Optional[int] = None, energy: Optio
         raise ValueError(f"SVD rank must be >= 1, got {rank}")
     done: Dict[str, int] = {}
     skip = set(skip)
-    for name, m in factorizable_layers(model, include_conv=include_conv):
-        if name in skip:
+    for name, m in list(model.named_modules()):  # a list: layers are replaced while iterating
+        if name in skip or not _factorizable(m, include_conv):
             continue
         w = m.weight.detach().reshape(m.weight.shape[0], -1).double()
         out_f, in_f = w.shape
@@ -137,7 +133,7 @@ def apply_structure(model: nn.Module, structure: Dict[str, Any]) -> nn.Module:
             m = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"compressed layer {name!r} does not exist in this model") from None
-        if not (type(m) is nn.Linear or _is_pointwise(m)):
+        if not _factorizable(m):
             raise ValueError(f"compressed layer {name!r} is a {type(m).__name__}, not a Linear / 1x1 conv")
         full = min(m.weight.shape[0], m.weight.shape[1])
         if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= full:
@@ -162,15 +158,8 @@ def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global") -
     weights = prunable_weights(model)
     if not weights:
         raise ValueError("the model has no Linear / Conv weights to prune")
-    if amount > 0:
-        if scope == "global":
-            flat = torch.cat([w.detach().abs().flatten().float() for _, w in weights])
-            k = int(round(amount * flat.numel()))
-            _zero_smallest(weights, flat, k)
-        else:
-            for item in weights:
-                flat = item[1].detach().abs().flatten().float()
-                _zero_smallest([item], flat, int(round(amount * flat.numel())))
+    for group in [weights] if scope == "global" else [[item] for item in weights]:
+        _zero_smallest(group, amount)
     per_layer = {n: float((w == 0).float().mean()) for n, w in weights}
     total = sum(w.numel() for _, w in weights)
     zeros = sum(int((w == 0).sum()) for _, w in weights)
@@ -178,8 +167,11 @@ def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global") -
             "per_layer": per_layer}
 
 
-def _zero_smallest(weights: List[Tuple[str, torch.Tensor]], flat: torch.Tensor, k: int) -> None:
-    """Zero exactly the ``k`` smallest magnitudes of the concatenation ``flat`` (ties by position)."""
+def _zero_smallest(weights: List[Tuple[str, torch.Tensor]], amount: float) -> None:
+    """Zero exactly the ``amount`` fraction (rounded) of smallest magnitudes of ``weights`` taken
+    together (ties by position)."""
+    flat = torch.cat([w.detach().abs().flatten().float() for _, w in weights])
+    k = int(round(amount * flat.numel()))
     if k <= 0:
         return
     idx = torch.topk(flat, k, largest=False, sorted=False).indices

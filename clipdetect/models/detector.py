@@ -33,9 +33,11 @@ import torch
 from torch import nn
 
 from clipdetect.features.identity import identities_match
+from clipdetect.models import fitting
 from clipdetect.models.bundle import DetectorError, bundle_json, read_bundle, save_bundle
 from clipdetect.models.heads import HeadConfig
 from clipdetect.models.calibration import Calibration
+from clipdetect.models.pretrained import resolve_detector_path
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +176,9 @@ class Detector:
         of ``predict``; None: its defaults), refused images get ``decompression_bomb`` /
         ``extreme_aspect`` errors.
         """
-        from clipdetect.data.imaging import IMAGE_REF_TYPES
         from clipdetect.features.backbones import Backbone, BackboneError
         from clipdetect.models.predict import resolve_backbone, score_images
 
-        if isinstance(images, IMAGE_REF_TYPES):
-            images = [images]
         if isinstance(backbone, Backbone):
             if (runtime, precision) != ("torch", "fp32"):
                 raise ValueError("runtime/precision apply to a backbone built here; attach them to your Backbone "
@@ -220,32 +219,24 @@ class Detector:
     def fit(cls, X, y, **kwargs) -> "Detector":
         """A new detector trained on embeddings ``X`` [N, D] with labels ``y`` (1 = fake); see
         :func:`clipdetect.models.fitting.fit_arrays` for the keyword arguments."""
-        from clipdetect.models.fitting import fit_arrays
-
-        return fit_arrays(cls, X, y, **kwargs)
+        return fitting.fit_arrays(cls, X, y, **kwargs)
 
     @classmethod
     def fit_cache(cls, cache, **kwargs) -> "Detector":
         """A new detector trained on a feature cache (or its path); see
         :func:`clipdetect.models.fitting.fit_cache`."""
-        from clipdetect.models.fitting import fit_cache
-
-        return fit_cache(cls, cache, **kwargs)
+        return fitting.fit_cache(cls, cache, **kwargs)
 
     @classmethod
     def fit_rows(cls, cache, train_rows, val_rows, **kwargs) -> "Detector":
         """A new detector trained on explicit rows of ``cache``; see :func:`clipdetect.models.fitting.fit_rows`."""
-        from clipdetect.models.fitting import fit_rows
-
-        return fit_rows(cls, cache, train_rows, val_rows, **kwargs)
+        return fitting.fit_rows(cls, cache, train_rows, val_rows, **kwargs)
 
     @classmethod
     def from_result(cls, result, **kwargs) -> "Detector":
         """A new detector from a training result (calibration and threshold fitted on its
         validation logits); see :func:`clipdetect.models.fitting.from_result`."""
-        from clipdetect.models.fitting import from_result
-
-        return from_result(cls, result, **kwargs)
+        return fitting.from_result(cls, result, **kwargs)
 
     # ---- persistence (:mod:`clipdetect.models.bundle`) -------------------------------------
     def to_json(self) -> Dict[str, Any]:
@@ -260,8 +251,6 @@ class Detector:
         """Load a bundle written by :meth:`save` (safetensors + JSON only; nothing is unpickled), or a
         detector shipped with the package by name (:mod:`clipdetect.models.pretrained`, e.g.
         ``"general-b16"``)."""
-        from clipdetect.models.pretrained import resolve_detector_path
-
         return cls(**read_bundle(resolve_detector_path(path), device=device))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import math
 import numbers
 import os
 
@@ -26,6 +25,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clipdetect.core.metrics import binary_metrics
+from clipdetect.core.numerics import logit
 from clipdetect.models.detector import Detector
 from clipdetect.models.train import TrainConfig
 
@@ -165,9 +165,7 @@ class DetectorClassifier(ClassifierMixin, BaseEstimator):
         logits are ``detector_.logits(X)``."""
         X = self._checked(X)
         z = self.detector_.calibration.calibrated_logit(self.detector_.logits(X))
-        t = self.threshold_
-        offset = -math.inf if t <= 0.0 else math.inf if t >= 1.0 else math.log(t / (1.0 - t))
-        return z - offset
+        return z - logit(self.threshold_)
 
     def predict(self, X) -> np.ndarray:
         """``classes_[1]`` where P(classes_[1]) exceeds ``threshold_``, else ``classes_[0]``."""

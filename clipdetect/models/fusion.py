@@ -23,7 +23,10 @@ import numpy as np
 import torch
 
 from clipdetect.features.manifest import feature_parts
-from clipdetect.models.heads import FusionHead
+from clipdetect.models.detector import Detector
+from clipdetect.models.heads import FusionHead, HeadConfig
+from clipdetect.models.train import TrainConfig
+from clipdetect.models.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +75,6 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
                    seed: int = 0):
     """One detector combining ``detectors`` (same backbone, trained on ``cache``'s feature sets),
     the combination chosen on ``val_rows`` of ``cache`` (see the module docstring)."""
-    from clipdetect.models.detector import Detector
-    from clipdetect.models.heads import HeadConfig
-    from clipdetect.models.train import TrainConfig
-    from clipdetect.models.trainer import TrainResult
-
     if method not in FUSION_METHODS:
         raise ValueError(f"fusion method {method!r} is not one of {FUSION_METHODS}")
     if len(detectors) < 2:
@@ -103,9 +101,8 @@ def fuse_detectors(detectors: Sequence[Any], cache, val_rows: np.ndarray, *, met
     head.weights.copy_(torch.from_numpy(w.astype(np.float32)))
     head.bias.fill_(b)
     head.eval()
-    logits = Z @ w + b
     result = TrainResult(head=head, head_config=config, history=[], best_epoch=0, epochs_run=0,
-                         stopped_early=False, steps=0, val_logits=logits.astype(np.float32))
+                         stopped_early=False, steps=0, val_logits=(Z @ w + b).astype(np.float32))
     extra = {"fusion": {"method": chosen, "cv_auc": cv, "weights": w.tolist(), "bias": b,
                         "members": [{"feature_set": d.feature_set, "head": d.head_config.kind,
                                      "val_auc": (d.metrics.get("val") or {}).get("auc")} for d in detectors]},

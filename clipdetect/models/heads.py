@@ -236,13 +236,8 @@ def create_head(config: HeadConfig) -> nn.Module:
     elif config.kind == "fusion":
         head = FusionHead(config)
     else:
-        head = MLPHead(
-            config.in_dim,
-            width=config.width,
-            depth=config.depth,
-            dropout=config.dropout,
-            negative_slope=config.negative_slope,
-        )
+        head = MLPHead(config.in_dim, width=config.width, depth=config.depth,
+                       dropout=config.dropout, negative_slope=config.negative_slope)
     logger.debug("created %s head with %d parameters", config.kind, count_parameters(head))
     return head
 

@@ -171,17 +171,15 @@ def pairwise_auc_loss(logits: Tensor, fake: Tensor, *, margin: float = 0.6, p: f
     group count — a fake is ranked against the real image of its own prompt, so content cannot
     separate the pair. A batch without such a pair contributes 0.
     """
+    if groups is None and not _compiling():
+        diff = logits[fake].unsqueeze(1) - logits[~fake].unsqueeze(0)
+        return torch.clamp(margin - diff, min=0).pow(p).mean()
+    pairs = fake.unsqueeze(1) & ~fake.unsqueeze(0)
     if groups is not None:
-        pairs = fake.unsqueeze(1) & ~fake.unsqueeze(0) & (groups.unsqueeze(1) == groups.unsqueeze(0))
-        hinge = torch.clamp(margin - (logits.unsqueeze(1) - logits.unsqueeze(0)), min=0).pow(p)
-        return torch.where(pairs, hinge, 0.0).sum() / pairs.sum().clamp(min=1)
-    if _compiling():
-        pairs = fake.unsqueeze(1) & ~fake.unsqueeze(0)
-        hinge = torch.clamp(margin - (logits.unsqueeze(1) - logits.unsqueeze(0)), min=0).pow(p)
-        return torch.where(pairs, hinge, 0.0).sum() / pairs.sum()
-    pos, neg = logits[fake], logits[~fake]
-    diff = pos.unsqueeze(1) - neg.unsqueeze(0)
-    return torch.clamp(margin - diff, min=0).pow(p).mean()
+        pairs = pairs & (groups.unsqueeze(1) == groups.unsqueeze(0))
+    hinge = torch.clamp(margin - (logits.unsqueeze(1) - logits.unsqueeze(0)), min=0).pow(p)
+    n_pairs = pairs.sum() if groups is None else pairs.sum().clamp(min=1)
+    return torch.where(pairs, hinge, 0.0).sum() / n_pairs
 
 
 class BCELoss(nn.Module):
@@ -283,9 +281,8 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
     key = name.strip().lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown loss {name!r}; valid names are {list(LOSS_NAMES)}")
-    cls = _REGISTRY[key]
     try:
-        loss = cls(**kwargs)
+        loss = _REGISTRY[key](**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad options {sorted(kwargs)} for loss {name!r}: {exc}") from exc
     logger.debug("created loss %r", loss)

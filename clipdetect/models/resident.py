@@ -25,14 +25,9 @@ DEFAULT_BUDGET = 0.5
 def storage_dtype(source) -> torch.dtype:
     """float16 when the rows are stored in half precision (a float16 cache or array), else float32."""
     cache = getattr(source, "cache", None)
-    if cache is not None:
-        return torch.float16 if str(cache.manifest.get("dtype", "float16")) == "float16" else torch.float32
-    return torch.float16 if np.asarray(getattr(source, "X", np.zeros(0, np.float32))).dtype == np.float16 \
-        else torch.float32
-
-
-def rows_bytes(source) -> int:
-    return len(source) * int(source.dim) * torch.empty(0, dtype=storage_dtype(source)).element_size()
+    half = (str(cache.manifest.get("dtype", "float16")) == "float16" if cache is not None
+            else np.asarray(getattr(source, "X", np.zeros(0, np.float32))).dtype == np.float16)
+    return torch.float16 if half else torch.float32
 
 
 def fits(source, device: torch.device, budget: float = DEFAULT_BUDGET) -> bool:
@@ -40,7 +35,7 @@ def fits(source, device: torch.device, budget: float = DEFAULT_BUDGET) -> bool:
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    return rows_bytes(source) <= budget * free
+    return len(source) * int(source.dim) * storage_dtype(source).itemsize <= budget * free
 
 
 class DeviceRows:
@@ -58,9 +53,7 @@ class DeviceRows:
 
     def batches(self, sampler, epoch: int, limit: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """``(features float32, labels float32)`` of the sampler's epoch, on the device."""
-        plan = list(sampler.epoch(epoch))
-        if limit is not None:
-            plan = plan[:max(0, limit)]
+        plan = list(sampler.epoch(epoch))[:None if limit is None else max(0, limit)]
         if not plan:
             return
         bounds = np.cumsum([0] + [len(b) for b in plan]).tolist()

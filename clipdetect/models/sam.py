@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -89,19 +89,15 @@ class SAM(torch.optim.Optimizer):
                 tensors.append(t)
         return buckets
 
-    def _grad_buckets(self) -> list:
-        """Per parameter group, its parameters that have a gradient with those gradients."""
-        return [self._buckets((p, p.grad) for p in group["params"]) for group in self.param_groups]
-
     @torch.no_grad()
-    def _grad_norm(self, buckets: Optional[list] = None) -> torch.Tensor:
+    def _grad_norm(self, buckets: list) -> torch.Tensor:
         """Global norm :math:`\\|T_w g\\|_2` over all parameters, on the first parameter's device.
 
         One ``torch._foreach_norm`` per parameter group and (device, dtype), then the norm of those norms.
         """
         device = self.param_groups[0]["params"][0].device
         norms: list[torch.Tensor] = []
-        for group, group_buckets in zip(self.param_groups, self._grad_buckets() if buckets is None else buckets):
+        for group, group_buckets in zip(self.param_groups, buckets):
             for params, grads in group_buckets.values():
                 # |w| * g and w * g have the same norm: no abs needed
                 scaled = torch._foreach_mul(params, grads) if group["adaptive"] else grads
@@ -113,7 +109,7 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to :math:`w + \\hat\\epsilon(w)` using the current gradients; remember the offset."""
-        buckets = self._grad_buckets()
+        buckets = [self._buckets((p, p.grad) for p in g["params"]) for g in self.param_groups]
         grad_norm = self._grad_norm(buckets)
         for group, group_buckets in zip(self.param_groups, buckets):
             scale = group["rho"] / (grad_norm + _EPS)

@@ -48,23 +48,17 @@ class StratifiedBatchSampler:
             yield np.sort(np.concatenate([parts[0][b], parts[1][b]]))
 
 
-class GroupBatchSampler:
+class GroupBatchSampler(StratifiedBatchSampler):
     """Batches of whole content groups (for ``auc_pairs="group"``): each epoch shuffles the
     groups and fills batches of about ``batch_size`` rows with them, so a fake and the reals of
     its prompt are ranked in the same batch. A batch that would hold one class only is carried
     into the next; the last, short batch joins the one before."""
 
     def __init__(self, labels: np.ndarray, groups: np.ndarray, batch_size: int, *, seed: int = 0):
-        y = np.asarray(labels)
-        StratifiedBatchSampler(y, batch_size)  # the same both-classes check
+        super().__init__(labels, batch_size, seed=seed)  # the both-classes check, the batch count
         order = np.argsort(groups, kind="stable")
         cuts = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
-        self.members = np.split(order, cuts)
-        self.y, self.batch_size, self.seed = y, int(batch_size), int(seed)
-        self.n_batches = max(1, math.ceil(len(y) / self.batch_size))
-
-    def __len__(self) -> int:
-        return self.n_batches
+        self.members, self.y = np.split(order, cuts), np.asarray(labels)
 
     def epoch(self, epoch: int) -> Iterator[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])

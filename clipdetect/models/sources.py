@@ -8,6 +8,7 @@ batch in a thread while the current one trains.
 """
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
@@ -50,15 +51,12 @@ class CacheSource:
         self.y = labels01(cache.labels(self.rows))
         self.dim = cache.feature_dim(feature_set)
         self.tokens = int(cache.layers["tokens"]) if feature_set == "layers" else None
-        self._groups: Optional[np.ndarray] = None
 
-    @property
+    @functools.cached_property
     def groups(self) -> np.ndarray:
         """Integer content-group ids of the rows (read on first use)."""
-        if self._groups is None:
-            names = self.cache.columns("group")["group"].to_numpy()[self.rows]
-            self._groups = np.unique(names.astype(str), return_inverse=True)[1].astype(np.int64)
-        return self._groups
+        names = self.cache.columns("group")["group"].to_numpy()[self.rows]
+        return np.unique(names.astype(str), return_inverse=True)[1].astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)

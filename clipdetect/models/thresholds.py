@@ -109,9 +109,7 @@ def fit_on_validation(val_logits, y_val, *, calibration: str = "platt", threshol
         raise ValueError(f"threshold rule {threshold_rule!r} is not one of {THRESHOLD_RULES}")
     z = np.asarray(val_logits, dtype=np.float64).ravel()
     y = np.asarray(y_val).ravel().astype(np.int64)
-    metrics: Dict[str, Any] = {}
     cal, record = fit_calibration(z, y, calibration)
-    metrics["calibration"] = record
     threshold, target = _threshold(z, y, cal, threshold_rule, target_fpr)
-    metrics["val"] = binary_metrics(y, cal.probability(z), threshold=threshold)
-    return cal, threshold, target, metrics
+    val = binary_metrics(y, cal.probability(z), threshold=threshold)
+    return cal, threshold, target, {"calibration": record, "val": val}

@@ -116,14 +116,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.compile = compile_mode(self.compile)
-        if self.auc_pairs not in AUC_PAIRS:
-            raise ValueError(f"auc_pairs {self.auc_pairs!r} is not one of {AUC_PAIRS}")
+        for name, choices in (("auc_pairs", AUC_PAIRS), ("loss", sorted(LOSS_OPTIONS)),
+                              ("calibration", CALIBRATION_METHODS),
+                              ("threshold_rule", THRESHOLD_RULES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {choices}")
         if self.views is not None:
             from clipdetect.data.views import parse_views
 
             self.views = parse_views(self.views)
-        if self.loss not in LOSS_OPTIONS:
-            raise ValueError(f"loss {self.loss!r} is not one of {sorted(LOSS_OPTIONS)}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule {self.schedule!r} is not 'cosine' or 'constant'")
         for name in ("epochs", "steps", "eval_batch_size"):
@@ -137,10 +138,6 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 (or None: {DEFAULT_LR} by head), got {self.lr!r}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience!r}")
-        if self.calibration not in CALIBRATION_METHODS:
-            raise ValueError(f"calibration {self.calibration!r} is not one of {CALIBRATION_METHODS}")
-        if self.threshold_rule not in THRESHOLD_RULES:
-            raise ValueError(f"threshold_rule {self.threshold_rule!r} is not one of {THRESHOLD_RULES}")
         if not 0.0 < self.threshold_fpr < 1.0:
             raise ValueError(f"threshold_fpr must be in (0, 1), got {self.threshold_fpr!r}")
         if self.split not in TRAIN_SPLITS:
