@@ -40,7 +40,6 @@ ARRAY_DIRS = {"image": "img_emb", "text": "txt_emb", "layers": "layers"}
 class _Shard:
     name: str
     rows: int
-    offset: int
     has_text: bool
     has_layers: bool = False
 
@@ -55,14 +54,10 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
-        self.shards: List[_Shard] = []
-        offset = 0
-        for s in self.manifest["shards"]:
-            self.shards.append(_Shard(s["name"], s["rows"], offset, s.get("has_text", False),
-                                      s.get("has_layers", False)))
-            offset += s["rows"]
-        self.n_rows = offset
-        self._offsets = np.array([s.offset for s in self.shards] + [offset], dtype=np.int64)
+        self.shards = [_Shard(s["name"], s["rows"], s.get("has_text", False), s.get("has_layers", False))
+                       for s in self.manifest["shards"]]
+        self._offsets = np.cumsum([0] + [s.rows for s in self.shards], dtype=np.int64)
+        self.n_rows = int(self._offsets[-1])
         self._mmaps: Dict[tuple, np.ndarray] = {}
         self._meta: Optional[pd.DataFrame] = None
         self._columns: Dict[str, pd.Series] = {}
@@ -157,10 +152,8 @@ class FeatureCache:
         if unknown:
             raise MissingKeyError(f"no metadata column(s) {unknown}; the cache has {list(META_COLUMNS)}")
         missing = [n for n in names if n not in self._columns]
-        if missing and self._meta is not None:
-            self._columns.update({n: self._meta[n] for n in missing})
-        elif missing:
-            got = self._read_meta(missing)
+        if missing:
+            got = self._meta if self._meta is not None else self._read_meta(missing)
             self._columns.update({n: got[n] for n in missing})
         return pd.DataFrame({n: self._columns[n] for n in names})
 

@@ -194,11 +194,9 @@ def verify_cache(root: str | os.PathLike, *, full: bool = True) -> VerifyReport:
     for s in manifest["shards"]:
         report.shards += 1
         report.rows += int(s["rows"])
-        arrays = [("img_emb", _check_npy(root, "img_emb", s, manifest, out))]
-        if s.get("has_text"):
-            arrays.append(("txt_emb", _check_npy(root, "txt_emb", s, manifest, out)))
-        if manifest.get("layers") or s.get("has_layers"):
-            arrays.append(("layers", _check_npy(root, "layers", s, manifest, out)))
+        subs = [sub for sub, kept in (("img_emb", True), ("txt_emb", s.get("has_text")),
+                                      ("layers", manifest.get("layers") or s.get("has_layers"))) if kept]
+        arrays = [(sub, _check_npy(root, sub, s, manifest, out)) for sub in subs]
         meta = _check_parquet(root, "meta", s, int(s["rows"]), out)
         ledger = _check_parquet(root, "errors", s, int(s.get("errors", 0)), out)
         if not full:
