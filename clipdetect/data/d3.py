@@ -173,7 +173,7 @@ class D3Source(D3RealImages, Source):
             available = set()
             for i in range(N_GEN):
                 col = self.ds.data.column(f"model_gen{i}")
-                names = [v for v in pc.unique(col).to_pylist()]
+                names = pc.unique(col).to_pylist()
                 available.update(v for v in names if v)
                 keep = [v for v in names if self._matches(v, i)]
                 if keep:

@@ -46,13 +46,10 @@ class D3RealImages:
     ``ds`` and ``_offsets`` that ``D3Source.__init__`` sets, and keeps ``_reals_index``."""
 
     def _real_image(self, rid: str, url: str):
-        if self.reals_dir is not None:
-            path = self._reals().get(rid)
-            if path:
-                return path
+        if self.reals_dir is not None and (path := self._reals().get(rid)):
+            return path
         if self.store is not None and url:
-            path = self.store.get(url)
-            if path:
+            if path := self.store.get(url):
                 return path
             failure = self.store.failure(url)
             if failure:

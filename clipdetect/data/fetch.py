@@ -250,19 +250,17 @@ def fetch_many(urls: Iterable[str], *, store: Union[FetchStore, str, os.PathLike
     def todo():
         for url in urls:
             stats.requested += 1
-            if url in seen:
-                bar.update(1)
-                continue
-            seen.add(url)
-            stats.unique += 1
-            if store.has(url):
-                stats.cached += 1
-                bar.update(1)
-            elif url in ledger and not retry_failed:
-                stats.skipped_failed += 1
-                bar.update(1)
-            else:
-                yield url
+            if url not in seen:
+                seen.add(url)
+                stats.unique += 1
+                if store.has(url):
+                    stats.cached += 1
+                elif url in ledger and not retry_failed:
+                    stats.skipped_failed += 1
+                else:
+                    yield url
+                    continue
+            bar.update(1)  # nothing to fetch
 
     def done(res: FetchResult) -> None:
         if res.ok:

@@ -50,8 +50,7 @@ class BadImage(Exception):
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        self.reason, self.detail = reason, detail
 
 
 def _read_bytes(ref: ImageRef, max_bytes: int = MAX_IMAGE_BYTES, timeout: Optional[float] = READ_TIMEOUT) -> bytes:
@@ -101,16 +100,13 @@ def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: Opt
     Raises :class:`BadImage` for anything that is not a usable image.
     """
     if isinstance(ref, Image.Image):
-        img = ref
-        fmt = ref.format
+        img, fmt = ref, ref.format
     else:
         data = _read_bytes(ref, max_bytes, read_timeout)
         if not data:
             raise BadImage("empty", "zero bytes")
         img, fmt = _open(data, max_pixels, draft)
-    w, h = img.size
-    if getattr(img, "_full_size", None):
-        w, h = img._full_size
+    w, h = getattr(img, "_full_size", None) or img.size  # a draft-decoded JPEG's size before reduction
     info = {"width": w, "height": h, "format": fmt or "", "mode": img.mode}
     if w < 1 or h < 1:
         raise BadImage("bad_size", f"{w}x{h}")
@@ -136,11 +132,10 @@ def _crop_thin(img: Image.Image) -> Image.Image:
     w, h = img.size
     if max(w, h) <= CROP_ASPECT * min(w, h):
         return img
+    keep = int(CROP_ASPECT * min(w, h))
     if w > h:
-        keep = int(CROP_ASPECT * h)
         left = (w - keep) // 2
         return img.crop((left, 0, left + keep, h))
-    keep = int(CROP_ASPECT * w)
     top = (h - keep) // 2
     return img.crop((0, top, w, top + keep))
 

@@ -223,8 +223,7 @@ class ListSource(Source):
     kind = "list"
 
     def __init__(self, samples, *, name: str = "list"):
-        self.samples = list(samples)
-        self.name = name
+        self.samples, self.name = list(samples), name
 
     def size(self) -> int:
         return len(self.samples)

@@ -84,28 +84,25 @@ class View:
         k, a = self.kind, self.args
         if k == ORIG:
             return img
-        if k == "jpeg":
-            return jpeg(img, a[0])
-        if k == "webp":
-            return _webp(img, a[0])
-        if k == "resize":
-            return resize(img, a[0])
-        if k == "blur":
-            return blur(img, a[0])
+        if k in _ONE_ARG:
+            return _ONE_ARG[k](img, a[0])
         if k == "norm":
             return _decoded(normalize_format(img, size=int(a[0]), fmt="JPEG", quality=int(a[1])))
         return random_degradation(img, key_seed(f"{key}|{self}"))
 
 
 def _decoded(data: bytes) -> Image.Image:
-    out = Image.open(io.BytesIO(data))
-    return out.convert("RGB")
+    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def _webp(img: Image.Image, quality: float) -> Image.Image:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="WEBP", quality=int(round(quality)))
     return _decoded(buf.getvalue())
+
+
+#: the views that are one perturbation with one argument
+_ONE_ARG = {"jpeg": jpeg, "webp": _webp, "resize": resize, "blur": blur}
 
 
 def random_degradation(img: Image.Image, seed: int) -> Image.Image:
