@@ -116,13 +116,6 @@ def export_dir(identity: Dict[str, Any], runtime: str, precision: str, *, cache_
     return Path(cache_dir or runtime_cache_dir()) / f"{arch}-{runtime}-{precision}-{digest}", key
 
 
-def example_pixels(backbone) -> "Any":
-    """One preprocessed image [1,3,H,W] of the backbone's input size."""
-    from PIL import Image
-
-    return backbone.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))[None].float()
-
-
 class _Tower:
     """Wraps ``encode_image`` so the exporter sees a plain ``forward``."""
 
@@ -143,15 +136,17 @@ class _Tower:
 def export_onnx(backbone, path: Path) -> None:
     """The image tower of ``backbone`` (fp32, CPU) as ONNX at ``path``, batch axis dynamic."""
     import torch
+    from PIL import Image
 
     if backbone.dtype != torch.float32 or backbone.device.type != "cpu":
         raise ValueError("export the tower from an fp32 CPU backbone (create_backbone(..., precision='fp32'))")
+    example = backbone.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))[None].float()  # [1,3,H,W]
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused inference kernel has no ONNX form
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Tower(backbone.model), (example_pixels(backbone),), str(path),
+            torch.onnx.export(_Tower(backbone.model), (example,), str(path),
                               input_names=["pixels"], output_names=["embedding"], opset_version=17,
                               dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
     finally:
@@ -165,8 +160,7 @@ class ImageTower:
         self.run, self.runtime, self.precision, self.path = run, runtime, precision, Path(path)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(pixels, dtype=np.float32)
-        return np.asarray(self.run(x), dtype=np.float32)
+        return np.asarray(self.run(np.ascontiguousarray(pixels, dtype=np.float32)), dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"ImageTower({self.runtime}, {self.precision}, {str(self.path)!r})"

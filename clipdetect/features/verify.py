@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import pandas as pd
 
 from clipdetect.core.inputs import InputError, check_regular
-
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.manifest import (ERROR_COLUMNS, NORM_TOLERANCE, V1_META_COLUMNS, CacheError,
                                           manifest_problems, read_manifest, row_ids, shard_file)
@@ -154,8 +154,6 @@ def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: Li
 
 
 def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List[Problem]) -> None:
-    import pandas as pd
-
     meta = pd.read_parquet(path)
     missing = [c for c in V1_META_COLUMNS if c not in meta.columns]
     if missing:
@@ -170,8 +168,6 @@ def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List
 
 
 def _scan_ledger(path: Path, rel: str, shard: str, out: List[Problem]) -> None:
-    import pandas as pd
-
     led = pd.read_parquet(path)
     missing = [c for c in ERROR_COLUMNS if c not in led.columns]
     if missing and len(led):
