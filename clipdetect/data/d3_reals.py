@@ -94,9 +94,8 @@ class D3RealImages:
             if self._offsets is not None:  # random access: read only the id/url columns ahead
                 ids, urls = self.ds.data.column("id"), self.ds.data.column("url")
 
-                def window_urls(lo):
-                    hi = min(lo + w, len(self.ds))
-                    pairs = zip(ids.slice(lo, hi - lo).to_pylist(), urls.slice(lo, hi - lo).to_pylist())
+                def window_urls(lo):  # (a slice past the end is cut short)
+                    pairs = zip(ids.slice(lo, w).to_pylist(), urls.slice(lo, w).to_pylist())
                     return [u for i, u in pairs if self._needs_fetch(str(i), u)]
 
                 fut, lo = pool.submit(lambda: self._fetch(window_urls(first))), first

@@ -21,6 +21,7 @@ two caches (or a cache and a detector) are compatible only when identities agree
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import logging
 import os
@@ -273,8 +274,6 @@ def create_backbone(spec: str, *, device: str = "cpu", precision: str = "fp32", 
         return attach_runtime(create_backbone(spec, device=device, seed=seed), runtime, precision)
     parsed = BackboneSpec.parse(spec)
     if parsed.arch in _BUILTIN_FAMILIES and parsed.arch not in _REGISTRY:
-        import importlib
-
         importlib.import_module(_BUILTIN_FAMILIES[parsed.arch])
     factory = _REGISTRY.get(parsed.arch, _create_open_clip)
     return factory(parsed, seed).to(device, precision)
