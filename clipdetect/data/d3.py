@@ -192,8 +192,7 @@ class D3Source(D3RealImages, Source):
     def urls(self) -> Iterator[str]:
         """The real images' URLs, in row order (reads only the url column when it can)."""
         if self.streaming:
-            for rec in self.ds.select_columns(["url"]):
-                yield rec["url"]
+            yield from (rec["url"] for rec in self.ds.select_columns(["url"]))
         else:
             for chunk in self.ds.data.column("url").chunks:
                 yield from chunk.to_pylist()

@@ -75,9 +75,6 @@ class FetchStore:
         p = self.path_for(url)
         return str(p) if p.is_file() else None
 
-    def has(self, url: str) -> bool:
-        return self.path_for(url).is_file()
-
     def put(self, url: str, data: bytes) -> str:
         p = self.path_for(url)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +250,7 @@ def fetch_many(urls: Iterable[str], *, store: Union[FetchStore, str, os.PathLike
             if url not in seen:
                 seen.add(url)
                 stats.unique += 1
-                if store.has(url):
+                if store.get(url):
                     stats.cached += 1
                 elif url in ledger and not retry_failed:
                     stats.skipped_failed += 1

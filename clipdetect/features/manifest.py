@@ -38,7 +38,7 @@ FEATURE_SETS = ("image", "text", "image+text", "layers", "image+layers")
 def feature_parts(feature_set: str) -> List[str]:
     """The parts of a feature set, e.g. ``"image+layers"`` → ``["image", "layers"]``."""
     parts = str(feature_set).split("+")
-    if not parts or any(p not in FEATURE_PARTS for p in parts) or len(set(parts)) != len(parts):
+    if any(p not in FEATURE_PARTS for p in parts) or len(set(parts)) != len(parts):
         raise ValueError(f"feature set {feature_set!r} is not a '+'-joined list of distinct parts from "
                          f"{FEATURE_PARTS} (e.g. {', '.join(FEATURE_SETS)})")
     return parts

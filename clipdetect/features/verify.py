@@ -140,7 +140,7 @@ def _bad_rows(problems: List[Problem], rel: str, shard: str, what: str, rows: np
 
 def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: List[Problem]) -> None:
     arr = np.load(path, mmap_mode="r")
-    bad, off = [], []
+    bad, off = [np.zeros(0, int)], [np.zeros(0, int)]
     for i in range(0, len(arr), _CHUNK):
         x = np.asarray(arr[i:i + _CHUNK], dtype=np.float32).reshape(min(_CHUNK, len(arr) - i), -1)
         finite = np.isfinite(x).all(axis=1)
@@ -148,9 +148,8 @@ def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: Li
         if normalized:
             norms = np.linalg.norm(np.where(np.isfinite(x), x, 0.0), axis=1)
             off.append(np.flatnonzero(finite & (np.abs(norms - 1.0) > NORM_TOLERANCE)) + i)
-    _bad_rows(out, rel, shard, "NaN or inf values", np.concatenate(bad) if bad else np.array([], int))
-    if off:
-        _bad_rows(out, rel, shard, f"norm differs from 1 by more than {NORM_TOLERANCE}", np.concatenate(off))
+    _bad_rows(out, rel, shard, "NaN or inf values", np.concatenate(bad))
+    _bad_rows(out, rel, shard, f"norm differs from 1 by more than {NORM_TOLERANCE}", np.concatenate(off))
 
 
 def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List[Problem]) -> None:
