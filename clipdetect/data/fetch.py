@@ -188,12 +188,10 @@ def _attempt(url: str, *, timeout: Timeout, max_bytes: int, deadline: float, poo
             return b"".join(buf), "", status, ""
     except requests.exceptions.Timeout as exc:
         return None, "timeout", None, type(exc).__name__
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-        return None, "connection", None, f"{type(exc).__name__}: {str(exc)[:200]}"
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema) as exc:
         return None, "bad_url", None, str(exc)[:200]
-    except requests.exceptions.RequestException as exc:
+    except requests.exceptions.RequestException as exc:  # connection errors, broken chunked bodies, ...
         return None, "connection", None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 

@@ -104,15 +104,17 @@ class FeatureCache:
             self._meta = self._read_meta(None)
         return self._meta
 
+    def _damaged(self, what: str) -> CacheError:
+        return CacheError(f"{what}; the cache is damaged (run `clipdetect cache verify {self.root}`)")
+
     def _file(self, sub: str, shard: _Shard, ext: str) -> Path:
         """A shard's file: inside the cache and a regular file, or :class:`CacheError`."""
         path = shard_file(self.root, sub, shard.name, ext)
         try:
             check_regular(path)
         except InputError as exc:
-            raise CacheError(f"cache {str(self.root)!r}: {sub}/{shard.name}.{ext} is "
-                             f"{'missing' if exc.reason == 'missing' else 'unusable: ' + exc.detail}; the cache "
-                             f"is damaged (run `clipdetect cache verify {self.root}`)") from None
+            state = "missing" if exc.reason == "missing" else "unusable: " + exc.detail
+            raise self._damaged(f"cache {str(self.root)!r}: {sub}/{shard.name}.{ext} is {state}") from None
         return path
 
     def _read_meta(self, columns: Optional[List[str]]) -> pd.DataFrame:
@@ -126,11 +128,10 @@ class FeatureCache:
             try:
                 frame = read_meta(path, read)
             except Exception as exc:  # pyarrow raises its own error types
-                raise CacheError(f"{str(path)!r} ({s.name}) is an unreadable parquet file ({type(exc).__name__}); "
-                                 f"the cache is damaged (run `clipdetect cache verify {self.root}`)") from None
+                raise self._damaged(f"{str(path)!r} ({s.name}) is an unreadable parquet file "
+                                    f"({type(exc).__name__})") from None
             if len(frame) != s.rows:
-                raise CacheError(f"{str(path)!r} has {len(frame)} rows but the manifest says {s.rows}; the cache "
-                                 f"is damaged (run `clipdetect cache verify {self.root}`)")
+                raise self._damaged(f"{str(path)!r} has {len(frame)} rows but the manifest says {s.rows}")
             frames.append(frame)
         got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=read or META_COLUMNS)
         if "key" in got and len(got):
@@ -204,14 +205,12 @@ class FeatureCache:
                 raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read, it is truncated or damaged ({exc}; "
                                  f"run `clipdetect cache verify {self.root}`)") from None
             if arr.shape != self._shape(kind, shard.rows):
-                raise CacheError(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
-                                 f"{self._shape(kind, shard.rows)}; the cache is damaged "
-                                 f"(run `clipdetect cache verify {self.root}`)")
+                raise self._damaged(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
+                                    f"{self._shape(kind, shard.rows)}")
             size = os.path.getsize(path)
             if arr.dtype != np.dtype(self.manifest["dtype"]) or size != arr.offset + arr.nbytes:
-                raise CacheError(f"{str(path)!r} holds {arr.dtype} in {size:,} bytes, but the manifest says "
-                                 f"{self.manifest['dtype']} ({arr.offset + arr.nbytes:,} bytes); the cache is "
-                                 f"damaged (run `clipdetect cache verify {self.root}`)")
+                raise self._damaged(f"{str(path)!r} holds {arr.dtype} in {size:,} bytes, but the manifest says "
+                                    f"{self.manifest['dtype']} ({arr.offset + arr.nbytes:,} bytes)")
             self._mmaps[k] = arr
         return self._mmaps[k]
 
