@@ -109,7 +109,8 @@ class D3Source(D3RealImages, Source):
         self.ds = self._load()
         self._offsets = None if self.streaming else self._row_offsets()
         if self.streaming and self.generators is not None:
-            self._check_generators(self._streamed_models())
+            first = next(iter(self.ds.select_columns([f"model_gen{i}" for i in range(N_GEN)])), None) or {}
+            self._check_generators({v for v in first.values() if v})  # the models of the first row
 
     def __reduce__(self):  # reopen on the other side instead of pickling the dataset object
         return _reopen, (self.name_or_path, self._kwargs)
@@ -155,10 +156,6 @@ class D3Source(D3RealImages, Source):
             aliases = ", ".join(f"{a} = {m}" for a, m in ALIASES.items())
             raise ValueError(f"generator(s) {bad} match no model in {self.name_or_path!r}. Valid names: a model it has "
                              f"{sorted(available)}, an alias ({aliases}) or a column (gen0..gen3)")
-
-    def _streamed_models(self) -> set:
-        first = next(iter(self.ds.select_columns([f"model_gen{i}" for i in range(N_GEN)])), None) or {}
-        return {v for v in first.values() if v}
 
     def _row_offsets(self) -> np.ndarray:
         """Cumulative samples per row: position p lives in row searchsorted(offsets, p)."""

@@ -51,8 +51,7 @@ class D3RealImages:
         if self.store is not None and url:
             if path := self.store.get(url):
                 return path
-            failure = self.store.failure(url)
-            if failure:
+            if failure := self.store.failure(url):
                 return MissingImage("real_missing", f"fetch failed: {failure['reason']} "
                                                     f"(status {failure.get('status')})")
             if self.fetch_reals:

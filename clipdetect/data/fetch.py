@@ -20,6 +20,7 @@ Run ``clipdetect fetch --help`` to fetch a URL list or the real images of D3.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -203,9 +204,7 @@ def fetch_one(url: str, *, timeout: Timeout = (5.0, 20.0), retries: int = 2, bac
         return FetchResult(url=str(url), ok=False, reason="bad_url", detail="not an http(s) URL")
     read_t = timeout[1] if isinstance(timeout, tuple) else timeout
     deadline = deadline if deadline is not None else 3 * read_t
-    attempts = 0
-    while True:
-        attempts += 1
+    for attempts in itertools.count(1):
         data, reason, status, detail = _attempt(url, timeout=timeout, max_bytes=max_bytes, deadline=deadline,
                                                 pool=pool)
         transient = reason in ("timeout", "connection") or (

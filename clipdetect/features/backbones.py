@@ -154,11 +154,6 @@ def _load_checkpoint(model: torch.nn.Module, path: str) -> bool:
     return not text_missing
 
 
-def _preprocess_identity(model: torch.nn.Module) -> Dict[str, Any]:
-    cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-
-
 @contextlib.contextmanager
 def _quiet_root(*texts: str):
     """Hides open_clip's root-logger messages that the caller replaces with its own: "initialized
@@ -219,7 +214,9 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
         identity.update(weights="pretrained", tag=spec.weights)
     model.eval()
     embed_dim = int(model.visual.output_dim)
-    identity.update(embed_dim=embed_dim, has_text=has_text, preprocess=_preprocess_identity(model))
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    identity.update(embed_dim=embed_dim, has_text=has_text,
+                    preprocess={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()})
     tokenizer = oc.get_tokenizer(spec.arch) if has_text else None
     return Backbone(spec=str(spec), model=model, preprocess=preprocess, tokenizer=tokenizer,
                     identity=identity, has_text=has_text, embed_dim=embed_dim)
