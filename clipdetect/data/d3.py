@@ -109,7 +109,8 @@ class D3Source(D3RealImages, Source):
         self.ds = self._load()
         self._offsets = None if self.streaming else self._row_offsets()
         if self.streaming and self.generators is not None:
-            first = next(iter(self.ds.select_columns([f"model_gen{i}" for i in range(N_GEN)])), None) or {}
+            models = self.ds.select_columns([f"model_gen{i}" for i in range(N_GEN)])
+            first = next(iter(models), None) or {}
             self._check_generators({v for v in first.values() if v})  # the models of the first row
 
     def __reduce__(self):  # reopen on the other side instead of pickling the dataset object

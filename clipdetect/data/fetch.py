@@ -192,7 +192,7 @@ def _attempt(url: str, *, timeout: Timeout, max_bytes: int, deadline: float, poo
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema) as exc:
         return None, "bad_url", None, str(exc)[:200]
-    except requests.exceptions.RequestException as exc:  # connection errors, broken chunked bodies, ...
+    except requests.exceptions.RequestException as exc:  # connection failures, broken bodies, ...
         return None, "connection", None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 

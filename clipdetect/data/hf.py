@@ -105,9 +105,10 @@ class HFSource(Source):
         return None if self.streaming else len(self.ds)
 
     def iterate(self, start: int = 0) -> Iterator[Sample]:
-        rows = self.ds
-        if start:
-            rows = self.ds.skip(start) if self.streaming else self.ds.select(range(start, len(self.ds)))
+        if self.streaming:
+            rows = self.ds.skip(start) if start else self.ds
+        else:
+            rows = self.ds.select(range(start, len(self.ds))) if start else self.ds
         for i, rec in enumerate(rows, start):
             yield self._sample(i, rec)
 

@@ -105,7 +105,7 @@ def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: Opt
         if not data:
             raise BadImage("empty", "zero bytes")
         img, fmt = _open(data, max_pixels, draft)
-    w, h = getattr(img, "_full_size", None) or img.size  # a draft-decoded JPEG's size before reduction
+    w, h = getattr(img, "_full_size", None) or img.size  # a draft-decoded JPEG's full size
     info = {"width": w, "height": h, "format": fmt or "", "mode": img.mode}
     if w < 1 or h < 1:
         raise BadImage("bad_size", f"{w}x{h}")
@@ -119,8 +119,6 @@ def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: Opt
         img = ImageOps.exif_transpose(img) or img
         img = _crop_thin(_to_rgb(img))
         img.load()
-    except BadImage:
-        raise
     except Exception as exc:  # truncated or corrupt pixel data
         raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
     return img, info
@@ -148,9 +146,8 @@ def _open(data: bytes, max_pixels: int, draft: Optional[int] = None):
             img = Image.open(io.BytesIO(data))
             fmt = img.format
             if draft and fmt == "JPEG" and min(img.size) >= 2 * draft:
-                full = img.size
+                img._full_size = img.size
                 img.draft("RGB", (draft, draft))
-                img._full_size = full
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise BadImage("decompression_bomb", str(exc)) from exc
@@ -180,12 +177,9 @@ class SplitPreprocess:
     def worker(self, img: Image.Image) -> np.ndarray:
         if self.pil_stage is None:
             return self.full(img).numpy()
-        out = img
         for t in self.pil_stage:
-            out = t(out)
-        if out.mode != "RGB":
-            out = out.convert("RGB")
-        return np.asarray(out, dtype=np.uint8)
+            img = t(img)
+        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
     def finish(self, arrays):  # -> torch.Tensor
         import torch

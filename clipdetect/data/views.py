@@ -66,11 +66,9 @@ class View:
             args = tuple(float(a) for a in raw)
         except ValueError:
             raise ViewError(f"view {spec!r}: arguments must be numbers") from None
-        view = cls(kind, args)
-        view.check()
-        return view
+        return cls(kind, args)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:  # arguments in range
         a = self.args
         bad = ((self.kind in ("jpeg", "webp") and not 1 <= a[0] <= 100)
                or (self.kind == "resize" and not 0 < a[0] <= 4) or (self.kind == "blur" and not 0 <= a[0] <= 50)

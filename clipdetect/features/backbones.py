@@ -194,8 +194,8 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
         raise BackboneError(f"unknown architecture {spec.arch!r}; see open_clip.list_models() "
                             f"(tiny test architectures: {sorted(p.stem for p in CONFIG_DIR.glob('*.json'))})")
     if spec.weights is None:
-        raise BackboneError(f"backbone {spec.arch!r} names no weights: use '{spec.arch}:TAG' (pretrained), "
-                            f"'{spec.arch}:/path/to/ckpt' or '{spec.arch}:random'")
+        raise BackboneError(f"backbone {spec.arch!r} names no weights: use '{spec.arch}:TAG' "
+                            f"(pretrained), '{spec.arch}:/path/to/ckpt' or '{spec.arch}:random'")
     identity: Dict[str, Any] = {"arch": spec.arch, "open_clip_version": oc.__version__}
     has_text = True
     if spec.weights == RANDOM_TAG:
@@ -204,7 +204,7 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
         identity.update(weights="random", seed=seed)
     elif spec.is_path:
         path = os.path.abspath(spec.weights)
-        with _quiet_root("Model initialized randomly"), skipped_init():  # its weights are loaded next
+        with _quiet_root("Model initialized randomly"), skipped_init():  # weights loaded next
             model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=None)
         has_text = _load_checkpoint(model, path)
         identity.update(weights="checkpoint", checkpoint=os.path.basename(path), checkpoint_path=path,
@@ -216,7 +216,7 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
     embed_dim = int(model.visual.output_dim)
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     identity.update(embed_dim=embed_dim, has_text=has_text,
-                    preprocess={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()})
+                    preprocess={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()})
     tokenizer = oc.get_tokenizer(spec.arch) if has_text else None
     return Backbone(spec=str(spec), model=model, preprocess=preprocess, tokenizer=tokenizer,
                     identity=identity, has_text=has_text, embed_dim=embed_dim)
@@ -234,8 +234,9 @@ def _create_pretrained(oc, spec: BackboneSpec):
     cfg = oc.get_pretrained_cfg(spec.arch, spec.weights) or {}
     where = (f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else cfg.get("url", "the hub"))
     offline = offline_reason()
+    hub = hub_offline() if offline else contextlib.nullcontext()
     try:  # "Failed to download" is logged by open_clip; the error below says it once
-        with _quiet_root("Failed to download"), hub_offline() if offline else contextlib.nullcontext():
+        with _quiet_root("Failed to download"), hub:
             model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=spec.weights)
     except Exception as exc:
         why = (f"the hub is not reachable ({offline}) and they are not in the local cache" if offline

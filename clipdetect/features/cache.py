@@ -54,8 +54,8 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
-        self.shards = [_Shard(s["name"], s["rows"], s.get("has_text", False), s.get("has_layers", False))
-                       for s in self.manifest["shards"]]
+        self.shards = [_Shard(s["name"], s["rows"], s.get("has_text", False),
+                              s.get("has_layers", False)) for s in self.manifest["shards"]]
         self._offsets = np.cumsum([0] + [s.rows for s in self.shards], dtype=np.int64)
         self.n_rows = int(self._offsets[-1])
         self._mmaps: Dict[tuple, np.ndarray] = {}
@@ -105,7 +105,8 @@ class FeatureCache:
         return self._meta
 
     def _damaged(self, what: str) -> CacheError:
-        return CacheError(f"{what}; the cache is damaged (run `clipdetect cache verify {self.root}`)")
+        return CacheError(f"{what}; the cache is damaged "
+                          f"(run `clipdetect cache verify {self.root}`)")
 
     def _file(self, sub: str, shard: _Shard, ext: str) -> Path:
         """A shard's file: inside the cache and a regular file, or :class:`CacheError`."""
@@ -114,7 +115,8 @@ class FeatureCache:
             check_regular(path)
         except InputError as exc:
             state = "missing" if exc.reason == "missing" else "unusable: " + exc.detail
-            raise self._damaged(f"cache {str(self.root)!r}: {sub}/{shard.name}.{ext} is {state}") from None
+            raise self._damaged(f"cache {str(self.root)!r}: {sub}/{shard.name}.{ext} "
+                                f"is {state}") from None
         return path
 
     def _read_meta(self, columns: Optional[List[str]]) -> pd.DataFrame:
@@ -131,7 +133,8 @@ class FeatureCache:
                 raise self._damaged(f"{str(path)!r} ({s.name}) is an unreadable parquet file "
                                     f"({type(exc).__name__})") from None
             if len(frame) != s.rows:
-                raise self._damaged(f"{str(path)!r} has {len(frame)} rows but the manifest says {s.rows}")
+                raise self._damaged(f"{str(path)!r} has {len(frame)} rows but the manifest "
+                                    f"says {s.rows}")
             frames.append(frame)
         got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=read or META_COLUMNS)
         if "key" in got and len(got):
@@ -209,8 +212,9 @@ class FeatureCache:
                                     f"{self._shape(kind, shard.rows)}")
             size = os.path.getsize(path)
             if arr.dtype != np.dtype(self.manifest["dtype"]) or size != arr.offset + arr.nbytes:
-                raise self._damaged(f"{str(path)!r} holds {arr.dtype} in {size:,} bytes, but the manifest says "
-                                    f"{self.manifest['dtype']} ({arr.offset + arr.nbytes:,} bytes)")
+                raise self._damaged(f"{str(path)!r} holds {arr.dtype} in {size:,} bytes, but the "
+                                    f"manifest says {self.manifest['dtype']} "
+                                    f"({arr.offset + arr.nbytes:,} bytes)")
             self._mmaps[k] = arr
         return self._mmaps[k]
 

@@ -163,8 +163,9 @@ def run_extraction(source: Source, config: ExtractConfig, backbone: Backbone, en
         builder = ShardBuilder(backbone.embed_dim, views=config.views, with_text=with_text(config, backbone),
                                layers=layout)
         t0 = time.perf_counter()
-        with tqdm(total=None if end is None else end - summary.resumed_from, unit="img", desc="extract",
-                  disable=None if progress else True, smoothing=0.1, dynamic_ncols=True) as bar, \
+        with tqdm(total=None if end is None else end - summary.resumed_from, unit="img",
+                  desc="extract", disable=None if progress else True, smoothing=0.1,
+                  dynamic_ncols=True) as bar, \
                 contextlib.closing(engine(summary.resumed_from, end)) as results:
             for result in results:
                 builder.add(result)

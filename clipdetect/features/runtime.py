@@ -98,8 +98,8 @@ def _versions(runtime: str) -> Dict[str, str]:
     return out
 
 
-def export_dir(identity: Dict[str, Any], runtime: str, precision: str, *, cache_dir: Optional[Path] = None
-               ) -> Tuple[Path, Dict[str, Any]]:
+def export_dir(identity: Dict[str, Any], runtime: str, precision: str, *,
+               cache_dir: Optional[Path] = None) -> Tuple[Path, Dict[str, Any]]:
     """The cache folder of one export and the key it is filed under: what an export depends on, the
     backbone identity (not where its file lies), the runtime, the precision, the library versions
     and the export format."""
@@ -127,13 +127,13 @@ def export_onnx(backbone, path: Path) -> None:
         def forward(self, x):
             return self.m.encode_image(x)
 
-    example = backbone.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))[None].float()  # [1,3,H,W]
+    one_image = backbone.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))[None].float()
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused inference kernel has no ONNX form
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(Tower(backbone.model).eval(), (example,), str(path),
+            torch.onnx.export(Tower(backbone.model).eval(), (one_image,), str(path),
                               input_names=["pixels"], output_names=["embedding"], opset_version=17,
                               dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
     finally:
@@ -147,7 +147,7 @@ class ImageTower:
         self.run, self.runtime, self.precision, self.path = run, runtime, precision, Path(path)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.run(np.ascontiguousarray(pixels, dtype=np.float32)), dtype=np.float32)
+        return np.asarray(self.run(np.ascontiguousarray(pixels, np.float32)), np.float32)
 
     def __repr__(self) -> str:
         return f"ImageTower({self.runtime}, {self.precision}, {str(self.path)!r})"

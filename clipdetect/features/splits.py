@@ -90,9 +90,9 @@ def cache_splits(cache, *, val: float = VAL_FRACTION, test: float = TEST_FRACTIO
     out = split.copy()
     if has_heldout_splits(split):
         out[np.isin(split, VAL_NAMES)] = "val"
-    else:
-        is_train = np.isin(split, TRAIN_NAMES)
-        out[is_train] = assign_splits(meta["group"].to_numpy()[is_train], val=val, test=test, seed=seed)
+        return out.astype(str)
+    is_train = np.isin(split, TRAIN_NAMES)
+    out[is_train] = assign_splits(meta["group"].to_numpy()[is_train], val=val, test=test, seed=seed)
     return out.astype(str)
 
 

@@ -149,7 +149,8 @@ def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: Li
             norms = np.linalg.norm(np.where(np.isfinite(x), x, 0.0), axis=1)
             off.append(np.flatnonzero(finite & (np.abs(norms - 1.0) > NORM_TOLERANCE)) + i)
     _bad_rows(out, rel, shard, "NaN or inf values", np.concatenate(bad))
-    _bad_rows(out, rel, shard, f"norm differs from 1 by more than {NORM_TOLERANCE}", np.concatenate(off))
+    _bad_rows(out, rel, shard, f"norm differs from 1 by more than {NORM_TOLERANCE}",
+              np.concatenate(off))
 
 
 def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List[Problem]) -> None:
@@ -189,9 +190,9 @@ def verify_cache(root: str | os.PathLike, *, full: bool = True) -> VerifyReport:
     for s in manifest["shards"]:
         report.shards += 1
         report.rows += int(s["rows"])
-        subs = [sub for sub, kept in (("img_emb", True), ("txt_emb", s.get("has_text")),
-                                      ("layers", manifest.get("layers") or s.get("has_layers"))) if kept]
-        arrays = [(sub, _check_npy(root, sub, s, manifest, out)) for sub in subs]
+        wanted = {"img_emb": True, "txt_emb": s.get("has_text"),
+                  "layers": manifest.get("layers") or s.get("has_layers")}
+        arrays = [(sub, _check_npy(root, sub, s, manifest, out)) for sub in wanted if wanted[sub]]
         meta = _check_parquet(root, "meta", s, int(s["rows"]), out)
         ledger = _check_parquet(root, "errors", s, int(s.get("errors", 0)), out)
         if not full:
