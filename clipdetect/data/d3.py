@@ -109,7 +109,9 @@ class D3Source(D3RealImages, Source):
         self.ds = self._load()
         self._offsets = None if self.streaming else self._row_offsets()
         if self.streaming and self.generators is not None:
-            self._check_generators(self._streamed_models())
+            models = self.ds.select_columns([f"model_gen{i}" for i in range(N_GEN)])
+            first = next(iter(models), None) or {}
+            self._check_generators({v for v in first.values() if v})  # the models of the first row
 
     def __reduce__(self):  # reopen on the other side instead of pickling the dataset object
         return _reopen, (self.name_or_path, self._kwargs)
@@ -156,10 +158,6 @@ class D3Source(D3RealImages, Source):
             raise ValueError(f"generator(s) {bad} match no model in {self.name_or_path!r}. Valid names: a model it has "
                              f"{sorted(available)}, an alias ({aliases}) or a column (gen0..gen3)")
 
-    def _streamed_models(self) -> set:
-        first = next(iter(self.ds.select_columns([f"model_gen{i}" for i in range(N_GEN)])), None) or {}
-        return {v for v in first.values() if v}
-
     def _row_offsets(self) -> np.ndarray:
         """Cumulative samples per row: position p lives in row searchsorted(offsets, p)."""
         n = len(self.ds)
@@ -173,7 +171,7 @@ class D3Source(D3RealImages, Source):
             available = set()
             for i in range(N_GEN):
                 col = self.ds.data.column(f"model_gen{i}")
-                names = [v for v in pc.unique(col).to_pylist()]
+                names = pc.unique(col).to_pylist()
                 available.update(v for v in names if v)
                 keep = [v for v in names if self._matches(v, i)]
                 if keep:
@@ -192,8 +190,7 @@ class D3Source(D3RealImages, Source):
     def urls(self) -> Iterator[str]:
         """The real images' URLs, in row order (reads only the url column when it can)."""
         if self.streaming:
-            for rec in self.ds.select_columns(["url"]):
-                yield rec["url"]
+            yield from (rec["url"] for rec in self.ds.select_columns(["url"]))
         else:
             for chunk in self.ds.data.column("url").chunks:
                 yield from chunk.to_pylist()

@@ -46,16 +46,12 @@ class D3RealImages:
     ``ds`` and ``_offsets`` that ``D3Source.__init__`` sets, and keeps ``_reals_index``."""
 
     def _real_image(self, rid: str, url: str):
-        if self.reals_dir is not None:
-            path = self._reals().get(rid)
-            if path:
-                return path
+        if self.reals_dir is not None and (path := self._reals().get(rid)):
+            return path
         if self.store is not None and url:
-            path = self.store.get(url)
-            if path:
+            if path := self.store.get(url):
                 return path
-            failure = self.store.failure(url)
-            if failure:
+            if failure := self.store.failure(url):
                 return MissingImage("real_missing", f"fetch failed: {failure['reason']} "
                                                     f"(status {failure.get('status')})")
             if self.fetch_reals:
@@ -97,9 +93,8 @@ class D3RealImages:
             if self._offsets is not None:  # random access: read only the id/url columns ahead
                 ids, urls = self.ds.data.column("id"), self.ds.data.column("url")
 
-                def window_urls(lo):
-                    hi = min(lo + w, len(self.ds))
-                    pairs = zip(ids.slice(lo, hi - lo).to_pylist(), urls.slice(lo, hi - lo).to_pylist())
+                def window_urls(lo):  # (a slice past the end is cut short)
+                    pairs = zip(ids.slice(lo, w).to_pylist(), urls.slice(lo, w).to_pylist())
                     return [u for i, u in pairs if self._needs_fetch(str(i), u)]
 
                 fut, lo = pool.submit(lambda: self._fetch(window_urls(first))), first

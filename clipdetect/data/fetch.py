@@ -20,6 +20,7 @@ Run ``clipdetect fetch --help`` to fetch a URL list or the real images of D3.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -74,9 +75,6 @@ class FetchStore:
         """Path of the stored bytes of ``url``, or None when not fetched (yet)."""
         p = self.path_for(url)
         return str(p) if p.is_file() else None
-
-    def has(self, url: str) -> bool:
-        return self.path_for(url).is_file()
 
     def put(self, url: str, data: bytes) -> str:
         p = self.path_for(url)
@@ -191,12 +189,10 @@ def _attempt(url: str, *, timeout: Timeout, max_bytes: int, deadline: float, poo
             return b"".join(buf), "", status, ""
     except requests.exceptions.Timeout as exc:
         return None, "timeout", None, type(exc).__name__
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-        return None, "connection", None, f"{type(exc).__name__}: {str(exc)[:200]}"
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema) as exc:
         return None, "bad_url", None, str(exc)[:200]
-    except requests.exceptions.RequestException as exc:
+    except requests.exceptions.RequestException as exc:  # connection failures, broken bodies, ...
         return None, "connection", None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
@@ -208,9 +204,7 @@ def fetch_one(url: str, *, timeout: Timeout = (5.0, 20.0), retries: int = 2, bac
         return FetchResult(url=str(url), ok=False, reason="bad_url", detail="not an http(s) URL")
     read_t = timeout[1] if isinstance(timeout, tuple) else timeout
     deadline = deadline if deadline is not None else 3 * read_t
-    attempts = 0
-    while True:
-        attempts += 1
+    for attempts in itertools.count(1):
         data, reason, status, detail = _attempt(url, timeout=timeout, max_bytes=max_bytes, deadline=deadline,
                                                 pool=pool)
         transient = reason in ("timeout", "connection") or (
@@ -250,19 +244,17 @@ def fetch_many(urls: Iterable[str], *, store: Union[FetchStore, str, os.PathLike
     def todo():
         for url in urls:
             stats.requested += 1
-            if url in seen:
-                bar.update(1)
-                continue
-            seen.add(url)
-            stats.unique += 1
-            if store.has(url):
-                stats.cached += 1
-                bar.update(1)
-            elif url in ledger and not retry_failed:
-                stats.skipped_failed += 1
-                bar.update(1)
-            else:
-                yield url
+            if url not in seen:
+                seen.add(url)
+                stats.unique += 1
+                if store.get(url):
+                    stats.cached += 1
+                elif url in ledger and not retry_failed:
+                    stats.skipped_failed += 1
+                else:
+                    yield url
+                    continue
+            bar.update(1)  # nothing to fetch
 
     def done(res: FetchResult) -> None:
         if res.ok:

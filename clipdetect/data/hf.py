@@ -6,6 +6,7 @@ instead of an exception inside ``datasets``.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -32,8 +33,6 @@ def load_hf_dataset(name_or_path: str, *, split: str, streaming: bool, config_na
                     offline_hint: str, files: Optional[List[str]] = None):
     """``datasets.load_dataset`` for local parquet or a hub name; a load failure names ``offline_hint``.
     ``files``: the local parquet files to read (default: all that ``name_or_path`` names)."""
-    import contextlib
-
     import datasets
 
     from clipdetect.core.offline import hub_offline, offline_reason

@@ -50,8 +50,7 @@ class BadImage(Exception):
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        self.reason, self.detail = reason, detail
 
 
 def _read_bytes(ref: ImageRef, max_bytes: int = MAX_IMAGE_BYTES, timeout: Optional[float] = READ_TIMEOUT) -> bytes:
@@ -83,8 +82,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
@@ -101,16 +99,13 @@ def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: Opt
     Raises :class:`BadImage` for anything that is not a usable image.
     """
     if isinstance(ref, Image.Image):
-        img = ref
-        fmt = ref.format
+        img, fmt = ref, ref.format
     else:
         data = _read_bytes(ref, max_bytes, read_timeout)
         if not data:
             raise BadImage("empty", "zero bytes")
         img, fmt = _open(data, max_pixels, draft)
-    w, h = img.size
-    if getattr(img, "_full_size", None):
-        w, h = img._full_size
+    w, h = getattr(img, "_full_size", None) or img.size  # a draft-decoded JPEG's full size
     info = {"width": w, "height": h, "format": fmt or "", "mode": img.mode}
     if w < 1 or h < 1:
         raise BadImage("bad_size", f"{w}x{h}")
@@ -124,8 +119,6 @@ def decode_image(ref: ImageRef, *, max_pixels: int = MAX_PIXELS, max_aspect: Opt
         img = ImageOps.exif_transpose(img) or img
         img = _crop_thin(_to_rgb(img))
         img.load()
-    except BadImage:
-        raise
     except Exception as exc:  # truncated or corrupt pixel data
         raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
     return img, info
@@ -136,11 +129,10 @@ def _crop_thin(img: Image.Image) -> Image.Image:
     w, h = img.size
     if max(w, h) <= CROP_ASPECT * min(w, h):
         return img
+    keep = int(CROP_ASPECT * min(w, h))
     if w > h:
-        keep = int(CROP_ASPECT * h)
         left = (w - keep) // 2
         return img.crop((left, 0, left + keep, h))
-    keep = int(CROP_ASPECT * w)
     top = (h - keep) // 2
     return img.crop((0, top, w, top + keep))
 
@@ -154,9 +146,8 @@ def _open(data: bytes, max_pixels: int, draft: Optional[int] = None):
             img = Image.open(io.BytesIO(data))
             fmt = img.format
             if draft and fmt == "JPEG" and min(img.size) >= 2 * draft:
-                full = img.size
+                img._full_size = img.size
                 img.draft("RGB", (draft, draft))
-                img._full_size = full
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise BadImage("decompression_bomb", str(exc)) from exc
@@ -186,12 +177,9 @@ class SplitPreprocess:
     def worker(self, img: Image.Image) -> np.ndarray:
         if self.pil_stage is None:
             return self.full(img).numpy()
-        out = img
         for t in self.pil_stage:
-            out = t(out)
-        if out.mode != "RGB":
-            out = out.convert("RGB")
-        return np.asarray(out, dtype=np.uint8)
+            img = t(img)
+        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
     def finish(self, arrays):  # -> torch.Tensor
         import torch

@@ -45,13 +45,11 @@ def _rgb(img: Image.Image) -> Image.Image:
 def encode_image(img: Image.Image, fmt: str = "PNG", *, quality: int = 95) -> bytes:
     """Encode ``img`` as PNG (lossless) or JPEG at ``quality`` (PIL's default 4:2:0 chroma)."""
     fmt = fmt.upper().replace("JPG", "JPEG")
-    buf = io.BytesIO()
-    if fmt == "JPEG":
-        _rgb(img).save(buf, format="JPEG", quality=int(quality))
-    elif fmt == "PNG":
-        _rgb(img).save(buf, format="PNG")
-    else:
+    options = {"JPEG": {"quality": int(quality)}, "PNG": {}}
+    if fmt not in options:
         raise ValueError(f"format {fmt!r} is not PNG or JPEG")
+    buf = io.BytesIO()
+    _rgb(img).save(buf, format=fmt, **options[fmt])
     return buf.getvalue()
 
 
@@ -223,8 +221,7 @@ class ListSource(Source):
     kind = "list"
 
     def __init__(self, samples, *, name: str = "list"):
-        self.samples = list(samples)
-        self.name = name
+        self.samples, self.name = list(samples), name
 
     def size(self) -> int:
         return len(self.samples)

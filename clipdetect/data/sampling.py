@@ -55,8 +55,7 @@ class SampledSource(Source):
         n = labels.size if n is None else min(int(n), labels.size)
         if stratify:
             per = {c: np.flatnonzero(labels == c) for c in (0, 1)}
-            short = {c: idx.size for c, idx in per.items() if idx.size < n // 2}
-            if short:
+            if any(idx.size < n // 2 for idx in per.values()):
                 raise ValueError(f"--stratify needs {n // 2} items of each label, but the source holds "
                                  f"{(labels == 0).sum()} real and {(labels == 1).sum()} fake; lower --limit")
             chosen = np.concatenate([rng.choice(per[c], n // 2, replace=False) for c in (0, 1)])

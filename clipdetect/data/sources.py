@@ -8,6 +8,7 @@ without decoding what it skips; ``describe()`` is the JSON identity used to resu
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import string
@@ -222,13 +223,9 @@ class ManifestSource(Source):
 
 
 def optional_str(value: Any) -> Optional[str]:
-    if value is None:
-        return None
-    try:
-        import pandas as pd
+    import pandas as pd
 
-        if pd.isna(value):
+    with contextlib.suppress(TypeError, ValueError):  # pd.isna of a list-like is an array
+        if pd.isna(value):  # None, NaN, NA
             return None
-    except (TypeError, ValueError):
-        pass
     return str(value)

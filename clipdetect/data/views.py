@@ -66,11 +66,9 @@ class View:
             args = tuple(float(a) for a in raw)
         except ValueError:
             raise ViewError(f"view {spec!r}: arguments must be numbers") from None
-        view = cls(kind, args)
-        view.check()
-        return view
+        return cls(kind, args)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:  # arguments in range
         a = self.args
         bad = ((self.kind in ("jpeg", "webp") and not 1 <= a[0] <= 100)
                or (self.kind == "resize" and not 0 < a[0] <= 4) or (self.kind == "blur" and not 0 <= a[0] <= 50)
@@ -84,28 +82,25 @@ class View:
         k, a = self.kind, self.args
         if k == ORIG:
             return img
-        if k == "jpeg":
-            return jpeg(img, a[0])
-        if k == "webp":
-            return _webp(img, a[0])
-        if k == "resize":
-            return resize(img, a[0])
-        if k == "blur":
-            return blur(img, a[0])
+        if k in _ONE_ARG:
+            return _ONE_ARG[k](img, a[0])
         if k == "norm":
             return _decoded(normalize_format(img, size=int(a[0]), fmt="JPEG", quality=int(a[1])))
         return random_degradation(img, key_seed(f"{key}|{self}"))
 
 
 def _decoded(data: bytes) -> Image.Image:
-    out = Image.open(io.BytesIO(data))
-    return out.convert("RGB")
+    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def _webp(img: Image.Image, quality: float) -> Image.Image:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="WEBP", quality=int(round(quality)))
     return _decoded(buf.getvalue())
+
+
+#: the views that are one perturbation with one argument
+_ONE_ARG = {"jpeg": jpeg, "webp": _webp, "resize": resize, "blur": blur}
 
 
 def random_degradation(img: Image.Image, seed: int) -> Image.Image:

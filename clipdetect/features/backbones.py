@@ -21,6 +21,7 @@ two caches (or a cache and a detector) are compatible only when identities agree
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import logging
 import os
@@ -153,21 +154,18 @@ def _load_checkpoint(model: torch.nn.Module, path: str) -> bool:
     return not text_missing
 
 
-def _preprocess_identity(model: torch.nn.Module) -> Dict[str, Any]:
-    cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-
-
-class _Quiet(logging.Filter):
+@contextlib.contextmanager
+def _quiet_root(*texts: str):
     """Hides open_clip's root-logger messages that the caller replaces with its own: "initialized
     randomly" for a model whose weights are loaded next, "Failed to download" when offline."""
+    def quiet(record: logging.LogRecord) -> bool:
+        return not any(t in record.getMessage() for t in texts)
 
-    def __init__(self, *texts: str):
-        super().__init__()
-        self.texts = texts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(t in record.getMessage() for t in self.texts)
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 #: the ``torch.nn.init`` functions that module constructors and open_clip's ``init_parameters`` call
@@ -190,33 +188,24 @@ def skipped_init():
             setattr(torch.nn.init, n, fn)
 
 
-def _create_unloaded(oc, arch: str):
-    quiet = _Quiet("Model initialized randomly")
-    logging.getLogger().addFilter(quiet)  # open_clip warns on the root logger
-    try:
-        with skipped_init():
-            return oc.create_model_and_transforms(arch, pretrained=None)
-    finally:
-        logging.getLogger().removeFilter(quiet)
-
-
 def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
     oc = _open_clip()
     if spec.arch not in oc.list_models():
         raise BackboneError(f"unknown architecture {spec.arch!r}; see open_clip.list_models() "
                             f"(tiny test architectures: {sorted(p.stem for p in CONFIG_DIR.glob('*.json'))})")
+    if spec.weights is None:
+        raise BackboneError(f"backbone {spec.arch!r} names no weights: use '{spec.arch}:TAG' "
+                            f"(pretrained), '{spec.arch}:/path/to/ckpt' or '{spec.arch}:random'")
     identity: Dict[str, Any] = {"arch": spec.arch, "open_clip_version": oc.__version__}
     has_text = True
-    if spec.weights is None or spec.weights == RANDOM_TAG:
-        if spec.weights is None:
-            raise BackboneError(f"backbone {spec.arch!r} names no weights: use '{spec.arch}:TAG' (pretrained), "
-                                f"'{spec.arch}:/path/to/ckpt' or '{spec.arch}:random'")
+    if spec.weights == RANDOM_TAG:
         torch.manual_seed(seed)
         model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=None)
         identity.update(weights="random", seed=seed)
     elif spec.is_path:
         path = os.path.abspath(spec.weights)
-        model, _, preprocess = _create_unloaded(oc, spec.arch)
+        with _quiet_root("Model initialized randomly"), skipped_init():  # weights loaded next
+            model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=None)
         has_text = _load_checkpoint(model, path)
         identity.update(weights="checkpoint", checkpoint=os.path.basename(path), checkpoint_path=path,
                         sha256=file_sha256(path))
@@ -225,7 +214,9 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
         identity.update(weights="pretrained", tag=spec.weights)
     model.eval()
     embed_dim = int(model.visual.output_dim)
-    identity.update(embed_dim=embed_dim, has_text=has_text, preprocess=_preprocess_identity(model))
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    identity.update(embed_dim=embed_dim, has_text=has_text,
+                    preprocess={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()})
     tokenizer = oc.get_tokenizer(spec.arch) if has_text else None
     return Backbone(spec=str(spec), model=model, preprocess=preprocess, tokenizer=tokenizer,
                     identity=identity, has_text=has_text, embed_dim=embed_dim)
@@ -243,10 +234,9 @@ def _create_pretrained(oc, spec: BackboneSpec):
     cfg = oc.get_pretrained_cfg(spec.arch, spec.weights) or {}
     where = (f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else cfg.get("url", "the hub"))
     offline = offline_reason()
-    quiet = _Quiet("Failed to download")  # open_clip logs it on the root logger; the error below says it once
-    logging.getLogger().addFilter(quiet)
-    try:
-        with hub_offline() if offline else contextlib.nullcontext():
+    hub = hub_offline() if offline else contextlib.nullcontext()
+    try:  # "Failed to download" is logged by open_clip; the error below says it once
+        with _quiet_root("Failed to download"), hub:
             model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=spec.weights)
     except Exception as exc:
         why = (f"the hub is not reachable ({offline}) and they are not in the local cache" if offline
@@ -255,8 +245,6 @@ def _create_pretrained(oc, spec: BackboneSpec):
             f"cannot load the pretrained weights '{spec}': {why}. Use a local copy of the file ({where}, "
             f"downloaded where there is a network): --backbone '{spec.arch}:/path/to/open_clip_pytorch_model.bin'; "
             f"for a detector trained on a checkpoint, `predict --weights PATH` or ${WEIGHTS_ENV}") from None
-    finally:
-        logging.getLogger().removeFilter(quiet)
     return model, preprocess
 
 
@@ -284,8 +272,6 @@ def create_backbone(spec: str, *, device: str = "cpu", precision: str = "fp32", 
         return attach_runtime(create_backbone(spec, device=device, seed=seed), runtime, precision)
     parsed = BackboneSpec.parse(spec)
     if parsed.arch in _BUILTIN_FAMILIES and parsed.arch not in _REGISTRY:
-        import importlib
-
         importlib.import_module(_BUILTIN_FAMILIES[parsed.arch])
     factory = _REGISTRY.get(parsed.arch, _create_open_clip)
     return factory(parsed, seed).to(device, precision)

@@ -40,7 +40,6 @@ ARRAY_DIRS = {"image": "img_emb", "text": "txt_emb", "layers": "layers"}
 class _Shard:
     name: str
     rows: int
-    offset: int
     has_text: bool
     has_layers: bool = False
 
@@ -55,14 +54,10 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
-        self.shards: List[_Shard] = []
-        offset = 0
-        for s in self.manifest["shards"]:
-            self.shards.append(_Shard(s["name"], s["rows"], offset, s.get("has_text", False),
-                                      s.get("has_layers", False)))
-            offset += s["rows"]
-        self.n_rows = offset
-        self._offsets = np.array([s.offset for s in self.shards] + [offset], dtype=np.int64)
+        self.shards = [_Shard(s["name"], s["rows"], s.get("has_text", False),
+                              s.get("has_layers", False)) for s in self.manifest["shards"]]
+        self._offsets = np.cumsum([0] + [s.rows for s in self.shards], dtype=np.int64)
+        self.n_rows = int(self._offsets[-1])
         self._mmaps: Dict[tuple, np.ndarray] = {}
         self._meta: Optional[pd.DataFrame] = None
         self._columns: Dict[str, pd.Series] = {}
@@ -109,15 +104,19 @@ class FeatureCache:
             self._meta = self._read_meta(None)
         return self._meta
 
+    def _damaged(self, what: str) -> CacheError:
+        return CacheError(f"{what}; the cache is damaged "
+                          f"(run `clipdetect cache verify {self.root}`)")
+
     def _file(self, sub: str, shard: _Shard, ext: str) -> Path:
         """A shard's file: inside the cache and a regular file, or :class:`CacheError`."""
         path = shard_file(self.root, sub, shard.name, ext)
         try:
             check_regular(path)
         except InputError as exc:
-            raise CacheError(f"cache {str(self.root)!r}: {sub}/{shard.name}.{ext} is "
-                             f"{'missing' if exc.reason == 'missing' else 'unusable: ' + exc.detail}; the cache "
-                             f"is damaged (run `clipdetect cache verify {self.root}`)") from None
+            state = "missing" if exc.reason == "missing" else "unusable: " + exc.detail
+            raise self._damaged(f"cache {str(self.root)!r}: {sub}/{shard.name}.{ext} "
+                                f"is {state}") from None
         return path
 
     def _read_meta(self, columns: Optional[List[str]]) -> pd.DataFrame:
@@ -131,11 +130,11 @@ class FeatureCache:
             try:
                 frame = read_meta(path, read)
             except Exception as exc:  # pyarrow raises its own error types
-                raise CacheError(f"{str(path)!r} ({s.name}) is an unreadable parquet file ({type(exc).__name__}); "
-                                 f"the cache is damaged (run `clipdetect cache verify {self.root}`)") from None
+                raise self._damaged(f"{str(path)!r} ({s.name}) is an unreadable parquet file "
+                                    f"({type(exc).__name__})") from None
             if len(frame) != s.rows:
-                raise CacheError(f"{str(path)!r} has {len(frame)} rows but the manifest says {s.rows}; the cache "
-                                 f"is damaged (run `clipdetect cache verify {self.root}`)")
+                raise self._damaged(f"{str(path)!r} has {len(frame)} rows but the manifest "
+                                    f"says {s.rows}")
             frames.append(frame)
         got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=read or META_COLUMNS)
         if "key" in got and len(got):
@@ -157,10 +156,8 @@ class FeatureCache:
         if unknown:
             raise MissingKeyError(f"no metadata column(s) {unknown}; the cache has {list(META_COLUMNS)}")
         missing = [n for n in names if n not in self._columns]
-        if missing and self._meta is not None:
-            self._columns.update({n: self._meta[n] for n in missing})
-        elif missing:
-            got = self._read_meta(missing)
+        if missing:
+            got = self._meta if self._meta is not None else self._read_meta(missing)
             self._columns.update({n: got[n] for n in missing})
         return pd.DataFrame({n: self._columns[n] for n in names})
 
@@ -211,14 +208,13 @@ class FeatureCache:
                 raise CacheError(f"{str(path)!r} ({shard.name}) cannot be read, it is truncated or damaged ({exc}; "
                                  f"run `clipdetect cache verify {self.root}`)") from None
             if arr.shape != self._shape(kind, shard.rows):
-                raise CacheError(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
-                                 f"{self._shape(kind, shard.rows)}; the cache is damaged "
-                                 f"(run `clipdetect cache verify {self.root}`)")
+                raise self._damaged(f"{str(path)!r} holds shape {arr.shape}, but the manifest says "
+                                    f"{self._shape(kind, shard.rows)}")
             size = os.path.getsize(path)
             if arr.dtype != np.dtype(self.manifest["dtype"]) or size != arr.offset + arr.nbytes:
-                raise CacheError(f"{str(path)!r} holds {arr.dtype} in {size:,} bytes, but the manifest says "
-                                 f"{self.manifest['dtype']} ({arr.offset + arr.nbytes:,} bytes); the cache is "
-                                 f"damaged (run `clipdetect cache verify {self.root}`)")
+                raise self._damaged(f"{str(path)!r} holds {arr.dtype} in {size:,} bytes, but the "
+                                    f"manifest says {self.manifest['dtype']} "
+                                    f"({arr.offset + arr.nbytes:,} bytes)")
             self._mmaps[k] = arr
         return self._mmaps[k]
 

@@ -94,9 +94,8 @@ class CacheWriter:
         """Remove temporary files left by dead writers; a live process's files are kept."""
         for p in self.root.rglob(TMP_GLOB):
             pid = tmp_owner_pid(p)
-            if pid is not None and (pid == os.getpid() or pid_alive(pid)):
-                continue
-            p.unlink(missing_ok=True)
+            if pid is None or (pid != os.getpid() and not pid_alive(pid)):
+                p.unlink(missing_ok=True)
 
     def _check_compatible(self, backbone: Dict[str, Any], dtype: str, layers: Optional[Dict[str, Any]]) -> None:
         have = self.manifest["backbone"]
@@ -156,8 +155,7 @@ class CacheWriter:
                                         "errors": int(len(errors)), "start": start, "stop": stop,
                                         "has_text": txt is not None,
                                         **({"has_layers": True} if layers is not None else {})})
-        run = self.manifest["runs"][run_id]
-        run["position"] = stop
+        self.manifest["runs"][run_id]["position"] = stop
         write_json(self.root / "manifest.json", self.manifest)
         self._keys.add(row_ids(meta))
         return name

@@ -32,14 +32,9 @@ def layer_names(backbone) -> List[str]:
     return [f"block{i + 1}" for i in range(len(blocks))] + ["pre_proj"]
 
 
-def layer_width(backbone) -> int:
-    visual, _ = _tower(backbone)
-    return int(visual.transformer.width)
-
-
 def layer_layout(backbone) -> Tuple[List[str], int]:
     """(token names, width) of ``backbone``'s per-block features."""
-    return layer_names(backbone), layer_width(backbone)
+    return layer_names(backbone), int(_tower(backbone)[0].transformer.width)
 
 
 class LayerTaps:
@@ -79,9 +74,3 @@ class LayerTaps:
         for h in self.handles:
             h.remove()
         self.handles = []
-
-    def __enter__(self) -> "LayerTaps":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -38,7 +38,7 @@ FEATURE_SETS = ("image", "text", "image+text", "layers", "image+layers")
 def feature_parts(feature_set: str) -> List[str]:
     """The parts of a feature set, e.g. ``"image+layers"`` → ``["image", "layers"]``."""
     parts = str(feature_set).split("+")
-    if not parts or any(p not in FEATURE_PARTS for p in parts) or len(set(parts)) != len(parts):
+    if any(p not in FEATURE_PARTS for p in parts) or len(set(parts)) != len(parts):
         raise ValueError(f"feature set {feature_set!r} is not a '+'-joined list of distinct parts from "
                          f"{FEATURE_PARTS} (e.g. {', '.join(FEATURE_SETS)})")
     return parts
@@ -58,11 +58,9 @@ def fill_meta_defaults(frame: pd.DataFrame) -> pd.DataFrame:
         default = frame[base].astype(str) if base and base in frame else ("orig" if col == "view" else "")
         if col not in frame:
             frame[col] = default
-        elif base or col == "view":
+        else:  # (for "source", whose default is "", an empty value stays as it was)
             vals = frame[col].astype(object)
             frame[col] = vals.where(vals.notna() & (vals.astype(str) != ""), default)
-        else:
-            frame[col] = frame[col].astype(object).where(frame[col].notna(), default)
     return frame
 
 
@@ -105,8 +103,7 @@ NORM_TOLERANCE = 0.02
 _COUNT = Field(int, lo=0, hi=MAX_ROWS)
 SHARD_FIELDS = {"name": Field(str, required=True, pattern=SHARD_NAME), "run": Field(str, required=True, max_len=256),
                 "rows": Field(int, required=True, lo=0, hi=MAX_ROWS), "errors": _COUNT, "start": _COUNT,
-                "stop": _COUNT, "has_text": Field(bool),
-                "has_layers": Field(bool)}
+                "stop": _COUNT, "has_text": Field(bool), "has_layers": Field(bool)}
 RUN_FIELDS = {"position": _COUNT, "complete": Field(bool)}  # "source", "config", "summaries": as the run recorded them
 #: manifest.json, field by field; unknown keys are tolerated (as they always were)
 MANIFEST_FIELDS = {

@@ -210,25 +210,18 @@ def run(tasks: Iterable[Tuple[Any, Sequence[Any]]], decoder: Decoder, encoder,
     ``captions`` a dict caption → embedding, encoded on the device behind the images."""
     decoded_stream = decoder(tasks)
 
-    def pixels():
+    def pixels():  # no captions (None): the encoder yields (payload, embeddings) items
         for payload, decoded in decoded_stream:
             arrays = [decoded[i][1] for i in select(payload, decoded)]
-            if texts is None:
-                yield (payload, decoded), arrays
-            else:
-                wanted = list(dict.fromkeys(texts(payload, decoded)))
-                yield (payload, decoded, wanted), arrays, wanted
+            wanted = None if texts is None else list(dict.fromkeys(texts(payload, decoded)))
+            yield (payload, decoded, wanted), arrays, wanted
 
     pix = pixels()
     stream = encoder.stream(pix)
     try:
-        for item in stream:
-            if texts is None:
-                (payload, decoded), emb = item
-                yield payload, decoded, emb
-            else:
-                (payload, decoded, wanted), emb, txt = item
-                yield payload, decoded, emb, dict(zip(wanted, txt))
+        for (payload, decoded, wanted), emb, *txt in stream:
+            captions = () if wanted is None else (dict(zip(wanted, txt[0])),)
+            yield (payload, decoded, emb, *captions)
     finally:  # every stage, innermost last: the decode workers stop now, not when garbage is collected
         stream.close()
         pix.close()

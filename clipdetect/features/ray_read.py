@@ -24,8 +24,8 @@ from clipdetect.features.pipeline import Task, plan_tasks, view_refs
 
 def plan_shards(start: int, stop: int, shard_size: int) -> List[Dict[str, int]]:
     """Shard descriptors ``{shard, start, stop}`` covering source positions [start, stop)."""
-    bounds = list(range(start, stop, shard_size))
-    return [{"shard": k, "start": a, "stop": min(a + shard_size, stop)} for k, a in enumerate(bounds)]
+    return [{"shard": k, "start": a, "stop": min(a + shard_size, stop)}
+            for k, a in enumerate(range(start, stop, shard_size))]
 
 
 def stream_datasource(source: Source, start: int, end: Optional[int], shard_size: int, batch_size: int):
@@ -50,7 +50,6 @@ def stream_datasource(source: Source, start: int, end: Optional[int], shard_size
 def stream_blocks(source: Source, start: int, end: Optional[int], shard_size: int, batch_size: int
                   ) -> Iterator[pd.DataFrame]:
     """The read task's body (see :func:`stream_datasource`); shards are numbered from 0."""
-
     shard, task, current = -1, 0, None
     for t in plan_tasks(source.iterate(start), start, end, shard_size, batch_size):
         if t.shard_start != current:

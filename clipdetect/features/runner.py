@@ -143,19 +143,14 @@ def with_text(config: ExtractConfig, backbone: Backbone) -> bool:
     return config.text != "no" and backbone.has_text
 
 
-def progress_bar(total: Optional[int], enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="extract", disable=None if enabled else True, smoothing=0.1,
-                dynamic_ncols=True)
-
-
 def run_extraction(source: Source, config: ExtractConfig, backbone: Backbone, engine: Engine, *,
                    progress: bool = True, on_shard: Optional[Callable[[str], None]] = None,
                    label: str = "") -> ExtractSummary:
     """Extract ``source`` into the cache at ``config.out`` with ``engine``; resumes an interrupted
     run (of either engine). ``backbone``: this process's copy (identity, dimensions, text tower);
     ``on_shard(name)`` runs after each shard is written; ``label`` names the engine in the log."""
+    from tqdm.auto import tqdm
+
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be embedded; "
                             "use --text no (image embeddings only) or a full CLIP checkpoint")
@@ -168,7 +163,9 @@ def run_extraction(source: Source, config: ExtractConfig, backbone: Backbone, en
         builder = ShardBuilder(backbone.embed_dim, views=config.views, with_text=with_text(config, backbone),
                                layers=layout)
         t0 = time.perf_counter()
-        with progress_bar(None if end is None else end - summary.resumed_from, progress) as bar, \
+        with tqdm(total=None if end is None else end - summary.resumed_from, unit="img",
+                  desc="extract", disable=None if progress else True, smoothing=0.1,
+                  dynamic_ncols=True) as bar, \
                 contextlib.closing(engine(summary.resumed_from, end)) as results:
             for result in results:
                 builder.add(result)

@@ -82,8 +82,7 @@ def require(runtime: str) -> Dict[str, Any]:
 
 def runtime_cache_dir() -> Path:
     """Where exported towers live: ``$CLIPDETECT_RUNTIME_CACHE``, else the user cache folder."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
+    if env := os.environ.get(CACHE_ENV):
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "clipdetect" / "runtimes"
@@ -99,59 +98,42 @@ def _versions(runtime: str) -> Dict[str, str]:
     return out
 
 
-def export_key(identity: Dict[str, Any], runtime: str, precision: str, extra: Optional[Dict] = None) -> Dict[str, Any]:
-    """What an export depends on: the backbone identity (not where its file lies), the runtime,
-    the precision, the library versions and the export format."""
+def export_dir(identity: Dict[str, Any], runtime: str, precision: str, *,
+               cache_dir: Optional[Path] = None) -> Tuple[Path, Dict[str, Any]]:
+    """The cache folder of one export and the key it is filed under: what an export depends on, the
+    backbone identity (not where its file lies), the runtime, the precision, the library versions
+    and the export format."""
     ident = {k: v for k, v in identity.items() if k not in ("checkpoint_path", "spec")}
-    return {"identity": ident, "runtime": runtime, "precision": precision, "format": FORMAT_VERSION,
-            "versions": _versions(runtime), **(extra or {})}
-
-
-def export_dir(identity: Dict[str, Any], runtime: str, precision: str, *, cache_dir: Optional[Path] = None,
-               extra: Optional[Dict] = None) -> Tuple[Path, Dict[str, Any]]:
-    """The cache folder of one export and the key it is filed under."""
-    key = export_key(identity, runtime, precision, extra)
+    key = {"identity": ident, "runtime": runtime, "precision": precision, "format": FORMAT_VERSION,
+           "versions": _versions(runtime)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     arch = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(identity.get("arch", "model")))
     return Path(cache_dir or runtime_cache_dir()) / f"{arch}-{runtime}-{precision}-{digest}", key
 
 
-def example_pixels(backbone) -> "Any":
-    """One preprocessed image [1,3,H,W] of the backbone's input size."""
-    from PIL import Image
-
-    return backbone.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))[None].float()
-
-
-class _Tower:
-    """Wraps ``encode_image`` so the exporter sees a plain ``forward``."""
-
-    def __new__(cls, model):
-        import torch
-
-        class Tower(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m.encode_image(x)
-
-        return Tower(model).eval()
-
-
 def export_onnx(backbone, path: Path) -> None:
     """The image tower of ``backbone`` (fp32, CPU) as ONNX at ``path``, batch axis dynamic."""
     import torch
+    from PIL import Image
 
     if backbone.dtype != torch.float32 or backbone.device.type != "cpu":
         raise ValueError("export the tower from an fp32 CPU backbone (create_backbone(..., precision='fp32'))")
+
+    class Tower(torch.nn.Module):  # ``encode_image`` as the plain ``forward`` the exporter traces
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.encode_image(x)
+
+    one_image = backbone.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))[None].float()
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused inference kernel has no ONNX form
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Tower(backbone.model), (example_pixels(backbone),), str(path),
+            torch.onnx.export(Tower(backbone.model).eval(), (one_image,), str(path),
                               input_names=["pixels"], output_names=["embedding"], opset_version=17,
                               dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
     finally:
@@ -165,8 +147,7 @@ class ImageTower:
         self.run, self.runtime, self.precision, self.path = run, runtime, precision, Path(path)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(pixels, dtype=np.float32)
-        return np.asarray(self.run(x), dtype=np.float32)
+        return np.asarray(self.run(np.ascontiguousarray(pixels, np.float32)), np.float32)
 
     def __repr__(self) -> str:
         return f"ImageTower({self.runtime}, {self.precision}, {str(self.path)!r})"

@@ -87,11 +87,10 @@ def cache_splits(cache, *, val: float = VAL_FRACTION, test: float = TEST_FRACTIO
     """
     meta = cache.columns("split", "group")
     split = meta["split"].astype(str).str.lower().to_numpy().astype(object)
+    out = split.copy()
     if has_heldout_splits(split):
-        out = split.copy()
         out[np.isin(split, VAL_NAMES)] = "val"
         return out.astype(str)
-    out = split.copy()
     is_train = np.isin(split, TRAIN_NAMES)
     out[is_train] = assign_splits(meta["group"].to_numpy()[is_train], val=val, test=test, seed=seed)
     return out.astype(str)
@@ -104,9 +103,7 @@ def resolve_split_rows(cache, split: str, *, val: float = VAL_FRACTION, test: fl
     validation and test sets from the "train" rows' keys (see :func:`cache_splits`).
     Returns sorted int64 row ids (possibly empty).
     """
-    name = str(split).lower()
-    if name in VAL_NAMES:
-        name = "val"
+    name = "val" if str(split).lower() in VAL_NAMES else str(split).lower()
     if name not in SPLITS:
         raise ValueError(f"split {split!r} is not one of train, val (validation), test")
     _check_fractions(val, test)

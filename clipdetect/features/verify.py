@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import pandas as pd
 
 from clipdetect.core.inputs import InputError, check_regular
-
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.manifest import (ERROR_COLUMNS, NORM_TOLERANCE, V1_META_COLUMNS, CacheError,
                                           manifest_problems, read_manifest, row_ids, shard_file)
@@ -140,7 +140,7 @@ def _bad_rows(problems: List[Problem], rel: str, shard: str, what: str, rows: np
 
 def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: List[Problem]) -> None:
     arr = np.load(path, mmap_mode="r")
-    bad, off = [], []
+    bad, off = [np.zeros(0, int)], [np.zeros(0, int)]
     for i in range(0, len(arr), _CHUNK):
         x = np.asarray(arr[i:i + _CHUNK], dtype=np.float32).reshape(min(_CHUNK, len(arr) - i), -1)
         finite = np.isfinite(x).all(axis=1)
@@ -148,14 +148,12 @@ def _scan_embeddings(path: Path, rel: str, shard: str, normalized: bool, out: Li
         if normalized:
             norms = np.linalg.norm(np.where(np.isfinite(x), x, 0.0), axis=1)
             off.append(np.flatnonzero(finite & (np.abs(norms - 1.0) > NORM_TOLERANCE)) + i)
-    _bad_rows(out, rel, shard, "NaN or inf values", np.concatenate(bad) if bad else np.array([], int))
-    if off:
-        _bad_rows(out, rel, shard, f"norm differs from 1 by more than {NORM_TOLERANCE}", np.concatenate(off))
+    _bad_rows(out, rel, shard, "NaN or inf values", np.concatenate(bad))
+    _bad_rows(out, rel, shard, f"norm differs from 1 by more than {NORM_TOLERANCE}",
+              np.concatenate(off))
 
 
 def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List[Problem]) -> None:
-    import pandas as pd
-
     meta = pd.read_parquet(path)
     missing = [c for c in V1_META_COLUMNS if c not in meta.columns]
     if missing:
@@ -170,8 +168,6 @@ def _scan_meta(path: Path, rel: str, shard: str, seen: Dict[str, str], out: List
 
 
 def _scan_ledger(path: Path, rel: str, shard: str, out: List[Problem]) -> None:
-    import pandas as pd
-
     led = pd.read_parquet(path)
     missing = [c for c in ERROR_COLUMNS if c not in led.columns]
     if missing and len(led):
@@ -194,11 +190,9 @@ def verify_cache(root: str | os.PathLike, *, full: bool = True) -> VerifyReport:
     for s in manifest["shards"]:
         report.shards += 1
         report.rows += int(s["rows"])
-        arrays = [("img_emb", _check_npy(root, "img_emb", s, manifest, out))]
-        if s.get("has_text"):
-            arrays.append(("txt_emb", _check_npy(root, "txt_emb", s, manifest, out)))
-        if manifest.get("layers") or s.get("has_layers"):
-            arrays.append(("layers", _check_npy(root, "layers", s, manifest, out)))
+        wanted = {"img_emb": True, "txt_emb": s.get("has_text"),
+                  "layers": manifest.get("layers") or s.get("has_layers")}
+        arrays = [(sub, _check_npy(root, sub, s, manifest, out)) for sub in wanted if wanted[sub]]
         meta = _check_parquet(root, "meta", s, int(s["rows"]), out)
         ledger = _check_parquet(root, "errors", s, int(s.get("errors", 0)), out)
         if not full:

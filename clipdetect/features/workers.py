@@ -156,7 +156,6 @@ def ordered_map(fn: Callable, tasks: Iterable, *, workers: int, window: int, ini
             yield t, fn(t)
         return
     pool = _Workers(workers, fn, initializer, initargs)
-    done = False
     try:
         pending: deque = deque()
         for i, t in enumerate(tasks):
@@ -168,9 +167,7 @@ def ordered_map(fn: Callable, tasks: Iterable, *, workers: int, window: int, ini
         while pending:
             t0, k0 = pending.popleft()
             yield t0, pool.result(k0)
-        done = True
-    finally:
-        if done:
-            pool.close()
-        else:
-            pool.abort()
+    except BaseException:  # an error, Ctrl-C or the generator closed early
+        pool.abort()
+        raise
+    pool.close()
