@@ -118,10 +118,8 @@ def run_evaluate(args) -> int:
 
 
 def _comparison(reports, args, specs, reference):
-    import json
-
     from clipdetect.core.escape import md_code
-    from clipdetect.core.tables import to_markdown
+    from clipdetect.core.tables import records, to_markdown
     from clipdetect.eval.compare import compare_reports
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 
@@ -137,8 +135,8 @@ def _comparison(reports, args, specs, reference):
                                                           "reference": ref},
                    columns=columns, title=f"Detectors compared on {md_code(args.cache)}, split {md_code(args.split)}",
                    notes=notes)
-    records = {"reference": ref, "notes": notes, "rows": json.loads(table.to_json(orient="records"))}
-    return records, to_markdown(table, columns=[c for c in columns if c in table.columns], digits=4) + "\n" + notes
+    return ({"reference": ref, "notes": notes, "rows": records(table)},
+            to_markdown(table, columns=columns, digits=4) + "\n" + notes)
 
 
 def run_plot(args) -> int:

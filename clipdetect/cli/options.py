@@ -7,12 +7,13 @@ import dataclasses
 from clipdetect.core.device import DEVICE_HELP
 
 
-def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
-    """The parser of command ``name``: its one-line help from ``cli.main.COMMANDS``, the epilog as written."""
+def add_command(sub, name: str, help: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """The parser of command ``name``: its one-line ``help`` (default: from ``cli.main.COMMANDS``),
+    the epilog as written."""
     from clipdetect.cli.main import COMMANDS
 
-    return sub.add_parser(name, help=COMMANDS[name][1], formatter_class=argparse.RawDescriptionHelpFormatter,
-                          **kwargs)
+    return sub.add_parser(name, help=help or COMMANDS[name][1],
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def csv_list(text: str) -> list:

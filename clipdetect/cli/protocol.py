@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clipdetect.cli.main import config_override, emit
 from clipdetect.cli.options import add_command, add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
+from clipdetect.core.tables import records, to_markdown
 
 PROTOCOL_EXAMPLES = """examples:
   clipdetect protocol logo features/d3 --out runs/logo --set epochs=8
@@ -29,18 +30,14 @@ def _perturb(text: str):
     return name, sev
 
 
-def _train_config(args):
+def _cache_and_config(args):
+    """``logo`` and ``text-leakage``: the output checked, the cache opened, the TrainConfig read."""
     from clipdetect.models.train import TrainConfig
 
+    check_new_output(args.out, args.force)
+    cache = open_cache(args.cache)
     fields = json.loads(Path(args.train_config).read_text()) if args.train_config else {}
-    fields.update(dict(args.set or []))
-    return TrainConfig.from_dict(fields)
-
-
-def _train_args(p) -> None:
-    p.add_argument("--train-config", help="JSON file of TrainConfig fields (default: the paper's recipe)")
-    p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
-                   help="override a TrainConfig field, e.g. --set epochs=8 --set head=linear (repeatable)")
+    return cache, TrainConfig.from_dict({**fields, **dict(args.set or [])})
 
 
 def add_parser(sub) -> None:
@@ -57,8 +54,7 @@ def _add_cache_protocols(ps) -> None:
              "feature cache with a generator column"),
             ("text-leakage", "text-only vs image-only vs image+text detectors",
              "feature cache with image and caption embeddings")):
-        q = ps.add_parser(name, help=helptext, epilog=PROTOCOL_EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = add_command(ps, name, helptext, epilog=PROTOCOL_EXAMPLES)
         q.add_argument("cache", help=cache_help)
         q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
         add_force_arg(q)
@@ -69,7 +65,11 @@ def _add_cache_protocols(ps) -> None:
                            help="held-out generators (default: every fake generator)")
         q.add_argument("--n-boot", type=int, default=1000,
                        help="bootstrap resamples for the CIs (default 1000)")
-        _train_args(q)
+        q.add_argument("--train-config",
+                       help="JSON file of TrainConfig fields (default: the paper's recipe)")
+        q.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
+                       help="override a TrainConfig field, e.g. --set epochs=8 --set head=linear "
+                            "(repeatable)")
         q.set_defaults(func=run_logo if name == "logo" else run_text_leakage)
 
 
@@ -79,8 +79,7 @@ def _add_image_protocols(ps) -> None:
 
     for name, helptext in (("robustness", "metric vs perturbation severity (re-extracts images)"),
                            ("format-bias", "re-encode both classes identically + format-only baseline")):
-        q = ps.add_parser(name, help=helptext, epilog=PROTOCOL_EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = add_command(ps, name, helptext, epilog=PROTOCOL_EXAMPLES)
         q.add_argument("detectors", type=csv_list, help="DIR[,DIR...] or NAME=DIR,... (same backbone)")
         q.add_argument("source", help="the images the cache was extracted from (folder, parquet, ...)")
         q.add_argument("--cache", required=True,
@@ -165,8 +164,8 @@ def run_robustness(args) -> int:
     fig = plot_metric_curves(sweep_curves(table), y=args.metric, style="detector" if len(dets) > 1 else None)
     paths = save_figure(fig, Path(args.out) / f"robustness_{args.metric.replace('@', '_at_')}",
                         formats=args.formats)
-    emit(args, {"rows": json.loads(table.to_json(orient="records")), "figures": [str(p) for p in paths]},
-         _md(table, ["detector", "perturbation", "severity", "n", args.metric]) + "\nwrote "
+    emit(args, {"rows": records(table), "figures": [str(p) for p in paths]},
+         to_markdown(table, columns=["detector", "perturbation", "severity", "n", args.metric]) + "\nwrote "
          + ", ".join(str(p) for p in paths))
     return 0
 
@@ -192,19 +191,17 @@ def run_format_bias(args) -> int:
                notes=f"Cache-metadata baseline (width/height/format/mode; fit on train, scored on test): "
                      f"AUC {cache_base['auc']:.3f}, accuracy {cache_base['acc@0.5']:.3f} "
                      f"(n = {cache_base['n']}).")
-    emit(args, {"detectors": json.loads(res["detectors"].to_json(orient="records")),
-                "format_only": json.loads(fmt.to_json(orient="records")), "cache_meta_baseline": cache_base},
-         _md(res["detectors"], ["detector", "encoding", "n", "auc", "delta_auc"]) + "\n\n"
-         + _md(fmt, ["encoding", "features", "n", "auc", "acc@0.5"]))
+    emit(args, {"detectors": records(res["detectors"]), "format_only": records(fmt),
+                "cache_meta_baseline": cache_base},
+         to_markdown(res["detectors"], columns=["detector", "encoding", "n", "auc", "delta_auc"]) + "\n\n"
+         + to_markdown(fmt, columns=["encoding", "features", "n", "auc", "acc@0.5"]))
     return 0
 
 
 def run_logo(args) -> int:
     from clipdetect.eval.protocols import SUMMARY_METRICS, leave_one_generator_out, save_table
 
-    check_new_output(args.out, args.force)
-    cache = open_cache(args.cache)
-    config = _train_config(args)
+    cache, config = _cache_and_config(args)
     table = leave_one_generator_out(cache, feature_set=args.feature_set, config=config,
                                     generators=args.generators, n_boot=args.n_boot)
     save_table(table, args.out, "logo", config={"cache": args.cache, "feature_set": args.feature_set,
@@ -212,17 +209,15 @@ def run_logo(args) -> int:
                columns=["held_out", "n_train", "n_real", "n_fake", *SUMMARY_METRICS, "in_auc", "auc_drop"],
                title="Leave one generator out: held-out generator's fakes vs test reals",
                notes="`in_auc`: the same detector on the test fakes of the generators it was trained on.")
-    emit(args, {"rows": json.loads(table.to_json(orient="records"))},
-         _md(table, ["held_out", "n_train", "n_real", "n_fake", "auc", "in_auc", "auc_drop"]))
+    emit(args, {"rows": records(table)},
+         to_markdown(table, columns=["held_out", "n_train", "n_real", "n_fake", "auc", "in_auc", "auc_drop"]))
     return 0
 
 
 def run_text_leakage(args) -> int:
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table, text_leakage_audit
 
-    check_new_output(args.out, args.force)
-    cache = open_cache(args.cache)
-    config = _train_config(args)
+    cache, config = _cache_and_config(args)
     res = text_leakage_audit(cache, config=config, n_boot=args.n_boot)
     caps = res["captions"]
     save_table(res["table"], args.out, "text_leakage",
@@ -233,12 +228,6 @@ def run_text_leakage(args) -> int:
                      f"{caps['unique_fake_captions']} among fakes; "
                      f"{caps['fakes_with_a_real_caption']:.1%} of fakes share a caption with some real. A "
                      "text-only AUC well above 0.5 means the caption channel leaks the label.")
-    emit(args, {"rows": json.loads(res["table"].to_json(orient="records")), "captions": caps},
-         _md(res["table"], ["features", "n_real", "n_fake", "auc", "ap"]))
+    emit(args, {"rows": records(res["table"]), "captions": caps},
+         to_markdown(res["table"], columns=["features", "n_real", "n_fake", "auc", "ap"]))
     return 0
-
-
-def _md(table, columns) -> str:
-    from clipdetect.core.tables import to_markdown
-
-    return to_markdown(table, columns=[c for c in columns if c in table.columns])

@@ -12,7 +12,6 @@ split. Any other metadata column (``format``, ``width`` ...) groups rows as they
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ import pandas as pd
 
 from clipdetect.core.guards import guard
 from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, group_masks
-from clipdetect.core.tables import to_markdown
+from clipdetect.core.tables import records, to_markdown
 from clipdetect.core.escape import md_code, md_text
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
@@ -107,7 +106,6 @@ class EvalReport:
     scores: pd.DataFrame  # key, label, group columns, logit, probability
 
     def to_markdown(self, *, digits: int = 3) -> str:
-        cols = [c for c in TABLE_COLUMNS if c in self.table.columns]
         c = self.config
         head = (f"Detector {md_code(c.get('detector'))} on cache {md_code(c.get('cache'))}, split "
                 f"{md_code(c.get('split'))} ({len(self.scores)} images); threshold P(fake) > {c.get('threshold'):.4g} "
@@ -115,11 +113,11 @@ class EvalReport:
                 f"{md_text(c.get('calibration_text'))}; 95% bootstrap CIs ({c.get('n_boot')} resamples).")
         if c.get("rows_note"):
             head += f"\n\n**Note:** {md_text(c['rows_note'])}."
-        return head + "\n\n" + to_markdown(self.table, columns=cols, digits=digits) + "\n"
+        return head + "\n\n" + to_markdown(self.table, columns=TABLE_COLUMNS, digits=digits) + "\n"
 
     def to_json(self) -> Dict[str, Any]:
         """The config and one record per table row (NaN → null), as ``metrics.json`` holds them."""
-        return {"config": self.config, "metrics": json.loads(self.table.to_json(orient="records"))}
+        return {"config": self.config, "metrics": records(self.table)}
 
     def save(self, out: str | Path) -> List[Path]:
         """Write metrics.json, metrics.csv, metrics.md and eval_config.json into ``out``."""

@@ -7,7 +7,6 @@ The image-level protocols (robustness sweeps, format-bias control) live in
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, overall_row, score_rows, score_table
-from clipdetect.core.tables import to_markdown
+from clipdetect.core.tables import records, to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
@@ -66,12 +65,10 @@ def save_table(df: pd.DataFrame, out: str | Path, stem: str, *, columns: Optiona
     """Write ``<stem>.json`` (config + records), ``<stem>.csv`` and ``<stem>.md`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = json.loads(df.to_json(orient="records"))
     paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "md")]
-    write_json(paths[0], {"config": dict(config or {}), "rows": records})
+    write_json(paths[0], {"config": dict(config or {}), "rows": records(df)})
     write_csv(paths[1], df)
-    cols = [c for c in (columns or df.columns) if c in df.columns]
-    md = (f"# {title}\n\n" if title else "") + to_markdown(df, columns=cols) + "\n"
+    md = (f"# {title}\n\n" if title else "") + to_markdown(df, columns=columns or list(df.columns)) + "\n"
     write_text(paths[2], md + (f"\n{notes.strip()}\n" if notes else ""))
     return paths
 
