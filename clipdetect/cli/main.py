@@ -162,9 +162,11 @@ def emit(args, payload, text: Optional[str] = None) -> None:
     """The command's result on stdout: ``payload`` as JSON with ``--json``, else ``text``
     (default: ``payload`` as indented ``key: value`` lines)."""
     if getattr(args, "json", False):
-        print_json(payload)
-    else:
-        sys.stdout.write((text if text is not None else readable(payload)).rstrip("\n") + "\n")
+        from clipdetect.core.escape import plain_json
+
+        text = json.dumps(plain_json(payload), indent=2, sort_keys=True, default=str,
+                          allow_nan=False)
+    sys.stdout.write((text if text is not None else readable(payload)).rstrip("\n") + "\n")
 
 
 def readable(obj, indent: int = 0) -> str:
@@ -200,12 +202,6 @@ def config_override(text: str):
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def print_json(obj) -> None:
-    from clipdetect.core.escape import plain_json
-
-    sys.stdout.write(json.dumps(plain_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
+from clipdetect.cli.main import COMMANDS, CLIError
 from clipdetect.core.device import DEVICE_HELP
 
 
 def add_command(sub, name: str, help: str | None = None, **kwargs) -> argparse.ArgumentParser:
     """The parser of command ``name``: its one-line ``help`` (default: from ``cli.main.COMMANDS``),
     the epilog as written."""
-    from clipdetect.cli.main import COMMANDS
-
     return sub.add_parser(name, help=help or COMMANDS[name][1],
                           formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
@@ -88,10 +88,6 @@ def add_force_arg(p, what: str = "--out") -> None:
 
 def check_new_output(path, force: bool, *, flag: str = "--out") -> None:
     """Refuse an existing file, or a non-empty folder, at ``path`` unless ``force``."""
-    from pathlib import Path
-
-    from clipdetect.cli.main import CLIError
-
     p = Path(path)
     taken = p.is_file() or p.is_symlink() or (p.is_dir() and any(p.iterdir()))
     if taken and not force:

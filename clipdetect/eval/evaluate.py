@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -36,21 +36,6 @@ TABLE_COLUMNS = ["group", "value", "vs", "n_real", "n_fake", "auc", "ap", "acc@0
                  "tpr@thr", "eer", "tpr@fpr=1%", "tpr@fpr=0.1%", "ece", "brier"]
 #: columns whose real rows are left out of the groups (reals are the shared reference)
 FAKE_ONLY_COLUMNS = ("generator",)
-
-
-@dataclass
-class EvalConfig:
-    """Options of one evaluation; saved as ``eval_config.json`` next to the metrics."""
-
-    detector: str = ""
-    cache: str = ""
-    split: str = "test"
-    by: List[str] = field(default_factory=lambda: ["generator"])
-    n_boot: int = 1000
-    seed: int = 0
-    val: Optional[float] = None  # split fractions; None: the detector's training values
-    test: Optional[float] = None
-    split_seed: Optional[int] = None
 
 
 def logit_threshold(detector) -> float:
@@ -164,9 +149,8 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
     table = score_table(y, logits, probs, groups=groups, threshold=logit_threshold(detector),
                         n_boot=n_boot, seed=seed)
     names = names or {}
-    config = {**asdict(EvalConfig(detector=names.get("detector", ""),
-                                  cache=names.get("cache", str(cache.root)), split=split, by=list(by),
-                                  n_boot=n_boot, seed=seed)),
+    config = {"detector": names.get("detector", ""), "cache": names.get("cache", str(cache.root)),
+              "split": split, "by": list(by), "n_boot": n_boot, "seed": seed,
               "val": params.val, "test": params.test, "split_seed": params.seed,
               "threshold": float(detector.threshold), "threshold_target": detector.threshold_target,
               "calibration": detector.calibration.to_json(), "calibration_text": detector.calibration.describe(),
