@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.cli.main import config_override, emit
-from clipdetect.cli.options import add_command, add_threads_arg, config_of, csv_list, set_threads
+from clipdetect.cli.options import (add_command, add_threads_arg, config_of, csv_list, open_cache,
+                                    set_threads)
 
 EXAMPLES = """examples:
   # a cache with source/family columns (a manifest's own), extracted with --layers --views default
@@ -66,7 +67,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from clipdetect.cli.options import open_cache
     from clipdetect.core.provenance import provenance
     from clipdetect.eval.benchmark import BenchmarkConfig, run_benchmark
     from clipdetect.eval.benchmark_report import save_benchmark

@@ -72,11 +72,10 @@ def run_evaluate(args) -> int:
     from clipdetect.core.io import write_csv
     from clipdetect.eval.compare import baseline_probe
     from clipdetect.eval.evaluate import evaluate_detector
+    from clipdetect.eval.protocols import load_detectors
 
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be >= 0, got {args.n_boot}")
-    from clipdetect.eval.protocols import load_detectors
-
     if args.out:
         check_new_output(args.out, args.force)
     specs = csv_list(args.detector)

@@ -211,10 +211,11 @@ def _check_options(args) -> None:
 
 
 def run_extract(args) -> int:
-    from clipdetect.features.runner import ExtractConfig
-    from clipdetect.features.extract import extract
+    from clipdetect.core.inputs import none_readable
     from clipdetect.data.registry import open_source
-
+    from clipdetect.data.sampling import SampledSource, check_limit_prefix
+    from clipdetect.features.extract import extract
+    from clipdetect.features.runner import ExtractConfig
     from clipdetect.features.runtime import check_runtime
 
     _check_options(args)
@@ -225,12 +226,8 @@ def run_extract(args) -> int:
     if args.stratify and args.shuffle_seed is None:
         raise CLIError("--stratify draws a random sample: give --shuffle-seed S too")
     if args.shuffle_seed is not None:
-        from clipdetect.data.sampling import SampledSource
-
         source, limit = SampledSource(source, args.limit, seed=args.shuffle_seed, stratify=args.stratify), None
     else:
-        from clipdetect.data.sampling import check_limit_prefix
-
         check_limit_prefix(source, limit)
     config = config_of(ExtractConfig, args, device=device, limit=limit)
     if args.engine == "ray":
@@ -252,8 +249,6 @@ def run_extract(args) -> int:
             + ("" if summary.complete else "; not complete: re-run the same command to resume")
             + f"\nnext: clipdetect cache info {summary.out}")
     emit(args, payload, text)
-    from clipdetect.core.inputs import none_readable
-
     if none_readable(summary.seen, summary.embedded, summary.errors) and not summary.resumed_from:
         logger.error("not one of the %d images could be read (%s); the cache's error ledger lists each one: "
                      "check the paths (a manifest's are relative to its folder or --root)", summary.seen,

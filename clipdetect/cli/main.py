@@ -173,13 +173,9 @@ def readable(obj, indent: int = 0) -> str:
     """Nested dicts and lists as indented ``key: value`` lines (floats to 4 significant digits)."""
     pad = "  " * indent
     if isinstance(obj, dict):
-        lines = []
-        for k, v in obj.items():
-            if isinstance(v, (dict, list)) and v:
-                lines += [f"{pad}{k}:", readable(v, indent + 1)]
-            else:
-                lines.append(f"{pad}{k}: {_scalar(v)}")
-        return "\n".join(lines)
+        return "\n".join(
+            f"{pad}{k}:\n{readable(v, indent + 1)}" if isinstance(v, (dict, list)) and v
+            else f"{pad}{k}: {_scalar(v)}" for k, v in obj.items())
     if isinstance(obj, list):
         if all(not isinstance(v, (dict, list)) for v in obj):
             return pad + ", ".join(_scalar(v) for v in obj)

@@ -67,15 +67,16 @@ def add_parser(sub) -> None:
 
 
 def run_predict(args) -> int:
+    import json
     import sys
 
     from clipdetect.core.device import check_device
-    from clipdetect.models.thresholds import describe_target
-    from clipdetect.models.detector import load_detector
+    from clipdetect.core.inputs import none_readable
     from clipdetect.data.filelist import open_predict_source
-    from clipdetect.models.predict import check_captions, predict_source, resolve_backbone
-
     from clipdetect.features.runtime import check_runtime
+    from clipdetect.models.detector import load_detector
+    from clipdetect.models.predict import check_captions, predict_source, resolve_backbone
+    from clipdetect.models.thresholds import describe_target
 
     to_stdout = args.out == "-"
     if not to_stdout:
@@ -101,13 +102,9 @@ def run_predict(args) -> int:
             + (f"\naccuracy against the source's labels: {summary.accuracy:.4f}" if summary.accuracy is not None
                else ""))
     if to_stdout:  # stdout holds the rows: the summary goes to stderr
-        import json
-
         sys.stderr.write((json.dumps(payload, default=str) if args.json else text) + "\n")
     else:
         emit(args, payload, text)
-    from clipdetect.core.inputs import none_readable
-
     if none_readable(summary.n, summary.scored, summary.errors):
         logging.getLogger(__name__).error("not one of the %d images could be read (%s); %s lists each error",
                                           summary.n, ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors.items())),

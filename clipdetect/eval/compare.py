@@ -100,7 +100,6 @@ def compare_reports(reports: Dict[str, Any], *, n_boot: int = 1000, seed: int = 
         if name != reference:
             d = paired_auc_difference(base["label"], rep.scores["logit"], base["logit"], n_boot=n_boot,
                                       seed=seed)
-            row.update(delta_auc=d["delta_auc"], delta_auc_lo=d["delta_auc_lo"],
-                       delta_auc_hi=d["delta_auc_hi"], p_le_0=d["p_le_0"])
+            row.update({k: d[k] for k in ("delta_auc", "delta_auc_lo", "delta_auc_hi", "p_le_0")})
         rows.append(row)
     return pd.DataFrame(rows)
