@@ -5,7 +5,8 @@ import argparse
 import logging
 
 from clipdetect.cli.main import CLIError, emit
-from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, config_of
+from clipdetect.cli.options import (add_command, add_device_arg, add_runtime_args, add_workers_arg,
+                                    config_of)
 from clipdetect.core.device import check_device
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0 or value != value or value == float("inf"):
+    if not 0 < value < float("inf"):  # NaN too
         raise argparse.ArgumentTypeError(f"--read-timeout wants a number of seconds > 0, got {text!r}")
     return value
 
@@ -96,7 +97,7 @@ def add_limit_args(p) -> None:
 
 
 def add_parser(sub) -> None:
-    from clipdetect.features.pipeline import FAST_DECODE, default_workers
+    from clipdetect.features.pipeline import FAST_DECODE
 
     p = add_command(sub, "extract", epilog=EXAMPLES,
                     description="Embed images (and their captions) with a CLIP backbone into a sharded cache.")
@@ -114,8 +115,7 @@ def add_parser(sub) -> None:
                         "degradation seeded by the key); 'default' = orig,norm:256:90,aug (default: orig)")
     g = p.add_argument_group("performance")
     g.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on CUDA, 64 on CPU)")
-    g.add_argument("--workers", type=int, default=default_workers(),
-                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+    add_workers_arg(g)
     add_device_arg(g)
     add_runtime_args(g)
     g.add_argument("--fast-decode", default="none", choices=list(FAST_DECODE),

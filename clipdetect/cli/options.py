@@ -48,6 +48,13 @@ def add_device_arg(g, default: str = "cpu") -> None:
     g.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default {default})")
 
 
+def add_workers_arg(g) -> None:
+    from clipdetect.features.pipeline import default_workers
+
+    g.add_argument("--workers", type=int, default=default_workers(),
+                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+
+
 def add_threads_arg(g) -> None:
     """``--threads``, applied by :func:`set_threads`."""
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

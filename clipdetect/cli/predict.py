@@ -5,7 +5,8 @@ import logging
 
 from clipdetect.cli.extract import add_limit_args
 from clipdetect.cli.main import emit
-from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, check_new_output
+from clipdetect.cli.options import (add_command, add_device_arg, add_runtime_args, add_workers_arg,
+                                    check_new_output)
 
 PREDICT_EXAMPLES = """examples:
   clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
@@ -36,8 +37,6 @@ is still written)."""
 
 
 def add_parser(sub) -> None:
-    from clipdetect.features.pipeline import default_workers
-
     p = add_command(sub, "predict", epilog=PREDICT_EXAMPLES)
     p.add_argument("detector", help="detector bundle directory")
     p.add_argument("source", help="image file, folder, manifest, parquet or hf:NAME")
@@ -53,8 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument("--any-backbone", action="store_true",
                    help="accept a backbone whose identity differs from the detector's (its scores mean little)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+    add_workers_arg(p)
     add_device_arg(p)
     add_runtime_args(p)
     p.add_argument("--limit", type=int, help="only the first N images")

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from clipdetect.cli.main import config_override, emit
-from clipdetect.cli.options import add_command, add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
+from clipdetect.cli.options import (add_command, add_force_arg, add_split_args, add_workers_arg,
+                                    check_new_output, csv_list, figure_formats, open_cache)
 from clipdetect.core.tables import records, to_markdown
 
 PROTOCOL_EXAMPLES = """examples:
@@ -75,8 +76,6 @@ def _add_cache_protocols(ps) -> None:
 
 def _add_image_protocols(ps) -> None:
     """``robustness`` and ``format-bias``: held-out images re-extracted under controlled changes."""
-    from clipdetect.features.pipeline import default_workers
-
     for name, helptext in (("robustness", "metric vs perturbation severity (re-extracts images)"),
                            ("format-bias", "re-encode both classes identically + format-only baseline")):
         q = add_command(ps, name, helptext, epilog=PROTOCOL_EXAMPLES)
@@ -94,8 +93,7 @@ def _add_image_protocols(ps) -> None:
         q.add_argument("--seed", type=int, default=0, help="sampling / noise / bootstrap seed")
         q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
         q.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-        q.add_argument("--workers", type=int, default=default_workers(),
-                       help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+        add_workers_arg(q)
         q.add_argument("--backbone",
                        help="backbone spec overriding the detectors' (must match their identity)")
         q.add_argument("--formats", type=figure_formats, default=["png", "pdf"],
@@ -122,6 +120,7 @@ def _keys_source(args):
     from clipdetect.data.perturb import subset_source
     from clipdetect.eval.protocols import heldout_keys, load_detectors
     from clipdetect.data.registry import open_source
+    from clipdetect.models.predict import resolve_backbone
 
     dets = load_detectors(args.detectors)
     cache = open_cache(args.cache)
@@ -131,11 +130,7 @@ def _keys_source(args):
     keys = heldout_keys(cache, n_real=args.n_real, n_fake=args.n_fake, split=args.split, seed=args.seed,
                         val=params.val, test=params.test, split_seed=params.seed)
     source = subset_source(open_source(args.source), keys, name=f"{Path(args.cache).name}:{args.split}")
-    backbone = None
-    if args.backbone:
-        from clipdetect.models.predict import resolve_backbone
-
-        backbone = resolve_backbone(first, args.backbone)
+    backbone = resolve_backbone(first, args.backbone) if args.backbone else None
     config = {"detectors": args.detectors, "source": args.source, "cache": args.cache, "split": args.split,
               "n_real": args.n_real, "n_fake": args.n_fake, "seed": args.seed, "n_boot": args.n_boot,
               "val": params.val, "test": params.test, "split_seed": params.seed}

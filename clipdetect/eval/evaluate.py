@@ -63,7 +63,6 @@ def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
     """:func:`metrics.evaluate_scores` on logits plus, at the threshold (on the logit scale),
     ``fpr@thr`` (share of the selection's reals called fake) and ``tpr@thr`` (of its fakes), and
     ``ece`` and ``brier`` on ``probs``; a value its small-sample guard refuses is NaN."""
-    groups = groups or {}
     table = evaluate_scores(y, logits, groups=groups, threshold=threshold, n_boot=n_boot, seed=seed,
                             scores_are_probs=False, reference="real")
     extra = {"fpr@thr": [], "tpr@thr": [], "ece": [], "brier": []}
@@ -74,9 +73,7 @@ def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
         ece = expected_calibration_error(ym, probs[mask])
         extra["ece"].append(math.nan if guard("ece", {"n": int(mask.sum())}) else ece)
         extra["brier"].append(brier_score(ym, probs[mask]))
-    for key, values in extra.items():
-        table[key] = values
-    return table
+    return table.assign(**extra)
 
 
 def overall_row(table: pd.DataFrame) -> Dict[str, Any]:
@@ -145,9 +142,8 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
     y = cache.labels(rows)
     check_both_classes(y, f"split {split!r} of cache {str(cache.root)!r}")
     logits, probs = score_rows(detector, cache, rows)
-    groups = group_values(meta, list(by), y)
-    table = score_table(y, logits, probs, groups=groups, threshold=logit_threshold(detector),
-                        n_boot=n_boot, seed=seed)
+    table = score_table(y, logits, probs, groups=group_values(meta, list(by), y),
+                        threshold=logit_threshold(detector), n_boot=n_boot, seed=seed)
     names = names or {}
     config = {"detector": names.get("detector", ""), "cache": names.get("cache", str(cache.root)),
               "split": split, "by": list(by), "n_boot": n_boot, "seed": seed,

@@ -172,7 +172,6 @@ def cache_format_baseline(cache, *, config=None, n_boot: int = 1000, seed: int =
     s = SplitSpec.of(config).labels(cache)
     keep = np.isin(s, ("train", "test"))
     m = cache.meta.loc[keep, ["width", "height", "format", "mode"]].reset_index(drop=True)
-    m["format"], m["mode"] = m["format"].astype(str), m["mode"].astype(str)
-    m[["width", "height"]] = m[["width", "height"]].astype(float)
+    m = m.astype({"format": str, "mode": str, "width": float, "height": float})
     y = cache.labels()[keep]
     return format_only_baseline(m, y, train_mask=(s[keep] == "train"), n_boot=n_boot, seed=seed)

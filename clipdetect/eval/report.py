@@ -188,8 +188,7 @@ def render_markdown(payload: Dict[str, Any], ev: EvalReport, logo: Dict[str, Any
              to_markdown(gens, columns=GENERATOR_COLUMNS), ""]
     for name, text in (("roc.png", "ROC per generator with 95% bootstrap bands and the operating threshold"),
                        ("hist.png", "calibrated P(fake) by class with the threshold")):
-        fig = _rel(payload["roc_figures"], out, name)
-        if fig:
+        if fig := _rel(payload["roc_figures"], out, name):
             lines += [f"![{text}]({fig})", ""]
     sources = table[table["group"] == "source"].rename(columns={"value": "source"})
     if len(sources):
@@ -246,7 +245,6 @@ def calibration_markdown(cal: Dict[str, Any], out: Path) -> List[str]:
              f"the threshold {cal['false_positives']} of {cal['n_real']} reals are called fake (FPR "
              f"{cal['fpr_at_threshold']:.4f}) and {cal['true_positives']} of {cal['n_fake']} fakes are caught.", "",
              to_markdown(pd.DataFrame(cal["bins"]), columns=["lo", "hi", "n", "mean_prob", "frac_fake"]), ""]
-    rel = _rel(cal["figures"], out)
-    if rel:
+    if rel := _rel(cal["figures"], out):
         lines += [f"![reliability diagram]({rel})", ""]
     return lines
