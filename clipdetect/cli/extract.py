@@ -238,10 +238,9 @@ def run_extract(args) -> int:
                               encoder_cpus=args.ray_encoder_cpus)
     else:
         summary = extract(source, config, progress=not args.no_progress)
-    payload = {"out": summary.out, "run": summary.run, "resumed_from": summary.resumed_from,
-               "seen": summary.seen, "embedded": summary.embedded, "errors": summary.errors,
-               "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
-               "complete": summary.complete}
+    keys = ("out", "run", "resumed_from", "seen", "embedded", "errors", "complete")
+    payload = {**{k: getattr(summary, k) for k in keys}, "seconds": round(summary.seconds, 2),
+               "images_per_second": round(summary.images_per_second, 2)}
     errors = sum(summary.errors.values()) if isinstance(summary.errors, dict) else summary.errors
     text = (f"{summary.embedded} images embedded into {summary.out} ({errors} could not be read"
             + (f": {summary.errors}" if errors else "") + f") in {summary.seconds:.1f} s "

@@ -22,8 +22,7 @@ def csv_list(text: str) -> list:
 
 def figure_formats(text: str) -> list:
     fmts = csv_list(text)
-    bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
-    if bad or not fmts:
+    if not fmts or any(f not in ("png", "pdf", "svg") for f in fmts):
         raise argparse.ArgumentTypeError(f"--formats wants png,pdf,svg; got {text!r}")
     return fmts
 

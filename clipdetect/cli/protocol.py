@@ -114,8 +114,8 @@ def _add_image_protocols(ps) -> None:
 
 # ------------------------------------------------------------------ handlers
 def _keys_source(args):
-    """Detectors, the held-out images of the cache's split as a source, the backbone, the
-    config to record, and the cache (opened and verified once)."""
+    """Detectors, the held-out images of the cache's split as a source, the config to record,
+    the cache (opened and verified once), and the options both image protocols take."""
     from clipdetect.eval.selection import split_params
     from clipdetect.data.perturb import subset_source
     from clipdetect.eval.protocols import heldout_keys, load_detectors
@@ -130,11 +130,13 @@ def _keys_source(args):
     keys = heldout_keys(cache, n_real=args.n_real, n_fake=args.n_fake, split=args.split, seed=args.seed,
                         val=params.val, test=params.test, split_seed=params.seed)
     source = subset_source(open_source(args.source), keys, name=f"{Path(args.cache).name}:{args.split}")
-    backbone = resolve_backbone(first, args.backbone) if args.backbone else None
+    kw = dict(work=args.work or Path(args.out) / "caches", seed=args.seed, n_boot=args.n_boot,
+              batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+              backbone=resolve_backbone(first, args.backbone) if args.backbone else None)
     config = {"detectors": args.detectors, "source": args.source, "cache": args.cache, "split": args.split,
               "n_real": args.n_real, "n_fake": args.n_fake, "seed": args.seed, "n_boot": args.n_boot,
               "val": params.val, "test": params.test, "split_seed": params.seed}
-    return dets, source, backbone, config, cache
+    return dets, source, config, cache, kw
 
 
 def run_robustness(args) -> int:
@@ -143,12 +145,9 @@ def run_robustness(args) -> int:
     from clipdetect.eval.image_protocols import robustness_sweep, sweep_curves
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 
-    dets, source, backbone, config, _ = _keys_source(args)
+    dets, source, config, _, kw = _keys_source(args)
     perturbations = dict(args.perturb) if args.perturb else None
-    table = robustness_sweep(dets, source, args.work or Path(args.out) / "caches",
-                             perturbations=perturbations, seed=args.seed, n_boot=args.n_boot,
-                             batch_size=args.batch_size, workers=args.workers,
-                             backbone=backbone, progress=not args.no_progress)
+    table = robustness_sweep(dets, source, perturbations=perturbations, **kw)
     config["perturbations"] = perturbations or "default"
     save_table(table, args.out, "robustness", config=config,
                columns=["detector", "perturbation", "severity", "n", *SUMMARY_METRICS],
@@ -169,11 +168,9 @@ def run_format_bias(args) -> int:
     from clipdetect.eval.image_protocols import format_bias_control
     from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, save_table
 
-    dets, source, backbone, config, cache = _keys_source(args)
-    res = format_bias_control(dets, source, args.work or Path(args.out) / "caches", size=args.size,
-                              fmt=args.format, quality=args.quality, seed=args.seed, n_boot=args.n_boot,
-                              folds=args.folds, batch_size=args.batch_size, workers=args.workers,
-                              backbone=backbone, progress=not args.no_progress)
+    dets, source, config, cache, kw = _keys_source(args)
+    res = format_bias_control(dets, source, size=args.size, fmt=args.format, quality=args.quality,
+                              folds=args.folds, **kw)
     config.update(format=args.format, quality=args.quality, size=args.size)
     save_table(res["detectors"], args.out, "format_bias", config=config,
                columns=["detector", "encoding", "n", *SUMMARY_METRICS, "delta_auc"],

@@ -58,10 +58,8 @@ def paired_auc_draws(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0
 
     point = aucs(real, fake)
     rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for b in range(n_boot):
-        a = aucs(rng.choice(real, real.size), rng.choice(fake, fake.size))
-        diffs[b] = a[0] - a[1]
+    draws = (aucs(rng.choice(real, real.size), rng.choice(fake, fake.size)) for _ in range(n_boot))
+    diffs = np.array([a - b for a, b in draws], dtype=np.float64)
     return float(point[0]), float(point[1]), diffs
 
 

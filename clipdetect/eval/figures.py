@@ -92,7 +92,5 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_dir: str | Path, *, spl
     from clipdetect.eval.plots import save_figure
 
     figures = detector_figures(detectors, cache, split=split, by=by, title=title)
-    paths: List[Path] = []
-    for name in FIGURES:
-        paths += save_figure(figures[name], Path(out_dir) / f"{prefix}{name}", formats=formats, dpi=dpi)
-    return paths
+    return [path for name in FIGURES for path in
+            save_figure(figures[name], Path(out_dir) / f"{prefix}{name}", formats=formats, dpi=dpi)]
