@@ -86,8 +86,7 @@ def _draw_roc(ax: Axes, y_true, scores, *, label: str, log_fpr: bool, fpr_floor:
 
     On a log axis the curve starts at FPR = 1 / n_real (``fpr_floor`` when given): a smaller
     FPR is not resolved by the reals at hand, so nothing is drawn below it."""
-    y = np.asarray(y_true).ravel()
-    s = np.asarray(scores, dtype=float).ravel()
+    y, s = np.asarray(y_true).ravel(), np.asarray(scores, dtype=float).ravel()
     if np.unique(y).size < 2:
         logger.warning("ROC curve %r skipped: only one class present", label)
         return None

@@ -97,9 +97,8 @@ def leave_one_generator_out(cache, *, feature_set: str = "image", config=None,
 
     config = config or TrainConfig()
     tr, va, te = SplitSpec.of(config).all(cache)
-    meta = cache.meta
     y = cache.labels()
-    gen = meta["generator"].astype(str).to_numpy()
+    gen = cache.meta["generator"].astype(str).to_numpy()
     fake_gens = sorted(set(gen[y == 1]))
     generators = list(generators) if generators else fake_gens
     unknown = set(generators) - set(fake_gens)
