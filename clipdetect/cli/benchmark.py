@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from clipdetect.cli.main import config_override, emit
-from clipdetect.cli.options import add_command, add_threads_arg, csv_list, set_threads
+from clipdetect.cli.options import (add_command, add_threads_arg, config_of, csv_list, open_cache,
+                                    set_threads)
 
 EXAMPLES = """examples:
   # a cache with source/family columns (a manifest's own), extracted with --layers --views default
@@ -66,7 +67,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from clipdetect.cli.options import open_cache
     from clipdetect.core.provenance import provenance
     from clipdetect.eval.benchmark import BenchmarkConfig, run_benchmark
     from clipdetect.eval.benchmark_report import save_benchmark
@@ -75,10 +75,8 @@ def run(args) -> int:
     cache = open_cache(args.cache)
     sets = dict(args.hold_out or [])
     protocols = list(args.protocols) + (["sets"] if sets and "sets" not in args.protocols else [])
-    config = BenchmarkConfig(cache=str(args.cache), protocols=protocols, variants=args.variants,
-                             eval_view=args.eval_view, also_views=args.also_views, train_view=args.train_view, min_images=args.min_images,
-                             only=args.only, hold_out_sets=sets, layers_width=args.layers_width, n_boot=args.n_boot, seed=args.seed,
-                             train=dict(args.set or []))
+    config = config_of(BenchmarkConfig, args, cache=str(args.cache), protocols=protocols,
+                       hold_out_sets=sets, train=dict(args.set or []))
     prov = provenance()
     result = run_benchmark(cache, config, on_fold=lambda partial: save_benchmark(partial, args.out, prov))
     paths = save_benchmark(result, args.out, prov)

@@ -1,8 +1,6 @@
 """``clipdetect cache info`` and ``clipdetect cache verify``."""
 from __future__ import annotations
 
-import argparse
-
 from clipdetect.cli.main import emit
 from clipdetect.cli.options import add_command
 
@@ -17,23 +15,20 @@ def add_parser(sub) -> None:
     c = add_command(sub, "cache", epilog=CACHE_EXAMPLES)
     c.set_defaults(help_parser=c)
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION")
-    info = csub.add_parser("info", help="backbone, rows, splits, generators, error counts", epilog=CACHE_EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    info.add_argument("cache", help="feature cache directory")
-    info.set_defaults(func=run_cache_info)
-    ver = csub.add_parser("verify", help="check every shard against the manifest; exit 1 if damaged",
-                          epilog=CACHE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ver.add_argument("cache", help="feature cache directory")
-    ver.add_argument("--quick", action="store_true",
-                     help="counts, shapes, dtypes and file sizes only (what train/evaluate check on open)")
-    ver.set_defaults(func=run_cache_verify)
+    for name, text, func in (
+            ("info", "backbone, rows, splits, generators, error counts", run_cache_info),
+            ("verify", "check every shard against the manifest; exit 1 if damaged", run_cache_verify)):
+        q = add_command(csub, name, text, epilog=CACHE_EXAMPLES)
+        q.add_argument("cache", help="feature cache directory")
+        q.set_defaults(func=func)
+    q.add_argument("--quick", action="store_true",  # verify's
+                   help="counts, shapes, dtypes and file sizes only (what train/evaluate check on open)")
 
 
 def run_cache_info(args) -> int:
     from clipdetect.features.cache import FeatureCache
 
-    info = FeatureCache(args.cache).summary()
-    emit(args, info)
+    emit(args, FeatureCache(args.cache).summary())
     return 0
 
 

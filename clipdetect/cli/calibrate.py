@@ -34,8 +34,10 @@ def add_parser(sub) -> None:
 
 
 def run_calibrate(args) -> int:
+    from clipdetect.core.guards import guard
     from clipdetect.eval.calibrate import calibrate_detector
     from clipdetect.models.detector import load_detector
+    from clipdetect.models.thresholds import describe_target
 
     if args.calibration == "keep" and args.keep_threshold:
         raise CLIError("nothing to do: --keep-threshold without --calibration platt|temperature")
@@ -47,10 +49,6 @@ def run_calibrate(args) -> int:
                                 split=args.split, val=args.val_fraction, test=args.test_fraction,
                                 split_seed=args.split_seed)
     path = det.save(args.out or args.detector)
-    from clipdetect.models.thresholds import describe_target
-
-    from clipdetect.core.guards import guard
-
     fit = result.fit
     payload = {"saved": str(path), **result.to_dict()}
     why = guard("ece", {"n": result.n_val})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipdetect.cli.main import CLIError, emit
+from clipdetect.cli.main import emit
 from clipdetect.cli.options import (add_command, add_force_arg, add_threads_arg, check_new_output, config_of,
                                     set_threads)
 
@@ -121,10 +121,6 @@ def run_compress(args) -> int:
 
     set_threads(args)
     check_new_output(args.out, args.force)
-    try:
-        config = config_of(CompressConfig, args)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    report = compress(config)
+    report = compress(config_of(CompressConfig, args))  # a ValueError: main() reports it
     emit(args, {k: report[k] for k in ("kind", "out", "before", "after")})
     return 0

@@ -72,11 +72,10 @@ def run_evaluate(args) -> int:
     from clipdetect.core.io import write_csv
     from clipdetect.eval.compare import baseline_probe
     from clipdetect.eval.evaluate import evaluate_detector
+    from clipdetect.eval.protocols import load_detectors
 
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be >= 0, got {args.n_boot}")
-    from clipdetect.eval.protocols import load_detectors
-
     if args.out:
         check_new_output(args.out, args.force)
     specs = csv_list(args.detector)
@@ -118,10 +117,8 @@ def run_evaluate(args) -> int:
 
 
 def _comparison(reports, args, specs, reference):
-    import json
-
     from clipdetect.core.escape import md_code
-    from clipdetect.core.tables import to_markdown
+    from clipdetect.core.tables import records, to_markdown
     from clipdetect.eval.compare import compare_reports
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 
@@ -137,8 +134,8 @@ def _comparison(reports, args, specs, reference):
                                                           "reference": ref},
                    columns=columns, title=f"Detectors compared on {md_code(args.cache)}, split {md_code(args.split)}",
                    notes=notes)
-    records = {"reference": ref, "notes": notes, "rows": json.loads(table.to_json(orient="records"))}
-    return records, to_markdown(table, columns=[c for c in columns if c in table.columns], digits=4) + "\n" + notes
+    return ({"reference": ref, "notes": notes, "rows": records(table)},
+            to_markdown(table, columns=columns, digits=4) + "\n" + notes)
 
 
 def run_plot(args) -> int:

@@ -5,7 +5,8 @@ import argparse
 import logging
 
 from clipdetect.cli.main import CLIError, emit
-from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, config_of
+from clipdetect.cli.options import (add_command, add_device_arg, add_runtime_args, add_workers_arg,
+                                    config_of)
 from clipdetect.core.device import check_device
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0 or value != value or value == float("inf"):
+    if not 0 < value < float("inf"):  # NaN too
         raise argparse.ArgumentTypeError(f"--read-timeout wants a number of seconds > 0, got {text!r}")
     return value
 
@@ -96,7 +97,7 @@ def add_limit_args(p) -> None:
 
 
 def add_parser(sub) -> None:
-    from clipdetect.features.pipeline import FAST_DECODE, default_workers
+    from clipdetect.features.pipeline import FAST_DECODE
 
     p = add_command(sub, "extract", epilog=EXAMPLES,
                     description="Embed images (and their captions) with a CLIP backbone into a sharded cache.")
@@ -114,8 +115,7 @@ def add_parser(sub) -> None:
                         "degradation seeded by the key); 'default' = orig,norm:256:90,aug (default: orig)")
     g = p.add_argument_group("performance")
     g.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on CUDA, 64 on CPU)")
-    g.add_argument("--workers", type=int, default=default_workers(),
-                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+    add_workers_arg(g)
     add_device_arg(g)
     add_runtime_args(g)
     g.add_argument("--fast-decode", default="none", choices=list(FAST_DECODE),
@@ -211,10 +211,11 @@ def _check_options(args) -> None:
 
 
 def run_extract(args) -> int:
-    from clipdetect.features.runner import ExtractConfig
-    from clipdetect.features.extract import extract
+    from clipdetect.core.inputs import none_readable
     from clipdetect.data.registry import open_source
-
+    from clipdetect.data.sampling import SampledSource, check_limit_prefix
+    from clipdetect.features.extract import extract
+    from clipdetect.features.runner import ExtractConfig
     from clipdetect.features.runtime import check_runtime
 
     _check_options(args)
@@ -225,12 +226,8 @@ def run_extract(args) -> int:
     if args.stratify and args.shuffle_seed is None:
         raise CLIError("--stratify draws a random sample: give --shuffle-seed S too")
     if args.shuffle_seed is not None:
-        from clipdetect.data.sampling import SampledSource
-
         source, limit = SampledSource(source, args.limit, seed=args.shuffle_seed, stratify=args.stratify), None
     else:
-        from clipdetect.data.sampling import check_limit_prefix
-
         check_limit_prefix(source, limit)
     config = config_of(ExtractConfig, args, device=device, limit=limit)
     if args.engine == "ray":
@@ -241,10 +238,9 @@ def run_extract(args) -> int:
                               encoder_cpus=args.ray_encoder_cpus)
     else:
         summary = extract(source, config, progress=not args.no_progress)
-    payload = {"out": summary.out, "run": summary.run, "resumed_from": summary.resumed_from,
-               "seen": summary.seen, "embedded": summary.embedded, "errors": summary.errors,
-               "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
-               "complete": summary.complete}
+    keys = ("out", "run", "resumed_from", "seen", "embedded", "errors", "complete")
+    payload = {**{k: getattr(summary, k) for k in keys}, "seconds": round(summary.seconds, 2),
+               "images_per_second": round(summary.images_per_second, 2)}
     errors = sum(summary.errors.values()) if isinstance(summary.errors, dict) else summary.errors
     text = (f"{summary.embedded} images embedded into {summary.out} ({errors} could not be read"
             + (f": {summary.errors}" if errors else "") + f") in {summary.seconds:.1f} s "
@@ -252,8 +248,6 @@ def run_extract(args) -> int:
             + ("" if summary.complete else "; not complete: re-run the same command to resume")
             + f"\nnext: clipdetect cache info {summary.out}")
     emit(args, payload, text)
-    from clipdetect.core.inputs import none_readable
-
     if none_readable(summary.seen, summary.embedded, summary.errors) and not summary.resumed_from:
         logger.error("not one of the %d images could be read (%s); the cache's error ledger lists each one: "
                      "check the paths (a manifest's are relative to its folder or --root)", summary.seen,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from clipdetect.cli.main import emit
-from clipdetect.cli.options import add_command
+from clipdetect.cli.options import add_command, open_cache
 
 EXAMPLES = """examples:
   # an image-embedding MLP and a per-block head on the same cache, fused
@@ -30,7 +30,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from clipdetect.cli.options import open_cache
     from clipdetect.core.io import staged_output
     from clipdetect.features.splits import SplitSpec, view_rows
     from clipdetect.models.detector import load_detector

@@ -162,22 +162,20 @@ def emit(args, payload, text: Optional[str] = None) -> None:
     """The command's result on stdout: ``payload`` as JSON with ``--json``, else ``text``
     (default: ``payload`` as indented ``key: value`` lines)."""
     if getattr(args, "json", False):
-        print_json(payload)
-    else:
-        sys.stdout.write((text if text is not None else readable(payload)).rstrip("\n") + "\n")
+        from clipdetect.core.escape import plain_json
+
+        text = json.dumps(plain_json(payload), indent=2, sort_keys=True, default=str,
+                          allow_nan=False)
+    sys.stdout.write((text if text is not None else readable(payload)).rstrip("\n") + "\n")
 
 
 def readable(obj, indent: int = 0) -> str:
     """Nested dicts and lists as indented ``key: value`` lines (floats to 4 significant digits)."""
     pad = "  " * indent
     if isinstance(obj, dict):
-        lines = []
-        for k, v in obj.items():
-            if isinstance(v, (dict, list)) and v:
-                lines += [f"{pad}{k}:", readable(v, indent + 1)]
-            else:
-                lines.append(f"{pad}{k}: {_scalar(v)}")
-        return "\n".join(lines)
+        return "\n".join(
+            f"{pad}{k}:\n{readable(v, indent + 1)}" if isinstance(v, (dict, list)) and v
+            else f"{pad}{k}: {_scalar(v)}" for k, v in obj.items())
     if isinstance(obj, list):
         if all(not isinstance(v, (dict, list)) for v in obj):
             return pad + ", ".join(_scalar(v) for v in obj)
@@ -200,12 +198,6 @@ def config_override(text: str):
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def print_json(obj) -> None:
-    from clipdetect.core.escape import plain_json
-
-    sys.stdout.write(json.dumps(plain_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
+from clipdetect.cli.main import COMMANDS, CLIError
 from clipdetect.core.device import DEVICE_HELP
 
 
-def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
-    """The parser of command ``name``: its one-line help from ``cli.main.COMMANDS``, the epilog as written."""
-    from clipdetect.cli.main import COMMANDS
-
-    return sub.add_parser(name, help=COMMANDS[name][1], formatter_class=argparse.RawDescriptionHelpFormatter,
-                          **kwargs)
+def add_command(sub, name: str, help: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """The parser of command ``name``: its one-line ``help`` (default: from ``cli.main.COMMANDS``),
+    the epilog as written."""
+    return sub.add_parser(name, help=help or COMMANDS[name][1],
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def csv_list(text: str) -> list:
@@ -21,8 +22,7 @@ def csv_list(text: str) -> list:
 
 def figure_formats(text: str) -> list:
     fmts = csv_list(text)
-    bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
-    if bad or not fmts:
+    if not fmts or any(f not in ("png", "pdf", "svg") for f in fmts):
         raise argparse.ArgumentTypeError(f"--formats wants png,pdf,svg; got {text!r}")
     return fmts
 
@@ -45,6 +45,13 @@ def add_runtime_args(g) -> None:
 def add_device_arg(g, default: str = "cpu") -> None:
     """``--device`` (checked by ``core.device.check_device`` when the command runs)."""
     g.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default {default})")
+
+
+def add_workers_arg(g) -> None:
+    from clipdetect.features.pipeline import default_workers
+
+    g.add_argument("--workers", type=int, default=default_workers(),
+                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
 
 
 def add_threads_arg(g) -> None:
@@ -87,10 +94,6 @@ def add_force_arg(p, what: str = "--out") -> None:
 
 def check_new_output(path, force: bool, *, flag: str = "--out") -> None:
     """Refuse an existing file, or a non-empty folder, at ``path`` unless ``force``."""
-    from pathlib import Path
-
-    from clipdetect.cli.main import CLIError
-
     p = Path(path)
     taken = p.is_file() or p.is_symlink() or (p.is_dir() and any(p.iterdir()))
     if taken and not force:

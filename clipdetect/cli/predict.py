@@ -5,7 +5,8 @@ import logging
 
 from clipdetect.cli.extract import add_limit_args
 from clipdetect.cli.main import emit
-from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, check_new_output
+from clipdetect.cli.options import (add_command, add_device_arg, add_runtime_args, add_workers_arg,
+                                    check_new_output)
 
 PREDICT_EXAMPLES = """examples:
   clipdetect predict runs/det photos/ --out scores.csv                 # every image under photos/
@@ -36,8 +37,6 @@ is still written)."""
 
 
 def add_parser(sub) -> None:
-    from clipdetect.features.pipeline import default_workers
-
     p = add_command(sub, "predict", epilog=PREDICT_EXAMPLES)
     p.add_argument("detector", help="detector bundle directory")
     p.add_argument("source", help="image file, folder, manifest, parquet or hf:NAME")
@@ -53,8 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument("--any-backbone", action="store_true",
                    help="accept a backbone whose identity differs from the detector's (its scores mean little)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+    add_workers_arg(p)
     add_device_arg(p)
     add_runtime_args(p)
     p.add_argument("--limit", type=int, help="only the first N images")
@@ -67,15 +65,16 @@ def add_parser(sub) -> None:
 
 
 def run_predict(args) -> int:
+    import json
     import sys
 
     from clipdetect.core.device import check_device
-    from clipdetect.models.thresholds import describe_target
-    from clipdetect.models.detector import load_detector
+    from clipdetect.core.inputs import none_readable
     from clipdetect.data.filelist import open_predict_source
-    from clipdetect.models.predict import check_captions, predict_source, resolve_backbone
-
     from clipdetect.features.runtime import check_runtime
+    from clipdetect.models.detector import load_detector
+    from clipdetect.models.predict import check_captions, predict_source, resolve_backbone
+    from clipdetect.models.thresholds import describe_target
 
     to_stdout = args.out == "-"
     if not to_stdout:
@@ -101,13 +100,9 @@ def run_predict(args) -> int:
             + (f"\naccuracy against the source's labels: {summary.accuracy:.4f}" if summary.accuracy is not None
                else ""))
     if to_stdout:  # stdout holds the rows: the summary goes to stderr
-        import json
-
         sys.stderr.write((json.dumps(payload, default=str) if args.json else text) + "\n")
     else:
         emit(args, payload, text)
-    from clipdetect.core.inputs import none_readable
-
     if none_readable(summary.n, summary.scored, summary.errors):
         logging.getLogger(__name__).error("not one of the %d images could be read (%s); %s lists each error",
                                           summary.n, ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors.items())),

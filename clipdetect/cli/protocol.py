@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from clipdetect.cli.main import config_override, emit
-from clipdetect.cli.options import add_command, add_force_arg, add_split_args, check_new_output, csv_list, figure_formats, open_cache
+from clipdetect.cli.options import (add_command, add_force_arg, add_split_args, add_workers_arg,
+                                    check_new_output, csv_list, figure_formats, open_cache)
+from clipdetect.core.tables import records, to_markdown
 
 PROTOCOL_EXAMPLES = """examples:
   clipdetect protocol logo features/d3 --out runs/logo --set epochs=8
@@ -29,18 +31,14 @@ def _perturb(text: str):
     return name, sev
 
 
-def _train_config(args):
+def _cache_and_config(args):
+    """``logo`` and ``text-leakage``: the output checked, the cache opened, the TrainConfig read."""
     from clipdetect.models.train import TrainConfig
 
+    check_new_output(args.out, args.force)
+    cache = open_cache(args.cache)
     fields = json.loads(Path(args.train_config).read_text()) if args.train_config else {}
-    fields.update(dict(args.set or []))
-    return TrainConfig.from_dict(fields)
-
-
-def _train_args(p) -> None:
-    p.add_argument("--train-config", help="JSON file of TrainConfig fields (default: the paper's recipe)")
-    p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
-                   help="override a TrainConfig field, e.g. --set epochs=8 --set head=linear (repeatable)")
+    return cache, TrainConfig.from_dict({**fields, **dict(args.set or [])})
 
 
 def add_parser(sub) -> None:
@@ -57,8 +55,7 @@ def _add_cache_protocols(ps) -> None:
              "feature cache with a generator column"),
             ("text-leakage", "text-only vs image-only vs image+text detectors",
              "feature cache with image and caption embeddings")):
-        q = ps.add_parser(name, help=helptext, epilog=PROTOCOL_EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = add_command(ps, name, helptext, epilog=PROTOCOL_EXAMPLES)
         q.add_argument("cache", help=cache_help)
         q.add_argument("--out", required=True, help="output folder (tables as JSON, CSV and Markdown)")
         add_force_arg(q)
@@ -69,18 +66,19 @@ def _add_cache_protocols(ps) -> None:
                            help="held-out generators (default: every fake generator)")
         q.add_argument("--n-boot", type=int, default=1000,
                        help="bootstrap resamples for the CIs (default 1000)")
-        _train_args(q)
+        q.add_argument("--train-config",
+                       help="JSON file of TrainConfig fields (default: the paper's recipe)")
+        q.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
+                       help="override a TrainConfig field, e.g. --set epochs=8 --set head=linear "
+                            "(repeatable)")
         q.set_defaults(func=run_logo if name == "logo" else run_text_leakage)
 
 
 def _add_image_protocols(ps) -> None:
     """``robustness`` and ``format-bias``: held-out images re-extracted under controlled changes."""
-    from clipdetect.features.pipeline import default_workers
-
     for name, helptext in (("robustness", "metric vs perturbation severity (re-extracts images)"),
                            ("format-bias", "re-encode both classes identically + format-only baseline")):
-        q = ps.add_parser(name, help=helptext, epilog=PROTOCOL_EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = add_command(ps, name, helptext, epilog=PROTOCOL_EXAMPLES)
         q.add_argument("detectors", type=csv_list, help="DIR[,DIR...] or NAME=DIR,... (same backbone)")
         q.add_argument("source", help="the images the cache was extracted from (folder, parquet, ...)")
         q.add_argument("--cache", required=True,
@@ -95,8 +93,7 @@ def _add_image_protocols(ps) -> None:
         q.add_argument("--seed", type=int, default=0, help="sampling / noise / bootstrap seed")
         q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
         q.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-        q.add_argument("--workers", type=int, default=default_workers(),
-                       help="decode processes; 0 decodes in the main process (default: CPU count, max 8)")
+        add_workers_arg(q)
         q.add_argument("--backbone",
                        help="backbone spec overriding the detectors' (must match their identity)")
         q.add_argument("--formats", type=figure_formats, default=["png", "pdf"],
@@ -117,12 +114,13 @@ def _add_image_protocols(ps) -> None:
 
 # ------------------------------------------------------------------ handlers
 def _keys_source(args):
-    """Detectors, the held-out images of the cache's split as a source, the backbone, the
-    config to record, and the cache (opened and verified once)."""
+    """Detectors, the held-out images of the cache's split as a source, the config to record,
+    the cache (opened and verified once), and the options both image protocols take."""
     from clipdetect.eval.selection import split_params
     from clipdetect.data.perturb import subset_source
     from clipdetect.eval.protocols import heldout_keys, load_detectors
     from clipdetect.data.registry import open_source
+    from clipdetect.models.predict import resolve_backbone
 
     dets = load_detectors(args.detectors)
     cache = open_cache(args.cache)
@@ -132,15 +130,13 @@ def _keys_source(args):
     keys = heldout_keys(cache, n_real=args.n_real, n_fake=args.n_fake, split=args.split, seed=args.seed,
                         val=params.val, test=params.test, split_seed=params.seed)
     source = subset_source(open_source(args.source), keys, name=f"{Path(args.cache).name}:{args.split}")
-    backbone = None
-    if args.backbone:
-        from clipdetect.models.predict import resolve_backbone
-
-        backbone = resolve_backbone(first, args.backbone)
+    kw = dict(work=args.work or Path(args.out) / "caches", seed=args.seed, n_boot=args.n_boot,
+              batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+              backbone=resolve_backbone(first, args.backbone) if args.backbone else None)
     config = {"detectors": args.detectors, "source": args.source, "cache": args.cache, "split": args.split,
               "n_real": args.n_real, "n_fake": args.n_fake, "seed": args.seed, "n_boot": args.n_boot,
               "val": params.val, "test": params.test, "split_seed": params.seed}
-    return dets, source, backbone, config, cache
+    return dets, source, config, cache, kw
 
 
 def run_robustness(args) -> int:
@@ -149,12 +145,9 @@ def run_robustness(args) -> int:
     from clipdetect.eval.image_protocols import robustness_sweep, sweep_curves
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table
 
-    dets, source, backbone, config, _ = _keys_source(args)
+    dets, source, config, _, kw = _keys_source(args)
     perturbations = dict(args.perturb) if args.perturb else None
-    table = robustness_sweep(dets, source, args.work or Path(args.out) / "caches",
-                             perturbations=perturbations, seed=args.seed, n_boot=args.n_boot,
-                             batch_size=args.batch_size, workers=args.workers,
-                             backbone=backbone, progress=not args.no_progress)
+    table = robustness_sweep(dets, source, perturbations=perturbations, **kw)
     config["perturbations"] = perturbations or "default"
     save_table(table, args.out, "robustness", config=config,
                columns=["detector", "perturbation", "severity", "n", *SUMMARY_METRICS],
@@ -165,8 +158,8 @@ def run_robustness(args) -> int:
     fig = plot_metric_curves(sweep_curves(table), y=args.metric, style="detector" if len(dets) > 1 else None)
     paths = save_figure(fig, Path(args.out) / f"robustness_{args.metric.replace('@', '_at_')}",
                         formats=args.formats)
-    emit(args, {"rows": json.loads(table.to_json(orient="records")), "figures": [str(p) for p in paths]},
-         _md(table, ["detector", "perturbation", "severity", "n", args.metric]) + "\nwrote "
+    emit(args, {"rows": records(table), "figures": [str(p) for p in paths]},
+         to_markdown(table, columns=["detector", "perturbation", "severity", "n", args.metric]) + "\nwrote "
          + ", ".join(str(p) for p in paths))
     return 0
 
@@ -175,11 +168,9 @@ def run_format_bias(args) -> int:
     from clipdetect.eval.image_protocols import format_bias_control
     from clipdetect.eval.protocols import SUMMARY_METRICS, cache_format_baseline, save_table
 
-    dets, source, backbone, config, cache = _keys_source(args)
-    res = format_bias_control(dets, source, args.work or Path(args.out) / "caches", size=args.size,
-                              fmt=args.format, quality=args.quality, seed=args.seed, n_boot=args.n_boot,
-                              folds=args.folds, batch_size=args.batch_size, workers=args.workers,
-                              backbone=backbone, progress=not args.no_progress)
+    dets, source, config, cache, kw = _keys_source(args)
+    res = format_bias_control(dets, source, size=args.size, fmt=args.format, quality=args.quality,
+                              folds=args.folds, **kw)
     config.update(format=args.format, quality=args.quality, size=args.size)
     save_table(res["detectors"], args.out, "format_bias", config=config,
                columns=["detector", "encoding", "n", *SUMMARY_METRICS, "delta_auc"],
@@ -192,19 +183,17 @@ def run_format_bias(args) -> int:
                notes=f"Cache-metadata baseline (width/height/format/mode; fit on train, scored on test): "
                      f"AUC {cache_base['auc']:.3f}, accuracy {cache_base['acc@0.5']:.3f} "
                      f"(n = {cache_base['n']}).")
-    emit(args, {"detectors": json.loads(res["detectors"].to_json(orient="records")),
-                "format_only": json.loads(fmt.to_json(orient="records")), "cache_meta_baseline": cache_base},
-         _md(res["detectors"], ["detector", "encoding", "n", "auc", "delta_auc"]) + "\n\n"
-         + _md(fmt, ["encoding", "features", "n", "auc", "acc@0.5"]))
+    emit(args, {"detectors": records(res["detectors"]), "format_only": records(fmt),
+                "cache_meta_baseline": cache_base},
+         to_markdown(res["detectors"], columns=["detector", "encoding", "n", "auc", "delta_auc"]) + "\n\n"
+         + to_markdown(fmt, columns=["encoding", "features", "n", "auc", "acc@0.5"]))
     return 0
 
 
 def run_logo(args) -> int:
     from clipdetect.eval.protocols import SUMMARY_METRICS, leave_one_generator_out, save_table
 
-    check_new_output(args.out, args.force)
-    cache = open_cache(args.cache)
-    config = _train_config(args)
+    cache, config = _cache_and_config(args)
     table = leave_one_generator_out(cache, feature_set=args.feature_set, config=config,
                                     generators=args.generators, n_boot=args.n_boot)
     save_table(table, args.out, "logo", config={"cache": args.cache, "feature_set": args.feature_set,
@@ -212,17 +201,15 @@ def run_logo(args) -> int:
                columns=["held_out", "n_train", "n_real", "n_fake", *SUMMARY_METRICS, "in_auc", "auc_drop"],
                title="Leave one generator out: held-out generator's fakes vs test reals",
                notes="`in_auc`: the same detector on the test fakes of the generators it was trained on.")
-    emit(args, {"rows": json.loads(table.to_json(orient="records"))},
-         _md(table, ["held_out", "n_train", "n_real", "n_fake", "auc", "in_auc", "auc_drop"]))
+    emit(args, {"rows": records(table)},
+         to_markdown(table, columns=["held_out", "n_train", "n_real", "n_fake", "auc", "in_auc", "auc_drop"]))
     return 0
 
 
 def run_text_leakage(args) -> int:
     from clipdetect.eval.protocols import SUMMARY_METRICS, save_table, text_leakage_audit
 
-    check_new_output(args.out, args.force)
-    cache = open_cache(args.cache)
-    config = _train_config(args)
+    cache, config = _cache_and_config(args)
     res = text_leakage_audit(cache, config=config, n_boot=args.n_boot)
     caps = res["captions"]
     save_table(res["table"], args.out, "text_leakage",
@@ -233,12 +220,6 @@ def run_text_leakage(args) -> int:
                      f"{caps['unique_fake_captions']} among fakes; "
                      f"{caps['fakes_with_a_real_caption']:.1%} of fakes share a caption with some real. A "
                      "text-only AUC well above 0.5 means the caption channel leaks the label.")
-    emit(args, {"rows": json.loads(res["table"].to_json(orient="records")), "captions": caps},
-         _md(res["table"], ["features", "n_real", "n_fake", "auc", "ap"]))
+    emit(args, {"rows": records(res["table"]), "captions": caps},
+         to_markdown(res["table"], columns=["features", "n_real", "n_fake", "auc", "ap"]))
     return 0
-
-
-def _md(table, columns) -> str:
-    from clipdetect.core.tables import to_markdown
-
-    return to_markdown(table, columns=[c for c in columns if c in table.columns])

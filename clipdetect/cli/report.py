@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from clipdetect.cli.main import config_override, emit
-from clipdetect.cli.options import add_command, add_force_arg, check_new_output
+from clipdetect.cli.options import add_command, add_force_arg, check_new_output, config_of, csv_list
 
 EXAMPLES = """example:
   clipdetect report runs/det features/d3-val --out runs/det/report --n-boot 2000
@@ -48,15 +48,12 @@ def run(args) -> int:
     from clipdetect.features.cache import FeatureCache
     from clipdetect.models.detector import Detector
 
-    formats = [f for f in args.formats.split(",") if f]
-    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
-    if bad or not formats:
+    formats = csv_list(args.formats)
+    if not formats or any(f not in ("png", "pdf", "svg") for f in formats):
         raise ValueError(f"--formats {args.formats!r}: use png, pdf and/or svg")
-    config = ReportConfig(detector=args.detector, cache=args.cache, out=args.out, split=args.split,
-                          n_boot=args.n_boot, seed=args.seed, logo=not args.no_logo,
-                          logo_generators=[g for g in (args.logo_generators or "").split(",") if g] or None,
-                          train_overrides=dict(args.set or []), reliability_bins=args.bins, formats=formats,
-                          html=args.document == "html")
+    config = config_of(ReportConfig, args, logo=not args.no_logo, reliability_bins=args.bins,
+                       logo_generators=csv_list(args.logo_generators) or None, formats=formats,
+                       train_overrides=dict(args.set or []), html=args.document == "html")
     check_new_output(args.out, args.force)
     payload = build_report(Detector.load(args.detector), FeatureCache(args.cache), config)
     overall = payload["per_generator"][0]

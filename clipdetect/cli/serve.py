@@ -68,12 +68,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_serve)
 
 
-def config_from_args(args):
-    from clipdetect.serve.config import ServeConfig
-
-    return config_of(ServeConfig, args, max_aspect=args.max_aspect or None)
-
-
 def run_serve(args) -> int:
     from pathlib import Path
 
@@ -86,9 +80,10 @@ def run_serve(args) -> int:
     from clipdetect.core.device import check_device
     from clipdetect.models.detector import load_detector
     from clipdetect.models.predict import check_text_tower, resolve_backbone
+    from clipdetect.serve.config import ServeConfig
     from clipdetect.serve.server import serve
 
-    config = config_from_args(args)
+    config = config_of(ServeConfig, args, max_aspect=args.max_aspect or None)
     set_threads(args)
     if config.report and not Path(config.report).is_file():
         raise CLIError(f"--report {config.report!r} is not a file (write one with clipdetect report ... "

@@ -177,10 +177,8 @@ def run(args) -> int:
         raise
     shutil.rmtree(ckpt, ignore_errors=True)
     test = SplitSpec.of(config).rows(cache, "test") if config.split != "all" else []
-    test_metrics = None
-    if len(test):
-        prob = det.probability(det.features(cache, test))
-        test_metrics = binary_metrics(cache.labels(test), prob, threshold=det.threshold)
+    test_metrics = binary_metrics(cache.labels(test), det.probability(det.features(cache, test)),
+                                  threshold=det.threshold) if len(test) else None
     summary = train_summary(det, args.out, test_metrics)
     emit(args, summary, summary_text(summary))
     return 0

@@ -108,8 +108,7 @@ class _GuardOnImport:
 
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in GUARDED_PACKAGES:
-            remove_lazy_guard()
-            install_torchvision_guard()
+            ensure_torchvision_ops()
         return None  # let the regular finders import the package
 
 
@@ -139,7 +138,6 @@ def ensure_torchvision_ops() -> None:
 
 def __getattr__(name: str):
     if name == "_GUARD_LIBRARY":  # not set yet: the guard has not run, or defined nothing
-        remove_lazy_guard()
-        install_torchvision_guard()
+        ensure_torchvision_ops()
         return globals().get("_GUARD_LIBRARY")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

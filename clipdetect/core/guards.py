@@ -72,9 +72,7 @@ def guarded(metrics: Mapping[str, Any], counts: Optional[Mapping[str, Any]] = No
         why = guard(key, counts)
         if why:
             reasons[key] = why
-            for k in (key, f"{key}_lo", f"{key}_hi"):
-                if k in out:
-                    out[k] = None
+            out.update({k: None for k in (key, f"{key}_lo", f"{key}_hi") if k in out})
     if reasons:
         out["not_shown"] = {**dict(out.get("not_shown") or {}), **reasons}
     return out

@@ -9,6 +9,7 @@ never keeps the lock.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -59,10 +60,8 @@ def _command_line() -> str:
 
 def _after_fork_in_child() -> None:
     for fd, _ in _HELD.values():
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)  # drops the child's reference only; the parent keeps its lock
-        except OSError:
-            pass
     _HELD.clear()
 
 

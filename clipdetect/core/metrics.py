@@ -188,9 +188,7 @@ def _row(y, s, *, threshold, n_boot, seed, scores_are_probs) -> dict[str, float]
             row[f"{name}_lo"], row[f"{name}_hi"] = _percentile_ci(boot[name], 0.95)
     for name in METRICS:  # a metric its small-sample guard refuses is not reported at all
         if guard(name, row):
-            for key in (name, f"{name}_lo", f"{name}_hi"):
-                if key in row:
-                    row[key] = math.nan
+            row.update({key: math.nan for key in (name, f"{name}_lo", f"{name}_hi") if key in row})
     return row
 
 

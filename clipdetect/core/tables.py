@@ -1,6 +1,7 @@
 """Markdown tables of metric rows (:func:`clipdetect.core.metrics.evaluate_scores` and the like)."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Sequence
 
@@ -38,11 +39,17 @@ def to_markdown(df: pd.DataFrame, *, columns: Sequence[str] | None = None, digit
     at an FPR finer than 1 / ``n_real`` of its row) reads ``n/a (needs ≥ N reals)``, and a CI
     wider than :data:`~clipdetect.core.guards.WIDE_CI` says so.
 
-    ``columns`` picks and orders the shown columns (default: all but the CI bound columns).
+    ``columns`` picks and orders the shown columns, leaving out those ``df`` lacks (default: all
+    but the CI bound columns).
     """
     bounds = {f"{c}{sfx}" for c in df.columns for sfx in ("_lo", "_hi")}
-    cols = list(columns) if columns is not None else [c for c in df.columns if c not in bounds]
+    cols = [c for c in df.columns if c not in bounds] if columns is None else [c for c in columns if c in df]
     lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for i in range(len(df)):
         lines.append("| " + " | ".join(_cell(df, i, c, digits) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def records(df: pd.DataFrame) -> list:
+    """The rows of ``df`` as JSON records (NaN → null), as the result files hold them."""
+    return json.loads(df.to_json(orient="records"))

@@ -94,7 +94,7 @@ def load_state_dict(path: str | os.PathLike, *, error: Type[Exception] = ValueEr
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise error(f"checkpoint {path!r} does not hold a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

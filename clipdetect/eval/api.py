@@ -70,6 +70,5 @@ def evaluate(detector, cache, *, split: str = "test", by: Sequence[str] = ("gene
         raise TypeError(f"detector must be a Detector, a fitted DetectorClassifier or a bundle path, "
                         f"not {type(detector).__name__}" + (" that is not fitted yet; call fit(X, y) first"
                                                             if hasattr(detector, "fit") else ""))
-    if not isinstance(cache, FeatureCache):
-        cache = FeatureCache(cache)
+    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     return evaluate_detector(detector, cache, split=split, by=by, n_boot=n_boot, seed=seed, **options)

@@ -219,9 +219,8 @@ def run_benchmark(cache, config: BenchmarkConfig, *, on_fold=None) -> Dict[str, 
     for i, fold in enumerate(folds, 1):
         logger.info("benchmark fold %d/%d: %s holds out %r (%d test images)", i, len(folds), fold.protocol,
                     fold.held_out, len(fold.test))
-        detectors = {"probe": _probe(cache, fold, config, views)}
-        for name in config.variants:
-            detectors[name] = train_variant(cache, fold, name, config, views)
+        detectors = {"probe": _probe(cache, fold, config, views),
+                     **{v: train_variant(cache, fold, v, config, views) for v in config.variants}}
         held_all = _held_mask(cache, fold, y_all)
         for view in [eval_view, *[v for v in config.also_views if v != eval_view]]:
             found = [(j, row_of.get((keys[r], view))) for j, r in enumerate(fold.test)]

@@ -1,7 +1,6 @@
 """Tables and files of the generalisation benchmark (:mod:`clipdetect.eval.benchmark`)."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -11,7 +10,7 @@ import pandas as pd
 
 from clipdetect.core.escape import md_code, md_text
 from clipdetect.core.io import write_csv, write_json, write_text
-from clipdetect.core.tables import to_markdown
+from clipdetect.core.tables import records, to_markdown
 
 
 def _ci(draws: np.ndarray) -> Tuple[float, float]:
@@ -98,7 +97,7 @@ def save_benchmark(result: Dict[str, Any], out: str | Path, provenance: Dict[str
     ``scores.csv`` (every test image's logit under every detector, to recompute anything)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tables = {k: json.loads(result[k].to_json(orient="records")) for k in ("summary", "folds", "deltas")}
+    tables = {k: records(result[k]) for k in ("summary", "folds", "deltas")}
     paths = [out / n for n in ("benchmark.json", "benchmark.md", "folds.csv", "scores.csv", "benchmark_config.json")]
     write_json(paths[0], {"config": result["config"], "provenance": provenance, "eval_view": result["eval_view"],
                           "partial": result.get("partial"), **tables})

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from clipdetect.core.guards import reals_needed
 from clipdetect.core.metrics import brier_score, expected_calibration_error
 from clipdetect.eval.selection import split_params, split_rows
 from clipdetect.models.calibration import Calibration, fit_calibration
@@ -108,22 +109,20 @@ def calibrate_detector(detector, cache, *, target_fpr: Optional[float] = 0.01, m
                          "use --split val")
     params = split_params(detector, val=val, test=test, seed=split_seed)
     rows = split_rows(cache, split, params)
-    x = detector.features(cache, rows)
-    logits = np.asarray(detector.logits(x), dtype=np.float64).ravel()
+    logits = np.asarray(detector.logits(detector.features(cache, rows)), dtype=np.float64).ravel()
     result = calibrate_scores(logits, cache.labels(rows), target_fpr=target_fpr, method=method,
                               old=detector.calibration, old_threshold=float(detector.threshold))
     result.split = split
     detector.calibration = Calibration.from_json(result.calibration)
     detector.threshold = result.threshold
     if target_fpr is not None:
-        need = math.ceil(1.0 / target_fpr - 1e-9) if target_fpr > 0 else math.inf
+        need = reals_needed(target_fpr) if target_fpr > 0 else math.inf
         detector.threshold_target = {"metric": "fpr", "value": float(target_fpr), "on": f"{split} reals",
                                      "n_reals": result.n_val_real, "achieved_fpr": result.val_fpr,
                                      "resolved": bool(result.n_val_real >= need), "tpr": result.val_tpr,
                                      "set_by": "clipdetect calibrate"}
-    extra = dict(getattr(detector, "extra", None) or {})
-    extra["calibration"] = {**result.to_dict(), "cache": str(cache.root), **asdict(params)}
-    detector.extra = extra
+    calibration = {**result.to_dict(), "cache": str(cache.root), **asdict(params)}
+    detector.extra = {**(getattr(detector, "extra", None) or {}), "calibration": calibration}
     logger.info("calibrated on %d %s rows (%d real): %s, threshold P(fake) > %.6g (val FPR %.4f, TPR %.4f)",
                 result.n_val, split, result.n_val_real, detector.calibration.describe(), result.threshold,
                 result.val_fpr, result.val_tpr)

@@ -58,10 +58,8 @@ def paired_auc_draws(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0
 
     point = aucs(real, fake)
     rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for b in range(n_boot):
-        a = aucs(rng.choice(real, real.size), rng.choice(fake, fake.size))
-        diffs[b] = a[0] - a[1]
+    draws = (aucs(rng.choice(real, real.size), rng.choice(fake, fake.size)) for _ in range(n_boot))
+    diffs = np.array([a - b for a, b in draws], dtype=np.float64)
     return float(point[0]), float(point[1]), diffs
 
 
@@ -100,7 +98,6 @@ def compare_reports(reports: Dict[str, Any], *, n_boot: int = 1000, seed: int = 
         if name != reference:
             d = paired_auc_difference(base["label"], rep.scores["logit"], base["logit"], n_boot=n_boot,
                                       seed=seed)
-            row.update(delta_auc=d["delta_auc"], delta_auc_lo=d["delta_auc_lo"],
-                       delta_auc_hi=d["delta_auc_hi"], p_le_0=d["p_le_0"])
+            row.update({k: d[k] for k in ("delta_auc", "delta_auc_lo", "delta_auc_hi", "p_le_0")})
         rows.append(row)
     return pd.DataFrame(rows)

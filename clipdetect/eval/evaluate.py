@@ -12,10 +12,9 @@ split. Any other metadata column (``format``, ``width`` ...) groups rows as they
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -24,7 +23,7 @@ import pandas as pd
 
 from clipdetect.core.guards import guard
 from clipdetect.core.metrics import brier_score, evaluate_scores, expected_calibration_error, group_masks
-from clipdetect.core.tables import to_markdown
+from clipdetect.core.tables import records, to_markdown
 from clipdetect.core.escape import md_code, md_text
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.eval.selection import check_both_classes, choose_rows, split_params
@@ -37,21 +36,6 @@ TABLE_COLUMNS = ["group", "value", "vs", "n_real", "n_fake", "auc", "ap", "acc@0
                  "tpr@thr", "eer", "tpr@fpr=1%", "tpr@fpr=0.1%", "ece", "brier"]
 #: columns whose real rows are left out of the groups (reals are the shared reference)
 FAKE_ONLY_COLUMNS = ("generator",)
-
-
-@dataclass
-class EvalConfig:
-    """Options of one evaluation; saved as ``eval_config.json`` next to the metrics."""
-
-    detector: str = ""
-    cache: str = ""
-    split: str = "test"
-    by: List[str] = field(default_factory=lambda: ["generator"])
-    n_boot: int = 1000
-    seed: int = 0
-    val: Optional[float] = None  # split fractions; None: the detector's training values
-    test: Optional[float] = None
-    split_seed: Optional[int] = None
 
 
 def logit_threshold(detector) -> float:
@@ -79,7 +63,6 @@ def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
     """:func:`metrics.evaluate_scores` on logits plus, at the threshold (on the logit scale),
     ``fpr@thr`` (share of the selection's reals called fake) and ``tpr@thr`` (of its fakes), and
     ``ece`` and ``brier`` on ``probs``; a value its small-sample guard refuses is NaN."""
-    groups = groups or {}
     table = evaluate_scores(y, logits, groups=groups, threshold=threshold, n_boot=n_boot, seed=seed,
                             scores_are_probs=False, reference="real")
     extra = {"fpr@thr": [], "tpr@thr": [], "ece": [], "brier": []}
@@ -90,9 +73,7 @@ def score_table(y: np.ndarray, logits: np.ndarray, probs: np.ndarray, *,
         ece = expected_calibration_error(ym, probs[mask])
         extra["ece"].append(math.nan if guard("ece", {"n": int(mask.sum())}) else ece)
         extra["brier"].append(brier_score(ym, probs[mask]))
-    for key, values in extra.items():
-        table[key] = values
-    return table
+    return table.assign(**extra)
 
 
 def overall_row(table: pd.DataFrame) -> Dict[str, Any]:
@@ -107,7 +88,6 @@ class EvalReport:
     scores: pd.DataFrame  # key, label, group columns, logit, probability
 
     def to_markdown(self, *, digits: int = 3) -> str:
-        cols = [c for c in TABLE_COLUMNS if c in self.table.columns]
         c = self.config
         head = (f"Detector {md_code(c.get('detector'))} on cache {md_code(c.get('cache'))}, split "
                 f"{md_code(c.get('split'))} ({len(self.scores)} images); threshold P(fake) > {c.get('threshold'):.4g} "
@@ -115,11 +95,11 @@ class EvalReport:
                 f"{md_text(c.get('calibration_text'))}; 95% bootstrap CIs ({c.get('n_boot')} resamples).")
         if c.get("rows_note"):
             head += f"\n\n**Note:** {md_text(c['rows_note'])}."
-        return head + "\n\n" + to_markdown(self.table, columns=cols, digits=digits) + "\n"
+        return head + "\n\n" + to_markdown(self.table, columns=TABLE_COLUMNS, digits=digits) + "\n"
 
     def to_json(self) -> Dict[str, Any]:
         """The config and one record per table row (NaN → null), as ``metrics.json`` holds them."""
-        return {"config": self.config, "metrics": json.loads(self.table.to_json(orient="records"))}
+        return {"config": self.config, "metrics": records(self.table)}
 
     def save(self, out: str | Path) -> List[Path]:
         """Write metrics.json, metrics.csv, metrics.md and eval_config.json into ``out``."""
@@ -162,13 +142,11 @@ def evaluate_detector(detector, cache, *, split: str = "test", by: Sequence[str]
     y = cache.labels(rows)
     check_both_classes(y, f"split {split!r} of cache {str(cache.root)!r}")
     logits, probs = score_rows(detector, cache, rows)
-    groups = group_values(meta, list(by), y)
-    table = score_table(y, logits, probs, groups=groups, threshold=logit_threshold(detector),
-                        n_boot=n_boot, seed=seed)
+    table = score_table(y, logits, probs, groups=group_values(meta, list(by), y),
+                        threshold=logit_threshold(detector), n_boot=n_boot, seed=seed)
     names = names or {}
-    config = {**asdict(EvalConfig(detector=names.get("detector", ""),
-                                  cache=names.get("cache", str(cache.root)), split=split, by=list(by),
-                                  n_boot=n_boot, seed=seed)),
+    config = {"detector": names.get("detector", ""), "cache": names.get("cache", str(cache.root)),
+              "split": split, "by": list(by), "n_boot": n_boot, "seed": seed,
               "val": params.val, "test": params.test, "split_seed": params.seed,
               "threshold": float(detector.threshold), "threshold_target": detector.threshold_target,
               "calibration": detector.calibration.to_json(), "calibration_text": detector.calibration.describe(),

@@ -52,8 +52,7 @@ def detector_figures(detectors: Dict[str, Any], cache, *, split: str = "test", b
         scored[name] = (rows, used, y, logits, probs)
     first = next(iter(scored.values()))
     n_real, n_fake = int((first[2] == 0).sum()), int((first[2] == 1).sum())
-    names = ", ".join(detectors)
-    title = title or (f"{names} on {Path(str(cache.root)).name}, {first[1]} split "
+    title = title or (f"{', '.join(detectors)} on {Path(str(cache.root)).name}, {first[1]} split "
                       f"({n_real} real, {n_fake} fake)")
     curves = {n: roc_curves(detectors[n], cache, s[0], by=by, logits=s[3]) for n, s in scored.items()}
     thresholds = {n: float(d.logit_threshold) for n, d in detectors.items()}
@@ -93,7 +92,5 @@ def plot_detectors(detectors: Dict[str, Any], cache, out_dir: str | Path, *, spl
     from clipdetect.eval.plots import save_figure
 
     figures = detector_figures(detectors, cache, split=split, by=by, title=title)
-    paths: List[Path] = []
-    for name in FIGURES:
-        paths += save_figure(figures[name], Path(out_dir) / f"{prefix}{name}", formats=formats, dpi=dpi)
-    return paths
+    return [path for name in FIGURES for path in
+            save_figure(figures[name], Path(out_dir) / f"{prefix}{name}", formats=formats, dpi=dpi)]

@@ -65,11 +65,9 @@ def extract_condition(source: Source, out: Path, backbone: Backbone, *, batch_si
 
 def _evaluate_all(detectors: Mapping[str, Any], cache: FeatureCache, *, n_boot: int, seed: int,
                   extra: Dict[str, Any]) -> list:
-    rows = []
-    for name, det in detectors.items():
-        rep = evaluate_detector(det, cache, split="all", by=(), n_boot=n_boot, seed=seed)
-        rows.append({"detector": name, **extra, **overall_row(rep.table)})
-    return rows
+    reports = {name: evaluate_detector(det, cache, split="all", by=(), n_boot=n_boot, seed=seed)
+               for name, det in detectors.items()}
+    return [{"detector": name, **extra, **overall_row(rep.table)} for name, rep in reports.items()]
 
 
 def robustness_sweep(detectors: Mapping[str, Any], source: Source, work: str | Path, *,

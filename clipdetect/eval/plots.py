@@ -44,10 +44,7 @@ def subplots(*args, **kwargs):
 
 
 def new_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> Axes:
-    if ax is not None:
-        return ax
-    _, ax = plt.subplots(figsize=figsize)
-    return ax
+    return ax if ax is not None else plt.subplots(figsize=figsize)[1]
 
 
 def curve_colors(n: int) -> list:
@@ -73,8 +70,7 @@ def roc_band(y_true, scores, fpr, *, n_boot: int = ROC_BAND_BOOT, seed: int = 0)
     rng = np.random.default_rng(seed)
     tprs = np.stack([tpr_at_fpr(rng.choice(real, real.size), rng.choice(fake, fake.size), fpr)
                      for _ in range(n_boot)])
-    lo, hi = np.percentile(tprs, [2.5, 97.5], axis=0)
-    return lo, hi
+    return tuple(np.percentile(tprs, [2.5, 97.5], axis=0))
 
 
 def _threshold_for(thresholds: Thresholds, name: str) -> float | None:
@@ -90,8 +86,7 @@ def _draw_roc(ax: Axes, y_true, scores, *, label: str, log_fpr: bool, fpr_floor:
 
     On a log axis the curve starts at FPR = 1 / n_real (``fpr_floor`` when given): a smaller
     FPR is not resolved by the reals at hand, so nothing is drawn below it."""
-    y = np.asarray(y_true).ravel()
-    s = np.asarray(scores, dtype=float).ravel()
+    y, s = np.asarray(y_true).ravel(), np.asarray(scores, dtype=float).ravel()
     if np.unique(y).size < 2:
         logger.warning("ROC curve %r skipped: only one class present", label)
         return None

@@ -7,7 +7,6 @@ The image-level protocols (robustness sweeps, format-bias control) live in
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.eval.evaluate import evaluate_detector, logit_threshold, overall_row, score_rows, score_table
-from clipdetect.core.tables import to_markdown
+from clipdetect.core.tables import records, to_markdown
 from clipdetect.eval.format_bias import format_only_baseline
 from clipdetect.core.io import write_csv, write_json, write_text
 from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
@@ -66,12 +65,10 @@ def save_table(df: pd.DataFrame, out: str | Path, stem: str, *, columns: Optiona
     """Write ``<stem>.json`` (config + records), ``<stem>.csv`` and ``<stem>.md`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = json.loads(df.to_json(orient="records"))
     paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "md")]
-    write_json(paths[0], {"config": dict(config or {}), "rows": records})
+    write_json(paths[0], {"config": dict(config or {}), "rows": records(df)})
     write_csv(paths[1], df)
-    cols = [c for c in (columns or df.columns) if c in df.columns]
-    md = (f"# {title}\n\n" if title else "") + to_markdown(df, columns=cols) + "\n"
+    md = (f"# {title}\n\n" if title else "") + to_markdown(df, columns=columns or list(df.columns)) + "\n"
     write_text(paths[2], md + (f"\n{notes.strip()}\n" if notes else ""))
     return paths
 
@@ -100,9 +97,8 @@ def leave_one_generator_out(cache, *, feature_set: str = "image", config=None,
 
     config = config or TrainConfig()
     tr, va, te = SplitSpec.of(config).all(cache)
-    meta = cache.meta
     y = cache.labels()
-    gen = meta["generator"].astype(str).to_numpy()
+    gen = cache.meta["generator"].astype(str).to_numpy()
     fake_gens = sorted(set(gen[y == 1]))
     generators = list(generators) if generators else fake_gens
     unknown = set(generators) - set(fake_gens)
@@ -175,7 +171,6 @@ def cache_format_baseline(cache, *, config=None, n_boot: int = 1000, seed: int =
     s = SplitSpec.of(config).labels(cache)
     keep = np.isin(s, ("train", "test"))
     m = cache.meta.loc[keep, ["width", "height", "format", "mode"]].reset_index(drop=True)
-    m["format"], m["mode"] = m["format"].astype(str), m["mode"].astype(str)
-    m[["width", "height"]] = m[["width", "height"]].astype(float)
+    m = m.astype({"format": str, "mode": str, "width": float, "height": float})
     y = cache.labels()[keep]
     return format_only_baseline(m, y, train_mask=(s[keep] == "train"), n_boot=n_boot, seed=seed)

@@ -29,7 +29,7 @@ from clipdetect.core.guards import ci_note, guard
 from clipdetect.core.io import write_json, write_text
 from clipdetect.core.escape import md_code
 from clipdetect.core.metrics import reliability_table
-from clipdetect.core.tables import to_markdown
+from clipdetect.core.tables import records, to_markdown
 from clipdetect.eval.compare import baseline_probe, compare_reports
 from clipdetect.eval.evaluate import EvalReport, evaluate_detector
 from clipdetect.eval.figures import plot_detectors
@@ -63,10 +63,6 @@ class ReportConfig:
     formats: List[str] = field(default_factory=lambda: ["png"])
     #: also write report.html: one self-contained file, figures embedded (needs "png" in formats)
     html: bool = False
-
-
-def _records(df: pd.DataFrame) -> list:
-    return json.loads(df.to_json(orient="records"))
 
 
 def _logo(detector, cache, config: ReportConfig, train_config) -> Dict[str, Any]:
@@ -122,7 +118,7 @@ def _calibration(detector, ev: EvalReport, config: ReportConfig, figures: List[s
             "true_positives": int((fakes > detector.threshold).sum()), "n_fake": int(fakes.size),
             "fpr_at_threshold": float((reals > detector.threshold).mean()) if reals.size else float("nan"),
             "target_fpr": fitted.get("target_fpr"), "calibrated_on": fitted.get("split"),
-            "bins": _records(table), "figures": [f for f in figures if "reliability" in Path(f).name]}
+            "bins": records(table), "figures": [f for f in figures if "reliability" in Path(f).name]}
 
 
 def build_report(detector, cache, config: ReportConfig) -> Dict[str, Any]:
@@ -149,13 +145,13 @@ def build_report(detector, cache, config: ReportConfig) -> Dict[str, Any]:
     cal = _calibration(detector, ev, config, [str(f) for f in figures])
     table = ev.table
     payload = {"config": asdict(config), "evaluation": ev.config, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "per_generator": _records(table[table["group"].isin(["overall", "generator"])]),
-               "per_source": _records(table[table["group"] == "source"]),
+               "per_generator": records(table[table["group"].isin(["overall", "generator"])]),
+               "per_source": records(table[table["group"] == "source"]),
                "roc_figures": [str(p) for p in figures if "reliability" not in Path(p).name],
                "probe": {**{k: v for k, v in probe.items() if k != "table"},
-                         **({"rows": _records(probe["table"])} if "table" in probe else {})},
+                         **({"rows": records(probe["table"])} if "table" in probe else {})},
                "logo": {**{k: v for k, v in logo.items() if k != "table"},
-                        **({"rows": _records(logo["table"])} if "table" in logo else {})},
+                        **({"rows": records(logo["table"])} if "table" in logo else {})},
                "format_baseline": fmt, "calibration": cal}
     write_text(out / "report.json", json.dumps(payload, indent=2, default=str) + "\n")
     write_json(out / "report_config.json", asdict(config))
@@ -192,8 +188,7 @@ def render_markdown(payload: Dict[str, Any], ev: EvalReport, logo: Dict[str, Any
              to_markdown(gens, columns=GENERATOR_COLUMNS), ""]
     for name, text in (("roc.png", "ROC per generator with 95% bootstrap bands and the operating threshold"),
                        ("hist.png", "calibrated P(fake) by class with the threshold")):
-        fig = _rel(payload["roc_figures"], out, name)
-        if fig:
+        if fig := _rel(payload["roc_figures"], out, name):
             lines += [f"![{text}]({fig})", ""]
     sources = table[table["group"] == "source"].rename(columns={"value": "source"})
     if len(sources):
@@ -207,14 +202,14 @@ def render_markdown(payload: Dict[str, Any], ev: EvalReport, logo: Dict[str, Any
         lines += ["A logistic-regression probe fitted to convergence on the detector's train rows, scored on the "
                   f"same rows: AUC(detector) − AUC(probe) = {d['delta_auc']:+.4f} [{d['delta_auc_lo']:+.4f}, "
                   f"{d['delta_auc_hi']:+.4f}] (95% paired bootstrap CI; positive = the detector is better).", "",
-                  to_markdown(t, columns=[k for k in PROBE_COLUMNS if k in t], digits=4), ""]
+                  to_markdown(t, columns=PROBE_COLUMNS, digits=4), ""]
     else:
         lines += [f"Not run: {probe['skipped']}.", ""]
     lines += ["## Leave one generator out", ""]
     if "table" in logo:
         lines += ["Trained on all generators but one (the detector's training config), tested on the one left "
                   "out against the test reals; `in_auc`: the same detector on the generators it saw.", "",
-                  to_markdown(logo["table"], columns=[k for k in LOGO_COLUMNS if k in logo["table"]]), ""]
+                  to_markdown(logo["table"], columns=LOGO_COLUMNS), ""]
     else:
         lines += [f"Not run: {logo['skipped']}.", ""]
     lines += ["## Format-only baseline", ""]
@@ -250,7 +245,6 @@ def calibration_markdown(cal: Dict[str, Any], out: Path) -> List[str]:
              f"the threshold {cal['false_positives']} of {cal['n_real']} reals are called fake (FPR "
              f"{cal['fpr_at_threshold']:.4f}) and {cal['true_positives']} of {cal['n_fake']} fakes are caught.", "",
              to_markdown(pd.DataFrame(cal["bins"]), columns=["lo", "hi", "n", "mean_prob", "frac_fake"]), ""]
-    rel = _rel(cal["figures"], out)
-    if rel:
+    if rel := _rel(cal["figures"], out):
         lines += [f"![reliability diagram]({rel})", ""]
     return lines

@@ -79,8 +79,7 @@ def render_html(markdown: str, base: Path, *, title: str = "clipdetect report") 
                 j += 1
             body.append(_table(lines[i:j]))
             i = j
-        elif IMAGE_LINE.match(line):
-            m = IMAGE_LINE.match(line)
+        elif m := IMAGE_LINE.match(line):
             body.append(_figure(m["alt"], m["src"], base))
             i += 1
         else:
