@@ -35,6 +35,33 @@ def test_concurrent_images_share_a_batch_in_order():
     assert len(seen) == 1 and out[0][0].batch_size == 5  # one encoder call for all four requests
 
 
+def test_a_batch_waits_only_for_requests_announced_as_on_their_way():
+    seen: list = []
+    batcher = Batcher(None, None, max_batch=8, max_wait_ms=3000, score_fn=fake_scores(0.0, seen)).start()
+
+    async def request(data: bytes, delay: float):
+        await asyncio.sleep(delay)
+        items = batcher.enqueue([data])
+        batcher.announce(-1)  # queued: no longer on its way
+        return await batcher.results(items)
+
+    async def main():
+        batcher.announce(2)  # two admitted requests, the second one slower to arrive
+        t0 = time.perf_counter()
+        both = await asyncio.gather(request(b"a", 0.0), request(b"bb", 0.3))
+        t1 = time.perf_counter()
+        batcher.announce(1)
+        alone = await request(b"ccc", 0.0)
+        return both, alone, t1 - t0, time.perf_counter() - t1
+    try:
+        both, alone, s_both, s_alone = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert [len(b) for b in seen] == [2, 1] and both[0][0].batch_size == 2  # the batch waited for the second
+    assert alone[0].row["logit"] == 3.0
+    assert s_both < 2.0 and s_alone < 2.0  # neither waited out max_wait (3 s): nobody else was on the way
+
+
 def test_images_that_would_miss_their_deadline_are_not_encoded():
     seen: list = []
     batcher = Batcher(None, None, max_batch=16, max_wait_ms=100, score_fn=fake_scores(0.3, seen)).start()
@@ -62,8 +89,9 @@ def test_admission_refuses_when_the_queue_needs_more_than_the_timeout(tiny_backb
     from clipdetect.serve.app import Service
 
     service = Service(tiny_detector(tiny_backbone), tiny_backbone, ServeConfig(request_timeout=5, retry_after=1))
-    assert service.admit() is None and service.inflight == 1
-    service.release()
+    assert service.admit() is None and service.inflight == 1 and service.batcher.announced == 1
+    service.release(announced=True)
+    assert service.inflight == 0 and service.batcher.announced == 0
     service.batcher.sec_per_image = 2.0  # learnt from earlier batches
     service.batcher.running = 4  # 4 images being scored: 10 s for one more
     refused = service.admit()

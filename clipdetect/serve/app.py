@@ -78,10 +78,14 @@ class Service:
             return self.overloaded(f"the images queued need about {wait:.0f} s, more than request_timeout",
                                    "request_timeout", c.request_timeout, wait - c.request_timeout)
         self.inflight += 1
+        self.batcher.announce(1)
         return None
 
-    def release(self) -> None:
+    def release(self, announced: bool = False) -> None:
+        """The request admitted last is done (``announced``: before its images were queued)."""
         self.inflight -= 1
+        if announced:
+            self.batcher.announce(-1)
 
     def overloaded(self, why: str, limit: str, value: Any, wait: float = 0.0) -> ApiError:
         retry = max(self.config.retry_after, int(math.ceil(wait)))
@@ -136,6 +140,7 @@ async def score(request: Request) -> Response:
     if refused is not None:
         await body.discard()
         raise refused
+    announced = True  # admission told the batcher this request's images are on their way
     try:
         t0 = time.perf_counter()
         try:
@@ -145,9 +150,11 @@ async def score(request: Request) -> Response:
                 await body.discard()
             raise
         t1 = time.perf_counter()
+        items = service.batcher.enqueue([u.data for u in uploads], t0 + c.request_timeout)
+        service.batcher.announce(-1)
+        announced = False
         try:
-            scored = await asyncio.wait_for(service.batcher.score([u.data for u in uploads], t0 + c.request_timeout),
-                                            max(0.001, c.request_timeout - (t1 - t0)))
+            scored = await asyncio.wait_for(service.batcher.results(items), max(0.001, c.request_timeout - (t1 - t0)))
         except Overdue as exc:
             raise service.overloaded(f"the images queued ahead would not be scored within request_timeout ({exc})",
                                      "request_timeout", c.request_timeout, exc.wait) from None
@@ -162,7 +169,7 @@ async def score(request: Request) -> Response:
                                                                   "total_ms": (t2 - t0) * 1e3})
         return JSONResponse(payload, status_code=status)
     finally:
-        service.release()
+        service.release(announced)
 
 
 async def model(request: Request) -> Response:

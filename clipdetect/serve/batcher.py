@@ -2,7 +2,8 @@
 
 Requests put their images on one queue; each image is decoded and preprocessed as it arrives,
 on a pool of ``decode_workers`` threads, while a single worker thread takes the first waiting
-image, gathers more for at most ``max_wait_ms`` (or until ``max_batch``), and encodes and scores
+image, gathers more for at most ``max_wait_ms`` (or until ``max_batch``, or at once when no
+admitted request's images are still on their way: :meth:`Batcher.announce`), and encodes and scores
 the lot on the service's one backbone (:class:`~clipdetect.models.predict.ImageScorer`: the
 package's decode → preprocess → encode → head path, with the decoder's ``max_pixels`` /
 ``max_aspect`` limits) — so a served score equals ``clipdetect predict``'s. While a batch runs,
@@ -132,6 +133,7 @@ class Batcher:
         self.thread: Optional[threading.Thread] = None
         self.sec_per_image: Optional[float] = None  # moving average over recent batches
         self.running = 0  # images in the batch being scored
+        self.announced: Optional[int] = None  # admitted requests not queued yet (None: not told)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "Batcher":
@@ -165,11 +167,21 @@ class Batcher:
         return (self.depth + self.running + n_new) * self.sec_per_image * MARGIN
 
     # ---------------------------------------------------------------- request side
+    def announce(self, n: int = 1) -> None:
+        """``n`` more admitted requests will queue images soon (-``n``: they queued theirs, or never
+        will). Once told, a batch starts without waiting ``max_wait`` when the queue is empty and
+        no announced request is still on its way."""
+        self.announced = max(0, (self.announced or 0) + n)
+
     async def score(self, images: List[bytes], deadline: Optional[float] = None) -> List[Scored]:
         """Scores of ``images`` (encoded bytes) in order; cancelling abandons those not yet batched.
 
         ``deadline`` (a ``time.perf_counter()`` time): an image that recent batches say cannot
         be scored by then is not encoded at all, and :class:`Overdue` is raised."""
+        return await self.results(self.enqueue(images, deadline))
+
+    def enqueue(self, images: List[bytes], deadline: Optional[float] = None) -> List[_Item]:
+        """Queue ``images`` now (their decoding starts on the pool); :meth:`results` awaits them."""
         if self.thread is None:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
@@ -178,6 +190,11 @@ class Batcher:
         items = [_Item(data, loop.create_future(), loop, deadline) for data in images]
         for item in items:
             self.queue.put(item)
+        return items
+
+    @staticmethod
+    async def results(items: List[_Item]) -> List[Scored]:
+        """The scores of queued ``items`` in order; cancelling abandons those not yet batched."""
         try:
             return list(await asyncio.gather(*(item.future for item in items)))
         except BaseException:
@@ -200,8 +217,9 @@ class Batcher:
         until = time.perf_counter() + self.max_wait
         while len(batch) < self.max_batch:
             try:
-                item = self.queue.get(timeout=max(0.0, until - time.perf_counter()))
-            except queue.Empty:
+                item = self.queue.get_nowait() if self.announced == 0 else \
+                    self.queue.get(timeout=max(0.0, until - time.perf_counter()))
+            except queue.Empty:  # nothing queued, and no admitted request is on its way
                 break
             if item is None:  # stop after this batch
                 self.queue.put(None)

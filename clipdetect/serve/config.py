@@ -36,7 +36,8 @@ class ServeConfig:
     max_connections: Optional[int] = None
     #: images per encoder batch across requests (dynamic batching)
     max_batch: int = 32
-    #: milliseconds the batcher waits for more images after the first one arrives
+    #: milliseconds the batcher waits at most for more images after the first one arrives (none
+    #: when every admitted request's images are queued already)
     max_wait_ms: float = 5.0
     #: the Retry-After header (seconds) of 503 answers
     retry_after: int = 1
