@@ -29,7 +29,8 @@ def data_root(given: Optional[str | os.PathLike] = None) -> Path:
     """``given`` (a ``--data`` value), else ``$CLIPDETECT_DATA``; a clear error when neither is set."""
     root = given or os.environ.get(DATA_ENV)
     if not root:
-        raise SystemExit(f"name the data folder with --data DIR or the {DATA_ENV} environment variable")
+        raise SystemExit(f"name the data folder with the {DATA_ENV} environment variable "
+                         "(or --data DIR where the script has that option; see its --help)")
     return Path(root)
 
 
