@@ -109,10 +109,12 @@ class RssSampler(threading.Thread):
 
     def run(self):
         while not self.stop_flag.is_set():
-            try:
-                self.samples.append((time.perf_counter() - self.t0, self.proc.memory_info().rss))
+            try:  # the server and its worker processes (serve --workers)
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs)
             except psutil.Error:
                 return
+            self.samples.append((time.perf_counter() - self.t0, rss))
             time.sleep(self.every)
 
     def now(self) -> float:
@@ -286,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-request", type=int, default=1,
                     help="images per request in the load and recovery phases (1: raw body; more: multipart)")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of both predict and the server (default: unset)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="the server's --workers (limits are per worker: overload sends 4 x workers x max-concurrent)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra clipdetect serve option (repeat)")
     args = ap.parse_args(argv)
     args.images = args.images or cifake_parquet()
@@ -301,7 +305,7 @@ def main(argv=None) -> int:
     print("predict", json.dumps(out["predict"]), flush=True)
     port = free_port()
     proc = start_server(args.detector, port, ["--max-concurrent", str(args.max_concurrent), "--max-batch",
-                                              str(args.batch_size), *args.server_arg], tmp / "server.log")
+                                              str(args.batch_size), "--workers", str(args.workers), *args.server_arg], tmp / "server.log")
     rss = RssSampler(proc.pid)
     rss.start()
     try:
@@ -312,7 +316,7 @@ def main(argv=None) -> int:
         k = {"per_request": args.per_request, "honour": True, "seconds": args.phase_seconds}
         for name, kw in (("load", k), ("overload", {"seconds": args.overload_seconds, "retry_503": True,
                                                     "cycle": True}), ("recovery", k)):
-            clients = 4 * args.max_concurrent if name == "overload" else args.clients
+            clients = 4 * args.workers * args.max_concurrent if name == "overload" else args.clients
             if name == "recovery":
                 out["backlog_drained_seconds"] = wait_idle(port)
             res = phase(port, blobs, clients, rss, **kw)

@@ -183,6 +183,13 @@ def test_config_and_cli_errors(det, tmp_path, monkeypatch, capsys):
 
     with pytest.raises(ValueError, match="max_images must be >= 1"):
         ServeConfig(max_images=0)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        ServeConfig(workers=0)
+    from clipdetect.serve.server import worker_threads
+
+    assert worker_threads(ServeConfig(), None) is None  # one process: torch's choice
+    assert worker_threads(ServeConfig(workers=2), 3) == 3  # --threads wins
+    assert worker_threads(ServeConfig(workers=2), None) == max(1, (os.cpu_count() or 1) // 2)
     det.save(tmp_path / "det")
     monkeypatch.setitem(serve_pkg.EXTRA_MODULES, "clipdetect_absent_module", "absent-dist")
     assert main(["serve", str(tmp_path / "det")]) == 2
@@ -200,16 +207,24 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow  # a real server process, stopped by a signal
-def test_cli_server_drains_a_request_in_flight_on_sigterm(det, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_server_drains_a_request_in_flight_on_sigterm(det, tmp_path, workers):
+    import psutil
+
     det.save(tmp_path / "det")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "clipdetect", "serve", str(tmp_path / "det"), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "clipdetect", "serve", str(tmp_path / "det"), "--port", str(port),
+                             "--workers", str(workers)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.time() + 90
         while get_status(port) != 200:
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-2000:]
             time.sleep(0.2)
+        if workers > 1:  # a supervisor and its workers, all serving the same port
+            kids = [" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children()]
+            assert sum("resource_tracker" not in k for k in kids) == workers, kids
+            assert get_json(f"http://127.0.0.1:{port}/v1/model")[1]["limits"]["workers"] == workers
         data = png(9)
         head = (f"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(data)}\r\n"
                 "Connection: close\r\n\r\n").encode()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from clipdetect.cli.main import CLIError
-from clipdetect.cli.options import add_command, add_device_arg, add_threads_arg, config_of, set_threads
+from clipdetect.cli.options import add_command, add_device_arg, add_threads_arg, config_of
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
@@ -65,6 +65,9 @@ def add_parser(sub) -> None:
                    help=f"images per encoder batch across requests (default {d.max_batch})")
     q.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
                    help=f"wait for more images after the first (default {d.max_wait_ms:g})")
+    q.add_argument("--workers", type=int, default=d.workers, metavar="N",
+                   help=f"server processes on the port, each with its own model copy, batcher, limits and "
+                        f"/metrics; --threads defaults to the CPUs shared among them (default {d.workers})")
     p.set_defaults(func=run_serve)
 
 
@@ -78,22 +81,19 @@ def run_serve(args) -> int:
     except MissingExtra as exc:
         raise CLIError(str(exc)) from None
     from clipdetect.core.device import check_device
-    from clipdetect.models.detector import load_detector
-    from clipdetect.models.predict import check_text_tower, resolve_backbone
     from clipdetect.serve.config import ServeConfig
-    from clipdetect.serve.server import serve
+    from clipdetect.serve.server import load_served, servable, serve, serve_workers, worker_threads
 
     config = config_of(ServeConfig, args, max_aspect=args.max_aspect or None)
-    set_threads(args)
     if config.report and not Path(config.report).is_file():
         raise CLIError(f"--report {config.report!r} is not a file (write one with clipdetect report ... "
                        "--format html)")
-    det = load_detector(args.detector)
-    if det.feature_set != "image":
-        raise CLIError(f"the service scores images without captions, but {args.detector!r} uses "
-                       f"{det.feature_set!r} features; serve an image-feature detector")
-    backbone = resolve_backbone(det, args.backbone, device=check_device(args.device), precision=args.precision,
-                                weights=args.weights)
-    check_text_tower(det, backbone)
+    load = dict(backbone=args.backbone, weights=args.weights, device=check_device(args.device),
+                precision=args.precision, threads=worker_threads(config, args.threads))
+    if config.workers > 1:
+        servable(args.detector)  # a bad bundle fails here, not in every worker
+        serve_workers(dict(detector=args.detector, **load), config, name=args.detector, log_level="info")
+        return 0
+    det, backbone = load_served(args.detector, **load)
     serve(det, backbone, config, name=args.detector, log_level="info")
     return 0

@@ -39,13 +39,16 @@ class ServeConfig:
     #: milliseconds the batcher waits at most for more images after the first one arrives (none
     #: when every admitted request's images are queued already)
     max_wait_ms: float = 5.0
+    #: server processes sharing the port, each with its own copy of the model, batcher, limits
+    #: and /metrics (requests from many clients then use more than one core's Python)
+    workers: int = 1
     #: the Retry-After header (seconds) of 503 answers
     retry_after: int = 1
     #: a self-contained HTML report (``clipdetect report --format html``) shown at /report
     report: Optional[str] = None
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_images", "max_pixels", "max_concurrent", "max_batch"):
+        for name in ("max_body_bytes", "max_images", "max_pixels", "max_concurrent", "max_batch", "workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("read_timeout", "request_timeout"):
