@@ -7,6 +7,7 @@ from clipdetect.cli.options import add_command, add_device_arg, add_threads_arg,
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
   clipdetect serve runs/det --port 9000 --report runs/det/report/report.html
+  clipdetect serve runs/det --workers 2                  # two processes: many clients, few images each
   curl -F image=@photo.jpg -F image=@other.png http://127.0.0.1:8000/v1/score
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/v1/score
   curl http://127.0.0.1:8000/v1/model                    # model card and limits
