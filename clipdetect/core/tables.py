@@ -15,7 +15,8 @@ from clipdetect.core.metrics import COUNTS
 
 def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
     v = df[col].iloc[i]
-    why = guard(col, {k: df[k].iloc[i] for k in COUNTS if k in df})
+    counts = {k: df[k].iloc[i] for k in COUNTS if k in df}
+    why = guard(col, counts)
     if why:  # e.g. the smallest non-zero FPR, 1 / n_real, is coarser than the target
         return f"n/a ({why})"
     if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
@@ -26,7 +27,6 @@ def _cell(df: pd.DataFrame, i: int, col: str, digits: int) -> str:
         text = f"{v:.{digits}f}"
         if f"{col}_lo" in df and f"{col}_hi" in df:
             lo, hi = df[f"{col}_lo"].iloc[i], df[f"{col}_hi"].iloc[i]
-            counts = {k: df[k].iloc[i] for k in COUNTS if k in df}
             text += f" [{lo:.{digits}f}, {hi:.{digits}f}]{ci_note(lo, hi, counts)}"
         return text
     return md_text(v)

@@ -82,7 +82,8 @@ class Service:
         return None
 
     def release(self, announced: bool = False) -> None:
-        """The request admitted last is done (``announced``: before its images were queued)."""
+        """An admitted request is done; ``announced``: it ended before its images were queued, so
+        the batcher stops expecting them."""
         self.inflight -= 1
         if announced:
             self.batcher.announce(-1)
