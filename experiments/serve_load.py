@@ -126,32 +126,104 @@ class RssSampler(threading.Thread):
                 "samples": len(mb)} if mb else {}
 
 
-def post(conn: http.client.HTTPConnection, data):
-    """One request: raw body for one image, multipart for a tuple of images."""
+def request_body(data):
+    """``(body, content type)``: the raw body for one image, multipart for a tuple of images."""
     if isinstance(data, tuple):
-        body = serve_attacks.multipart([(f"{i}.jpg", d) for i, d in enumerate(data)])
-        ctype = f"multipart/form-data; boundary={serve_attacks.BOUNDARY}"
-    else:
-        body, ctype = data, "image/jpeg"
-    conn.request("POST", "/v1/score", body=body, headers={"Content-Type": ctype})
-    resp = conn.getresponse()
-    return resp.status, resp.getheader("Retry-After"), resp.read()
+        return (serve_attacks.multipart([(f"{i}.jpg", d) for i, d in enumerate(data)]),
+                f"multipart/form-data; boundary={serve_attacks.BOUNDARY}")
+    return data, "image/jpeg"
+
+
+class StdlibConnection:
+    """``http.client`` keep-alive connection (``--client stdlib``)."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def post(self, data):
+        body, ctype = request_body(data)
+        return self.send("POST", "/v1/score", body, {"Content-Type": ctype})
+
+    def get(self, path: str):
+        return self.send("GET", path, None, {})
+
+    def send(self, method: str, path: str, body, headers):
+        self.conn.request(method, path, body=body, headers=headers)
+        resp = self.conn.getresponse()
+        return resp.status, resp.getheader("Retry-After"), resp.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class LeanConnection:
+    """A minimal keep-alive HTTP/1.1 client (``--client lean``, the default): one ``sendall`` per
+    request and the answer read by its Content-Length. The clients share the server's CPU on this
+    machine, and ``http.client`` spends several times more of it per request, CPU the server would
+    otherwise have (each phase records ``client_cpu_seconds``). Reconnects after ``Connection:
+    close``; an answer without Content-Length (chunked) is not expected from the server and raises."""
+
+    def __init__(self, port: int):
+        self.port, self.sock, self.buf = port, None, b""
+
+    def post(self, data):
+        body, ctype = request_body(data)
+        return self.send(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (ctype.encode(), len(body), body))
+
+    def get(self, path: str):
+        return self.send(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+
+    def send(self, request: bytes):
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=120)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buf = b""
+        self.sock.sendall(request)
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._recv()
+        lines = self.buf[:end].decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        if "content-length" not in headers:
+            raise http.client.HTTPException(f"an answer without Content-Length: {lines[0]!r}")
+        n, self.buf = int(headers["content-length"]), self.buf[end + 4:]
+        while len(self.buf) < n:
+            self._recv()
+        answer, self.buf = self.buf[:n], self.buf[n:]
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(lines[0].split(" ", 2)[1]), headers.get("retry-after"), answer
+
+    def _recv(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buf += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+CLIENTS = {"lean": LeanConnection, "stdlib": StdlibConnection}
 
 
 def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), retry_503: bool = False,
-                stop_on_error: bool = False, honour: bool = False):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                stop_on_error: bool = False, honour: bool = False, client: str = "lean"):
+    connect = CLIENTS[client]
+    conn = connect(port)
     for data in jobs:
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             try:
-                status, retry_after, body = post(conn, data)
+                status, retry_after, body = conn.post(data)
             except (OSError, http.client.HTTPException) as exc:
                 results.append(("conn_error", time.perf_counter() - t0, type(exc).__name__, None))
                 conn.close()
                 if stop_on_error:
                     return
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                conn = connect(port)
                 break
             results.append((status, time.perf_counter() - t0, retry_after, body if status != 200 else None))
             if status == 503 and retry_503:  # an abusive client: again after 50 ms
@@ -160,7 +232,7 @@ def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), r
             if status == 503 and honour:  # a polite client: again after Retry-After, on a fresh connection
                 time.sleep(min(float(retry_after or 1), max(0.0, stop_at - time.perf_counter())))
                 conn.close()  # the server closes keep-alive connections idle for 5 s
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                conn = connect(port)
                 continue
             break
         if time.perf_counter() >= stop_at:
@@ -170,7 +242,7 @@ def client_loop(port: int, jobs, results: List, stop_at: float = float("inf"), r
 
 def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, seconds: float = float("inf"),
           repeat: int = 1, retry_503: bool = False, per_request: int = 1, honour: bool = False,
-          cycle: bool = False) -> Dict[str, Any]:
+          cycle: bool = False, client: str = "lean") -> Dict[str, Any]:
     jobs = [[] for _ in range(clients)]
     k = per_request
     units = [blobs[i] if k == 1 else tuple(blobs[i:i + k]) for i in range(0, len(blobs), k)]
@@ -180,7 +252,7 @@ def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, secon
     t_rss, cpu0, t0 = rss.now(), time.process_time(), time.perf_counter()
     stop_at = t0 + seconds
     threads = [threading.Thread(target=client_loop, args=(port, _cycle(j) if cycle else iter(j), results, stop_at,
-                                                          retry_503, False, honour)) for j in jobs]
+                                                          retry_503, False, honour, client)) for j in jobs]
     for t in threads:
         t.start()
     for t in threads:
@@ -203,24 +275,21 @@ def phase(port: int, blobs: List[bytes], clients: int, rss: RssSampler, *, secon
             error_codes[code] = error_codes.get(code, 0) + 1
     return {"clients": clients, "requests": len(results), "status_codes": codes, "error_codes": error_codes,
             "images_scored": images_ok, "seconds": round(wall, 3),
-            "images_per_request": per_request,
+            "images_per_request": per_request, "client": client,
             "images_per_second": round(images_ok / wall, 3), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1), "503_without_retry_after": bad_503,
             "client_cpu_seconds": round(time.process_time() - cpu0, 2), **rss.between(t_rss, rss.now()),
             "_results": results}
 
 
-def http_ceiling(port: int, clients: int, seconds: float) -> Dict[str, Any]:
+def http_ceiling(port: int, clients: int, seconds: float, client: str = "lean") -> Dict[str, Any]:
     """Requests/s of ``GET /healthz`` from ``clients`` keep-alive clients for ``seconds``."""
     counts, stop_at = [0] * clients, time.perf_counter() + seconds
 
     def loop(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = CLIENTS[client](port)
         while time.perf_counter() < stop_at:
-            conn.request("GET", "/healthz")
-            resp = conn.getresponse()
-            resp.read()
-            counts[i] += resp.status == 200
+            counts[i] += conn.get("/healthz")[0] == 200
         conn.close()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
@@ -229,7 +298,7 @@ def http_ceiling(port: int, clients: int, seconds: float) -> Dict[str, Any]:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {"clients": clients, "requests_ok": sum(counts), "seconds": round(wall, 3),
+    return {"clients": clients, "client": client, "requests_ok": sum(counts), "seconds": round(wall, 3),
             "requests_per_second": round(sum(counts) / wall, 1)}
 
 
@@ -249,10 +318,11 @@ def _cycle(items):
         yield from items
 
 
-def sigterm_phase(proc: subprocess.Popen, port: int, blobs: List[bytes], clients: int) -> Dict[str, Any]:
+def sigterm_phase(proc: subprocess.Popen, port: int, blobs: List[bytes], clients: int,
+                  client: str = "lean") -> Dict[str, Any]:
     results: List = []
     threads = [threading.Thread(target=client_loop, args=(port, _cycle(blobs[i::clients]), results,
-                                                          time.perf_counter() + 20, False, True))
+                                                          time.perf_counter() + 20, False, True, False, client))
                for i in range(clients)]
     for t in threads:
         t.start()
@@ -290,6 +360,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of both predict and the server (default: unset)")
     ap.add_argument("--workers", type=int, default=1,
                     help="the server's --workers (limits are per worker: overload sends 4 x workers x max-concurrent)")
+    ap.add_argument("--client", choices=sorted(CLIENTS), default="lean",
+                    help="the load clients' HTTP code: lean (default; little CPU per request) or stdlib (http.client)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra clipdetect serve option (repeat)")
     args = ap.parse_args(argv)
     args.images = args.images or cifake_parquet()
@@ -309,13 +381,13 @@ def main(argv=None) -> int:
     rss = RssSampler(proc.pid)
     rss.start()
     try:
-        phase(port, blobs[: args.clients], args.clients, rss, honour=True)  # warm-up
+        phase(port, blobs[: args.clients], args.clients, rss, honour=True, client=args.client)  # warm-up
         if args.ceiling_seconds > 0:
-            out["http_ceiling"] = http_ceiling(port, args.clients, args.ceiling_seconds)
+            out["http_ceiling"] = http_ceiling(port, args.clients, args.ceiling_seconds, args.client)
             print("http_ceiling", json.dumps(out["http_ceiling"]), flush=True)
-        k = {"per_request": args.per_request, "honour": True, "seconds": args.phase_seconds}
+        k = {"per_request": args.per_request, "honour": True, "seconds": args.phase_seconds, "client": args.client}
         for name, kw in (("load", k), ("overload", {"seconds": args.overload_seconds, "retry_503": True,
-                                                    "cycle": True}), ("recovery", k)):
+                                                    "cycle": True, "client": args.client}), ("recovery", k)):
             clients = 4 * args.workers * args.max_concurrent if name == "overload" else args.clients
             if name == "recovery":
                 out["backlog_drained_seconds"] = wait_idle(port)
@@ -333,12 +405,12 @@ def main(argv=None) -> int:
         out["hostile"] = {"all_as_expected": all(a.ok for a in attacks), "healthy_after_each":
                           all(a.healthy_after for a in attacks), **rss.between(t_rss, rss.now()),
                           "attacks": serve_attacks.as_records(attacks)}
-        after = phase(port, blobs[: args.clients], args.clients, rss, honour=True)
+        after = phase(port, blobs[: args.clients], args.clients, rss, honour=True, client=args.client)
         out["after_hostile"] = {k: v for k, v in after.items() if k != "_results"}
         rss.stop_flag.set()
         out["rss_mb_over_run"] = [[round(t, 1), round(r / 2 ** 20, 1)] for t, r in rss.samples[:: max(1, len(
             rss.samples) // 60)]]
-        out["sigterm"] = sigterm_phase(proc, port, blobs, 8)
+        out["sigterm"] = sigterm_phase(proc, port, blobs, 8, args.client)
     finally:
         rss.stop_flag.set()
         if proc.poll() is None:

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from clipdetect.models.predictions import SCORE_COLUMNS
 
@@ -72,6 +72,11 @@ def _settle(future: asyncio.Future, value: Any) -> None:
         future.set_exception(value)
     else:
         future.set_result(value)
+
+
+def _settle_all(pairs: List[Tuple[asyncio.Future, Any]]) -> None:
+    for future, value in pairs:
+        _settle(future, value)
 
 
 def _prepared(data: Any) -> Any:
@@ -272,8 +277,11 @@ class Batcher:
         self.sec_per_image = spi if self.sec_per_image is None else 0.7 * self.sec_per_image + 0.3 * spi
         if self.on_batch is not None:
             self.on_batch(len(batch), seconds)
+        by_loop: Dict[asyncio.AbstractEventLoop, List[Tuple[asyncio.Future, Any]]] = {}
         for item, res in zip(batch, results):
             value = res if isinstance(res, BaseException) else Scored(
                 row=res, queue_ms=(start - item.enqueued) * 1000.0, batch_ms=seconds * 1000.0,
                 batch_size=len(batch))
-            item.loop.call_soon_threadsafe(_settle, item.future, value)
+            by_loop.setdefault(item.loop, []).append((item.future, value))
+        for loop, pairs in by_loop.items():  # one wake-up of each event loop per batch, not per image
+            loop.call_soon_threadsafe(_settle_all, pairs)
