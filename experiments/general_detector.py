@@ -1,7 +1,7 @@
 """Train the shipped general detector on the whole corpus, with a threshold that holds on new photos.
 
     python experiments/general_detector.py CACHE --benchmark DIR --manifest MANIFEST.csv \\
-        --out clipdetect/models/shipped/general-b16 [--variant full] [--target-fpr 0.05]
+        --out clipdetect/models/shipped/general-b16 [--variant views] [--rule worst --target-fpr 0.10]
 
 * **Configuration**: the benchmark variant (``--variant``; default: the one with the best mean
   leave-one-source-out AUC in ``DIR/benchmark.json``), trained exactly as the benchmark trains
@@ -11,8 +11,10 @@
   on photos from a new source. The leave-one-source-out folds of the benchmark show by how
   much: for each fold, the held-out source's real photos' logits minus the fold detector's own
   threshold (both on the logit scale). The shipped threshold is the final detector's own, moved
-  by the shift that makes the *mean over held-out sources* of the false-positive rate equal
-  ``--target-fpr`` on those out-of-source margins. Nothing is chosen on test rows.
+  by the smallest shift at which the false-positive rate on those out-of-source margins is at
+  most ``--target-fpr`` in *every* held-out source (``--rule worst``, the default: a new photo
+  collection is one source, and its users see that source's rate, not an average) or on
+  average over them (``--rule mean``). Nothing is chosen on test rows.
 * **Model card**: sources, licences, feature set, the benchmark's numbers, limits; written into
   ``detector.json`` (``extra.card``) and ``MODEL_CARD.md``.
 
@@ -71,41 +73,50 @@ def fold_margins(bench_dir: Path, variant: str, view: str | None = None) -> Dict
     return out
 
 
-def shift_for(margins: Dict[str, np.ndarray], target_fpr: float) -> float:
-    """The smallest logit shift >= 0 whose mean over sources of the real photos' FPR is <= target."""
+#: how the per-source false-positive rates of the held-out sources' reals are combined
+RULES = {"mean": np.mean, "worst": np.max}
+RULE_WORDS = {"mean": "mean over sources of the", "worst": "largest per-source"}
+
+
+def shift_for(margins: Dict[str, np.ndarray], target_fpr: float, rule: str = "mean") -> float:
+    """The smallest logit shift >= 0 at which the real photos' FPR is <= target: on average over
+    the sources (``rule="mean"``) or in every source (``"worst"``)."""
+    combine = RULES[rule]
     grid = np.unique(np.concatenate([np.zeros(1), *margins.values()]))
     for s in grid[grid >= 0]:
-        if np.mean([(m > s).mean() for m in margins.values()]) <= target_fpr:
+        if combine([(m > s).mean() for m in margins.values()]) <= target_fpr:
             return float(s)
     return float(grid.max())
 
 
-def loso_shift(bench_dir: Path, variant: str, target_fpr: float) -> Dict[str, Any]:
-    """The logit shift s such that the mean over held-out sources of P(real logit − fold threshold > s)
-    is at most ``target_fpr``, from the benchmark's leave-one-source-out scores; and the honest
+def loso_shift(bench_dir: Path, variant: str, target_fpr: float, rule: str = "mean") -> Dict[str, Any]:
+    """The logit shift s such that the mean (``rule="mean"``) or the largest (``"worst"``) over
+    held-out sources of P(real logit − fold threshold > s) is at most ``target_fpr``, from the
+    benchmark's leave-one-source-out scores; and the honest
     estimate of what it does on a new source: for each source, the shift chosen *without* it
     (the other sources' folds), applied to its reals (FPR) and fakes (TPR)."""
     per = fold_margins(bench_dir, variant)
     reals = {k: v["real"] for k, v in per.items() if len(v["real"])}
     if not reals:
         raise ValueError(f"no leave-one-source-out fold with real photos for variant {variant!r}")
-    shift = shift_for(reals, target_fpr)
+    shift = shift_for(reals, target_fpr, rule)
     mean_fpr = lambda sh: float(np.mean([(m > sh).mean() for m in reals.values()]))  # noqa: E731
     loo = {}
     for src, v in per.items():
         others = {k: m for k, m in reals.items() if k != src}
-        s = shift_for(others, target_fpr) if others else shift
+        s = shift_for(others, target_fpr, rule) if others else shift
         loo[src] = {"shift": s, "fpr": float((v["real"] > s).mean()) if len(v["real"]) else None,
                     "tpr": float((v["fake"] > s).mean()) if len(v["fake"]) else None,
                     "tpr_unshifted": float((v["fake"] > 0).mean()) if len(v["fake"]) else None}
     fprs = [r["fpr"] for r in loo.values() if r["fpr"] is not None]
     tprs = [r["tpr"] for r in loo.values() if r["tpr"] is not None]
     tpr0 = [r["tpr_unshifted"] for r in loo.values() if r["tpr_unshifted"] is not None]
-    return {"method": "leave-one-source-out margin", "target_mean_fpr": target_fpr, "shift_logit": shift,
+    return {"method": "leave-one-source-out margin", "rule": rule, "target_fpr": target_fpr, "shift_logit": shift,
             "sources": sorted(reals), "mean_fpr_before": mean_fpr(0.0), "mean_fpr_after": mean_fpr(shift),
             "per_source_after": {k: float((m > shift).mean()) for k, m in reals.items()},
             "n_reals": {k: int(len(m)) for k, m in reals.items()},
             "cross_validated": {"per_source": loo, "mean_fpr": float(np.mean(fprs)), "max_fpr": float(np.max(fprs)),
+                                "n_sources": len(fprs), "n_above_target": int(sum(f > target_fpr for f in fprs)),
                                 "mean_tpr": float(np.mean(tprs)) if tprs else None,
                                 "mean_tpr_unshifted": float(np.mean(tpr0)) if tpr0 else None}}
 
@@ -160,8 +171,9 @@ LIMITS = [
     "Trained on at most a few hundred images per generator from public sample folders; generators and "
     "photo sources unlike these (new model families, heavy editing, screenshots, scans) may score "
     "anywhere: check its false-positive rate on your own real photos before relying on it.",
-    "The threshold targets a mean false-positive rate on real photos from sources it never saw; a "
-    "given collection can be well above or below it (see the per-source numbers above).",
+    "The threshold targets a false-positive rate on real photos from sources it never saw, measured "
+    "on the corpus's photo collections; a new collection can still be above it (see the per-source "
+    "numbers in threshold_rule.json), and the low false-alarm rate costs recall.",
     "Content confounds remain: generated art has no real counterpart in the corpus, so real paintings "
     "and illustrations are likely to be called generated.",
     "Scores are probabilities calibrated on the corpus's validation rows, not on your data.",
@@ -176,7 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--name", default="general-b16")
     p.add_argument("--variant", help="benchmark variant to ship (default: best mean leave-one-source-out AUC)")
-    p.add_argument("--target-fpr", type=float, default=0.05, help="mean FPR on held-out sources' reals")
+    p.add_argument("--target-fpr", type=float, default=0.10, help="FPR on held-out sources' reals (see --rule)")
+    p.add_argument("--rule", choices=sorted(RULES), default="worst",
+                   help="worst: every held-out source's reals at or below --target-fpr; mean: their average")
     p.add_argument("--sources", help="train on these sources only (comma-separated; default all)")
     p.add_argument("--lofo", help="folder of a leave-one-family-out benchmark run, for the card")
     args = p.parse_args(argv)
@@ -199,13 +213,13 @@ def main(argv=None) -> int:
     det = train_variant(cache, fold, variant, config, views)
     from clipdetect.eval.evaluate import logit_threshold
 
-    rule = loso_shift(bench_dir, variant, args.target_fpr)
+    rule = loso_shift(bench_dir, variant, args.target_fpr, args.rule)
     own = logit_threshold(det)
     threshold = float(det.calibration.probability(own + rule["shift_logit"]))
     rule.update(own_threshold_logit=own, threshold=threshold)
     cv = rule["cross_validated"]
     target = {"metric": "fpr", "value": float(args.target_fpr),
-              "on": "real photos of held-out sources (mean over leave-one-source-out folds)",
+              "on": f"real photos of held-out sources ({RULE_WORDS[args.rule]} over leave-one-source-out folds)",
               "n_reals": int(sum(rule["n_reals"].values())), "achieved_fpr": float(rule["mean_fpr_after"]),
               "resolved": True, "cross_validated_fpr": cv["mean_fpr"], "cross_validated_tpr": cv["mean_tpr"]}
     backbone = {**det.backbone, "spec": f"{det.backbone['arch']}:{det.backbone.get('checkpoint', 'clip_b16.pt')}",
@@ -222,11 +236,13 @@ def main(argv=None) -> int:
             "input": f"feature set `{det.feature_set}` ({variant}: {VARIANTS[variant]}); images are decoded and "
             "preprocessed as for any detector (resize to 224, centre crop).",
             "decision": f"label 1 (generated) when P(fake) > {det.threshold:.4g}: the detector's validation "
-            f"threshold moved by {rule['shift_logit']:.3f} logits so that the mean false-positive rate on real photos "
-            f"of held-out sources is {args.target_fpr:.0%} in the leave-one-source-out folds (it was "
-            f"{rule['mean_fpr_before']:.1%} before the move, {rule['mean_fpr_after']:.1%} after). Estimated for a "
-            f"new photo collection (each held-out source's shift chosen without it): mean FPR {cv['mean_fpr']:.1%} "
-            f"(worst source {cv['max_fpr']:.1%}), with {cv['mean_tpr']:.0%} of generated images caught "
+            f"threshold moved by {rule['shift_logit']:.3f} logits so that the {RULE_WORDS[args.rule]} false-positive "
+            f"rate on real photos of held-out sources is at most {args.target_fpr:.0%} in the leave-one-source-out "
+            f"folds (mean {rule['mean_fpr_before']:.1%} before the move, {rule['mean_fpr_after']:.1%} after; worst "
+            f"source {max(rule['per_source_after'].values()):.1%} after). Estimated for a new photo collection (each "
+            f"held-out source's shift chosen without it): mean FPR {cv['mean_fpr']:.1%} (worst source "
+            f"{cv['max_fpr']:.1%}; {cv['n_above_target']} of {cv['n_sources']} sources above {args.target_fpr:.0%}), "
+            f"with {cv['mean_tpr']:.0%} of generated images caught "
             f"({cv['mean_tpr_unshifted']:.0%} at the unmoved threshold): it trades recall for fewer false alarms.",
             "training": {"images": int(len(y)), "real": int((y == 0).sum()), "fake": int(y.sum()),
                          "sources": sources_table(Path(args.manifest), used)},
