@@ -10,6 +10,7 @@ from clipdetect.cli.main import main
 from clipdetect.eval import benchmark
 from clipdetect.eval.benchmark import BenchmarkConfig, plan_folds, run_benchmark
 from clipdetect.models.detector import Detector
+from clipdetect.models.train import TrainConfig
 
 TRAIN = {"batch_size": 32, "epochs": 4, "lr": 1e-2, "width": 8, "patience": 0}
 
@@ -103,3 +104,41 @@ def test_one_class_source_is_completed_and_said(tmp_path):
     assert folds["s0"].completed == ""
     with pytest.raises(ValueError, match="unknown variant"):
         BenchmarkConfig(variants=["nope"])
+
+
+def test_ensemble_variant_averages_heads_that_differ_only_in_seed(cache, monkeypatch):
+    seeds = []
+    real_fit = Detector.fit_rows.__func__
+
+    def spy(cls, c, tr, va, **kw):
+        seeds.append((kw["feature_set"], kw["config"].seed, len(tr)))
+        return real_fit(cls, c, tr, va, **kw)
+
+    monkeypatch.setattr(Detector, "fit_rows", classmethod(spy))
+    cfg = BenchmarkConfig(train=TRAIN, min_images=10, protocols=["loso"], only=["s0"], ensemble_size=3, seed=7)
+    (fold,) = plan_folds(cache, cfg, "norm:256:90")
+    views = cache.columns("view")["view"].astype(str).to_numpy()
+    det = benchmark.train_variant(cache, fold, "views+ensemble", cfg, views)
+    assert [(fs, s) for fs, s, _ in seeds] == [("image", 7), ("image", 8), ("image", 9)]
+    assert len({n for _, _, n in seeds}) == 1 and seeds[0][2] == len(fold.train)  # every view, the same rows
+    assert det.extra["fusion"]["method"] == "mean" and len(det.extra["fusion"]["weights"]) == 3
+    members = [real_fit(Detector, cache, fold.train, fold.val, feature_set="image",
+                        config=TrainConfig(**{**TRAIN, "seed": s})) for s in (7, 8, 9)]
+    X = det.features(cache, fold.test)
+    z = np.stack([m.logits(X) for m in members], 1)
+    w, b = np.asarray(det.extra["fusion"]["weights"]), det.extra["fusion"]["bias"]
+    np.testing.assert_allclose(det.logits(X), z @ w + b, rtol=1e-4, atol=1e-4)  # the members, averaged
+    seeds.clear()
+    benchmark.train_variant(cache, fold, "ensemble", cfg, views)
+    assert len(seeds) == 3 and seeds[0][2] < len(fold.train)  # original view only
+
+
+def test_balance_variants_train_with_source_balanced_batches(cache):
+    cfg = BenchmarkConfig(train=TRAIN, min_images=10, protocols=["loso"], only=["s0"], balance="sqrt")
+    (fold,) = plan_folds(cache, cfg, "norm:256:90")
+    views = cache.columns("view")["view"].astype(str).to_numpy()
+    det = benchmark.train_variant(cache, fold, "views+balance", cfg, views)
+    assert det.train_config["balance"] == "sqrt"
+    assert benchmark.train_variant(cache, fold, "views", cfg, views).train_config["balance"] == "none"
+    with pytest.raises(ValueError, match="'source' or 'sqrt'"):
+        BenchmarkConfig(balance="none")

@@ -189,3 +189,45 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     a, b = straight.head.state_dict(), resumed.head.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     np.testing.assert_array_equal(resumed.val_logits, straight.val_logits)
+
+
+def test_source_balanced_sampler_gives_every_source_its_share_and_keeps_the_classes():
+    from clipdetect.models.samplers import SourceBalancedBatchSampler
+
+    # fakes: 900 from a big generator, 100 from a small one; reals: 400 + 100
+    y = np.r_[np.ones(1000, int), np.zeros(500, int)]
+    src = np.r_[["big"] * 900, ["small"] * 100, ["photos"] * 400, ["faces"] * 100]
+    drawn = {}
+    for power in (0.0, 0.5, 1.0):
+        sampler = SourceBalancedBatchSampler(y, src, 64, power=power, seed=3)
+        batches = list(sampler.epoch(0))
+        assert len(batches) == len(sampler) == int(np.ceil(1500 / 64))
+        idx = np.concatenate(batches)
+        assert (y[idx] == 1).sum() == 1000 and (y[idx] == 0).sum() == 500  # each class drawn as often as it has rows
+        assert all(0 < y[b].sum() < len(b) and np.all(np.diff(b) >= 0) for b in batches)
+        drawn[power] = ((src[idx] == "small").sum() / 1000, (src[idx] == "faces").sum() / 500)
+        again = np.concatenate(list(SourceBalancedBatchSampler(y, src, 64, power=power, seed=3).epoch(0)))
+        assert np.array_equal(idx, again)  # deterministic per seed and epoch
+    assert drawn[0.0][0] == pytest.approx(0.10, abs=0.03) and drawn[0.0][1] == pytest.approx(0.20, abs=0.05)
+    assert drawn[0.5][0] == pytest.approx(0.25, abs=0.04)  # sqrt(100) / (sqrt(900) + sqrt(100))
+    assert drawn[1.0][0] == pytest.approx(0.5, abs=0.05) and drawn[1.0][1] == pytest.approx(0.5, abs=0.06)
+
+
+def test_balance_trains_on_a_cache_and_is_refused_where_it_cannot_apply(tmp_path):
+    from helpers.synthetic import write_layered_cache
+    from clipdetect.models.detector import Detector
+    from clipdetect.models.train import TrainConfig
+
+    with pytest.raises(ValueError, match="balance 'sizes' is not one of"):
+        TrainConfig(balance="sizes")
+    X, y = separable_features(80, 8, seed=0)
+    with pytest.raises(ValueError, match="needs the rows' sources"):
+        train(ArraySource(X, y), config=replace(FAST, balance="source"), progress=False)
+    cache = write_layered_cache(tmp_path / "c", n=120, sources=3, group_size=3)
+    with pytest.raises(ValueError, match="do not combine"):
+        Detector.fit_cache(cache, config=replace(SIX, balance="source", auc_pairs="group"))
+    det = Detector.fit_cache(cache, config=replace(SIX, balance="source"))
+    plain = Detector.fit_cache(cache, config=SIX)
+    assert det.train_config["balance"] == "source" and plain.train_config["balance"] == "none"
+    X = cache.features("image", np.arange(40))
+    assert not np.allclose(det.logits(X), plain.logits(X))  # the batches were drawn another way

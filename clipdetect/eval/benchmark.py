@@ -19,9 +19,12 @@ derived train/val splits, restricted as below):
 
 Variants (:data:`VARIANTS`) switch the generalisation aids on and off: per-block features
 (``layers``), degraded views in training (``views``: every view of the cache, else the
-original only), within-group AUC pairs (``groups``), and fusion of an image-embedding MLP
-with a per-block head (``fusion``). ``baseline`` is the default detector: the paper's MLP on
-the final embedding, original views. ``probe`` (logistic regression on the final embedding)
+original only), within-group AUC pairs (``groups``), fusion of an image-embedding MLP
+with a per-block head (``fusion``), an ensemble of ``ensemble_size`` heads that differ only
+in their seed, averaged as standardised logits (``ensemble``), and source-balanced batches
+(``balance``: TrainConfig ``balance`` = ``config.balance``, so a large source does not drown
+small ones within a class). ``baseline`` is the default detector: the paper's MLP on the final
+embedding, original views. ``probe`` (logistic regression on the final embedding)
 is fitted on every fold too. Every comparison is paired (same test images), and the mean
 over folds gets its CI from the same bootstrap draws in every fold.
 """
@@ -44,16 +47,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["VARIANTS", "BenchmarkConfig", "plan_folds", "run_benchmark"]
 
-#: name → (layers, views, groups, fusion)
+#: name → the aids it switches on: layers, views, groups, fusion, ensemble, balance
+_AIDS = ("layers", "views", "groups", "fusion", "ensemble", "balance")
 VARIANTS: Dict[str, Dict[str, bool]] = {
-    "baseline": dict(layers=False, views=False, groups=False, fusion=False),
-    "layers": dict(layers=True, views=False, groups=False, fusion=False),
-    "views": dict(layers=False, views=True, groups=False, fusion=False),
-    "groups": dict(layers=False, views=False, groups=True, fusion=False),
-    "fusion": dict(layers=True, views=False, groups=False, fusion=True),
-    "layers+views": dict(layers=True, views=True, groups=False, fusion=False),
-    "full": dict(layers=True, views=True, groups=True, fusion=True),
-}
+    name: {aid: aid in on for aid in _AIDS} for name, on in (
+        ("baseline", ()), ("layers", ("layers",)), ("views", ("views",)), ("groups", ("groups",)),
+        ("fusion", ("layers", "fusion")), ("ensemble", ("ensemble",)), ("layers+views", ("layers", "views")),
+        ("views+ensemble", ("views", "ensemble")), ("balance", ("balance",)), ("views+balance", ("views", "balance")),
+        ("full", ("layers", "views", "groups", "fusion")))}
 PROTOCOLS = ("loso", "lofo", "sets")
 #: protocols whose held-out images are whole sources (their reals give ``fpr``)
 SOURCE_PROTOCOLS = ("loso", "sets")
@@ -73,6 +74,8 @@ class BenchmarkConfig:
     only: Optional[List[str]] = None  # hold out just these sources / families (loso, lofo)
     hold_out_sets: Dict[str, List[str]] = field(default_factory=dict)  # protocol "sets": name → sources
     layers_width: int = 256  # hidden width of per-block heads
+    ensemble_size: int = 5  # members of an 'ensemble' variant (seeds seed, seed + 1, ...)
+    balance: str = "source"  # TrainConfig.balance of a 'balance' variant ("source" or "sqrt")
     n_boot: int = 1000
     seed: int = 0
     train: Dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for every variant
@@ -82,6 +85,11 @@ class BenchmarkConfig:
         if bad:
             raise ValueError(f"unknown variant(s)/protocol(s) {bad}; variants {sorted(VARIANTS)}, "
                              f"protocols {PROTOCOLS}")
+        if self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1 (heads averaged by an ensemble variant), "
+                             f"got {self.ensemble_size}")
+        if self.balance not in ("source", "sqrt"):
+            raise ValueError(f"balance {self.balance!r} is not 'source' or 'sqrt' (the weighting of a balance variant)")
         if ("sets" in self.protocols) != bool(self.hold_out_sets):
             raise ValueError("protocol 'sets' and hold_out_sets (--hold-out NAME=SOURCE,...) go together")
 
@@ -156,15 +164,21 @@ def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: 
     keep = (lambda r: r) if v["views"] else (lambda r: r[views[r] == config.train_view])
     tr, va = keep(fold.train), keep(fold.val)
     base = {**config.train, "auc_pairs": "group" if v["groups"] else "all", "seed": config.seed}
+    if v["balance"]:
+        base["balance"] = config.balance
 
-    def fit(feature_set):
+    def fit(feature_set, seed=config.seed):
         extra = {"width": config.layers_width} if feature_set == "layers" else {}
         return Detector.fit_rows(cache, tr, va, feature_set=feature_set,
-                                 config=TrainConfig(**{**base, **extra}))
+                                 config=TrainConfig(**{**base, **extra, "seed": seed}))
 
     if v["fusion"]:
         return fuse_detectors([fit("image"), fit("layers")], cache, va, seed=config.seed)
-    return fit("layers" if v["layers"] else "image")
+    feature_set = "layers" if v["layers"] else "image"
+    if v["ensemble"] and config.ensemble_size > 1:
+        members = [fit(feature_set, config.seed + k) for k in range(config.ensemble_size)]
+        return fuse_detectors(members, cache, va, method="mean", seed=config.seed)
+    return fit(feature_set)
 
 
 def _probe(cache, fold: Fold, config: BenchmarkConfig, views: np.ndarray):

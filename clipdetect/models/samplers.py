@@ -1,4 +1,5 @@
-"""Batch samplers of the trainer: class-stratified batches, and batches of whole content groups."""
+"""Batch samplers of the trainer: class-stratified batches, batches in which every source weighs
+the same, and batches of whole content groups."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StratifiedBatchSampler", "GroupBatchSampler"]
+__all__ = ["BALANCE_POWERS", "StratifiedBatchSampler", "SourceBalancedBatchSampler", "GroupBatchSampler"]
+
+#: ``balance`` setting → exponent of the per-source weight 1 / n_source ** power
+BALANCE_POWERS = {"none": 0.0, "sqrt": 0.5, "source": 1.0}
 
 
 class StratifiedBatchSampler:
@@ -44,6 +48,38 @@ class StratifiedBatchSampler:
             if len(perm) < self.n_batches:
                 perm = np.resize(perm, self.n_batches)
             parts.append(np.array_split(perm, self.n_batches))
+        for b in rng.permutation(self.n_batches):
+            yield np.sort(np.concatenate([parts[0][b], parts[1][b]]))
+
+
+class SourceBalancedBatchSampler(StratifiedBatchSampler):
+    """Class-stratified batches in which a large source does not drown the small ones.
+
+    Within each class, a row is drawn (with replacement) with probability proportional to
+    ``1 / n ** power``, where ``n`` is the number of that class's training rows from the row's
+    source: ``power=1`` gives every source the same share of its class, ``0.5`` a share that
+    grows with the square root of its size. Each class is drawn as often per epoch as it has
+    rows, so the class ratio, the batch count and the learning-rate schedule are unchanged.
+    """
+
+    def __init__(self, labels: np.ndarray, sources: np.ndarray, batch_size: int, *, power: float = 1.0,
+                 seed: int = 0):
+        super().__init__(labels, batch_size, seed=seed)
+        sources = np.asarray(sources)
+        if len(sources) != len(labels):
+            raise ValueError(f"sources has {len(sources)} entries for {len(labels)} labels")
+        self.p = []
+        for idx in (self.pos, self.neg):
+            _, inverse, counts = np.unique(sources[idx], return_inverse=True, return_counts=True)
+            w = counts[inverse].astype(np.float64) ** -float(power)
+            self.p.append(w / w.sum())
+        logger.info("source-balanced batches (power %g): %d fake and %d real sources", power,
+                    len(np.unique(sources[self.pos])), len(np.unique(sources[self.neg])))
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        parts = [np.array_split(rng.choice(idx, size=max(len(idx), self.n_batches), p=p), self.n_batches)
+                 for idx, p in zip((self.pos, self.neg), self.p)]
         for b in rng.permutation(self.n_batches):
             yield np.sort(np.concatenate([parts[0][b], parts[1][b]]))
 

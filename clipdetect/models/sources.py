@@ -2,7 +2,7 @@
 
 A source has ``y`` (0/1 labels), ``dim``, ``tokens`` (per-block features, or None), ``len()``
 and ``batch(idx)`` (float32 features of rows ``idx``); a cache source also has content
-``groups``. Memory does not grow with the cache: only row ids and labels are held, and one
+``groups`` and ``sources``. Memory does not grow with the cache: only row ids and labels are held, and one
 batch of features at a time is read (``cache.features``); :func:`prefetched` reads the next
 batch in a thread while the current one trains.
 """
@@ -57,6 +57,11 @@ class CacheSource:
         """Integer content-group ids of the rows (read on first use)."""
         names = self.cache.columns("group")["group"].to_numpy()[self.rows]
         return np.unique(names.astype(str), return_inverse=True)[1].astype(np.int64)
+
+    @functools.cached_property
+    def sources(self) -> np.ndarray:
+        """The rows' source names (the cache's ``source`` column; "" where it has none)."""
+        return self.cache.columns("source")["source"].to_numpy()[self.rows].astype(str)
 
     def __len__(self) -> int:
         return len(self.rows)
