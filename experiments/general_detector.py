@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -160,9 +161,11 @@ def card_markdown(card: Dict[str, Any]) -> str:
         fpr = r.get("mean_fpr_heldout_reals")
         lines.append(f"| {r['protocol']} | {r['view']} | {r['variant']} | {r['folds']} | {r['mean_auc']:.3f} | {r['min_auc']:.3f} | "
                      f"{vs} | {'—' if fpr is None or (isinstance(fpr, float) and math.isnan(fpr)) else f'{fpr:.3f}'} |")
-    lines += ["", f"Benchmark: `clipdetect benchmark` on the corpus cache (run `{b['source']}`); the detector's "
-              f"own numbers are those of variant `baseline` when it ships that variant. Evaluation view "
-              f"{b['eval_view']}.", "", "## Limits", ""]
+    variant = b.get("variant") or re.search(r"\(([\w+]+): \{", card["input"]).group(1)  # cards without the field
+    lines += ["", f"Benchmark: `clipdetect benchmark` on the corpus cache (run `{b['source']}`). This detector is "
+              f"variant `{variant}` trained on every source: "
+              f"that variant's rows are the estimates for it on sources and families it has not seen. "
+              f"Evaluation view {b['eval_view']}.", "", "## Limits", ""]
     lines += [f"* {x}" for x in card["limits"]]
     return "\n".join(lines) + "\n"
 
@@ -246,7 +249,7 @@ def main(argv=None) -> int:
             f"({cv['mean_tpr_unshifted']:.0%} at the unmoved threshold): it trades recall for fewer false alarms.",
             "training": {"images": int(len(y)), "real": int((y == 0).sum()), "fake": int(y.sum()),
                          "sources": sources_table(Path(args.manifest), used)},
-            "benchmark": {"source": bench_dir.name, "eval_view": bench["eval_view"],
+            "benchmark": {"source": bench_dir.name, "eval_view": bench["eval_view"], "variant": variant,
                           "summary": bench["summary"] + lofo_summary(args.lofo)},
             "threshold_rule": rule, "limits": LIMITS,
             "provenance": provenance(argv=[Path(a).name if os.sep in a else a for a in sys.argv])}  # no local paths
