@@ -32,8 +32,10 @@ def teacher_identity() -> dict:
             "embed_dim": TEACHER_DIM, "has_text": False, "preprocess": {"size": [32, 32]}}
 
 
-def make_material(root: Path, n: int = 12) -> tuple[Path, Path]:
-    """root/imgs/{real,fake}/*.png (32 px) and a teacher cache over them (class signal on axis 0)."""
+def make_material(root: Path, n: int = 12, views: tuple = ()) -> tuple[Path, Path]:
+    """root/imgs/{real,fake}/*.png (32 px) and a teacher cache over them (class signal on axis 0).
+    ``views``: one row per image and view (``extract --views``), the signal reversed in views
+    other than ``orig``."""
     imgs = root / "imgs"
     keys, labels = [], []
     for label, name in ((0, "real"), (1, "fake")):
@@ -53,6 +55,10 @@ def make_material(root: Path, n: int = 12) -> tuple[Path, Path]:
     meta = pd.DataFrame({"key": keys, "label": y, "generator": np.where(y == 1, "fake", "real"),
                          "split": "train", "path": "", "caption": None, "width": 32, "height": 32,
                          "format": "PNG", "mode": "RGB"})
+    if views:
+        meta = pd.concat([meta.assign(view=v) for v in views], ignore_index=True)
+        emb = np.concatenate([emb if v == "orig" else -emb for v in views])
+        y = meta["label"].to_numpy()
     w.write_shard("r", start=0, stop=len(y), img=emb, txt=None, meta=meta,
                   errors=pd.DataFrame(columns=ERROR_COLUMNS))
     w.finish_run("r", {}, complete=True)
@@ -236,3 +242,19 @@ def test_student_runs_on_the_onnx_runtime(material, tmp_path, monkeypatch):
     assert onnx_bb.tower is not None and onnx_bb.identity == create_backbone(spec).identity
     got, want = onnx_bb.encode_images(x), create_backbone(spec).encode_images(x)
     assert ((got * want).sum(1) > 0.9999).all()
+
+
+def test_a_teacher_cache_with_views_teaches_from_its_orig_rows(tmp_path):
+    from clipdetect.distill.trainer import original_view_rows
+
+    imgs, cache = make_material(tmp_path, views=("orig", "jpeg:50"))
+    c = FeatureCache(cache)
+    rows = original_view_rows(c, np.arange(len(c)))
+    view = c.columns("view")["view"].astype(str).to_numpy()
+    assert len(c) == 48 and len(rows) == 24 and set(view[rows]) == {"orig"}
+    np.testing.assert_array_equal(original_view_rows(c, rows), rows)
+    result = distill(tiny_config(tmp_path, imgs, cache, epochs=1), progress=False)
+    assert 0 < result.n_train + result.n_val <= 24  # one target per image, the one of the image itself
+    _, only_jpeg = make_material(tmp_path / "j", views=("jpeg:50",))
+    with pytest.raises(ValueError, match="no 'orig' rows"):
+        distill(tiny_config(tmp_path / "j", imgs, only_jpeg), progress=False)

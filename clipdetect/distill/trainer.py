@@ -10,7 +10,8 @@ input the head sees at inference). ``L_distill`` is ``cosine`` (mean ``1 − cos
 (squared distance between the raw projected student embedding and the unit-norm teacher
 embedding, summed over dimensions, so it also pins the norm) or ``both`` (their sum).
 
-Images come from the source the cache was extracted from; rows are matched by ``key``.
+Images come from the source the cache was extracted from; rows are matched by ``key`` (in a
+cache extracted with ``--views``, the ``orig`` rows only: :func:`original_view_rows`).
 Train / validation / test rows are the cache's splits (:func:`splits.cache_splits`: hashed
 on keys when the cache has no held-out split), so the test rows stay untouched here. The
 student and its head plug their step and their batches into the one training loop of
@@ -179,6 +180,7 @@ def _prepare(config: DistillConfig):
     split = SplitSpec.of(config).labels(cache)
     keys = cache.meta["key"].astype(str).to_numpy()
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    tr, va = (original_view_rows(cache, r) for r in (tr, va))
     if config.limit is not None:
         tr = tr[:config.limit]
     if len(tr) < 2 or len(va) < 2:
@@ -194,6 +196,27 @@ def _prepare(config: DistillConfig):
     val_ds = ImageRows([images[k] for k in keys[va]], y[va], cache.embeddings("image", va),
                        student_preprocess(scfg))
     return cache, scfg, train_ds, val_ds
+
+
+def original_view_rows(cache, rows: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` whose teacher embedding is of the image as the source holds it.
+
+    A cache extracted with ``--views`` holds several rows per image key (a JPEG, a blur, ...);
+    the student is fed the source's image (with its own augmentations), so only the ``orig``
+    rows are targets that match its input. A cache without ``orig`` rows cannot teach it."""
+    from clipdetect.data.views import ORIG
+
+    views = cache.columns("view")["view"].astype(str).to_numpy()
+    if (views == ORIG).all():
+        return rows
+    if not (views == ORIG).any():
+        raise ValueError(f"teacher cache {str(cache.root)!r} holds views {sorted(set(views))} but no "
+                         f"'{ORIG}' rows: the student learns from the images as they are; extract the "
+                         f"teacher with --views {ORIG},...")
+    kept = rows[views[rows] == ORIG]
+    logger.info("teacher cache holds views %s: distilling from its %d '%s' rows (of %d)",
+                sorted(set(views)), len(kept), ORIG, len(rows))
+    return kept
 
 
 def distill(config: DistillConfig, *, resume: bool = False, progress: bool = True) -> DistillResult:
