@@ -42,14 +42,17 @@ class StratifiedBatchSampler:
 
     def epoch(self, epoch: int) -> Iterator[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        parts = []
-        for idx in (self.pos, self.neg):
-            perm = rng.permutation(idx)
-            if len(perm) < self.n_batches:
-                perm = np.resize(perm, self.n_batches)
-            parts.append(np.array_split(perm, self.n_batches))
+        parts = [np.array_split(draw, self.n_batches) for draw in self._draws(rng)]
         for b in rng.permutation(self.n_batches):
             yield np.sort(np.concatenate([parts[0][b], parts[1][b]]))
+
+    def _draws(self, rng: np.random.Generator) -> list:
+        """The epoch's fake rows, then its real rows, in the order they are dealt to the batches."""
+        draws = []
+        for idx in (self.pos, self.neg):
+            perm = rng.permutation(idx)
+            draws.append(np.resize(perm, self.n_batches) if len(perm) < self.n_batches else perm)
+        return draws
 
 
 class SourceBalancedBatchSampler(StratifiedBatchSampler):
@@ -76,12 +79,9 @@ class SourceBalancedBatchSampler(StratifiedBatchSampler):
         logger.info("source-balanced batches (power %g): %d fake and %d real sources", power,
                     len(np.unique(sources[self.pos])), len(np.unique(sources[self.neg])))
 
-    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        parts = [np.array_split(rng.choice(idx, size=max(len(idx), self.n_batches), p=p), self.n_batches)
-                 for idx, p in zip((self.pos, self.neg), self.p)]
-        for b in rng.permutation(self.n_batches):
-            yield np.sort(np.concatenate([parts[0][b], parts[1][b]]))
+    def _draws(self, rng: np.random.Generator) -> list:
+        return [rng.choice(idx, size=max(len(idx), self.n_batches), p=p)
+                for idx, p in zip((self.pos, self.neg), self.p)]
 
 
 class GroupBatchSampler(StratifiedBatchSampler):
