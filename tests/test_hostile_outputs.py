@@ -61,6 +61,25 @@ def test_a_staged_folder_is_never_a_planted_one(tmp_path, known_tokens):
     assert (tmp_path / "det" / "model.txt").read_text() == "w" and list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("mode", ["w", "wb"])
+def test_an_interrupt_while_the_file_object_is_built_stays_an_interrupt(tmp_path, monkeypatch, mode):
+    """Ctrl-C can land inside ``open`` after the file object owns its descriptor (a text wrapper
+    runs Python code): it must surface as the interrupt, not as EBADF from a second close of the
+    same descriptor (a run would exit 1 instead of 130), and leave no temporary file."""
+    real_open = open
+
+    def interrupted(file, mode="r", **kwargs):
+        real_open(file, mode, **kwargs).close()  # owned, then released by the file object
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cio, "open", interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        cio.AtomicFile(tmp_path / "r.csv", mode)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):
+        open_new(tmp_path / "log.jsonl", mode)
+
+
 def test_links_at_final_names_are_replaced_not_followed(tmp_path, victim):
     link = tmp_path / "out.json"
     link.symlink_to(victim)

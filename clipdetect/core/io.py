@@ -90,6 +90,12 @@ class _CountingFile:
         return getattr(self.f, name)
 
 
+def _exclusive(path, flags: int) -> int:
+    """An opener for ``open``: create ``path`` exclusively, never through a link (``flags`` are
+    ``open``'s own, replaced by the toolkit's)."""
+    return os.open(path, _CREATE, 0o666)
+
+
 def _new_temporary(path: Path, make: Callable[[Path], Any]):
     """``(tmp, make(tmp))`` for a fresh temporary name; a name already taken (a planted file or
     link) is skipped, never opened."""
@@ -111,18 +117,26 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike, mode: str = "wb", *, nbytes: Optional[int] = None, **kwargs):
         self.path, self.nbytes = Path(path), nbytes
         try:
-            self.tmp, fd = _new_temporary(self.path, lambda p: os.open(p, _CREATE, 0o666))
+            self.tmp, self.file = _new_temporary(self.path, lambda p: self._open(p, mode, kwargs))
         except WriteError:
             raise
         except OSError as exc:
             raise _fail(self.path, exc, nbytes) from exc
-        try:
-            self.file = open(fd, mode, **kwargs)  # open(), not os.fdopen: one name to patch in tests
-        except BaseException:
-            os.close(fd)
-            self.tmp.unlink(missing_ok=True)
-            raise
         self._counted = _CountingFile(self.file) if "b" in mode else None
+
+    @staticmethod
+    def _open(tmp: Path, mode: str, kwargs: dict) -> IO:
+        # The file object creates its descriptor through the opener, so exactly one owner ever
+        # closes it: an interrupt while the object is being built (a text wrapper runs Python
+        # code) cannot leave a descriptor to be closed twice. open(), not os.fdopen: one name to
+        # patch in tests.
+        try:
+            return open(tmp, mode, opener=_exclusive, **kwargs)
+        except FileExistsError:
+            raise  # a name already taken: not ours to remove
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @property
     def stream(self) -> IO:
@@ -208,10 +222,9 @@ def open_new(path: str | os.PathLike, mode: str = "w", **kwargs) -> IO:
         if not path.is_dir() or path.is_symlink():
             path.unlink()
     try:
-        fd = os.open(path, _CREATE, 0o666)
+        return open(path, mode, opener=_exclusive, **kwargs)
     except OSError as exc:
         raise _fail(path, exc, None) from exc
-    return open(fd, mode, **kwargs)
 
 
 def open_fd(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
