@@ -118,3 +118,17 @@ def test_split_preprocess_equals_open_clip_preprocess(tiny_backbone):
     split = pre.finish([pre.worker(im) for im in imgs])
     full = torch.stack([tiny_backbone.preprocess(im) for im in imgs])
     assert torch.allclose(split, full, atol=1e-6)
+
+
+def test_header_pixels_reads_the_size_or_says_none():
+    import io
+
+    from PIL import Image
+
+    from clipdetect.data.imaging import header_pixels
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(buf, "PNG")
+    data = buf.getvalue()
+    assert header_pixels(data) == 1200
+    assert header_pixels(b"") is None and header_pixels(b"GIF89a") is None

@@ -97,3 +97,40 @@ def test_admission_refuses_when_the_queue_needs_more_than_the_timeout(tiny_backb
     refused = service.admit()
     assert refused.status == 503 and refused.limit == "request_timeout" and service.inflight == 0
     assert int(refused.headers["Retry-After"]) == 8  # 5 images x 2 s x 1.25 margin - 5 s
+
+
+def test_thumbnails_are_decoded_on_the_request_thread_and_score_as_pooled_images(tiny_backbone):
+    """An image of at most ``inline_pixels`` pixels (by its header) is decoded as it is queued,
+    a larger or unreadable one on the pool; either way the scores are the pooled path's."""
+    import concurrent.futures
+    import io
+
+    from PIL import Image
+
+    from helpers.training import tiny_detector
+
+    def jpeg(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (side % 256, 90, 200)).save(buf, "JPEG")
+        return buf.getvalue()
+
+    det = tiny_detector(tiny_backbone)
+    images = [jpeg(32), jpeg(300), b"not an image"]
+
+    def run(inline_pixels: int):
+        batcher = Batcher(det, tiny_backbone, max_batch=8, max_wait_ms=50, inline_pixels=inline_pixels).start()
+
+        async def main():
+            items = batcher.enqueue(images)
+            kinds = [isinstance(i.data, concurrent.futures.Future) for i in items]
+            return kinds, await batcher.results(items)
+        try:
+            return asyncio.run(main())
+        finally:
+            batcher.stop()
+
+    pooled_kinds, pooled = run(0)
+    inline_kinds, inline = run(64 * 64)
+    assert pooled_kinds == [True, True, True] and inline_kinds == [False, True, True]
+    assert [s.row for s in inline] == [s.row for s in pooled]
+    assert inline[0].row["probability"] is not None and inline[2].row["error"]

@@ -66,6 +66,10 @@ def add_parser(sub) -> None:
                    help=f"images per encoder batch across requests (default {d.max_batch})")
     q.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
                    help=f"wait for more images after the first (default {d.max_wait_ms:g})")
+    q.add_argument("--inline-decode-pixels", type=int, default=d.inline_decode_pixels, metavar="N",
+                   help=f"decode images of at most N pixels (by their header) on the request's thread, larger "
+                        f"ones on a thread pool that overlaps encoding (default {d.inline_decode_pixels:,}: "
+                        "256 x 256; 0: all on the pool)")
     q.add_argument("--workers", type=int, default=d.workers, metavar="N",
                    help=f"server processes on the port, each with its own model copy, batcher, limits and "
                         f"/metrics; --threads defaults to the CPUs shared among them (default {d.workers})")

@@ -53,7 +53,8 @@ class Service:
         self.metrics = Metrics()
         self.batcher = batcher or Batcher(detector, backbone, max_batch=config.max_batch,
                                           max_wait_ms=config.max_wait_ms, max_pixels=config.max_pixels,
-                                          max_aspect=config.max_aspect, on_batch=self.on_batch)
+                                          max_aspect=config.max_aspect, on_batch=self.on_batch,
+                                          inline_pixels=config.inline_decode_pixels)
         self.card = model_card(detector, path=name, limits=config.limits())
         self.inflight = 0
         self.static = {path: resources.files("clipdetect.serve").joinpath("static", f).read_bytes()

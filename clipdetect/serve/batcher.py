@@ -8,7 +8,10 @@ the lot on the service's one backbone (:class:`~clipdetect.models.predict.ImageS
 package's decode → preprocess → encode → head path, with the decoder's ``max_pixels`` /
 ``max_aspect`` limits) — so a served score equals ``clipdetect predict``'s. While a batch runs,
 new images are decoded and queue up to form the next batch, so under load the batches fill
-without waiting and decoding overlaps encoding. The queue holds at most what the admitted
+without waiting and decoding overlaps encoding. An image whose header names at most
+``inline_pixels`` pixels (a thumbnail: decoded in well under a millisecond) is decoded at once
+on the calling thread instead: for such images the hand-over to the pool and back costs more
+CPU than the decode itself. The queue holds at most what the admitted
 requests carry (``max_concurrent`` × ``max_images``): admission control bounds it, and
 :meth:`Batcher.estimated_wait` (recent seconds per image × images ahead) lets it refuse a
 request that could not be scored in time. An image whose request's deadline would pass
@@ -29,7 +32,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from clipdetect.data.imaging import header_pixels
 from clipdetect.models.predictions import SCORE_COLUMNS
+from clipdetect.serve.config import INLINE_DECODE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,8 @@ class Batcher:
     """Scores images from many coroutines in shared batches on one worker thread.
 
     By default each image (encoded bytes only: never a path) is decoded on arrival on
-    ``decode_workers`` threads (default: the CPU count) by an
+    ``decode_workers`` threads (default: the CPU count; images of at most ``inline_pixels``
+    pixels, by their header, on the calling thread, 0: none) by an
     :class:`~clipdetect.models.predict.ImageScorer` with the decoder limits ``max_pixels`` /
     ``max_aspect``, and the worker encodes and scores the decoded batch. ``score_fn(images)``,
     when given, replaces both: it gets a batch of the images as queued and returns their score
@@ -120,7 +126,8 @@ class Batcher:
     def __init__(self, detector, backbone, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                  max_pixels: Optional[int] = None, max_aspect: Optional[float] = None,
                  on_batch: Optional[Callable[[int, float], None]] = None,
-                 score_fn: Optional[Callable[[List[Any]], Any]] = None, decode_workers: Optional[int] = None):
+                 score_fn: Optional[Callable[[List[Any]], Any]] = None, decode_workers: Optional[int] = None,
+                 inline_pixels: int = INLINE_DECODE_PIXELS):
         self.max_batch, self.max_wait = int(max_batch), max_wait_ms / 1000.0
         self.on_batch = on_batch
         self.prepare: Optional[Callable[[bytes], Any]] = None
@@ -132,8 +139,9 @@ class Batcher:
             self.prepare, score_fn = scorer.decode, scorer.score
         self.score_fn = score_fn
         self.decode_workers = max(1, decode_workers or os.cpu_count() or 1)
+        self.inline_pixels = int(inline_pixels)
         self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self.queue: "queue.Queue[Optional[_Item]]" = queue.Queue()
+        self.queue: "queue.SimpleQueue[Optional[_Item]]" = queue.SimpleQueue()  # C: a cheap put per image
         self.carry: "collections.deque[_Item]" = collections.deque()  # deferred to the next batch
         self.thread: Optional[threading.Thread] = None
         self.sec_per_image: Optional[float] = None  # moving average over recent batches
@@ -190,12 +198,20 @@ class Batcher:
         if self.thread is None:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
-        if self.pool is not None:  # decoding starts now, on the pool, while earlier batches encode
-            images = [self.pool.submit(self.prepare, bytes(data)) for data in images]
+        if self.pool is not None:  # decoding starts now (on the pool, while earlier batches encode)
+            images = [self._decode(bytes(data)) for data in images]
         items = [_Item(data, loop.create_future(), loop, deadline) for data in images]
         for item in items:
             self.queue.put(item)
         return items
+
+    def _decode(self, data: bytes) -> Any:
+        """A thumbnail decoded now, or the pool's future of a larger (or unreadable) image."""
+        if self.inline_pixels:
+            pixels = header_pixels(data)
+            if pixels is not None and pixels <= self.inline_pixels:
+                return self.prepare(data)
+        return self.pool.submit(self.prepare, data)
 
     @staticmethod
     async def results(items: List[_Item]) -> List[Scored]:

@@ -11,6 +11,9 @@ from typing import Any, Dict, Optional
 
 from clipdetect.data.imaging import CROP_ASPECT, MAX_PIXELS
 
+#: images of at most this many pixels (256 x 256) are decoded on the request's thread
+INLINE_DECODE_PIXELS = 256 * 256
+
 
 @dataclass
 class ServeConfig:
@@ -39,6 +42,10 @@ class ServeConfig:
     #: milliseconds the batcher waits at most for more images after the first one arrives (none
     #: when every admitted request's images are queued already)
     max_wait_ms: float = 5.0
+    #: images of at most this many pixels (by their header) are decoded on the request's thread
+    #: rather than handed to the decode pool, whose hand-over costs more than a thumbnail's
+    #: decode; 0: every image goes to the pool
+    inline_decode_pixels: int = INLINE_DECODE_PIXELS
     #: server processes sharing the port, each with its own copy of the model, batcher, limits
     #: and /metrics (requests from many clients then use more than one core's Python)
     workers: int = 1
@@ -54,6 +61,8 @@ class ServeConfig:
         for name in ("read_timeout", "request_timeout"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if int(self.inline_decode_pixels) < 0:
+            raise ValueError(f"inline_decode_pixels must be >= 0, got {self.inline_decode_pixels!r}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
         if self.max_aspect is not None and not self.max_aspect >= 1:
