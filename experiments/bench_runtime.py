@@ -20,6 +20,7 @@ Writes experiments/results/bench_runtime.{json,md}.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -88,8 +89,8 @@ def prepare(backbone, specs, cache_dir):
     for spec in specs:
         rt, prec = spec.split(":")
         t0 = time.perf_counter()
-        if rt == "torch":
-            bb = backbone
+        if rt == "torch":  # the reference itself, or a copy of its model at the precision asked
+            bb = backbone if prec == "fp32" else copy.deepcopy(backbone).to(backbone.device, prec)
         else:
             tower = compile_tower(backbone, rt, prec, cache_dir=cache_dir)
             bb = dataclasses.replace(backbone, tower=tower)

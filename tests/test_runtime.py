@@ -129,12 +129,13 @@ def test_openvino_fp32_and_int8(cache_dir, tiny_backbone, one_torch_thread):
     assert _cos(q.encode_images(x), ref).min() > 0.999
 
 
-@pytest.mark.parametrize("command", ["extract", "predict"])
+@pytest.mark.parametrize("command", ["extract", "predict", "serve"])
 def test_bad_runtime_is_refused_before_any_work(tmp_path, image_folder, capsys, command):
     from clipdetect.cli.main import main
 
     args = {"extract": ["extract", str(image_folder), "--out", str(tmp_path / "c"), "--backbone", TINY],
-            "predict": ["predict", str(tmp_path), str(image_folder), "--out", str(tmp_path / "c.csv")]}[command]
+            "predict": ["predict", str(tmp_path), str(image_folder), "--out", str(tmp_path / "c.csv")],
+            "serve": ["serve", str(tmp_path), "--port", "0"]}[command]
     assert main(args + ["--runtime", "onnx", "--precision", "int8", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--precision 'int8' is not available on --runtime onnx" in err and "Traceback" not in err
@@ -163,6 +164,14 @@ def test_extract_and_predict_on_onnx(tmp_path, image_folder, cache_dir, one_torc
                      "--workers", "0", "--no-progress", "--runtime", rt]) == 0
     a, b = pd.read_csv(tmp_path / "torch.csv"), pd.read_csv(tmp_path / "onnx.csv")
     assert np.allclose(a["logit"], b["logit"], atol=1e-3)
+    from clipdetect.models.predict import ImageScorer
+    from clipdetect.serve.server import load_served
+
+    served = [ImageScorer(*load_served(str(tmp_path / "det"), runtime=rt)) for rt in ("torch", "onnx")]
+    assert served[0].backbone.tower is None and served[1].backbone.tower is not None  # the service's path
+    decoded = [served[0].decode(p.read_bytes()) for p in sorted(image_folder.rglob("*")) if p.is_file()][:6]
+    logits = [np.array([row["logit"] for row in scorer.score(decoded)]) for scorer in served]
+    assert np.allclose(logits[0], logits[1], atol=1e-3)
     s = det.score_images([make_image(3), make_image(60, fake=True)], runtime="onnx")
     assert np.allclose(s["logit"], det.score_images([make_image(3), make_image(60, fake=True)])["logit"], atol=1e-3)
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from clipdetect.cli.main import CLIError
-from clipdetect.cli.options import add_command, add_device_arg, add_threads_arg, config_of
+from clipdetect.cli.options import add_command, add_device_arg, add_runtime_args, add_threads_arg, config_of
 
 EXAMPLES = """examples:
   clipdetect serve runs/det                              # http://127.0.0.1:8000/ (the page)
   clipdetect serve runs/det --port 9000 --report runs/det/report/report.html
   clipdetect serve runs/det --workers 2                  # two processes: many clients, few images each
+  clipdetect serve runs/det --runtime openvino --precision bf16   # the tower on OpenVINO (CPUs with AMX)
   curl -F image=@photo.jpg -F image=@other.png http://127.0.0.1:8000/v1/score
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/v1/score
   curl http://127.0.0.1:8000/v1/model                    # model card and limits
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
     b.add_argument("--backbone", help="backbone spec overriding the detector's (e.g. a new path to its weights)")
     b.add_argument("--weights", metavar="PATH", help="the detector's checkpoint file when it moved (sha256-checked)")
     add_device_arg(b)
-    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="backbone precision")
+    add_runtime_args(b)
     add_threads_arg(b)
     g = p.add_argument_group("limits (each refusal is a JSON error naming the limit)")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
@@ -93,8 +94,12 @@ def run_serve(args) -> int:
     if config.report and not Path(config.report).is_file():
         raise CLIError(f"--report {config.report!r} is not a file (write one with clipdetect report ... "
                        "--format html)")
-    load = dict(backbone=args.backbone, weights=args.weights, device=check_device(args.device),
-                precision=args.precision, threads=worker_threads(config, args.threads))
+    from clipdetect.features.runtime import check_runtime
+
+    device = check_device(args.device)
+    check_runtime(args.runtime, args.precision, device)
+    load = dict(backbone=args.backbone, weights=args.weights, device=device, precision=args.precision,
+                runtime=args.runtime, threads=worker_threads(config, args.threads))
     if config.workers > 1:
         servable(args.detector)  # a bad bundle fails here, not in every worker
         serve_workers(dict(detector=args.detector, **load), config, name=args.detector, log_level="info")

@@ -7,7 +7,7 @@ function of the weights alone.
 
 Why not int8 activations: ViT activations have outlier channels (a few channels of the residual
 stream hundreds of times larger than the rest), so one scale per tensor loses the small ones.
-Measured on real CLIP ViT-B/16 weights (``experiments/results/bench_runtime.md``): dynamic int8
+Measured on real CLIP ViT-B/16 weights on an AVX2 CPU (``experiments/results/int8_recipes.md``): dynamic int8
 in ONNX Runtime gives cosine ~0.9 to fp32; OpenVINO static int8 (NNCF post-training
 quantisation, transformer preset with SmoothQuant, 64 calibration images) was the fastest
 (1.7–1.9× torch fp32) but reached cosine 0.988 mean / 0.963 min, and keeping the MLP output

@@ -50,9 +50,11 @@ def servable(detector: str):
 
 
 def load_served(detector: str, *, backbone: Optional[str] = None, weights: Optional[str] = None,
-                device: str = "cpu", precision: str = "fp32", threads: Optional[int] = None):
+                device: str = "cpu", precision: str = "fp32", threads: Optional[int] = None,
+                runtime: str = "torch"):
     """``(detector, backbone)`` for serving the bundle at ``detector``: an image-feature detector
-    and its identity-checked backbone; ``threads`` sets torch's CPU threads."""
+    and its identity-checked backbone, its image tower on ``runtime`` (torch, onnx, openvino) at
+    ``precision``; ``threads`` sets torch's CPU threads."""
     from clipdetect.models.predict import check_text_tower, resolve_backbone
 
     if threads:
@@ -60,7 +62,7 @@ def load_served(detector: str, *, backbone: Optional[str] = None, weights: Optio
 
         torch.set_num_threads(int(threads))
     det = servable(detector)
-    bb = resolve_backbone(det, backbone, device=device, precision=precision, weights=weights)
+    bb = resolve_backbone(det, backbone, device=device, precision=precision, weights=weights, runtime=runtime)
     check_text_tower(det, bb)
     return det, bb
 
