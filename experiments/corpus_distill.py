@@ -73,14 +73,15 @@ def teacher_detector(cache, work: Path) -> Detector:
 
 def speeds(args, refs, models) -> dict:
     out = {}
-    for runtime in args.runtimes.split(","):
+    for entry in args.runtimes.split(","):
+        runtime, _, precision = entry.partition(":")
         for name, spec, det in models:
-            bb = create_backbone(spec, runtime=runtime)
+            bb = create_backbone(spec, runtime=runtime, precision=precision or "fp32")
             _, sec, times = timed_scores(bb, det, refs, args.batch_size, args.repeats)
-            out[f"{name}:{runtime}"] = {"images_per_second": len(refs) / sec, "pass_seconds": times,
+            out[f"{name}:{entry}"] = {"images_per_second": len(refs) / sec, "pass_seconds": times,
                                         "input_px": bb.identity["preprocess"]["size"][0],
                                         "parameters": n_params(image_tower(bb), det.head) if runtime == "torch" else None}
-            print(name, runtime, out[f"{name}:{runtime}"], file=sys.stderr, flush=True)
+            print(name, entry, out[f"{name}:{entry}"], file=sys.stderr, flush=True)
     return out
 
 
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-n", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runtimes", default="torch,openvino", help="CPU runtimes the speed is measured on")
+    ap.add_argument("--runtimes", default="torch,openvino", help="CPU runtimes the speed is measured on, "
+                    "RUNTIME[:PRECISION] (e.g. torch,openvino:bf16; precision default fp32)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "corpus_distill"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
