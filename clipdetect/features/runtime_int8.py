@@ -16,7 +16,10 @@ above 0.989 mean. Weight-only int8: cosine 0.999 mean.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from typing import Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -28,4 +31,21 @@ def compress_openvino(model):
     import nncf
 
     logger.info("compressing the image tower's weights to int8 (once)")
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    with nncf_output_on_stderr():
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+@contextlib.contextmanager
+def nncf_output_on_stderr() -> Iterator[None]:
+    """nncf writes to stdout (its log through its own handler, its progress bar to
+    ``sys.stdout``), which would corrupt what a command writes there (``extract --json``,
+    ``predict --out -``); while this runs, its records go through the toolkit's logging and its
+    bar to stderr."""
+    log = logging.getLogger("nncf")
+    handlers, propagate = log.handlers[:], log.propagate
+    log.handlers, log.propagate = [], True
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        log.handlers, log.propagate = handlers, propagate
