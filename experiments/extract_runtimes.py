@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_runtime import cos_stats
 from common import b16_backbone, cifake_parquet, save_json, save_text
 
 HERE = Path(__file__).resolve().parent
@@ -53,14 +54,6 @@ def embeddings(cache: Path) -> tuple:
     keys = fc.columns("key")["key"].astype(str).to_numpy()
     order = np.argsort(keys)
     return keys[order], fc.embeddings("image")[order].astype(np.float64)
-
-
-def cosines(ref: tuple, other: tuple) -> np.ndarray:
-    (k0, x0), (k1, x1) = ref, other
-    assert (k0 == k1).all(), "the caches hold different rows"
-    x0 = x0 / np.linalg.norm(x0, axis=1, keepdims=True)
-    x1 = x1 / np.linalg.norm(x1, axis=1, keepdims=True)
-    return (x0 * x1).sum(1)
 
 
 def main(argv=None) -> int:
@@ -92,11 +85,13 @@ def main(argv=None) -> int:
         ref = embeddings(Path(tmp) / "r0-torch-fp32")
         rows = {}
         for spec in specs:
-            cos = cosines(ref, embeddings(Path(tmp) / f"r0-{spec.replace(':', '-')}"))
+            keys, x = embeddings(Path(tmp) / f"r0-{spec.replace(':', '-')}")
+            assert (keys == ref[0]).all(), "the caches hold different rows"
+            cos = cos_stats(ref[1], x)
             ratios = [run["images_per_second"] / base["images_per_second"] for run, base in zip(runs[spec], runs[specs[0]])]
             rows[spec] = {"runs": runs[spec], "ratio_per_round": [round(x, 3) for x in ratios],
                           "images_per_second_mean": round(float(np.mean([x["images_per_second"] for x in runs[spec]])), 2),
-                          "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "rows": int(len(cos))}
+                          "cosine_mean": cos["mean"], "cosine_min": cos["min"], "rows": int(len(keys))}
     result = {"config": {**vars(args), "backbone": backbone, "data": data}, "cpu": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "runtimes": rows}
     save_json(args.out + ".json", result)
