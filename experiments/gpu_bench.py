@@ -16,7 +16,14 @@ On D3-like images made here (half JPEG with sides 400–800 px, half 512² PNG, 
   ``compile="graphs"`` (CUDA graphs), each with its warm-up time (compilation included) and
   TFLOP/s against the fp32 peak; a reference-style loop (np.load, per-sample DataLoader,
   fminbound CVaR); and the SAM step's own ceiling on one resident batch in fp32 / tf32 / bf16
-  autocast with the achieved TFLOP/s against the matching peak.
+  autocast with the achieved TFLOP/s against the matching peak; each trainer run also reports its
+  steady rate, from its own per-epoch seconds after the first epoch (no upload, no compilation);
+* profile (``gpu_bench_profile.py``): one SAM step eager, compiled with CUDA graphs (fp32 and
+  TF32) and eager at 4× the batch: ms per step, kernels launched and the GPU's busy time per step.
+
+``--repeat N`` passes over the images N times in the decode and extract sections: with one pass
+the 4,096 images fit in the decoders' read-ahead and the start-up weighs on the rates, so the
+table is made with ``--repeat 4`` (``results/gpu_bench.md``).
 
 Every section (images, decode, each model, each training variant) runs on its own: a failure is
 recorded as ``{"error": ..., "traceback": [...]}`` and the run goes on; ``gpu_bench.json`` is
@@ -48,6 +55,7 @@ import numpy as np
 
 from clipdetect.data.sources import Sample, Source
 from gpu_bench_record import OUT, RESULT, SKIPPED, free, guarded, ok, save, say, section, sync
+from gpu_bench_profile import bench_profile
 from gpu_bench_train import bench_train
 
 #: the tests' tiny open_clip architecture (random weights), used for the models on the CPU
@@ -244,7 +252,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=1536)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: decode,extract,train")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="pass over the images this many times in the decode and extract sections (a longer "
+                         "run: the start-up and the decoders' read-ahead weigh less in the rates)")
+    ap.add_argument("--profile-steps", type=int, default=50, help="timed steps per variant of the profile section")
+    ap.add_argument("--profile-batch", type=int, default=2048, help="batch of the profile section (and 4× it)")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: decode,extract,train,profile")
     ap.add_argument("--out", default=".", help="folder for gpu_bench.json")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -259,7 +272,8 @@ def main(argv=None) -> int:
         args.rows, args.dim, args.train_steps = 16384, 256, 30
     elif args.quick:  # a dry run: smaller still, and a one-block head (inductor compiles it faster)
         args.images, args.batch, args.shard, args.iters, args.naive = 64, 16, 16, 2, 8
-        args.rows, args.dim, args.train_steps, args.depth = 4096, 64, 8, 1
+        args.rows, args.dim, args.train_steps, args.depth, args.profile_steps = 4096, 64, 8, 1, 3
+        args.profile_batch = 256
     Path(args.out).mkdir(parents=True, exist_ok=True)
     OUT[0] = Path(args.out) / "gpu_bench.json"
     RESULT.clear()
@@ -275,9 +289,11 @@ def main(argv=None) -> int:
         def make_images():
             with Pool(os.cpu_count()) as pool:
                 return pool.map(_make, [(i, folder) for i in range(args.images)])
-        paths = guarded(make_images)
-        say("images", {"n": len(paths), "made_in_s": round(time.perf_counter() - t_start, 1)}
+        paths = guarded(make_images) if not {"decode", "extract"} <= skip else {"skipped": "--skip"}
+        say("images", {"n": len(paths), "repeat": args.repeat, "made_in_s": round(time.perf_counter() - t_start, 1)}
             if isinstance(paths, list) else paths)
+        if isinstance(paths, list):
+            paths = paths * args.repeat
         decode = {"skipped": "no images"} if not isinstance(paths, list) else {"skipped": "--skip"}
         if isinstance(paths, list) and not {"decode", "extract"} <= skip:
             decode = section("decode-only img/s, all cores", bench_decode, paths, args.models[-1][0],
@@ -290,6 +306,9 @@ def main(argv=None) -> int:
         if "train" not in skip:
             key = f"train {args.rows}x{args.dim} batch 2048 ({args.train_steps} steps, depth {args.depth})"
             section(key, bench_train, args, key)
+        if "profile" not in skip:
+            key = f"profile of one SAM step, dim {args.dim}, depth {args.depth}"
+            section(key, bench_profile, args, key, say)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         RESULT["seconds"] = round(time.perf_counter() - t_start, 1)

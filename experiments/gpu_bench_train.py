@@ -43,7 +43,11 @@ def trainer_rate(X, y, cfg, mode, warm_steps, flops, cuda):
     res = train(ArraySource(X, y), config=cfg, progress=False, compile=mode)
     sync(cfg.device)
     rate = res.steps * cfg.batch_size / (time.perf_counter() - t0)
+    later = res.history[1:]  # epochs after the first: no upload, no (re)compilation, validation included
+    steady = ((later[-1]["steps"] - res.history[0]["steps"]) * cfg.batch_size / sum(r["seconds"] for r in later)
+              if later else None)
     return {**throughput(rate, flops, "fp32", cuda), "steps": res.steps, "warmup_s": round(warm, 1),
+            "steady_rows_per_s": round(steady, 0) if steady else None,
             "final_train_loss": round(res.history[-1]["train_loss"], 5)}
 
 
@@ -76,6 +80,7 @@ def step_ceiling(X, y, cfg, precision, steps, lr, flops, cuda):
     """The SAM step alone on one batch already on the device (eager), in ``precision``."""
     import torch
     from clipdetect.models.heads import create_head
+    from clipdetect.models.losses import trusted_batches
     from clipdetect.models.sam import SAM
     from clipdetect.models.step import sam_step
     from clipdetect.models.train import build_loss
@@ -90,7 +95,7 @@ def step_ceiling(X, y, cfg, precision, steps, lr, flops, cuda):
                   **({"fused": True} if cuda else {}))
         loss_fn = build_loss(cfg)
         ctx = torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        with ctx:
+        with ctx, trusted_batches():  # as the trainer on a GPU: no device -> host read in the step
             for k in range(steps + 10):
                 if k == 10:
                     sync(dev)
@@ -140,9 +145,12 @@ def bench_train(args, key):
         say(key, out)
     names = ("trainer_eager", "trainer_compile_default", "trainer_compile_graphs", "reference")
     rates = {k: out[k]["rows_per_s"] for k in names if ok(out.get(k))}
+    steady = {k: out[k]["steady_rows_per_s"] for k in names[:3] if ok(out.get(k)) and out[k]["steady_rows_per_s"]}
     if rates.get("reference"):
         out["trainer_over_reference"] = {k: round(v / rates["reference"], 1) for k, v in rates.items()
                                          if k != "reference"}
+    if rates.get("reference") and steady:
+        out["trainer_steady_over_reference"] = {k: round(v / rates["reference"], 1) for k, v in steady.items()}
     if ok(ceil["fp32"]):
         out["trainer_over_ceiling_fp32"] = {k: round(v / ceil["fp32"]["rows_per_s"], 3)
                                             for k, v in rates.items() if k != "reference"}
