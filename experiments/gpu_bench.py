@@ -100,11 +100,13 @@ class FilesSource(Source):
 
 
 # ------------------------------------------------------------------ extraction
-def decode_ceiling(paths, pre, workers, fast="none", reps=1):
+def decode_ceiling(paths, pre, workers, fast="none", reps=1, batch=64):
+    """img/s of the decode workers alone (decode + the PIL stage of ``pre``, no model), the pool's
+    start-up left out: the ceiling of any end-to-end rate on these images."""
     from clipdetect.features.pipeline import Decoder
 
     dec = Decoder(pre, workers=workers, fast_decode=fast)
-    tasks = [(i, paths[i:i + 64]) for i in range(0, len(paths), 64)]
+    tasks = [(i, paths[i:i + batch]) for i in range(0, len(paths), batch)]
     list(dec(iter(tasks[:workers])))  # pool start-up outside the clock
     t0 = time.perf_counter()
     for _ in range(reps):

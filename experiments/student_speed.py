@@ -35,10 +35,11 @@ from clipdetect import Detector, open_source
 from clipdetect.data.imaging import SplitPreprocess
 from clipdetect.data.sources import Sample
 from clipdetect.features.backbones import create_backbone
-from clipdetect.features.pipeline import Decoder, default_workers, plan_tasks
+from clipdetect.features.pipeline import default_workers, plan_tasks
 from clipdetect.features.splits import assign_splits
 from clipdetect.models.predict import score_images, score_tasks
 from common import ROOT, save_json, save_text
+from gpu_bench import decode_ceiling
 
 
 def split_refs(manifest: str, split: str, n: int) -> list:
@@ -49,15 +50,6 @@ def split_refs(manifest: str, split: str, n: int) -> list:
     if len(refs) < n:
         raise SystemExit(f"only {len(refs)} {split} images in {manifest}; lower --n")
     return refs[:n]
-
-
-def decode_ceiling(pre, refs, workers: int, batch: int) -> float:
-    dec = Decoder(pre, workers=workers)
-    tasks = [(i, refs[i:i + batch]) for i in range(0, len(refs), batch)]
-    list(dec(iter(tasks[:max(1, workers)])))  # the pool's start-up outside the clock
-    t0 = time.perf_counter()
-    n = sum(len(d) for _, d in dec(iter(tasks)))
-    return n / (time.perf_counter() - t0)
 
 
 def predict_pass(det, bb, refs, workers: int, batch: int) -> float:
@@ -78,7 +70,8 @@ def measure(args, name, spec, det, refs) -> dict:
         runtime, _, precision = entry.partition(":")
         bb = create_backbone(spec, runtime=runtime, precision=precision or "fp32")
         if not out:
-            out["decode_ceiling"] = decode_ceiling(SplitPreprocess(bb.preprocess), refs, args.workers, args.batch_size)
+            out["decode_ceiling"] = decode_ceiling(refs, SplitPreprocess(bb.preprocess), args.workers,
+                                                   batch=args.batch_size)
             out["input_px"] = bb.identity["preprocess"]["size"][0]
         score_images(det, refs[:args.batch_size], backbone=bb, batch_size=args.batch_size)  # warm-up
         times = [predict_pass(det, bb, refs, args.workers, args.batch_size) for _ in range(args.repeats)]
