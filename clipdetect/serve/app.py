@@ -179,10 +179,19 @@ async def model(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """200 when this process scores; 503 ``unavailable`` when its batcher has stopped, and with
+    ``serve --workers N`` 503 ``starting`` (``Retry-After: 1``) until all N workers have loaded."""
     service: Service = request.app.state.service
     alive = service.batcher.thread is not None and service.batcher.thread.is_alive()
-    return JSONResponse({"status": "ok" if alive else "unavailable", "inflight": service.inflight,
-                         "queued_images": service.batcher.depth}, status_code=200 if alive else 503)
+    body = {"status": "ok" if alive else "unavailable", "inflight": service.inflight,
+            "queued_images": service.batcher.depth}
+    ready = getattr(request.app.state, "workers_ready", None)  # set by a worker of serve --workers
+    if ready is not None:
+        body["workers_ready"] = n = ready()
+        if alive and n < service.config.workers:
+            body["status"] = "starting"
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(body, status_code=200 if alive else 503)
 
 
 async def metrics(request: Request) -> Response:

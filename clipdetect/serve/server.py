@@ -9,7 +9,8 @@ With ``workers`` > 1, uvicorn's process supervisor binds the port once and start
 worker processes on it; each loads the detector and its backbone (:func:`load_served`, from the
 spec in ``$CLIPDETECT_SERVE_WORKER``) and runs its own batcher, limits and metrics. SIGTERM to
 the supervisor is passed on to the workers, which drain as one process does; a worker that
-dies is restarted.
+dies is restarted. The workers keep their keep-alive connections evenly split
+(:mod:`clipdetect.serve.balance`).
 """
 from __future__ import annotations
 
@@ -68,10 +69,18 @@ def load_served(detector: str, *, backbone: Optional[str] = None, weights: Optio
 
 
 def worker_app():
-    """The application of one worker process of ``serve --workers N`` (uvicorn's factory)."""
+    """The application of one worker process of ``serve --workers N`` (uvicorn's factory): once the
+    detector has loaded, the worker joins the connection balance (:mod:`clipdetect.serve.balance`)."""
+    from clipdetect.serve.balance import ShedExcess, start_share
+
     spec = json.loads(os.environ[WORKER_ENV])
     det, backbone = load_served(**spec["load"])
-    return create_app(det, backbone, ServeConfig(**spec["config"]), name=spec["name"])
+    app = create_app(det, backbone, ServeConfig(**spec["config"]), name=spec["name"])
+    share = start_share()
+    if share is None:
+        return app
+    app.state.workers_ready = lambda: len(share.counts())  # /healthz says "starting" until all have loaded
+    return ShedExcess(app, share)
 
 
 def worker_threads(config: ServeConfig, threads: Optional[int]) -> Optional[int]:
@@ -85,14 +94,24 @@ def serve_workers(load: Dict[str, Any], config: ServeConfig, *, name: Optional[s
                   log_level: str = "warning") -> None:
     """Serve with ``config.workers`` processes on one port until SIGTERM / SIGINT; each worker
     calls :func:`load_served` with ``load``."""
+    import shutil
+    import tempfile
+
     from uvicorn.supervisors import Multiprocess
 
+    from clipdetect.serve.balance import SHARE_ENV, CountingProtocol
+
+    share = tempfile.mkdtemp(prefix="clipdetect-serve-")  # the workers' connection counts
     os.environ[WORKER_ENV] = json.dumps({"load": load, "config": config.to_dict(), "name": name})
-    ucfg = uvicorn_config("clipdetect.serve.server:worker_app", config, log_level=log_level, factory=True,
-                          workers=config.workers)
-    logger.info("serving %s with %d worker processes on http://%s:%d", name or "the detector", config.workers,
-                config.host, config.port)
-    Multiprocess(ucfg, sockets=[ucfg.bind_socket()]).run()
+    os.environ[SHARE_ENV] = share
+    try:
+        ucfg = uvicorn_config("clipdetect.serve.server:worker_app", config, log_level=log_level, factory=True,
+                              workers=config.workers, http=CountingProtocol)
+        logger.info("serving %s with %d worker processes on http://%s:%d", name or "the detector",
+                    config.workers, config.host, config.port)
+        Multiprocess(ucfg, sockets=[ucfg.bind_socket()]).run()
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
 
 
 def build_server(detector, backbone, config: ServeConfig, *, name: Optional[str] = None,
