@@ -10,7 +10,8 @@
    cached embeddings, the student's end to end (encoded file -> decode -> preprocess -> student
    -> head); AUC with bootstrap CIs and the paired-bootstrap difference (teacher - student).
 4. Speed: the first ``--speed-n`` test images, batch ``--batch-size``, ``--threads`` torch
-   threads, the same decode path for both, on every runtime of ``--runtimes``; median of
+   threads, on ``predict``'s engine with ``--workers`` decode processes (``student_speed.py``:
+   also the in-process rate and the decode ceiling), on every runtime of ``--runtimes``; median of
    ``--repeats`` passes. The fastest runtime of each model gives the speed-up.
 
     python experiments/corpus_distill.py $CLIPDETECT_DATA/caches/corpus-b16 \\
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_distill import image_tower, n_params, timed_scores
+from bench_distill import image_tower, n_params
 from clipdetect import Detector, FeatureCache, open_source
 from clipdetect.core.metrics import evaluate_scores
 from clipdetect.core.numerics import logit
@@ -37,9 +38,11 @@ from clipdetect.distill.images import collect_images
 from clipdetect.distill.trainer import original_view_rows
 from clipdetect.eval.compare import paired_auc_difference
 from clipdetect.features.backbones import create_backbone
+from clipdetect.features.pipeline import default_workers
 from clipdetect.features.splits import SplitSpec
 from clipdetect.models.train import TrainConfig
 from common import ROOT, save_json, save_text
+from student_speed import measure
 
 N_BOOT = 1000
 
@@ -72,16 +75,17 @@ def teacher_detector(cache, work: Path) -> Detector:
 
 
 def speeds(args, refs, models) -> dict:
+    """img/s of each model on each runtime on ``predict``'s engine (decode workers), with the in-process
+    rate and the decode ceiling (:func:`student_speed.measure`)."""
     out = {}
-    for entry in args.runtimes.split(","):
-        runtime, _, precision = entry.partition(":")
-        for name, spec, det in models:
-            bb = create_backbone(spec, runtime=runtime, precision=precision or "fp32")
-            _, sec, times = timed_scores(bb, det, refs, args.batch_size, args.repeats)
-            out[f"{name}:{entry}"] = {"images_per_second": len(refs) / sec, "pass_seconds": times,
-                                        "input_px": bb.identity["preprocess"]["size"][0],
-                                        "parameters": n_params(image_tower(bb), det.head) if runtime == "torch" else None}
-            print(name, entry, out[f"{name}:{entry}"], file=sys.stderr, flush=True)
+    for name, spec, det in models:
+        rates = measure(args, name, spec, det, refs)
+        for entry in args.runtimes.split(","):
+            out[f"{name}:{entry}"] = {"images_per_second": rates[entry]["predict"],
+                                      "in_process_images_per_second": rates[entry]["in_process"],
+                                      "pass_seconds": rates[entry]["predict_pass_seconds"],
+                                      "decode_ceiling": rates["decode_ceiling"], "input_px": rates["input_px"]}
+        out[f"{name}:parameters"] = n_params(image_tower(create_backbone(spec)), det.head)
     return out
 
 
@@ -95,9 +99,11 @@ def main(argv=None) -> int:
     ap.add_argument("--augment", default="flip")
     ap.add_argument("--batch-size-train", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32, help="inference batch (both models)")
-    ap.add_argument("--speed-n", type=int, default=64)
+    ap.add_argument("--speed-n", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=default_workers(), help="decode processes of the speed "
+                    "measurement (predict's default)")
     ap.add_argument("--runtimes", default="torch,openvino", help="CPU runtimes the speed is measured on, "
                     "RUNTIME[:PRECISION] (e.g. torch,openvino:bf16; precision default fp32)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "corpus_distill"))
@@ -125,7 +131,8 @@ def main(argv=None) -> int:
 
     speed = speeds(args, refs[:args.speed_n], [("teacher", cache.backbone["spec"], teacher),
                                               ("student", f"student:{sdir}", student)])
-    best = {m: max((k for k in speed if k.startswith(m + ":")), key=lambda k: speed[k]["images_per_second"])
+    timed = {k: v for k, v in speed.items() if isinstance(v, dict)}
+    best = {m: max((k for k in timed if k.startswith(m + ":")), key=lambda k: timed[k]["images_per_second"])
             for m in ("teacher", "student")}
     ratio = speed[best["student"]]["images_per_second"] / speed[best["teacher"]]["images_per_second"]
     doc = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("cache", "manifest", "work", "out")},
@@ -149,9 +156,11 @@ def main(argv=None) -> int:
           f"Gap {d.get('delta_auc', float('nan')):+.3f} [{d.get('delta_auc_lo', float('nan')):+.3f}, "
           f"{d.get('delta_auc_hi', float('nan')):+.3f}].", "",
           f"Speed (CPU, {args.threads} threads, batch {args.batch_size}, first {args.speed_n} test images end to end "
-          f"from the files, median of {args.repeats} passes):", "", "| model:runtime | input px | images/s |",
-          "|---|---|---|"]
-    md += [f"| {k} | {v['input_px']} | {v['images_per_second']:.2f} |" for k, v in speed.items()]
+          f"from the files on predict's engine with {args.workers} decode processes, median of {args.repeats} "
+          "passes; `student_speed.py`):", "",
+          "| model:runtime | input px | images/s | in process | decode ceiling |", "|---|---|---|---|---|"]
+    md += [f"| {k} | {v['input_px']} | {v['images_per_second']:.2f} | {v['in_process_images_per_second']:.2f} | "
+           f"{v['decode_ceiling']:.1f} |" for k, v in timed.items()]
     md += ["", f"Fastest runtime of each: {best['teacher']} vs {best['student']}: student {ratio:.1f}x the teacher.", ""]
     save_text(out / f"distill_{args.image_size}.md", "\n".join(md))
     print("\n".join(md))
