@@ -148,3 +148,44 @@ def _status(port):
         return get(f"http://127.0.0.1:{port}/healthz")[0]
     except OSError:
         return None
+
+
+def test_a_lost_folder_or_file_neither_breaks_requests_nor_leaks_descriptors(tmp_path):
+    folder = tmp_path / "share"
+    folder.mkdir()
+    a = ConnectionShare(folder, name="a", refresh=0)
+    b = ConnectionShare(folder, name="b", refresh=0)
+    a.opened()
+    assert b.counts() == {"a": 1, "b": 0} and "a" in b._fds
+    a.close()  # a stopped and removed its file: b forgets its descriptor
+    assert b.counts() == {"b": 0} and b._fds == {}
+    (folder / "b").unlink()  # b's own file removed (a cleaner of temporary files): published again
+    b.opened()
+    assert b.counts() == {"b": 1} and (folder / "b").read_bytes() == (1).to_bytes(4, "little")
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()  # the whole folder gone: this worker alone, no error on any request
+    assert b.counts() == {"b": 1} and not b.should_shed()
+    b.close()
+
+
+def test_healthz_says_starting_until_every_worker_has_loaded_then_stays_up():
+    from types import SimpleNamespace
+
+    from clipdetect.serve.app import healthz
+
+    ready = [1]
+    service = SimpleNamespace(batcher=SimpleNamespace(thread=threading.main_thread(), depth=0), inflight=0,
+                              config=SimpleNamespace(workers=2))
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(service=service,
+                                                                        workers_ready=lambda: ready[0])))
+
+    def status():
+        response = asyncio.run(healthz(request))
+        return response.status_code, json.loads(response.body)["status"], response.headers.get("retry-after")
+
+    assert status() == (503, "starting", "1")
+    ready[0] = 2
+    assert status() == (200, "ok", None)
+    ready[0] = 1  # a worker restarting, or one fewer after SIGTTOU: the service is up all the same
+    assert status() == (200, "ok", None)

@@ -180,7 +180,8 @@ async def model(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     """200 when this process scores; 503 ``unavailable`` when its batcher has stopped, and with
-    ``serve --workers N`` 503 ``starting`` (``Retry-After: 1``) until all N workers have loaded."""
+    ``serve --workers N`` 503 ``starting`` (``Retry-After: 1``) until all N workers have loaded
+    (once: a worker restarted later does not make the service "starting" again)."""
     service: Service = request.app.state.service
     alive = service.batcher.thread is not None and service.batcher.thread.is_alive()
     body = {"status": "ok" if alive else "unavailable", "inflight": service.inflight,
@@ -188,7 +189,9 @@ async def healthz(request: Request) -> Response:
     ready = getattr(request.app.state, "workers_ready", None)  # set by a worker of serve --workers
     if ready is not None:
         body["workers_ready"] = n = ready()
-        if alive and n < service.config.workers:
+        if n >= service.config.workers:  # started: later a worker may be restarted or stopped (SIGTTOU)
+            request.app.state.all_workers_started = True
+        if alive and not getattr(request.app.state, "all_workers_started", False):
             body["status"] = "starting"
             return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse(body, status_code=200 if alive else 503)

@@ -9,7 +9,9 @@ while the other core idles, and throughput depends on the draw.
 Each worker counts its open connections (:class:`CountingProtocol`, uvicorn's HTTP protocol with
 two counters) and publishes the count in a file of its own, named by its process id, in a folder
 the supervisor creates (``$CLIPDETECT_SERVE_SHARE``). A worker's file appears once its detector has
-loaded, so only ready workers are counted. A worker holding more than its fair share,
+loaded, so only ready workers are counted. The service has no WebSocket route and uvicorn runs
+with ``ws="none"``: an upgrade would hand a connection to another protocol object unseen by the
+count. A worker holding more than its fair share,
 ``ceil(open connections of all workers / ready workers)``, answers its next requests with
 ``Connection: close`` (:class:`ShedExcess`), one per connection over the share. Those clients
 reconnect, and a reconnecting client may land on either worker. A worker still over its share
@@ -53,6 +55,15 @@ class ConnectionShare:
     def _write(self) -> None:
         os.pwrite(self.fd, _COUNT.pack(self.open), 0)
 
+    def _reopen(self) -> None:
+        try:
+            fd = os.open(self.folder / self.name, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return
+        os.close(self.fd)
+        self.fd = fd
+        self._write()
+
     def opened(self) -> None:
         self.open += 1
         self._write()
@@ -63,9 +74,18 @@ class ConnectionShare:
         self._write()
 
     def counts(self) -> Dict[str, int]:
-        """Open connections of every ready worker, this one included."""
+        """Open connections of every ready worker, this one included (this one alone when the
+        folder cannot be read)."""
         out = {self.name: self.open}
-        for name in os.listdir(self.folder):
+        try:
+            names = os.listdir(self.folder)
+        except OSError:  # the folder is gone (a cleaner of temporary files): balance nothing
+            return out
+        if self.name not in names:  # this worker's file was removed: publish it again
+            self._reopen()
+        for name in set(self._fds) - set(names):  # a file another worker removed
+            os.close(self._fds.pop(name))
+        for name in names:
             if name == self.name:
                 continue
             if name.isdigit() and not _alive(int(name)):
@@ -108,7 +128,10 @@ class ConnectionShare:
     def close(self) -> None:
         for name in list(self._fds):
             os.close(self._fds.pop(name))
+        if self.fd < 0:
+            return
         os.close(self.fd)
+        self.fd = -1
         try:
             os.unlink(self.folder / self.name)
         except OSError:
@@ -129,7 +152,10 @@ def start_share() -> Optional[ConnectionShare]:
     """This worker's share, when the supervisor set ``$CLIPDETECT_SERVE_SHARE`` (else None)."""
     folder = os.environ.get(SHARE_ENV)
     if folder and _SHARE[0] is None:
-        _SHARE[0] = ConnectionShare(folder)
+        import atexit
+
+        _SHARE[0] = share = ConnectionShare(folder)
+        atexit.register(share.close)  # a worker that stops leaves no file behind
     return _SHARE[0]
 
 

@@ -36,7 +36,7 @@ def uvicorn_config(app, config: ServeConfig, *, log_level: str = "warning", **ex
                           limit_concurrency=config.connection_limit, access_log=False,
                           timeout_keep_alive=5, lifespan="on",
                           timeout_graceful_shutdown=int(math.ceil(config.request_timeout + config.read_timeout)),
-                          server_header=False, proxy_headers=False, **extra)
+                          server_header=False, proxy_headers=False, ws="none", **extra)
 
 
 def servable(detector: str):
