@@ -2,7 +2,9 @@
 
 For the trainer's step (paper head, CVaR+AUC, SAM, AdamW fused on CUDA, batches from rows on
 the device, the losses' device-only form) eager and with ``compile="graphs"`` (in fp32, and on
-CUDA with TF32 matrix products too), and eager at 4× the batch: the step's wall time, then ``torch.profiler`` over a few steps: kernels launched per
+CUDA with TF32 matrix products too), eager at 4× the batch, and on CUDA the whole step (batch
+gather, both SAM passes, a capturable fused AdamW) captured as one CUDA graph, fp32 and TF32 (not
+yet run on a GPU: the table's next measurement): the step's wall time, then ``torch.profiler`` over a few steps: kernels launched per
 step, the device's busy time per step (the sum of kernel times) and the top operators by host
 and by device time. Busy time far below the wall time means the step waits on the host
 (launches, dispatch), not on the GPU's arithmetic.
@@ -68,19 +70,28 @@ def _step_profile(X, y, cfg, mode: str, batch: int, steps: int) -> dict:
     torch._dynamo.reset()
     Xd = torch.from_numpy(X).to(device)
     yd = torch.from_numpy(y.astype(np.float32)).to(device)
+    whole = mode == "whole"  # the whole step (gather, both SAM passes, AdamW) as one CUDA graph
     head = create_head(cfg.head_config(X.shape[1])).to(device).train()
+    fused = {"fused": True, **({"capturable": True} if whole else {})} if cuda else {}
     opt = SAM(head.parameters(), torch.optim.AdamW, rho=cfg.rho, lr=cfg.lr or DEFAULT_LR[cfg.head],
-              weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
+              weight_decay=cfg.weight_decay, **fused)
     loss_fn = build_loss(cfg)
-    step_loss = forward_loss(head, loss_fn, mode)
+    step_loss = forward_loss(head, loss_fn, "none" if whole else mode)
     gen = torch.Generator(device=device).manual_seed(0)
+    idx = torch.randint(0, len(Xd), (batch,), device=device, generator=gen)  # the graph's static input
+    replay = []
 
-    def step():
-        idx = torch.randint(0, len(Xd), (batch,), device=device, generator=gen)
+    def body():
         xb, yb = Xd.index_select(0, idx).float(), yd.index_select(0, idx)
         sam_step(head, opt, loss_fn, xb, yb, True, step_loss=step_loss)
 
+    def step():
+        torch.randint(0, len(Xd), (batch,), device=device, generator=gen, out=idx)
+        (replay[0] if replay else body)()
+
     with trusted_batches():
+        if whole:
+            replay.append(_captured(body, device))
         t0 = time.perf_counter()
         for _ in range(15):
             step()
@@ -94,6 +105,24 @@ def _step_profile(X, y, cfg, mode: str, batch: int, steps: int) -> dict:
         prof = guarded(_profile, step, 3, device)
     return {"batch": batch, "compile": mode, "warmup_s": round(warm, 1), "wall_ms_per_step": round(wall * 1000, 3),
             "rows_per_s": round(batch / wall, 0), "profile": prof}
+
+
+def _captured(body, device):
+    """``body`` captured as one CUDA graph after a warm-up on a side stream; returns its replay."""
+    import torch
+
+    if device.type != "cuda":
+        raise RuntimeError("whole-step capture needs CUDA")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph.replay
 
 
 def bench_profile(args, key, say) -> dict:
@@ -111,8 +140,9 @@ def bench_profile(args, key, say) -> dict:
     out: dict = {}
     cuda = args.device.startswith("cuda")
     for name, mode, batch, tf32 in ((f"eager_{b}", "none", b, False), (f"graphs_{b}", "graphs", b, False),
-                                    (f"graphs_{b}_tf32", "graphs", b, True), (f"eager_{4 * b}", "none", 4 * b, False)):
-        if tf32 and not cuda:
+                                    (f"graphs_{b}_tf32", "graphs", b, True), (f"eager_{4 * b}", "none", 4 * b, False),
+                                    (f"whole_graph_{b}", "whole", b, False), (f"whole_graph_{b}_tf32", "whole", b, True)):
+        if (tf32 or mode == "whole") and not cuda:
             continue
         out[name] = guarded(step_profile, X, y, cfg, mode, batch, args.profile_steps, tf32)
         say(key, out)
