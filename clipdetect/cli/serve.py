@@ -73,7 +73,9 @@ def add_parser(sub) -> None:
                         "256 x 256; 0: all on the pool)")
     q.add_argument("--workers", type=int, default=d.workers, metavar="N",
                    help=f"server processes on the port, each with its own model copy, batcher, limits and "
-                        f"/metrics; --threads defaults to the CPUs shared among them (default {d.workers})")
+                        f"/metrics; --threads defaults to the CPUs shared among them; keep-alive connections are "
+                        f"kept evenly split over them, and /healthz says 503 'starting' until all have loaded "
+                        f"(default {d.workers})")
     p.set_defaults(func=run_serve)
 
 
