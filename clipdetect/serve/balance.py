@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+from clipdetect.core.lock import pid_alive
+
 __all__ = ["SHARE_ENV", "ConnectionShare", "CountingProtocol", "ShedExcess", "current_share", "start_share"]
 
 #: the folder shared by the workers of one server (set by the supervisor, ``serve --workers``)
@@ -49,20 +51,24 @@ class ConnectionShare:
         self.shedding = 0  # responses marked Connection: close whose connection has not closed yet
         self._fds: Dict[str, int] = {}
         self._read_at, self._fair = -math.inf, math.inf
-        self.fd = os.open(self.folder / self.name, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        self._write()
+        self.fd = self._publish()
+
+    def _publish(self) -> int:
+        """(Re)create this worker's file with the current count; its descriptor."""
+        fd = os.open(self.folder / self.name, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.pwrite(fd, _COUNT.pack(self.open), 0)
+        return fd
 
     def _write(self) -> None:
         os.pwrite(self.fd, _COUNT.pack(self.open), 0)
 
     def _reopen(self) -> None:
         try:
-            fd = os.open(self.folder / self.name, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            fd = self._publish()
         except OSError:
             return
         os.close(self.fd)
         self.fd = fd
-        self._write()
 
     def opened(self) -> None:
         self.open += 1
@@ -88,8 +94,8 @@ class ConnectionShare:
         for name in names:
             if name == self.name:
                 continue
-            if name.isdigit() and not _alive(int(name)):
-                self._forget(name)
+            if name.isdigit() and not pid_alive(int(name)):
+                self._forget(name, remove=True)
                 continue
             try:
                 fd = self._fds.get(name)
@@ -97,17 +103,18 @@ class ConnectionShare:
                     fd = self._fds[name] = os.open(self.folder / name, os.O_RDONLY | os.O_NOFOLLOW)
                 raw = os.pread(fd, _COUNT.size, 0)
             except OSError:
-                self._forget(name)
+                self._forget(name, remove=False)
                 continue
             if len(raw) == _COUNT.size:
                 out[name] = _COUNT.unpack(raw)[0]
         return out
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, *, remove: bool) -> None:
+        """Drop the descriptor of ``name``'s file; ``remove``: delete the file too (its worker is dead)."""
         fd = self._fds.pop(name, None)
         if fd is not None:
             os.close(fd)
-        if name.isdigit() and not _alive(int(name)):
+        if remove:
             try:
                 os.unlink(self.folder / name)
             except OSError:
@@ -136,16 +143,6 @@ class ConnectionShare:
             os.unlink(self.folder / self.name)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def start_share() -> Optional[ConnectionShare]:
