@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from gpu_bench_record import guarded, sync
+from gpu_bench_record import guarded, matmul_tf32, sam_head, sync
 
 
 def _ms(value_us: float, steps: int) -> float:
@@ -47,20 +47,13 @@ def _profile(step, steps: int, device) -> dict:
 
 
 def step_profile(X, y, cfg, mode: str, batch: int, steps: int = 50, tf32: bool = False) -> dict:
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
+    with matmul_tf32(tf32):
         return _step_profile(X, y, cfg, mode, batch, steps) | {"tf32": tf32}
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _step_profile(X, y, cfg, mode: str, batch: int, steps: int) -> dict:
     import torch
-    from clipdetect.models.heads import create_head
     from clipdetect.models.losses import trusted_batches
-    from clipdetect.models.sam import SAM
     from clipdetect.models.schedule import DEFAULT_LR
     from clipdetect.models.step import forward_loss, sam_step
     from clipdetect.models.train import build_loss
@@ -71,10 +64,8 @@ def _step_profile(X, y, cfg, mode: str, batch: int, steps: int) -> dict:
     Xd = torch.from_numpy(X).to(device)
     yd = torch.from_numpy(y.astype(np.float32)).to(device)
     whole = mode == "whole"  # the whole step (gather, both SAM passes, AdamW) as one CUDA graph
-    head = create_head(cfg.head_config(X.shape[1])).to(device).train()
     fused = {"fused": True, **({"capturable": True} if whole else {})} if cuda else {}
-    opt = SAM(head.parameters(), torch.optim.AdamW, rho=cfg.rho, lr=cfg.lr or DEFAULT_LR[cfg.head],
-              weight_decay=cfg.weight_decay, **fused)
+    head, opt = sam_head(cfg, X.shape[1], cfg.lr or DEFAULT_LR[cfg.head], **fused)
     loss_fn = build_loss(cfg)
     step_loss = forward_loss(head, loss_fn, "none" if whole else mode)
     gen = torch.Generator(device=device).manual_seed(0)

@@ -1,6 +1,7 @@
 """Results of experiments/gpu_bench.py: sections that record their error and go on, a JSON kept current."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import time
@@ -69,3 +70,27 @@ def sync(device) -> None:
 
 def ok(value) -> bool:
     return not (isinstance(value, dict) and ("error" in value or "skipped" in value))
+
+
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool):
+    """TF32 tensor cores for fp32 matrix products on CUDA inside the block (off again after it)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def sam_head(cfg, dim: int, lr: float, **opt_kw):
+    """``(head, optimiser)``: the trainer's head for ``dim`` inputs on ``cfg.device``, in training mode,
+    and SAM over AdamW with ``cfg``'s rho and weight decay (``opt_kw``: e.g. fused, capturable)."""
+    import torch
+    from clipdetect.models.heads import create_head
+    from clipdetect.models.sam import SAM
+
+    head = create_head(cfg.head_config(dim)).to(cfg.device).train()
+    return head, SAM(head.parameters(), torch.optim.AdamW, rho=cfg.rho, lr=lr, weight_decay=cfg.weight_decay,
+                     **opt_kw)

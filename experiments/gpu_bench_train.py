@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_bench_record import PEAK, SKIPPED, guarded, ok, say, sync
+from gpu_bench_record import PEAK, SKIPPED, guarded, matmul_tf32, ok, sam_head, say, sync
 
 
 def sam_flops_per_row(head) -> float:
@@ -55,8 +55,6 @@ def reference_rate(X, y, cfg, n_steps, lr):
     """The reference-style loop: np.load of the array, per-sample DataLoader, fminbound CVaR."""
     import torch
     from bench_train import PerSampleDataset, reference_loss
-    from clipdetect.models.heads import create_head
-    from clipdetect.models.sam import SAM
     from clipdetect.models.step import sam_step
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,8 +64,7 @@ def reference_rate(X, y, cfg, n_steps, lr):
                                          drop_last=True)
     batches = (b for _ in range(n_steps) for b in loader)  # epochs on, however few batches one has
     torch.manual_seed(0)
-    head = create_head(cfg.head_config(X.shape[1])).to(cfg.device).train()
-    opt = SAM(head.parameters(), torch.optim.AdamW, rho=cfg.rho, lr=lr, weight_decay=cfg.weight_decay)
+    head, opt = sam_head(cfg, X.shape[1], lr)
     loss_ref = reference_loss(cfg)
     t0 = time.perf_counter()
     for _ in range(n_steps):
@@ -79,20 +76,15 @@ def reference_rate(X, y, cfg, n_steps, lr):
 def step_ceiling(X, y, cfg, precision, steps, lr, flops, cuda):
     """The SAM step alone on one batch already on the device (eager), in ``precision``."""
     import torch
-    from clipdetect.models.heads import create_head
     from clipdetect.models.losses import trusted_batches
-    from clipdetect.models.sam import SAM
     from clipdetect.models.step import sam_step
     from clipdetect.models.train import build_loss
 
     dev = cfg.device
     xb = torch.from_numpy(X[:cfg.batch_size].astype(np.float32)).to(dev)
     yb = torch.from_numpy(y[:cfg.batch_size].astype(np.float32)).to(dev)
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        head = create_head(cfg.head_config(X.shape[1])).to(dev).train()
-        opt = SAM(head.parameters(), torch.optim.AdamW, rho=cfg.rho, lr=lr, weight_decay=cfg.weight_decay,
-                  **({"fused": True} if cuda else {}))
+    with matmul_tf32(precision == "tf32"):
+        head, opt = sam_head(cfg, X.shape[1], lr, **({"fused": True} if cuda else {}))
         loss_fn = build_loss(cfg)
         ctx = torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with ctx, trusted_batches():  # as the trainer on a GPU: no device -> host read in the step
@@ -102,8 +94,6 @@ def step_ceiling(X, y, cfg, precision, steps, lr, flops, cuda):
                     t0 = time.perf_counter()
                 sam_step(head, opt, loss_fn, xb, yb, True)
             sync(dev)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
     return throughput(steps * cfg.batch_size / (time.perf_counter() - t0), flops, precision, cuda)
 
 
