@@ -85,7 +85,6 @@ def speeds(args, refs, models) -> dict:
                                       "in_process_images_per_second": rates[entry]["in_process"],
                                       "pass_seconds": rates[entry]["predict_pass_seconds"],
                                       "decode_ceiling": rates["decode_ceiling"], "input_px": rates["input_px"]}
-        out[f"{name}:parameters"] = n_params(image_tower(create_backbone(spec)), det.head)
     return out
 
 
@@ -129,10 +128,10 @@ def main(argv=None) -> int:
     ss = evaluate_scores(y, s_logits, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
     diff = paired_auc_difference(y, t_logits, s_logits, n_boot=N_BOOT, seed=0)
 
-    speed = speeds(args, refs[:args.speed_n], [("teacher", cache.backbone["spec"], teacher),
-                                              ("student", f"student:{sdir}", student)])
-    timed = {k: v for k, v in speed.items() if isinstance(v, dict)}
-    best = {m: max((k for k in timed if k.startswith(m + ":")), key=lambda k: timed[k]["images_per_second"])
+    models = [("teacher", cache.backbone["spec"], teacher), ("student", f"student:{sdir}", student)]
+    speed = speeds(args, refs[:args.speed_n], models)
+    params = {name: n_params(image_tower(create_backbone(spec)), det.head) for name, spec, det in models}
+    best = {m: max((k for k in speed if k.startswith(m + ":")), key=lambda k: speed[k]["images_per_second"])
             for m in ("teacher", "student")}
     ratio = speed[best["student"]]["images_per_second"] / speed[best["teacher"]]["images_per_second"]
     doc = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("cache", "manifest", "work", "out")},
@@ -141,7 +140,7 @@ def main(argv=None) -> int:
            "teacher_auc": {k: float(tt[k]) for k in ("auc", "auc_lo", "auc_hi")},
            "student_auc": {k: float(ss[k]) for k in ("auc", "auc_lo", "auc_hi")},
            "gap_teacher_minus_student": {k: float(v) for k, v in diff.items() if isinstance(v, (int, float))},
-           "speed": speed, "fastest": best, "speedup_fastest": ratio}
+           "speed": speed, "parameters": params, "fastest": best, "speedup_fastest": ratio}
     out = Path(args.out)
     save_json(out / f"distill_{args.image_size}.json", doc)
     d = doc["gap_teacher_minus_student"]
@@ -160,7 +159,7 @@ def main(argv=None) -> int:
           "passes; `student_speed.py`):", "",
           "| model:runtime | input px | images/s | in process | decode ceiling |", "|---|---|---|---|---|"]
     md += [f"| {k} | {v['input_px']} | {v['images_per_second']:.2f} | {v['in_process_images_per_second']:.2f} | "
-           f"{v['decode_ceiling']:.1f} |" for k, v in timed.items()]
+           f"{v['decode_ceiling']:.1f} |" for k, v in speed.items()]
     md += ["", f"Fastest runtime of each: {best['teacher']} vs {best['student']}: student {ratio:.1f}x the teacher.", ""]
     save_text(out / f"distill_{args.image_size}.md", "\n".join(md))
     print("\n".join(md))
