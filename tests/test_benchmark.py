@@ -140,5 +140,5 @@ def test_balance_variants_train_with_source_balanced_batches(cache):
     det = benchmark.train_variant(cache, fold, "views+balance", cfg, views)
     assert det.train_config["balance"] == "sqrt"
     assert benchmark.train_variant(cache, fold, "views", cfg, views).train_config["balance"] == "none"
-    with pytest.raises(ValueError, match="'source' or 'sqrt'"):
+    with pytest.raises(ValueError, match="'source', 'sqrt' or 'content'"):
         BenchmarkConfig(balance="none")

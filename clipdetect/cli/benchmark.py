@@ -60,9 +60,10 @@ def add_parser(sub) -> None:
     p.add_argument("--layers-width", type=int, default=d.layers_width, help="per-block heads' width (default 256)")
     p.add_argument("--ensemble-size", type=int, default=d.ensemble_size,
                    help=f"heads (seeds) averaged by the '...ensemble' variants (default {d.ensemble_size})")
-    p.add_argument("--balance", choices=("source", "sqrt"), default=d.balance,
-                   help="how the '...balance' variants weigh sources within a class: 'source' = every source the "
-                        f"same, 'sqrt' = as the square root of its size (default {d.balance})")
+    p.add_argument("--balance", choices=("source", "sqrt", "content"), default=d.balance,
+                   help="how the '...balance' variants draw rows: 'source' = every source the same within its "
+                        "class, 'sqrt' = a source as the square root of its size, 'content' = fakes and reals in "
+                        f"the same proportion from every content cluster (default {d.balance})")
     p.add_argument("--n-boot", type=int, default=d.n_boot, help="paired bootstrap draws per fold (default 1000)")
     p.add_argument("--seed", type=int, default=d.seed, help="training and bootstrap seed (default 0)")
     p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",

@@ -46,7 +46,7 @@ metrics, and test metrics when test rows exist, each shown only when its rows su
 def add_parser(sub) -> None:
     from clipdetect.features.manifest import FEATURE_SETS
     from clipdetect.models.heads import HEAD_KINDS
-    from clipdetect.models.samplers import BALANCE_POWERS
+    from clipdetect.models.samplers import BALANCE_MODES
     from clipdetect.models.schedule import PRESETS
     from clipdetect.models.step import COMPILE_MODES
     from clipdetect.models.train import AUC_PAIRS, LOSS_OPTIONS, TrainConfig
@@ -115,10 +115,11 @@ def add_parser(sub) -> None:
     r.add_argument("--auc-pairs", default=d.auc_pairs, choices=list(AUC_PAIRS),
                    help="AUC loss pairs: all fake/real pairs of a batch, or group: only a fake and the reals "
                         "of its own content group (batches of whole groups; default all)")
-    r.add_argument("--balance", default=d.balance, choices=list(BALANCE_POWERS),
-                   help="how batches weigh a cache's sources within each class: none (by their size; default), "
-                        "source (every source the same: a large source does not drown small ones) or sqrt "
-                        "(as the square root of its size)")
+    r.add_argument("--balance", default=d.balance, choices=list(BALANCE_MODES),
+                   help="how batches weigh the training rows within each class: none (uniformly; default), "
+                        "source (every source of a cache the same: a large source does not drown small ones), "
+                        "sqrt (a source as the square root of its size) or content (fakes and reals in the same "
+                        "proportion from every content cluster, so subject matter alone predicts nothing)")
     r.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help=f"validation share of 'train' rows when the cache has no val split ({d.val_fraction})")
     r.add_argument("--test-fraction", type=float, default=d.test_fraction,

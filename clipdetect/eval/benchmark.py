@@ -22,8 +22,9 @@ Variants (:data:`VARIANTS`) switch the generalisation aids on and off: per-block
 original only), within-group AUC pairs (``groups``), fusion of an image-embedding MLP
 with a per-block head (``fusion``), an ensemble of ``ensemble_size`` heads that differ only
 in their seed, averaged as standardised logits (``ensemble``), and source-balanced batches
-(``balance``: TrainConfig ``balance`` = ``config.balance``, so a large source does not drown
-small ones within a class). ``baseline`` is the default detector: the paper's MLP on the final
+(``balance``: TrainConfig ``balance`` = ``config.balance``: "source"/"sqrt" so a large source
+does not drown small ones within a class, "content" so every content cluster holds fakes and
+reals in the same proportion). ``baseline`` is the default detector: the paper's MLP on the final
 embedding, original views. ``probe`` (logistic regression on the final embedding)
 is fitted on every fold too. Every comparison is paired (same test images), and the mean
 over folds gets its CI from the same bootstrap draws in every fold.
@@ -88,8 +89,9 @@ class BenchmarkConfig:
         if self.ensemble_size < 1:
             raise ValueError(f"ensemble_size must be >= 1 (heads averaged by an ensemble variant), "
                              f"got {self.ensemble_size}")
-        if self.balance not in ("source", "sqrt"):
-            raise ValueError(f"balance {self.balance!r} is not 'source' or 'sqrt' (the weighting of a balance variant)")
+        if self.balance not in ("source", "sqrt", "content"):
+            raise ValueError(f"balance {self.balance!r} is not 'source', 'sqrt' or 'content' (the weighting of a "
+                             "balance variant)")
         if ("sets" in self.protocols) != bool(self.hold_out_sets):
             raise ValueError("protocol 'sets' and hold_out_sets (--hold-out NAME=SOURCE,...) go together")
 

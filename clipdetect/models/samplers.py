@@ -1,5 +1,6 @@
 """Batch samplers of the trainer: class-stratified batches, batches in which every source weighs
-the same, and batches of whole content groups."""
+the same, batches in which every content cluster holds fakes and reals in the same proportion,
+and batches of whole content groups."""
 from __future__ import annotations
 
 import logging
@@ -10,10 +11,16 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BALANCE_POWERS", "StratifiedBatchSampler", "SourceBalancedBatchSampler", "GroupBatchSampler"]
+__all__ = ["BALANCE_MODES", "BALANCE_POWERS", "CONTENT_CAP", "StratifiedBatchSampler", "WeightedBatchSampler",
+           "SourceBalancedBatchSampler",
+           "ContentBalancedBatchSampler", "GroupBatchSampler"]
 
 #: ``balance`` setting → exponent of the per-source weight 1 / n_source ** power
 BALANCE_POWERS = {"none": 0.0, "sqrt": 0.5, "source": 1.0}
+#: every ``balance`` setting: the source weightings and "content" (:class:`ContentBalancedBatchSampler`)
+BALANCE_MODES = (*BALANCE_POWERS, "content")
+#: the most a row of a content cluster's minority class is drawn, relative to a uniform draw
+CONTENT_CAP = 8.0
 
 
 class StratifiedBatchSampler:
@@ -55,14 +62,26 @@ class StratifiedBatchSampler:
         return draws
 
 
-class SourceBalancedBatchSampler(StratifiedBatchSampler):
+class WeightedBatchSampler(StratifiedBatchSampler):
+    """Class-stratified batches whose rows are drawn (with replacement) by per-class probabilities
+    ``self.p`` = [fake rows' p, real rows' p], set by a subclass; each class is drawn as often per
+    epoch as it has rows, so the class ratio, the batch count and the learning-rate schedule are
+    those of :class:`StratifiedBatchSampler`."""
+
+    p: list
+
+    def _draws(self, rng: np.random.Generator) -> list:
+        return [rng.choice(idx, size=max(len(idx), self.n_batches), p=p)
+                for idx, p in zip((self.pos, self.neg), self.p)]
+
+
+class SourceBalancedBatchSampler(WeightedBatchSampler):
     """Class-stratified batches in which a large source does not drown the small ones.
 
     Within each class, a row is drawn (with replacement) with probability proportional to
     ``1 / n ** power``, where ``n`` is the number of that class's training rows from the row's
     source: ``power=1`` gives every source the same share of its class, ``0.5`` a share that
-    grows with the square root of its size. Each class is drawn as often per epoch as it has
-    rows, so the class ratio, the batch count and the learning-rate schedule are unchanged.
+    grows with the square root of its size.
     """
 
     def __init__(self, labels: np.ndarray, sources: np.ndarray, batch_size: int, *, power: float = 1.0,
@@ -79,9 +98,46 @@ class SourceBalancedBatchSampler(StratifiedBatchSampler):
         logger.info("source-balanced batches (power %g): %d fake and %d real sources", power,
                     len(np.unique(sources[self.pos])), len(np.unique(sources[self.neg])))
 
-    def _draws(self, rng: np.random.Generator) -> list:
-        return [rng.choice(idx, size=max(len(idx), self.n_batches), p=p)
-                for idx, p in zip((self.pos, self.neg), self.p)]
+
+class ContentBalancedBatchSampler(WeightedBatchSampler):
+    """Class-stratified batches in which content does not predict the label.
+
+    ``clusters`` are content-cluster ids of the rows (:func:`~clipdetect.models.content.content_clusters`).
+    Within class y, a row of cluster c is drawn (with replacement) with probability proportional to
+    ``n_c / n_cy`` (cluster size over its rows of class y), so both classes draw cluster c with the
+    same probability, proportional to its size: a face cluster of many fakes and few real photos
+    gives its real photos more draws instead of teaching "face means fake". A row's weight is
+    capped at ``cap`` times a uniform draw (a lone real photo among hundreds of fakes is not
+    repeated hundreds of times); clusters holding one class keep their share in that class.
+    """
+
+    def __init__(self, labels: np.ndarray, clusters: np.ndarray, batch_size: int, *, cap: float = CONTENT_CAP,
+                 seed: int = 0):
+        super().__init__(labels, batch_size, seed=seed)
+        clusters = np.asarray(clusters, dtype=np.int64)
+        if len(clusters) != len(labels):
+            raise ValueError(f"clusters has {len(clusters)} entries for {len(labels)} labels")
+        if cap < 1:
+            raise ValueError(f"cap must be >= 1 (a row's most draws relative to uniform), got {cap}")
+        size = np.bincount(clusters)
+        self.p = []
+        for idx in (self.pos, self.neg):
+            own = np.bincount(clusters[idx], minlength=len(size))
+            self.p.append(_capped(size[clusters[idx]] / own[clusters[idx]], cap))
+        both = int(((np.bincount(clusters[self.pos], minlength=len(size)) > 0)
+                    & (np.bincount(clusters[self.neg], minlength=len(size)) > 0)).sum())
+        logger.info("content-balanced batches: %d clusters, %d with both classes (cap %g)", len(size), both, cap)
+
+
+def _capped(w: np.ndarray, cap: float) -> np.ndarray:
+    """Probabilities proportional to ``w``, none above ``cap`` / len(w) (the excess spread over the rest)."""
+    w = np.asarray(w, dtype=np.float64)
+    for _ in range(200):
+        w = w / w.mean()
+        if w.max() <= cap * (1 + 1e-6):
+            break
+        w = np.minimum(w, cap)
+    return w / w.sum()
 
 
 class GroupBatchSampler(StratifiedBatchSampler):

@@ -40,6 +40,13 @@ class ArraySource:
     def batch(self, idx: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.X[idx], dtype=np.float32)
 
+    @functools.cached_property
+    def content(self) -> np.ndarray:
+        """Content-cluster ids of the rows (k-means on ``X``; computed on first use)."""
+        from clipdetect.models.content import content_clusters
+
+        return content_clusters(self.X)
+
 
 class CacheSource:
     """Rows ``rows`` of a :class:`~clipdetect.features.cache.FeatureCache`, read batch by batch from its memory maps."""
@@ -62,6 +69,14 @@ class CacheSource:
     def sources(self) -> np.ndarray:
         """The rows' source names (the cache's ``source`` column; "" where it has none)."""
         return self.cache.columns("source")["source"].to_numpy()[self.rows].astype(str)
+
+    @functools.cached_property
+    def content(self) -> np.ndarray:
+        """Content-cluster ids of the rows: k-means on their final image embeddings, whatever
+        the feature set trained on (computed on first use)."""
+        from clipdetect.models.content import content_clusters
+
+        return content_clusters(self.cache.features("image", self.rows))
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -34,8 +34,8 @@ from clipdetect.models.calibration import CALIBRATION_METHODS
 from clipdetect.models.thresholds import THRESHOLD_RULES
 from clipdetect.models.checkpoint import check_resumable
 from clipdetect.models.heads import HeadConfig, create_head
-from clipdetect.models.samplers import (BALANCE_POWERS, GroupBatchSampler, SourceBalancedBatchSampler,
-                                        StratifiedBatchSampler)
+from clipdetect.models.samplers import (BALANCE_MODES, BALANCE_POWERS, ContentBalancedBatchSampler,
+                                        GroupBatchSampler, SourceBalancedBatchSampler, StratifiedBatchSampler)
 from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, Schedule, min_steps, plan_schedule
 from clipdetect.models.losses import create_loss
 from clipdetect.models.sam import SAM
@@ -75,7 +75,9 @@ class TrainConfig:
     whole content groups and the AUC term ranks each fake only against the reals of its own group.
     ``balance``: "none" (rows drawn uniformly within their class), "source" (every source of a
     cache's ``source`` column weighs the same within its class) or "sqrt" (a source weighs as the
-    square root of its size): :class:`~clipdetect.models.samplers.SourceBalancedBatchSampler`.
+    square root of its size): :class:`~clipdetect.models.samplers.SourceBalancedBatchSampler`; or
+    "content" (fakes and reals drawn in the same proportion from every content cluster of the
+    training rows, so content alone predicts nothing): :class:`~clipdetect.models.samplers.ContentBalancedBatchSampler`.
     ``val_fraction``/``test_fraction``/``split_seed`` are used when the held-out sets are derived
     from a cache's "train" rows (:mod:`clipdetect.features.splits`); ``split="all"`` trains on every
     row of a cache instead (nothing is held out: no best-epoch selection, no calibration, threshold 0.5).
@@ -117,11 +119,11 @@ class TrainConfig:
     compile: str = "none"
     views: Optional[List[str]] = None  # train and validate on these views only (None: every view)
     auc_pairs: str = "all"  # "group": the AUC loss pairs fakes and reals of the same content group only
-    balance: str = "none"  # "source" / "sqrt": sources weigh the same (as √size) within their class
+    balance: str = "none"  # "source" / "sqrt": sources weigh the same (as √size) within their class; "content"
 
     def __post_init__(self) -> None:
         self.compile = compile_mode(self.compile)
-        for name, choices in (("auc_pairs", AUC_PAIRS), ("balance", tuple(BALANCE_POWERS)),
+        for name, choices in (("auc_pairs", AUC_PAIRS), ("balance", BALANCE_MODES),
                               ("loss", sorted(LOSS_OPTIONS)),
                               ("calibration", CALIBRATION_METHODS),
                               ("threshold_rule", THRESHOLD_RULES)):
@@ -223,6 +225,8 @@ def train(train_data, *, val_data=None, config: Optional[TrainConfig] = None, ou
                              "whole groups); choose one")
         sampler = GroupBatchSampler(train_data.y, train_data.groups, plan.batch_size, seed=config.seed)
         resident = False  # batches carry their group ids from the host
+    elif config.balance == "content":
+        sampler = ContentBalancedBatchSampler(train_data.y, train_data.content, plan.batch_size, seed=config.seed)
     elif config.balance != "none":
         if not hasattr(train_data, "sources"):
             raise ValueError(f"balance={config.balance!r} needs the rows' sources: train on a feature cache "
