@@ -142,3 +142,21 @@ def test_balance_variants_train_with_source_balanced_batches(cache):
     assert benchmark.train_variant(cache, fold, "views", cfg, views).train_config["balance"] == "none"
     with pytest.raises(ValueError, match="'source', 'sqrt' or 'content'"):
         BenchmarkConfig(balance="none")
+
+
+def test_degraded_variant_never_trains_on_the_original_files(cache, monkeypatch):
+    seen = []
+    real_fit = Detector.fit_rows.__func__
+
+    def spy(cls, c, tr, va, **kw):
+        seen.append((set(views[tr]), set(views[va])))
+        return real_fit(cls, c, tr, va, **kw)
+
+    monkeypatch.setattr(Detector, "fit_rows", classmethod(spy))
+    cfg = BenchmarkConfig(train=TRAIN, min_images=10, protocols=["loso"], only=["s0"])
+    (fold,) = plan_folds(cache, cfg, "norm:256:90")
+    views = cache.columns("view")["view"].astype(str).to_numpy()
+    for name in ("degraded", "views", "baseline"):
+        benchmark.train_variant(cache, fold, name, cfg, views)
+    assert seen == [({"norm:256:90"}, {"norm:256:90"}), ({"orig", "norm:256:90"}, {"orig", "norm:256:90"}),
+                    ({"orig"}, {"orig"})]

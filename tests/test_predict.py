@@ -195,3 +195,31 @@ def test_image_scorer_in_two_steps_scores_as_score_images(setup, tiny_backbone):
     np.testing.assert_allclose([rows[i]["probability"] for i in good], want.probability[good], atol=1e-6)
     assert [rows[i]["label"] for i in good] == list(want.label[good])
     assert scorer.score([]) == []
+
+
+def test_a_detector_with_an_input_view_scores_every_image_as_that_view(setup, tiny_backbone, tmp_path):
+    from PIL import Image
+
+    from clipdetect.data.views import ViewError, apply_view
+    from clipdetect.models.predict import ImageScorer
+
+    root, _, det = setup
+    paths = [p for p in sorted((root / "imgs").rglob("*.png")) if p.name != "broken.png"]
+    normed = det.replace(extra={**det.extra, "input_view": "norm:64:90"})
+    normed.save(tmp_path / "det")
+    normed = Detector.load(tmp_path / "det")  # the view travels with the bundle
+    as_view = [apply_view(Image.open(p).convert("RGB"), "norm:64:90", "") for p in paths]
+    want = det.score_images(as_view, backbone=tiny_backbone)  # the plain detector on normalised images
+    got = normed.score_images([str(p) for p in paths], backbone=tiny_backbone)
+    plain = det.score_images([str(p) for p in paths], backbone=tiny_backbone)
+    np.testing.assert_allclose(got.logit, want.logit, atol=1e-5)
+    assert np.abs(plain.logit.to_numpy() - got.logit.to_numpy()).max() > 1e-3  # the view changed the input
+    out = tmp_path / "p.csv"
+    predict_source(normed, ImageFolderSource(root / "imgs"), out, backbone=tiny_backbone, workers=0, progress=False)
+    df = pd.read_csv(out).set_index("path")
+    np.testing.assert_allclose(df.loc[[str(p) for p in paths], "logit"], want.logit, atol=1e-4)
+    scorer = ImageScorer(normed, tiny_backbone)  # the service's path
+    rows = scorer.score([scorer.decode(p.read_bytes()) for p in paths])
+    np.testing.assert_allclose([r["logit"] for r in rows], want.logit, atol=1e-5)
+    with pytest.raises(ViewError, match="random"):
+        det.replace(extra={"input_view": "aug"}).score_images([str(paths[0])], backbone=tiny_backbone)

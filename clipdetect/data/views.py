@@ -149,6 +149,19 @@ def parse_views(specs: str | Sequence[str] | None) -> List[str]:
     return views
 
 
+def input_view(spec: str | None) -> str:
+    """The canonical spec of a view a detector applies to every image it scores (``orig`` for
+    None): a fixed transformation such as ``norm:256:90``, never a random one (``aug``: its
+    result would depend on the name the image is given)."""
+    if spec is None:
+        return ORIG
+    view = View.parse(spec)
+    if view.kind == "aug":
+        raise ViewError(f"view {spec!r} is random (seeded by the image key); a detector's input view must be a "
+                        "fixed one such as orig or norm:256:90")
+    return str(view)
+
+
 def apply_view(img: Image.Image, spec: str, key: str) -> Image.Image:
     """``img`` as view ``spec`` (see the table above)."""
     return img if spec == ORIG else View.parse(spec).apply(img, key)

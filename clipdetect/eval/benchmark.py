@@ -21,11 +21,12 @@ Variants (:data:`VARIANTS`) switch the generalisation aids on and off: per-block
 (``layers``), degraded views in training (``views``: every view of the cache, else the
 original only), within-group AUC pairs (``groups``), fusion of an image-embedding MLP
 with a per-block head (``fusion``), an ensemble of ``ensemble_size`` heads that differ only
-in their seed, averaged as standardised logits (``ensemble``), and source-balanced batches
-(``balance``: TrainConfig ``balance`` = ``config.balance``: "source"/"sqrt" so a large source
-does not drown small ones within a class, "content" so every content cluster holds fakes and
-reals in the same proportion). ``baseline`` is the default detector: the paper's MLP on the final
-embedding, original views. ``probe`` (logistic regression on the final embedding)
+in their seed, averaged as standardised logits (``ensemble``), balanced batches (``balance``:
+TrainConfig ``balance`` = ``config.balance``: "source"/"sqrt" so a large source does not drown
+small ones within a class, "content" so every content cluster holds fakes and reals in the same
+proportion), and training on the degraded views only (``degraded``: every view but ``orig``, so
+the original files' format cues are never seen). ``baseline`` is the default detector: the
+paper's MLP on the final embedding, original views. ``probe`` (logistic regression on the final embedding)
 is fitted on every fold too. Every comparison is paired (same test images), and the mean
 over folds gets its CI from the same bootstrap draws in every fold.
 """
@@ -42,6 +43,7 @@ import pandas as pd
 
 from clipdetect.core.metrics import binary_metrics, expected_calibration_error
 from clipdetect.eval.compare import paired_auc_draws
+from clipdetect.data.views import ORIG
 from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -49,12 +51,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["VARIANTS", "BenchmarkConfig", "plan_folds", "run_benchmark"]
 
 #: name → the aids it switches on: layers, views, groups, fusion, ensemble, balance
-_AIDS = ("layers", "views", "groups", "fusion", "ensemble", "balance")
+_AIDS = ("layers", "views", "groups", "fusion", "ensemble", "balance", "degraded")
 VARIANTS: Dict[str, Dict[str, bool]] = {
     name: {aid: aid in on for aid in _AIDS} for name, on in (
         ("baseline", ()), ("layers", ("layers",)), ("views", ("views",)), ("groups", ("groups",)),
         ("fusion", ("layers", "fusion")), ("ensemble", ("ensemble",)), ("layers+views", ("layers", "views")),
         ("views+ensemble", ("views", "ensemble")), ("balance", ("balance",)), ("views+balance", ("views", "balance")),
+        ("layers+views+balance", ("layers", "views", "balance")), ("degraded", ("views", "degraded")),
         ("full", ("layers", "views", "groups", "fusion")))}
 PROTOCOLS = ("loso", "lofo", "sets")
 #: protocols whose held-out images are whole sources (their reals give ``fpr``)
@@ -163,7 +166,12 @@ def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: 
     from clipdetect.models.train import TrainConfig
 
     v = VARIANTS[name]
-    keep = (lambda r: r) if v["views"] else (lambda r: r[views[r] == config.train_view])
+    if v["degraded"]:
+        keep = lambda r: r[views[r] != ORIG]  # noqa: E731
+    elif v["views"]:
+        keep = lambda r: r  # noqa: E731
+    else:
+        keep = lambda r: r[views[r] == config.train_view]  # noqa: E731
     tr, va = keep(fold.train), keep(fold.val)
     base = {**config.train, "auc_pairs": "group" if v["groups"] else "all", "seed": config.seed}
     if v["balance"]:

@@ -26,6 +26,7 @@ from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT, count_reasons
 from clipdetect.core.io import not_an_input
 from clipdetect.data.imaging import IMAGE_REF_TYPES, MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Sample, Source
+from clipdetect.data.views import ORIG, ViewRef, input_view
 from clipdetect.models.predictions import PredictionWriter, PredictSummary, SCORE_COLUMNS, output_format
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,13 @@ def scorable(detector, decoded: Sequence[tuple], captions: Sequence[Optional[str
     return [i for i, d in enumerate(decoded) if d[0] == "ok" and (not text or captions[i])]
 
 
+def detector_input_view(detector) -> str:
+    """The view every image is turned into before the detector scores it: ``extra["input_view"]``
+    of its bundle (e.g. ``norm:256:90`` for a detector trained on format-normalised images only),
+    else ``orig`` (the image as decoded)."""
+    return input_view(detector.extra.get("input_view"))
+
+
 def score_batch(detector, backbone: Backbone, decoded: Sequence[tuple], captions: Sequence[Optional[str]],
                 x: np.ndarray) -> List[Dict[str, Any]]:
     """One dict per item of a decoded batch, given the encoder's rows ``x`` of its
@@ -166,7 +174,8 @@ def score_tasks(detector, backbone: Backbone, tasks: Iterable[Task], *, workers:
 
     def select(task, decoded):  # text features need a caption
         return scorable(detector, decoded, [s.caption for s in task.samples])
-    stream = pipeline.run(((t, view_refs(t.samples)) for t in tasks), decoder, encoder, select)
+    views = [detector_input_view(detector)]
+    stream = pipeline.run(((t, view_refs(t.samples, views)) for t in tasks), decoder, encoder, select)
     with contextlib.closing(stream):  # stops the decode workers when the caller stops
         for task, decoded, x in stream:
             yield task, score_batch(detector, backbone, decoded, [s.caption for s in task.samples], x)
@@ -221,10 +230,11 @@ class ImageScorer:
         self.decoder = Decoder(SplitPreprocess(backbone.preprocess), max_pixels=max_pixels, max_aspect=max_aspect,
                                max_bytes=max_bytes, read_timeout=read_timeout)
         self.encoder = detector_encoder(detector, backbone, self.decoder.pre)
+        self.view = detector_input_view(detector)
 
     def decode(self, image: Any) -> tuple:
         """("ok", array, info) or ("err", reason, detail), as the decode workers of predict give it."""
-        return self.decoder.decode([image])[0]
+        return self.decoder.decode([image if self.view == ORIG else ViewRef(image, self.view, "input")])[0]
 
     def score(self, decoded: Sequence[tuple]) -> List[Dict[str, Any]]:
         """One :func:`score_batch` dict per decoded image, in order."""
