@@ -90,13 +90,15 @@ def shift_for(margins: Dict[str, np.ndarray], target_fpr: float, rule: str = "me
     return float(grid.max())
 
 
-def loso_shift(bench_dir: Path, variant: str, target_fpr: float, rule: str = "mean") -> Dict[str, Any]:
+def loso_shift(bench_dir: Path, variant: str, target_fpr: float, rule: str = "mean",
+               view: str | None = None) -> Dict[str, Any]:
     """The logit shift s such that the mean (``rule="mean"``) or the largest (``"worst"``) over
     held-out sources of P(real logit − fold threshold > s) is at most ``target_fpr``, from the
     benchmark's leave-one-source-out scores; and the honest
     estimate of what it does on a new source: for each source, the shift chosen *without* it
-    (the other sources' folds), applied to its reals (FPR) and fakes (TPR)."""
-    per = fold_margins(bench_dir, variant)
+    (the other sources' folds), applied to its reals (FPR) and fakes (TPR). ``view``: the margins
+    of that view only (a detector with an input view sees no other), else of every view scored."""
+    per = fold_margins(bench_dir, variant, view)
     reals = {k: v["real"] for k, v in per.items() if len(v["real"])}
     if not reals:
         raise ValueError(f"no leave-one-source-out fold with real photos for variant {variant!r}")
@@ -216,7 +218,11 @@ def main(argv=None) -> int:
     det = train_variant(cache, fold, variant, config, views)
     from clipdetect.eval.evaluate import logit_threshold
 
-    rule = loso_shift(bench_dir, variant, args.target_fpr, args.rule)
+    # a head that never saw the original files scores every image as the view it was benchmarked on
+    view = bench["eval_view"] if VARIANTS[variant].get("degraded") else None
+    if view is not None:
+        det = det.replace(extra={**det.extra, "input_view": view})
+    rule = loso_shift(bench_dir, variant, args.target_fpr, args.rule, view=view)
     own = logit_threshold(det)
     threshold = float(det.calibration.probability(own + rule["shift_logit"]))
     rule.update(own_threshold_logit=own, threshold=threshold)
@@ -236,8 +242,10 @@ def main(argv=None) -> int:
             f"`clipdetect.Detector.load(\"{args.name}\").score_images([...])`. The backbone is OpenAI CLIP ViT-B/16 "
             "(image tower): open_clip's `ViT-B-16-quickgelu:openai` weights, or the converted checkpoint "
             "`clip_b16.pt` (sha256 in detector.json) through `--weights` / `$CLIPDETECT_WEIGHTS`.",
-            "input": f"feature set `{det.feature_set}` ({variant}: {VARIANTS[variant]}); images are decoded and "
-            "preprocessed as for any detector (resize to 224, centre crop).",
+            "input": f"feature set `{det.feature_set}` ({variant}: {VARIANTS[variant]}); images are decoded, "
+            + (f"turned into view `{view}` (squashed to that square size and re-encoded as JPEG at that quality, "
+               "as in training: the file's format, size and compression do not reach the head) " if view else "")
+            + "and preprocessed as for any detector (resize to 224, centre crop).",
             "decision": f"label 1 (generated) when P(fake) > {det.threshold:.4g}: the detector's validation "
             f"threshold moved by {rule['shift_logit']:.3f} logits so that the {RULE_WORDS[args.rule]} false-positive "
             f"rate on real photos of held-out sources is at most {args.target_fpr:.0%} in the leave-one-source-out "
