@@ -26,9 +26,11 @@ TrainConfig ``balance`` = ``config.balance``: "source"/"sqrt" so a large source 
 small ones within a class, "content" so every content cluster holds fakes and reals in the same
 proportion), and training on the degraded views only (``degraded``: every view but ``orig``, so
 the original files' format cues are never seen). ``baseline`` is the default detector: the
-paper's MLP on the final embedding, original views. ``probe`` (logistic regression on the final embedding)
-is fitted on every fold too. Every comparison is paired (same test images), and the mean
-over folds gets its CI from the same bootstrap draws in every fold.
+paper's MLP on the final embedding, original views. ``probe`` (logistic regression on the final
+embedding) is fitted on every fold too. Every comparison is paired (same test images), and the mean
+over folds gets its CI from the same bootstrap draws in every fold. The CIs resample the test
+images, not the training run: a second ``--seed`` shows how far the same variant moves by its
+seed alone (on the corpus, as far as 0.006 in mean AUC; ``experiments/benchmark_seeds.py``).
 """
 from __future__ import annotations
 
@@ -42,15 +44,15 @@ import numpy as np
 import pandas as pd
 
 from clipdetect.core.metrics import binary_metrics, expected_calibration_error
-from clipdetect.eval.compare import paired_auc_draws
 from clipdetect.data.views import ORIG
+from clipdetect.eval.compare import paired_auc_draws
 from clipdetect.features.splits import SplitSpec
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VARIANTS", "BenchmarkConfig", "plan_folds", "run_benchmark"]
 
-#: name → the aids it switches on: layers, views, groups, fusion, ensemble, balance
+#: name → the aids it switches on: layers, views, groups, fusion, ensemble, balance, degraded
 _AIDS = ("layers", "views", "groups", "fusion", "ensemble", "balance", "degraded")
 VARIANTS: Dict[str, Dict[str, bool]] = {
     name: {aid: aid in on for aid in _AIDS} for name, on in (
@@ -160,19 +162,23 @@ def _held_mask(cache, fold: Fold, y: np.ndarray) -> np.ndarray:
     return (_column(cache, "family")[fold.test] == fold.held_out) & (y[fold.test] == 1)
 
 
+def variant_rows(rows: np.ndarray, aids: Dict[str, bool], views: np.ndarray, train_view: str) -> np.ndarray:
+    """The rows of ``rows`` a variant with ``aids`` trains on: every view but the original files
+    (``degraded``), every view (``views``), else those of ``train_view``."""
+    if aids["degraded"]:
+        return rows[views[rows] != ORIG]
+    if aids["views"]:
+        return rows
+    return rows[views[rows] == train_view]
+
+
 def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: np.ndarray):
     from clipdetect.models.detector import Detector
     from clipdetect.models.fusion import fuse_detectors
     from clipdetect.models.train import TrainConfig
 
     v = VARIANTS[name]
-    if v["degraded"]:
-        keep = lambda r: r[views[r] != ORIG]  # noqa: E731
-    elif v["views"]:
-        keep = lambda r: r  # noqa: E731
-    else:
-        keep = lambda r: r[views[r] == config.train_view]  # noqa: E731
-    tr, va = keep(fold.train), keep(fold.val)
+    tr, va = (variant_rows(r, v, views, config.train_view) for r in (fold.train, fold.val))
     base = {**config.train, "auc_pairs": "group" if v["groups"] else "all", "seed": config.seed}
     if v["balance"]:
         base["balance"] = config.balance

@@ -12,8 +12,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["BALANCE_MODES", "BALANCE_POWERS", "CONTENT_CAP", "StratifiedBatchSampler", "WeightedBatchSampler",
-           "SourceBalancedBatchSampler",
-           "ContentBalancedBatchSampler", "GroupBatchSampler"]
+           "SourceBalancedBatchSampler", "ContentBalancedBatchSampler", "GroupBatchSampler"]
 
 #: ``balance`` setting → exponent of the per-source weight 1 / n_source ** power
 BALANCE_POWERS = {"none": 0.0, "sqrt": 0.5, "source": 1.0}
