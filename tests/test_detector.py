@@ -151,3 +151,19 @@ def test_cli_train_split_all_uses_every_row_and_says_so(tmp_path, capsys, caplog
     # evaluating it on the cache it saw is refused: every row was trained on
     assert main(["evaluate", str(tmp_path / "all"), str(tmp_path / "c")]) == 2
     assert "trained on every row" in capsys.readouterr().err
+
+
+def test_cli_train_input_view_is_saved_with_the_detector_and_checked(tmp_path, capsys):
+    from clipdetect.cli.main import main
+
+    write_synthetic_cache(tmp_path / "c", n=120, shift=3.0)
+    base = ["train", str(tmp_path / "c"), "--epochs", "1", "--head", "linear", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "d"), "--input-view", "NORM:256:90"]) == 0
+    assert Detector.load(tmp_path / "d").extra["input_view"] == "norm:256:90"
+    assert "input_view" not in Detector.load(tmp_path / "d").train_config  # not a training setting
+    assert main(base + ["--out", str(tmp_path / "plain")]) == 0
+    assert "input_view" not in Detector.load(tmp_path / "plain").extra
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "bad"), "--input-view", "aug"]) == 2
+    err = capsys.readouterr().err
+    assert "--input-view" in err and "random" in err and not (tmp_path / "bad").exists()

@@ -112,6 +112,10 @@ def add_parser(sub) -> None:
                         "(default); all: a final model on every row, nothing held out")
     r.add_argument("--views", metavar="V1,V2,...",
                    help="train and validate on these views of a cache extracted with --views (default: all)")
+    r.add_argument("--input-view", metavar="VIEW",
+                   help="a fixed view the saved detector applies to every image it scores (predict, score_images, "
+                        "serve), e.g. norm:256:90 for a head trained on --views norm:256:90,aug only: it then never "
+                        "sees a file's own format (default: images as decoded)")
     r.add_argument("--auc-pairs", default=d.auc_pairs, choices=list(AUC_PAIRS),
                    help="AUC loss pairs: all fake/real pairs of a batch, or group: only a fake and the reals "
                         "of its own content group (batches of whole groups; default all)")
@@ -143,6 +147,18 @@ def checkpoint_dir(out) -> Path:
     return out.parent / f".{out.name}.checkpoints"
 
 
+def checked_input_view(spec):
+    """``--input-view`` as a canonical view spec (None when not given), or a CLIError naming the fix."""
+    from clipdetect.data.views import ViewError, input_view
+
+    if spec is None:
+        return None
+    try:
+        return input_view(spec)
+    except ViewError as exc:
+        raise CLIError(f"--input-view: {exc}") from None
+
+
 def config_from_args(args):
     from clipdetect.models.train import TrainConfig
 
@@ -170,6 +186,7 @@ def run(args) -> int:
     check_new_output(args.out, args.force)
     if args.force and not args.resume:
         shutil.rmtree(ckpt, ignore_errors=True)
+    view = checked_input_view(args.input_view)
     cache = open_verified(args.cache)
     if "text" in feature_parts(args.feature_set) and not cache.has_text:
         raise CLIError(f"--feature-set {args.feature_set} needs caption embeddings, but cache {args.cache!r} has "
@@ -178,6 +195,9 @@ def run(args) -> int:
         with staged_output(args.out) as tmp:
             det = Detector.fit_cache(cache, feature_set=args.feature_set, config=config, out=tmp,
                                      progress=not args.no_progress, checkpoints=ckpt, resume=args.resume)
+            if view is not None:
+                det = det.replace(extra={**det.extra, "input_view": view})
+                det.save(tmp)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: a cancelled run leaves nothing behind
         shutil.rmtree(ckpt, ignore_errors=True)
         raise
