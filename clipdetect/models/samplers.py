@@ -119,12 +119,12 @@ class ContentBalancedBatchSampler(WeightedBatchSampler):
         if cap < 1:
             raise ValueError(f"cap must be >= 1 (a row's most draws relative to uniform), got {cap}")
         size = np.bincount(clusters)
-        self.p = []
+        self.p, owns = [], []
         for idx in (self.pos, self.neg):
             own = np.bincount(clusters[idx], minlength=len(size))
             self.p.append(_capped(size[clusters[idx]] / own[clusters[idx]], cap))
-        both = int(((np.bincount(clusters[self.pos], minlength=len(size)) > 0)
-                    & (np.bincount(clusters[self.neg], minlength=len(size)) > 0)).sum())
+            owns.append(own)
+        both = int(((owns[0] > 0) & (owns[1] > 0)).sum())
         logger.info("content-balanced batches: %d clusters, %d with both classes (cap %g)", len(size), both, cap)
 
 
