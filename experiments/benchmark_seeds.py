@@ -18,26 +18,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipdetect.eval.benchmark_report import delta_tables
 from clipdetect.eval.compare import paired_auc_draws
 
 
 def mean_delta(pairs, folds, n_boot: int = 1000):
     """Mean over ``folds`` of AUC(x) − AUC(y) for each (x_frame, x_col, y_frame, y_col) in ``pairs``,
-    averaged over the pairs, with its 95 % bootstrap interval."""
-    point, draws = [], []
+    averaged over the pairs, with its 95 % bootstrap interval: each fold's AUCs and bootstrap draws
+    are averaged over the pairs, then aggregated over folds as the benchmark does (:func:`delta_tables`)."""
+    draws = {}
     for i, fold in enumerate(folds):
-        pp, dd = [], []
+        per = []
         for X, xc, Y, yc in pairs:
             fx, fy = X[X.held_out == fold].sort_values("key"), Y[Y.held_out == fold].sort_values("key")
             if not (np.array_equal(fx.key.values, fy.key.values) and np.array_equal(fx.label.values, fy.label.values)):
                 raise ValueError(f"fold {fold!r}: the runs scored different images; compare runs of one cache and plan")
-            ax, ay, d = paired_auc_draws(fx.label.values, fx[xc].values, fy[yc].values, n_boot=n_boot, seed=i)
-            pp.append(ax - ay)
-            dd.append(np.asarray(d))
-        point.append(np.mean(pp))
-        draws.append(np.mean(dd, axis=0))
-    lo, hi = np.percentile(np.mean(draws, axis=0), [2.5, 97.5])
-    return float(np.mean(point)), float(lo), float(hi)
+            per.append(paired_auc_draws(fx.label.values, fx[xc].values, fy[yc].values, n_boot=n_boot, seed=i))
+        draws[("seeds", fold, "x", "y", "")] = tuple(np.mean([np.asarray(p[k]) for p in per], axis=0) for k in range(3))
+    mean = delta_tables(draws)[1].iloc[0]
+    return float(mean.mean_delta_auc), float(mean.lo), float(mean.hi)
 
 
 def main(argv=None) -> int:
