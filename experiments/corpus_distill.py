@@ -1,11 +1,12 @@
 """Distilled student vs. the CLIP ViT-B/16 teacher detector on the corpus (44 public sources).
 
 1. Teacher detector: the paper head trained on the corpus cache's cached ViT-B/16 embeddings
-   (train rows of the ``orig`` view; validation rows pick the epoch and fit the calibration),
-   the toolkit's default schedule.
-2. Student: ``clipdetect distill`` on the same train / validation rows (a cache extracted with
-   ``--views`` teaches from its ``orig`` rows), EfficientNet-Lite0 with ImageNet weights at
-   ``--image-size`` px, best epoch on validation AUC.
+   (train rows of the ``--views`` views, ``orig`` by default; validation rows of ``orig`` pick the
+   epoch and fit the calibration), the toolkit's default schedule.
+2. Student: ``clipdetect distill --views`` on the same train / validation rows (with ``--views
+   all`` every image is also fed as each degraded view the cache holds, matched to the teacher's
+   embedding of that view), EfficientNet-Lite0 with ImageNet weights at ``--image-size`` px, best
+   epoch on validation AUC.
 3. On the SAME test rows (the cache's test split, ``orig`` view): the teacher's scores from its
    cached embeddings, the student's end to end (encoded file -> decode -> preprocess -> student
    -> head); AUC with bootstrap CIs and the paired-bootstrap difference (teacher - student).
@@ -16,6 +17,7 @@
 
     python experiments/corpus_distill.py $CLIPDETECT_DATA/caches/corpus-b16 \\
         $CLIPDETECT_DATA/corpus2/manifest.csv --work $CLIPDETECT_DATA/distill --epochs 12
+    python experiments/corpus_distill.py ... --views all --epochs 6   # -> distill_224_all.{json,md}
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from clipdetect.core.metrics import evaluate_scores
 from clipdetect.core.numerics import logit
 from clipdetect.distill.compress_report import score_refs
 from clipdetect.distill.images import collect_images
-from clipdetect.distill.trainer import original_view_rows
+from clipdetect.distill.images import teacher_rows
 from clipdetect.eval.compare import paired_auc_difference
 from clipdetect.features.backbones import create_backbone
 from clipdetect.features.pipeline import default_workers
@@ -54,7 +56,7 @@ def distill_student(args, sdir: Path) -> float | None:
            "--out", str(sdir), "--arch", "tf_efficientnet_lite0", "--pretrained", "efficientnet-lite0",
            "--image-size", str(args.image_size), "--epochs", str(args.epochs), "--batch-size",
            str(args.batch_size_train), "--augment", args.augment, "--workers", "1", "--threads", str(args.threads),
-           "--seed", "0", "--no-progress"]
+           "--views", args.views, "--seed", "0", "--no-progress"]
     if (sdir / "checkpoints").is_dir():
         cmd.append("--resume")
     print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
@@ -63,15 +65,21 @@ def distill_student(args, sdir: Path) -> float | None:
     return time.time() - t0
 
 
-def teacher_detector(cache, work: Path) -> Detector:
-    out = work / "teacher"
+def teacher_detector(cache, work: Path, views: str) -> Detector:
+    out = work / ("teacher" if views == "orig" else f"teacher-{tag(views)}")
     if (out / "detector.json").is_file():
         return Detector.load(out)
     split = SplitSpec().labels(cache)
-    tr, va = (original_view_rows(cache, np.flatnonzero(split == s)) for s in ("train", "val"))
+    tr = teacher_rows(cache, np.flatnonzero(split == "train"), views.split(","))
+    va = teacher_rows(cache, np.flatnonzero(split == "val"))
     det = Detector.fit_rows(cache, tr, va, feature_set="image", config=TrainConfig(seed=0))
     det.save(out)
     return det
+
+
+def tag(views: str) -> str:
+    """A file-name tag for a ``--views`` value ('' for orig)."""
+    return "" if views == "orig" else views.replace(",", "+").replace(":", "-")
 
 
 def speeds(args, refs, models) -> dict:
@@ -96,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--augment", default="flip")
+    ap.add_argument("--views", default="orig", help="the cache's views both models train on (distill --views): "
+                    "orig, a list, or all; the test rows are orig either way")
     ap.add_argument("--batch-size-train", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32, help="inference batch (both models)")
     ap.add_argument("--speed-n", type=int, default=256)
@@ -109,12 +119,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    sdir = work / f"student-lite0-{args.image_size}"
+    suffix = f"_{tag(args.views)}" if tag(args.views) else ""
+    sdir = work / f"student-lite0-{args.image_size}{suffix.replace('_', '-')}"
     t_distill = distill_student(args, sdir)
     cache = FeatureCache(args.cache)
-    teacher, student = teacher_detector(cache, work), Detector.load(sdir / "detector")
+    teacher, student = teacher_detector(cache, work, args.views), Detector.load(sdir / "detector")
 
-    test = original_view_rows(cache, np.sort(SplitSpec().rows(cache, "test")))
+    test = teacher_rows(cache, np.sort(SplitSpec().rows(cache, "test")))
     keys = cache.meta["key"].astype(str).to_numpy()
     y = cache.labels(test)
     images = collect_images(open_source(str(args.manifest)), keys[test])
@@ -142,13 +153,14 @@ def main(argv=None) -> int:
            "gap_teacher_minus_student": {k: float(v) for k, v in diff.items() if isinstance(v, (int, float))},
            "speed": speed, "parameters": params, "fastest": best, "speedup_fastest": ratio}
     out = Path(args.out)
-    save_json(out / f"distill_{args.image_size}.json", doc)
+    save_json(out / f"distill_{args.image_size}{suffix}.json", doc)
     d = doc["gap_teacher_minus_student"]
     md = [f"# Distilled student ({args.image_size} px EfficientNet-Lite0) vs ViT-B/16 teacher, corpus test split", "",
           f"{len(test)} test images ({int(y.sum())} generated) of the corpus's 44 sources, the same for both; "
           f"95 % bootstrap CIs ({N_BOOT}); gap = teacher AUC - student AUC with its paired-bootstrap CI. "
-          f"Student: {args.epochs} epochs, batch {args.batch_size_train}, augment '{args.augment}', best epoch by "
-          "validation AUC; teacher: the paper head on the cached embeddings, default schedule.", "",
+          f"Both trained on the views '{args.views}' of the train rows. Student: {args.epochs} epochs, batch "
+          f"{args.batch_size_train}, augment '{args.augment}', best epoch by validation AUC; teacher: the paper "
+          "head on the cached embeddings, default schedule.", "",
           "| model | AUC [95% CI] |", "|---|---|",
           f"| ViT-B/16 + head | {tt['auc']:.3f} [{tt['auc_lo']:.3f}, {tt['auc_hi']:.3f}] |",
           f"| student + head | {ss['auc']:.3f} [{ss['auc_lo']:.3f}, {ss['auc_hi']:.3f}] |", "",
@@ -161,7 +173,7 @@ def main(argv=None) -> int:
     md += [f"| {k} | {v['input_px']} | {v['images_per_second']:.2f} | {v['in_process_images_per_second']:.2f} | "
            f"{v['decode_ceiling']:.1f} |" for k, v in speed.items()]
     md += ["", f"Fastest runtime of each: {best['teacher']} vs {best['student']}: student {ratio:.1f}x the teacher.", ""]
-    save_text(out / f"distill_{args.image_size}.md", "\n".join(md))
+    save_text(out / f"distill_{args.image_size}{suffix}.md", "\n".join(md))
     print("\n".join(md))
     return 0
 

@@ -244,17 +244,55 @@ def test_student_runs_on_the_onnx_runtime(material, tmp_path, monkeypatch):
     assert ((got * want).sum(1) > 0.9999).all()
 
 
-def test_a_teacher_cache_with_views_teaches_from_its_orig_rows(tmp_path):
-    from clipdetect.distill.trainer import original_view_rows
+def test_a_teacher_cache_with_views_teaches_from_its_orig_rows_by_default(tmp_path):
+    from clipdetect.distill.images import teacher_rows
 
     imgs, cache = make_material(tmp_path, views=("orig", "jpeg:50"))
     c = FeatureCache(cache)
-    rows = original_view_rows(c, np.arange(len(c)))
+    rows = teacher_rows(c, np.arange(len(c)))
     view = c.columns("view")["view"].astype(str).to_numpy()
     assert len(c) == 48 and len(rows) == 24 and set(view[rows]) == {"orig"}
-    np.testing.assert_array_equal(original_view_rows(c, rows), rows)
+    np.testing.assert_array_equal(teacher_rows(c, rows), rows)
     result = distill(tiny_config(tmp_path, imgs, cache, epochs=1), progress=False)
     assert 0 < result.n_train + result.n_val <= 24  # one target per image, the one of the image itself
     _, only_jpeg = make_material(tmp_path / "j", views=("jpeg:50",))
-    with pytest.raises(ValueError, match="no 'orig' rows"):
+    with pytest.raises(ValueError, match=r"holds views \['jpeg:50'\] but not \['orig'\]"):
         distill(tiny_config(tmp_path / "j", imgs, only_jpeg), progress=False)
+
+
+def test_every_view_trains_on_the_picture_its_teacher_embedding_is_of(tmp_path):
+    """``views=("all",)``: twice the training rows of two views, validation unchanged, and the
+    student is fed each row's view exactly as extraction fed it to the teacher."""
+    from clipdetect.data.imaging import SplitPreprocess
+    from clipdetect.data.views import ViewRef
+    from clipdetect.distill.images import ImageRows, teacher_rows
+    from clipdetect.distill.student import student_preprocess
+    from clipdetect.features.pipeline import decode_refs
+
+    imgs, cache = make_material(tmp_path, views=("orig", "jpeg:50"))
+    c = FeatureCache(cache)
+    assert len(teacher_rows(c, np.arange(len(c)), ("all",))) == 48
+    assert len(teacher_rows(c, np.arange(len(c)), ("JPEG:50",))) == 24  # specs are canonicalised
+    with pytest.raises(ValueError, match=r"but not \['aug'\]"):
+        teacher_rows(c, np.arange(len(c)), ("orig", "aug"))
+
+    one = distill(tiny_config(tmp_path, imgs, cache, name="orig", epochs=1), progress=False)
+    both = distill(tiny_config(tmp_path, imgs, cache, name="all", epochs=1, views=("all",)), progress=False)
+    assert both.n_train == 2 * one.n_train and both.n_val == one.n_val
+    saved = json.loads((tmp_path / "all" / "distill_config.json").read_text())
+    assert saved["views"] == ["all"]
+
+    pre = student_preprocess(StudentConfig(arch=TINY_ARCH, image_size=32))
+    split = SplitPreprocess(pre)
+    path = imgs / "fake" / "003.png"
+    rows = ImageRows([path] * 3, np.ones(3), np.zeros((3, 4)), pre, views=["orig", "jpeg:50", "aug"],
+                     keys=["fake/003.png"] * 3)
+    for i, view in enumerate(rows.views):
+        status, arr, _ = decode_refs([ViewRef(path, view, "fake/003.png")], split)[0]
+        assert status == "ok"
+        torch.testing.assert_close(rows[i][0], split.finish([arr])[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(rows[0][0], rows[1][0])  # the JPEG view is not the image itself
+    with pytest.raises(ValueError, match="need their image keys"):
+        ImageRows([path], np.ones(1), np.zeros((1, 4)), pre, views=["aug"])
+    with pytest.raises(ValueError, match="views: unknown view"):
+        DistillConfig(source="s", teacher_cache="c", out="o", views=("sharpen",))

@@ -12,6 +12,8 @@ DISTILL_EXAMPLES = """examples:
   clipdetect distill ../shared/data/cifake_dev.parquet --teacher-cache features/cifake-b16 \\
       --out students/cifake-lite0 --arch tf_efficientnet_lite0 --pretrained efficientnet-lite0 \\
       --image-size 64 --epochs 6 --augment flip
+  # a teacher cache extracted with --views: learn from every view it holds (matched targets)
+  clipdetect distill images/ --teacher-cache features/b16-views --out students/lite0-views --views all
   # continue an interrupted run (same options)
   clipdetect distill ... --out students/cifake-lite0 --resume
   # then use the student like any backbone
@@ -70,6 +72,11 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
     p.add_argument("--augment", default=",".join(d.augment),
                    help=f"comma-separated from {','.join(AUGMENTATIONS)}; '' for none (default flip)")
+    p.add_argument("--views", default=",".join(d.views),
+                   help="the teacher cache's views to train on, e.g. orig,norm:256:90,aug, or 'all' for every "
+                        "view it holds (an image is turned into each row's view before the student sees it, so "
+                        "the targets match; more views = more matched training pairs and longer epochs; "
+                        "validation always uses orig; default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="decode worker processes (0: main process)")
     p.add_argument("--limit", type=int, help="at most N training images (quick runs)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
@@ -106,7 +113,8 @@ def run_distill(args) -> int:
     from clipdetect.distill.trainer import DistillConfig, distill
 
     set_threads(args)
-    config = config_of(DistillConfig, args, augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()))
+    config = config_of(DistillConfig, args, augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()),
+                       views=tuple(args.views.split(",")))
     result = distill(config, resume=args.resume, progress=not args.no_progress)
     emit(args, {"out": result.out, "best_epoch": result.best_epoch,
                 "best_val_auc": round(result.best_val_auc, 5), "epochs_run": result.epochs_run,

@@ -1,12 +1,19 @@
 """Distillation I/O: images matched to teacher embeddings and their loaders.
 
+A teacher cache extracted with ``--views`` holds one row per image and view. Every view is a
+pure function of the decoded image, the view spec and the image key
+(:func:`clipdetect.data.views.apply_view`), so the student can be fed exactly the picture each
+row's teacher embedding was computed from: :func:`teacher_rows` picks the rows of the chosen
+views, and :class:`ImageRows` decodes an image and turns it into its row's view.
+
 A run's checkpoints live in ``OUT/checkpoints`` (:data:`CKPT_DIR`; the format is
 :mod:`clipdetect.models.checkpoint`'s).
 """
 from __future__ import annotations
 
 import io
-from typing import Any, Dict, List, Sequence
+import logging
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,10 +21,44 @@ from PIL import Image
 
 from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.data.imaging import decode_image
+from clipdetect.data.views import ORIG, apply_view, parse_views
 from clipdetect.distill.student import StudentConfig, student_preprocess
+
+logger = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("flip", "crop", "jpeg", "blur")
 CKPT_DIR = "checkpoints"
+#: ``views`` value that stands for every view the teacher cache holds
+ALL_VIEWS = "all"
+
+
+def canonical_views(views: Sequence[str]) -> tuple:
+    """``("all",)`` or the canonical view specs of ``views`` (:func:`parse_views`; ``orig`` if empty)."""
+    items = [str(v).strip() for v in views if str(v).strip()]
+    if [v.lower() for v in items] == [ALL_VIEWS]:
+        return (ALL_VIEWS,)
+    return tuple(parse_views(items or None))
+
+
+def teacher_rows(cache, rows: np.ndarray, views: Sequence[str] = (ORIG,)) -> np.ndarray:
+    """The rows of ``rows`` whose view is one of ``views`` (``("all",)``: every view the cache holds).
+
+    A cache extracted without ``--views`` holds only ``orig`` rows. A view the cache does not
+    hold is refused with the views it does hold."""
+    views = canonical_views(views)
+    held = cache.columns("view")["view"].astype(str).to_numpy()
+    if views == (ALL_VIEWS,):
+        return rows
+    missing = [v for v in views if not (held == v).any()]
+    if missing:
+        raise ValueError(f"teacher cache {str(cache.root)!r} holds views {sorted(set(held))} but not {missing}: "
+                         f"the student learns a view only from the teacher's embedding of it; extract the "
+                         f"teacher with --views {','.join(views)} or choose from the views it holds")
+    kept = rows[np.isin(held[rows], views)]
+    if len(kept) < len(rows):
+        logger.info("teacher cache holds views %s: distilling from its %d rows of %s (of %d)",
+                    sorted(set(held)), len(kept), list(views), len(rows))
+    return kept
 
 
 # ------------------------------------------------------------------ data
@@ -57,19 +98,29 @@ def train_transform(config: StudentConfig, augment: Sequence[str]):
 
 
 class ImageRows(torch.utils.data.Dataset):
-    """Encoded images (bytes or paths) with labels and teacher embeddings, decoded on access."""
+    """Encoded images (bytes or paths) with labels and teacher embeddings, decoded on access.
 
-    def __init__(self, images: List[Any], labels: np.ndarray, targets: np.ndarray, transform):
+    ``views`` / ``keys`` (one per row): the view each row's teacher embedding is of and the image
+    key that seeds a random view; the decoded image is turned into that view before ``transform``."""
+
+    def __init__(self, images: List[Any], labels: np.ndarray, targets: np.ndarray, transform, *,
+                 views: Optional[Sequence[str]] = None, keys: Optional[Sequence[str]] = None):
         self.images, self.transform = images, transform
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        self.views = list(views) if views is not None else [ORIG] * len(images)
+        self.keys = list(keys) if keys is not None else [""] * len(images)
+        if not len(self.views) == len(self.keys) == len(images):
+            raise ValueError(f"{len(images)} images but {len(self.views)} views and {len(self.keys)} keys")
+        if any(v != ORIG for v in self.views) and keys is None:
+            raise ValueError("rows of views other than 'orig' need their image keys (a random view is seeded by them)")
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
         img, _ = decode_image(self.images[i])
-        return self.transform(img), self.labels[i], self.targets[i]
+        return self.transform(apply_view(img, self.views[i], self.keys[i])), self.labels[i], self.targets[i]
 
 
 def collect_images(source, keys: Sequence[str]) -> Dict[str, Any]:

@@ -10,8 +10,12 @@ input the head sees at inference). ``L_distill`` is ``cosine`` (mean ``1 − cos
 (squared distance between the raw projected student embedding and the unit-norm teacher
 embedding, summed over dimensions, so it also pins the norm) or ``both`` (their sum).
 
-Images come from the source the cache was extracted from; rows are matched by ``key`` (in a
-cache extracted with ``--views``, the ``orig`` rows only: :func:`original_view_rows`).
+Images come from the source the cache was extracted from; rows are matched by ``key``. In a
+cache extracted with ``--views`` the student trains on the rows of ``config.views`` (``orig`` by
+default, ``("all",)`` for every view): each image is turned into its row's view before the
+student's own augmentations, so every target is the teacher's embedding of the very picture the
+student sees (:mod:`clipdetect.distill.images`). Validation uses the ``orig`` rows, the images as
+the student will meet them.
 Train / validation / test rows are the cache's splits (:func:`splits.cache_splits`: hashed
 on keys when the cache has no held-out split), so the test rows stay untouched here. The
 student and its head plug their step and their batches into the one training loop of
@@ -33,7 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipdetect.distill.images import AUGMENTATIONS, CKPT_DIR, ImageRows, make_loader, collect_images, train_transform
+from clipdetect.data.views import ORIG, ViewError
+from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, canonical_views, collect_images,
+                                       make_loader, teacher_rows, train_transform)
 from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
 from clipdetect.models.checkpoint import check_resumable
 from clipdetect.models.detector import Detector
@@ -76,6 +82,7 @@ class DistillConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     augment: Tuple[str, ...] = ("flip",)
+    views: Tuple[str, ...] = (ORIG,)  # the teacher cache's views to train on; ("all",) for every one
     workers: int = 2
     val_fraction: float = VAL_FRACTION
     test_fraction: float = TEST_FRACTION
@@ -87,6 +94,11 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         self.augment = tuple(a for a in (self.augment or ()) if a)
+        views = (self.views,) if isinstance(self.views, str) else tuple(self.views or ())
+        try:
+            self.views = canonical_views(views)
+        except ViewError as exc:
+            raise ValueError(f"views: {exc}") from None
         bad = sorted(set(self.augment) - set(AUGMENTATIONS))
         if bad:
             raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}")
@@ -112,7 +124,7 @@ class DistillConfig:
         return TrainConfig().calibration_options()
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**asdict(self), "augment": list(self.augment)}
+        return {**asdict(self), "augment": list(self.augment), "views": list(self.views)}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DistillConfig":
@@ -180,43 +192,23 @@ def _prepare(config: DistillConfig):
     split = SplitSpec.of(config).labels(cache)
     keys = cache.meta["key"].astype(str).to_numpy()
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    tr, va = (original_view_rows(cache, r) for r in (tr, va))
+    tr, va = teacher_rows(cache, tr, config.views), teacher_rows(cache, va)
     if config.limit is not None:
         tr = tr[:config.limit]
     if len(tr) < 2 or len(va) < 2:
         raise ValueError(f"too few rows to distil: {len(tr)} train, {len(va)} validation in "
                          f"{config.teacher_cache!r}")
     source = open_source(config.source, **config.source_options)
-    images = collect_images(source, keys[np.concatenate([tr, va])])
+    images = collect_images(source, np.unique(keys[np.concatenate([tr, va])]).tolist())  # once per image
     scfg = StudentConfig(arch=config.arch, embed_dim=cache.embed_dim, image_size=config.image_size,
                          pretrained=config.pretrained)
     y = cache.labels()
+    views = cache.columns("view")["view"].astype(str).to_numpy()
     train_ds = ImageRows([images[k] for k in keys[tr]], y[tr], cache.embeddings("image", tr),
-                         train_transform(scfg, config.augment))
+                         train_transform(scfg, config.augment), views=views[tr], keys=keys[tr])
     val_ds = ImageRows([images[k] for k in keys[va]], y[va], cache.embeddings("image", va),
                        student_preprocess(scfg))
     return cache, scfg, train_ds, val_ds
-
-
-def original_view_rows(cache, rows: np.ndarray) -> np.ndarray:
-    """The rows of ``rows`` whose teacher embedding is of the image as the source holds it.
-
-    A cache extracted with ``--views`` holds several rows per image key (a JPEG, a blur, ...);
-    the student is fed the source's image (with its own augmentations), so only the ``orig``
-    rows are targets that match its input. A cache without ``orig`` rows cannot teach it."""
-    from clipdetect.data.views import ORIG
-
-    views = cache.columns("view")["view"].astype(str).to_numpy()
-    if (views == ORIG).all():
-        return rows
-    if not (views == ORIG).any():
-        raise ValueError(f"teacher cache {str(cache.root)!r} holds views {sorted(set(views))} but no "
-                         f"'{ORIG}' rows: the student learns from the images as they are; extract the "
-                         f"teacher with --views {ORIG},...")
-    kept = rows[views[rows] == ORIG]
-    logger.info("teacher cache holds views %s: distilling from its %d '%s' rows (of %d)",
-                sorted(set(views)), len(kept), ORIG, len(rows))
-    return kept
 
 
 def distill(config: DistillConfig, *, resume: bool = False, progress: bool = True) -> DistillResult:
@@ -229,7 +221,8 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
                          "or choose a new --out")
     if last.exists():
         saved = read_json(last, what="distillation checkpoint").get("config", {})
-        check_resumable(renamed_keys(saved), config.to_dict(), where=config.out, free=_RESUME_FREE)
+        saved = DistillConfig.from_dict(saved).to_dict() if saved else {}  # options added since: their defaults
+        check_resumable(saved, config.to_dict(), where=config.out, free=_RESUME_FREE)
         if saved.get("epochs") != config.epochs:
             logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from "
                            "here on", saved.get("epochs"), config.epochs)
