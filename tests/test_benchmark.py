@@ -160,3 +160,52 @@ def test_degraded_variant_never_trains_on_the_original_files(cache, monkeypatch)
         benchmark.train_variant(cache, fold, name, cfg, views)
     assert seen == [({"norm:256:90"}, {"norm:256:90"}), ({"orig", "norm:256:90"}, {"orig", "norm:256:90"}),
                     ({"orig"}, {"orig"})]
+
+
+def test_seeds_average_each_seeds_difference_and_widen_the_ci_by_their_spread(cache, tmp_path):
+    """``seeds=2`` is the mean of the runs with seed 0 and with seed 1 (point estimates), shows
+    each seed on its own, keeps every seed's scores, and its CIs also resample the seeds."""
+    common = dict(train=TRAIN, min_images=10, variants=["baseline", "views"], n_boot=200, protocols=["loso"],
+                  only=["s0", "s1", "s2"])
+    one = [run_benchmark(cache, BenchmarkConfig(**common, seed=s)) for s in (0, 1)]
+    both = run_benchmark(cache, BenchmarkConfig(**common, seeds=2))
+
+    def mean_delta(result, name="views", ref="baseline"):
+        d = result["deltas"]
+        return d[(d.variant == name) & (d.vs == ref) & (d.view == "norm:256:90")].set_index("held_out").delta_auc
+
+    np.testing.assert_allclose(mean_delta(both), (mean_delta(one[0]) + mean_delta(one[1])) / 2, atol=1e-12)
+    np.testing.assert_allclose(mean_delta(both, "probe"), (mean_delta(one[0], "probe") + mean_delta(one[1], "probe")) / 2,
+                               atol=1e-12)  # one probe against each seed's baseline
+    seeds = both["seeds"]
+    per_seed = seeds[(seeds.variant == "views") & (seeds.vs == "baseline")].set_index("seed").mean_delta_auc
+    for s in (0, 1):
+        assert per_seed[s] == pytest.approx(mean_delta(one[s]).mean(), abs=1e-12)
+    folds = both["folds"]
+    assert sorted(folds[folds.variant == "views"].seed.unique()) == [0, 1]
+    assert set(folds[folds.variant == "probe"].seed) == {0}
+    summary = both["summary"].set_index(["view", "variant"])
+    base = folds[(folds.variant == "baseline") & (folds.view == "norm:256:90")]
+    assert summary.loc[("norm:256:90", "baseline"), "mean_auc"] == pytest.approx(base.auc.mean())
+    assert summary.loc[("norm:256:90", "baseline"), "folds"] == 3
+    assert {"baseline", "baseline@1", "views", "views@1", "probe"} <= set(both["scores"].columns)
+    assert len(one[0]["seeds"]) == 0
+
+    from clipdetect.eval.benchmark_report import save_benchmark
+    save_benchmark(both, tmp_path / "b", {"version": "t"})
+    md = (tmp_path / "b" / "benchmark.md").read_text()
+    assert "training seeds 0–1" in md and "Each training seed on its own" in md
+
+
+def test_combining_seeds_resamples_them():
+    from clipdetect.eval.benchmark import combine_seed_draws
+
+    same = (0.8, 0.7, np.full(1000, 0.1))
+    assert combine_seed_draws([same]) is same
+    a, b, d = combine_seed_draws([(0.8, 0.7, np.zeros(1000)), (0.9, 0.7, np.full(1000, 0.2))], seed=3)
+    assert (a, b) == (pytest.approx(0.85), 0.7)
+    # two seeds 0.2 apart: a draw is the mean of two seeds picked with replacement (0, 0.1 or 0.2)
+    assert set(np.round(d, 12)) == {0.0, 0.1, 0.2}
+    assert 0.2 < (d == 0.1).mean() * 1.0 < 0.8 and np.percentile(d, 2.5) == 0 and np.percentile(d, 97.5) == 0.2
+    with pytest.raises(ValueError, match="seeds must be >= 1"):
+        BenchmarkConfig(seeds=0)

@@ -15,6 +15,8 @@ EXAMPLES = """examples:
       --variants baseline,layers,views,groups,fusion,layers+views,full
   # quicker: fewer bootstrap draws, shorter training, two held-out sources
   clipdetect benchmark features/corpus --out /tmp/b --n-boot 200 --set epochs=8 --only imagenet,srsets
+  # is an aid's gain more than training noise? three seeds per variant, CIs over both
+  clipdetect benchmark features/corpus --out reports/views3 --protocols loso --variants baseline,views --seeds 3
   # one more fold: the sources added last, held out together (train on the others)
   clipdetect benchmark features/corpus --out reports/new --protocols sets --hold-out new=kodak,dlib,spf2
 
@@ -66,6 +68,11 @@ def add_parser(sub) -> None:
                         f"the same proportion from every content cluster (default {d.balance})")
     p.add_argument("--n-boot", type=int, default=d.n_boot, help="paired bootstrap draws per fold (default 1000)")
     p.add_argument("--seed", type=int, default=d.seed, help="training and bootstrap seed (default 0)")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help="train every variant with this many seeds (--seed, --seed+1, ...) in every fold: "
+                        "differences are averaged over the seeds and their CIs also resample them, so a delta "
+                        "smaller than one training run's noise is not called significant; N times the training "
+                        f"time (default {d.seeds})")
     p.add_argument("--set", action="append", type=config_override, metavar="FIELD=VALUE",
                    help="a training config field for every variant, e.g. --set epochs=8 (repeatable)")
     add_threads_arg(p)

@@ -28,9 +28,14 @@ proportion), and training on the degraded views only (``degraded``: every view b
 the original files' format cues are never seen). ``baseline`` is the default detector: the
 paper's MLP on the final embedding, original views. ``probe`` (logistic regression on the final
 embedding) is fitted on every fold too. Every comparison is paired (same test images), and the mean
-over folds gets its CI from the same bootstrap draws in every fold. The CIs resample the test
-images, not the training run: a second ``--seed`` shows how far the same variant moves by its
-seed alone (on the corpus, as far as 0.006 in mean AUC; ``experiments/benchmark_seeds.py``).
+over folds gets its CI from the same bootstrap draws in every fold.
+
+With one training seed the CIs resample the test images, not the training run, and the same
+variant moves by its seed alone (on the corpus, as far as 0.006 in mean AUC). ``seeds=N`` trains
+every variant with seeds ``seed … seed+N−1`` in every fold (the probe is deterministic): a fold's
+AUC difference is the mean over seeds of the same-seed differences, and each of its bootstrap
+draws also resamples the seeds (:func:`combine_seed_draws`), so the CI holds both the test
+images' and the training run's noise.
 """
 from __future__ import annotations
 
@@ -84,6 +89,7 @@ class BenchmarkConfig:
     balance: str = "source"  # TrainConfig.balance of a 'balance' variant ("source" or "sqrt")
     n_boot: int = 1000
     seed: int = 0
+    seeds: int = 1  # training seeds per variant and fold: seed, seed + 1, ...; CIs then include their spread
     train: Dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for every variant
 
     def __post_init__(self) -> None:
@@ -91,6 +97,8 @@ class BenchmarkConfig:
         if bad:
             raise ValueError(f"unknown variant(s)/protocol(s) {bad}; variants {sorted(VARIANTS)}, "
                              f"protocols {PROTOCOLS}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1 (training runs per variant and fold), got {self.seeds}")
         if self.ensemble_size < 1:
             raise ValueError(f"ensemble_size must be >= 1 (heads averaged by an ensemble variant), "
                              f"got {self.ensemble_size}")
@@ -172,28 +180,30 @@ def variant_rows(rows: np.ndarray, aids: Dict[str, bool], views: np.ndarray, tra
     return rows[views[rows] == train_view]
 
 
-def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: np.ndarray):
+def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: np.ndarray,
+                  seed: Optional[int] = None):
     from clipdetect.models.detector import Detector
     from clipdetect.models.fusion import fuse_detectors
     from clipdetect.models.train import TrainConfig
 
+    seed = config.seed if seed is None else seed
     v = VARIANTS[name]
     tr, va = (variant_rows(r, v, views, config.train_view) for r in (fold.train, fold.val))
-    base = {**config.train, "auc_pairs": "group" if v["groups"] else "all", "seed": config.seed}
+    base = {**config.train, "auc_pairs": "group" if v["groups"] else "all", "seed": seed}
     if v["balance"]:
         base["balance"] = config.balance
 
-    def fit(feature_set, seed=config.seed):
+    def fit(feature_set, member_seed=seed):
         extra = {"width": config.layers_width} if feature_set == "layers" else {}
         return Detector.fit_rows(cache, tr, va, feature_set=feature_set,
-                                 config=TrainConfig(**{**base, **extra, "seed": seed}))
+                                 config=TrainConfig(**{**base, **extra, "seed": member_seed}))
 
     if v["fusion"]:
-        return fuse_detectors([fit("image"), fit("layers")], cache, va, seed=config.seed)
+        return fuse_detectors([fit("image"), fit("layers")], cache, va, seed=seed)
     feature_set = "layers" if v["layers"] else "image"
     if v["ensemble"] and config.ensemble_size > 1:
-        members = [fit(feature_set, config.seed + k) for k in range(config.ensemble_size)]
-        return fuse_detectors(members, cache, va, method="mean", seed=config.seed)
+        members = [fit(feature_set, seed + k) for k in range(config.ensemble_size)]
+        return fuse_detectors(members, cache, va, method="mean", seed=seed)
     return fit(feature_set)
 
 
@@ -245,12 +255,14 @@ def run_benchmark(cache, config: BenchmarkConfig, *, on_fold=None) -> Dict[str, 
                          f"least {config.min_images} images (--min-images) and both classes to train on")
     y_all, keys = cache.labels(), _column(cache, "key")
     row_of = {(k, v): i for i, (k, v) in enumerate(zip(keys, views))}
-    rows, score_frames, draws = [], [], {}
+    seeds = [config.seed + k for k in range(config.seeds)]
+    rows, score_frames, draws, seed_draws = [], [], {}, {}
     for i, fold in enumerate(folds, 1):
         logger.info("benchmark fold %d/%d: %s holds out %r (%d test images)", i, len(folds), fold.protocol,
                     fold.held_out, len(fold.test))
-        detectors = {"probe": _probe(cache, fold, config, views),
-                     **{v: train_variant(cache, fold, v, config, views) for v in config.variants}}
+        detectors = {("probe", seeds[0]): _probe(cache, fold, config, views),
+                     **{(v, s): train_variant(cache, fold, v, config, views, seed=s)
+                        for s in seeds for v in config.variants}}
         held_all = _held_mask(cache, fold, y_all)
         for view in [eval_view, *[v for v in config.also_views if v != eval_view]]:
             found = [(j, row_of.get((keys[r], view))) for j, r in enumerate(fold.test)]
@@ -259,27 +271,54 @@ def run_benchmark(cache, config: BenchmarkConfig, *, on_fold=None) -> Dict[str, 
             y, held = y_all[test], held_all[pick]
             if len(set(y)) < 2:
                 continue
-            scored = {name: _scores(det, cache, test) for name, det in detectors.items()}
+            scored = {key: _scores(det, cache, test) for key, det in detectors.items()}
             frame = pd.DataFrame({"protocol": fold.protocol, "held_out": fold.held_out, "view": view,
                                   "key": keys[test], "label": y, "held": held})
-            for name, sc in scored.items():
-                rows.append(_fold_row(fold, name, view, y, sc, held))
-                frame[name] = sc["logit"]
+            for (name, s), sc in scored.items():
+                rows.append({**_fold_row(fold, name, view, y, sc, held), "seed": s})
+                frame[name if s == seeds[0] else f"{name}@{s}"] = sc["logit"]
+            for name in ["probe", *config.variants]:
                 for ref in ("baseline", "probe"):
-                    if ref in scored and ref != name:
-                        draws[(fold.protocol, fold.held_out, name, ref, view)] = paired_auc_draws(
-                            y, sc["logit"], scored[ref]["logit"], n_boot=config.n_boot, seed=config.seed + i)
+                    if ref == name or (ref, seeds[0]) not in scored:
+                        continue
+                    per_seed = [paired_auc_draws(y, _of_seed(scored, name, s)["logit"],
+                                                 _of_seed(scored, ref, s)["logit"], n_boot=config.n_boot,
+                                                 seed=config.seed + i) for s in seeds]
+                    key = (fold.protocol, fold.held_out, name, ref, view)
+                    seed_draws[key] = per_seed
+                    draws[key] = combine_seed_draws(per_seed, seed=(config.seed, i))
             score_frames.append(frame)
         if on_fold is not None and i < len(folds):
-            on_fold({**_tables(rows, draws, score_frames, eval_view, config), "partial": f"{i} of {len(folds)} folds"})
-    return _tables(rows, draws, score_frames, eval_view, config)
+            on_fold({**_tables(rows, draws, seed_draws, score_frames, eval_view, config),
+                     "partial": f"{i} of {len(folds)} folds"})
+    return _tables(rows, draws, seed_draws, score_frames, eval_view, config)
 
 
-def _tables(rows, draws, score_frames, eval_view: str, config: BenchmarkConfig) -> Dict[str, Any]:
-    from clipdetect.eval.benchmark_report import delta_tables, summary_table
+def _of_seed(scored: Dict[tuple, Any], name: str, seed: int) -> Dict[str, Any]:
+    """Detector ``name``'s scores of training seed ``seed`` (the probe has one, whatever the seed)."""
+    return scored[(name, seed)] if (name, seed) in scored else next(v for (n, _), v in scored.items() if n == name)
+
+
+def combine_seed_draws(per_seed: List[tuple], *, seed: Any = 0) -> tuple:
+    """One fold's paired AUC difference over training seeds: ``per_seed`` holds each seed's
+    ``(AUC(a), AUC(b), draws)`` from :func:`paired_auc_draws` with the same bootstrap seed (so
+    draw ``b`` resamples the same test images in every seed). Returns the AUCs averaged over
+    seeds and draws that also resample the seeds: draw ``b`` is the mean of draw ``b`` of N seeds
+    picked with replacement, so the spread between training runs widens the CI. One seed: as is."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    d = np.stack([np.asarray(p[2], dtype=np.float64) for p in per_seed])  # seeds × draws
+    pick = np.random.default_rng(seed).integers(0, len(per_seed), size=(d.shape[1], len(per_seed)))
+    combined = d[pick, np.arange(d.shape[1])[:, None]].mean(axis=1)
+    return float(np.mean([p[0] for p in per_seed])), float(np.mean([p[1] for p in per_seed])), combined
+
+
+def _tables(rows, draws, seed_draws, score_frames, eval_view: str, config: BenchmarkConfig) -> Dict[str, Any]:
+    from clipdetect.eval.benchmark_report import delta_tables, seed_table, summary_table
 
     folds_df = pd.DataFrame(rows)
     deltas, mean_deltas = delta_tables(draws)
     return {"folds": folds_df, "deltas": deltas, "summary": summary_table(folds_df, mean_deltas),
+            "seeds": seed_table(seed_draws, config.seed),
             "scores": pd.concat(score_frames, ignore_index=True), "eval_view": eval_view,
             "config": dataclasses.asdict(config)}

@@ -38,11 +38,29 @@ def delta_tables(draws: Dict[tuple, tuple]) -> Tuple[pd.DataFrame, pd.DataFrame]
     return per_fold, pd.DataFrame(means)
 
 
+def seed_table(seed_draws: Dict[tuple, List[tuple]], first_seed: int = 0) -> pd.DataFrame:
+    """With several training seeds: per (protocol, variant, reference, view) and seed, the mean
+    over folds of the same-seed AUC difference (how far one training run alone moves it). Empty
+    with one seed."""
+    if not seed_draws or all(len(v) < 2 for v in seed_draws.values()):
+        return pd.DataFrame()
+    rows = []
+    for protocol, name, ref, view in sorted({(p, n, r, v) for p, _, n, r, v in seed_draws}):
+        per = [d for (p, _, n, r, v), d in seed_draws.items() if (p, n, r, v) == (protocol, name, ref, view)]
+        for k in range(min(len(d) for d in per)):
+            rows.append({"protocol": protocol, "variant": name, "vs": ref, "view": view, "seed": first_seed + k,
+                         "folds": len(per), "mean_delta_auc": float(np.mean([d[k][0] - d[k][1] for d in per]))})
+    return pd.DataFrame(rows)
+
+
 def summary_table(folds: pd.DataFrame, mean_deltas: pd.DataFrame) -> pd.DataFrame:
     """One row per (protocol, variant): mean AUC over folds, mean FPR on held-out reals, mean
-    ECE, and the mean paired difference to the baseline and to the probe with CIs."""
+    ECE, and the mean paired difference to the baseline and to the probe with CIs. With several
+    training seeds a fold's numbers are first averaged over its seeds."""
     out = []
     for (protocol, view, name), g in folds.groupby(["protocol", "view", "variant"], sort=False):
+        if "seed" in g:
+            g = g.groupby("held_out", sort=False)[["auc", "fpr", "tpr", "ece"]].mean()
         row: Dict[str, Any] = {"protocol": protocol, "view": view, "variant": name, "folds": len(g),
                                "mean_auc": g["auc"].mean(), "min_auc": g["auc"].min(),
                                "mean_fpr_heldout_reals": g["fpr"].mean(skipna=True),
@@ -68,7 +86,8 @@ def to_markdown_report(result: Dict[str, Any], provenance: Dict[str, Any]) -> st
     s = result["summary"]
     lines = [f"# Generalisation benchmark{' (partial: ' + result['partial'] + ')' if result.get('partial') else ''}\n",
              f"Cache {md_code(result['config']['cache'])}, evaluated on view {md_code(result['eval_view'])}; "
-             f"{result['config']['n_boot']} paired bootstrap resamples per fold. "
+             f"{result['config']['n_boot']} paired bootstrap resamples per fold"
+             f"{_seeds_note(result['config'])}. "
              f"clipdetect {provenance.get('version')}, commit {provenance.get('commit')}, {provenance.get('date')}.\n",
              "## Summary (means over folds)\n",
              "| protocol | view | variant | folds | mean AUC | min AUC | vs baseline [95% CI] | vs probe [95% CI] | "
@@ -81,15 +100,30 @@ def to_markdown_report(result: Dict[str, Any], provenance: Dict[str, Any]) -> st
         lines.append(f"| {r.protocol} | {md_text(r.view)} | {r.variant} | {r.folds} | {_fmt(r.mean_auc)} | {_fmt(r.min_auc)} | {vs[0]} | "
                      f"{vs[1]} | {_fmt(r.mean_fpr_heldout_reals)} | {_fmt(r.max_fpr_heldout_reals)} | "
                      f"{_fmt(r.mean_ece)} |")
+    seeds = result.get("seeds")
+    if seeds is not None and len(seeds):
+        lines += ["", "## Each training seed on its own (mean over folds of the same-seed difference)", "",
+                  to_markdown(seeds, columns=["protocol", "view", "variant", "vs", "seed", "folds", "mean_delta_auc"])]
+    many = result["config"].get("seeds", 1) > 1
     lines += ["", "## Every fold", "", to_markdown(result["folds"], columns=[
-        "protocol", "held_out", "view", "variant", "completed", "n_real", "n_fake", "auc", "ap", "fpr", "tpr", "ece",
-        "threshold"]), "", "## Paired differences per fold", "",
+        "protocol", "held_out", "view", "variant", *(["seed"] if many else []), "completed", "n_real", "n_fake",
+        "auc", "ap", "fpr", "tpr", "ece", "threshold"]), "",
+        f"## Paired differences per fold{' (averaged over the seeds)' if many else ''}", "",
         to_markdown(result["deltas"], columns=["protocol", "held_out", "view", "variant", "vs", "delta_auc", "lo",
                                                 "hi"]),
         "", "`fpr`: share of the held-out source's real photos called fake at the fold detector's own threshold "
         "(held-out sources only: loso and sets). `completed`: the held-out source had one class; the other came from the "
         "other sources' test rows."]
     return "\n".join(lines) + "\n"
+
+
+def _seeds_note(config: Dict[str, Any]) -> str:
+    n = config.get("seeds", 1)
+    if n <= 1:
+        return f", training seed {config.get('seed', 0)} (the CIs hold the test images' noise, not the training run's)"
+    first = config.get("seed", 0)
+    return (f", training seeds {first}–{first + n - 1} (each fold's difference is averaged over the seeds and its draws "
+            "also resample them, so the CIs hold the training run's noise too)")
 
 
 def save_benchmark(result: Dict[str, Any], out: str | Path, provenance: Dict[str, Any]) -> List[Path]:
@@ -99,6 +133,8 @@ def save_benchmark(result: Dict[str, Any], out: str | Path, provenance: Dict[str
     out.mkdir(parents=True, exist_ok=True)
     tables = {k: records(result[k]) for k in ("summary", "folds", "deltas")}
     paths = [out / n for n in ("benchmark.json", "benchmark.md", "folds.csv", "scores.csv", "benchmark_config.json")]
+    if len(result.get("seeds", ())):
+        tables["seeds"] = records(result["seeds"])
     write_json(paths[0], {"config": result["config"], "provenance": provenance, "eval_view": result["eval_view"],
                           "partial": result.get("partial"), **tables})
     write_text(paths[1], to_markdown_report(result, provenance))
