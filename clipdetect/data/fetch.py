@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple, Union
 
 from clipdetect.core.io import open_fd, write_bytes
+from clipdetect.core.progress import progress_bar
 from clipdetect.data.imaging import BadImage, decode_image
 
 logger = logging.getLogger(__name__)
@@ -231,8 +232,6 @@ def fetch_many(urls: Iterable[str], *, store: Union[FetchStore, str, os.PathLike
     At most ``workers`` downloads run at once and at most ``4 * workers`` are queued, so an
     endless iterator of URLs is fine. Returns counts by outcome and failure reason.
     """
-    from tqdm.auto import tqdm
-
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     store = store if isinstance(store, FetchStore) else FetchStore(store)
@@ -270,7 +269,7 @@ def fetch_many(urls: Iterable[str], *, store: Union[FetchStore, str, os.PathLike
         bar.update(1)
         bar.set_postfix(ok=stats.fetched, failed=stats.failed, refresh=False)
 
-    with tqdm(total=total, unit="url", desc="fetch", disable=None if progress else True, dynamic_ncols=True) as bar, \
+    with progress_bar(total=total, unit="url", desc="fetch", enabled=progress, dynamic_ncols=True) as bar, \
             ThreadPoolExecutor(workers, thread_name_prefix="fetch") as pool:
         pending = set()
         for url in todo():

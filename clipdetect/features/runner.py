@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from clipdetect.core.inputs import MAX_IMAGE_BYTES, READ_TIMEOUT, count_reasons
+from clipdetect.core.progress import progress_bar
 from clipdetect.data.imaging import MAX_ASPECT, MAX_PIXELS, SplitPreprocess
 from clipdetect.data.sources import Source
 from clipdetect.data.views import ORIG, parse_views
@@ -149,8 +150,6 @@ def run_extraction(source: Source, config: ExtractConfig, backbone: Backbone, en
     """Extract ``source`` into the cache at ``config.out`` with ``engine``; resumes an interrupted
     run (of either engine). ``backbone``: this process's copy (identity, dimensions, text tower);
     ``on_shard(name)`` runs after each shard is written; ``label`` names the engine in the log."""
-    from tqdm.auto import tqdm
-
     if config.text == "yes" and not backbone.has_text:
         raise BackboneError(f"backbone {config.backbone!r} has no text tower, so captions cannot be embedded; "
                             "use --text no (image embeddings only) or a full CLIP checkpoint")
@@ -163,9 +162,8 @@ def run_extraction(source: Source, config: ExtractConfig, backbone: Backbone, en
         builder = ShardBuilder(backbone.embed_dim, views=config.views, with_text=with_text(config, backbone),
                                layers=layout)
         t0 = time.perf_counter()
-        with tqdm(total=None if end is None else end - summary.resumed_from, unit="img",
-                  desc="extract", disable=None if progress else True, smoothing=0.1,
-                  dynamic_ncols=True) as bar, \
+        with progress_bar(total=None if end is None else end - summary.resumed_from, unit="img",
+                          desc="extract", enabled=progress, smoothing=0.1, dynamic_ncols=True) as bar, \
                 contextlib.closing(engine(summary.resumed_from, end)) as results:
             for result in results:
                 builder.add(result)

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from clipdetect.core.progress import progress_bar
 from clipdetect.features.backbones import Backbone, BackboneError, create_backbone
 from clipdetect.features.identity import alternative_specs, identities_match, locate_checkpoint
 from clipdetect.features import pipeline
@@ -258,8 +259,6 @@ def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
     ``probability > threshold``; 0 = real), ``true_label`` (when the source has labels) and
     ``error`` (the reason an image could not be scored).
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     fmt = output_format(out, fmt)
@@ -278,7 +277,7 @@ def predict_source(detector, source: Source, out, *, fmt: Optional[str] = None,
     writer, t0 = None, time.perf_counter()
     try:  # any exit but success removes the partial file
         writer = PredictionWriter(out, fmt)
-        with tqdm(total=total, unit="img", desc="predict", disable=None if progress else True, dynamic_ncols=True) as bar, \
+        with progress_bar(total=total, unit="img", desc="predict", enabled=progress, dynamic_ncols=True) as bar, \
                 contextlib.closing(score_tasks(detector, backbone, tasks, workers=workers, **limits)) as scored:
             for task, results in scored:
                 rows = [{"key": s.key, "path": s.path or (s.image if isinstance(s.image, str) else ""),

@@ -34,11 +34,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from clipdetect.core.escape import plain_json
 from clipdetect.core.io import open_new
 from clipdetect.core.metrics import binary_metrics
+from clipdetect.core.progress import progress_bar
 from clipdetect.models.checkpoint import load_checkpoint, save_checkpoint
 from clipdetect.models.heads import HeadConfig
 from clipdetect.models.losses import trusted_batches
@@ -103,8 +103,8 @@ def run_fit(fit: Fit, plan: Schedule, *, checkpoints: str | Path | None = None, 
     state = _restore(fit, checkpoints) if resume and checkpoints and (Path(checkpoints) / f"{LAST}.json").exists() \
         else _State()
     log = open_new(log_path, "w") if log_path is not None else None
-    bar = tqdm(total=plan.total_steps, initial=state.step, desc=desc, unit="step", leave=False,
-               disable=None if progress else True)
+    bar = progress_bar(total=plan.total_steps, initial=state.step, desc=desc, unit="step", enabled=progress,
+                       leave=False)
     stopped = False
     try:
         for record in state.history if log else ():
