@@ -155,7 +155,8 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true",
                    help="print the result as one JSON document on stdout (for scripts); default: readable text")
     g.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (bars are drawn only when stderr is a terminal anyway)")
+                   help="no progress bar (bars are drawn only when stderr is a terminal anyway); without one, "
+                        "long runs log done/total, rate and time left once a minute")
 
 
 def emit(args, payload, text: Optional[str] = None) -> None:
