@@ -162,13 +162,17 @@ def test_student_spec_works_with_create_backbone_and_extract(material):
 def test_cli_distill_then_predict_end_to_end(tmp_path):
     from clipdetect.cli.main import build_parser, main
 
-    imgs, cache = make_material(tmp_path, n=6)
+    imgs, cache = make_material(tmp_path, n=6, views=("orig", "jpeg:50"))
     out = tmp_path / "cli-student"
-    rc = main(["distill", str(imgs), "--teacher-cache", str(cache), "--out", str(out), "--arch", TINY_ARCH,
-               "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-               "--head", "linear", "--val-fraction", "0.3", "--test-fraction", "0.1",
-               "--augment", "flip,jpeg,crop", "--no-progress"])
+    args = ["distill", str(imgs), "--teacher-cache", str(cache), "--arch", TINY_ARCH,
+            "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+            "--head", "linear", "--val-fraction", "0.3", "--test-fraction", "0.1",
+            "--augment", "flip,jpeg,crop", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "bad"), "--views", "orig,sharpen"]) == 2
+    assert not (tmp_path / "bad").exists()
+    rc = main(args + ["--out", str(out), "--views", "orig,JPEG:50"])
     assert rc == 0 and (out / "detector" / "model.safetensors").is_file()
+    assert json.loads((out / "distill_config.json").read_text())["views"] == ["orig", "jpeg:50"]
     choices = build_parser(full=True)._subparsers._group_actions[0].choices
     if "predict" not in choices:
         pytest.skip("this installation has no predict command")
