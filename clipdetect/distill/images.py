@@ -23,6 +23,7 @@ from clipdetect.core.compat import ensure_torchvision_ops
 from clipdetect.data.imaging import decode_image
 from clipdetect.data.views import ORIG, apply_view, parse_views
 from clipdetect.distill.student import StudentConfig, student_preprocess
+from clipdetect.features.splits import view_rows
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +42,15 @@ def canonical_views(views: Sequence[str]) -> tuple:
 
 
 def teacher_rows(cache, rows: np.ndarray, views: Sequence[str] = (ORIG,)) -> np.ndarray:
-    """The rows of ``rows`` whose view is one of ``views`` (``("all",)``: every view the cache holds).
+    """The rows of ``rows`` whose view is one of ``views`` (``("all",)``: every view the cache holds;
+    :func:`~clipdetect.features.splits.view_rows`, which refuses a view the cache does not hold).
 
-    A cache extracted without ``--views`` holds only ``orig`` rows. A view the cache does not
-    hold is refused with the views it does hold."""
+    A cache extracted without ``--views`` holds only ``orig`` rows."""
     views = canonical_views(views)
-    held = cache.columns("view")["view"].astype(str).to_numpy()
-    if views == (ALL_VIEWS,):
-        return rows
-    missing = [v for v in views if not (held == v).any()]
-    if missing:
-        raise ValueError(f"teacher cache {str(cache.root)!r} holds views {sorted(set(held))} but not {missing}: "
-                         f"the student learns a view only from the teacher's embedding of it; extract the "
-                         f"teacher with --views {','.join(views)} or choose from the views it holds")
-    kept = rows[np.isin(held[rows], views)]
+    kept = view_rows(cache, rows, None if views == (ALL_VIEWS,) else views)
     if len(kept) < len(rows):
         logger.info("teacher cache holds views %s: distilling from its %d rows of %s (of %d)",
-                    sorted(set(held)), len(kept), list(views), len(rows))
+                    sorted(set(cache.columns("view")["view"].astype(str))), len(kept), list(views), len(rows))
     return kept
 
 
