@@ -256,7 +256,7 @@ def run_benchmark(cache, config: BenchmarkConfig, *, on_fold=None) -> Dict[str, 
     y_all, keys = cache.labels(), _column(cache, "key")
     row_of = {(k, v): i for i, (k, v) in enumerate(zip(keys, views))}
     seeds = [config.seed + k for k in range(config.seeds)]
-    rows, score_frames, draws, seed_draws = [], [], {}, {}
+    rows, score_frames, draws, seed_aucs = [], [], {}, {}
     for i, fold in enumerate(folds, 1):
         logger.info("benchmark fold %d/%d: %s holds out %r (%d test images)", i, len(folds), fold.protocol,
                     fold.held_out, len(fold.test))
@@ -281,22 +281,17 @@ def run_benchmark(cache, config: BenchmarkConfig, *, on_fold=None) -> Dict[str, 
                 for ref in ("baseline", "probe"):
                     if ref == name or (ref, seeds[0]) not in scored:
                         continue
-                    per_seed = [paired_auc_draws(y, _of_seed(scored, name, s)["logit"],
-                                                 _of_seed(scored, ref, s)["logit"], n_boot=config.n_boot,
-                                                 seed=config.seed + i) for s in seeds]
-                    key = (fold.protocol, fold.held_out, name, ref, view)
-                    seed_draws[key] = per_seed
+                    per_seed = [paired_auc_draws(y, scored.get((name, s), scored[(name, seeds[0])])["logit"],
+                                                 scored.get((ref, s), scored[(ref, seeds[0])])["logit"],
+                                                 n_boot=config.n_boot, seed=config.seed + i) for s in seeds]
+                    key = (fold.protocol, fold.held_out, name, ref, view)  # the probe has only the first seed
+                    seed_aucs[key] = [(a, b) for a, b, _ in per_seed]
                     draws[key] = combine_seed_draws(per_seed, seed=(config.seed, i))
             score_frames.append(frame)
         if on_fold is not None and i < len(folds):
-            on_fold({**_tables(rows, draws, seed_draws, score_frames, eval_view, config),
+            on_fold({**_tables(rows, draws, seed_aucs, score_frames, eval_view, config),
                      "partial": f"{i} of {len(folds)} folds"})
-    return _tables(rows, draws, seed_draws, score_frames, eval_view, config)
-
-
-def _of_seed(scored: Dict[tuple, Any], name: str, seed: int) -> Dict[str, Any]:
-    """Detector ``name``'s scores of training seed ``seed`` (the probe has one, whatever the seed)."""
-    return scored[(name, seed)] if (name, seed) in scored else next(v for (n, _), v in scored.items() if n == name)
+    return _tables(rows, draws, seed_aucs, score_frames, eval_view, config)
 
 
 def combine_seed_draws(per_seed: List[tuple], *, seed: Any = 0) -> tuple:
@@ -313,12 +308,12 @@ def combine_seed_draws(per_seed: List[tuple], *, seed: Any = 0) -> tuple:
     return float(np.mean([p[0] for p in per_seed])), float(np.mean([p[1] for p in per_seed])), combined
 
 
-def _tables(rows, draws, seed_draws, score_frames, eval_view: str, config: BenchmarkConfig) -> Dict[str, Any]:
+def _tables(rows, draws, seed_aucs, score_frames, eval_view: str, config: BenchmarkConfig) -> Dict[str, Any]:
     from clipdetect.eval.benchmark_report import delta_tables, seed_table, summary_table
 
     folds_df = pd.DataFrame(rows)
     deltas, mean_deltas = delta_tables(draws)
     return {"folds": folds_df, "deltas": deltas, "summary": summary_table(folds_df, mean_deltas),
-            "seeds": seed_table(seed_draws, config.seed),
+            "seeds": seed_table(seed_aucs, config.seed),
             "scores": pd.concat(score_frames, ignore_index=True), "eval_view": eval_view,
             "config": dataclasses.asdict(config)}

@@ -38,15 +38,15 @@ def delta_tables(draws: Dict[tuple, tuple]) -> Tuple[pd.DataFrame, pd.DataFrame]
     return per_fold, pd.DataFrame(means)
 
 
-def seed_table(seed_draws: Dict[tuple, List[tuple]], first_seed: int = 0) -> pd.DataFrame:
+def seed_table(seed_aucs: Dict[tuple, List[tuple]], first_seed: int = 0) -> pd.DataFrame:
     """With several training seeds: per (protocol, variant, reference, view) and seed, the mean
-    over folds of the same-seed AUC difference (how far one training run alone moves it). Empty
-    with one seed."""
-    if not seed_draws or all(len(v) < 2 for v in seed_draws.values()):
+    over folds of the same-seed AUC difference (how far one training run alone moves it), from
+    each fold's per-seed ``(AUC(variant), AUC(reference))``. Empty with one seed."""
+    if not seed_aucs or all(len(v) < 2 for v in seed_aucs.values()):
         return pd.DataFrame()
     rows = []
-    for protocol, name, ref, view in sorted({(p, n, r, v) for p, _, n, r, v in seed_draws}):
-        per = [d for (p, _, n, r, v), d in seed_draws.items() if (p, n, r, v) == (protocol, name, ref, view)]
+    for protocol, name, ref, view in sorted({(p, n, r, v) for p, _, n, r, v in seed_aucs}):
+        per = [d for (p, _, n, r, v), d in seed_aucs.items() if (p, n, r, v) == (protocol, name, ref, view)]
         for k in range(min(len(d) for d in per)):
             rows.append({"protocol": protocol, "variant": name, "vs": ref, "view": view, "seed": first_seed + k,
                          "folds": len(per), "mean_delta_auc": float(np.mean([d[k][0] - d[k][1] for d in per]))})
