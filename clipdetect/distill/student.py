@@ -1,7 +1,9 @@
 """Lightweight student image encoders that stand in for a CLIP image tower.
 
 A student is a small CNN (any timm architecture, or the built-in ``clipdetect-tiny-cnn``
-for tests) followed by a linear projection to the teacher's embedding dimension. It is
+for tests) followed by a linear projection to the teacher's embedding dimension, or the
+teacher's own first blocks at a lower resolution (``clip:<open_clip model>``,
+:mod:`clipdetect.distill.clip_student`), which outputs a per-block token. It is
 trained by :mod:`clipdetect.distill.trainer` and saved as a directory::
 
     student.json           StudentConfig + teacher identity + distillation summary
@@ -36,6 +38,7 @@ from clipdetect.core.io import read_json, write_json
 from clipdetect.core.tensorfile import (file_sha256, load_state_dict, read_safetensors,
                                         save_safetensors)
 from clipdetect.core.config import from_dict
+from clipdetect.distill.clip_student import TruncatedViT, clip_model_name, clip_tower, is_clip_arch
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ ENCODER_FILE = "encoder.safetensors"
 CONFIG_FILE = "student.json"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TF_MEAN, TF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP
 
 
 @dataclass
@@ -64,6 +68,7 @@ class StudentConfig:
     std: Optional[Tuple[float, float, float]] = None
     interpolation: str = "bicubic"
     compression: Dict[str, Any] = field(default_factory=dict)  # structure changes (see compress.py)
+    blocks: Optional[int] = None  # clip: students: how many of the teacher's transformer blocks (None: all)
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
@@ -72,9 +77,13 @@ class StudentConfig:
             raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
         if self.interpolation not in ("bicubic", "bilinear", "nearest"):
             raise ValueError(f"interpolation {self.interpolation!r} is not bicubic, bilinear or nearest")
-        tf = self.arch.startswith("tf_")
-        self.mean = tuple(self.mean) if self.mean is not None else (TF_MEAN if tf else IMAGENET_MEAN)
-        self.std = tuple(self.std) if self.std is not None else (TF_STD if tf else IMAGENET_STD)
+        if self.blocks is not None and (not is_clip_arch(self.arch) or self.blocks < 1):
+            raise ValueError(f"blocks ({self.blocks}) applies to clip: students only and must be >= 1")
+        tf, clip = self.arch.startswith("tf_"), is_clip_arch(self.arch)
+        default_mean, default_std = ((CLIP_MEAN, CLIP_STD) if clip else (TF_MEAN, TF_STD) if tf
+                                     else (IMAGENET_MEAN, IMAGENET_STD))
+        self.mean = tuple(self.mean) if self.mean is not None else default_mean
+        self.std = tuple(self.std) if self.std is not None else default_std
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "StudentConfig":
@@ -118,6 +127,8 @@ class StudentEncoder(nn.Module):
 def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: bool = True) -> StudentEncoder:
     """Build the encoder of ``config`` (random init under ``seed``, then pretrained weights if asked)."""
     torch.manual_seed(seed)
+    if is_clip_arch(config.arch):
+        return _create_clip_student(config, seed=seed, load_pretrained=load_pretrained)
     if config.arch == TINY_ARCH:
         body: nn.Module = TinyCNN()
         num_features = body.num_features
@@ -141,6 +152,19 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
         from clipdetect.models.compress import apply_structure
 
         apply_structure(model, config.compression)
+    return model
+
+
+def _create_clip_student(config: StudentConfig, *, seed: int, load_pretrained: bool) -> TruncatedViT:
+    visual, _, _ = clip_tower(clip_model_name(config.arch), config.pretrained, seed=seed,
+                              load_pretrained=load_pretrained)
+    model = TruncatedViT(visual, config.blocks or len(visual.transformer.resblocks), config.image_size)
+    if model.width != config.embed_dim:
+        raise ValueError(f"a CLIP student outputs its last block's token ({model.width} wide), not a "
+                         f"{config.embed_dim}-d embedding: distil it to a per-block target (target='blockK' "
+                         "on a teacher cache extracted with --layers)")
+    if config.compression:
+        raise ValueError("compression applies to CNN students, not to clip: students")
     return model
 
 

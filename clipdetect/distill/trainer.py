@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from clipdetect.data.views import ORIG, ViewError
+from clipdetect.distill.clip_student import CLIP_ENCODER_LR, is_clip_arch
+from clipdetect.distill.targets import IMAGE_TARGET, check_target, resolve_student, standardise, teacher_targets
 from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, canonical_views, collect_images,
                                        make_loader, teacher_rows, train_transform)
 from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
@@ -66,9 +68,12 @@ class DistillConfig:
     source: str
     teacher_cache: str
     out: str
-    arch: str = "tf_efficientnet_lite0"
-    pretrained: Optional[str] = None
+    arch: str = "tf_efficientnet_lite0"  # a timm name, clipdetect-tiny-cnn, or clip / clip:<open_clip model>
+    pretrained: Optional[str] = None  # clip students: the teacher's weights (default: the cache's backbone)
     image_size: int = 64
+    target: str = IMAGE_TARGET  # the teacher's final embedding, or one per-block token (block8) of --layers
+    blocks: Optional[int] = None  # clip students: how many of the teacher's blocks (default: the target's)
+    encoder_lr: Optional[float] = None  # the encoder's peak rate (default: lr; clip students 2e-5)
     lam: float = 1.0
     distill_loss: str = "cosine"
     loss: str = "bce"
@@ -113,6 +118,22 @@ class DistillConfig:
             raise ValueError("batch_size must be >= 2 (both classes in every batch)")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if is_clip_arch(self.arch) and self.target == IMAGE_TARGET:
+            raise ValueError("a clip student outputs a per-block token: choose a target such as 'block8' (a teacher "
+                             "cache extracted with --layers); the final embedding needs the whole tower")
+        if self.blocks is not None and not is_clip_arch(self.arch):
+            raise ValueError(f"blocks applies to clip students only, not to {self.arch!r}")
+        for name in ("lr", "encoder_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def effective_encoder_lr(self) -> float:
+        """The encoder's peak learning rate: ``encoder_lr``, else ``lr`` (clip students: 2e-5, as a
+        pretrained ViT is fine-tuned; the fresh head keeps ``lr``)."""
+        if self.encoder_lr is not None:
+            return self.encoder_lr
+        return CLIP_ENCODER_LR if is_clip_arch(self.arch) else self.lr
 
     def head_config(self, embed_dim: int) -> HeadConfig:
         """The head on the student's embedding: what :class:`TrainConfig` makes of the same options."""
@@ -198,17 +219,21 @@ def _prepare(config: DistillConfig):
     if len(tr) < 2 or len(va) < 2:
         raise ValueError(f"too few rows to distil: {len(tr)} train, {len(va)} validation in "
                          f"{config.teacher_cache!r}")
+    check_target(cache, config.target)
     source = open_source(config.source, **config.source_options)
     images = collect_images(source, np.unique(keys[np.concatenate([tr, va])]).tolist())  # once per image
-    scfg = StudentConfig(arch=config.arch, embed_dim=cache.embed_dim, image_size=config.image_size,
-                         pretrained=config.pretrained)
+    t_tr, t_va = teacher_targets(cache, tr, config.target), teacher_targets(cache, va, config.target)
+    stats = None
+    if config.target != IMAGE_TARGET:  # raw block tokens: every dimension on one scale
+        (t_tr, t_va), stats = standardise(t_tr, t_va)
+    scfg = resolve_student(cache, arch=config.arch, pretrained=config.pretrained, image_size=config.image_size,
+                           target=config.target, blocks=config.blocks, embed_dim=t_tr.shape[1])
     y = cache.labels()
     views = cache.columns("view")["view"].astype(str).to_numpy()
-    train_ds = ImageRows([images[k] for k in keys[tr]], y[tr], cache.embeddings("image", tr),
-                         train_transform(scfg, config.augment), views=views[tr], keys=keys[tr])
-    val_ds = ImageRows([images[k] for k in keys[va]], y[va], cache.embeddings("image", va),
-                       student_preprocess(scfg))
-    return cache, scfg, train_ds, val_ds
+    train_ds = ImageRows([images[k] for k in keys[tr]], y[tr], t_tr, train_transform(scfg, config.augment),
+                         views=views[tr], keys=keys[tr])
+    val_ds = ImageRows([images[k] for k in keys[va]], y[va], t_va, student_preprocess(scfg))
+    return cache, scfg, train_ds, val_ds, stats
 
 
 def distill(config: DistillConfig, *, resume: bool = False, progress: bool = True) -> DistillResult:
@@ -226,8 +251,8 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
         if saved.get("epochs") != config.epochs:
             logger.warning("epochs changed from %s to %s: the learning-rate schedule changes from "
                            "here on", saved.get("epochs"), config.epochs)
-    cache, scfg, train_ds, val_ds = _prepare(config)
-    fit, plan = _student_fit(config, scfg, train_ds, val_ds)
+    cache, scfg, train_ds, val_ds, stats = _prepare(config)
+    fit, plan = _student_fit(config, scfg, train_ds, val_ds, stats)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "distill_config.json", config.to_dict())
     result = run_fit(fit, plan, checkpoints=out / CKPT_DIR, resume=resume, run_info={"config": config.to_dict()},
@@ -240,15 +265,19 @@ def distill(config: DistillConfig, *, resume: bool = False, progress: bool = Tru
                          n_val=len(val_ds))
 
 
-def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -> Tuple[Fit, Schedule]:
-    """The student and its head, AdamW over both, the distillation step and the image batches."""
+def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds, stats) -> Tuple[Fit, Schedule]:
+    """The student and its head, AdamW over both (the encoder at its own rate), the distillation
+    step and the image batches; ``stats``: the token targets' (mean, std), or None."""
     student = create_student(scfg, seed=config.seed)
+    if stats is not None and hasattr(student, "set_standardisation"):
+        student.set_standardisation(*(torch.from_numpy(a) for a in stats))
     torch.manual_seed(config.seed)
     head_config = config.head_config(scfg.embed_dim)
     head = create_head(head_config)
     loss_fn = create_loss(config.loss)
-    opt = torch.optim.AdamW(list(student.parameters()) + list(head.parameters()), lr=config.lr,
-                            weight_decay=config.weight_decay)
+    groups = [{"params": list(student.parameters()), "lr_scale": config.effective_encoder_lr / config.lr},
+              {"params": list(head.parameters())}]
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     sampler = StratifiedBatchSampler(train_ds.labels.numpy().astype(np.int64), config.batch_size, seed=config.seed)
     val_loader = make_loader(val_ds, batch_size=config.eval_batch_size, workers=config.workers)
 
@@ -269,7 +298,8 @@ def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds) -
 
     def validate():
         emb, logits = score_images(student, head, val_loader)
-        return logits, {"val_cosine": float(np.mean(np.sum(emb * val_ds.targets.numpy(), axis=1)))}
+        targets = F.normalize(val_ds.targets, dim=-1).numpy()  # token targets are not unit vectors
+        return logits, {"val_cosine": float(np.mean(np.sum(emb * targets, axis=1)))}
 
     def reseed(epoch: int) -> None:
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; workers get seeds from the loader

@@ -46,13 +46,14 @@ class BackboneError(ValueError):
     """A backbone spec that cannot be resolved into a model."""
 
 
-def _open_clip():
+def open_clip_module():
+    """``open_clip``, imported safely (torchvision's guard) with this package's tiny test configs registered."""
     ensure_torchvision_ops()
     import open_clip
 
-    if not getattr(_open_clip, "_registered", False):
+    if not getattr(open_clip_module, "_registered", False):
         open_clip.add_model_config(CONFIG_DIR)
-        _open_clip._registered = True
+        open_clip_module._registered = True
     return open_clip
 
 
@@ -189,7 +190,7 @@ def skipped_init():
 
 
 def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
-    oc = _open_clip()
+    oc = open_clip_module()
     if spec.arch not in oc.list_models():
         raise BackboneError(f"unknown architecture {spec.arch!r}; see open_clip.list_models() "
                             f"(tiny test architectures: {sorted(p.stem for p in CONFIG_DIR.glob('*.json'))})")

@@ -143,8 +143,8 @@ def _epoch(fit: Fit, plan: Schedule, state: _State, epoch: int, bar) -> Dict[str
     with trusted_batches() if fit.device.type == "cuda" else contextlib.nullcontext():
         for batch in fit.batches(epoch, limit):
             lr = plan.lr_at(state.step)
-            for group in fit.optimizer.param_groups:
-                group["lr"] = lr
+            for group in fit.optimizer.param_groups:  # a group's "lr_scale" (default 1) scales the schedule
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = fit.step(batch)
             losses.append(loss if isinstance(loss, dict) else {"loss": loss})
             state.step += 1
