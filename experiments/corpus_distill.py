@@ -53,7 +53,8 @@ N_BOOT = 1000
 def student_args(args) -> list:
     if args.arch == "clip":
         out = ["--arch", "clip", "--target", args.target]
-        return out + (["--blocks", str(args.blocks)] if args.blocks else [])
+        out += ["--blocks", str(args.blocks)] if args.blocks else []
+        return out + (["--encoder-lr", str(args.encoder_lr)] if args.encoder_lr else [])
     return ["--arch", "tf_efficientnet_lite0", "--pretrained", "efficientnet-lite0", "--target", args.target]
 
 
@@ -136,6 +137,7 @@ def main(argv=None) -> int:
                     "of a cache extracted with --layers; with a block, the teacher's head on that token is "
                     "also scored")
     ap.add_argument("--blocks", type=int, help="distill --blocks (clip students; default the target's)")
+    ap.add_argument("--encoder-lr", type=float, help="distill --encoder-lr (default: distill's)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--augment", default="flip")
     ap.add_argument("--views", default="orig", help="the cache's views both models train on (distill --views): "

@@ -117,25 +117,19 @@ class TruncatedViT(nn.Module):
 
 
 def clip_tower(model_name: str, pretrained: str | None, *, seed: int = 0, load_pretrained: bool = True):
-    """(open_clip image tower, its preprocessing mean and std): the teacher's weights when
-    ``load_pretrained`` (``pretrained`` is a checkpoint path, a tag or ``random``), else unloaded
-    (a saved student's weights are loaded next)."""
-    from clipdetect.features.backbones import BackboneError, create_backbone, open_clip_module, skipped_init
+    """The open_clip image tower of ``model_name``: with the teacher's weights when ``load_pretrained``
+    (``pretrained`` is a checkpoint path, a tag or ``random``), else unloaded (a saved student's
+    weights are loaded next)."""
+    from clipdetect.features.backbones import create_backbone, unloaded_open_clip
 
     if load_pretrained:
         if not pretrained:
             raise ValueError("a CLIP student starts from the teacher's weights: pass pretrained (a checkpoint "
                              "path, an open_clip tag, or 'random')")
-        backbone = create_backbone(f"{model_name}:{pretrained}", seed=seed)
-        visual = backbone.model.visual
+        visual = create_backbone(f"{model_name}:{pretrained}", seed=seed).model.visual
     else:
-        open_clip = open_clip_module()
-        if model_name not in open_clip.list_models():
-            raise BackboneError(f"unknown open_clip architecture {model_name!r} for a CLIP student")
-        with skipped_init():
-            visual = open_clip.create_model(model_name, pretrained=None).visual
-    cfg = getattr(visual, "preprocess_cfg", {}) or {}
-    return visual, tuple(cfg.get("mean", ())), tuple(cfg.get("std", ()))
+        visual = unloaded_open_clip(model_name).visual
+    return visual
 
 
 def teacher_stats(targets: torch.Tensor, eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:

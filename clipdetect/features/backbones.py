@@ -189,6 +189,16 @@ def skipped_init():
             setattr(torch.nn.init, n, fn)
 
 
+def unloaded_open_clip(arch: str):
+    """An open_clip model of ``arch`` built without random initialisation (and without open_clip's
+    "initialized randomly" message), for weights that the caller loads next."""
+    oc = open_clip_module()
+    if arch not in oc.list_models():
+        raise BackboneError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    with _quiet_root("Model initialized randomly"), skipped_init():
+        return oc.create_model(arch, pretrained=None)
+
+
 def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
     oc = open_clip_module()
     if spec.arch not in oc.list_models():
