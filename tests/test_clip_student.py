@@ -91,11 +91,14 @@ def clip_config(root, manifest, cache, name, **kw) -> DistillConfig:
     return DistillConfig(source=str(manifest), teacher_cache=str(cache), out=str(root / name), **opts)
 
 
-def test_clip_student_distils_to_a_block_token_and_loads_without_the_teacher(layered):
+def test_clip_student_distils_to_a_block_token_and_loads_without_the_teacher(layered, caplog):
     root, manifest, cache = layered
     result = distill(clip_config(root, manifest, cache, "s1"), progress=False)
     assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_distill"])
-    model, cfg, doc = load_student(root / "s1")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        model, cfg, doc = load_student(root / "s1")
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]  # its weights load next
     assert cfg.arch == "clip:clipdetect-tiny-vit" and cfg.blocks == 1 and cfg.image_size == 32
     assert cfg.embed_dim == 64 and cfg.pretrained == "random"
     assert doc["distill"]["target"] == "block1"
