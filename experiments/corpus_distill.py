@@ -199,10 +199,12 @@ def main(argv=None) -> int:
            "teacher_token": token,
            "speed": speed, "parameters": params, "fastest": best, "speedup_fastest": ratio}
     out = Path(args.out)
-    stem = f"distill_{args.image_size}{suffix}" if args.arch != "clip" else f"distill_{name}{suffix}"
+    plain = args.arch != "clip" and args.target == IMAGE_TARGET  # the original runs' file names
+    stem = f"distill_{args.image_size}{suffix}" if plain else f"distill_{name}{suffix}"
     save_json(out / f"{stem}.json", doc)
     d = doc["gap_teacher_minus_student"]
-    what = ("EfficientNet-Lite0" if args.arch != "clip" else
+    what = ("EfficientNet-Lite0" + ("" if plain else f", distilled to the teacher's {args.target} token at 224 px")
+            if args.arch != "clip" else
             f"the teacher's first {student_tag(args)[4:]} blocks, distilled to its {args.target} token at 224 px")
     md = [f"# Distilled student ({args.image_size} px, {what}) vs ViT-B/16 teacher, corpus test split", "",
           f"{len(test)} test images ({int(y.sum())} generated) of the corpus's 44 sources, the same for both; "
