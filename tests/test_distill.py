@@ -16,7 +16,8 @@ from clipdetect.core.tensorfile import file_sha256
 from clipdetect.features.cache import FeatureCache
 from clipdetect.features.cache_writer import CacheWriter
 from clipdetect.features.manifest import ERROR_COLUMNS
-from clipdetect.distill.trainer import DistillConfig, distill, distillation_loss
+from clipdetect.distill.targets import distillation_loss
+from clipdetect.distill.trainer import DistillConfig, distill
 from clipdetect.distill.student import TINY_ARCH, StudentConfig, create_student, load_student, map_lite0_state_dict
 from helpers.images import make_image
 from helpers.training import interrupt_on_call

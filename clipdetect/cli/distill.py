@@ -42,7 +42,8 @@ Writes the compressed bundle and compress_report.{json,md} into --out."""
 
 def add_parser(sub) -> None:
     from clipdetect.distill.images import AUGMENTATIONS
-    from clipdetect.distill.trainer import DISTILL_LOSSES, DistillConfig
+    from clipdetect.distill.targets import DISTILL_LOSSES
+    from clipdetect.distill.trainer import DistillConfig
     from clipdetect.models.losses import LOSS_NAMES
 
     d = DistillConfig(source="", teacher_cache="", out="")

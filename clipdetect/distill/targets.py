@@ -14,11 +14,28 @@ import re
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from clipdetect.distill.clip_student import CLIP_PREFIX, CLIP_SHORTHAND, is_clip_arch, teacher_stats
 from clipdetect.distill.student import StudentConfig
 
 IMAGE_TARGET = "image"
+DISTILL_LOSSES = ("cosine", "mse", "both")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Feature-distillation loss between raw student outputs and the targets (unit-norm embeddings or
+    standardised tokens): ``cosine`` (mean 1 - cos), ``mse`` (squared distance summed over
+    dimensions) or ``both``."""
+    if kind not in DISTILL_LOSSES:
+        raise ValueError(f"distill loss {kind!r} is not one of {list(DISTILL_LOSSES)}")
+    total = student.new_zeros(())
+    if kind in ("cosine", "both"):
+        total = total + (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    if kind in ("mse", "both"):
+        total = total + (student - teacher).pow(2).sum(dim=-1).mean()
+    return total
 
 
 def token_names(cache) -> list:
@@ -92,5 +109,5 @@ def resolve_student(cache, *, arch: str, pretrained: Optional[str], image_size: 
                          interpolation=pre.get("interpolation", "bicubic"))
 
 
-__all__ = ["IMAGE_TARGET", "block_index", "check_target", "resolve_student", "standardise", "teacher_targets",
-           "teacher_weights", "token_names"]
+__all__ = ["DISTILL_LOSSES", "IMAGE_TARGET", "block_index", "check_target", "distillation_loss", "resolve_student",
+           "standardise", "teacher_targets", "teacher_weights", "token_names"]

@@ -8,7 +8,11 @@ Loss per batch (DistilDIRE-style, the teacher never runs: its embeddings come fr
 (``heads.create_head``) trained jointly on the student's L2-normalised embedding (the same
 input the head sees at inference). ``L_distill`` is ``cosine`` (mean ``1 − cos``), ``mse``
 (squared distance between the raw projected student embedding and the unit-norm teacher
-embedding, summed over dimensions, so it also pins the norm) or ``both`` (their sum).
+embedding, summed over dimensions, so it also pins the norm) or ``both`` (their sum)
+(:func:`clipdetect.distill.targets.distillation_loss`). The target is the teacher's final embedding
+(``target="image"``) or one per-block token of a cache extracted with ``--layers``
+(``target="block8"``), standardised per dimension (:mod:`clipdetect.distill.targets`); a ``clip``
+student (the teacher's own first blocks at a lower resolution) learns a block token.
 
 Images come from the source the cache was extracted from; rows are matched by ``key``. In a
 cache extracted with ``--views`` the student trains on the rows of ``config.views`` (``orig`` by
@@ -39,7 +43,8 @@ import torch.nn.functional as F
 
 from clipdetect.data.views import ORIG, ViewError
 from clipdetect.distill.clip_student import CLIP_ENCODER_LR, is_clip_arch
-from clipdetect.distill.targets import IMAGE_TARGET, check_target, resolve_student, standardise, teacher_targets
+from clipdetect.distill.targets import (DISTILL_LOSSES, IMAGE_TARGET, check_target, distillation_loss,
+                                       resolve_student, standardise, teacher_targets)
 from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, canonical_views, collect_images,
                                        make_loader, teacher_rows, train_transform)
 from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
@@ -58,7 +63,6 @@ from clipdetect.core.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-DISTILL_LOSSES = ("cosine", "mse", "both")
 
 
 @dataclass
@@ -159,19 +163,6 @@ _OLD_KEYS = {"head_depth": "depth", "head_width": "width"}
 def renamed_keys(d: Dict[str, Any]) -> Dict[str, Any]:
     """A saved distillation config (``distill_config.json``, a checkpoint's) with today's key names."""
     return {_OLD_KEYS.get(k, k): v for k, v in d.items()}
-
-
-# ------------------------------------------------------------------ losses
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """Feature-distillation loss between raw student embeddings and unit-norm teacher embeddings."""
-    if kind not in DISTILL_LOSSES:
-        raise ValueError(f"distill loss {kind!r} is not one of {list(DISTILL_LOSSES)}")
-    total = student.new_zeros(())
-    if kind in ("cosine", "both"):
-        total = total + (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-    if kind in ("mse", "both"):
-        total = total + (student - teacher).pow(2).sum(dim=-1).mean()
-    return total
 
 
 # ------------------------------------------------------------------ training
