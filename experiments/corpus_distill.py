@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
@@ -35,6 +36,8 @@ from bench_distill import image_tower, n_params
 from clipdetect import Detector, FeatureCache, open_source
 from clipdetect.core.metrics import evaluate_scores
 from clipdetect.core.numerics import logit
+from clipdetect.data.imaging import decode_image
+from clipdetect.data.views import apply_view
 from clipdetect.distill.compress_report import score_refs
 from clipdetect.distill.images import collect_images
 from clipdetect.distill.images import teacher_rows
@@ -106,6 +109,40 @@ def token_teacher(cache, views: str, target: str, test: np.ndarray) -> np.ndarra
     return np.asarray(det.logits(unit[2]), dtype=np.float64)
 
 
+def view_refs(refs, keys, view: str) -> list:
+    """The images of ``refs`` turned into ``view`` (the key-seeded transform the teacher cache's rows of
+    that view were extracted from), as lossless PNG bytes for the student's end-to-end scoring."""
+    out = []
+    for ref, key in zip(refs, keys):
+        img, _ = decode_image(ref)
+        buf = io.BytesIO()
+        apply_view(img, view, key).convert("RGB").save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def other_views(args, cache, teacher, sdir, student, test, refs, keys) -> dict:
+    """Teacher (cached rows of the view) and student (end to end on the same pictures) on each of
+    ``--also-views``, for the same test images: AUCs and the paired gap."""
+    out = {}
+    views = cache.columns("view")["view"].astype(str).to_numpy()
+    all_keys = cache.meta["key"].astype(str).to_numpy()
+    for view in [v for v in args.also_views.split(",") if v]:
+        row_of = {k: i for i, k in enumerate(all_keys) if views[i] == view}
+        rows = np.array([row_of[k] for k in keys[test]])
+        y = cache.labels(rows)
+        t = np.asarray(teacher.logits(teacher.features(cache, rows)), dtype=np.float64)
+        p = score_refs(create_backbone(f"student:{sdir}"), student, view_refs(refs, keys[test], view),
+                       batch_size=args.batch_size)
+        s = logit(np.clip(p, 1e-12, 1 - 1e-12))
+        auc = {name: evaluate_scores(y, v, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
+               for name, v in (("teacher", t), ("student", s))}
+        d = paired_auc_difference(y, t, s, n_boot=N_BOOT, seed=0)
+        out[view] = {**{f"{n}_auc": {k: float(a[k]) for k in ("auc", "auc_lo", "auc_hi")} for n, a in auc.items()},
+                     "gap_teacher_minus_student": {k: float(v) for k, v in d.items() if isinstance(v, (int, float))}}
+    return out
+
+
 def tag(views: str) -> str:
     """A file-name tag for a ``--views`` value ('' for orig)."""
     return "" if views == "orig" else views.replace(",", "+").replace(":", "-")
@@ -138,6 +175,8 @@ def main(argv=None) -> int:
                     "also scored")
     ap.add_argument("--blocks", type=int, help="distill --blocks (clip students; default the target's)")
     ap.add_argument("--encoder-lr", type=float, help="distill --encoder-lr (default: distill's)")
+    ap.add_argument("--also-views", default="", help="also score the test images in these views of the cache "
+                    "(e.g. norm:256:90): the teacher from its cached rows, the student end to end")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--augment", default="flip")
     ap.add_argument("--views", default="orig", help="the cache's views both models train on (distill --views): "
@@ -184,6 +223,7 @@ def main(argv=None) -> int:
         token = {"auc": {k: float(kk[k]) for k in ("auc", "auc_lo", "auc_hi")},
                  "gap_minus_student": {k: float(v) for k, v in kd.items() if isinstance(v, (int, float))}}
 
+    extra_views = other_views(args, cache, teacher, sdir, student, test, refs, keys)
     models = [("teacher", cache.backbone["spec"], teacher), ("student", f"student:{sdir}", student)]
     speed = speeds(args, refs[:args.speed_n], models)
     params = {name: n_params(image_tower(create_backbone(spec)), det.head) for name, spec, det in models}
@@ -196,7 +236,7 @@ def main(argv=None) -> int:
            "teacher_auc": {k: float(tt[k]) for k in ("auc", "auc_lo", "auc_hi")},
            "student_auc": {k: float(ss[k]) for k in ("auc", "auc_lo", "auc_hi")},
            "gap_teacher_minus_student": {k: float(v) for k, v in diff.items() if isinstance(v, (int, float))},
-           "teacher_token": token,
+           "teacher_token": token, "other_views": extra_views,
            "speed": speed, "parameters": params, "fastest": best, "speedup_fastest": ratio}
     out = Path(args.out)
     plain = args.arch != "clip" and args.target == IMAGE_TARGET  # the original runs' file names
@@ -223,6 +263,12 @@ def main(argv=None) -> int:
                f"student's output, same head and schedule): AUC {ka['auc']:.3f} [{ka['auc_lo']:.3f}, "
                f"{ka['auc_hi']:.3f}]; gap to the student {kg['delta_auc']:+.3f} [{kg['delta_auc_lo']:+.3f}, "
                f"{kg['delta_auc_hi']:+.3f}].", ""]
+    for view, r in extra_views.items():
+        ta, sa, g = r["teacher_auc"], r["student_auc"], r["gap_teacher_minus_student"]
+        md += [f"The same test images as view `{view}` (the teacher from its cached rows of that view, the student "
+               f"end to end on the same pictures): teacher {ta['auc']:.3f} [{ta['auc_lo']:.3f}, {ta['auc_hi']:.3f}], "
+               f"student {sa['auc']:.3f} [{sa['auc_lo']:.3f}, {sa['auc_hi']:.3f}], gap {g['delta_auc']:+.3f} "
+               f"[{g['delta_auc_lo']:+.3f}, {g['delta_auc_hi']:+.3f}].", ""]
     md += [
           f"Speed (CPU, {args.threads} threads, batch {args.batch_size}, first {args.speed_n} test images end to end "
           f"from the files on predict's engine with {args.workers} decode processes, median of {args.repeats} "
