@@ -1,6 +1,8 @@
 """A student cut from the teacher (first blocks, lower resolution) distilled to a per-block token."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,3 +144,19 @@ def test_bad_targets_are_refused_with_the_fix(layered, tmp_path):
         distill(clip_config(root, manifest, plain, "y"), progress=False)
     with pytest.raises(ValueError, match="blocks applies to clip students only"):
         DistillConfig(source="", teacher_cache="", out="", blocks=2)
+
+
+def test_cli_trains_a_clip_student_and_refuses_one_without_a_block_target(layered, capsys):
+    from clipdetect.cli.main import main
+
+    root, manifest, cache = layered
+    base = ["distill", str(manifest), "--teacher-cache", str(cache), "--arch", "clip", "--image-size", "32",
+            "--epochs", "1", "--batch-size", "8", "--workers", "0", "--head", "linear", "--augment", "",
+            "--no-progress"]
+    assert main(base + ["--out", str(root / "cli-bad")]) == 2
+    assert "choose a target such as 'block8'" in capsys.readouterr().err
+    assert not (root / "cli-bad").exists()
+    assert main(base + ["--out", str(root / "cli"), "--target", "block2", "--blocks", "1"]) == 0
+    doc = json.loads((root / "cli" / "student.json").read_text())
+    assert doc["config"]["blocks"] == 1 and doc["distill"]["target"] == "block2"
+    assert doc["config"]["arch"] == "clip:clipdetect-tiny-vit"
