@@ -156,8 +156,7 @@ def create_student(config: StudentConfig, *, seed: int = 0, load_pretrained: boo
 
 
 def _create_clip_student(config: StudentConfig, *, seed: int, load_pretrained: bool) -> TruncatedViT:
-    visual = clip_tower(clip_model_name(config.arch), config.pretrained, seed=seed,
-                              load_pretrained=load_pretrained)
+    visual = clip_tower(clip_model_name(config.arch), config.pretrained, seed=seed, load_pretrained=load_pretrained)
     model = TruncatedViT(visual, config.blocks or len(visual.transformer.resblocks), config.image_size)
     if model.width != config.embed_dim:
         raise ValueError(f"a CLIP student outputs its last block's token ({model.width} wide), not a "

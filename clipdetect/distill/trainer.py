@@ -64,7 +64,6 @@ from clipdetect.core.io import read_json, write_json
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class DistillConfig:
     """Everything a distillation run depends on (saved as ``distill_config.json``)."""
