@@ -128,7 +128,7 @@ def clip_tower(model_name: str, pretrained: str | None, *, seed: int = 0, load_p
                              "path, an open_clip tag, or 'random')")
         visual = create_backbone(f"{model_name}:{pretrained}", seed=seed).model.visual
     else:
-        visual = unloaded_open_clip(model_name).visual
+        visual = unloaded_open_clip(model_name)[0].visual
     return visual
 
 

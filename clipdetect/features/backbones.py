@@ -189,21 +189,25 @@ def skipped_init():
             setattr(torch.nn.init, n, fn)
 
 
-def unloaded_open_clip(arch: str):
-    """An open_clip model of ``arch`` built without random initialisation (and without open_clip's
-    "initialized randomly" message), for weights that the caller loads next."""
-    oc = open_clip_module()
+def _known_arch(oc, arch: str) -> None:
     if arch not in oc.list_models():
-        raise BackboneError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+        raise BackboneError(f"unknown architecture {arch!r}; see open_clip.list_models() "
+                            f"(tiny test architectures: {sorted(p.stem for p in CONFIG_DIR.glob('*.json'))})")
+
+
+def unloaded_open_clip(arch: str):
+    """``(model, preprocess)`` of open_clip architecture ``arch``, built without random initialisation
+    (and without open_clip's "initialized randomly" message), for weights that the caller loads next."""
+    oc = open_clip_module()
+    _known_arch(oc, arch)
     with _quiet_root("Model initialized randomly"), skipped_init():
-        return oc.create_model(arch, pretrained=None)
+        model, _, preprocess = oc.create_model_and_transforms(arch, pretrained=None)
+    return model, preprocess
 
 
 def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
     oc = open_clip_module()
-    if spec.arch not in oc.list_models():
-        raise BackboneError(f"unknown architecture {spec.arch!r}; see open_clip.list_models() "
-                            f"(tiny test architectures: {sorted(p.stem for p in CONFIG_DIR.glob('*.json'))})")
+    _known_arch(oc, spec.arch)
     if spec.weights is None:
         raise BackboneError(f"backbone {spec.arch!r} names no weights: use '{spec.arch}:TAG' "
                             f"(pretrained), '{spec.arch}:/path/to/ckpt' or '{spec.arch}:random'")
@@ -215,8 +219,7 @@ def _create_open_clip(spec: BackboneSpec, seed: int) -> Backbone:
         identity.update(weights="random", seed=seed)
     elif spec.is_path:
         path = os.path.abspath(spec.weights)
-        with _quiet_root("Model initialized randomly"), skipped_init():  # weights loaded next
-            model, _, preprocess = oc.create_model_and_transforms(spec.arch, pretrained=None)
+        model, preprocess = unloaded_open_clip(spec.arch)  # weights loaded next
         has_text = _load_checkpoint(model, path)
         identity.update(weights="checkpoint", checkpoint=os.path.basename(path), checkpoint_path=path,
                         sha256=file_sha256(path))
