@@ -24,8 +24,6 @@ teacher's file.
 from __future__ import annotations
 
 import logging
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,15 +84,14 @@ class TruncatedViT(nn.Module):
                                                                   image_size // patch))
         self.blocks = nn.ModuleList(list(tower)[:blocks])
         self.batch_first = getattr(visual.transformer, "batch_first", True)
-        width = int(self.class_embedding.shape[-1])
-        self.register_buffer("shift", torch.zeros(width))
-        self.register_buffer("scale", torch.ones(width))
+        self.register_buffer("shift", torch.zeros(self.width))
+        self.register_buffer("scale", torch.ones(self.width))
 
     @property
     def width(self) -> int:
         return int(self.class_embedding.shape[-1])
 
-    def set_standardisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def set_standardisation(self, mean, std) -> None:
         """Output ``(token - mean) / std``: the teacher's per-dimension statistics of its target token."""
         self.shift.copy_(torch.as_tensor(mean, dtype=self.shift.dtype))
         self.scale.copy_(torch.as_tensor(std, dtype=self.scale.dtype))
@@ -132,11 +129,5 @@ def clip_tower(model_name: str, pretrained: str | None, *, seed: int = 0, load_p
     return visual
 
 
-def teacher_stats(targets: torch.Tensor, eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std (floored at ``eps``) of the teacher's tokens, [N, W]."""
-    t = torch.as_tensor(targets, dtype=torch.float64)
-    return t.mean(dim=0).float(), t.std(dim=0, unbiased=False).clamp_min(eps).float()
-
-
 __all__ = ["CLIP_PREFIX", "CLIP_SHORTHAND", "CLIP_ENCODER_LR", "TruncatedViT", "clip_model_name", "clip_tower",
-           "is_clip_arch", "resize_positions", "teacher_stats"]
+           "is_clip_arch", "resize_positions"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipdetect.distill.clip_student import CLIP_PREFIX, CLIP_SHORTHAND, is_clip_arch, teacher_stats
+from clipdetect.distill.clip_student import CLIP_PREFIX, CLIP_SHORTHAND, is_clip_arch
 from clipdetect.distill.student import StudentConfig
 
 IMAGE_TARGET = "image"
@@ -62,10 +62,12 @@ def teacher_targets(cache, rows: np.ndarray, target: str) -> np.ndarray:
     return np.ascontiguousarray(cache.embeddings("layers", rows)[:, token_names(cache).index(target)])
 
 
-def standardise(train: np.ndarray, *others: np.ndarray) -> Tuple[Tuple[np.ndarray, ...], Tuple[Any, Any]]:
-    """``(train, *others)`` standardised with the per-dimension mean and std of ``train``; and (mean, std)."""
-    mean, std = teacher_stats(train)
-    mean, std = mean.numpy(), std.numpy()
+def standardise(train: np.ndarray, *others: np.ndarray,
+                eps: float = 1e-6) -> Tuple[Tuple[np.ndarray, ...], Tuple[np.ndarray, np.ndarray]]:
+    """``(train, *others)`` standardised with the per-dimension mean and std (floored at ``eps``) of
+    ``train``; and that (mean, std), float32."""
+    t = np.asarray(train, dtype=np.float64)
+    mean, std = t.mean(axis=0).astype(np.float32), np.maximum(t.std(axis=0), eps).astype(np.float32)
     return tuple(((a - mean) / std).astype(np.float32) for a in (train, *others)), (mean, std)
 
 

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from clipdetect.data.views import ORIG, ViewError
 from clipdetect.distill.clip_student import CLIP_ENCODER_LR, is_clip_arch
-from clipdetect.distill.targets import (DISTILL_LOSSES, IMAGE_TARGET, check_target, distillation_loss,
-                                       resolve_student, standardise, teacher_targets)
+from clipdetect.distill.targets import (DISTILL_LOSSES, IMAGE_TARGET, distillation_loss, resolve_student,
+                                       standardise, teacher_targets)
 from clipdetect.distill.images import (AUGMENTATIONS, CKPT_DIR, ImageRows, canonical_views, collect_images,
                                        make_loader, teacher_rows, train_transform)
 from clipdetect.features.splits import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, SplitSpec
@@ -209,10 +209,9 @@ def _prepare(config: DistillConfig):
     if len(tr) < 2 or len(va) < 2:
         raise ValueError(f"too few rows to distil: {len(tr)} train, {len(va)} validation in "
                          f"{config.teacher_cache!r}")
-    check_target(cache, config.target)
+    t_tr, t_va = teacher_targets(cache, tr, config.target), teacher_targets(cache, va, config.target)
     source = open_source(config.source, **config.source_options)
     images = collect_images(source, np.unique(keys[np.concatenate([tr, va])]).tolist())  # once per image
-    t_tr, t_va = teacher_targets(cache, tr, config.target), teacher_targets(cache, va, config.target)
     stats = None
     if config.target != IMAGE_TARGET:  # raw block tokens: every dimension on one scale
         (t_tr, t_va), stats = standardise(t_tr, t_va)
@@ -260,7 +259,7 @@ def _student_fit(config: DistillConfig, scfg: StudentConfig, train_ds, val_ds, s
     step and the image batches; ``stats``: the token targets' (mean, std), or None."""
     student = create_student(scfg, seed=config.seed)
     if stats is not None and hasattr(student, "set_standardisation"):
-        student.set_standardisation(*(torch.from_numpy(a) for a in stats))
+        student.set_standardisation(*stats)
     torch.manual_seed(config.seed)
     head_config = config.head_config(scfg.embed_dim)
     head = create_head(head_config)
