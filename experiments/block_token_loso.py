@@ -9,7 +9,8 @@ head and schedule (``--set``-style overrides batch 256, 300 steps, seed 0):
 
 * ``final``: the paper head on the cached final embedding (the benchmark's baseline);
 * ``token``: the paper head on the token (``--token block8``), standardised per dimension with
-  the training rows' statistics and L2-normalised (what ``distill --target block8`` imitates).
+  the training rows' statistics and L2-normalised (``corpus_distill.token_head_logits``; what
+  ``distill --target block8`` imitates).
 
 Each fold prints its four AUCs (final / token on the normalised view, then on the original files
 of the same images) as it finishes; the mean and the number of folds where the token wins are
@@ -27,14 +28,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from clipdetect import Detector, FeatureCache
-from clipdetect.distill.targets import standardise, teacher_targets
 from clipdetect.eval.benchmark import BenchmarkConfig, plan_folds
 from clipdetect.models.train import TrainConfig
 from common import RESULTS, data_root, save_json
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from corpus_distill import token_head_logits
 
 
 def fold_aucs(cache, fold, token: str, train: dict, view: np.ndarray, orig_of: dict, keys: np.ndarray) -> list:
@@ -42,11 +39,9 @@ def fold_aucs(cache, fold, token: str, train: dict, view: np.ndarray, orig_of: d
     tr, va = fold.train[view[fold.train] == "orig"], fold.val[view[fold.val] == "orig"]
     te, te_o = fold.test, np.array([orig_of[k] for k in keys[fold.test]])
     final = Detector.fit_rows(cache, tr, va, feature_set="image", config=TrainConfig(**train))
-    (x_tr, x_va, x_te, x_o), _ = standardise(*(teacher_targets(cache, r, token) for r in (tr, va, te, te_o)))
-    tok = Detector.fit(unit(x_tr), y[tr], X_val=unit(x_va), y_val=y[va], config=TrainConfig(**train))
-    return [roc_auc_score(y[te], final.logits(cache.features("image", te))), roc_auc_score(y[te], tok.logits(unit(x_te))),
-            roc_auc_score(y[te_o], final.logits(cache.features("image", te_o))),
-            roc_auc_score(y[te_o], tok.logits(unit(x_o)))]
+    tok_te, tok_o = token_head_logits(cache, tr, va, token, te, te_o, config=TrainConfig(**train))
+    return [roc_auc_score(y[te], final.logits(cache.features("image", te))), roc_auc_score(y[te], tok_te),
+            roc_auc_score(y[te_o], final.logits(cache.features("image", te_o))), roc_auc_score(y[te_o], tok_o)]
 
 
 def main(argv=None) -> int:

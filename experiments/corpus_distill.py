@@ -96,17 +96,24 @@ def teacher_detector(cache, work: Path, views: str) -> Detector:
     return det
 
 
+def token_head_logits(cache, tr: np.ndarray, va: np.ndarray, target: str, *scored: np.ndarray,
+                      config: TrainConfig) -> list:
+    """The paper head on the teacher's ``target`` token, standardised with the ``tr`` rows' statistics
+    and L2-normalised as a clip student's output is, fitted on ``tr`` (``va`` picks the epoch): its
+    logits on each row set of ``scored``."""
+    (x_tr, x_va, *xs), _ = standardise(*(teacher_targets(cache, r, target) for r in (tr, va, *scored)))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    det = Detector.fit(unit(x_tr), cache.labels(tr), X_val=unit(x_va), y_val=cache.labels(va), config=config)
+    return [np.asarray(det.logits(unit(x)), dtype=np.float64) for x in xs]
+
+
 def token_teacher(cache, views: str, target: str, test: np.ndarray) -> np.ndarray:
     """Test logits of the paper head on the teacher's own ``target`` token (224 px, every block before
-    it), standardised with the train rows' statistics and L2-normalised as the student's output is:
-    the teacher's accuracy on exactly what the student imitates."""
+    it): the teacher's accuracy on exactly what the student imitates."""
     split = SplitSpec().labels(cache)
     tr = teacher_rows(cache, np.flatnonzero(split == "train"), views.split(","))
     va = teacher_rows(cache, np.flatnonzero(split == "val"))
-    (x_tr, x_va, x_te), _ = standardise(*(teacher_targets(cache, r, target) for r in (tr, va, test)))
-    unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (x_tr, x_va, x_te)]
-    det = Detector.fit(unit[0], cache.labels(tr), X_val=unit[1], y_val=cache.labels(va), config=TrainConfig(seed=0))
-    return np.asarray(det.logits(unit[2]), dtype=np.float64)
+    return token_head_logits(cache, tr, va, target, test, config=TrainConfig(seed=0))[0]
 
 
 def view_refs(refs, keys, view: str) -> list:
