@@ -128,7 +128,7 @@ def view_refs(refs, keys, view: str) -> list:
     return out
 
 
-def other_views(args, cache, teacher, sdir, student, test, refs, keys) -> dict:
+def other_views(args, cache, teacher, student_backbone, student, test, refs, keys) -> dict:
     """Teacher (cached rows of the view) and student (end to end on the same pictures) on each of
     ``--also-views``, for the same test images: AUCs and the paired gap."""
     out = {}
@@ -139,7 +139,7 @@ def other_views(args, cache, teacher, sdir, student, test, refs, keys) -> dict:
         rows = np.array([row_of[k] for k in keys[test]])
         y = cache.labels(rows)
         t = np.asarray(teacher.logits(teacher.features(cache, rows)), dtype=np.float64)
-        p = score_refs(create_backbone(f"student:{sdir}"), student, view_refs(refs, keys[test], view),
+        p = score_refs(student_backbone, student, view_refs(refs, keys[test], view),
                        batch_size=args.batch_size)
         s = logit(np.clip(p, 1e-12, 1 - 1e-12))
         auc = {name: evaluate_scores(y, v, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
@@ -216,7 +216,8 @@ def main(argv=None) -> int:
     refs = [images[k] for k in keys[test]]
     t_logits = np.asarray(teacher.logits(teacher.features(cache, test)), dtype=np.float64)
     t0 = time.perf_counter()
-    s_probs = score_refs(create_backbone(f"student:{sdir}"), student, refs, batch_size=args.batch_size)
+    student_backbone = create_backbone(f"student:{sdir}")
+    s_probs = score_refs(student_backbone, student, refs, batch_size=args.batch_size)
     s_seconds = time.perf_counter() - t0
     s_logits = logit(np.clip(s_probs, 1e-12, 1 - 1e-12))
     tt = evaluate_scores(y, t_logits, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
         token = {"auc": {k: float(kk[k]) for k in ("auc", "auc_lo", "auc_hi")},
                  "gap_minus_student": {k: float(v) for k, v in kd.items() if isinstance(v, (int, float))}}
 
-    extra_views = other_views(args, cache, teacher, sdir, student, test, refs, keys)
+    extra_views = other_views(args, cache, teacher, student_backbone, student, test, refs, keys)
     models = [("teacher", cache.backbone["spec"], teacher), ("student", f"student:{sdir}", student)]
     speed = speeds(args, refs[:args.speed_n], models)
     params = {name: n_params(image_tower(create_backbone(spec)), det.head) for name, spec, det in models}
