@@ -11,7 +11,10 @@ models, per runtime:
   preprocessing, no model), pool start-up left out: no end-to-end rate can exceed it;
 * ``predict``: decode workers + model + head (``score_tasks``, the engine of ``predict``), the
   pool started inside the timed pass as a ``predict`` run starts it; median of ``--repeats``;
-* ``in process``: ``score_images`` (no workers), as ``corpus_distill.py`` measured.
+* ``in process``: ``score_images`` (no workers), as ``corpus_distill.py`` measured;
+* ``model``: the runtime alone: the same images decoded and resized beforehand (outside the
+  clock), then timed through :class:`ImageScorer`'s ``score`` (to float, normalise, tower, head),
+  the step a service runs per batch: the model's img/s, free of the decoder.
 
 Speed does not depend on the weights' values, so any student directory of the architecture
 and input size (and any head on the teacher's embeddings) measures the same; the student's
@@ -37,7 +40,7 @@ from clipdetect.data.sources import Sample
 from clipdetect.features.backbones import create_backbone
 from clipdetect.features.pipeline import default_workers, plan_tasks
 from clipdetect.features.splits import assign_splits
-from clipdetect.models.predict import score_images, score_tasks
+from clipdetect.models.predict import ImageScorer, score_images, score_tasks
 from common import ROOT, save_json, save_text
 from gpu_bench import decode_ceiling
 
@@ -64,6 +67,25 @@ def predict_pass(det, bb, refs, workers: int, batch: int) -> float:
     return seconds
 
 
+def model_pass(det, bb, refs, batch: int, repeats: int) -> float:
+    """img/s of the runtime alone (median of ``repeats``): decoding and the PIL stage run first,
+    outside the clock; the clock covers the tensor stage, the tower and the head per batch."""
+    scorer = ImageScorer(det, bb)
+    decoded = [scorer.decode(r) for r in refs]
+    bad = [d for d in decoded if d[0] != "ok"]
+    if bad:
+        raise SystemExit(f"{len(bad)} images failed to decode, e.g. {bad[0][1:]}")
+    batches = [decoded[i:i + batch] for i in range(0, len(decoded), batch)]
+    scorer.score(batches[0])  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            scorer.score(b)
+        times.append(time.perf_counter() - t0)
+    return len(refs) / statistics.median(times)
+
+
 def measure(args, name, spec, det, refs) -> dict:
     out = {}
     for entry in args.runtimes.split(","):
@@ -79,7 +101,8 @@ def measure(args, name, spec, det, refs) -> dict:
         score_images(det, refs, backbone=bb, batch_size=args.batch_size)
         inproc = time.perf_counter() - t0
         out[entry] = {"predict": len(refs) / statistics.median(times), "predict_pass_seconds": times,
-                      "in_process": len(refs) / inproc}
+                      "in_process": len(refs) / inproc,
+                      "model": model_pass(det, bb, refs, args.batch_size, args.repeats)}
         print(name, entry, out[entry], file=sys.stderr, flush=True)
     return out
 
@@ -109,19 +132,23 @@ def main(argv=None) -> int:
     runtimes = args.runtimes.split(",")
     best = {m: max(runtimes, key=lambda r: speed[m][r]["predict"]) for m in speed}
     ratio = speed["student"][best["student"]]["predict"] / speed["teacher"][best["teacher"]]["predict"]
+    best_model = {m: max(runtimes, key=lambda r: speed[m][r]["model"]) for m in speed}
+    ratio_model = speed["student"][best_model["student"]]["model"] / speed["teacher"][best_model["teacher"]]["model"]
     doc = {"setup": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
-           "speed": speed, "fastest": best, "student_over_teacher_fastest": ratio}
+           "speed": speed, "fastest": best, "student_over_teacher_fastest": ratio,
+           "fastest_model": best_model, "student_over_teacher_model": ratio_model}
     tag = f"_{args.tag}" if args.tag else ""
     save_json(Path(args.out) / f"student_speed{tag}.json", doc)
     md = [f"# Student vs teacher, end to end from {args.n} {args.split} images ({args.workers} decode processes, "
           f"{args.threads} torch threads, batch {args.batch_size}, median of {args.repeats})", "",
-          "| model | input px | runtime | predict img/s | in process img/s | decode ceiling img/s | predict / ceiling |",
-          "|---|---|---|---|---|---|---|"]
+          "| model | input px | runtime | predict img/s | in process img/s | model alone img/s | decode ceiling img/s "
+          "| predict / ceiling |", "|---|---|---|---|---|---|---|---|"]
     for m, s in speed.items():
-        md += [f"| {m} | {s['input_px']} | {r} | {s[r]['predict']:.2f} | {s[r]['in_process']:.2f} | "
+        md += [f"| {m} | {s['input_px']} | {r} | {s[r]['predict']:.2f} | {s[r]['in_process']:.2f} | {s[r]['model']:.2f} | "
                f"{s['decode_ceiling']:.1f} | {s[r]['predict'] / s['decode_ceiling']:.2f} |" for r in runtimes]
-    md += ["", f"Fastest of each: teacher {best['teacher']}, student {best['student']}: student {ratio:.2f}x the "
-           "teacher.", ""]
+    md += ["", f"End to end, fastest of each: teacher {best['teacher']}, student {best['student']}: student "
+           f"{ratio:.2f}x the teacher.", f"The model alone, fastest of each: teacher {best_model['teacher']}, student "
+           f"{best_model['student']}: student {ratio_model:.2f}x the teacher.", ""]
     save_text(Path(args.out) / f"student_speed{tag}.md", "\n".join(md))
     print("\n".join(md))
     return 0
