@@ -48,7 +48,7 @@ from clipdetect.features.pipeline import default_workers
 from clipdetect.features.splits import SplitSpec
 from clipdetect.models.train import TrainConfig
 from common import ROOT, save_json, save_text
-from student_speed import measure
+from student_speed import fastest, measure
 
 N_BOOT = 1000
 
@@ -94,6 +94,14 @@ def teacher_detector(cache, work: Path, views: str) -> Detector:
     det = Detector.fit_rows(cache, tr, va, feature_set="image", config=TrainConfig(seed=0))
     det.save(out)
     return det
+
+
+def test_images(cache, manifest: str) -> tuple:
+    """The cache's test rows (``orig`` view) and their image files from ``manifest``, in row order."""
+    test = teacher_rows(cache, np.sort(SplitSpec().rows(cache, "test")))
+    keys = cache.meta["key"].astype(str).to_numpy()[test]
+    images = collect_images(open_source(manifest), keys)
+    return test, [images[k] for k in keys]
 
 
 def token_head_logits(cache, tr: np.ndarray, va: np.ndarray, target: str, *scored: np.ndarray,
@@ -210,11 +218,9 @@ def main(argv=None) -> int:
     cache = FeatureCache(args.cache)
     teacher, student = teacher_detector(cache, work, args.views), Detector.load(sdir / "detector")
 
-    test = teacher_rows(cache, np.sort(SplitSpec().rows(cache, "test")))
+    test, refs = test_images(cache, str(args.manifest))
     keys = cache.meta["key"].astype(str).to_numpy()
     y = cache.labels(test)
-    images = collect_images(open_source(str(args.manifest)), keys[test])
-    refs = [images[k] for k in keys[test]]
     t_logits = np.asarray(teacher.logits(teacher.features(cache, test)), dtype=np.float64)
     t0 = time.perf_counter()
     student_backbone = create_backbone(f"student:{sdir}")
@@ -236,13 +242,11 @@ def main(argv=None) -> int:
     models = [("teacher", cache.backbone["spec"], teacher), ("student", f"student:{sdir}", student)]
     speed = speeds(args, refs[:args.speed_n], models)
     params = {name: n_params(image_tower(create_backbone(spec)), det.head) for name, spec, det in models}
-    best = {m: max((k for k in speed if k.startswith(m + ":")), key=lambda k: speed[k]["images_per_second"])
-            for m in ("teacher", "student")}
-    ratio = speed[best["student"]]["images_per_second"] / speed[best["teacher"]]["images_per_second"]
-    best_model = {m: max((k for k in speed if k.startswith(m + ":")), key=lambda k: speed[k]["model_images_per_second"])
-                  for m in ("teacher", "student")}
-    ratio_model = (speed[best_model["student"]]["model_images_per_second"]
-                   / speed[best_model["teacher"]]["model_images_per_second"])
+    def by_model(key: str) -> dict:  # {model: {model:runtime: rate}}
+        return {m: {k: v[key] for k, v in speed.items() if k.startswith(m + ":")} for m in ("teacher", "student")}
+
+    best, ratio = fastest(by_model("images_per_second"))
+    best_model, ratio_model = fastest(by_model("model_images_per_second"))
     doc = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("cache", "manifest", "work", "out")},
                      "test_rows": int(len(test)), "test_fake": int(y.sum()), "distill_wall_seconds": t_distill,
                      "student_test_seconds": s_seconds, "torch": torch.__version__},

@@ -20,30 +20,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipdetect import Detector, FeatureCache, open_source
+from clipdetect import Detector, FeatureCache
 from clipdetect.core.metrics import evaluate_scores
-from clipdetect.core.numerics import logit
-from clipdetect.data.imaging import SplitPreprocess, decode_image
-from clipdetect.distill.compress_report import score_refs
-from clipdetect.distill.images import collect_images, teacher_rows
 from clipdetect.eval.compare import paired_auc_difference
 from clipdetect.features.backbones import create_backbone
-from clipdetect.features.splits import SplitSpec
+from clipdetect.models.predict import ImageScorer, score_batch
 from common import ROOT, save_json, save_text
+from corpus_distill import test_images
 
 N_BOOT = 1000
 
 
-def test_refs(cache: FeatureCache, manifest: str):
-    test = teacher_rows(cache, np.sort(SplitSpec().rows(cache, "test")))
-    keys = cache.meta["key"].astype(str).to_numpy()[test]
-    images = collect_images(open_source(manifest), keys)
-    return [images[k] for k in keys], cache.labels(test)
+def scored(det, bb, decoded: list, batch: int):
+    """(embeddings [N, D], logits [N]) of decoded images on ``bb``: the encoder stage and scoring of
+    :class:`ImageScorer`, the step ``predict`` and the service run per batch."""
+    encoder = ImageScorer(det, bb).encoder
+    embs, logits = [], []
+    for i in range(0, len(decoded), batch):
+        part = decoded[i:i + batch]
+        x = encoder.encode([d[1] for d in part])
+        embs.append(x)
+        logits += [row["logit"] for row in score_batch(det, bb, part, [None] * len(part), x)]
+    return np.concatenate(embs), np.asarray(logits, dtype=np.float64)
 
 
-def embeddings(bb, pixels: list, batch: int) -> np.ndarray:
-    pre = SplitPreprocess(bb.preprocess)
-    return np.concatenate([bb.encode_images(pre.finish(pixels[i:i + batch])) for i in range(0, len(pixels), batch)])
+def auc_ci(y: np.ndarray, logits: np.ndarray) -> dict:
+    row = evaluate_scores(y, logits, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
+    return {k: float(row[k]) for k in ("auc", "auc_lo", "auc_hi")}
 
 
 def main(argv=None) -> int:
@@ -59,29 +62,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "corpus_distill"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    refs, y = test_refs(FeatureCache(args.cache), args.manifest)
+    cache = FeatureCache(args.cache)
+    test, refs = test_images(cache, args.manifest)
+    y = cache.labels(test)
     det = Detector.load(Path(args.student) / "detector")
     spec = f"student:{args.student}"
     ref_bb = create_backbone(spec)
-    pre = SplitPreprocess(ref_bb.preprocess)
-    pixels = [pre.worker(decode_image(r)[0]) for r in refs]
-    ref_emb = embeddings(ref_bb, pixels, args.batch_size)
-    ref_logit = logit(np.clip(score_refs(ref_bb, det, refs, batch_size=args.batch_size), 1e-12, 1 - 1e-12))
-    rows = {"torch:fp32": {"auc": evaluate_scores(y, ref_logit, threshold=0.0, n_boot=N_BOOT, seed=0,
-                                                  scores_are_probs=False).iloc[0][["auc", "auc_lo", "auc_hi"]].to_dict()}}
+    decoded = [ImageScorer(det, ref_bb).decode(r) for r in refs]  # once: every runtime shares the preprocessing
+    bad = [d for d in decoded if d[0] != "ok"]
+    if bad:
+        raise SystemExit(f"{len(bad)} test images failed to decode, e.g. {bad[0][1:]}")
+    ref_emb, ref_logit = scored(det, ref_bb, decoded, args.batch_size)
+    rows = {"torch:fp32": {"auc": auc_ci(y, ref_logit)}}
     for entry in [e for e in args.runtimes.split(",") if e]:
         runtime, _, precision = entry.partition(":")
-        bb = create_backbone(spec, runtime=runtime, precision=precision or "fp32")
-        emb = embeddings(bb, pixels, args.batch_size)
+        emb, lg = scored(det, create_backbone(spec, runtime=runtime, precision=precision or "fp32"), decoded,
+                         args.batch_size)
         cos = np.sum(emb * ref_emb, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref_emb, axis=1))
-        lg = logit(np.clip(score_refs(bb, det, refs, batch_size=args.batch_size), 1e-12, 1 - 1e-12))
-        auc = evaluate_scores(y, lg, threshold=0.0, n_boot=N_BOOT, seed=0, scores_are_probs=False).iloc[0]
         diff = paired_auc_difference(y, lg, ref_logit, n_boot=N_BOOT, seed=0)
-        rows[entry] = {"auc": auc[["auc", "auc_lo", "auc_hi"]].to_dict(), "cosine_mean": float(cos.mean()),
-                       "cosine_min": float(cos.min()),
+        rows[entry] = {"auc": auc_ci(y, lg), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                        "minus_fp32": {k: float(v) for k, v in diff.items() if isinstance(v, (int, float))}}
         print(entry, rows[entry], file=sys.stderr, flush=True)
-    rows = {k: {**v, "auc": {kk: float(vv) for kk, vv in v["auc"].items()}} for k, v in rows.items()}
     tag = f"_{args.tag}" if args.tag else ""
     save_json(Path(args.out) / f"student_runtimes{tag}.json", {"images": len(refs), "fake": int(y.sum()),
                                                               "student": spec, "runtimes": rows})

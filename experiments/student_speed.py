@@ -86,6 +86,12 @@ def model_pass(det, bb, refs, batch: int, repeats: int) -> float:
     return len(refs) / statistics.median(times)
 
 
+def fastest(rates: dict) -> tuple:
+    """``({model: fastest label}, student's rate / teacher's)`` from ``{model: {label: img/s}}``."""
+    best = {m: max(r, key=r.get) for m, r in rates.items()}
+    return best, rates["student"][best["student"]] / rates["teacher"][best["teacher"]]
+
+
 def measure(args, name, spec, det, refs) -> dict:
     out = {}
     for entry in args.runtimes.split(","):
@@ -130,10 +136,8 @@ def main(argv=None) -> int:
               "student": (f"student:{student_dir}", Detector.load(student_dir / "detector"))}
     speed = {name: measure(args, name, spec, det, refs) for name, (spec, det) in models.items()}
     runtimes = args.runtimes.split(",")
-    best = {m: max(runtimes, key=lambda r: speed[m][r]["predict"]) for m in speed}
-    ratio = speed["student"][best["student"]]["predict"] / speed["teacher"][best["teacher"]]["predict"]
-    best_model = {m: max(runtimes, key=lambda r: speed[m][r]["model"]) for m in speed}
-    ratio_model = speed["student"][best_model["student"]]["model"] / speed["teacher"][best_model["teacher"]]["model"]
+    best, ratio = fastest({m: {r: speed[m][r]["predict"] for r in runtimes} for m in speed})
+    best_model, ratio_model = fastest({m: {r: speed[m][r]["model"] for r in runtimes} for m in speed})
     doc = {"setup": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
            "speed": speed, "fastest": best, "student_over_teacher_fastest": ratio,
            "fastest_model": best_model, "student_over_teacher_model": ratio_model}
