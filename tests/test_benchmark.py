@@ -144,6 +144,14 @@ def test_balance_variants_train_with_source_balanced_batches(cache):
         BenchmarkConfig(balance="none")
 
 
+def test_noise_variants_train_with_feature_noise_and_the_others_without(cache):
+    cfg = BenchmarkConfig(train=TRAIN, min_images=10, protocols=["loso"], only=["s0"], noise=0.3)
+    (fold,) = plan_folds(cache, cfg, "norm:256:90")
+    views = cache.columns("view")["view"].astype(str).to_numpy()
+    assert benchmark.train_variant(cache, fold, "views+noise", cfg, views).train_config["feature_noise"] == 0.3
+    assert benchmark.train_variant(cache, fold, "views", cfg, views).train_config["feature_noise"] == 0.0
+
+
 def test_degraded_variant_never_trains_on_the_original_files(cache, monkeypatch):
     seen = []
     real_fit = Detector.fit_rows.__func__

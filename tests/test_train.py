@@ -231,3 +231,50 @@ def test_balance_trains_on_a_cache_and_is_refused_where_it_cannot_apply(tmp_path
     assert det.train_config["balance"] == "source" and plain.train_config["balance"] == "none"
     X = cache.features("image", np.arange(40))
     assert not np.allclose(det.logits(X), plain.logits(X))  # the batches were drawn another way
+
+
+def test_jitter_adds_noise_of_the_given_spread_to_about_half_the_rows():
+    from clipdetect.models.train import jitter
+
+    torch.manual_seed(0)
+    x = torch.zeros(4000, 3)
+    out = jitter(x, torch.tensor([0.0, 1.0, 5.0]))
+    hit = out.abs().sum(1) > 0
+    assert 0.45 < hit.float().mean() < 0.55  # a random half of the rows
+    assert torch.equal(out[:, 0], x[:, 0])  # a feature of zero spread is left alone
+    np.testing.assert_allclose(out[hit].std(0)[1:].numpy(), [1.0, 5.0], rtol=0.06)
+    assert torch.equal(out[~hit], x[~hit])
+
+
+def test_feature_spread_is_the_per_feature_std_of_the_rows_or_of_a_seeded_sample():
+    from clipdetect.models.sources import feature_spread
+
+    X = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32) * np.array([1, 2, 3, 4], np.float32)
+    src = ArraySource(X, np.arange(500) % 2)
+    np.testing.assert_allclose(feature_spread(src), X.std(0), rtol=1e-5)
+    sub = feature_spread(src, n=200, seed=3)
+    np.testing.assert_array_equal(sub, feature_spread(src, n=200, seed=3))
+    np.testing.assert_allclose(sub, [1, 2, 3, 4], rtol=0.2)
+
+
+def test_feature_noise_trains_reproducibly_resumes_and_is_validated(tmp_path, monkeypatch):
+    import clipdetect.models.train as train_mod
+
+    X, y = separable_features(300, 16, seed=0)
+    Xv, yv = separable_features(100, 16, seed=1)
+    cfg = replace(FAST, epochs=3, patience=0, feature_noise=0.5)
+    a, b = (train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False) for _ in range(2))
+    plain = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=replace(cfg, feature_noise=0.0),
+                  progress=False)
+    assert all(torch.equal(a.head.state_dict()[k], b.head.state_dict()[k]) for k in a.head.state_dict())
+    assert not torch.equal(a.head.state_dict()["out.weight"], plain.head.state_dict()["out.weight"])
+    real = train_mod.predict_logits
+    monkeypatch.setattr(train_mod, "predict_logits", interrupt_on_call(real, 2))
+    with pytest.raises(KeyboardInterrupt):
+        train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False, checkpoints=tmp_path)
+    monkeypatch.setattr(train_mod, "predict_logits", real)
+    resumed = train(ArraySource(X, y), val_data=ArraySource(Xv, yv), config=cfg, progress=False,
+                    checkpoints=tmp_path, resume=True)
+    assert all(torch.equal(a.head.state_dict()[k], resumed.head.state_dict()[k]) for k in a.head.state_dict())
+    with pytest.raises(ValueError, match="feature_noise must be >= 0"):
+        replace(FAST, feature_noise=-0.1)

@@ -66,6 +66,9 @@ def add_parser(sub) -> None:
                    help="how the '...balance' variants draw rows: 'source' = every source the same within its "
                         "class, 'sqrt' = a source as the square root of its size, 'content' = fakes and reals in "
                         f"the same proportion from every content cluster (default {d.balance})")
+    p.add_argument("--noise", type=float, default=d.noise,
+                   help="the '...noise' variants' feature noise: Gaussian, on half of every batch's rows, as a "
+                        f"multiple of each feature's standard deviation (default {d.noise})")
     p.add_argument("--n-boot", type=int, default=d.n_boot, help="paired bootstrap draws per fold (default 1000)")
     p.add_argument("--seed", type=int, default=d.seed, help="training and bootstrap seed (default 0)")
     p.add_argument("--seeds", type=int, default=d.seeds,

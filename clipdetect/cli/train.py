@@ -124,6 +124,9 @@ def add_parser(sub) -> None:
                         "source (every source of a cache the same: a large source does not drown small ones), "
                         "sqrt (a source as the square root of its size) or content (fakes and reals in the same "
                         "proportion from every content cluster, so subject matter alone predicts nothing)")
+    r.add_argument("--feature-noise", type=float, default=d.feature_noise,
+                   help="Gaussian noise on half of every batch's training features, as a multiple of each "
+                        "feature's standard deviation (e.g. 0.5; default 0: none)")
     r.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help=f"validation share of 'train' rows when the cache has no val split ({d.val_fraction})")
     r.add_argument("--test-fraction", type=float, default=d.test_fraction,

@@ -25,7 +25,9 @@ in their seed, averaged as standardised logits (``ensemble``), balanced batches 
 TrainConfig ``balance`` = ``config.balance``: "source"/"sqrt" so a large source does not drown
 small ones within a class, "content" so every content cluster holds fakes and reals in the same
 proportion), and training on the degraded views only (``degraded``: every view but ``orig``, so
-the original files' format cues are never seen). ``baseline`` is the default detector: the
+the original files' format cues are never seen) and Gaussian noise on the training features
+(``noise``: TrainConfig ``feature_noise`` = ``config.noise``, half of every batch's rows jittered
+by that many times each feature's standard deviation). ``baseline`` is the default detector: the
 paper's MLP on the final embedding, original views. ``probe`` (logistic regression on the final
 embedding) is fitted on every fold too. Every comparison is paired (same test images), and the mean
 over folds gets its CI from the same bootstrap draws in every fold.
@@ -58,13 +60,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["VARIANTS", "BenchmarkConfig", "plan_folds", "run_benchmark"]
 
 #: name → the aids it switches on: layers, views, groups, fusion, ensemble, balance, degraded
-_AIDS = ("layers", "views", "groups", "fusion", "ensemble", "balance", "degraded")
+_AIDS = ("layers", "views", "groups", "fusion", "ensemble", "balance", "degraded", "noise")
 VARIANTS: Dict[str, Dict[str, bool]] = {
     name: {aid: aid in on for aid in _AIDS} for name, on in (
         ("baseline", ()), ("layers", ("layers",)), ("views", ("views",)), ("groups", ("groups",)),
         ("fusion", ("layers", "fusion")), ("ensemble", ("ensemble",)), ("layers+views", ("layers", "views")),
         ("views+ensemble", ("views", "ensemble")), ("balance", ("balance",)), ("views+balance", ("views", "balance")),
         ("layers+views+balance", ("layers", "views", "balance")), ("degraded", ("views", "degraded")),
+        ("noise", ("noise",)), ("views+noise", ("views", "noise")),
         ("full", ("layers", "views", "groups", "fusion")))}
 PROTOCOLS = ("loso", "lofo", "sets")
 #: protocols whose held-out images are whole sources (their reals give ``fpr``)
@@ -87,6 +90,7 @@ class BenchmarkConfig:
     layers_width: int = 256  # hidden width of per-block heads
     ensemble_size: int = 5  # members of an 'ensemble' variant (seeds seed, seed + 1, ...)
     balance: str = "source"  # TrainConfig.balance of a 'balance' variant ("source" or "sqrt")
+    noise: float = 0.5  # TrainConfig.feature_noise of a 'noise' variant
     n_boot: int = 1000
     seed: int = 0
     seeds: int = 1  # training seeds per variant and fold: seed, seed + 1, ...; CIs then include their spread
@@ -192,6 +196,8 @@ def train_variant(cache, fold: Fold, name: str, config: BenchmarkConfig, views: 
     base = {**config.train, "auc_pairs": "group" if v["groups"] else "all", "seed": seed}
     if v["balance"]:
         base["balance"] = config.balance
+    if v["noise"]:
+        base["feature_noise"] = config.noise
 
     def fit(feature_set, member_seed=seed):
         extra = {"width": config.layers_width} if feature_set == "layers" else {}

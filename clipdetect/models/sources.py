@@ -17,7 +17,7 @@ import torch
 
 from clipdetect.features.manifest import feature_parts
 
-__all__ = ["ArraySource", "CacheSource", "labels01", "predict_logits", "prefetched"]
+__all__ = ["ArraySource", "CacheSource", "feature_spread", "labels01", "predict_logits", "prefetched"]
 
 
 class ArraySource:
@@ -83,6 +83,15 @@ class CacheSource:
 
     def batch(self, idx: np.ndarray) -> np.ndarray:
         return self.cache.features(self.feature_set, self.rows[idx])
+
+
+def feature_spread(source, *, n: int = 16_384, seed: int = 0) -> np.ndarray:
+    """The per-feature standard deviation [D] of ``source``'s rows (of at most ``n`` drawn with
+    ``seed``; a D3-sized cache is not read whole for it)."""
+    idx = np.arange(len(source))
+    if len(idx) > n:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, n, replace=False))
+    return np.asarray(source.batch(idx), dtype=np.float64).std(0).astype(np.float32)
 
 
 def labels01(y) -> np.ndarray:

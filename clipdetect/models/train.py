@@ -39,7 +39,7 @@ from clipdetect.models.samplers import (BALANCE_MODES, BALANCE_POWERS, ContentBa
 from clipdetect.models.schedule import DEFAULT_LR, FEW_STEPS, PRESETS, SMALL_CACHE, Schedule, min_steps, plan_schedule
 from clipdetect.models.losses import create_loss
 from clipdetect.models.sam import SAM
-from clipdetect.models.sources import predict_logits, prefetched
+from clipdetect.models.sources import feature_spread, predict_logits, prefetched
 from clipdetect.models.step import compile_mode, forward_loss, sam_step
 from clipdetect.models.trainer import LAST, Fit, TrainResult, run_fit
 from clipdetect.models import resident as resident_rows
@@ -78,6 +78,8 @@ class TrainConfig:
     square root of its size): :class:`~clipdetect.models.samplers.SourceBalancedBatchSampler`; or
     "content" (fakes and reals drawn in the same proportion from every content cluster of the
     training rows, so content alone predicts nothing): :class:`~clipdetect.models.samplers.ContentBalancedBatchSampler`.
+    ``feature_noise``: in every step, a random half of the batch's rows get Gaussian noise of this
+    many times each feature's standard deviation over the training rows (0: none), fresh each step.
     ``val_fraction``/``test_fraction``/``split_seed`` are used when the held-out sets are derived
     from a cache's "train" rows (:mod:`clipdetect.features.splits`); ``split="all"`` trains on every
     row of a cache instead (nothing is held out: no best-epoch selection, no calibration, threshold 0.5).
@@ -120,6 +122,7 @@ class TrainConfig:
     views: Optional[List[str]] = None  # train and validate on these views only (None: every view)
     auc_pairs: str = "all"  # "group": the AUC loss pairs fakes and reals of the same content group only
     balance: str = "none"  # "source" / "sqrt": sources weigh the same (as √size) within their class; "content"
+    feature_noise: float = 0.0  # × each feature's training std, on half of every batch's rows
 
     def __post_init__(self) -> None:
         self.compile = compile_mode(self.compile)
@@ -146,6 +149,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 (or None: {DEFAULT_LR} by head), got {self.lr!r}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience!r}")
+        if not self.feature_noise >= 0.0:
+            raise ValueError(f"feature_noise must be >= 0 (times each feature's std; 0: none), got {self.feature_noise!r}")
         if not 0.0 < self.threshold_fpr < 1.0:
             raise ValueError(f"threshold_fpr must be in (0, 1), got {self.threshold_fpr!r}")
         if self.split not in TRAIN_SPLITS:
@@ -271,6 +276,8 @@ def _head_fit(train_data, val_data, config: TrainConfig, sampler, device, rows, 
     head = create_head(head_config).to(device)
     loss_fn = build_loss(config)
     step_loss = forward_loss(head, loss_fn, config.compile)
+    noise = None if not config.feature_noise else \
+        torch.from_numpy(config.feature_noise * feature_spread(train_data, seed=config.seed)).to(device)
     if config.compile != "none":
         logger.info("compiling the head and the loss together (mode %s): the first steps take longer",
                     config.compile)
@@ -283,6 +290,8 @@ def _head_fit(train_data, val_data, config: TrainConfig, sampler, device, rows, 
 
     def step(batch):
         xb, yb, gb = batch
+        if noise is not None:
+            xb = jitter(xb, noise)
         return sam_step(head, opt, loss_fn, xb, yb, config.sam, step_loss=step_loss, groups=gb)  # no sync
 
     def validate():
@@ -292,6 +301,12 @@ def _head_fit(train_data, val_data, config: TrainConfig, sampler, device, rows, 
     return Fit(modules={"head": head}, head_config=head_config, optimizer=opt, step=step, device=device,
                batches=lambda epoch, limit: _batches(train_data, rows, sampler, epoch, limit, device),
                validate=validate if has_val else None, y_val=val_data.y if has_val else None)
+
+
+def jitter(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, D] with Gaussian noise of per-feature std ``scale`` [D] on a random half of its rows."""
+    hit = torch.rand(x.shape[0], 1, device=x.device) < 0.5
+    return torch.where(hit, x + torch.randn_like(x) * scale, x)
 
 
 def _batches(train_data, rows, sampler, epoch: int, limit: Optional[int], device) -> Iterator[tuple]:
