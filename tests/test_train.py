@@ -278,3 +278,15 @@ def test_feature_noise_trains_reproducibly_resumes_and_is_validated(tmp_path, mo
     assert all(torch.equal(a.head.state_dict()[k], resumed.head.state_dict()[k]) for k in a.head.state_dict())
     with pytest.raises(ValueError, match="feature_noise must be >= 0"):
         replace(FAST, feature_noise=-0.1)
+
+
+def test_feature_noise_trains_a_per_block_head(tmp_path):
+    from helpers.synthetic import write_layered_cache
+    from clipdetect.models.detector import Detector
+
+    cache = write_layered_cache(tmp_path / "c", n=240)
+    det = Detector.fit_cache(cache, feature_set="layers",
+                             config=replace(FAST, batch_size=32, epochs=20, dropout=0.0, feature_noise=0.5))
+    test = cache.select()
+    assert binary_metrics(cache.labels(test), det.logits(det.features(cache, test)),
+                          scores_are_probs=False)["auc"] > 0.9

@@ -304,8 +304,9 @@ def _head_fit(train_data, val_data, config: TrainConfig, sampler, device, rows, 
 
 
 def jitter(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x`` [B, D] with Gaussian noise of per-feature std ``scale`` [D] on a random half of its rows."""
-    hit = torch.rand(x.shape[0], 1, device=x.device) < 0.5
+    """``x`` [B, ...] with Gaussian noise of per-feature std ``scale`` (``x``'s shape without B) on a
+    random half of its rows."""
+    hit = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device) < 0.5
     return torch.where(hit, x + torch.randn_like(x) * scale, x)
 
 
