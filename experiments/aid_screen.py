@@ -17,9 +17,10 @@ the held-out source's normalised copies (``norm:256:90``). Variants (``--variant
 * ``wd``: weight decay 0.1 instead of 0.01; ``drop``: dropout 0.6 instead of 0.335;
 * ``short``: 100 optimiser steps instead of 300.
 
-Per-fold AUCs print as each fold finishes; means, the mean difference to ``views`` and to
-``baseline``, and folds won go to ``experiments/results/general/aid_screen[_TAG].json``. A screen
-chooses what to run through ``clipdetect benchmark --seeds``; it is not evidence on its own.
+Per-fold AUCs print as each fold finishes; means, the mean differences to ``views`` and to
+``baseline``, and folds won go to ``experiments/results/general/aid_screen[_TAG].json``
+(:mod:`loso_screen`: a screen chooses what to run through ``clipdetect benchmark --seeds``; it
+is not evidence on its own).
 
     CLIPDETECT_DATA=/work/data python experiments/aid_screen.py --variants center,pc8,noise,bce
 """
@@ -27,18 +28,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from clipdetect import Detector, FeatureCache
-from clipdetect.eval.benchmark import BenchmarkConfig, plan_folds
+from clipdetect import Detector
 from clipdetect.models.train import TrainConfig
-from common import RESULTS, data_root, save_json
-from nuisance_loso import EVAL_VIEW, project, unit
+from loso_screen import TRAIN, add_screen_args, load, run_folds, save, summarise, unit
+from nuisance_loso import project
 
-TRAIN = {"batch_size": 256, "steps": 300}
 OVERRIDES = {"bce": {"loss": "bce"}, "wd": {"weight_decay": 0.1}, "drop": {"dropout": 0.6},
              "short": {"steps": 100}}
 
@@ -81,37 +79,17 @@ def fold_aucs(cache, fold, emb, view, names, seed) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", help="the corpus cache extracted with --views (default $CLIPDETECT_DATA/caches/corpus-b16)")
-    ap.add_argument("--variants", default="center,pc8,noise,bce", help="comma-separated, see above")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-folds", type=int, help="stop after this many folds")
-    ap.add_argument("--tag", default="", help="suffix of the result file")
+    ap.add_argument("--variants", default="center,noise,bce,wd,drop", help="comma-separated, see above")
+    add_screen_args(ap)
     args = ap.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
-    bad = [n for n in names if n not in OVERRIDES and n not in ("center", "noise") and not n[2:].isdigit()]
+    bad = [n for n in names if n not in OVERRIDES and n not in ("center", "noise")
+           and not (n.startswith("pc") and n[2:].isdigit())]
     if bad:
         raise SystemExit(f"unknown variants {bad}: use center, pcK, noise or one of {sorted(OVERRIDES)}")
-    cache = FeatureCache(args.cache or data_root() / "caches" / "corpus-b16")
-    folds = plan_folds(cache, BenchmarkConfig(cache=str(cache.root), protocols=["loso"], variants=["baseline"],
-                                              train=TRAIN), EVAL_VIEW)[:args.max_folds]
-    view = cache.columns("view")["view"].astype(str).to_numpy()
-    emb = unit(np.asarray(cache.features("image", np.arange(len(view))), dtype=np.float32))
-    rows = {}
-    for fold in folds:
-        t0 = time.time()
-        rows[fold.held_out] = fold_aucs(cache, fold, emb, view, names, args.seed)
-        print(fold.held_out, f"{time.time() - t0:.0f}s", {k: round(v, 3) for k, v in rows[fold.held_out].items()},
-              flush=True)
-    r = {n: np.array([rows[f][n] for f in rows]) for n in rows[folds[0].held_out]}
-    summary = {n: {"mean_auc": float(r[n].mean()), "vs_views": float((r[n] - r["views"]).mean()),
-                   "vs_baseline": float((r[n] - r["baseline"]).mean()),
-                   "folds_won_vs_views": int((r[n] > r["views"]).sum())} for n in r}
-    doc = {"eval_view": EVAL_VIEW, "seed": args.seed, "train": TRAIN, "folds": len(rows), "per_fold": rows,
-           "mean": summary}
-    save_json(RESULTS / "general" / f"aid_screen{'_' + args.tag if args.tag else ''}.json", doc)
-    for n, s in summary.items():
-        print(f"{n:10s} {s['mean_auc']:.4f} vs views {s['vs_views']:+.4f} vs baseline {s['vs_baseline']:+.4f} "
-              f"won {s['folds_won_vs_views']}/{len(rows)}")
+    cache, folds, view, emb = load(args)
+    rows = run_folds(folds, lambda fold: fold_aucs(cache, fold, emb, view, names, args.seed))
+    save("aid_screen", args, rows, summarise(rows, refs=("views", "baseline")))
     return 0
 
 

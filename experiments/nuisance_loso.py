@@ -30,16 +30,9 @@ import sys
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from clipdetect import Detector, FeatureCache
-from clipdetect.eval.benchmark import BenchmarkConfig, plan_folds
+from clipdetect import Detector
 from clipdetect.models.train import TrainConfig
-from common import RESULTS, data_root, save_json
-
-EVAL_VIEW = "norm:256:90"
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from loso_screen import TRAIN, add_screen_args, load, run_folds, save, summarise, unit
 
 
 def format_directions(emb: np.ndarray, rows: np.ndarray, view: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
@@ -76,31 +69,15 @@ def fold_aucs(cache, fold, emb, view, keys, ks, config) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", help="the corpus cache extracted with --views (default $CLIPDETECT_DATA/caches/corpus-b16)")
     ap.add_argument("--k", default="4,16", help="numbers of format directions to project out (comma-separated)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-folds", type=int, help="stop after this many folds")
-    ap.add_argument("--tag", default="", help="suffix of the result file")
+    add_screen_args(ap)
     args = ap.parse_args(argv)
-    cache = FeatureCache(args.cache or data_root() / "caches" / "corpus-b16")
-    train = {"batch_size": 256, "steps": 300, "seed": args.seed}
-    folds = plan_folds(cache, BenchmarkConfig(cache=str(cache.root), protocols=["loso"], variants=["baseline"],
-                                              train=train), EVAL_VIEW)[:args.max_folds]
-    view = cache.columns("view")["view"].astype(str).to_numpy()
+    cache, folds, view, emb = load(args)
     keys = cache.meta["key"].astype(str).to_numpy()
-    emb = unit(np.asarray(cache.features("image", np.arange(len(keys))), dtype=np.float32))
     ks = [int(k) for k in args.k.split(",") if k]
-    rows = {}
-    for fold in folds:
-        rows[fold.held_out] = fold_aucs(cache, fold, emb, view, keys, ks, TrainConfig(**train))
-        print(fold.held_out, {k: round(v, 3) for k, v in rows[fold.held_out].items()}, flush=True)
-    names = list(next(iter(rows.values())))
-    r = {n: np.array([rows[f][n] for f in rows]) for n in names}
-    summary = {n: {"mean_auc": float(r[n].mean()), "vs_baseline": float((r[n] - r["baseline"]).mean()),
-                   "folds_won": int((r[n] > r["baseline"]).sum())} for n in names}
-    doc = {"eval_view": EVAL_VIEW, "seed": args.seed, "folds": len(rows), "per_fold": rows, "mean": summary}
-    save_json(RESULTS / "general" / f"nuisance_loso{'_' + args.tag if args.tag else ''}.json", doc)
-    print(summary)
+    config = TrainConfig(**TRAIN, seed=args.seed)
+    rows = run_folds(folds, lambda fold: fold_aucs(cache, fold, emb, view, keys, ks, config))
+    save("nuisance_loso", args, rows, summarise(rows))
     return 0
 
 
