@@ -150,6 +150,8 @@ def test_noise_variants_train_with_feature_noise_and_the_others_without(cache):
     views = cache.columns("view")["view"].astype(str).to_numpy()
     assert benchmark.train_variant(cache, fold, "views+noise", cfg, views).train_config["feature_noise"] == 0.3
     assert benchmark.train_variant(cache, fold, "views", cfg, views).train_config["feature_noise"] == 0.0
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        BenchmarkConfig(noise=-1.0)
 
 
 def test_degraded_variant_never_trains_on_the_original_files(cache, monkeypatch):

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["VARIANTS", "BenchmarkConfig", "plan_folds", "run_benchmark"]
 
-#: name → the aids it switches on: layers, views, groups, fusion, ensemble, balance, degraded
+#: name → the aids it switches on: layers, views, groups, fusion, ensemble, balance, degraded, noise
 _AIDS = ("layers", "views", "groups", "fusion", "ensemble", "balance", "degraded", "noise")
 VARIANTS: Dict[str, Dict[str, bool]] = {
     name: {aid: aid in on for aid in _AIDS} for name, on in (
@@ -109,6 +109,9 @@ class BenchmarkConfig:
         if self.balance not in ("source", "sqrt", "content"):
             raise ValueError(f"balance {self.balance!r} is not 'source', 'sqrt' or 'content' (the weighting of a "
                              "balance variant)")
+        if not self.noise >= 0:
+            raise ValueError(f"noise must be >= 0 (the noise variants' feature noise, times each feature's std), "
+                             f"got {self.noise!r}")
         if ("sets" in self.protocols) != bool(self.hold_out_sets):
             raise ValueError("protocol 'sets' and hold_out_sets (--hold-out NAME=SOURCE,...) go together")
 
