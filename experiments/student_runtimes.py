@@ -27,6 +27,7 @@ from clipdetect.features.backbones import create_backbone
 from clipdetect.models.predict import ImageScorer, score_batch
 from common import ROOT, save_json, save_text
 from corpus_distill import test_images
+from student_speed import decode_all
 
 N_BOOT = 1000
 
@@ -68,10 +69,7 @@ def main(argv=None) -> int:
     det = Detector.load(Path(args.student) / "detector")
     spec = f"student:{args.student}"
     ref_bb = create_backbone(spec)
-    decoded = [ImageScorer(det, ref_bb).decode(r) for r in refs]  # once: every runtime shares the preprocessing
-    bad = [d for d in decoded if d[0] != "ok"]
-    if bad:
-        raise SystemExit(f"{len(bad)} test images failed to decode, e.g. {bad[0][1:]}")
+    decoded = decode_all(ImageScorer(det, ref_bb), refs)  # once: every runtime shares the preprocessing
     ref_emb, ref_logit = scored(det, ref_bb, decoded, args.batch_size)
     rows = {"torch:fp32": {"auc": auc_ci(y, ref_logit)}}
     for entry in [e for e in args.runtimes.split(",") if e]:

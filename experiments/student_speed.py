@@ -67,14 +67,21 @@ def predict_pass(det, bb, refs, workers: int, batch: int) -> float:
     return seconds
 
 
-def model_pass(det, bb, refs, batch: int, repeats: int) -> float:
-    """img/s of the runtime alone (median of ``repeats``): decoding and the PIL stage run first,
-    outside the clock; the clock covers the tensor stage, the tower and the head per batch."""
-    scorer = ImageScorer(det, bb)
+def decode_all(scorer, refs) -> list:
+    """``scorer.decode`` of every image (the PIL stage, done once outside any clock); a clear exit
+    when one fails, since a rate or an AUC over fewer images would not be the one named."""
     decoded = [scorer.decode(r) for r in refs]
     bad = [d for d in decoded if d[0] != "ok"]
     if bad:
         raise SystemExit(f"{len(bad)} images failed to decode, e.g. {bad[0][1:]}")
+    return decoded
+
+
+def model_pass(det, bb, refs, batch: int, repeats: int) -> float:
+    """img/s of the runtime alone (median of ``repeats``): decoding and the PIL stage run first,
+    outside the clock; the clock covers the tensor stage, the tower and the head per batch."""
+    scorer = ImageScorer(det, bb)
+    decoded = decode_all(scorer, refs)
     batches = [decoded[i:i + batch] for i in range(0, len(decoded), batch)]
     scorer.score(batches[0])  # warm-up
     times = []
