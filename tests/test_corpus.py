@@ -163,3 +163,18 @@ def test_mirror_dir_reads_a_clone_through_its_git_folder(tmp_path):
     assert build.mirror_dir(tmp_path, "o/clone") == tmp_path / "o+clone" / "repo" / ".git"
     assert build.mirror_dir(tmp_path, "o/bare") == tmp_path / "o+bare" / "repo"
     assert build.mirror_dir(tmp_path, "o/none") == tmp_path / "o+none"
+
+
+def test_sdfd_adapter_reads_each_face_with_its_prompt(tmp_path):
+    from experiments.corpus.gitrepo import GitRepo
+    from experiments.corpus.registry import all_sources
+    from experiments.corpus.sources_round3 import sdfd_items
+
+    prompts = '"anB-1,3","Black, androgynous person, Nikon Z9",4.78,3\n"anB-2,5","old woman, hat",4.78,5\n'
+    _mirror(tmp_path, "sdfd", {"allImages/anB-1,3.jpg": _png(1), "allImages/anB-2,5.jpg": _png(2),
+                               "examplesSDFD.png": _png(3), "finalPrompts.csv": prompts.encode()})
+    items = list(sdfd_items(GitRepo(tmp_path / "mirrors" / "owner+sdfd" / "repo")))
+    assert [(it.key, it.label, it.family, it.prompt) for it in items] == [
+        ("sdfd/anB-1,3", 1, "sd", "Black, androgynous person, Nikon Z9"), ("sdfd/anB-2,5", 1, "sd", "old woman, hat")]
+    names = [s.name for s in all_sources()]
+    assert names[-7:] == ["sdfd", "hit", "xflux", "insightface", "photomaker", "ootd", "openpose"]
