@@ -28,7 +28,7 @@ def fold_means(run: Path, variants, view: str) -> pd.DataFrame:
 def compare(before: Path, after: Path, variants, view: str) -> dict:
     a, b = fold_means(before, variants, view), fold_means(after, variants, view)
     shared = a.index.intersection(b.index)
-    out = {"view": view, "shared_folds": len(shared), "only_after": sorted(map(str, b.index.difference(a.index))),
+    out = {"view": view, "shared_folds": len(shared), "only_after": sorted("/".join(k) for k in b.index.difference(a.index)),
            "mean": {}, "per_fold": {}}
     for v in variants:
         d = b.loc[shared, v] - a.loc[shared, v]
