@@ -4,9 +4,8 @@ The corpus's weak leave-one-source-out folds were real photo collections of face
 faces were mostly GAN-generated, so a face leaned "generated". This round adds photoreal faces made
 by a diffusion model (Stable Diffusion 2.1), SDXL and FLUX outputs, and real photos of people from
 face-analysis test data, fashion photos and COCO scenes. Each image of the smaller sources was looked
-at (SDFD through a sample); inputs, control
-maps, strips, inpainted photos, drawings, rotated or cropped copies and images of unclear origin are
-left out by listing only the files used."""
+at (SDFD through a sample); inputs, control maps, strips, inpainted photos, drawings, rotated or
+cropped copies and images of unclear origin are left out by listing only the files used."""
 from __future__ import annotations
 
 import csv
