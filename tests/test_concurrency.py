@@ -64,6 +64,24 @@ def test_second_writer_refuses_naming_the_holder(tmp_path, holder, capsys, engin
     assert "--lock-timeout" in err and not (cache / "manifest.json").exists()
 
 
+def test_holder_waits_for_a_new_holders_record(tmp_path):
+    """Between taking the lock and recording itself, a holder's file is empty or names the last,
+    finished holder; a refused writer re-reads it rather than blaming "an unknown process"."""
+    from clipdetect.core.lock import DirLock
+    path = tmp_path / "lock"
+    path.write_text(json.dumps({"pid": 2 ** 22 + 7, "command": "old"}))  # a finished holder
+    late = json.dumps({"pid": os.getpid(), "command": "new writer", "since": "now"})
+    timer = threading.Timer(0.2, path.write_text, args=(late,))
+    timer.start()
+    try:
+        said = DirLock(path).holder()
+    finally:
+        timer.join()
+    assert said.startswith(f"pid {os.getpid()} (new writer") and "no longer running" not in said
+    path.write_text("")
+    assert DirLock(path).holder(settle=0.1) == "an unknown process"  # no record ever came
+
+
 def test_waits_for_the_lock_and_keeps_a_live_writers_temp_files(tmp_path, holder):
     cache, proc = holder
     (cache / "meta").mkdir()

@@ -82,17 +82,31 @@ class DirLock:
         self.what = what or str(self.path.parent)
         self.held = False
 
-    def holder(self) -> str:
-        """``pid N (command line)`` of the process that last took the lock, as it recorded it."""
+    def holder(self, settle: float = 1.0) -> str:
+        """``pid N (command line)`` of the process that last took the lock, as it recorded it.
+
+        A holder records itself just after it takes the lock, so a reader may see the file
+        empty (a new lock) or naming the previous, finished holder; it re-reads for up to
+        ``settle`` seconds until the record names a live process.
+        """
+        deadline = time.monotonic() + settle
+        while True:
+            info = self._record()
+            pid = int(info.get("pid") or 0)
+            if pid_alive(pid) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if not pid:
+            return "an unknown process"
+        alive = "" if pid_alive(pid) else "; no longer running, so a child process of it holds the lock"
+        return f"pid {pid} ({info.get('command', '?')}, since {info.get('since', '?')}{alive})"
+
+    def _record(self) -> dict:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except (OSError, ValueError):
-            info = {}
-        pid = info.get("pid")
-        if not pid:
-            return "an unknown process"
-        alive = "" if pid_alive(int(pid)) else "; no longer running, so a child process of it holds the lock"
-        return f"pid {pid} ({info.get('command', '?')}, since {info.get('since', '?')}{alive})"
+            return {}
+        return info if isinstance(info, dict) else {}
 
     def acquire(self) -> "DirLock":
         if self.held:
@@ -110,8 +124,8 @@ class DirLock:
                 raise
             info = json.dumps({"pid": os.getpid(), "command": _command_line(),
                                "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info, 0)
+            os.pwrite(fd, info, 0)  # then cut: a reader never sees the file empty
+            os.ftruncate(fd, len(info))
             _HELD[self.key] = [fd, 1]
             self.held = True
         return self
