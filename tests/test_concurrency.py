@@ -78,8 +78,9 @@ def test_holder_waits_for_a_new_holders_record(tmp_path):
     finally:
         timer.join()
     assert said.startswith(f"pid {os.getpid()} (new writer") and "no longer running" not in said
-    path.write_text("")
-    assert DirLock(path).holder(settle=0.1) == "an unknown process"  # no record ever came
+    for junk in ("", "[1]", '{"pid": "x"}', "not json"):  # no record this module wrote ever came
+        path.write_text(junk)
+        assert DirLock(path).holder(settle=0.1) == "an unknown process"
 
 
 def test_waits_for_the_lock_and_keeps_a_live_writers_temp_files(tmp_path, holder):

@@ -106,7 +106,9 @@ class DirLock:
             info = json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except (OSError, ValueError):
             return {}
-        return info if isinstance(info, dict) else {}
+        if not isinstance(info, dict) or not str(info.get("pid", "")).isdigit():
+            return {}  # not a record this module wrote
+        return info
 
     def acquire(self) -> "DirLock":
         if self.held:
