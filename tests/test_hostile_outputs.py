@@ -101,6 +101,20 @@ def test_a_planted_lock_link_is_refused(tmp_path, victim):
     assert victim.read_text() == "precious\n"
 
 
+def test_a_fifo_planted_as_the_cache_lock_is_refused_by_name(tmp_path, capsys):
+    from clipdetect.features.cache_writer import LOCK_NAME
+    from helpers.images import TINY
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.mkfifo(cache / LOCK_NAME)
+    src = write_image_folder(tmp_path / "src", n=2)
+    rc = main(["extract", str(src), "--out", str(cache), "--backbone", TINY, "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is not a regular file" in err and LOCK_NAME in err, err
+    assert not list((cache / "img_emb").glob("*"))  # nothing was written past the refusal
+
+
 def test_figures_and_tables_are_written_without_following_links(tmp_path, victim):
     from helpers.synthetic import write_synthetic_cache
 
