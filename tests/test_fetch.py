@@ -87,3 +87,17 @@ def test_command_line_parts_share_one_store(server, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(common + ["--part", "2/2"])
     assert "K/N" in capsys.readouterr().err
+
+
+def test_a_fifo_planted_as_a_ledger_is_skipped_on_read_and_refused_on_write(tmp_path):
+    import os
+
+    from clipdetect.core.io import WriteError
+
+    store = FetchStore(tmp_path / "s")
+    os.mkfifo(tmp_path / "s" / "failures-9-of-9.jsonl")  # another part's ledger: reading it would block
+    (tmp_path / "s" / "failures.jsonl").write_text(json.dumps({"url": "u1", "reason": "http"}) + "\n")
+    assert set(store.failures()) == {"u1"}
+    mine = FetchStore(tmp_path / "s", ledger="failures-9-of-9.jsonl")
+    with pytest.raises(WriteError, match="not a regular file"):
+        mine.record_failure({"url": "u2", "reason": "http"})

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional, Type
 
@@ -228,14 +229,26 @@ def open_new(path: str | os.PathLike, mode: str = "w", **kwargs) -> IO:
 
 
 def open_fd(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` that never follows a link at ``path`` (a lock file, an append-only ledger)."""
+    """``os.open`` of a regular file (a lock file, an append-only ledger) that never follows a link
+    at ``path`` and never blocks on, or writes into, a FIFO or a device planted there."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise WriteError(exc.errno, f"refusing to open {str(path)!r}: it is a symbolic link (a file "
                                         "the toolkit writes is never opened through a link); remove it") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO with no reader, a dead device, a folder
+            raise _not_regular(path) from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_regular(path)
+    return fd
+
+
+def _not_regular(path) -> WriteError:
+    return WriteError(errno.EINVAL, f"refusing to open {str(path)!r}: it is not a regular file (a FIFO, "
+                                    "a device or a folder); remove it and run again")
 
 
 def not_an_input(out: str | os.PathLike, inputs, *, what: str = "output") -> None:

@@ -14,13 +14,12 @@ import errno
 import fcntl
 import json
 import os
-import stat
 import sys
 import threading
 import time
 from pathlib import Path
 
-from clipdetect.core.io import WriteError, open_fd
+from clipdetect.core.io import open_fd
 from typing import Dict, List, Optional
 
 __all__ = ["DirLock", "LockedError", "pid_alive"]
@@ -119,11 +118,8 @@ class DirLock:
                 _HELD[self.key][1] += 1
                 self.held = True
                 return self
-            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # never through a link
+            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # a regular file, never through a link
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise WriteError(errno.EINVAL, f"{self.what} cannot be locked: {str(self.path)!r} is not a "
-                                                   "regular file (a FIFO or a device); remove it and run again")
                 self._wait(fd)
             except BaseException:
                 os.close(fd)

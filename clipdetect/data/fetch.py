@@ -91,6 +91,9 @@ class FetchStore:
             if self._failures is None:
                 self._failures = {}
                 for path in sorted(self.root.glob("failures*.jsonl")):
+                    if not path.is_file():  # a FIFO or a device would block or never end
+                        logger.warning("skipping %s: not a regular file", path)
+                        continue
                     with open(path, encoding="utf-8") as f:
                         for line in f:
                             try:
