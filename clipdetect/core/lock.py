@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from clipdetect.core.io import open_fd
+from clipdetect.core.io import open_fd, read_json
 from typing import Dict, List, Optional
 
 __all__ = ["DirLock", "LockedError", "pid_alive"]
@@ -102,8 +102,8 @@ class DirLock:
         return f"pid {pid} ({info.get('command', '?')}, since {info.get('since', '?')}{alive})"
 
     def _record(self) -> dict:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        try:  # a regular file of a few hundred bytes; anything else names no holder
+            info = read_json(self.path, what="lock file", max_bytes=1 << 16)
         except (OSError, ValueError):
             return {}
         if not isinstance(info, dict) or not str(info.get("pid", "")).isdigit():
