@@ -93,12 +93,13 @@ class DirLock:
         while True:
             info = self._record()
             pid = int(info.get("pid") or 0)
-            if pid_alive(pid) or time.monotonic() >= deadline:
+            live = pid_alive(pid)
+            if live or time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
         if not pid:
             return "an unknown process"
-        alive = "" if pid_alive(pid) else "; no longer running, so a child process of it holds the lock"
+        alive = "" if live else "; no longer running, so a child process of it holds the lock"
         return f"pid {pid} ({info.get('command', '?')}, since {info.get('since', '?')}{alive})"
 
     def _record(self) -> dict:
